@@ -1,0 +1,117 @@
+"""The metric catalogue: every Prometheus metric cachewatch exports, in one place.
+
+The Prometheus sink builds its collectors from this table, and the dashboard and
+alert generators read the same table, so a renamed metric breaks a test instead of
+silently emptying a panel. Names and label sets are fixed by SPEC section 5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "CATALOGUE",
+    "DURATION_BUCKETS",
+    "MetricSpec",
+    "metric",
+]
+
+#: OTel GenAI semconv boundaries for operation duration / time to first chunk (seconds).
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One exported metric.
+
+    ``name`` is the full exposition name; for counters it ends in ``_total`` (the
+    Python client adds the suffix itself, so :attr:`base_name` strips it).
+    """
+
+    name: str
+    kind: str  # "counter" | "histogram"
+    labels: tuple[str, ...]
+    help: str
+    unit: str = ""
+    buckets: tuple[float, ...] = ()
+
+    @property
+    def base_name(self) -> str:
+        if self.kind == "counter" and self.name.endswith("_total"):
+            return self.name[: -len("_total")]
+        return self.name
+
+
+CATALOGUE: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "cachewatch_requests_total",
+        "counter",
+        ("provider", "api", "model", "workspace", "outcome"),
+        "LLM API requests observed, by how they ended.",
+    ),
+    MetricSpec(
+        "cachewatch_tokens_total",
+        "counter",
+        ("provider", "api", "model", "workspace", "type"),
+        "Billed tokens by partition type: input (uncached), cache_read, cache_write_5m, cache_write_1h, output.",
+    ),
+    MetricSpec(
+        "cachewatch_request_duration_seconds",
+        "histogram",
+        ("provider", "api", "model"),
+        "Seconds from sending the request to the end of the response body.",
+        unit="seconds",
+        buckets=DURATION_BUCKETS,
+    ),
+    MetricSpec(
+        "cachewatch_time_to_first_token_seconds",
+        "histogram",
+        ("provider", "api", "model"),
+        "Seconds from sending a streamed request to its first body chunk.",
+        unit="seconds",
+        buckets=DURATION_BUCKETS,
+    ),
+    MetricSpec(
+        "cachewatch_breakpoints_total",
+        "counter",
+        ("provider", "location", "action"),
+        "cache_control breakpoint decisions by location and action.",
+    ),
+    MetricSpec(
+        "cachewatch_cost_total",
+        "counter",
+        ("provider", "model", "workspace", "currency"),
+        "Money billed for requests whose model has a known price.",
+    ),
+    MetricSpec(
+        "cachewatch_cache_savings_total",
+        "counter",
+        ("provider", "model", "workspace", "currency"),
+        "Money the cache-read discount saved against paying the base input price.",
+    ),
+    MetricSpec(
+        "cachewatch_cache_write_premium_total",
+        "counter",
+        ("provider", "model", "workspace", "currency"),
+        "Extra money paid for cache writes above the base input price.",
+    ),
+    MetricSpec(
+        "cachewatch_cache_misses_total",
+        "counter",
+        ("provider", "model", "reason"),
+        "Requests that read less from the cache than their prefix allowed, by diagnosed reason.",
+    ),
+    MetricSpec(
+        "cachewatch_internal_errors_total",
+        "counter",
+        ("stage",),
+        "Faults inside cachewatch that it survived; the caller's traffic was left untouched.",
+    ),
+)
+
+_BY_NAME = {spec.name: spec for spec in CATALOGUE}
+
+
+def metric(name: str) -> MetricSpec:
+    """Look a metric up by its exposition name (raises KeyError for unknown names)."""
+    return _BY_NAME[name]

@@ -1,0 +1,274 @@
+"""The public transports: thin sync and async shells over the sans-IO Engine.
+
+The same two classes serve ``httpx`` and ``httpx2`` clients: the family is read from
+the request object's module, and every object handed back (rebuilt request, response,
+stream) is built from that family. The classes deliberately do not inherit from
+``httpx.BaseTransport``: the anthropic and openai SDKs (httpx2-based) reject objects
+whose class hierarchy comes from the ``httpx`` package. Clients only duck-type
+transports, so none is needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from contextvars import ContextVar
+from types import ModuleType, TracebackType
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from ._engine import Engine, Exchange
+from ._streams import async_stream_class, sync_stream_class
+
+__all__ = ["AsyncCacheWatchTransport", "CacheWatchTransport"]
+
+#: Set while an outer cachewatch transport is sending, so that a nested one stands aside
+#: (wrapping twice must not double-count).
+_ACTIVE: ContextVar[bool] = ContextVar("cachewatch_active", default=False)
+
+_FAMILIES: dict[type, ModuleType] = {}
+
+
+def _family(obj: object) -> ModuleType:
+    """The httpx-like package (``httpx`` or ``httpx2``) a request or response belongs to."""
+    cls = type(obj)
+    family = _FAMILIES.get(cls)
+    if family is None:
+        family = importlib.import_module(cls.__module__.partition(".")[0])
+        _FAMILIES[cls] = family
+    return family
+
+
+def _request_body(request: Any) -> bytes | None:
+    try:
+        body = request.content
+    except Exception:  # streaming (unread) request bodies are never touched
+        return None
+    return body if isinstance(body, bytes) else None
+
+
+def _begin(engine: Engine, request: Any) -> Exchange | None:
+    if _ACTIVE.get():
+        return None
+    try:
+        url = request.url
+        return engine.begin(
+            method=request.method,
+            host=url.host,
+            port=url.port,
+            path=url.path,
+            headers=request.headers,
+            body=_request_body(request),
+        )
+    except Exception as exc:
+        engine.fault("begin", exc)
+        return None
+
+
+def _outgoing(exchange: Exchange, request: Any) -> Any:
+    """The request to send: rebuilt with the planned body, or the original one."""
+    body = exchange.new_body
+    if body is None:
+        return request
+    try:
+        family = _family(request)
+        headers = request.headers.copy()
+        headers["Content-Length"] = str(len(body))
+        return family.Request(
+            request.method,
+            request.url,
+            headers=headers,
+            content=body,
+            extensions=request.extensions,
+        )
+    except Exception as exc:
+        exchange.engine.fault("request_rebuild", exc)
+        exchange.drop_plan()
+        return request
+
+
+def _activate(exchange: Exchange) -> Any:
+    try:
+        span = exchange.span()
+        if span is None:
+            return None
+        return otel_context.attach(trace.set_span_in_context(span))
+    except Exception as exc:
+        exchange.engine.fault("span_context", exc)
+        return None
+
+
+def _deactivate(exchange: Exchange, token: Any) -> None:
+    if token is not None:
+        try:
+            otel_context.detach(token)
+        except Exception as exc:
+            exchange.engine.fault("span_context", exc)
+
+
+def _observed_response(exchange: Exchange, response: Any, sync: bool) -> Any:
+    """A response equal to ``response`` whose body stream reports to the exchange."""
+    try:
+        family = _family(response)
+        exchange.response(response.status_code, response.headers)
+        stream_cls = sync_stream_class(family) if sync else async_stream_class(family)
+        return family.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=stream_cls(response.stream, exchange),
+            extensions=response.extensions,
+        )
+    except Exception as exc:
+        exchange.engine.fault("response_wrap", exc)
+        exchange.close()
+        return response
+
+
+class _Base:
+    def __init__(
+        self,
+        transport: Any | None = None,
+        *,
+        breakpoints: str = "auto",
+        registry: Any | None = None,
+        tracer_provider: Any | None = None,
+        meter_provider: Any | None = None,
+        logger: Any | None = None,
+        prices: Any | None = None,
+        engine: Engine | None = None,
+        **options: Any,
+    ) -> None:
+        self._inner = transport
+        self._defaults: dict[ModuleType, Any] = {}
+        self.engine = engine or Engine(
+            breakpoints=breakpoints,
+            registry=registry,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            logger=logger,
+            prices=prices,
+            **options,
+        )
+
+    @property
+    def transport(self) -> Any | None:
+        """The wrapped inner transport (None until a default one is created)."""
+        return self._inner
+
+    def _inner_for(self, request: Any, default_name: str) -> Any:
+        if self._inner is not None:
+            return self._inner
+        family = _family(request)
+        inner = self._defaults.get(family)
+        if inner is None:
+            inner = self._defaults[family] = getattr(family, default_name)()
+        return inner
+
+
+class CacheWatchTransport(_Base):
+    """Sync transport for ``httpx.Client`` and ``httpx2.Client``.
+
+    Args:
+        transport: the inner transport; None creates the default HTTP transport of the
+            request's family (httpx or httpx2) on first use.
+        breakpoints: ``"auto"`` (default) inserts ``cache_control`` breakpoints where
+            they pay off; ``"off"`` only observes: request bodies go out byte-identical.
+        registry: ``prometheus_client.CollectorRegistry`` (default: the global registry).
+        tracer_provider / meter_provider: OpenTelemetry providers (default: global tracer; no metrics).
+        logger: structlog-style logger (default: ``structlog.get_logger("cachewatch")``).
+        prices: price table for cost and savings.
+        **options: ``providers``, ``workspaces``, ``max_models``, ``clock``, ``sinks``
+            and planner options.
+
+    Example::
+
+        http = httpx2.Client(transport=cachewatch.CacheWatchTransport())
+        client = anthropic.Anthropic(http_client=http)
+    """
+
+    def handle_request(self, request: Any) -> Any:
+        inner = self._inner_for(request, "HTTPTransport")
+        exchange = _begin(self.engine, request)
+        if exchange is None:
+            return inner.handle_request(request)
+        outgoing = _outgoing(exchange, request)
+        exchange.sent()
+        token = _activate(exchange)
+        nested = _ACTIVE.set(True)
+        try:
+            response = inner.handle_request(outgoing)
+        except BaseException as exc:
+            exchange.transport_error(exc)
+            raise
+        finally:
+            _ACTIVE.reset(nested)
+            _deactivate(exchange, token)
+        return _observed_response(exchange, response, sync=True)
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
+        for inner in self._defaults.values():
+            inner.close()
+
+    def __enter__(self) -> CacheWatchTransport:
+        if self._inner is not None:
+            self._inner.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        if self._inner is not None:
+            self._inner.__exit__(exc_type, exc_value, traceback)
+        for inner in self._defaults.values():
+            inner.close()
+
+
+class AsyncCacheWatchTransport(_Base):
+    """Async transport for ``httpx.AsyncClient`` and ``httpx2.AsyncClient``; arguments as :class:`CacheWatchTransport`."""
+
+    async def handle_async_request(self, request: Any) -> Any:
+        inner = self._inner_for(request, "AsyncHTTPTransport")
+        exchange = _begin(self.engine, request)
+        if exchange is None:
+            return await inner.handle_async_request(request)
+        outgoing = _outgoing(exchange, request)
+        exchange.sent()
+        token = _activate(exchange)
+        nested = _ACTIVE.set(True)
+        try:
+            response = await inner.handle_async_request(outgoing)
+        except BaseException as exc:
+            exchange.transport_error(exc)
+            raise
+        finally:
+            _ACTIVE.reset(nested)
+            _deactivate(exchange, token)
+        return _observed_response(exchange, response, sync=False)
+
+    async def aclose(self) -> None:
+        if self._inner is not None:
+            await self._inner.aclose()
+        for inner in self._defaults.values():
+            await inner.aclose()
+
+    async def __aenter__(self) -> AsyncCacheWatchTransport:
+        if self._inner is not None:
+            await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        if self._inner is not None:
+            await self._inner.__aexit__(exc_type, exc_value, traceback)
+        for inner in self._defaults.values():
+            await inner.aclose()

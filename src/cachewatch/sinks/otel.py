@@ -1,0 +1,168 @@
+"""OpenTelemetry sink: one GenAI CLIENT span per request, and optional GenAI client metrics.
+
+The span is started when the request goes out and ended when the response **body**
+ends or is closed, not when the headers arrive: usage only exists at the end of the
+body (the last SSE event), and a span that ended at the headers could not carry it.
+This is the choice semantic-conventions PR #70 asks instrumentations to document.
+
+Attribute names are string literals (the ``_incubating`` constants are private and
+deprecated). ``gen_ai.usage.input_tokens`` includes cache reads and writes, as the
+GenAI conventions require.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from .._version import __version__
+from .._catalogue import DURATION_BUCKETS
+from .._models import Outcome, RequestInfo, UsageRecord
+
+__all__ = ["OTelMetricsSink", "OTelSpanSink", "TOKEN_BUCKETS"]
+
+#: OTel GenAI semconv boundaries for gen_ai.client.token.usage.
+TOKEN_BUCKETS = (
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+)  # fmt: skip
+
+_PROVIDER_NAMES = {
+    "azure_openai": "azure.ai.openai",
+    "mistral": "mistral_ai",
+    "google": "gcp.gemini",
+    "moonshot": "moonshot_ai",
+    "zai": "z_ai",
+}
+
+
+def semconv_provider(provider: str) -> str:
+    """``gen_ai.provider.name`` for a cachewatch provider label."""
+    return _PROVIDER_NAMES.get(provider, provider)
+
+
+class OTelSpanSink:
+    """Opens a span per request and finishes it with usage, response and cachewatch attributes."""
+
+    name = "otel"
+
+    def __init__(self, tracer_provider: Any | None = None) -> None:
+        self.tracer = trace.get_tracer("cachewatch", __version__, tracer_provider=tracer_provider)
+
+    def start(self, info: RequestInfo) -> Any:
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": info.operation,
+            "gen_ai.provider.name": semconv_provider(info.provider),
+            "server.address": info.server_address,
+            "cachewatch.api": info.api,
+            "cachewatch.workspace": info.workspace,
+        }
+        if info.request_model:
+            attributes["gen_ai.request.model"] = info.request_model
+        if info.server_port is not None:
+            attributes["server.port"] = info.server_port
+        if info.stream:
+            attributes["gen_ai.request.stream"] = True
+        name = f"{info.operation} {info.request_model}" if info.request_model else info.operation
+        return self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+
+    def finish(self, state: object | None, record: UsageRecord) -> None:
+        span: Any = state
+        if span is None:
+            return
+        try:
+            if span.is_recording():
+                span.set_attributes(span_attributes(record))
+                if record.outcome in (Outcome.SERVER_ERROR, Outcome.TRANSPORT_ERROR, Outcome.CLIENT_ERROR):
+                    span.set_status(Status(StatusCode.ERROR))
+        finally:
+            span.end()
+
+
+def span_attributes(record: UsageRecord) -> dict[str, Any]:
+    """The end-of-body span attributes of a record (no text, no credentials)."""
+    attrs: dict[str, Any] = {"cachewatch.outcome": record.outcome.value}
+    if record.status_code is not None:
+        attrs["http.response.status_code"] = record.status_code
+    if record.response_model:
+        attrs["gen_ai.response.model"] = record.response_model
+    if record.response_id:
+        attrs["gen_ai.response.id"] = record.response_id
+    if record.finish_reasons:
+        attrs["gen_ai.response.finish_reasons"] = list(record.finish_reasons)
+    if record.error_type:
+        attrs["error.type"] = record.error_type
+    elif record.outcome in (Outcome.SERVER_ERROR, Outcome.CLIENT_ERROR) and record.status_code:
+        attrs["error.type"] = str(record.status_code)
+    if record.time_to_first_token is not None:
+        attrs["gen_ai.response.time_to_first_chunk"] = record.time_to_first_token
+    usage = record.usage
+    if usage is not None:
+        attrs["gen_ai.usage.input_tokens"] = usage.prompt_total
+        attrs["gen_ai.usage.output_tokens"] = usage.output
+        attrs["gen_ai.usage.cache_read.input_tokens"] = usage.cache_read
+        attrs["gen_ai.usage.cache_creation.input_tokens"] = usage.cache_write
+        attrs["cachewatch.usage.uncached_input_tokens"] = usage.input
+        attrs["cachewatch.usage.cache_creation.ephemeral_5m.input_tokens"] = usage.cache_write_5m
+        attrs["cachewatch.usage.cache_creation.ephemeral_1h.input_tokens"] = usage.cache_write_1h
+        if usage.reasoning is not None:
+            attrs["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning
+    for key, value in record.extra.items():
+        if isinstance(value, (str, bool, int, float)):
+            attrs[f"cachewatch.{key}"] = value
+        elif isinstance(value, (tuple, list)) and all(isinstance(v, (str, int, float, bool)) for v in value):
+            attrs[f"cachewatch.{key}"] = list(value)
+    return attrs
+
+
+class OTelMetricsSink:
+    """GenAI client metrics through a user-supplied ``meter_provider``, with semconv buckets."""
+
+    name = "otel_metrics"
+
+    def __init__(self, meter_provider: Any) -> None:
+        meter = meter_provider.get_meter("cachewatch", __version__)
+        self.token_usage = meter.create_histogram(
+            "gen_ai.client.token.usage",
+            unit="{token}",
+            description="Number of input and output tokens used.",
+            explicit_bucket_boundaries_advisory=list(TOKEN_BUCKETS),
+        )
+        self.duration = meter.create_histogram(
+            "gen_ai.client.operation.duration",
+            unit="s",
+            description="GenAI operation duration.",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
+        )
+        self.ttfc = meter.create_histogram(
+            "gen_ai.client.operation.time_to_first_chunk",
+            unit="s",
+            description="Time to receive the first chunk of a streamed response.",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
+        )
+
+    def start(self, info: RequestInfo) -> None:
+        return None
+
+    def finish(self, state: object | None, record: UsageRecord) -> None:
+        info = record.request
+        attrs: dict[str, Any] = {
+            "gen_ai.operation.name": info.operation,
+            "gen_ai.provider.name": semconv_provider(info.provider),
+            "server.address": info.server_address,
+        }
+        if info.request_model:
+            attrs["gen_ai.request.model"] = info.model
+        if info.server_port is not None:
+            attrs["server.port"] = info.server_port
+        if record.response_model:
+            attrs["gen_ai.response.model"] = record.response_model
+        if record.error_type:
+            attrs["error.type"] = record.error_type
+        self.duration.record(record.duration, attrs)
+        if record.time_to_first_token is not None:
+            self.ttfc.record(record.time_to_first_token, attrs)
+        if record.usage is not None:
+            self.token_usage.record(record.usage.prompt_total, {**attrs, "gen_ai.token.type": "input"})
+            self.token_usage.record(record.usage.output, {**attrs, "gen_ai.token.type": "output"})

@@ -1,0 +1,103 @@
+"""Prometheus sink: the fixed ``cachewatch_*`` counters and histograms of SPEC section 5.
+
+Collectors are built from the metric catalogue once per registry (registering a name
+twice raises in prometheus_client), and only Counter and Histogram are used so that
+``PROMETHEUS_MULTIPROC_DIR`` multiprocess mode works. Label children are cached per
+label tuple to keep the per-request cost to a few dict look-ups.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+
+from .._catalogue import CATALOGUE, MetricSpec
+from .._models import TOKEN_TYPES, RequestInfo, UsageRecord
+
+__all__ = ["PrometheusMetrics", "PrometheusSink", "metrics_for"]
+
+
+class PrometheusMetrics:
+    """The collectors of the catalogue, registered on one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.collectors: dict[str, Any] = {}
+        for spec in CATALOGUE:
+            self.collectors[spec.name] = _build(spec, registry)
+        self.requests: Counter = self.collectors["cachewatch_requests_total"]
+        self.tokens: Counter = self.collectors["cachewatch_tokens_total"]
+        self.duration: Histogram = self.collectors["cachewatch_request_duration_seconds"]
+        self.ttft: Histogram = self.collectors["cachewatch_time_to_first_token_seconds"]
+        self.breakpoints: Counter = self.collectors["cachewatch_breakpoints_total"]
+        self.cost: Counter = self.collectors["cachewatch_cost_total"]
+        self.savings: Counter = self.collectors["cachewatch_cache_savings_total"]
+        self.write_premium: Counter = self.collectors["cachewatch_cache_write_premium_total"]
+        self.misses: Counter = self.collectors["cachewatch_cache_misses_total"]
+        self.internal_errors: Counter = self.collectors["cachewatch_internal_errors_total"]
+        self._token_children: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
+        self._lock = threading.Lock()
+
+    def token_children(self, provider: str, api: str, model: str, workspace: str) -> tuple[Any, ...]:
+        """The five ``cachewatch_tokens_total`` children of one label tuple, in TOKEN_TYPES order."""
+        key = (provider, api, model, workspace)
+        children = self._token_children.get(key)
+        if children is None:
+            children = tuple(self.tokens.labels(provider, api, model, workspace, t) for t in TOKEN_TYPES)
+            with self._lock:
+                self._token_children[key] = children
+        return children
+
+
+def _build(spec: MetricSpec, registry: CollectorRegistry) -> Any:
+    if spec.kind == "counter":
+        return Counter(spec.base_name, spec.help, spec.labels, registry=registry)
+    if spec.kind == "histogram":
+        return Histogram(spec.name, spec.help, spec.labels, registry=registry, buckets=spec.buckets)
+    raise ValueError(f"unsupported metric kind {spec.kind!r}")
+
+
+_BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, PrometheusMetrics] = weakref.WeakKeyDictionary()
+_BY_REGISTRY_LOCK = threading.Lock()
+
+
+def metrics_for(registry: CollectorRegistry | None = None) -> PrometheusMetrics:
+    """The (shared) collectors on ``registry``, created on first use; default: the global registry."""
+    registry = REGISTRY if registry is None else registry
+    with _BY_REGISTRY_LOCK:
+        metrics = _BY_REGISTRY.get(registry)
+        if metrics is None:
+            metrics = PrometheusMetrics(registry)
+            _BY_REGISTRY[registry] = metrics
+        return metrics
+
+
+class PrometheusSink:
+    """Counts requests, tokens by type, duration and time to first token."""
+
+    name = "prometheus"
+
+    def __init__(self, metrics: PrometheusMetrics) -> None:
+        self.metrics = metrics
+
+    def start(self, info: RequestInfo) -> None:
+        return None
+
+    def finish(self, state: object | None, record: UsageRecord) -> None:
+        m = self.metrics
+        info = record.request
+        m.requests.labels(info.provider, info.api, info.model, info.workspace, record.outcome.value).inc()
+        usage = record.usage
+        if usage is not None:
+            children = m.token_children(info.provider, info.api, info.model, info.workspace)
+            for child, value in zip(
+                children,
+                (usage.input, usage.cache_read, usage.cache_write_5m, usage.cache_write_1h, usage.output),
+            ):
+                child.inc(value)
+        m.duration.labels(info.provider, info.api, info.model).observe(record.duration)
+        if record.time_to_first_token is not None:
+            m.ttft.labels(info.provider, info.api, info.model).observe(record.time_to_first_token)
