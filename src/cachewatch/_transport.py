@@ -28,6 +28,7 @@ __all__ = ["AsyncCacheWatchTransport", "CacheWatchTransport"]
 _ACTIVE: ContextVar[bool] = ContextVar("cachewatch_active", default=False)
 
 _FAMILIES: dict[type, ModuleType] = {}
+_DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
 def _family(obj: object) -> ModuleType:
@@ -56,7 +57,7 @@ def _begin(engine: Engine, request: Any) -> Exchange | None:
         return engine.begin(
             method=request.method,
             host=url.host,
-            port=url.port,
+            port=url.port or _DEFAULT_PORTS.get(url.scheme),
             path=url.path,
             headers=request.headers,
             body=_request_body(request),

@@ -1,0 +1,335 @@
+"""The transports under httpx and httpx2, sync and async: accounting, streaming, telemetry, pass-through."""
+
+from __future__ import annotations
+
+import gzip
+import importlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+import cachewatch
+
+FAMILIES = ["httpx", "httpx2"]
+MODES = [(f, s) for f in FAMILIES for s in ("sync", "async")]
+
+ANTHROPIC_JSON = (
+    b'{"id":"msg_01","type":"message","role":"assistant","model":"claude-sonnet-4-6",'
+    b'"content":[{"type":"text","text":"Hello there"}],"stop_reason":"end_turn","stop_sequence":null,'
+    b'"usage":{"input_tokens":12,"cache_creation_input_tokens":2000,"cache_read_input_tokens":3000,'
+    b'"cache_creation":{"ephemeral_5m_input_tokens":500,"ephemeral_1h_input_tokens":1500},"output_tokens":9}}'
+)
+DASHSCOPE_SSE = (
+    b"event: message_start\n"
+    b'data: {"type":"message_start","message":{"id":"msg_ds","type":"message","role":"assistant",'
+    b'"model":"qwen3.6-plus","content":[],"usage":{"input_tokens":8834,"output_tokens":0}}}\n\n'
+    b"event: content_block_start\n"
+    b'data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}\n\n'
+    b"event: ping\ndata: {\"type\": \"ping\"}\n\n"
+    b"event: content_block_delta\n"
+    b'data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}\n\n'
+    b"event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n"
+    b"event: message_delta\n"
+    b'data: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},'
+    b'"usage":{"input_tokens":18,"cache_read_input_tokens":8831,"cache_creation_input_tokens":0,'
+    b'"cache_creation":{"ephemeral_5m_input_tokens":0},"output_tokens":7}}\n\n'
+    b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+)
+REQUEST = {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def chunks_of(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+class Harness:
+    """Builds a client of one family/mode around a MockTransport, and performs calls."""
+
+    def __init__(self, family: str, mode: str) -> None:
+        self.mod: Any = importlib.import_module(family)
+        self.sync = mode == "sync"
+        self.received: list[Any] = []
+
+    def body(self, parts: list[bytes]) -> Any:
+        if self.sync:
+
+            def gen() -> Iterator[bytes]:
+                yield from parts
+
+            return gen()
+
+        async def agen() -> AsyncIterator[bytes]:
+            for p in parts:
+                yield p
+
+        return agen()
+
+    def transport(self, respond: Any, **kwargs: Any) -> Any:
+        def handler(request: Any) -> Any:
+            request.read()
+            self.received.append(request)
+            status, headers, parts = respond(request)
+            return self.mod.Response(status, headers=headers, content=self.body(parts))
+
+        inner = self.mod.MockTransport(handler)
+        cls = cachewatch.CacheWatchTransport if self.sync else cachewatch.AsyncCacheWatchTransport
+        return cls(inner, **kwargs)
+
+    def client(self, transport: Any) -> Any:
+        cls = self.mod.Client if self.sync else self.mod.AsyncClient
+        return cls(transport=transport, base_url="https://api.anthropic.com")
+
+    async def post(self, client: Any, path: str = "/v1/messages", **kw: Any) -> Any:
+        if self.sync:
+            return client.post(path, **kw)
+        return await client.post(path, **kw)
+
+    async def stream_chunks(self, client: Any, path: str = "/v1/messages", limit: int | None = None, **kw: Any):
+        got: list[bytes] = []
+        if self.sync:
+            with client.stream("POST", path, **kw) as r:
+                for c in r.iter_raw():
+                    got.append(c)
+                    if limit is not None and len(got) >= limit:
+                        break
+            return got
+        async with client.stream("POST", path, **kw) as r:
+            async for c in r.aiter_raw():
+                got.append(c)
+                if limit is not None and len(got) >= limit:
+                    break
+        return got
+
+
+@pytest.fixture(params=MODES, ids=["-".join(m) for m in MODES])
+def harness(request: pytest.FixtureRequest) -> Harness:
+    return Harness(*request.param)
+
+
+async def test_json_partition_labels_span_and_log(harness: Harness, telemetry: Any) -> None:
+    t = harness.transport(
+        lambda r: (200, {"content-type": "application/json"}, [ANTHROPIC_JSON]),
+        breakpoints="off",
+        **telemetry.kwargs,
+    )
+    client = harness.client(t)
+    r = await harness.post(client, json=REQUEST)
+    assert r.content == ANTHROPIC_JSON
+    labels = {"provider": "anthropic", "api": "messages", "model": "claude-sonnet-4-6", "workspace": "default"}
+    assert telemetry.tokens(**labels) == {
+        "input": 12,
+        "cache_read": 3000,
+        "cache_write_5m": 500,
+        "cache_write_1h": 1500,
+        "output": 9,
+    }
+    assert telemetry.value("cachewatch_requests_total", outcome="ok", **labels) == 1
+    (span,) = telemetry.spans()
+    assert span.name == "chat claude-sonnet-4-6"
+    a = span.attributes
+    assert a["gen_ai.usage.input_tokens"] == 12 + 3000 + 2000
+    assert a["gen_ai.usage.cache_read.input_tokens"] == 3000
+    assert a["gen_ai.usage.cache_creation.input_tokens"] == 2000
+    assert a["gen_ai.usage.output_tokens"] == 9
+    assert a["gen_ai.provider.name"] == "anthropic"
+    assert a["gen_ai.response.id"] == "msg_01"
+    assert list(a["gen_ai.response.finish_reasons"]) == ["end_turn"]
+    assert a["server.address"] == "api.anthropic.com"
+    assert a["server.port"] == 443
+    (event,) = telemetry.events()
+    assert event["event"] == "cachewatch.request"
+    assert event["tokens"]["cache_write_1h"] == 1500
+    assert event["outcome"] == "ok"
+
+
+@pytest.mark.parametrize("size", [1, 7, 4096])
+async def test_sse_chunks_pass_through_and_merge_by_overwrite(harness: Harness, telemetry: Any, size: int) -> None:
+    parts = chunks_of(DASHSCOPE_SSE, size)
+    t = harness.transport(
+        lambda r: (200, {"content-type": "text/event-stream"}, parts), breakpoints="off", **telemetry.kwargs
+    )
+    client = harness.client(t)
+    got = await harness.stream_chunks(client, json={**REQUEST, "model": "qwen3.6-plus", "stream": True})
+    assert got == parts  # chunk for chunk, byte for byte
+    labels = {"provider": "anthropic", "api": "messages", "model": "qwen3.6-plus", "workspace": "default"}
+    tokens = telemetry.tokens(**labels)
+    assert tokens == {"input": 18, "cache_read": 8831, "cache_write_5m": 0, "cache_write_1h": 0, "output": 7}
+    assert telemetry.value(
+        "cachewatch_time_to_first_token_seconds_count", provider="anthropic", api="messages", model="qwen3.6-plus"
+    ) == 1
+    (span,) = telemetry.spans()
+    assert span.attributes["gen_ai.usage.input_tokens"] == 18 + 8831
+    assert span.attributes["gen_ai.request.stream"] is True
+
+
+async def test_span_ends_when_body_ends_not_at_headers(harness: Harness, telemetry: Any) -> None:
+    parts = chunks_of(DASHSCOPE_SSE, 50)
+    t = harness.transport(lambda r: (200, {"content-type": "text/event-stream"}, parts), **telemetry.kwargs)
+    client = harness.client(t)
+    if harness.sync:
+        with client.stream("POST", "/v1/messages", json=REQUEST) as r:
+            assert telemetry.spans() == []
+            it = r.iter_raw()
+            first = next(it)
+            assert first == parts[0]
+            assert telemetry.spans() == []
+            rest = list(it)
+        assert [first, *rest] == parts
+    else:
+        async with client.stream("POST", "/v1/messages", json=REQUEST) as r:
+            assert telemetry.spans() == []
+            it = r.aiter_raw()
+            first = await it.__anext__()
+            assert telemetry.spans() == []
+            rest = [c async for c in it]
+        assert [first, *rest] == parts
+    assert len(telemetry.spans()) == 1
+
+
+async def test_abandoned_stream_is_aborted_with_usage_so_far(harness: Harness, telemetry: Any) -> None:
+    head, tail = DASHSCOPE_SSE.split(b"event: content_block_start", 1)
+    parts = [head, b"event: content_block_start" + tail]
+    t = harness.transport(lambda r: (200, {"content-type": "text/event-stream"}, parts), **telemetry.kwargs)
+    client = harness.client(t)
+    got = await harness.stream_chunks(client, json=REQUEST, limit=1)
+    assert got == parts[:1]
+    labels = {"provider": "anthropic", "api": "messages", "model": "claude-sonnet-4-6", "workspace": "default"}
+    assert telemetry.value("cachewatch_requests_total", outcome="aborted", **labels) == 1
+    assert telemetry.value("cachewatch_requests_total", outcome="ok", **labels) == 0
+    # message_start reported the full prompt as uncached input: that is all we saw.
+    assert telemetry.tokens(**labels)["input"] == 8834
+    (span,) = telemetry.spans()
+    assert span.attributes["cachewatch.outcome"] == "aborted"
+
+
+async def test_gzip_body_reaches_caller_unchanged_and_is_parsed(harness: Harness, telemetry: Any) -> None:
+    compressed = gzip.compress(ANTHROPIC_JSON)
+    parts = chunks_of(compressed, 3)
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    t = harness.transport(lambda r: (200, headers, parts), **telemetry.kwargs)
+    client = harness.client(t)
+    assert await harness.stream_chunks(client, json=REQUEST) == parts
+    r = await harness.post(client, json=REQUEST)
+    assert r.content == ANTHROPIC_JSON
+    assert telemetry.tokens(provider="anthropic", api="messages", model="claude-sonnet-4-6", workspace="default")[
+        "cache_read"
+    ] == 6000
+
+
+async def test_unrecognised_requests_pass_through_untouched(harness: Harness, telemetry: Any) -> None:
+    t = harness.transport(lambda r: (200, {"content-type": "application/json"}, [b'{"ok":true}']), **telemetry.kwargs)
+    client = harness.client(t)
+    r = await harness.post(client, "/v1/embeddings", json={"model": "m", "input": "x"})
+    assert r.content == b'{"ok":true}'
+    if harness.sync:
+        client.get("/v1/messages")
+    else:
+        await client.get("/v1/messages")
+    assert telemetry.spans() == []
+    assert "cachewatch_requests_total{" not in _exposition(telemetry)
+
+
+async def test_inner_transport_exception_is_reraised_unchanged(harness: Harness, telemetry: Any) -> None:
+    boom = harness.mod.ConnectError("refused")
+
+    def respond(request: Any) -> Any:
+        raise boom
+
+    t = harness.transport(respond, **telemetry.kwargs)
+    client = harness.client(t)
+    with pytest.raises(harness.mod.ConnectError) as info:
+        await harness.post(client, json=REQUEST)
+    assert info.value is boom
+    labels = {"provider": "anthropic", "api": "messages", "model": "claude-sonnet-4-6", "workspace": "default"}
+    assert telemetry.value("cachewatch_requests_total", outcome="transport_error", **labels) == 1
+    (span,) = telemetry.spans()
+    assert span.attributes["error.type"] == "ConnectError"
+
+
+async def test_error_body_counts_client_error(harness: Harness, telemetry: Any) -> None:
+    err = b'{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}'
+    t = harness.transport(lambda r: (400, {"content-type": "application/json"}, [err]), **telemetry.kwargs)
+    r = await harness.post(harness.client(t), json=REQUEST)
+    assert r.status_code == 400
+    assert r.content == err
+    labels = {"provider": "anthropic", "api": "messages", "model": "claude-sonnet-4-6", "workspace": "default"}
+    assert telemetry.value("cachewatch_requests_total", outcome="client_error", **labels) == 1
+    (span,) = telemetry.spans()
+    assert span.attributes["error.type"] == "invalid_request_error"
+
+
+async def test_nested_transports_do_not_double_count(harness: Harness, telemetry: Any) -> None:
+    inner = harness.transport(
+        lambda r: (200, {"content-type": "application/json"}, [ANTHROPIC_JSON]), **telemetry.kwargs
+    )
+    cls = type(inner)
+    outer = cls(inner, **telemetry.kwargs)
+    await harness.post(harness.client(outer), json=REQUEST)
+    labels = {"provider": "anthropic", "api": "messages", "model": "claude-sonnet-4-6", "workspace": "default"}
+    assert telemetry.value("cachewatch_requests_total", outcome="ok", **labels) == 1
+    assert len(telemetry.spans()) == 1
+
+
+async def test_wrap_twice_does_not_double_count(harness: Harness, telemetry: Any) -> None:
+    def handler(request: Any) -> Any:
+        return harness.mod.Response(200, headers={"content-type": "application/json"}, content=ANTHROPIC_JSON)
+
+    cls = harness.mod.Client if harness.sync else harness.mod.AsyncClient
+    client = cls(transport=harness.mod.MockTransport(handler), base_url="https://api.anthropic.com", timeout=7)
+    wrapped = cachewatch.wrap(client, **telemetry.kwargs)
+    assert wrapped is client
+    assert cachewatch.wrap(client, **telemetry.kwargs) is client
+    assert client.timeout.read == 7
+    await harness.post(client, json=REQUEST)
+    labels = {"provider": "anthropic", "api": "messages", "model": "claude-sonnet-4-6", "workspace": "default"}
+    assert telemetry.value("cachewatch_requests_total", outcome="ok", **labels) == 1
+
+
+async def test_observe_only_sends_request_bytes_unchanged(harness: Harness, telemetry: Any) -> None:
+    body = b'{"model": "claude-sonnet-4-6",  "system": "' + b"x" * 9000 + b'", "messages": []}'
+    t = harness.transport(
+        lambda r: (200, {"content-type": "application/json"}, [ANTHROPIC_JSON]), breakpoints="off", **telemetry.kwargs
+    )
+    await harness.post(harness.client(t), content=body, headers={"content-type": "application/json"})
+    (sent,) = harness.received
+    assert sent.content == body
+    assert sent.headers["content-length"] == str(len(body))
+
+
+def test_default_inner_transport_follows_the_request_family(telemetry: Any) -> None:
+    import httpx
+    import httpx2
+
+    t = cachewatch.CacheWatchTransport(**telemetry.kwargs)
+    assert isinstance(t._inner_for(httpx.Request("POST", "https://x/v1/messages"), "HTTPTransport"), httpx.HTTPTransport)
+    assert isinstance(
+        t._inner_for(httpx2.Request("POST", "https://x/v1/messages"), "HTTPTransport"), httpx2.HTTPTransport
+    )
+    t.close()
+
+
+async def test_otel_metrics_with_meter_provider(harness: Harness, telemetry: Any) -> None:
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    t = harness.transport(
+        lambda r: (200, {"content-type": "application/json"}, [ANTHROPIC_JSON]),
+        meter_provider=meter_provider,
+        **telemetry.kwargs,
+    )
+    await harness.post(harness.client(t), json=REQUEST)
+    data = reader.get_metrics_data()
+    metrics = {m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    assert {"gen_ai.client.token.usage", "gen_ai.client.operation.duration"} <= set(metrics)
+    points = {p.attributes["gen_ai.token.type"]: p for p in metrics["gen_ai.client.token.usage"].data.data_points}
+    assert points["input"].sum == 5012
+    assert points["output"].sum == 9
+    assert list(points["input"].explicit_bounds)[:3] == [1, 4, 16]
+
+
+def _exposition(telemetry: Any) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(telemetry.registry).decode()
