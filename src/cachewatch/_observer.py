@@ -1,0 +1,279 @@
+"""Sans-IO response observer: raw wire bytes in, a ParsedResponse out.
+
+Place in the flow: ``_streams`` passes every body chunk through to the caller unchanged
+and also calls :meth:`ResponseObserver.feed` with it; when the body ends or is closed,
+the transport calls :meth:`ResponseObserver.result` and builds the ``UsageRecord``.
+
+Pipeline: ``Content-Encoding`` decoding (``_decoding``) -> SSE or JSON ->
+``_usage.UsageAccumulator``. SSE vs JSON comes from ``Content-Type``
+(``text/event-stream`` / ``*json``); when it is missing or anything else, the first
+non-whitespace decoded bytes decide (``{``/``[`` -> JSON, ``event:``/``data:``/``:`` ->
+SSE, anything else -> unparsed). JSON bodies are buffered up to ``max_json_bytes`` and
+parsed once, at the first :meth:`~ResponseObserver.result` call after new data; SSE events
+are parsed as they arrive. Nothing here raises on bad input; it reports
+``unparsed=True`` instead.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import orjson
+
+from cachewatch._decoding import ContentDecoder
+from cachewatch._models import ParsedResponse
+from cachewatch._sse import SSEDecoder, SSEEvent
+from cachewatch._usage import UsageAccumulator
+
+__all__ = ["DEFAULT_MAX_JSON_BYTES", "ResponseObserver"]
+
+DEFAULT_MAX_JSON_BYTES: Final = 8 * 1024 * 1024
+
+_UNDECIDED, _JSON, _SSE, _OTHER = 0, 1, 2, 3
+_WHITESPACE = b" \t\r\n\xef\xbb\xbf"  # and a UTF-8 byte-order mark
+_SSE_STARTS = (b"event:", b"data:", b":", b"id:", b"retry:")
+_SNIFF_LIMIT = 64
+
+# Substrings at least one of which appears in every SSE payload that matters for usage,
+# ids, completion or errors, per API. Payloads without any (text deltas, pings...) are
+# the bulk of a stream and are not JSON-decoded at all. A false positive only costs a
+# parse. None: parse every payload.
+_NEEDLES: Final[dict[str, tuple[str, ...] | None]] = {
+    "messages": ("message_", "usage", "error"),
+    "responses": (
+        "response.created",
+        "response.in_progress",
+        "response.queued",
+        "response.completed",
+        "response.incomplete",
+        "response.failed",
+        "usage",
+        "error",
+    ),
+}
+
+
+class ResponseObserver:
+    """Observes one response body and reports what it billed.
+
+    Args:
+        api: the SPEC section 3 ``api`` label (``messages``, ``chat_completions``,
+            ``responses``, ``dashscope_generation``).
+        content_type: the response ``Content-Type`` header, or None.
+        content_encoding: the response ``Content-Encoding`` header, or None.
+        max_json_bytes: decoded size cap for a JSON body; larger bodies are unparsed.
+
+    Example::
+
+        observer = ResponseObserver("messages", content_type="text/event-stream",
+                                    content_encoding=None)
+        for chunk in wire_chunks:
+            observer.feed(chunk)
+        parsed = observer.result()   # usage so far; callable at any time
+    """
+
+    __slots__ = (
+        "_acc",
+        "_api",
+        "_decoder",
+        "_failed",
+        "_json_overflow",
+        "_json_parts",
+        "_json_size",
+        "_max_json_bytes",
+        "_mode",
+        "_needles",
+        "_result",
+        "_sniff",
+        "_sse",
+    )
+
+    def __init__(
+        self,
+        api: str,
+        *,
+        content_type: str | None,
+        content_encoding: str | None,
+        max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+    ) -> None:
+        self._api = api
+        self._acc = UsageAccumulator(api)
+        self._needles = _NEEDLES.get(api)
+        self._decoder = ContentDecoder(content_encoding)
+        self._sse = SSEDecoder()
+        self._max_json_bytes = max_json_bytes
+        self._json_parts: list[bytes] = []
+        self._json_size = 0
+        self._json_overflow = False
+        self._failed = self._decoder.failed
+        self._sniff = b""
+        self._result: ParsedResponse | None = None
+        ctype = (content_type or "").lower()
+        if "text/event-stream" in ctype:
+            self._mode = _SSE
+        elif "json" in ctype:
+            self._mode = _JSON
+        else:
+            self._mode = _UNDECIDED
+
+    def feed(self, chunk: bytes) -> None:
+        """Observe the next raw (still content-encoded) body chunk. Never raises."""
+        if self._failed or not chunk:
+            return
+        self._result = None
+        try:
+            decoder = self._decoder
+            if not decoder.passthrough:
+                chunk = decoder.decode(chunk)
+                if decoder.failed:
+                    self._failed = True
+                    return
+                if not chunk:
+                    return
+            mode = self._mode
+            if mode == _SSE:
+                self._events(self._sse.feed(chunk))
+            elif mode == _JSON:
+                self._buffer_json(chunk)
+            elif mode == _UNDECIDED:
+                self._sniff_feed(chunk)
+        except Exception:
+            # A bug here must never reach the caller's traffic.
+            self._failed = True
+
+    def result(self) -> ParsedResponse:
+        """Everything learned so far; cheap, and cached until the next chunk. Never raises."""
+        cached = self._result
+        if cached is not None:
+            return cached
+        try:
+            parsed = self._compute()
+        except Exception:
+            parsed = ParsedResponse(unparsed=True)
+        self._result = parsed
+        return parsed
+
+    # -- internals ------------------------------------------------------------------
+
+    def _compute(self) -> ParsedResponse:
+        mode = self._mode
+        unparsed = self._failed
+        if mode == _JSON:
+            if self._json_overflow:
+                return ParsedResponse(unparsed=True)
+            if not self._json_parts:
+                return ParsedResponse(unparsed=unparsed)
+            parsed = self._parse_json()
+        elif mode == _SSE:
+            parsed = self._acc.result()
+            if not self._failed:
+                pending = self._sse.pending()
+                if pending:
+                    # A final event without its blank line: fold it into a snapshot so
+                    # that result() stays side-effect free while the stream may go on.
+                    acc = self._acc.copy()
+                    self._events(pending, acc)
+                    parsed = acc.result()
+        elif mode == _OTHER:
+            return ParsedResponse(unparsed=True)
+        else:
+            # Undecided: nothing but whitespace, or a body that ended inside "event:".
+            return ParsedResponse(unparsed=self._failed or bool(self._sniff.strip(_WHITESPACE)))
+        if unparsed and not parsed.unparsed:
+            parsed = _with_unparsed(parsed)
+        return parsed
+
+    def _events(self, events: list[SSEEvent], acc: UsageAccumulator | None = None) -> None:
+        if not events:
+            return
+        if acc is None:
+            acc = self._acc
+        needles = self._needles
+        chat = self._api == "chat_completions"
+        loads = orjson.loads
+        for event, data in events:
+            if data == "[DONE]":
+                acc.mark_complete()
+                continue
+            if needles is not None and event != "error" and not any(n in data for n in needles):
+                continue
+            if chat and event is None and acc.has_ids and _chat_chunk_is_noise(data):
+                continue
+            try:
+                obj = loads(data)
+            except orjson.JSONDecodeError:
+                continue  # non-JSON data lines are legal SSE
+            acc.add_event(event, obj)
+
+    def _buffer_json(self, chunk: bytes) -> None:
+        if self._json_overflow:
+            return
+        self._json_size += len(chunk)
+        if self._json_size > self._max_json_bytes:
+            self._json_overflow = True
+            self._json_parts = []
+            return
+        self._json_parts.append(chunk)
+
+    def _parse_json(self) -> ParsedResponse:
+        """Parse the whole buffered body (kept: result() may be called mid-body)."""
+        parts = self._json_parts
+        if len(parts) > 1:
+            parts[:] = [b"".join(parts)]
+        try:
+            obj = orjson.loads(parts[0])
+        except orjson.JSONDecodeError:
+            return ParsedResponse(unparsed=True)
+        acc = UsageAccumulator(self._api)
+        acc.add_json(obj)
+        return acc.result()
+
+    def _sniff_feed(self, chunk: bytes) -> None:
+        sniff = self._sniff + chunk
+        head = sniff.lstrip(_WHITESPACE)
+        if not head:
+            self._sniff = sniff if len(sniff) <= _SNIFF_LIMIT else b""
+            return
+        if head[:1] in (b"{", b"["):
+            self._mode = _JSON
+        elif any(head.startswith(p) for p in _SSE_STARTS):
+            self._mode = _SSE
+        elif len(head) < 6 and any(p.startswith(head) for p in _SSE_STARTS):
+            self._sniff = sniff  # could still become "event:"/"data:"
+            return
+        else:
+            self._mode = _OTHER
+        self._sniff = b""
+        if self._mode == _JSON:
+            self._buffer_json(sniff)
+        elif self._mode == _SSE:
+            self._events(self._sse.feed(sniff))
+
+
+def _chat_chunk_is_noise(data: str) -> bool:
+    """A content-only Chat Completions chunk: every ``finish_reason`` and ``usage`` is null.
+
+    Decided on the raw text, which is safe because a quoted key such as ``"usage"``
+    cannot occur inside a JSON string (its quotes would be escaped). Spacing variants
+    of re-serialised bodies are both counted.
+    """
+    if "error" in data:
+        return False
+    n = data.count('"usage"')
+    if n and n != data.count('"usage":null') + data.count('"usage": null'):
+        return False
+    n = data.count('"finish_reason"')
+    return n == data.count('"finish_reason":null') + data.count('"finish_reason": null')
+
+
+def _with_unparsed(parsed: ParsedResponse) -> ParsedResponse:
+    return ParsedResponse(
+        usage=parsed.usage,
+        response_model=parsed.response_model,
+        response_id=parsed.response_id,
+        finish_reasons=parsed.finish_reasons,
+        error_type=parsed.error_type,
+        complete=parsed.complete,
+        unparsed=True,
+        provider_miss_reason=parsed.provider_miss_reason,
+    )

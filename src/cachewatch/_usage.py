@@ -1,0 +1,461 @@
+"""Fold provider response JSON (a whole body or SSE event payloads) into a ParsedResponse.
+
+Place in the flow: ``_observer`` decodes the body and calls :class:`UsageAccumulator`;
+the result becomes part of the ``UsageRecord``. Pure functions, no I/O, no httpx.
+
+Token partition (SPEC section 4): ``input + cache_read + cache_write_5m +
+cache_write_1h`` equals the prompt total the provider billed. :func:`partition_usage`
+recognises the usage *shape* rather than trusting the API label, because relays mix
+them (a Kimi ``message_delta`` may carry OpenAI-style fields):
+
+* DeepSeek (``prompt_cache_hit_tokens`` / ``prompt_cache_miss_tokens``): input = miss,
+  cache_read = hit.
+* Anthropic (a top-level ``cache_read_input_tokens`` or ``cache_creation_input_tokens``):
+  the counters are disjoint; the 5m/1h split comes from ``cache_creation.ephemeral_*``
+  only when it sums to ``cache_creation_input_tokens``, otherwise every write is 5m.
+* Subset shapes (OpenAI Chat ``prompt_tokens``; OpenAI Responses and DashScope native
+  ``input_tokens`` with details): the total includes reads and writes, so
+  input = total - cached - written. Reads: ``*_tokens_details.cached_tokens``, else
+  top-level ``cached_tokens`` (DashScope VL models, Together via Hugging Face), else
+  Mistral ``num_cached_tokens``. Writes: ``cache_write_tokens`` (OpenAI GPT-5.6+,
+  OpenRouter) or ``cache_creation_input_tokens`` (DashScope), split 5m/1h by a nested
+  ``cache_creation`` when present and consistent.
+
+Counts are clamped so that none is negative and the invariant still holds.
+``output`` is ``output_tokens``/``completion_tokens`` (reasoning included);
+``reasoning`` comes from ``completion_tokens_details.reasoning_tokens`` or
+``output_tokens_details.reasoning_tokens`` (Anthropic ``thinking_tokens`` too).
+
+Finish reasons: Anthropic ``stop_reason``; Chat Completions every choice's
+``finish_reason`` in choice-index order; DashScope native ``finish_reason`` (the
+literal string ``"null"`` it sends mid-stream is skipped); Responses the
+``incomplete_details.reason`` when there is one (``max_output_tokens``...), otherwise
+the response ``status`` (``completed``, ``failed``...).
+
+Corpus quirks handled here:
+
+* Groq streams put the usage in ``x_groq.usage`` (newer ones in both places); Groq's
+  ``usage_breakdown.models[].usage`` is per-model detail and is ignored.
+* Responses streams recorded by some clients have ``event:`` names shifted by one
+  against the data ``type``; the data ``type`` wins.
+* Chat streams may end with ``event: error`` (Groq tool validation) after content.
+
+Only identifiers, counts and status strings are kept: never prompt or completion text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cachewatch._models import ParsedResponse, TokenUsage
+
+__all__ = ["UsageAccumulator", "partition_usage", "unwrap_envelope"]
+
+_MESSAGES = "messages"
+_CHAT = "chat_completions"
+_RESPONSES = "responses"
+_DASHSCOPE = "dashscope_generation"
+
+_RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_RESPONSES_CARRY_RESPONSE = frozenset(
+    {"response.created", "response.in_progress", "response.queued", *_RESPONSES_TERMINAL}
+)
+
+
+def _count(value: object) -> int | None:
+    """A non-negative token count, or None when absent or not a number."""
+    if type(value) is int:
+        return value if value >= 0 else 0
+    if type(value) is float and value == value and value not in (float("inf"), float("-inf")):
+        return max(int(value), 0)
+    return None
+
+
+def _dict(value: object) -> dict[str, Any] | None:
+    return value if isinstance(value, dict) else None
+
+
+def _first_count(*values: object) -> int | None:
+    for value in values:
+        n = _count(value)
+        if n is not None:
+            return n
+    return None
+
+
+def _split_writes(write: int, breakdown: object) -> tuple[int, int]:
+    """(5m, 1h) from a ``cache_creation`` object, used only when it sums to ``write``."""
+    detail = _dict(breakdown)
+    if detail is not None:
+        m5 = _count(detail.get("ephemeral_5m_input_tokens")) or 0
+        h1 = _count(detail.get("ephemeral_1h_input_tokens")) or 0
+        if m5 + h1 == write:
+            return m5, h1
+    return write, 0
+
+
+def _reasoning(usage: dict[str, Any]) -> int | None:
+    for key in ("completion_tokens_details", "output_tokens_details"):
+        detail = _dict(usage.get(key))
+        if detail is not None:
+            n = _first_count(detail.get("reasoning_tokens"), detail.get("thinking_tokens"))
+            if n is not None:
+                return n
+    return None
+
+
+def partition_usage(usage: object) -> TokenUsage | None:
+    """The SPEC section 4 partition of one provider ``usage`` object (None if it has no counts)."""
+    u = _dict(usage)
+    if u is None:
+        return None
+    output = _first_count(u.get("output_tokens"), u.get("completion_tokens"))
+    reasoning = _reasoning(u)
+    if reasoning is not None and output is not None:
+        reasoning = min(reasoning, output)
+    hit = _count(u.get("prompt_cache_hit_tokens"))
+    miss = _count(u.get("prompt_cache_miss_tokens"))
+    m5 = h1 = 0
+    if hit is not None or miss is not None:
+        # DeepSeek: hit + miss is the billed prompt; no write surcharge.
+        read = hit or 0
+        if miss is None:
+            miss = max((_count(u.get("prompt_tokens")) or 0) - read, 0)
+        fresh = miss
+    elif "cache_read_input_tokens" in u or "cache_creation_input_tokens" in u:
+        # Anthropic: disjoint counters.
+        fresh = _count(u.get("input_tokens")) or 0
+        read = _count(u.get("cache_read_input_tokens")) or 0
+        write = _count(u.get("cache_creation_input_tokens")) or 0
+        m5, h1 = _split_writes(write, u.get("cache_creation"))
+    else:
+        total = _first_count(u.get("prompt_tokens"), u.get("input_tokens"))
+        if total is None and output is None:
+            return None
+        total = total or 0
+        details = _dict(u.get("prompt_tokens_details")) or _dict(u.get("input_tokens_details")) or {}
+        read = (
+            _first_count(details.get("cached_tokens"), u.get("cached_tokens"), u.get("num_cached_tokens"))
+            or 0
+        )
+        write = (
+            _first_count(
+                details.get("cache_write_tokens"),
+                details.get("cache_creation_input_tokens"),
+                u.get("cache_write_tokens"),
+            )
+            or 0
+        )
+        read = min(read, total)
+        if read + write > total:
+            # Overlapping counters, not a partition. Seen from OpenRouter for Gemini
+            # explicit caching (corpus: prompt 2168, cached 2161, cache_write 2161): the
+            # prompt cost matches 2161 read + 7 fresh, the "write" being Gemini's
+            # separate storage fee. Reads win; the write is dropped from the partition.
+            write = 0
+        m5, h1 = _split_writes(write, details.get("cache_creation"))
+        fresh = total - read - write
+    return TokenUsage(
+        input=fresh,
+        cache_read=read,
+        cache_write_5m=m5,
+        cache_write_1h=h1,
+        output=output or 0,
+        reasoning=reasoning,
+    )
+
+
+def unwrap_envelope(obj: object) -> object:
+    """Unwrap ``{"code":200,"data":{...}}`` / ``{"success":true,"data":{...}}`` relay envelopes.
+
+    Only when the top level has a ``data`` object and no ``content``/``choices``/``type``
+    (research C.4), so real bodies that happen to have a ``data`` key are left alone.
+    """
+    if type(obj) is dict:
+        data = obj.get("data")
+        if type(data) is dict and "content" not in obj and "choices" not in obj and "type" not in obj:
+            return data
+    return obj
+
+
+def _error_type(obj: dict[str, Any]) -> str | None:
+    """The error type of an error body/event in either shape, else None."""
+    err = obj.get("error")
+    if type(err) is dict:
+        for key in ("type", "code"):
+            value = err.get(key)
+            if isinstance(value, str) and value:
+                return value
+            if type(value) is int:
+                return str(value)
+        return "error"
+    if obj.get("type") == "error":
+        # Responses stream `error` event: {"type":"error","code":...,"message":...}
+        code = obj.get("code")
+        if isinstance(code, str) and code:
+            return code
+        return "error"
+    if isinstance(err, str) and err:
+        return err
+    return None
+
+
+class UsageAccumulator:
+    """Folds one response (a JSON body, or the JSON payloads of its SSE events) into a ParsedResponse.
+
+    Args:
+        api: the SPEC section 3 ``api`` label: ``messages``, ``chat_completions``,
+            ``responses`` or ``dashscope_generation`` (anything else is read generically).
+
+    Example::
+
+        acc = UsageAccumulator("messages")
+        acc.add_event("message_start", {"type": "message_start", "message": {...}})
+        acc.add_event("message_delta", {"type": "message_delta", "usage": {...}})
+        acc.result().usage
+    """
+
+    __slots__ = (
+        "_api",
+        "_cached",
+        "_complete",
+        "_error_type",
+        "_finish",
+        "_response_id",
+        "_response_model",
+        "_usage",
+    )
+
+    def __init__(self, api: str) -> None:
+        self._api = api
+        #: The provider usage object: merged field by field for Anthropic streams, else the latest.
+        self._usage: dict[str, Any] | None = None
+        self._response_model: str | None = None
+        self._response_id: str | None = None
+        self._finish: dict[int, str] = {}
+        self._error_type: str | None = None
+        self._complete = False
+        self._cached: ParsedResponse | None = None
+
+    def copy(self) -> UsageAccumulator:
+        clone = UsageAccumulator(self._api)
+        clone._usage = dict(self._usage) if self._usage is not None else None
+        clone._response_model = self._response_model
+        clone._response_id = self._response_id
+        clone._finish = dict(self._finish)
+        clone._error_type = self._error_type
+        clone._complete = self._complete
+        return clone
+
+    @property
+    def has_ids(self) -> bool:
+        """Both the response id and model are known (later chunks need not repeat them)."""
+        return self._response_id is not None and self._response_model is not None
+
+    # -- inputs ---------------------------------------------------------------------
+
+    def mark_complete(self) -> None:
+        """A terminal marker outside the JSON (``data: [DONE]``) was seen."""
+        self._complete = True
+        self._cached = None
+
+    def add_json(self, obj: object) -> None:
+        """A whole (non-streamed) JSON response body."""
+        self._cached = None
+        self._complete = True
+        obj = unwrap_envelope(obj)
+        if type(obj) is not dict:
+            return
+        error = _error_type(obj)
+        if error is None and self._api == _DASHSCOPE:
+            error = _dashscope_error(obj)
+        if error is not None:
+            self._error_type = error
+        self._take_ids(obj)
+        if self._api == _DASHSCOPE:
+            self._take_ids_dashscope(obj)
+            self._take_dashscope_finish(obj)
+        elif self._api == _RESPONSES or obj.get("object") == "response":
+            self._take_responses_finish(obj)
+        elif self._api == _MESSAGES or obj.get("type") == "message":
+            self._take_stop_reason(obj.get("stop_reason"))
+        else:
+            self._take_choices(obj.get("choices"))
+        usage = _dict(obj.get("usage"))
+        if usage is None:
+            usage = _dict((_dict(obj.get("x_groq")) or {}).get("usage"))
+        if usage is not None:
+            self._usage = dict(usage)
+
+    def add_event(self, event: str | None, data: object) -> None:
+        """The parsed JSON ``data`` of one SSE event, with its ``event:`` name (or None)."""
+        self._cached = None
+        data = unwrap_envelope(data)
+        if type(data) is not dict:
+            return
+        kind = data.get("type")
+        if not isinstance(kind, str):
+            kind = event
+        api = self._api
+        if api == _MESSAGES:
+            self._messages_event(kind, data)
+        elif api == _RESPONSES:
+            self._responses_event(kind, data)
+        elif api == _DASHSCOPE:
+            self._dashscope_event(event, data)
+        else:
+            self._chat_event(event, data)
+
+    # -- per-API streams ------------------------------------------------------------
+
+    def _messages_event(self, kind: str | None, data: dict[str, Any]) -> None:
+        if kind == "message_start":
+            message = _dict(data.get("message")) or {}
+            self._take_ids(message)
+            usage = _dict(message.get("usage"))
+            if usage is not None:
+                self._usage = dict(usage)
+        elif kind == "message_delta":
+            delta = _dict(data.get("delta"))
+            if delta is not None:
+                self._take_stop_reason(delta.get("stop_reason"))
+            usage = _dict(data.get("usage"))
+            if usage is not None:
+                # Overwrite every present, non-null field; never add across events
+                # (anthropic-sdk-python accumulate_event). DashScope/Kimi/MiniMax send the
+                # cache split only here, after a message_start with the full prompt.
+                merged = self._usage if self._usage is not None else {}
+                for key, value in usage.items():
+                    if value is not None:
+                        merged[key] = value
+                self._usage = merged
+        elif kind == "message_stop":
+            self._complete = True
+        elif kind == "error" or "error" in data:
+            error = _error_type(data)
+            if error is not None:
+                self._error_type = error
+
+    def _chat_event(self, event: str | None, data: dict[str, Any]) -> None:
+        if event == "error" or "error" in data:
+            # OpenRouter can put an error *and* the final usage on the same chunk.
+            error = _error_type(data)
+            if error is not None:
+                self._error_type = error
+        if self._response_id is None or self._response_model is None:
+            self._take_ids(data)
+        choices = data.get("choices")
+        if choices:
+            self._take_choices(choices)
+        usage = data.get("usage")
+        if type(usage) is not dict:
+            usage = (_dict(data.get("x_groq")) or {}).get("usage")
+        if type(usage) is dict:
+            # Cumulative: some servers send it on every chunk, the last one wins.
+            self._usage = dict(usage)
+
+    def _responses_event(self, kind: str | None, data: dict[str, Any]) -> None:
+        if kind in _RESPONSES_CARRY_RESPONSE:
+            response = _dict(data.get("response")) or {}
+            self._take_ids(response)
+            usage = _dict(response.get("usage"))
+            if usage is not None:
+                self._usage = dict(usage)
+            if kind in _RESPONSES_TERMINAL:
+                self._complete = True
+                self._take_responses_finish(response)
+                error = _error_type(response)
+                if error is not None:
+                    self._error_type = error
+        elif kind == "error" or kind == "response.error":
+            self._error_type = _error_type(data) or "error"
+
+    def _dashscope_event(self, event: str | None, data: dict[str, Any]) -> None:
+        error = _error_type(data) or _dashscope_error(data)
+        if event == "error" or error is not None:
+            self._error_type = error or "error"
+            return
+        self._take_ids(data)
+        self._take_ids_dashscope(data)
+        if self._take_dashscope_finish(data):
+            self._complete = True
+        usage = _dict(data.get("usage"))
+        if usage is not None:
+            self._usage = dict(usage)  # cumulative in every event
+
+    # -- field helpers --------------------------------------------------------------
+
+    def _take_ids(self, obj: dict[str, Any]) -> None:
+        model = obj.get("model")
+        if isinstance(model, str) and model:
+            self._response_model = model
+        rid = obj.get("id")
+        if isinstance(rid, str) and rid:
+            self._response_id = rid
+
+    def _take_ids_dashscope(self, obj: dict[str, Any]) -> None:
+        rid = obj.get("request_id")
+        if self._response_id is None and isinstance(rid, str) and rid:
+            self._response_id = rid
+
+    def _take_stop_reason(self, reason: object) -> None:
+        if isinstance(reason, str) and reason:
+            self._finish = {0: reason}
+
+    def _take_choices(self, choices: object) -> bool:
+        found = False
+        if type(choices) is list:
+            for position, choice in enumerate(choices):
+                if type(choice) is not dict:
+                    continue
+                reason = choice.get("finish_reason")
+                if isinstance(reason, str) and reason and reason != "null":
+                    index = choice.get("index")
+                    self._finish[index if type(index) is int else position] = reason
+                    found = True
+        return found
+
+    def _take_dashscope_finish(self, obj: dict[str, Any]) -> bool:
+        output = _dict(obj.get("output"))
+        if output is None:
+            return False
+        found = self._take_choices(output.get("choices"))
+        reason = output.get("finish_reason")
+        if isinstance(reason, str) and reason and reason != "null":
+            self._finish.setdefault(0, reason)
+            found = True
+        return found
+
+    def _take_responses_finish(self, response: dict[str, Any]) -> None:
+        incomplete = _dict(response.get("incomplete_details"))
+        reason = incomplete.get("reason") if incomplete is not None else None
+        if not (isinstance(reason, str) and reason):
+            reason = response.get("status")
+        if isinstance(reason, str) and reason:
+            self._finish = {0: reason}
+
+    # -- output ---------------------------------------------------------------------
+
+    def result(self) -> ParsedResponse:
+        """What is known so far (cached until the next input)."""
+        cached = self._cached
+        if cached is None:
+            finish = self._finish
+            cached = ParsedResponse(
+                usage=partition_usage(self._usage) if self._usage is not None else None,
+                response_model=self._response_model,
+                response_id=self._response_id,
+                finish_reasons=tuple(finish[k] for k in sorted(finish)) if finish else (),
+                error_type=self._error_type,
+                complete=self._complete,
+            )
+            self._cached = cached
+        return cached
+
+
+def _dashscope_error(obj: dict[str, Any]) -> str | None:
+    """DashScope native errors: ``{"code":"InvalidParameter","message":...,"request_id":...}``."""
+    code = obj.get("code")
+    if isinstance(code, str) and code and "output" not in obj:
+        return code
+    return None
