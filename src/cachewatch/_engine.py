@@ -11,6 +11,7 @@ degrades to "observe less", never to "change the traffic".
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -26,7 +27,8 @@ from ._endpoints import (
     sniff_model,
 )
 from ._faults import FaultRecorder
-from ._models import Outcome, ParsedResponse, RequestInfo, UsageRecord
+from ._models import Cost, Outcome, ParsedResponse, RequestInfo, UsageRecord
+from ._pricing import PriceTable
 from .sinks import Sink
 from .sinks.logs import StructlogSink
 from .sinks.otel import OTelMetricsSink, OTelSpanSink
@@ -88,7 +90,7 @@ class Engine:
         self.workspace_cap = LabelCap(max_workspaces)
         self.max_json_bytes = max_json_bytes
         self.clock = clock
-        self.prices = prices
+        self.prices = _price_table(prices)
         self.sinks: list[Sink] = [PrometheusSink(self.metrics), OTelSpanSink(tracer_provider)]
         if meter_provider is not None:
             self.sinks.append(OTelMetricsSink(meter_provider))
@@ -179,6 +181,18 @@ class Engine:
                 sink.finish(state, record)
             except Exception as exc:
                 self.fault(f"sink_{sink.name}", exc)
+
+
+def _price_table(prices: Any) -> PriceTable:
+    if prices is None:
+        return PriceTable()
+    if isinstance(prices, PriceTable):
+        return prices
+    if isinstance(prices, (str, os.PathLike)):
+        return PriceTable.from_file(prices)
+    if isinstance(prices, Mapping):
+        return PriceTable.from_mapping(prices)
+    raise TypeError("prices must be a PriceTable, a mapping or the path of a TOML/YAML/JSON price file")
 
 
 def _asks_stream(body: bytes) -> bool:
@@ -333,6 +347,12 @@ class Exchange:
                 extra["unparsed"] = True
             if parsed.provider_miss_reason:
                 extra["provider_miss_reason"] = parsed.provider_miss_reason
+            cost: Cost | None = None
+            if parsed.usage is not None:
+                try:
+                    cost = engine.prices.cost(info.request_model or parsed.response_model, parsed.usage)
+                except Exception as exc:
+                    engine.fault("pricing", exc)
             ttft = None
             if self.stream and self.first_chunk_at is not None:
                 ttft = self.first_chunk_at - self.started_at
@@ -348,6 +368,7 @@ class Exchange:
                 error_type=error_type or parsed.error_type,
                 duration=max(0.0, now - self.started_at),
                 time_to_first_token=ttft,
+                cost=cost,
                 extra=extra,
             )
             if self.plan is not None and engine.planner is not None and parsed.usage is not None:

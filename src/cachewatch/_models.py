@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "API_LABELS",
+    "Cost",
     "TOKEN_TYPES",
     "Outcome",
     "ParsedResponse",
@@ -100,6 +101,20 @@ class ParsedResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class Cost:
+    """The money of one request, in ``currency``."""
+
+    total: float
+    savings: float
+    write_premium: float
+    currency: str
+
+    @property
+    def net_savings(self) -> float:
+        return self.savings - self.write_premium
+
+
+@dataclass(frozen=True, slots=True)
 class RequestInfo:
     """What cachewatch knows about a request before it goes out (labels and span attributes)."""
 
@@ -137,6 +152,8 @@ class UsageRecord:
     duration: float = 0.0
     #: Seconds from sending the request to the first body chunk (streams only).
     time_to_first_token: float | None = None
+    #: Money of this request, when its model has a price.
+    cost: Cost | None = None
     #: Stage-specific details for spans and logs (breakpoints placed, miss reason, cost...).
     #: Values are numbers, short identifiers or tuples of them, never request text.
     extra: dict[str, object] = field(default_factory=dict)

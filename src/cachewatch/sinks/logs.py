@@ -62,5 +62,10 @@ def log_fields(record: UsageRecord) -> dict[str, Any]:
     if record.usage is not None:
         fields["tokens"] = record.usage.as_partition()
         fields["prompt_tokens_total"] = record.usage.prompt_total
+    if record.cost is not None:
+        fields["cost"] = round(record.cost.total, 9)
+        fields["cache_savings"] = round(record.cost.savings, 9)
+        fields["cache_write_premium"] = round(record.cost.write_premium, 9)
+        fields["currency"] = record.cost.currency
     fields.update(record.extra)
     return fields

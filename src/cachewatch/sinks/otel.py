@@ -108,6 +108,11 @@ def span_attributes(record: UsageRecord) -> dict[str, Any]:
         attrs["cachewatch.usage.cache_creation.ephemeral_1h.input_tokens"] = usage.cache_write_1h
         if usage.reasoning is not None:
             attrs["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning
+    if record.cost is not None:
+        attrs["cachewatch.cost"] = record.cost.total
+        attrs["cachewatch.cache_savings"] = record.cost.savings
+        attrs["cachewatch.cache_write_premium"] = record.cost.write_premium
+        attrs["cachewatch.currency"] = record.cost.currency
     for key, value in record.extra.items():
         if isinstance(value, (str, bool, int, float)):
             attrs[f"cachewatch.{key}"] = value

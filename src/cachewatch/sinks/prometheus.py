@@ -101,3 +101,9 @@ class PrometheusSink:
         m.duration.labels(info.provider, info.api, info.model).observe(record.duration)
         if record.time_to_first_token is not None:
             m.ttft.labels(info.provider, info.api, info.model).observe(record.time_to_first_token)
+        cost = record.cost
+        if cost is not None:
+            labels = (info.provider, info.model, info.workspace, cost.currency)
+            m.cost.labels(*labels).inc(cost.total)
+            m.savings.labels(*labels).inc(cost.savings)
+            m.write_premium.labels(*labels).inc(cost.write_premium)

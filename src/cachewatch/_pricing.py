@@ -1,0 +1,159 @@
+"""Price tables as data, and the money of one request: cost, cache savings, write premium.
+
+Prices are per million tokens, looked up by the longest matching model-id prefix. A
+model with no price gets no cost (never a made-up one): its tokens are still counted,
+and cachewatch warns once per model. Tables load from TOML, YAML or JSON files and can
+be built in code; user entries override the defaults.
+
+For a request with partition (input, cache_read, w5m, w1h, output) and price p:
+
+- cost          = p.input * (input + read_mult*cache_read + w5m_mult*w5m + w1h_mult*w1h) + p.output*output
+- savings       = p.input * (1 - read_mult) * cache_read       (what the read discount saved)
+- write_premium = p.input * ((w5m_mult - 1)*w5m + (w1h_mult - 1)*w1h)   (extra paid to write)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._models import Cost, TokenUsage
+
+__all__ = ["DEFAULT_PRICES", "Cost", "Price", "PriceTable"]
+
+_log = logging.getLogger("cachewatch")
+
+_PER_MILLION = 1_000_000.0
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """List prices of one model family, per million tokens."""
+
+    input: float
+    output: float
+    write_5m: float = 1.25
+    write_1h: float = 2.0
+    read: float = 0.1
+    currency: str = "USD"
+
+
+#: Defaults: Anthropic list prices (research A.6, mid-2026) and Alibaba Cloud Model Studio
+#: international list prices for Qwen (explicit cache: write 125%, read 10%). Check them
+#: against your contract and override with ``PriceTable.from_file``.
+DEFAULT_PRICES: Mapping[str, Price] = {
+    # Anthropic
+    "claude-opus-4-5": Price(5.0, 25.0),
+    "claude-opus-4-6": Price(5.0, 25.0),
+    "claude-opus-4-7": Price(5.0, 25.0),
+    "claude-opus-4-8": Price(5.0, 25.0),
+    "claude-opus-4-1": Price(15.0, 75.0),
+    "claude-opus-4-0": Price(15.0, 75.0),
+    "claude-opus-4-2": Price(15.0, 75.0),
+    "claude-sonnet-4": Price(3.0, 15.0),
+    "claude-sonnet-5": Price(3.0, 15.0),
+    "claude-haiku-4-5": Price(1.0, 5.0),
+    "claude-3-5-haiku": Price(0.8, 4.0),
+    "claude-fable-5": Price(10.0, 50.0),
+    "claude-mythos-5": Price(10.0, 50.0),
+    # Qwen on DashScope (international deployment)
+    "qwen3-max": Price(1.2, 6.0),
+    "qwen3.7-max": Price(1.2, 6.0),
+    "qwen-max": Price(1.6, 6.4),
+    "qwen3.5-plus": Price(0.4, 2.4),
+    "qwen3.6-plus": Price(0.4, 2.4),
+    "qwen3.7-plus": Price(0.4, 2.4),
+    "qwen-plus": Price(0.4, 1.2),
+    "qwen3.5-flash": Price(0.05, 0.4),
+    "qwen-flash": Price(0.05, 0.4),
+    "qwen3-coder-plus": Price(1.0, 5.0),
+    "qwen3-coder-flash": Price(0.3, 1.5),
+    "qwen3-vl-plus": Price(0.2, 1.6),
+}
+
+
+@dataclass
+class PriceTable:
+    """Model-id prefix -> :class:`Price`; the longest matching prefix wins.
+
+    Example::
+
+        prices = PriceTable.from_file("prices.toml")          # merged over the defaults
+        prices = PriceTable({"my-model": Price(1.0, 2.0)})    # code, merged likewise
+    """
+
+    entries: Mapping[str, Price] = field(default_factory=dict)
+    include_defaults: bool = True
+
+    def __post_init__(self) -> None:
+        merged: dict[str, Price] = dict(DEFAULT_PRICES) if self.include_defaults else {}
+        merged.update(self.entries)
+        self._prices = dict(sorted(merged.items(), key=lambda kv: -len(kv[0])))
+        self._cache: dict[str, Price | None] = {}
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, include_defaults: bool = True) -> PriceTable:
+        """Build from ``{"models": {prefix: {input, output, write_5m?, write_1h?, read?, currency?}}}``."""
+        models = data.get("models", data)
+        entries = {str(prefix): Price(**dict(fields)) for prefix, fields in models.items()}
+        return cls(entries, include_defaults=include_defaults)
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, include_defaults: bool = True) -> PriceTable:
+        """Load a TOML (``.toml``), YAML (``.yaml``/``.yml``) or JSON file."""
+        p = Path(path)
+        text = p.read_text(encoding="utf-8")
+        data: Any
+        if p.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+                import tomli as tomllib  # type: ignore[no-redef]
+            data = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            import yaml  # type: ignore[import-untyped]
+
+            data = yaml.safe_load(text)
+        else:
+            import orjson
+
+            data = orjson.loads(text)
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{p}: a price file holds a mapping of model prefixes to prices")
+        return cls.from_mapping(data, include_defaults=include_defaults)
+
+    def lookup(self, model: str | None) -> Price | None:
+        if not model:
+            return None
+        if model in self._cache:
+            return self._cache[model]
+        key = model.lower()
+        found = next((price for prefix, price in self._prices.items() if key.startswith(prefix)), None)
+        with self._lock:
+            if len(self._cache) < 4096:
+                self._cache[model] = found
+            if found is None and model not in self._warned and len(self._warned) < 100:
+                self._warned.add(model)
+                _log.warning("cachewatch has no price for model %r: tokens are counted, cost is unknown", model)
+        return found
+
+    def cost(self, model: str | None, usage: TokenUsage) -> Cost | None:
+        price = self.lookup(model)
+        if price is None:
+            return None
+        base = price.input / _PER_MILLION
+        total = base * (
+            usage.input
+            + price.read * usage.cache_read
+            + price.write_5m * usage.cache_write_5m
+            + price.write_1h * usage.cache_write_1h
+        ) + price.output / _PER_MILLION * usage.output
+        savings = base * (1.0 - price.read) * usage.cache_read
+        premium = base * ((price.write_5m - 1.0) * usage.cache_write_5m + (price.write_1h - 1.0) * usage.cache_write_1h)
+        return Cost(total=total, savings=savings, write_premium=premium, currency=price.currency)
