@@ -8,6 +8,7 @@ research C.3. It does NOT import cachewatch, so it can catch the parser's mistak
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from typing import Any
@@ -25,10 +26,8 @@ def _sse_payloads(body: str) -> list[tuple[str | None, Any]]:
     for line in [*_LINE_END.split(body), ""]:
         if line == "":
             if data:
-                try:
+                with contextlib.suppress(ValueError):
                     out.append((event, json.loads("\n".join(data))))
-                except ValueError:
-                    pass
             event, data = None, []
         elif line.startswith(":"):
             continue
@@ -43,9 +42,9 @@ def _sse_payloads(body: str) -> list[tuple[str | None, Any]]:
 
 
 def _unwrap(obj: Any) -> Any:
-    if isinstance(obj, dict) and isinstance(obj.get("data"), dict):
-        if not ({"content", "choices", "type"} & obj.keys()):
-            return obj["data"]
+    envelope = isinstance(obj, dict) and isinstance(obj.get("data"), dict)
+    if envelope and not ({"content", "choices", "type"} & obj.keys()):
+        return obj["data"]
     return obj
 
 
@@ -133,6 +132,12 @@ def expected_partition(api: str, body: str, is_sse: bool) -> dict[str, int] | No
             # of 2168). The prompt cost matches 2161 read + 7 fresh: the write is dropped.
             w5 = 0
         fresh = total - read - w5
-    result = {"input": fresh, "cache_read": read, "cache_write_5m": w5, "cache_write_1h": w1, "output": output}
+    result = {
+        "input": fresh,
+        "cache_read": read,
+        "cache_write_5m": w5,
+        "cache_write_1h": w1,
+        "output": output,
+    }
     assert min(result.values()) >= 0, result
     return result

@@ -1,0 +1,547 @@
+"""UsageAccumulator / partition_usage: one hand-written case per provider rule and deviation.
+
+Categories: partition per provider shape (SPEC section 4), Anthropic stream overwrite
+and the DashScope/Kimi/MiniMax deviation, Chat Completions / Responses / DashScope
+native streams, envelopes, error bodies, ids and finish reasons, clamping.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cachewatch._models import TokenUsage
+from cachewatch._usage import UsageAccumulator, partition_usage, unwrap_envelope
+
+
+def usage_of(api: str, body: Any) -> TokenUsage | None:
+    acc = UsageAccumulator(api)
+    acc.add_json(body)
+    return acc.result().usage
+
+
+def stream(api: str, *events: tuple[str | None, Any]) -> UsageAccumulator:
+    acc = UsageAccumulator(api)
+    for name, data in events:
+        acc.add_event(name, data)
+    return acc
+
+
+# -- partition per provider shape -----------------------------------------------------
+
+
+def test_anthropic_disjoint_with_ttl_breakdown() -> None:
+    u = partition_usage(
+        {
+            "input_tokens": 10,
+            "cache_read_input_tokens": 100,
+            "cache_creation_input_tokens": 30,
+            "cache_creation": {"ephemeral_5m_input_tokens": 10, "ephemeral_1h_input_tokens": 20},
+            "output_tokens": 5,
+        }
+    )
+    assert u == TokenUsage(input=10, cache_read=100, cache_write_5m=10, cache_write_1h=20, output=5)
+
+
+def test_anthropic_breakdown_not_summing_means_all_5m() -> None:
+    u = partition_usage(
+        {
+            "input_tokens": 1,
+            "cache_creation_input_tokens": 30,
+            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+            "output_tokens": 1,
+        }
+    )
+    assert u is not None
+    assert (u.cache_write_5m, u.cache_write_1h) == (30, 0)
+
+
+def test_openai_chat_cached_is_subset_and_reasoning_inside_output() -> None:
+    u = usage_of(
+        "chat_completions",
+        {
+            "usage": {
+                "prompt_tokens": 2006,
+                "completion_tokens": 300,
+                "prompt_tokens_details": {"cached_tokens": 1920},
+                "completion_tokens_details": {"reasoning_tokens": 256},
+            }
+        },
+    )
+    assert u == TokenUsage(input=86, cache_read=1920, output=300, reasoning=256)
+
+
+def test_openai_cache_write_tokens() -> None:
+    u = partition_usage(
+        {"prompt_tokens": 2649, "prompt_tokens_details": {"cache_write_tokens": 79, "cached_tokens": 2569}}
+    )
+    assert u == TokenUsage(input=1, cache_read=2569, cache_write_5m=79)
+
+
+def test_deepseek_hit_miss() -> None:
+    u = partition_usage(
+        {
+            "prompt_tokens": 976,
+            "prompt_cache_hit_tokens": 896,
+            "prompt_cache_miss_tokens": 80,
+            "prompt_tokens_details": {"cached_tokens": 896},
+            "completion_tokens": 61,
+        }
+    )
+    assert u == TokenUsage(input=80, cache_read=896, output=61)
+
+
+def test_mistral_num_cached_tokens() -> None:
+    assert partition_usage({"prompt_tokens": 68, "num_cached_tokens": 60, "completion_tokens": 6}) == (
+        TokenUsage(input=8, cache_read=60, output=6)
+    )
+
+
+def test_dashscope_compatible_creation_and_nested_5m() -> None:
+    u = partition_usage(
+        {
+            "prompt_tokens": 18628,
+            "completion_tokens": 445,
+            "prompt_tokens_details": {
+                "cached_tokens": 18000,
+                "cache_creation_input_tokens": 600,
+                "cache_creation": {"ephemeral_5m_input_tokens": 600},
+                "cache_type": "ephemeral",
+            },
+        }
+    )
+    assert u == TokenUsage(input=28, cache_read=18000, cache_write_5m=600, output=445)
+
+
+def test_responses_cached_and_write() -> None:
+    u = usage_of(
+        "responses",
+        {
+            "object": "response",
+            "status": "completed",
+            "usage": {
+                "input_tokens": 4020,
+                "input_tokens_details": {"cached_tokens": 8, "cache_write_tokens": 4000},
+                "output_tokens": 5,
+                "output_tokens_details": {"reasoning_tokens": 3},
+            },
+        },
+    )
+    assert u == TokenUsage(input=12, cache_read=8, cache_write_5m=4000, output=5, reasoning=3)
+
+
+def test_dashscope_native_json() -> None:
+    acc = UsageAccumulator("dashscope_generation")
+    acc.add_json(
+        {
+            "output": {"choices": [{"finish_reason": "stop", "message": {"content": "hi"}}]},
+            "usage": {
+                "input_tokens": 3019,
+                "output_tokens": 101,
+                "prompt_tokens_details": {"cached_tokens": 2048, "cache_creation_input_tokens": 900},
+            },
+            "request_id": "req-1",
+        }
+    )
+    r = acc.result()
+    assert r.usage == TokenUsage(input=71, cache_read=2048, cache_write_5m=900, output=101)
+    assert r.response_id == "req-1"
+    assert r.finish_reasons == ("stop",)
+
+
+def test_dashscope_native_vl_top_level_cached_tokens() -> None:
+    assert usage_of(
+        "dashscope_generation",
+        {
+            "output": {"finish_reason": "stop"},
+            "usage": {"input_tokens": 500, "output_tokens": 9, "cached_tokens": 400},
+        },
+    ) == TokenUsage(input=100, cache_read=400, output=9)
+
+
+def test_groq_usage_in_x_groq() -> None:
+    acc = stream(
+        "chat_completions",
+        (
+            None,
+            {
+                "id": "c1",
+                "model": "llama",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                "x_groq": {"id": "req", "usage": {"prompt_tokens": 18, "completion_tokens": 73}},
+            },
+        ),
+    )
+    assert acc.result().usage == TokenUsage(input=18, output=73)
+
+
+def test_overlapping_counters_clamped_reads_win() -> None:
+    # OpenRouter/Gemini corpus quirk: cached 2161 and cache_write 2161 of a 2168 prompt.
+    u = partition_usage(
+        {"prompt_tokens": 2168, "prompt_tokens_details": {"cache_write_tokens": 2161, "cached_tokens": 2161}}
+    )
+    assert u == TokenUsage(input=7, cache_read=2161)
+
+
+def test_never_negative_and_invariant_kept() -> None:
+    u = partition_usage(
+        {"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": 50}, "completion_tokens": -3}
+    )
+    assert u == TokenUsage(input=0, cache_read=10, output=0)
+    u = partition_usage({"input_tokens": -5, "cache_read_input_tokens": 7, "output_tokens": 2})
+    assert u == TokenUsage(input=0, cache_read=7, output=2)
+    # reasoning above output (OpenRouter/MiniMax corpus: 11 of 10) is clamped too
+    u = partition_usage(
+        {"prompt_tokens": 1, "completion_tokens": 10, "completion_tokens_details": {"reasoning_tokens": 11}}
+    )
+    assert u is not None
+    assert u.reasoning == 10
+
+
+def test_junk_values_ignored() -> None:
+    assert partition_usage({"prompt_tokens": "12", "completion_tokens": True}) is None
+    assert partition_usage({"foo": 1}) is None
+    assert partition_usage(None) is None
+
+
+# -- Anthropic streams ------------------------------------------------------------------
+
+START = {
+    "type": "message_start",
+    "message": {
+        "id": "msg_1",
+        "model": "claude-x",
+        "usage": {
+            "input_tokens": 5,
+            "cache_read_input_tokens": 2000,
+            "cache_creation_input_tokens": 300,
+            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 300},
+            "output_tokens": 1,
+        },
+    },
+}
+
+
+def test_anthropic_stream_delta_overwrites_never_sums() -> None:
+    acc = stream(
+        "messages",
+        ("message_start", START),
+        ("ping", {"type": "ping"}),
+        (
+            "message_delta",
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 40}},
+        ),
+        ("message_delta", {"type": "message_delta", "usage": {"output_tokens": 50, "input_tokens": None}}),
+        ("message_stop", {"type": "message_stop"}),
+    )
+    r = acc.result()
+    assert r.usage == TokenUsage(input=5, cache_read=2000, cache_write_1h=300, output=50)
+    assert (r.response_id, r.response_model, r.finish_reasons, r.complete) == (
+        "msg_1",
+        "claude-x",
+        ("end_turn",),
+        True,
+    )
+
+
+def test_dashscope_anthropic_stream_split_only_in_delta() -> None:
+    acc = stream(
+        "messages",
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {"id": "m", "usage": {"input_tokens": 8834, "output_tokens": 0}},
+            },
+        ),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn"},
+                "usage": {
+                    "input_tokens": 18,
+                    "cache_read_input_tokens": 8831,
+                    "cache_creation_input_tokens": 0,
+                    "cache_creation": {"ephemeral_5m_input_tokens": 0},
+                    "output_tokens": 77,
+                },
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    )
+    assert acc.result().usage == TokenUsage(input=18, cache_read=8831, output=77)
+
+
+def test_minimax_zero_start_and_kimi_explicit_zero_cache_read() -> None:
+    for start_usage in (
+        {"input_tokens": 0, "output_tokens": 0},
+        {"input_tokens": 900, "cache_read_input_tokens": 0},
+    ):
+        acc = stream(
+            "messages",
+            ("message_start", {"type": "message_start", "message": {"usage": start_usage}}),
+            (
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "usage": {"input_tokens": 100, "cache_read_input_tokens": 800, "output_tokens": 3},
+                },
+            ),
+        )
+        assert acc.result().usage == TokenUsage(input=100, cache_read=800, output=3)
+
+
+def test_anthropic_error_event_mid_stream() -> None:
+    acc = stream(
+        "messages",
+        ("message_start", START),
+        ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+    )
+    r = acc.result()
+    assert r.error_type == "overloaded_error"
+    assert not r.complete
+    assert r.usage is not None
+    assert r.usage.cache_read == 2000
+
+
+def test_unknown_events_and_missing_usage_are_normal() -> None:
+    acc = stream(
+        "messages",
+        ("message_start", {"type": "message_start", "message": {"model": "m"}}),
+        ("brand_new_event", {"type": "brand_new_event", "usage": "weird"}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "max_tokens"}}),
+        ("message_stop", {"type": "message_stop"}),
+    )
+    r = acc.result()
+    assert r.usage is None
+    assert r.response_id is None
+    assert r.complete
+    assert r.finish_reasons == ("max_tokens",)
+
+
+# -- Chat Completions / Responses / DashScope native streams -------------------------------
+
+
+def test_chat_stream_usage_chunk_and_done() -> None:
+    acc = stream(
+        "chat_completions",
+        (
+            None,
+            {
+                "id": "c",
+                "model": "gpt-4o",
+                "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}],
+                "usage": None,
+            },
+        ),
+        (
+            None,
+            {
+                "id": "c",
+                "model": "gpt-4o",
+                "choices": [{"index": 1, "delta": {}, "finish_reason": "length"}],
+                "usage": None,
+            },
+        ),
+        (
+            None,
+            {
+                "id": "c",
+                "model": "gpt-4o",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                "usage": None,
+            },
+        ),
+        (
+            None,
+            {
+                "id": "c",
+                "model": "gpt-4o",
+                "choices": [],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 2},
+            },
+        ),
+    )
+    assert not acc.result().complete
+    acc.mark_complete()  # data: [DONE]
+    r = acc.result()
+    assert r.usage == TokenUsage(input=10, output=2)
+    assert (r.response_id, r.response_model, r.finish_reasons, r.complete) == (
+        "c",
+        "gpt-4o",
+        ("stop", "length"),
+        True,
+    )
+
+
+def test_chat_stream_error_and_usage_on_the_same_chunk() -> None:
+    acc = stream(
+        "chat_completions",
+        (
+            None,
+            {
+                "error": {"code": 400, "message": "Token limit reached"},
+                "choices": [],
+                "usage": {"prompt_tokens": 43, "completion_tokens": 10},
+            },
+        ),
+    )
+    r = acc.result()
+    assert (r.error_type, r.usage) == ("400", TokenUsage(input=43, output=10))
+
+
+def test_chat_stream_error_event() -> None:
+    acc = stream(
+        "chat_completions",
+        ("error", {"error": {"message": "x", "type": "invalid_request_error", "code": "tool_use_failed"}}),
+    )
+    assert acc.result().error_type == "invalid_request_error"
+
+
+def test_responses_stream_terminal_events() -> None:
+    for kind, status, reason in (
+        ("response.completed", "completed", "completed"),
+        ("response.incomplete", "incomplete", "max_output_tokens"),
+        ("response.failed", "failed", "failed"),
+    ):
+        response: dict[str, Any] = {
+            "id": "resp_1",
+            "model": "gpt-5",
+            "status": status,
+            "usage": {"input_tokens": 30, "input_tokens_details": {"cached_tokens": 20}, "output_tokens": 4},
+        }
+        if kind == "response.incomplete":
+            response["incomplete_details"] = {"reason": "max_output_tokens"}
+        if kind == "response.failed":
+            response["error"] = {"code": "server_error", "message": "boom"}
+        acc = stream(
+            "responses",
+            (
+                "response.created",
+                {"type": "response.created", "response": {"id": "resp_1", "model": "gpt-5", "usage": None}},
+            ),
+            ("response.output_text.delta", {"type": "response.output_text.delta", "delta": "hi"}),
+            # corpus quirk: event names shifted against the data type; the type wins
+            ("response.output_item.done", {"type": kind, "response": response}),
+        )
+        r = acc.result()
+        assert r.usage == TokenUsage(input=10, cache_read=20, output=4)
+        assert r.complete
+        assert r.finish_reasons == (reason,)
+        assert r.error_type == ("server_error" if kind == "response.failed" else None)
+
+
+def test_responses_error_event() -> None:
+    acc = stream(
+        "responses", ("error", {"type": "error", "code": "rate_limit_exceeded", "message": "slow down"})
+    )
+    assert acc.result().error_type == "rate_limit_exceeded"
+
+
+def test_dashscope_native_stream_cumulative_usage_overwrites() -> None:
+    def event(n: int, reason: str) -> tuple[str, Any]:
+        return (
+            "result",
+            {
+                "output": {"choices": [{"finish_reason": reason, "message": {"content": "x"}}]},
+                "usage": {
+                    "input_tokens": 1000,
+                    "output_tokens": n,
+                    "prompt_tokens_details": {"cached_tokens": 512},
+                },
+                "request_id": "r",
+            },
+        )
+
+    acc = stream("dashscope_generation", event(1, "null"), event(5, "null"))
+    assert not acc.result().complete
+    acc.add_event(*event(9, "stop"))
+    r = acc.result()
+    assert r.usage == TokenUsage(input=488, cache_read=512, output=9)
+    assert r.complete
+    assert r.finish_reasons == ("stop",)
+
+
+def test_dashscope_native_error() -> None:
+    acc = UsageAccumulator("dashscope_generation")
+    acc.add_json({"code": "InvalidParameter", "message": "bad", "request_id": "r"})
+    r = acc.result()
+    assert (r.error_type, r.usage, r.response_id) == ("InvalidParameter", None, "r")
+
+
+# -- envelopes and errors -----------------------------------------------------------------
+
+
+def test_envelopes_unwrapped_for_json_and_sse() -> None:
+    inner = {
+        "id": "msg",
+        "type": "message",
+        "model": "m",
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 3, "output_tokens": 4},
+    }
+    for envelope in ({"code": 200, "data": inner}, {"success": True, "data": inner}):
+        acc = UsageAccumulator("messages")
+        acc.add_json(envelope)
+        assert acc.result().usage == TokenUsage(input=3, output=4)
+    acc = stream(
+        "chat_completions",
+        (
+            None,
+            {
+                "success": True,
+                "data": {"id": "c", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1}},
+            },
+        ),
+    )
+    assert acc.result().usage == TokenUsage(input=5, output=1)
+
+
+def test_envelope_rule_leaves_real_bodies_alone() -> None:
+    body = {"type": "message", "data": {"usage": {"input_tokens": 1}}, "usage": {"input_tokens": 9}}
+    assert unwrap_envelope(body) is body
+    listing = {"object": "list", "data": [1, 2]}
+    assert unwrap_envelope(listing) is listing
+
+
+def test_error_bodies_both_shapes() -> None:
+    for body, expected in (
+        ({"type": "error", "error": {"type": "overloaded_error", "message": "x"}}, "overloaded_error"),
+        (
+            {"error": {"message": "x", "type": "invalid_request_error", "code": "model_not_found"}},
+            "invalid_request_error",
+        ),
+        ({"error": {"message": "x", "type": None, "code": "content_filter"}}, "content_filter"),
+        ({"error": {"code": 429, "message": "rate limited"}}, "429"),
+    ):
+        for api in ("messages", "chat_completions", "responses"):
+            acc = UsageAccumulator(api)
+            acc.add_json(body)
+            r = acc.result()
+            assert (r.error_type, r.usage, r.response_id) == (expected, None, None), (api, body)
+
+
+def test_responses_null_error_field_is_not_an_error() -> None:
+    acc = UsageAccumulator("responses")
+    acc.add_json(
+        {
+            "object": "response",
+            "error": None,
+            "status": "completed",
+            "usage": {"input_tokens": 1, "output_tokens": 1},
+        }
+    )
+    assert acc.result().error_type is None
+
+
+def test_no_text_is_kept() -> None:
+    acc = UsageAccumulator("chat_completions")
+    acc.add_json(
+        {
+            "id": "c",
+            "model": "m",
+            "choices": [{"message": {"content": "SECRET"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "note": "SECRET2"},
+        }
+    )
+    assert "SECRET" not in repr(acc.result())
