@@ -1,0 +1,207 @@
+"""The ``cachewatch`` command line: demo, proxy, emulator.
+
+    cachewatch demo [--serve] [--metrics-port 9464]
+    cachewatch proxy --upstream URL [--listen 127.0.0.1:8787]
+    cachewatch emulator [--port 8790] [--profile auto|anthropic|dashscope]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cachewatch",
+        description="Prompt-cache breakpoints and exact token/cost observability for LLM APIs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run a realistic workload on the embedded emulator and show the savings")
+    demo.add_argument("--serve", action="store_true", help="keep traffic flowing and /metrics up until interrupted")
+    demo.add_argument("--metrics-port", type=int, default=9464, help="port of /metrics on 127.0.0.1 (default 9464)")
+    demo.add_argument(
+        "--interval", type=float, default=2.0, help="with --serve: seconds between workload rounds (default 2)"
+    )
+
+    proxy = sub.add_parser("proxy", help="reverse proxy for non-Python clients (curl, TypeScript SDK, agents)")
+    proxy.add_argument("--upstream", required=True, help="base URL to forward to, e.g. https://api.anthropic.com")
+    proxy.add_argument(
+        "--listen", type=_listen, default=("127.0.0.1", 8787), help="HOST:PORT to bind (default 127.0.0.1:8787)"
+    )
+    proxy.add_argument("--breakpoints", choices=("auto", "off"), default="auto")
+    proxy.add_argument("--provider", help="provider label for the upstream (default: from its host)")
+    proxy.add_argument("--max-body", type=int, default=32 * 1024 * 1024, help="largest request body in bytes")
+    proxy.add_argument(
+        "--allow-host", action="append", default=[], help="extra Host header value to accept (repeatable)"
+    )
+    proxy.add_argument("--prices", help="price file (TOML, YAML or JSON) merged over the defaults")
+
+    emulator = sub.add_parser("emulator", help="serve the provider emulator (Anthropic, OpenAI-compatible, DashScope)")
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=8790)
+    emulator.add_argument("--profile", choices=("auto", "anthropic", "dashscope"), default="auto")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = {
+        "demo": _demo,
+        "proxy": _proxy,
+        "emulator": _emulator,
+    }[args.command]
+    try:
+        return command(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        import anthropic  # noqa: F401
+        import openai  # noqa: F401
+    except ImportError:
+        print(
+            "cachewatch demo drives the real anthropic and openai SDKs: pip install 'cachewatch[demo]'",
+            file=sys.stderr,
+        )
+        return 2
+    from prometheus_client import REGISTRY
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from . import _demo
+    from ._server import start_metrics_server
+
+    console = Console()
+    try:
+        server, _thread = start_metrics_server(port=args.metrics_port)
+    except OSError as exc:
+        console.print(f"[red]cannot serve /metrics on 127.0.0.1:{args.metrics_port}: {exc.strerror}[/]")
+        console.print("Pick another port with --metrics-port.")
+        return 2
+    metrics_url = f"http://127.0.0.1:{server.server_port}/metrics"
+    console.print(f"cachewatch demo: emulator in-process, /metrics at [bold]{metrics_url}[/]")
+    total = sum(_demo.WORKLOAD_REQUESTS.values()) * len(_demo.PHASES)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
+    ) as progress:
+        task = progress.add_task("requests", total=total)
+
+        def then(result: _demo.DemoResult, one_round: Callable[[str], None]) -> None:
+            progress.stop()
+            _print_summary(console, result, metrics_url)
+            if args.serve:
+                _serve_loop(console, args.interval, one_round)
+
+        _demo.run_demo(
+            registry=REGISTRY,
+            tick=lambda: progress.advance(task),
+            on_phase=lambda phase: progress.update(task, description=f"breakpoints={phase}"),
+            then=then,
+        )
+    server.shutdown()
+    return 0
+
+
+def _serve_loop(console: Any, interval: float, one_round: Callable[[str], None]) -> None:
+    console.print(f"Serving: a workload round every {interval:g}s on both workspaces. Ctrl-C to stop.")
+    rounds = 0
+    while True:
+        for phase in ("off", "auto"):
+            one_round(phase)
+        rounds += 1
+        if rounds % 10 == 0:
+            console.print(f"  {rounds} rounds sent")
+        time.sleep(interval)
+
+
+def _money(value: float) -> str:
+    return f"${value:,.4f}"
+
+
+def _print_summary(console: Any, result: Any, metrics_url: str) -> None:
+    from rich.table import Table
+
+    if result is None:
+        return
+    off, auto = result.phases["off"], result.phases["auto"]
+    table = Table(title=f"cachewatch demo: {off.requests + auto.requests} requests in {result.seconds:.1f}s")
+    table.add_column("")
+    table.add_column("breakpoints=off", justify="right")
+    table.add_column("breakpoints=auto", justify="right")
+    rows: list[tuple[str, str, str]] = [
+        ("requests", f"{off.requests}", f"{auto.requests}"),
+        ("uncached input tokens", f"{off.input:,}", f"{auto.input:,}"),
+        ("cache read tokens", f"{off.cache_read:,}", f"{auto.cache_read:,}"),
+        ("cache write tokens", f"{off.cache_write:,}", f"{auto.cache_write:,}"),
+        ("output tokens", f"{off.output:,}", f"{auto.output:,}"),
+        ("cache hit ratio", f"{off.hit_ratio:.1%}", f"{auto.hit_ratio:.1%}"),
+        ("cost", _money(off.cost), _money(auto.cost)),
+        ("cache savings", _money(off.savings), _money(auto.savings)),
+        ("cache write premium", _money(off.write_premium), _money(auto.write_premium)),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+    per = Table(title="breakpoints=auto by workload")
+    for col in ("workload", "requests", "hit ratio", "cost off", "cost auto", "saved"):
+        per.add_column(col, justify="right" if col != "workload" else "left")
+    for name in ("support chat", "agent tool loop", "document Q&A", "DashScope chat"):
+        w_off, w_auto = result.workloads[("off", name)], result.workloads[("auto", name)]
+        saved = 1 - w_auto.cost / w_off.cost if w_off.cost else 0.0
+        per.add_row(name, str(w_auto.requests), f"{w_auto.hit_ratio:.1%}", _money(w_off.cost), _money(w_auto.cost), f"{saved:.1%}")
+    console.print(per)
+    if off.cost:
+        console.print(
+            f"With breakpoints=auto the same workload cost {_money(auto.cost)} instead of {_money(off.cost)}: "
+            f"[bold green]{1 - auto.cost / off.cost:.1%} less[/]."
+        )
+    console.print(f"Metrics: {metrics_url} (workspaces caching-off and caching-auto)")
+
+
+def _proxy(args: argparse.Namespace) -> int:
+    import uvicorn
+    from urllib.parse import urlsplit
+
+    from ._proxy import create_proxy_app
+
+    host, port = args.listen
+    options: dict[str, Any] = {"breakpoints": args.breakpoints}
+    if args.provider:
+        options["providers"] = {urlsplit(args.upstream).hostname or "": args.provider}
+    if args.prices:
+        options["prices"] = args.prices
+    app = create_proxy_app(
+        args.upstream, allowed_hosts=args.allow_host, max_body=args.max_body, **options
+    )
+    print(f"cachewatch proxy: http://{host}:{port} -> {args.upstream}  (/metrics on the same port)", file=sys.stderr)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    return 0
+
+
+def _emulator(args: argparse.Namespace) -> int:
+    from .emulator import serve
+
+    print(f"cachewatch emulator on http://{args.host}:{args.port} (profile {args.profile})", file=sys.stderr)
+    serve(host=args.host, port=args.port, profile=args.profile)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
