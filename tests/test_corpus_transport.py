@@ -108,7 +108,9 @@ def test_corpus_through_transport(family: str, encoding: str, capsys: pytest.Cap
         if got == expected and same_bytes and len(capture.records) == agree + len(failures) + 1:
             agree += 1
         else:
-            failures.append(f"{exchange['source']}: expected {expected}, got {got}, bytes identical={same_bytes}")
+            failures.append(
+                f"{exchange['source']}: expected {expected}, got {got}, bytes identical={same_bytes}"
+            )
     with capsys.disabled():
         print(f"\n[corpus through {family} transport, {encoding}] {agree}/{len(corpus)} exchanges agree")
     assert not failures, "\n".join(failures[:20])

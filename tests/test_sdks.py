@@ -67,7 +67,10 @@ OPENAI_JSON = {
 def openai_sse() -> bytes:
     base = {"id": "chatcmpl-sdk", "object": "chat.completion.chunk", "created": 1, "model": "qwen3.6-plus"}
     chunks = [
-        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}]},
+        {
+            **base,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}],
+        },
         {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
         {**base, "choices": [], "usage": OPENAI_JSON["usage"]},
     ]
@@ -80,10 +83,14 @@ def handler(request: httpx2.Request) -> httpx2.Response:
     if request.url.path.endswith("/v1/messages"):
         if stream:
             data = anthropic_sse()
-            return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=iter([data[:40], data[40:]]))
+            return httpx2.Response(
+                200, headers={"content-type": "text/event-stream"}, content=iter([data[:40], data[40:]])
+            )
         return httpx2.Response(200, json=ANTHROPIC_JSON)
     if stream:
-        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=iter([openai_sse()]))
+        return httpx2.Response(
+            200, headers={"content-type": "text/event-stream"}, content=iter([openai_sse()])
+        )
     return httpx2.Response(200, json=OPENAI_JSON)
 
 
@@ -98,7 +105,13 @@ async def ahandler(request: httpx2.Request) -> httpx2.Response:
     return httpx2.Response(response.status_code, headers=response.headers, content=gen())
 
 
-ANTHROPIC_TOKENS = {"input": 20, "cache_read": 4000, "cache_write_5m": 1500, "cache_write_1h": 0, "output": 11}
+ANTHROPIC_TOKENS = {
+    "input": 20,
+    "cache_read": 4000,
+    "cache_write_5m": 1500,
+    "cache_write_1h": 0,
+    "output": 11,
+}
 OPENAI_TOKENS = {"input": 200, "cache_read": 3000, "cache_write_5m": 1800, "cache_write_1h": 0, "output": 8}
 MESSAGES = [{"role": "user", "content": "hello"}]
 
@@ -124,7 +137,9 @@ def test_anthropic_sync(telemetry: Any, stream: bool) -> None:
 @pytest.mark.parametrize("stream", [False, True])
 async def test_anthropic_async(telemetry: Any, stream: bool) -> None:
     client = cachewatch.wrap(
-        anthropic.AsyncAnthropic(api_key="k", http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(ahandler))),
+        anthropic.AsyncAnthropic(
+            api_key="k", http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(ahandler))
+        ),
         **telemetry.kwargs,
     )
     if stream:
@@ -144,7 +159,9 @@ DASHSCOPE_COMPAT = "https://dashscope-intl.aliyuncs.com/compatible-mode/v1"
 def test_openai_sync_dashscope_compatible(telemetry: Any, stream: bool) -> None:
     client = cachewatch.wrap(
         openai.OpenAI(
-            api_key="k", base_url=DASHSCOPE_COMPAT, http_client=httpx2.Client(transport=httpx2.MockTransport(handler))
+            api_key="k",
+            base_url=DASHSCOPE_COMPAT,
+            http_client=httpx2.Client(transport=httpx2.MockTransport(handler)),
         ),
         **telemetry.kwargs,
     )
@@ -158,7 +175,12 @@ def test_openai_sync_dashscope_compatible(telemetry: Any, stream: bool) -> None:
     else:
         r = client.chat.completions.create(model="qwen3.6-plus", messages=MESSAGES)
         assert r.choices[0].message.content == "Hi"
-    labels = {"provider": "dashscope", "api": "chat_completions", "model": "qwen3.6-plus", "workspace": "default"}
+    labels = {
+        "provider": "dashscope",
+        "api": "chat_completions",
+        "model": "qwen3.6-plus",
+        "workspace": "default",
+    }
     assert telemetry.tokens(**labels) == OPENAI_TOKENS
 
 
@@ -182,7 +204,12 @@ async def test_openai_async(telemetry: Any, stream: bool) -> None:
         assert chunks[-1].usage is not None
     else:
         await client.chat.completions.create(model="qwen3.6-plus", messages=MESSAGES)
-    labels = {"provider": "dashscope", "api": "chat_completions", "model": "qwen3.6-plus", "workspace": "default"}
+    labels = {
+        "provider": "dashscope",
+        "api": "chat_completions",
+        "model": "qwen3.6-plus",
+        "workspace": "default",
+    }
     assert telemetry.tokens(**labels) == OPENAI_TOKENS
 
 
@@ -210,7 +237,10 @@ def test_sdk_keeps_its_settings_after_wrap(telemetry: Any) -> None:
     client.messages.create(model="qwen3.6-plus", max_tokens=8, messages=MESSAGES)
     (request,) = seen
     assert str(request.url) == "https://dashscope.aliyuncs.com/apps/anthropic/v1/messages"
-    assert "k" in (request.headers.get("x-api-key"), request.headers.get("authorization", "").removeprefix("Bearer "))
+    assert "k" in (
+        request.headers.get("x-api-key"),
+        request.headers.get("authorization", "").removeprefix("Bearer "),
+    )
     assert client.timeout == 12.5
     labels = {"provider": "dashscope", "api": "messages", "model": "qwen3.6-plus", "workspace": "default"}
     assert telemetry.value("cachewatch_requests_total", outcome="ok", **labels) == 1
@@ -231,7 +261,9 @@ def test_plain_httpx_client_path(telemetry: Any) -> None:
 
 
 def test_sdk_accepts_transport_directly(telemetry: Any) -> None:
-    http = httpx2.Client(transport=cachewatch.CacheWatchTransport(httpx2.MockTransport(handler), **telemetry.kwargs))
+    http = httpx2.Client(
+        transport=cachewatch.CacheWatchTransport(httpx2.MockTransport(handler), **telemetry.kwargs)
+    )
     client = anthropic.Anthropic(api_key="k", http_client=http)
     client.messages.create(model="claude-opus-4-8", max_tokens=8, messages=MESSAGES)
     labels = {"provider": "anthropic", "api": "messages", "model": "claude-opus-4-8", "workspace": "default"}

@@ -28,15 +28,15 @@ DASHSCOPE_SSE = (
     b'"model":"qwen3.6-plus","content":[],"usage":{"input_tokens":8834,"output_tokens":0}}}\n\n'
     b"event: content_block_start\n"
     b'data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}\n\n'
-    b"event: ping\ndata: {\"type\": \"ping\"}\n\n"
+    b'event: ping\ndata: {"type": "ping"}\n\n'
     b"event: content_block_delta\n"
     b'data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}\n\n'
-    b"event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n"
+    b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
     b"event: message_delta\n"
     b'data: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},'
     b'"usage":{"input_tokens":18,"cache_read_input_tokens":8831,"cache_creation_input_tokens":0,'
     b'"cache_creation":{"ephemeral_5m_input_tokens":0},"output_tokens":7}}\n\n'
-    b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+    b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 )
 REQUEST = {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -87,7 +87,9 @@ class Harness:
             return client.post(path, **kw)
         return await client.post(path, **kw)
 
-    async def stream_chunks(self, client: Any, path: str = "/v1/messages", limit: int | None = None, **kw: Any):
+    async def stream_chunks(
+        self, client: Any, path: str = "/v1/messages", limit: int | None = None, **kw: Any
+    ):
         got: list[bytes] = []
         if self.sync:
             with client.stream("POST", path, **kw) as r:
@@ -118,7 +120,12 @@ async def test_json_partition_labels_span_and_log(harness: Harness, telemetry: A
     client = harness.client(t)
     r = await harness.post(client, json=REQUEST)
     assert r.content == ANTHROPIC_JSON
-    labels = {"provider": "anthropic", "api": "messages", "model": "claude-sonnet-4-6", "workspace": "default"}
+    labels = {
+        "provider": "anthropic",
+        "api": "messages",
+        "model": "claude-sonnet-4-6",
+        "workspace": "default",
+    }
     assert telemetry.tokens(**labels) == {
         "input": 12,
         "cache_read": 3000,
@@ -146,7 +153,9 @@ async def test_json_partition_labels_span_and_log(harness: Harness, telemetry: A
 
 
 @pytest.mark.parametrize("size", [1, 7, 4096])
-async def test_sse_chunks_pass_through_and_merge_by_overwrite(harness: Harness, telemetry: Any, size: int) -> None:
+async def test_sse_chunks_pass_through_and_merge_by_overwrite(
+    harness: Harness, telemetry: Any, size: int
+) -> None:
     parts = chunks_of(DASHSCOPE_SSE, size)
     t = harness.transport(
         lambda r: (200, {"content-type": "text/event-stream"}, parts), breakpoints="off", **telemetry.kwargs
@@ -157,9 +166,15 @@ async def test_sse_chunks_pass_through_and_merge_by_overwrite(harness: Harness, 
     labels = {"provider": "anthropic", "api": "messages", "model": "qwen3.6-plus", "workspace": "default"}
     tokens = telemetry.tokens(**labels)
     assert tokens == {"input": 18, "cache_read": 8831, "cache_write_5m": 0, "cache_write_1h": 0, "output": 7}
-    assert telemetry.value(
-        "cachewatch_time_to_first_token_seconds_count", provider="anthropic", api="messages", model="qwen3.6-plus"
-    ) == 1
+    assert (
+        telemetry.value(
+            "cachewatch_time_to_first_token_seconds_count",
+            provider="anthropic",
+            api="messages",
+            model="qwen3.6-plus",
+        )
+        == 1
+    )
     (span,) = telemetry.spans()
     assert span.attributes["gen_ai.usage.input_tokens"] == 18 + 8831
     assert span.attributes["gen_ai.request.stream"] is True
@@ -196,7 +211,12 @@ async def test_abandoned_stream_is_aborted_with_usage_so_far(harness: Harness, t
     client = harness.client(t)
     got = await harness.stream_chunks(client, json=REQUEST, limit=1)
     assert got == parts[:1]
-    labels = {"provider": "anthropic", "api": "messages", "model": "claude-sonnet-4-6", "workspace": "default"}
+    labels = {
+        "provider": "anthropic",
+        "api": "messages",
+        "model": "claude-sonnet-4-6",
+        "workspace": "default",
+    }
     assert telemetry.value("cachewatch_requests_total", outcome="aborted", **labels) == 1
     assert telemetry.value("cachewatch_requests_total", outcome="ok", **labels) == 0
     # message_start reported the full prompt as uncached input: that is all we saw.
@@ -214,13 +234,18 @@ async def test_gzip_body_reaches_caller_unchanged_and_is_parsed(harness: Harness
     assert await harness.stream_chunks(client, json=REQUEST) == parts
     r = await harness.post(client, json=REQUEST)
     assert r.content == ANTHROPIC_JSON
-    assert telemetry.tokens(provider="anthropic", api="messages", model="claude-sonnet-4-6", workspace="default")[
-        "cache_read"
-    ] == 6000
+    assert (
+        telemetry.tokens(
+            provider="anthropic", api="messages", model="claude-sonnet-4-6", workspace="default"
+        )["cache_read"]
+        == 6000
+    )
 
 
 async def test_unrecognised_requests_pass_through_untouched(harness: Harness, telemetry: Any) -> None:
-    t = harness.transport(lambda r: (200, {"content-type": "application/json"}, [b'{"ok":true}']), **telemetry.kwargs)
+    t = harness.transport(
+        lambda r: (200, {"content-type": "application/json"}, [b'{"ok":true}']), **telemetry.kwargs
+    )
     client = harness.client(t)
     r = await harness.post(client, "/v1/embeddings", json={"model": "m", "input": "x"})
     assert r.content == b'{"ok":true}'
@@ -243,7 +268,12 @@ async def test_inner_transport_exception_is_reraised_unchanged(harness: Harness,
     with pytest.raises(harness.mod.ConnectError) as info:
         await harness.post(client, json=REQUEST)
     assert info.value is boom
-    labels = {"provider": "anthropic", "api": "messages", "model": "claude-sonnet-4-6", "workspace": "default"}
+    labels = {
+        "provider": "anthropic",
+        "api": "messages",
+        "model": "claude-sonnet-4-6",
+        "workspace": "default",
+    }
     assert telemetry.value("cachewatch_requests_total", outcome="transport_error", **labels) == 1
     (span,) = telemetry.spans()
     assert span.attributes["error.type"] == "ConnectError"
@@ -255,7 +285,12 @@ async def test_error_body_counts_client_error(harness: Harness, telemetry: Any) 
     r = await harness.post(harness.client(t), json=REQUEST)
     assert r.status_code == 400
     assert r.content == err
-    labels = {"provider": "anthropic", "api": "messages", "model": "claude-sonnet-4-6", "workspace": "default"}
+    labels = {
+        "provider": "anthropic",
+        "api": "messages",
+        "model": "claude-sonnet-4-6",
+        "workspace": "default",
+    }
     assert telemetry.value("cachewatch_requests_total", outcome="client_error", **labels) == 1
     (span,) = telemetry.spans()
     assert span.attributes["error.type"] == "invalid_request_error"
@@ -268,7 +303,12 @@ async def test_nested_transports_do_not_double_count(harness: Harness, telemetry
     cls = type(inner)
     outer = cls(inner, **telemetry.kwargs)
     await harness.post(harness.client(outer), json=REQUEST)
-    labels = {"provider": "anthropic", "api": "messages", "model": "claude-sonnet-4-6", "workspace": "default"}
+    labels = {
+        "provider": "anthropic",
+        "api": "messages",
+        "model": "claude-sonnet-4-6",
+        "workspace": "default",
+    }
     assert telemetry.value("cachewatch_requests_total", outcome="ok", **labels) == 1
     assert len(telemetry.spans()) == 1
 
@@ -278,20 +318,29 @@ async def test_wrap_twice_does_not_double_count(harness: Harness, telemetry: Any
         return harness.mod.Response(200, headers={"content-type": "application/json"}, content=ANTHROPIC_JSON)
 
     cls = harness.mod.Client if harness.sync else harness.mod.AsyncClient
-    client = cls(transport=harness.mod.MockTransport(handler), base_url="https://api.anthropic.com", timeout=7)
+    client = cls(
+        transport=harness.mod.MockTransport(handler), base_url="https://api.anthropic.com", timeout=7
+    )
     wrapped = cachewatch.wrap(client, **telemetry.kwargs)
     assert wrapped is client
     assert cachewatch.wrap(client, **telemetry.kwargs) is client
     assert client.timeout.read == 7
     await harness.post(client, json=REQUEST)
-    labels = {"provider": "anthropic", "api": "messages", "model": "claude-sonnet-4-6", "workspace": "default"}
+    labels = {
+        "provider": "anthropic",
+        "api": "messages",
+        "model": "claude-sonnet-4-6",
+        "workspace": "default",
+    }
     assert telemetry.value("cachewatch_requests_total", outcome="ok", **labels) == 1
 
 
 async def test_observe_only_sends_request_bytes_unchanged(harness: Harness, telemetry: Any) -> None:
     body = b'{"model": "claude-sonnet-4-6",  "system": "' + b"x" * 9000 + b'", "messages": []}'
     t = harness.transport(
-        lambda r: (200, {"content-type": "application/json"}, [ANTHROPIC_JSON]), breakpoints="off", **telemetry.kwargs
+        lambda r: (200, {"content-type": "application/json"}, [ANTHROPIC_JSON]),
+        breakpoints="off",
+        **telemetry.kwargs,
     )
     await harness.post(harness.client(t), content=body, headers={"content-type": "application/json"})
     (sent,) = harness.received
@@ -304,7 +353,9 @@ def test_default_inner_transport_follows_the_request_family(telemetry: Any) -> N
     import httpx2
 
     t = cachewatch.CacheWatchTransport(**telemetry.kwargs)
-    assert isinstance(t._inner_for(httpx.Request("POST", "https://x/v1/messages"), "HTTPTransport"), httpx.HTTPTransport)
+    assert isinstance(
+        t._inner_for(httpx.Request("POST", "https://x/v1/messages"), "HTTPTransport"), httpx.HTTPTransport
+    )
     assert isinstance(
         t._inner_for(httpx2.Request("POST", "https://x/v1/messages"), "HTTPTransport"), httpx2.HTTPTransport
     )
@@ -323,7 +374,9 @@ async def test_otel_metrics_with_meter_provider(harness: Harness, telemetry: Any
     data = reader.get_metrics_data()
     metrics = {m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
     assert {"gen_ai.client.token.usage", "gen_ai.client.operation.duration"} <= set(metrics)
-    points = {p.attributes["gen_ai.token.type"]: p for p in metrics["gen_ai.client.token.usage"].data.data_points}
+    points = {
+        p.attributes["gen_ai.token.type"]: p for p in metrics["gen_ai.client.token.usage"].data.data_points
+    }
     assert points["input"].sum == 5012
     assert points["output"].sum == 9
     assert list(points["input"].explicit_bounds)[:3] == [1, 4, 16]

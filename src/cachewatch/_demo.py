@@ -31,11 +31,7 @@ __all__ = ["DemoResult", "Totals", "run_demo"]
 PHASES = ("off", "auto")
 WORKSPACES = {f"demo-key-caching-{phase}": f"caching-{phase}" for phase in PHASES}
 
-_WORDS = (
-    "policy account invoice refund shipment warranty customer order billing region latency cache "
-    "prompt schedule escalation priority ticket support agent context document section clause "
-    "contract renewal discount quota limit tier usage report dashboard metric alert incident"
-).split()
+_WORDS = ["policy", "account", "invoice", "refund", "shipment", "warranty", "customer", "order", "billing", "region", "latency", "cache", "prompt", "schedule", "escalation", "priority", "ticket", "support", "agent", "context", "document", "section", "clause", "contract", "renewal", "discount", "quota", "limit", "tier", "usage", "report", "dashboard", "metric", "alert", "incident"]
 
 
 def _text(seed: str, words: int) -> str:
@@ -124,8 +120,12 @@ def _support_chat(client: Any, run: str) -> None:
     system = "You are the support assistant of Example Corp. " + _text("support-system", 2600)
     messages: list[dict[str, Any]] = []
     for turn in range(WORKLOAD_REQUESTS["support chat"]):
-        messages.append({"role": "user", "content": f"[{run}] Question {turn}: " + _text(f"{run}-q{turn}", 60)})
-        reply = client.messages.create(model="claude-sonnet-4-6", max_tokens=256, system=system, messages=messages)
+        messages.append(
+            {"role": "user", "content": f"[{run}] Question {turn}: " + _text(f"{run}-q{turn}", 60)}
+        )
+        reply = client.messages.create(
+            model="claude-sonnet-4-6", max_tokens=256, system=system, messages=messages
+        )
         messages.append({"role": "assistant", "content": reply.content[0].text})
 
 
@@ -133,7 +133,11 @@ _TOOLS = [
     {
         "name": name,
         "description": f"{name}: " + _text(f"tool-{name}", 350),
-        "input_schema": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
+        "input_schema": {
+            "type": "object",
+            "properties": {"query": {"type": "string"}},
+            "required": ["query"],
+        },
     }
     for name in ("search_orders", "lookup_customer", "open_ticket")
 ]
@@ -143,12 +147,16 @@ def _agent_loop(client: Any, run: str) -> None:
     system = "You are an operations agent. " + _text("agent-system", 900)
     messages: list[dict[str, Any]] = []
     for task in range(WORKLOAD_REQUESTS["agent tool loop"] // 2):
-        messages.append({"role": "user", "content": f"[{run}] Task {task}: please use the tool search_orders."})
+        messages.append(
+            {"role": "user", "content": f"[{run}] Task {task}: please use the tool search_orders."}
+        )
         with client.messages.stream(
             model="claude-sonnet-4-6", max_tokens=256, system=system, tools=_TOOLS, messages=messages
         ) as stream:
             message = stream.get_final_message()
-        messages.append({"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in message.content]})
+        messages.append(
+            {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in message.content]}
+        )
         tool_uses = [b for b in message.content if b.type == "tool_use"]
         results = [
             {"type": "tool_result", "tool_use_id": b.id, "content": _text(f"{run}-result-{task}", 700)}
@@ -159,7 +167,9 @@ def _agent_loop(client: Any, run: str) -> None:
             model="claude-sonnet-4-6", max_tokens=256, system=system, tools=_TOOLS, messages=messages
         ) as stream:
             message = stream.get_final_message()
-        messages.append({"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in message.content]})
+        messages.append(
+            {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in message.content]}
+        )
 
 
 def _document_qa(client: Any, run: str) -> None:
@@ -202,9 +212,10 @@ _RUNNERS: dict[str, Callable[[Any, str], None]] = {
 def _emulators() -> Iterator[tuple[str, str]]:
     from .emulator import create_app, run_in_thread
 
-    with run_in_thread(create_app(profile="anthropic")) as anthropic_url, run_in_thread(
-        create_app(profile="dashscope")
-    ) as dashscope_url:
+    with (
+        run_in_thread(create_app(profile="anthropic")) as anthropic_url,
+        run_in_thread(create_app(profile="dashscope")) as dashscope_url,
+    ):
         yield anthropic_url, dashscope_url
 
 

@@ -120,11 +120,7 @@ class Engine:
             if api is None:
                 return None
             plan = None
-            if (
-                self.planner is not None
-                and body
-                and not any(h in headers for h in _NO_REWRITE_HEADERS)
-            ):
+            if self.planner is not None and body and not any(h in headers for h in _NO_REWRITE_HEADERS):
                 try:
                     plan = self.planner.plan(api=api, host=host, path=path, body=body)
                 except Exception as exc:
@@ -143,7 +139,7 @@ class Engine:
                 request_model=request_model,
                 server_address=host,
                 server_port=port,
-                stream=bool(body) and _asks_stream(body),
+                stream=body is not None and _asks_stream(body),
             )
             return Exchange(self, info, plan)
         except Exception as exc:
@@ -189,7 +185,7 @@ def _price_table(prices: Any) -> PriceTable:
     if isinstance(prices, PriceTable):
         return prices
     if isinstance(prices, (str, os.PathLike)):
-        return PriceTable.from_file(prices)
+        return PriceTable.from_file(os.fspath(prices))
     if isinstance(prices, Mapping):
         return PriceTable.from_mapping(prices)
     raise TypeError("prices must be a PriceTable, a mapping or the path of a TOML/YAML/JSON price file")
@@ -285,7 +281,7 @@ class Exchange:
             from ._observer import ResponseObserver
 
             content_type = headers.get("content-type")
-            self.stream = bool(content_type) and "event-stream" in content_type.lower()
+            self.stream = content_type is not None and "event-stream" in content_type.lower()
             self.observer = ResponseObserver(
                 self.info.api,
                 content_type=content_type,

@@ -15,6 +15,7 @@ For a request with partition (input, cache_read, w5m, w1h, output) and price p:
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -111,13 +112,13 @@ class PriceTable:
         text = p.read_text(encoding="utf-8")
         data: Any
         if p.suffix == ".toml":
-            try:
+            if sys.version_info >= (3, 11):
                 import tomllib
-            except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-                import tomli as tomllib  # type: ignore[no-redef]
+            else:  # pragma: no cover - Python 3.10
+                import tomli as tomllib
             data = tomllib.loads(text)
         elif p.suffix in (".yaml", ".yml"):
-            import yaml  # type: ignore[import-untyped]
+            import yaml
 
             data = yaml.safe_load(text)
         else:
@@ -140,7 +141,9 @@ class PriceTable:
                 self._cache[model] = found
             if found is None and model not in self._warned and len(self._warned) < 100:
                 self._warned.add(model)
-                _log.warning("cachewatch has no price for model %r: tokens are counted, cost is unknown", model)
+                _log.warning(
+                    "cachewatch has no price for model %r: tokens are counted, cost is unknown", model
+                )
         return found
 
     def cost(self, model: str | None, usage: TokenUsage) -> Cost | None:
@@ -148,12 +151,18 @@ class PriceTable:
         if price is None:
             return None
         base = price.input / _PER_MILLION
-        total = base * (
-            usage.input
-            + price.read * usage.cache_read
-            + price.write_5m * usage.cache_write_5m
-            + price.write_1h * usage.cache_write_1h
-        ) + price.output / _PER_MILLION * usage.output
+        total = (
+            base
+            * (
+                usage.input
+                + price.read * usage.cache_read
+                + price.write_5m * usage.cache_write_5m
+                + price.write_1h * usage.cache_write_1h
+            )
+            + price.output / _PER_MILLION * usage.output
+        )
         savings = base * (1.0 - price.read) * usage.cache_read
-        premium = base * ((price.write_5m - 1.0) * usage.cache_write_5m + (price.write_1h - 1.0) * usage.cache_write_1h)
+        premium = base * (
+            (price.write_5m - 1.0) * usage.cache_write_5m + (price.write_1h - 1.0) * usage.cache_write_1h
+        )
         return Cost(total=total, savings=savings, write_premium=premium, currency=price.currency)

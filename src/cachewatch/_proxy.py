@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -56,7 +56,9 @@ _HOP_BY_HOP = frozenset(
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"type": "error", "error": {"type": "cachewatch_proxy_error", "message": message}}, status)
+    return JSONResponse(
+        {"type": "error", "error": {"type": "cachewatch_proxy_error", "message": message}}, status
+    )
 
 
 def create_proxy_app(
@@ -85,7 +87,7 @@ def create_proxy_app(
         raise ValueError(f"--upstream must be an http(s) URL with a host, not {upstream!r}")
     base_path = parts.path.rstrip("/")
     cw = AsyncCacheWatchTransport(transport or httpx.AsyncHTTPTransport(), registry=registry, **options)
-    client = httpx.AsyncClient(transport=cw, timeout=timeout, follow_redirects=False)
+    client = httpx.AsyncClient(transport=cast(Any, cw), timeout=timeout, follow_redirects=False)
     exposed = exposition_registry(registry)
     extra_hosts = {h.lower() for h in allowed_hosts}
 
@@ -143,7 +145,9 @@ def create_proxy_app(
         response = StreamingResponse(relay(), status_code=upstream_response.status_code)
         response.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response_headers]
         if "content-length" in upstream_response.headers:
-            response.raw_headers.append((b"content-length", upstream_response.headers["content-length"].encode()))
+            response.raw_headers.append(
+                (b"content-length", upstream_response.headers["content-length"].encode())
+            )
         return response
 
     @contextlib.asynccontextmanager

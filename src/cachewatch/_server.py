@@ -19,7 +19,7 @@ def exposition_registry(registry: CollectorRegistry | None = None) -> CollectorR
     """The registry to expose: ``registry``, or the multiprocess aggregate, or the global one."""
     if registry is not None:
         return registry
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir"):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
         aggregate = CollectorRegistry()

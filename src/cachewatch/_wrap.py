@@ -43,7 +43,10 @@ def _http_client(client: Any) -> Any:
 
 def _is_http_client(obj: Any) -> bool:
     for cls in type(obj).__mro__:
-        if cls.__name__ in ("Client", "AsyncClient") and cls.__module__.partition(".")[0] in ("httpx", "httpx2"):
+        if cls.__name__ in ("Client", "AsyncClient") and cls.__module__.partition(".")[0] in (
+            "httpx",
+            "httpx2",
+        ):
             return True
     return False
 

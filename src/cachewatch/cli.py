@@ -1,8 +1,8 @@
 """The ``cachewatch`` command line: demo, proxy, emulator.
 
-    cachewatch demo [--serve] [--metrics-port 9464]
-    cachewatch proxy --upstream URL [--listen 127.0.0.1:8787]
-    cachewatch emulator [--port 8790] [--profile auto|anthropic|dashscope]
+cachewatch demo [--serve] [--metrics-port 9464]
+cachewatch proxy --upstream URL [--listen 127.0.0.1:8787]
+cachewatch emulator [--port 8790] [--profile auto|anthropic|dashscope]
 """
 
 from __future__ import annotations
@@ -30,17 +30,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run a realistic workload on the embedded emulator and show the savings")
-    demo.add_argument("--serve", action="store_true", help="keep traffic flowing and /metrics up until interrupted")
-    demo.add_argument("--metrics-port", type=int, default=9464, help="port of /metrics on 127.0.0.1 (default 9464)")
+    demo = sub.add_parser(
+        "demo", help="run a realistic workload on the embedded emulator and show the savings"
+    )
     demo.add_argument(
-        "--interval", type=float, default=2.0, help="with --serve: seconds between workload rounds (default 2)"
+        "--serve", action="store_true", help="keep traffic flowing and /metrics up until interrupted"
+    )
+    demo.add_argument(
+        "--metrics-port", type=int, default=9464, help="port of /metrics on 127.0.0.1 (default 9464)"
+    )
+    demo.add_argument(
+        "--interval",
+        type=float,
+        default=2.0,
+        help="with --serve: seconds between workload rounds (default 2)",
     )
 
-    proxy = sub.add_parser("proxy", help="reverse proxy for non-Python clients (curl, TypeScript SDK, agents)")
-    proxy.add_argument("--upstream", required=True, help="base URL to forward to, e.g. https://api.anthropic.com")
+    proxy = sub.add_parser(
+        "proxy", help="reverse proxy for non-Python clients (curl, TypeScript SDK, agents)"
+    )
     proxy.add_argument(
-        "--listen", type=_listen, default=("127.0.0.1", 8787), help="HOST:PORT to bind (default 127.0.0.1:8787)"
+        "--upstream", required=True, help="base URL to forward to, e.g. https://api.anthropic.com"
+    )
+    proxy.add_argument(
+        "--listen",
+        type=_listen,
+        default=("127.0.0.1", 8787),
+        help="HOST:PORT to bind (default 127.0.0.1:8787)",
     )
     proxy.add_argument("--breakpoints", choices=("auto", "off"), default="auto")
     proxy.add_argument("--provider", help="provider label for the upstream (default: from its host)")
@@ -50,7 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     proxy.add_argument("--prices", help="price file (TOML, YAML or JSON) merged over the defaults")
 
-    emulator = sub.add_parser("emulator", help="serve the provider emulator (Anthropic, OpenAI-compatible, DashScope)")
+    emulator = sub.add_parser(
+        "emulator", help="serve the provider emulator (Anthropic, OpenAI-compatible, DashScope)"
+    )
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--port", type=int, default=8790)
     emulator.add_argument("--profile", choices=("auto", "anthropic", "dashscope"), default="auto")
@@ -165,7 +183,14 @@ def _print_summary(console: Any, result: Any, metrics_url: str) -> None:
     for name in ("support chat", "agent tool loop", "document Q&A", "DashScope chat"):
         w_off, w_auto = result.workloads[("off", name)], result.workloads[("auto", name)]
         saved = 1 - w_auto.cost / w_off.cost if w_off.cost else 0.0
-        per.add_row(name, str(w_auto.requests), f"{w_auto.hit_ratio:.1%}", _money(w_off.cost), _money(w_auto.cost), f"{saved:.1%}")
+        per.add_row(
+            name,
+            str(w_auto.requests),
+            f"{w_auto.hit_ratio:.1%}",
+            _money(w_off.cost),
+            _money(w_auto.cost),
+            f"{saved:.1%}",
+        )
     console.print(per)
     if off.cost:
         console.print(
@@ -176,8 +201,9 @@ def _print_summary(console: Any, result: Any, metrics_url: str) -> None:
 
 
 def _proxy(args: argparse.Namespace) -> int:
-    import uvicorn
     from urllib.parse import urlsplit
+
+    import uvicorn
 
     from ._proxy import create_proxy_app
 
@@ -187,10 +213,11 @@ def _proxy(args: argparse.Namespace) -> int:
         options["providers"] = {urlsplit(args.upstream).hostname or "": args.provider}
     if args.prices:
         options["prices"] = args.prices
-    app = create_proxy_app(
-        args.upstream, allowed_hosts=args.allow_host, max_body=args.max_body, **options
+    app = create_proxy_app(args.upstream, allowed_hosts=args.allow_host, max_body=args.max_body, **options)
+    print(
+        f"cachewatch proxy: http://{host}:{port} -> {args.upstream}  (/metrics on the same port)",
+        file=sys.stderr,
     )
-    print(f"cachewatch proxy: http://{host}:{port} -> {args.upstream}  (/metrics on the same port)", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     return 0
 

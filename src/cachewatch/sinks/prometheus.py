@@ -96,6 +96,7 @@ class PrometheusSink:
             for child, value in zip(
                 children,
                 (usage.input, usage.cache_read, usage.cache_write_5m, usage.cache_write_1h, usage.output),
+                strict=True,
             ):
                 child.inc(value)
         m.duration.labels(info.provider, info.api, info.model).observe(record.duration)
