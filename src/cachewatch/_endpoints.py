@@ -129,6 +129,10 @@ class WorkspaceResolver:
         self._cache: dict[str, str] = {}
         self._lock = threading.Lock()
 
+    @property
+    def has_mapping(self) -> bool:
+        return bool(self._by_fp)
+
     def resolve(self, host: str, api_key: str | None) -> str:
         if api_key and self._by_fp:
             hit = self._cache.get(api_key)

@@ -130,7 +130,8 @@ class Engine:
             if request_model is None and body:
                 request_model = sniff_model(body)
             provider = provider_for_host(host, port, self.providers)
-            workspace = self.workspace_cap(self.workspaces.resolve(host, credential_from_headers(headers)))
+            key = credential_from_headers(headers) if self.workspaces.has_mapping else None
+            workspace = self.workspace_cap(self.workspaces.resolve(host, key))
             info = RequestInfo(
                 provider=provider,
                 api=api,

@@ -39,7 +39,18 @@ class PrometheusMetrics:
         self.misses: Counter = self.collectors["cachewatch_cache_misses_total"]
         self.internal_errors: Counter = self.collectors["cachewatch_internal_errors_total"]
         self._token_children: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._lock = threading.Lock()
+
+    def child(self, collector: Any, labels: tuple[str, ...]) -> Any:
+        """``collector.labels(*labels)``, cached: labels() costs a lock and a dict build per call."""
+        key = (collector, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = collector.labels(*labels)
+            with self._lock:
+                self._children[key] = found
+        return found
 
     def token_children(self, provider: str, api: str, model: str, workspace: str) -> tuple[Any, ...]:
         """The five ``cachewatch_tokens_total`` children of one label tuple, in TOKEN_TYPES order."""
@@ -89,7 +100,7 @@ class PrometheusSink:
     def finish(self, state: object | None, record: UsageRecord) -> None:
         m = self.metrics
         info = record.request
-        m.requests.labels(info.provider, info.api, info.model, info.workspace, record.outcome.value).inc()
+        m.child(m.requests, (info.provider, info.api, info.model, info.workspace, record.outcome.value)).inc()
         usage = record.usage
         if usage is not None:
             children = m.token_children(info.provider, info.api, info.model, info.workspace)
@@ -99,12 +110,13 @@ class PrometheusSink:
                 strict=True,
             ):
                 child.inc(value)
-        m.duration.labels(info.provider, info.api, info.model).observe(record.duration)
+        short = (info.provider, info.api, info.model)
+        m.child(m.duration, short).observe(record.duration)
         if record.time_to_first_token is not None:
-            m.ttft.labels(info.provider, info.api, info.model).observe(record.time_to_first_token)
+            m.child(m.ttft, short).observe(record.time_to_first_token)
         cost = record.cost
         if cost is not None:
             labels = (info.provider, info.model, info.workspace, cost.currency)
-            m.cost.labels(*labels).inc(cost.total)
-            m.savings.labels(*labels).inc(cost.savings)
-            m.write_premium.labels(*labels).inc(cost.write_premium)
+            m.child(m.cost, labels).inc(cost.total)
+            m.child(m.savings, labels).inc(cost.savings)
+            m.child(m.write_premium, labels).inc(cost.write_premium)
