@@ -31,7 +31,43 @@ __all__ = ["DemoResult", "Totals", "run_demo"]
 PHASES = ("off", "auto")
 WORKSPACES = {f"demo-key-caching-{phase}": f"caching-{phase}" for phase in PHASES}
 
-_WORDS = ["policy", "account", "invoice", "refund", "shipment", "warranty", "customer", "order", "billing", "region", "latency", "cache", "prompt", "schedule", "escalation", "priority", "ticket", "support", "agent", "context", "document", "section", "clause", "contract", "renewal", "discount", "quota", "limit", "tier", "usage", "report", "dashboard", "metric", "alert", "incident"]
+_WORDS = [
+    "policy",
+    "account",
+    "invoice",
+    "refund",
+    "shipment",
+    "warranty",
+    "customer",
+    "order",
+    "billing",
+    "region",
+    "latency",
+    "cache",
+    "prompt",
+    "schedule",
+    "escalation",
+    "priority",
+    "ticket",
+    "support",
+    "agent",
+    "context",
+    "document",
+    "section",
+    "clause",
+    "contract",
+    "renewal",
+    "discount",
+    "quota",
+    "limit",
+    "tier",
+    "usage",
+    "report",
+    "dashboard",
+    "metric",
+    "alert",
+    "incident",
+]
 
 
 def _text(seed: str, words: int) -> str:
