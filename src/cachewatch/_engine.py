@@ -310,7 +310,11 @@ class Exchange:
         self._finish(None, None)
 
     def close(self) -> None:
-        """The body was closed; if it had not ended, the caller abandoned it."""
+        """The body was closed; if it had not ended, the caller abandoned it.
+
+        A caller that stops reading right after the protocol's terminal event (the
+        openai SDK stops at ``data: [DONE]``) did not abandon anything: that is ``ok``.
+        """
         self._finish(Outcome.ABORTED, None)
 
     def transport_error(self, exc: BaseException) -> None:
@@ -331,7 +335,7 @@ class Exchange:
                     parsed = self.observer.result()
                 except Exception as exc:
                     engine.fault("parse", exc)
-            if outcome is None:
+            if outcome is None or (outcome is Outcome.ABORTED and parsed.complete):
                 outcome = Outcome.from_status(self.status_code or 0)
                 if outcome is Outcome.OK and parsed.error_type:
                     # An error event inside a 200 stream (e.g. overloaded_error).
