@@ -182,6 +182,8 @@ def test_openai_sync_dashscope_compatible(telemetry: Any, stream: bool) -> None:
         "workspace": "default",
     }
     assert telemetry.tokens(**labels) == OPENAI_TOKENS
+    # The SDK stops reading at [DONE] and closes: a complete stream, not an abandoned one.
+    assert telemetry.value("cachewatch_requests_total", outcome="ok", **labels) == 1
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -211,6 +213,8 @@ async def test_openai_async(telemetry: Any, stream: bool) -> None:
         "workspace": "default",
     }
     assert telemetry.tokens(**labels) == OPENAI_TOKENS
+    # The SDK stops reading at [DONE] and closes: a complete stream, not an abandoned one.
+    assert telemetry.value("cachewatch_requests_total", outcome="ok", **labels) == 1
 
 
 def test_sdk_keeps_its_settings_after_wrap(telemetry: Any) -> None:

@@ -225,6 +225,16 @@ async def test_abandoned_stream_is_aborted_with_usage_so_far(harness: Harness, t
     assert span.attributes["cachewatch.outcome"] == "aborted"
 
 
+async def test_close_after_terminal_event_is_ok(harness: Harness, telemetry: Any) -> None:
+    """Closing right after message_stop, before the transport signals the end, is not an abort."""
+    parts = [DASHSCOPE_SSE, b": trailing comment\n\n"]
+    t = harness.transport(lambda r: (200, {"content-type": "text/event-stream"}, parts), **telemetry.kwargs)
+    await harness.stream_chunks(harness.client(t), json=REQUEST, limit=1)
+    labels = {"provider": "anthropic", "api": "messages", "model": "claude-sonnet-4-6", "workspace": "default"}
+    assert telemetry.value("cachewatch_requests_total", outcome="ok", **labels) == 1
+    assert telemetry.value("cachewatch_requests_total", outcome="aborted", **labels) == 0
+
+
 async def test_gzip_body_reaches_caller_unchanged_and_is_parsed(harness: Harness, telemetry: Any) -> None:
     compressed = gzip.compress(ANTHROPIC_JSON)
     parts = chunks_of(compressed, 3)
