@@ -20,6 +20,11 @@ from ._engine import Exchange
 
 __all__ = ["async_stream_class", "sync_stream_class"]
 
+#: Raised by an inner stream iterated a second time (the openai SDK drains ``response.stream``
+#: after ``[DONE]`` and ignores these). They are the caller's business, not a transport error:
+#: the exchange is finished by ``close`` as usual.
+_REUSE_ERRORS = frozenset({"StreamConsumed", "StreamClosed"})
+
 
 @functools.cache
 def sync_stream_class(family: ModuleType) -> Any:
@@ -40,7 +45,8 @@ def sync_stream_class(family: ModuleType) -> Any:
                     feed(chunk)
                     yield chunk
             except Exception as exc:
-                exchange.transport_error(exc)
+                if type(exc).__name__ not in _REUSE_ERRORS:
+                    exchange.transport_error(exc)
                 raise
             exchange.end()
 
@@ -73,7 +79,8 @@ def async_stream_class(family: ModuleType) -> Any:
                     feed(chunk)
                     yield chunk
             except Exception as exc:
-                exchange.transport_error(exc)
+                if type(exc).__name__ not in _REUSE_ERRORS:
+                    exchange.transport_error(exc)
                 raise
             exchange.end()
 
