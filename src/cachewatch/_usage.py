@@ -45,6 +45,7 @@ Only identifiers, counts and status strings are kept: never prompt or completion
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from cachewatch._models import ParsedResponse, TokenUsage
@@ -179,13 +180,17 @@ def unwrap_envelope(obj: object) -> object:
 
 
 def _error_type(obj: dict[str, Any]) -> str | None:
-    """The error type of an error body/event in either shape, else None."""
+    """The error type of an error body/event in either shape, else None.
+
+    Only identifier-like values are passed through: relays put free text (which can
+    quote the prompt) in ``error``, ``type`` or ``code``, and that must not reach a sink.
+    """
     err = obj.get("error")
     if type(err) is dict:
         for key in ("type", "code"):
             value = err.get(key)
             if isinstance(value, str) and value:
-                return value
+                return _identifier(value)
             if type(value) is int:
                 return str(value)
         return "error"
@@ -193,11 +198,18 @@ def _error_type(obj: dict[str, Any]) -> str | None:
         # Responses stream `error` event: {"type":"error","code":...,"message":...}
         code = obj.get("code")
         if isinstance(code, str) and code:
-            return code
+            return _identifier(code)
         return "error"
     if isinstance(err, str) and err:
-        return err
+        return "error"
     return None
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def _identifier(value: str) -> str:
+    return value if _IDENTIFIER.fullmatch(value) else "error"
 
 
 class UsageAccumulator:
