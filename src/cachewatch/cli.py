@@ -213,7 +213,12 @@ def _proxy(args: argparse.Namespace) -> int:
         options["providers"] = {urlsplit(args.upstream).hostname or "": args.provider}
     if args.prices:
         options["prices"] = args.prices
-    app = create_proxy_app(args.upstream, allowed_hosts=args.allow_host, max_body=args.max_body, **options)
+    try:
+        app = create_proxy_app(args.upstream, allowed_hosts=args.allow_host, max_body=args.max_body, **options)
+    except (ValueError, OSError) as exc:
+        print(f"cachewatch proxy: {exc}", file=sys.stderr)
+        return 2
+
     print(
         f"cachewatch proxy: http://{host}:{port} -> {args.upstream}  (/metrics on the same port)",
         file=sys.stderr,
