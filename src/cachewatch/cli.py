@@ -1,8 +1,11 @@
-"""The ``cachewatch`` command line: demo, proxy, emulator.
+"""The ``cachewatch`` command line.
 
-cachewatch demo [--serve] [--metrics-port 9464]
-cachewatch proxy --upstream URL [--listen 127.0.0.1:8787]
-cachewatch emulator [--port 8790] [--profile auto|anthropic|dashscope]
+Usage::
+
+    cachewatch demo [--serve] [--metrics-port 9464]
+    cachewatch proxy --upstream URL [--listen 127.0.0.1:8787]
+    cachewatch emulator [--port 8790] [--profile auto|anthropic|dashscope]
+    cachewatch dashboards --out DIR
 """
 
 from __future__ import annotations
@@ -66,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     proxy.add_argument("--prices", help="price file (TOML, YAML or JSON) merged over the defaults")
 
+    dashboards = sub.add_parser("dashboards", help="write the Grafana dashboards, provisioning files and alert rules")
+    dashboards.add_argument("--out", required=True, help="directory to write into (created if missing)")
+
     emulator = sub.add_parser(
         "emulator", help="serve the provider emulator (Anthropic, OpenAI-compatible, DashScope)"
     )
@@ -81,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": _demo,
         "proxy": _proxy,
         "emulator": _emulator,
+        "dashboards": _dashboards,
     }[args.command]
     try:
         return command(args)
@@ -224,6 +231,14 @@ def _proxy(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    return 0
+
+
+def _dashboards(args: argparse.Namespace) -> int:
+    from .dashboards import write_dashboards
+
+    for path in write_dashboards(args.out):
+        print(path)
     return 0
 
 

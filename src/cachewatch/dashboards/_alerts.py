@@ -1,0 +1,334 @@
+"""Prometheus alerting rules (and their promtool unit tests), built from the metric catalogue.
+
+Rules, in one group ``cachewatch``:
+
+- ``cachewatch:cost_budget_per_hour``: a recording rule holding the hourly budget per
+  currency. It is the one place to configure the budget: edit the ``vector(...)``
+  constant, or add one rule per currency (keep the ``currency`` label).
+- ``CachewatchCacheHitRatioLow``: the prompt-cache hit ratio of a (provider, workspace)
+  stayed below a threshold while it had traffic.
+- ``CachewatchWastedCacheWritesHigh`` when the catalogue has a wasted-write metric,
+  otherwise ``CachewatchCacheWritePremiumHigh``: cache writes cost a large share of what
+  cache reads save, which is what writes that are never read look like in money.
+- ``CachewatchInternalErrors``: cachewatch survived an internal fault.
+- ``CachewatchCostOverBudget``: the hourly cost rate is above the budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ._grafana import WASTED_WRITES_METRIC, has_metric
+from ._promql import PROMPT_TOKEN_TYPES, hit_ratio, sel, sum_increase, sum_rate
+
+__all__ = ["AlertSettings", "build_alert_rules", "build_alert_tests"]
+
+REQ = "cachewatch_requests_total"
+COST = "cachewatch_cost_total"
+SAV = "cachewatch_cache_savings_total"
+PREM = "cachewatch_cache_write_premium_total"
+ERR = "cachewatch_internal_errors_total"
+TOK = "cachewatch_tokens_total"
+BUDGET_RECORD = "cachewatch:cost_budget_per_hour"
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """Thresholds of the generated rules (the defaults are what ``dashboards/`` ships)."""
+
+    #: Alert when the hit ratio is below this...
+    hit_ratio_threshold: float = 0.3
+    #: ...over this window, for as long...
+    hit_ratio_window: str = "15m"
+    #: ...while the (provider, workspace) served at least this many requests in the window.
+    hit_ratio_min_requests: int = 20
+    #: Alert when cache-write premium exceeds this share of cache savings...
+    premium_to_savings_ratio: float = 0.5
+    #: ...and at least this much money went to the premium in the window.
+    premium_min_amount: float = 0.01
+    premium_window: str = "30m"
+    #: With a wasted-write metric: alert when this share of cache-write tokens is wasted.
+    wasted_share: float = 0.5
+    #: Hourly budget per currency, recorded as ``cachewatch:cost_budget_per_hour``.
+    budgets_per_hour: tuple[tuple[str, float], ...] = (("USD", 10.0),)
+    internal_errors_window: str = "10m"
+
+
+def _rule_expr_hit_ratio(s: AlertSettings) -> str:
+    by = ("provider", "workspace")
+    ratio = hit_ratio(s.hit_ratio_window, by, templated=False)
+    traffic = sum_increase(REQ, by, s.hit_ratio_window, templated=False)
+    return f"(\n{ratio}\n) < {s.hit_ratio_threshold:g}\nand on (provider, workspace)\n{traffic} >= {s.hit_ratio_min_requests}"
+
+
+def _rule_expr_premium(s: AlertSettings) -> str:
+    by = ("provider", "model", "workspace", "currency")
+    w = s.premium_window
+    premium = sum_rate(PREM, by, w, templated=False)
+    savings = sum_rate(SAV, by, w, templated=False)
+    spent = sum_increase(PREM, by, w, templated=False)
+    return (
+        f"{premium}\n> {s.premium_to_savings_ratio:g} *\n{savings}\nand\n{spent} > {s.premium_min_amount:g}"
+    )
+
+
+def _rule_expr_wasted(s: AlertSettings) -> str:
+    labels = sel(WASTED_WRITES_METRIC, templated=False)  # raises if the catalogue lacks it
+    del labels
+    written = sum_rate(TOK, (), s.premium_window, templated=False, type='=~"cache_write_5m|cache_write_1h"')
+    wasted = sum_rate(WASTED_WRITES_METRIC, (), s.premium_window, templated=False)
+    return f"{wasted}\n/\n{written}\n> {s.wasted_share:g}"
+
+
+def _rule_expr_internal_errors(s: AlertSettings) -> str:
+    w = s.internal_errors_window
+    errors = sel(ERR, templated=False)
+    # increase() needs two samples of a series, so a fault that creates the series (its
+    # first sample is already 1) is caught by the second branch: present now, absent w ago.
+    return (
+        f"sum by (stage) (increase({errors}[{w}])) > 0\n"
+        f"or\nsum by (stage) ({errors} unless {errors} offset {w}) > 0"
+    )
+
+
+def _rule_expr_budget() -> str:
+    cost = sum_rate(COST, ("currency",), "1h", templated=False)
+    return f"{cost} * 3600\n> on (currency)\n{BUDGET_RECORD}"
+
+
+def build_alert_rules(settings: AlertSettings | None = None) -> dict[str, Any]:
+    """The Prometheus rule file (``alerts.yml``) as a dict."""
+    s = settings or AlertSettings()
+    rules: list[dict[str, Any]] = [
+        {"record": BUDGET_RECORD, "expr": f"vector({amount:g})", "labels": {"currency": currency}}
+        for currency, amount in s.budgets_per_hour
+    ]
+    rules.append(
+        {
+            "alert": "CachewatchCacheHitRatioLow",
+            "expr": _rule_expr_hit_ratio(s),
+            "for": s.hit_ratio_window,
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": "Prompt-cache hit ratio of {{ $labels.provider }}/{{ $labels.workspace }} is {{ $value | humanizePercentage }}",
+                "description": (
+                    f"cache_read / ({' + '.join(PROMPT_TOKEN_TYPES)}) tokens stayed below "
+                    f"{s.hit_ratio_threshold:.0%} for {s.hit_ratio_window} while the workspace had traffic. "
+                    "Look at the cache-miss reasons panel: a changed system prompt or tool list, "
+                    "an expired TTL or breakpoints switched off."
+                ),
+            },
+        }
+    )
+    if has_metric(WASTED_WRITES_METRIC):
+        rules.append(
+            {
+                "alert": "CachewatchWastedCacheWritesHigh",
+                "expr": _rule_expr_wasted(s),
+                "for": "15m",
+                "labels": {"severity": "warning"},
+                "annotations": {
+                    "summary": "{{ $value | humanizePercentage }} of cache-write tokens are never read",
+                    "description": "Cache writes expire unread: the premium is paid without a discount to show for it.",
+                },
+            }
+        )
+    else:
+        rules.append(
+            {
+                "alert": "CachewatchCacheWritePremiumHigh",
+                "expr": _rule_expr_premium(s),
+                "for": "15m",
+                "labels": {"severity": "warning"},
+                "annotations": {
+                    "summary": "Cache writes of {{ $labels.provider }}/{{ $labels.model }} in {{ $labels.workspace }} cost more than "
+                    f"{s.premium_to_savings_ratio:.0%} of what cache reads save",
+                    "description": (
+                        f"Over {s.premium_window}, the cache-write premium exceeded {s.premium_to_savings_ratio:.0%} "
+                        "of the cache-read savings. Writes that are never read within their TTL (wasted writes) "
+                        "pay the premium without earning the discount; this is how they show up in money."
+                    ),
+                },
+            }
+        )
+    rules.append(
+        {
+            "alert": "CachewatchInternalErrors",
+            "expr": _rule_expr_internal_errors(s),
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": "cachewatch survived internal faults in stage {{ $labels.stage }}",
+                "description": (
+                    "cachewatch left the traffic untouched but its accounting for the affected requests "
+                    "may be incomplete. The log has one line per (stage, exception type)."
+                ),
+            },
+        }
+    )
+    rules.append(
+        {
+            "alert": "CachewatchCostOverBudget",
+            "expr": _rule_expr_budget(),
+            "for": "15m",
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": "LLM spend is {{ $value | humanize }} {{ $labels.currency }} per hour, above budget",
+                "description": (
+                    "The hourly cost rate over the last hour is above cachewatch:cost_budget_per_hour "
+                    "(configured in this file)."
+                ),
+            },
+        }
+    )
+    return {"groups": [{"name": "cachewatch", "rules": rules}]}
+
+
+def _series(name: str, labels: dict[str, str], values: str) -> dict[str, str]:
+    rendered = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+    # sel() raises for a metric or label that the catalogue does not have.
+    sel(name, {k: f'="{v}"' for k, v in labels.items()}, templated=False)
+    return {"series": f"{name}{{{rendered}}}", "values": values}
+
+
+def build_alert_tests(rule_file: str = "alerts.yml") -> dict[str, Any]:
+    """A ``promtool test rules`` file with series that fire and do not fire each alert.
+
+    Written for the default :class:`AlertSettings`.
+    """
+    s = AlertSettings()
+    tok = {"provider": "anthropic", "api": "messages", "model": "claude-sonnet-4-6"}
+    money = {"provider": "anthropic", "model": "claude-sonnet-4-6", "currency": "USD"}
+    req = {**tok, "outcome": "ok"}
+    series: list[dict[str, str]] = []
+    # Hit ratio: "good" reads 90 %, "bad" 0 %, "quiet" 0 % but with too little traffic.
+    for ws, read, uncached, requests in (
+        ("good", "900", "100", "10"),
+        ("bad", "0", "1000", "10"),
+        ("quiet", "0", "1000", "0.5"),
+    ):
+        for type_, per_minute in (
+            ("input", uncached),
+            ("cache_read", read),
+            ("cache_write_5m", "0"),
+            ("cache_write_1h", "0"),
+        ):
+            series.append(_series(TOK, {**tok, "workspace": ws, "type": type_}, f"0+{per_minute}x60"))
+        series.append(_series(REQ, {**req, "workspace": ws}, f"0+{requests}x60"))
+    # Write premium vs savings: "wasteful" writes and never reads; "thrifty" saves 10x the premium.
+    for ws, premium, savings in (("wasteful", "0.01", "0"), ("thrifty", "0.01", "0.1")):
+        series.append(_series(PREM, {**money, "workspace": ws}, f"0+{premium}x60"))
+        series.append(_series(SAV, {**money, "workspace": ws}, f"0+{savings}x60"))
+    # Internal errors: "planner" keeps failing, "sink" faulted once (the series appears at 1)
+    # 5 minutes before the check, "parser" faulted once long ago.
+    series.append(_series(ERR, {"stage": "planner"}, "0+1x60"))
+    series.append(_series(ERR, {"stage": "sink"}, "_x35 1x25"))
+    series.append(_series(ERR, {"stage": "parser"}, "1x60"))
+    # Cost: "busy" spends 0.5 USD a minute (30/h), "calm" 0.05 (3/h): 33/h in all.
+    for ws, per_minute in (("busy", "0.5"), ("calm", "0.05")):
+        series.append(_series(COST, {**money, "workspace": ws}, f"0+{per_minute}x90"))
+    alerts: list[dict[str, Any]] = [
+        {
+            "eval_time": "40m",
+            "alertname": "CachewatchCacheHitRatioLow",
+            "exp_alerts": [
+                {
+                    "exp_labels": {"severity": "warning", "provider": "anthropic", "workspace": "bad"},
+                    "exp_annotations": {
+                        "summary": "Prompt-cache hit ratio of anthropic/bad is 0%",
+                        "description": (
+                            f"cache_read / ({' + '.join(PROMPT_TOKEN_TYPES)}) tokens stayed below "
+                            f"{s.hit_ratio_threshold:.0%} for {s.hit_ratio_window} while the workspace had traffic. "
+                            "Look at the cache-miss reasons panel: a changed system prompt or tool list, "
+                            "an expired TTL or breakpoints switched off."
+                        ),
+                    },
+                }
+            ],
+        },
+        # Below the threshold since the start, but not yet for 15 minutes.
+        {"eval_time": "10m", "alertname": "CachewatchCacheHitRatioLow", "exp_alerts": []},
+        {
+            "eval_time": "50m",
+            "alertname": "CachewatchCacheWritePremiumHigh",
+            "exp_alerts": [
+                {
+                    "exp_labels": {"severity": "warning", **money, "workspace": "wasteful"},
+                    "exp_annotations": {
+                        "summary": "Cache writes of anthropic/claude-sonnet-4-6 in wasteful cost more than "
+                        f"{s.premium_to_savings_ratio:.0%} of what cache reads save",
+                        "description": (
+                            f"Over {s.premium_window}, the cache-write premium exceeded {s.premium_to_savings_ratio:.0%} "
+                            "of the cache-read savings. Writes that are never read within their TTL (wasted writes) "
+                            "pay the premium without earning the discount; this is how they show up in money."
+                        ),
+                    },
+                }
+            ],
+        },
+        {
+            "eval_time": "40m",
+            "alertname": "CachewatchInternalErrors",
+            "exp_alerts": [
+                {
+                    "exp_labels": {"severity": "warning", "stage": stage},
+                    "exp_annotations": _errors_annotations(stage),
+                }
+                for stage in ("planner", "sink")
+            ],
+        },
+        {
+            "eval_time": "80m",
+            "alertname": "CachewatchCostOverBudget",
+            "exp_alerts": [
+                {
+                    "exp_labels": {"severity": "warning", "currency": "USD"},
+                    "exp_annotations": {
+                        "summary": "LLM spend is 33 USD per hour, above budget",
+                        "description": (
+                            "The hourly cost rate over the last hour is above cachewatch:cost_budget_per_hour "
+                            "(configured in this file)."
+                        ),
+                    },
+                }
+            ],
+        },
+        # The first hour's rate is extrapolated from fewer samples; 10 minutes in, "for" has not elapsed.
+        {"eval_time": "10m", "alertname": "CachewatchCostOverBudget", "exp_alerts": []},
+    ]
+    if has_metric(WASTED_WRITES_METRIC):  # pragma: no cover - the metric does not exist yet
+        alerts = [a for a in alerts if a["alertname"] != "CachewatchCacheWritePremiumHigh"]
+    return {
+        "rule_files": [rule_file],
+        "evaluation_interval": "1m",
+        "tests": [
+            {"interval": "1m", "input_series": series, "alert_rule_test": alerts},
+            {
+                "interval": "1m",
+                "input_series": [_series(COST, {**money, "workspace": "calm"}, "0+0.05x90")],
+                "alert_rule_test": [
+                    {"eval_time": "80m", "alertname": "CachewatchCostOverBudget", "exp_alerts": []}
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": BUDGET_RECORD,
+                        "eval_time": "1m",
+                        "exp_samples": [
+                            {"labels": f'{BUDGET_RECORD}{{currency="{c}"}}', "value": v}
+                            for c, v in s.budgets_per_hour
+                        ],
+                    }
+                ],
+            },
+        ],
+    }
+
+
+def _errors_annotations(stage: str) -> dict[str, str]:
+    return {
+        "summary": f"cachewatch survived internal faults in stage {stage}",
+        "description": (
+            "cachewatch left the traffic untouched but its accounting for the affected requests "
+            "may be incomplete. The log has one line per (stage, exception type)."
+        ),
+    }
