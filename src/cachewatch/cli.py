@@ -230,7 +230,18 @@ def _proxy(args: argparse.Namespace) -> int:
         f"cachewatch proxy: http://{host}:{port} -> {args.upstream}  (/metrics on the same port)",
         file=sys.stderr,
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    # h11 sees the raw request target, so absolute-URI requests are refused; the upstream's
+    # own Date and Server headers are relayed, so uvicorn must not add a second pair.
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        http="h11",
+        server_header=False,
+        date_header=False,
+    )
     return 0
 
 

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -155,7 +155,11 @@ class Emulator:
         profile = self.profile_for(path, request.headers)
         request_id = uuid.uuid4().hex
         try:
-            body = orjson.loads(await request.body())
+            raw = await request.body()
+        except ClientDisconnect:
+            return Response(status_code=499)
+        try:
+            body = orjson.loads(raw)
             if not isinstance(body, dict):
                 raise RequestError("request body must be a JSON object")
             if api == "count_tokens":
@@ -275,7 +279,7 @@ def run_in_thread(
     """
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="auto")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="cachewatch-emulator", daemon=True)
     thread.start()
