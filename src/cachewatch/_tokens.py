@@ -120,11 +120,17 @@ class FamilyCosts:
 #: Fitted on ``shared/corpus/recorded-exchanges.jsonl.gz`` (see ``benchmarks/estimator_error.py``).
 DEFAULT_FAMILY_COSTS: Mapping[str, FamilyCosts] = {
     "claude": FamilyCosts(
-        ascii_cpt=3.6, wide_cpt=1.0, json_cpt=3.0, per_message=3.0, tools_preamble=300.0, per_request=7.0
+        ascii_cpt=4.6,
+        wide_cpt=1.0,
+        json_cpt=4.5,
+        per_message=5.0,
+        per_block=3.0,
+        tools_preamble=550.0,
+        per_request=3.0,
     ),
-    "gpt": FamilyCosts(ascii_cpt=4.2, json_cpt=4.5, per_message=4.0, tools_preamble=10.0),
-    "qwen": FamilyCosts(ascii_cpt=4.0, wide_cpt=1.4, json_cpt=3.5, per_message=4.0, tools_preamble=150.0),
-    "other": FamilyCosts(ascii_cpt=3.9, json_cpt=4.0, per_message=5.0, tools_preamble=100.0),
+    "gpt": FamilyCosts(ascii_cpt=4.8, json_cpt=5.0, per_message=4.0, per_block=1.0, per_request=3.0),
+    "qwen": FamilyCosts(ascii_cpt=4.0, wide_cpt=1.4, json_cpt=4.0, per_message=4.0, tools_preamble=150.0),
+    "other": FamilyCosts(ascii_cpt=4.6, json_cpt=5.0, per_message=3.0, per_block=2.0, per_request=5.0),
 }
 
 _IMAGE_TYPES = frozenset({"image", "image_url", "input_image", "video", "video_url", "input_audio", "audio"})
@@ -330,7 +336,7 @@ class TokenEstimator:
         alpha: float = 0.2,
         min_ratio: float = 0.5,
         max_ratio: float = 2.0,
-        min_observed_tokens: int = 64,
+        min_observed_tokens: int = 256,
     ) -> None:
         self._costs: dict[str, FamilyCosts] = dict(DEFAULT_FAMILY_COSTS)
         self._costs.update(family_costs or {})
@@ -372,12 +378,17 @@ class TokenEstimator:
         """Feed back a billed prompt total for a request estimated (uncalibrated) at ``estimated``.
 
         ``estimated`` must be the *raw* estimate (before the calibration ratio) so that
-        the ratio converges to ``actual / raw``. Tiny prompts are ignored: their count is
-        dominated by fixed overheads and would only add noise.
+        the ratio converges to ``actual / raw``. Tiny prompts (fixed overheads dominate)
+        and samples outside ``[min_ratio, max_ratio]`` (hidden content such as server-tool
+        results, not a tokenizer difference) are ignored.
         """
         if estimated <= 0 or actual < self.min_observed_tokens:
             return
-        sample = min(self.max_ratio, max(self.min_ratio, actual / estimated))
+        sample = actual / estimated
+        if not self.min_ratio <= sample <= self.max_ratio:
+            # Hidden content (server-tool results, image sizes, relay system prompts)
+            # rather than a tokenizer difference: it would only drag the ratio around.
+            return
         key = (provider, family)
         with self._lock:
             old = self._ratios.get(key)
@@ -477,28 +488,52 @@ def _responses_item_cost(item: object, c: FamilyCosts) -> float:
 class PrefixCounter:
     """A running token count over a prompt prefix, walked in tools -> system -> messages order.
 
-    ``add_*`` calls are cheap (character counts); :meth:`reaches` answers a threshold
-    question from the cheap estimate and, only when the answer is inside the
-    uncertainty band and a real tokenizer exists, counts the prefix text precisely
-    once (then keeps counting precisely for the rest of this request).
+    ``add_*`` calls are cheap (character counts) and return the running raw total, which
+    the caller keeps per position. :meth:`reaches_at` answers "does the prefix through
+    that position reach N tokens?" from the cheap estimate; only when the answer falls
+    inside the uncertainty band and a real tokenizer exists for the model family is the
+    prefix's text counted precisely (each text once per request).
     """
 
-    __slots__ = ("_c", "_est", "_family", "_parts", "_precise", "_precise_ok", "_ratio", "raw")
+    __slots__ = (
+        "_ascii_cpt",
+        "_c",
+        "_costs",
+        "_cums",
+        "_est",
+        "_family",
+        "_parts",
+        "_per_block",
+        "_precise",
+        "_ratio",
+        "_track",
+        "raw",
+    )
 
     def __init__(self, estimator: TokenEstimator, family: str, provider: str) -> None:
         self._est = estimator
         self._family = family
         self._c = estimator.costs(family)
+        self._ascii_cpt = self._c.ascii_cpt
+        self._per_block = self._c.per_block
         self._ratio = estimator.ratio(provider, family)
         #: Raw (uncalibrated) cheap estimate so far.
         self.raw = self._c.per_request
-        self._parts: list[object] = []
-        self._precise: float | None = None
-        self._precise_ok = True
+        # Only remember texts when a precise tokenizer could be asked about them.
+        self._track = estimator.tokenizer(family) is not None
+        self._parts: list[str] = []
+        self._costs: list[float] = []
+        self._cums: list[float] = []
+        self._precise: list[int] = []
 
     @property
     def family(self) -> str:
         return self._family
+
+    @property
+    def ratio(self) -> float:
+        """The calibration ratio applied to raw estimates."""
+        return self._ratio
 
     @property
     def estimate(self) -> int:
@@ -506,41 +541,76 @@ class PrefixCounter:
         return math.ceil(self.raw * self._ratio)
 
     def add_tools(self, tools: Sequence[object]) -> None:
+        """Tools are present: add the provider's tool-use preamble once."""
         if tools:
             self.raw += self._c.tools_preamble
-            self._precise_ok = False
 
     def add_block(self, block: object) -> float:
-        """Add one block (tool definition, system block, content part); returns its raw cost."""
-        cost = _block_cost(block, self._c)
+        """Add one block (tool definition, system block, content part); returns the running raw total."""
+        text: object = None
+        if type(block) is dict:
+            text = block.get("text")
+            kind = block.get("type")
+            if type(text) is str and (kind == "text" or kind is None):
+                # Fast path for the commonest block: a text part.
+                cost = (
+                    len(text) / self._ascii_cpt if text.isascii() else _text_cost(text, self._c)
+                ) + self._per_block
+            else:
+                cost = _block_cost(block, self._c)
+        elif type(block) is str:
+            text = block
+            cost = len(block) / self._ascii_cpt if block.isascii() else _text_cost(block, self._c)
+        else:
+            cost = _block_cost(block, self._c)
         self.raw += cost
-        self._parts.append(block)
-        return cost
+        if self._track and type(text) is str and cost > 0:
+            self._parts.append(text)
+            self._costs.append(cost)
+            self._cums.append(self.raw)
+        return self.raw
+
+    def add_text(self, text: str) -> float:
+        """Add the text of a text block; returns the running raw total."""
+        cost = (
+            len(text) / self._ascii_cpt if text.isascii() else _text_cost(text, self._c)
+        ) + self._per_block
+        self.raw += cost
+        if self._track and cost > 0:
+            self._parts.append(text)
+            self._costs.append(cost)
+            self._cums.append(self.raw)
+        return self.raw
 
     def add_json(self, value: object) -> float:
-        cost = _json_cost(value, self._c)
-        self.raw += cost
-        self._precise_ok = False
-        return cost
+        """Add a structured value (tool schema, tool call) measured through its JSON."""
+        self.raw += _json_cost(value, self._c)
+        return self.raw
 
-    def add_message(self) -> None:
+    def add_message(self) -> float:
         """A message boundary (role markers)."""
         self.raw += self._c.per_message
+        return self.raw
 
-    def reaches(self, threshold: int) -> bool:
-        """Whether the prefix so far is estimated at ``threshold`` tokens or more."""
-        est = self.raw * self._ratio
-        lo = threshold * (1.0 - self._est.band)
-        hi = threshold * (1.0 + self._est.band)
-        if est >= hi or est < lo or not self._precise_ok:
+    def reaches(self, threshold: float) -> bool:
+        """Whether the whole prefix so far is estimated at ``threshold`` tokens or more."""
+        return self.reaches_at(self.raw, threshold)
+
+    def reaches_at(self, raw_through: float, threshold: float) -> bool:
+        """Whether the prefix whose running raw total was ``raw_through`` reaches ``threshold``."""
+        est = raw_through * self._ratio
+        band = self._est.band
+        if est >= threshold * (1.0 + band) or est < threshold * (1.0 - band):
             return est >= threshold
         tok = self._est.tokenizer(self._family)
         if tok is None:
             return est >= threshold
-        texts: list[str] = []
-        overhead = self._c.per_request
-        for part in self._parts:
-            if not _texts_of(part, texts):
-                overhead += _block_cost(part, self._c)
-        precise = overhead + sum(tok(t) for t in texts)
+        precise = raw_through
+        for i, cum in enumerate(self._cums):
+            if cum > raw_through:
+                break
+            if i == len(self._precise):
+                self._precise.append(tok(self._parts[i]))
+            precise += self._precise[i] - self._costs[i]
+        # The tokenizer counts exactly; the calibration ratio only corrects the cheap part.
         return precise >= threshold

@@ -1,0 +1,917 @@
+"""The breakpoint planner: request body in, ``cache_control`` placements out. Pure, sans-IO.
+
+Data flow: request -> **planner** -> transport -> stream observer -> usage record -> sinks
+-> ``Planner.observe`` (calibration and policy feedback).
+
+:meth:`Planner.plan` parses the body once, walks its blocks once in tools -> system ->
+messages order (the provider's render order), chooses where markers pay off and
+serialises once; when it adds nothing it returns ``body=None`` and the original bytes
+go out untouched. It never raises: a fault yields ``Plan(body=None, error=...)``.
+
+Placement policy (research A.1-A.6, B.2, E):
+
+* **Conversation tail** (``tail``): the last eligible block of the last user message, so
+  the next turn (or the next agent-loop iteration) reads everything up to it.
+* **Static prefix** (``static``): the last eligible tools/system block, so every request
+  with the same tools and system prompt reads them, whatever the conversation.
+* **Previous turn** (``previous_turn``): the block the previous turn's tail marker was on
+  (the same rule applied to the conversation cut after the previous user message), when
+  it lies ``lookback`` (20) positions or more before the tail, so the lookback still finds
+  the previous write. Earlier markers thus stay where they were: turn N+1 marks the
+  position turn N wrote.
+* **Shared document** (``document``): the latest large block before the tail (a document
+  asked about repeatedly, with varying questions after it).
+* A marker is placed only where the estimated prefix reaches the model's minimum. Under
+  Anthropic's billing only the last breakpoint's position sets the write cost (writes are
+  ``C - A``), so intermediate markers are free and only consume slots.
+* Slots: the profile's maximum minus reserved relay slots, the caller's markers and a
+  top-level ``cache_control``. Priority: tail, static, previous turn, document (static
+  first on a first-turn request). Extra candidates are reported as ``skipped_no_slot``.
+* TTLs: ``5m`` by default; ``static_ttl="1h"`` on profiles that honour it. Every ``1h``
+  marker precedes every ``5m`` one; a marker that would break that order is skipped
+  (``skipped_ttl_order``).
+* Top-level automatic mode (Anthropic first-party): used for the tail when the tail is the
+  last block of the request and its content is a plain string, so the body changes by one
+  top-level key instead of a string-to-list conversion.
+* The caller's markers are kept and counted. Markers the provider would reject (on
+  ``thinking``/``redacted_thinking`` or empty text, on a string, non-dict ``cache_control``)
+  are removed (``removed_invalid``) unless ``remove_invalid=False``: on a strict endpoint
+  they would fail the request with a 400, and on a lenient one they do nothing.
+  Markers nested inside sub-content (``tool_result.content``) are kept and counted.
+* Learning (minimal): ``observe`` calibrates the token estimator and keeps, per profile
+  and model, a moving rate of continued conversations; when almost no conversation
+  continues (one-shot traffic), first-turn tail markers stop (their writes are never read).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import orjson
+
+from ._models import TokenUsage
+from ._profiles import Profile, ProfileRegistry
+from ._tokens import PrefixCounter, TokenEstimator
+
+__all__ = ["Placement", "Plan", "Planner"]
+
+Location = Literal["tools", "system", "messages", "top_level"]
+
+#: Anthropic block types that accept ``cache_control`` (research A.2).
+_ANTHROPIC_TARGETS = frozenset(
+    {"text", "image", "document", "tool_use", "tool_result", "search_result", "server_tool_use"}
+)
+#: OpenAI-compatible content-part types that accept a marker (DashScope, research B.2).
+_OPENAI_TARGETS = frozenset({"text", "image_url", "video_url", "input_audio", "file"})
+_NEVER_TARGETS = frozenset({"thinking", "redacted_thinking"})
+
+_EPHEMERAL: dict[str, str] = {"type": "ephemeral"}
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """One decision about one marker position.
+
+    ``action`` is one of ``inserted``, ``kept`` (the caller's own), ``skipped_below_minimum``,
+    ``skipped_no_slot``, ``skipped_ttl_order``, ``removed_invalid``.
+    """
+
+    location: Location
+    action: str
+    ttl: str | None
+    #: Indices into the body: ``(tool,)``, ``(system_block,)``, ``(message, block)``, ``()`` for top-level.
+    index: tuple[int, ...]
+    #: Dotted JSON path of the block, e.g. ``messages.3.content.0`` (``cache_control`` for top-level).
+    path: str
+    #: Position of the block in the flattened tools -> system -> messages prompt (-1: top-level).
+    position: int
+    #: Estimated prompt tokens up to and including the block.
+    prefix_tokens: int
+    #: Why the planner considered it: ``tail``, ``static``, ``previous_turn``, ``document``, ``caller``.
+    reason: str = "caller"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The planner's answer for one request."""
+
+    #: The body to send, or None to send the original bytes unchanged.
+    body: bytes | None
+    placements: tuple[Placement, ...] = ()
+    profile: str = "unknown"
+    model: str | None = None
+    #: ``stream_options.include_usage`` was added (the response side hides the extra chunk).
+    added_include_usage: bool = False
+    #: Raw (uncalibrated) estimate of the whole prompt; None when the body was not walked.
+    raw_estimate: float | None = None
+    #: Calibrated estimate of the whole prompt.
+    estimated_tokens: int | None = None
+    #: Tokenizer family of the model (calibration key).
+    family: str = "other"
+    #: The request has no assistant turn yet (a first turn or a one-shot request).
+    first_turn: bool = True
+    #: Estimated tokens up to the static (tools + system) prefix end.
+    static_tokens: int = 0
+    #: Why the body was left alone when it was: ``unsupported``, ``not_json``, ``invalid_shape``,
+    #: ``internal_error:<ExceptionType>``; None otherwise.
+    error: str | None = None
+    api: str | None = None
+    provider: str = "other"
+    #: ``estimated_tokens`` covers the whole prompt; False when counting stopped once every
+    #: threshold was settled (then it, and ``prefix_tokens`` past that point, are lower bounds).
+    complete_estimate: bool = True
+    #: The original body, kept only when counting stopped early, for calibration in ``observe``.
+    source: bytes | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def inserted(self) -> tuple[Placement, ...]:
+        return tuple(p for p in self.placements if p.action == "inserted")
+
+
+# A position of the flattened prompt, as a plain tuple (the hot path builds one per block):
+# (location, index, container, key, eligible, caller marker TTL, raw cumulative estimate).
+# ``container[key]`` is the block (a dict) or the string to convert.
+_Pos = tuple[Location, tuple[int, ...], Any, Any, bool, "str | None", float]
+_LOC: Final = 0
+_IDX: Final = 1
+_CONT: Final = 2
+_KEY: Final = 3
+_OK: Final = 4
+_MARK: Final = 5
+_CUM: Final = 6
+
+
+@dataclass(slots=True)
+class _Stats:
+    continuation: float = 1.0
+    seen: int = 0
+
+
+@dataclass(slots=True)
+class _Walk:
+    positions: list[_Pos] = field(default_factory=list)
+    #: Index in ``positions`` of the first message position (== number of tools+system positions).
+    first_message: int = 0
+    #: Message index -> (first position, last position + 1).
+    spans: dict[int, tuple[int, int]] = field(default_factory=dict)
+    roles: list[str] = field(default_factory=list)
+    removed: list[Placement] = field(default_factory=list)
+    #: Markers the caller put inside sub-content (or left invalid): (render position, TTL).
+    #: A nested marker renders inside its parent block, so it sits at ``parent - 0.5``.
+    nested: list[tuple[float, str]] = field(default_factory=list)
+    first_turn: bool = True
+    #: Raw running total past which every threshold is settled (inf: count everything).
+    settle: float = float("inf")
+    #: Messages before this index are skimmed once ``settle`` is passed (no caller markers).
+    detail_from: int = 0
+    #: Some blocks were skimmed: the running total stopped at a lower bound.
+    skimmed: bool = False
+
+
+class Planner:
+    """Plans ``cache_control`` breakpoints for one request body at a time. Thread-safe.
+
+    Args:
+        registry: endpoint profiles (default: the shipped ones).
+        estimator: token estimator (default: a fresh :class:`TokenEstimator`).
+        static_ttl: TTL of the static-prefix marker where the profile honours ``1h``.
+        automatic: ``"auto"`` uses top-level automatic mode for the tail when it saves a
+            conversion; ``"never"`` always marks explicitly; ``"prefer"`` uses it whenever
+            the tail is the last block.
+        document_tokens: a block this large (estimated) is a shared-document candidate.
+        min_margin: a prefix must be estimated at ``min * (1 + min_margin)`` to be marked.
+        remove_invalid: remove the caller's markers the provider would reject.
+        include_usage: add ``stream_options.include_usage`` to chat-completions streams
+            that lack it (the response side hides the extra usage-only chunk).
+        continuation_threshold: below this rate of continued conversations, first-turn
+            tail markers stop (a tail write pays 0.25x, a read saves 0.9x).
+        learning: enable the minimal adaptive policy fed by :meth:`observe`.
+        profiles: alias of ``registry``, for callers (the transports) whose ``registry``
+            keyword already means a Prometheus registry.
+
+    Example::
+
+        planner = Planner()
+        plan = planner.plan(api="messages", host="api.anthropic.com", path="/v1/messages", body=raw)
+        outgoing = plan.body if plan.body is not None else raw
+    """
+
+    def __init__(
+        self,
+        registry: ProfileRegistry | None = None,
+        estimator: TokenEstimator | None = None,
+        *,
+        static_ttl: Literal["5m", "1h"] = "5m",
+        automatic: Literal["auto", "never", "prefer"] = "auto",
+        document_tokens: int = 1_024,
+        min_margin: float = 0.0,
+        remove_invalid: bool = True,
+        include_usage: bool = False,
+        continuation_threshold: float = 0.28,
+        learning: bool = True,
+        profiles: ProfileRegistry | None = None,
+    ) -> None:
+        if registry is None:
+            registry = profiles
+        self.registry = registry if registry is not None else ProfileRegistry()
+        self.estimator = estimator if estimator is not None else TokenEstimator()
+        self.static_ttl = static_ttl
+        self.automatic = automatic
+        self.document_tokens = document_tokens
+        self.min_margin = min_margin
+        self.remove_invalid = remove_invalid
+        self.include_usage = include_usage
+        self.continuation_threshold = continuation_threshold
+        self.learning = learning
+        self._stats: dict[tuple[str, str], _Stats] = {}
+        self._min_cache: dict[tuple[str, str | None], int] = {}
+        self._lock = threading.Lock()
+
+    # -- public ----------------------------------------------------------------------
+
+    def plan(self, *, api: str, host: str, path: str, body: bytes) -> Plan:
+        """Where to put markers in ``body``; never raises (a fault leaves the body alone)."""
+        profile_name = "unknown"
+        try:
+            profile = self.registry.match(host, path)
+            profile_name = profile.name
+            return self._plan(api, profile, body)
+        except Exception as exc:  # fail open: the original bytes go out
+            return Plan(
+                body=None, profile=profile_name, api=api, error=f"internal_error:{type(exc).__name__}"
+            )
+
+    def observe(self, plan: Plan, usage: TokenUsage) -> None:
+        """Feedback after the response: the usage the provider billed for a planned request.
+
+        Calibrates the token estimator with the billed prompt total and updates the
+        minimal adaptive policy (continued-conversation rate per profile and model).
+        """
+        if plan.error is not None or plan.api is None:
+            return
+        raw = plan.raw_estimate
+        if raw is None and plan.source is not None:
+            # Counting stopped early on the hot path; finish it here, after the response.
+            try:
+                raw = self.estimator.raw_request(plan.api, orjson.loads(plan.source), family=plan.family)
+            except (orjson.JSONDecodeError, TypeError, AttributeError):
+                raw = None
+        if raw is None:
+            return
+        total = usage.prompt_total
+        if total > 0 and raw > 0:
+            self.estimator.observe(raw, total, provider=plan.provider, family=plan.family)
+        if self.learning and plan.model is not None:
+            key = (plan.profile, plan.model)
+            with self._lock:
+                stats = self._stats.get(key)
+                if stats is None:
+                    if len(self._stats) >= 1024:
+                        self._stats.clear()
+                    stats = self._stats[key] = _Stats()
+                x = 0.0 if plan.first_turn else 1.0
+                stats.continuation += 0.1 * (x - stats.continuation)
+                stats.seen += 1
+
+    def continuation_rate(self, profile: str, model: str) -> float:
+        """The learnt rate of continued conversations (1.0 before any feedback)."""
+        stats = self._stats.get((profile, model))
+        return 1.0 if stats is None else stats.continuation
+
+    # -- planning ----------------------------------------------------------------------
+
+    def _plan(self, api: str, profile: Profile, body: bytes) -> Plan:
+        wants_usage = self.include_usage and api == "chat_completions"
+        if not profile.supports_markers and not wants_usage:
+            return Plan(
+                body=None, profile=profile.name, api=api, provider=profile.provider, error="unsupported"
+            )
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return Plan(body=None, profile=profile.name, api=api, provider=profile.provider, error="not_json")
+        if not isinstance(obj, dict):
+            return Plan(
+                body=None, profile=profile.name, api=api, provider=profile.provider, error="invalid_shape"
+            )
+        model_obj = obj.get("model")
+        model = model_obj if isinstance(model_obj, str) else None
+        added_usage = wants_usage and _add_include_usage(obj)
+        if not profile.supports_markers or not _api_fits(api, profile):
+            return Plan(
+                body=orjson.dumps(obj) if added_usage else None,
+                profile=profile.name,
+                model=model,
+                added_include_usage=added_usage,
+                api=api,
+                provider=profile.provider,
+                error=None if added_usage else "unsupported",
+            )
+        counter = self.estimator.prefix(model=model, provider=profile.provider)
+        # Past this raw total every minimum-token question is settled; a body without any
+        # caller marker then skims the conversation far before its tail.
+        settle = float("inf")
+        if b'"cache_control"' not in body:
+            needed = max(self._min_tokens(profile, model) * (1.0 + self.min_margin), self.document_tokens)
+            settle = needed * (1.0 + self.estimator.band) / max(counter.ratio, 1e-6)
+        walk = _walk(obj, profile, counter, self.remove_invalid, settle)
+        if walk is None:
+            if added_usage:
+                return Plan(
+                    body=orjson.dumps(obj),
+                    profile=profile.name,
+                    model=model,
+                    added_include_usage=True,
+                    api=api,
+                    provider=profile.provider,
+                )
+            return Plan(
+                body=None,
+                profile=profile.name,
+                model=model,
+                api=api,
+                provider=profile.provider,
+                error="invalid_shape",
+            )
+        placements, changed = self._place(obj, profile, model, counter, walk)
+        ratio = counter.ratio
+        static_raw = walk.positions[walk.first_message - 1][_CUM] if walk.first_message else 0.0
+        return Plan(
+            body=orjson.dumps(obj) if (changed or added_usage) else None,
+            placements=placements,
+            profile=profile.name,
+            model=model,
+            added_include_usage=added_usage,
+            raw_estimate=None if walk.skimmed else counter.raw,
+            estimated_tokens=counter.estimate,
+            complete_estimate=not walk.skimmed,
+            source=body if walk.skimmed else None,
+            family=counter.family,
+            first_turn=walk.first_turn,
+            static_tokens=int(static_raw * ratio),
+            api=api,
+            provider=profile.provider,
+        )
+
+    def _min_tokens(self, profile: Profile, model: str | None) -> int:
+        key = (profile.name, model)
+        found = self._min_cache.get(key)
+        if found is None:
+            found = profile.min_tokens_for(model)
+            if len(self._min_cache) >= 4096:
+                self._min_cache.clear()
+            self._min_cache[key] = found
+        return found
+
+    def _place(
+        self, obj: dict[str, Any], profile: Profile, model: str | None, counter: PrefixCounter, walk: _Walk
+    ) -> tuple[tuple[Placement, ...], bool]:
+        positions = walk.positions
+        ratio = counter.ratio
+        out: list[Placement] = list(walk.removed)
+        changed = bool(walk.removed)
+
+        # The caller's markers and the top-level one.
+        caller: list[int] = []
+        for i, pos in enumerate(positions if walk.settle == float("inf") else ()):
+            if pos[_MARK] is not None:
+                caller.append(i)
+                out.append(_placement(pos, i, "kept", pos[_MARK], "caller", ratio))
+        top = obj.get("cache_control")
+        top_ttl: str | None = None
+        if isinstance(top, dict):
+            top_ttl = "1h" if top.get("ttl") == "1h" else "5m"
+            out.append(
+                Placement(
+                    "top_level", "kept", top_ttl, (), "cache_control", -1, int(counter.raw * ratio), "caller"
+                )
+            )
+        used = len(caller) + len(walk.nested) + (1 if top_ttl else 0)
+        budget = profile.slots - used
+        ordered: list[tuple[float, str]] = sorted(
+            [(float(i), positions[i][_MARK] or "5m") for i in caller] + walk.nested
+        )
+        if top_ttl is not None:
+            ordered.append((float(len(positions)), top_ttl))
+        if budget <= 0 or _disordered(ordered):
+            return tuple(out), changed
+
+        minimum = self._min_tokens(profile, model)
+        threshold = minimum * (1.0 + self.min_margin)
+        roles = walk.roles
+        fm = walk.first_message
+
+        # Candidates: (position, reason).
+        candidates: list[tuple[int, str]] = []
+        last_user = _last_input(roles, len(roles))
+        tail = _tail_position(positions, walk.spans, last_user, fm) if last_user is not None else None
+        static = _last_eligible(positions, 0, fm)
+        suppress_tail = (
+            walk.first_turn
+            and self.learning
+            and model is not None
+            and self.continuation_rate(profile.name, model) < self.continuation_threshold
+        )
+        tail_candidate: list[tuple[int, str]] = []
+        if tail is not None and top_ttl is None and not suppress_tail:
+            tail_candidate.append((tail, "tail"))
+        static_candidate = [(static, "static")] if static is not None else []
+        if walk.first_turn:
+            candidates += static_candidate + tail_candidate
+        else:
+            candidates += tail_candidate + static_candidate
+        if tail is not None and last_user is not None:
+            prev_user = _previous_input(roles, last_user)
+            if prev_user is not None:
+                prev = _tail_position(positions, walk.spans, prev_user, fm)
+                if prev is not None and prev != tail and tail - prev >= profile.lookback:
+                    candidates.append((prev, "previous_turn"))
+            document = self._document(positions, fm, tail, ratio, profile.lookback)
+            if document is not None:
+                candidates.append((document, "document"))
+
+        chosen: list[tuple[int, str]] = []
+        seen: set[int] = set(caller)
+        for index, reason in candidates:
+            if index in seen:
+                continue
+            seen.add(index)
+            pos = positions[index]
+            if not counter.reaches_at(pos[_CUM], threshold):
+                out.append(_placement(pos, index, "skipped_below_minimum", None, reason, ratio))
+                continue
+            if len(chosen) >= budget:
+                out.append(_placement(pos, index, "skipped_no_slot", None, reason, ratio))
+                continue
+            chosen.append((index, reason))
+
+        if not chosen:
+            return tuple(out), changed
+
+        # TTLs, in prompt order: 1h markers must precede every 5m marker.
+        chosen.sort()
+        last_1h = max((at for at, ttl in ordered if ttl == "1h"), default=-1.0)
+        first_5m = min((at for at, ttl in ordered if ttl == "5m"), default=float(len(positions) + 1))
+        for index, reason in chosen:
+            pos = positions[index]
+            forced_1h = index < last_1h
+            allowed_1h = index < first_5m and profile.honours_1h
+            if forced_1h and not allowed_1h:
+                out.append(_placement(pos, index, "skipped_ttl_order", None, reason, ratio))
+                continue
+            ttl = (
+                "1h" if forced_1h or (reason == "static" and self.static_ttl == "1h" and allowed_1h) else "5m"
+            )
+            if ttl == "5m":
+                first_5m = min(first_5m, float(index))
+            if (
+                reason == "tail"
+                and profile.top_level_automatic
+                and self.automatic != "never"
+                and ttl == "5m"
+                and index == len(positions) - 1
+                and (self.automatic == "prefer" or isinstance(pos[_CONT][pos[_KEY]], str))
+                and _last_is_cacheable(positions)
+            ):
+                obj["cache_control"] = dict(_EPHEMERAL)
+                out.append(
+                    Placement(
+                        "top_level",
+                        "inserted",
+                        "5m",
+                        (),
+                        "cache_control",
+                        -1,
+                        _tok(pos[_CUM], ratio),
+                        reason,
+                    )
+                )
+                changed = True
+                continue
+            _insert(pos, ttl, profile)
+            out.append(_placement(pos, index, "inserted", ttl, reason, ratio))
+            changed = True
+        return tuple(out), changed
+
+    def _document(self, positions: list[_Pos], fm: int, tail: int, ratio: float, lookback: int) -> int | None:
+        for i in range(tail - 1, max(fm, tail - lookback) - 1, -1):
+            pos = positions[i]
+            if not pos[_OK]:
+                continue
+            before = positions[i - 1][_CUM] if i > 0 else 0.0
+            if (pos[_CUM] - before) * ratio >= self.document_tokens:
+                return i
+        return None
+
+
+def _tok(raw: float, ratio: float) -> int:
+    return int(raw * ratio + 0.5)
+
+
+def _placement(pos: _Pos, index: int, action: str, ttl: str | None, reason: str, ratio: float) -> Placement:
+    return Placement(pos[_LOC], action, ttl, pos[_IDX], _path(pos), index, _tok(pos[_CUM], ratio), reason)
+
+
+def _path(pos: _Pos) -> str:
+    if pos[_LOC] == "tools":
+        return f"tools.{pos[_IDX][0]}"
+    if pos[_LOC] == "system" and len(pos[_IDX]) == 1:
+        return f"system.{pos[_IDX][0]}" if isinstance(pos[_CONT], list) else "system"
+    msg, block = pos[_IDX]
+    if isinstance(pos[_CONT], dict):
+        return f"messages.{msg}.content"
+    return f"messages.{msg}.content.{block}"
+
+
+def _insert(pos: _Pos, ttl: str, profile: Profile) -> None:
+    marker: dict[str, str] = {"type": "ephemeral"}
+    if ttl == "1h" and profile.honours_1h:
+        marker["ttl"] = "1h"
+    target = pos[_CONT][pos[_KEY]]
+    if isinstance(target, str):
+        # Minimal conversion: a one-block list where the marker must go.
+        if profile.marker_format == "dashscope_native":
+            pos[_CONT][pos[_KEY]] = [{"text": target, "cache_control": marker}]
+        else:
+            pos[_CONT][pos[_KEY]] = [{"type": "text", "text": target, "cache_control": marker}]
+    else:
+        target["cache_control"] = marker
+
+
+def _last_is_cacheable(positions: list[_Pos]) -> bool:
+    return bool(positions) and positions[-1][_OK]
+
+
+_INPUT_ROLES = frozenset({"user", "tool", "function"})
+
+
+def _last_input(roles: list[str], before: int) -> int | None:
+    """The last message before ``before`` sent by the caller's side (user or tool results)."""
+    for i in range(before - 1, -1, -1):
+        if roles[i] in _INPUT_ROLES:
+            return i
+    return None
+
+
+def _previous_input(roles: list[str], last: int) -> int | None:
+    """The last input message of the previous turn: before the assistant turn preceding ``last``."""
+    for i in range(last - 1, -1, -1):
+        if roles[i] == "assistant":
+            return _last_input(roles, i)
+    return None
+
+
+def _last_eligible(positions: list[_Pos], lo: int, hi: int) -> int | None:
+    for i in range(hi - 1, lo - 1, -1):
+        pos = positions[i]
+        if pos[_OK] or pos[_MARK] is not None:
+            return i
+    return None
+
+
+def _tail_position(positions: list[_Pos], spans: dict[int, tuple[int, int]], msg: int, fm: int) -> int | None:
+    """The last eligible position at or before the end of message ``msg`` (the tail rule)."""
+    span = spans.get(msg)
+    end = span[1] if span is not None else None
+    if end is None:
+        # The message has no positions: take the last position of the closest earlier message.
+        end = fm
+        for m in range(msg - 1, -1, -1):
+            s = spans.get(m)
+            if s is not None:
+                end = s[1]
+                break
+    for i in range(end - 1, fm - 1, -1):
+        if positions[i][_OK] or positions[i][_MARK] is not None:
+            return i
+    return None
+
+
+def _disordered(ordered: list[tuple[float, str]]) -> bool:
+    """Whether a ``1h`` marker comes after a ``5m`` one (the caller's own mistake: add nothing)."""
+    seen_5m = False
+    for _, ttl in ordered:
+        if ttl == "5m":
+            seen_5m = True
+        elif seen_5m:
+            return True
+    return False
+
+
+def _api_fits(api: str, profile: Profile) -> bool:
+    fmt = profile.marker_format
+    if fmt == "anthropic":
+        return api == "messages"
+    if fmt == "openai_content_part":
+        return api == "chat_completions"
+    if fmt == "dashscope_native":
+        return api == "dashscope_generation"
+    return False
+
+
+def _add_include_usage(obj: dict[str, Any]) -> bool:
+    if obj.get("stream") is not True:
+        return False
+    options = obj.get("stream_options")
+    if options is None:
+        obj["stream_options"] = {"include_usage": True}
+        return True
+    if isinstance(options, dict) and "include_usage" not in options:
+        options["include_usage"] = True
+        return True
+    return False
+
+
+# -- walking the body --------------------------------------------------------------------
+
+
+def _marker_of(block: dict[str, Any]) -> tuple[bool, str | None]:
+    """(has a cache_control key, its TTL when it is a well-formed marker)."""
+    cc = block.get("cache_control")
+    if cc is None:
+        return ("cache_control" in block), None
+    if isinstance(cc, dict):
+        return True, ("1h" if cc.get("ttl") == "1h" else "5m")
+    return True, None
+
+
+def _eligible_anthropic(block: Any) -> bool:
+    if not isinstance(block, dict):
+        return False
+    kind = block.get("type")
+    if kind not in _ANTHROPIC_TARGETS:
+        return False
+    if kind == "text":
+        text = block.get("text")
+        return isinstance(text, str) and not text.isspace() and text != ""
+    return True
+
+
+def _eligible_part(block: Any, native: bool) -> bool:
+    if not isinstance(block, dict):
+        return False
+    kind = block.get("type")
+    if kind in _NEVER_TARGETS:
+        return False
+    text = block.get("text")
+    if kind == "text" or (kind is None and text is not None):
+        return isinstance(text, str) and text != "" and not text.isspace()
+    if native:
+        return kind is None and ("image" in block or "video" in block or "audio" in block)
+    return kind in _OPENAI_TARGETS
+
+
+def _nested_markers(block: dict[str, Any], walk: _Walk, at: int) -> None:
+    content = block.get("content")
+    if isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict) and isinstance(part.get("cache_control"), dict):
+                ttl = "1h" if part["cache_control"].get("ttl") == "1h" else "5m"
+                walk.nested.append((at - 0.5, ttl))
+
+
+def _walk(
+    obj: dict[str, Any], profile: Profile, counter: PrefixCounter, remove_invalid: bool, settle: float
+) -> _Walk | None:
+    """Flatten the body into positions, feeding the estimator; None for an invalid shape."""
+    fmt = profile.marker_format
+    walk = _Walk(settle=settle)
+    if fmt == "anthropic":
+        return _walk_anthropic(obj, profile, counter, remove_invalid, walk)
+    if fmt == "openai_content_part":
+        messages = obj.get("messages")
+        tools = obj.get("tools")
+        if isinstance(tools, list):
+            counter.add_tools(tools)
+            for tool in tools:
+                counter.add_json(tool)
+        return _walk_openai(messages, counter, remove_invalid, walk, native=False)
+    inp = obj.get("input")
+    if not isinstance(inp, dict):
+        return None
+    return _walk_openai(inp.get("messages"), counter, remove_invalid, walk, native=True)
+
+
+def _walk_anthropic(
+    obj: dict[str, Any], profile: Profile, counter: PrefixCounter, remove_invalid: bool, walk: _Walk
+) -> _Walk | None:
+    positions = walk.positions
+    tools = obj.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            return None
+        counter.add_tools(tools)
+        for t, tool in enumerate(tools):
+            counter.add_block(tool)
+            if not isinstance(tool, dict):
+                return None
+            has, ttl = _marker_of(tool) if "cache_control" in tool else (False, None)
+            ok = profile.markers_on_tools
+            if has and ttl is None:
+                ok = _drop_invalid(tool, "tools", (t,), f"tools.{t}", len(positions), walk, remove_invalid)
+            positions.append(("tools", (t,), tools, t, ok, ttl, counter.raw))
+    system = obj.get("system")
+    if system is not None:
+        counter.add_message()
+        if isinstance(system, str):
+            counter.add_block(system)
+            ok = system != "" and not system.isspace()
+            positions.append(("system", (0,), obj, "system", ok, None, counter.raw))
+        elif isinstance(system, list):
+            for s, block in enumerate(system):
+                counter.add_block(block)
+                if not isinstance(block, dict):
+                    return None
+                ok = _eligible_anthropic(block)
+                has, ttl = _marker_of(block)
+                if has and (ttl is None or not ok):
+                    ok = _drop_invalid(
+                        block, "system", (s,), f"system.{s}", len(positions), walk, remove_invalid
+                    )
+                    ttl = None
+                positions.append(("system", (s,), system, s, ok, ttl, counter.raw))
+        else:
+            return None
+    walk.first_message = len(positions)
+    messages = obj.get("messages")
+    if not isinstance(messages, list):
+        return None
+    roles = walk.roles
+    if walk.settle != float("inf"):
+        walk.detail_from = _detail_from(messages)
+    skip_until = 0
+    for m, message in enumerate(messages):
+        if m < skip_until:
+            continue
+        if m < walk.detail_from and counter.raw >= walk.settle:
+            skip_until = walk.detail_from
+            _skim(messages, m, skip_until, "messages", walk, counter.raw)
+            continue
+        if not isinstance(message, dict):
+            return None
+        role = message.get("role")
+        role_s = role if isinstance(role, str) else ""
+        roles.append(role_s)
+        if role_s == "assistant":
+            walk.first_turn = False
+        counter.add_message()
+        content = message.get("content")
+        start = len(positions)
+        if isinstance(content, str):
+            counter.add_block(content)
+            ok = content != "" and not content.isspace()
+            positions.append(("messages", (m, 0), message, "content", ok, None, counter.raw))
+        elif type(content) is list:
+            add_text = counter.add_text
+            add_block = counter.add_block
+            for b, block in enumerate(content):
+                if type(block) is not dict:
+                    return None
+                kind = block.get("type")
+                if kind == "text":
+                    text = block.get("text")
+                    if type(text) is str:
+                        ok = text != "" and not text.isspace()
+                        raw = add_text(text)
+                    else:
+                        ok = False
+                        raw = add_block(block)
+                else:
+                    ok = kind in _ANTHROPIC_TARGETS
+                    raw = add_block(block)
+                    if kind == "tool_result":
+                        _nested_markers(block, walk, len(positions))
+                ttl = None
+                if "cache_control" in block:
+                    has, ttl = _marker_of(block)
+                    if has and (ttl is None or not ok):
+                        ok = _drop_invalid(
+                            block,
+                            "messages",
+                            (m, b),
+                            f"messages.{m}.content.{b}",
+                            len(positions),
+                            walk,
+                            remove_invalid,
+                        )
+                        ttl = None
+                positions.append(("messages", (m, b), content, b, ok, ttl, raw))
+        else:
+            return None
+        if len(positions) > start:
+            walk.spans[m] = (start, len(positions))
+    return walk
+
+
+def _walk_openai(
+    messages: Any, counter: PrefixCounter, remove_invalid: bool, walk: _Walk, *, native: bool
+) -> _Walk | None:
+    if not isinstance(messages, list):
+        return None
+    positions = walk.positions
+    roles = walk.roles
+    leading_system = True
+    if walk.settle != float("inf"):
+        walk.detail_from = _detail_from(messages)
+    skip_until = 0
+    for m, message in enumerate(messages):
+        if m < skip_until:
+            continue
+        if not leading_system and m < walk.detail_from and counter.raw >= walk.settle:
+            skip_until = walk.detail_from
+            _skim(messages, m, skip_until, "messages", walk, counter.raw)
+            continue
+        if not isinstance(message, dict):
+            return None
+        role = message.get("role")
+        role_s = role if isinstance(role, str) else ""
+        is_system = role_s in ("system", "developer")
+        if not is_system and leading_system:
+            leading_system = False
+            walk.first_message = len(positions)
+        loc: Location = "system" if is_system and leading_system else "messages"
+        roles.append(role_s if loc == "messages" else "system")
+        if role_s == "assistant":
+            walk.first_turn = False
+        counter.add_message()
+        content = message.get("content")
+        start = len(positions)
+        if isinstance(content, str):
+            counter.add_block(content)
+            ok = content != "" and not content.isspace()
+            positions.append((loc, (m, 0), message, "content", ok, None, counter.raw))
+        elif isinstance(content, list):
+            for b, block in enumerate(content):
+                counter.add_block(block)
+                if not isinstance(block, dict):
+                    return None
+                ok = _eligible_part(block, native)
+                has, ttl = _marker_of(block)
+                if has and (ttl is None or not ok):
+                    ok = _drop_invalid(
+                        block, loc, (m, b), f"messages.{m}.content.{b}", len(positions), walk, remove_invalid
+                    )
+                    ttl = None
+                positions.append((loc, (m, b), content, b, ok, ttl, counter.raw))
+        elif content is not None:
+            return None
+        calls = message.get("tool_calls")
+        if isinstance(calls, list):
+            for call in calls:
+                counter.add_json(call)
+        if len(positions) > start:
+            walk.spans[m] = (start, len(positions))
+    if leading_system:
+        walk.first_message = len(positions)
+    return walk
+
+
+def _detail_from(messages: list[Any]) -> int:
+    """First message that needs block-level inspection: the previous turn's input onwards."""
+    seen_input = seen_assistant = False
+    for i in range(len(messages) - 1, -1, -1):
+        message = messages[i]
+        role = message.get("role") if type(message) is dict else None
+        if role in _INPUT_ROLES:
+            if seen_assistant:
+                return max(0, i - 1)
+            seen_input = True
+        elif role == "assistant" and seen_input:
+            seen_assistant = True
+    return 0
+
+
+def _skim(messages: list[Any], lo: int, hi: int, loc: Location, walk: _Walk, raw: float) -> None:
+    """Positions of messages ``lo..hi-1``, far before the tail, once every threshold is settled.
+
+    Nothing in them can be a candidate and they hold no caller marker (the body has none),
+    so only their block counts matter: one shared placeholder per block, no estimate, no
+    role (the roles that matter are all in the inspected tail region).
+    """
+    counts = [
+        len(c) if type(c) is list else 1 if type(c) is str else 0
+        for c in (msg.get("content") if type(msg) is dict else None for msg in messages[lo:hi])
+    ]
+    walk.positions.extend([(loc, (lo, -1), None, None, False, None, raw)] * sum(counts))
+    walk.roles.extend([""] * (hi - lo))
+    walk.skimmed = True
+
+
+def _drop_invalid(
+    block: dict[str, Any],
+    loc: Location,
+    index: tuple[int, ...],
+    path: str,
+    position: int,
+    walk: _Walk,
+    remove_invalid: bool,
+) -> bool:
+    """A caller's marker the provider would reject: remove it (or leave it and avoid the block)."""
+    if remove_invalid:
+        del block["cache_control"]
+        walk.removed.append(Placement(loc, "removed_invalid", None, index, path, position, 0, "caller"))
+    else:
+        walk.nested.append((position - 0.5, "5m"))  # left in place: still counted
+    return False

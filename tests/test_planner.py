@@ -1,0 +1,345 @@
+"""Hand-written planner cases, one or more per rule of SPEC section 6 and per profile.
+
+Categories: untouched bodies (unknown endpoints, automatic caching, non-JSON, invalid
+shapes, internal errors); placement (static prefix, tail, top-level automatic, minimum);
+budget (caller markers, top-level, reserved slots); valid targets; TTL order; body
+preservation (key order, string conversion, formats per profile); stream hygiene;
+feedback (calibration, minimal learning). Every planned body also passes the
+independent validator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from cachewatch._models import TokenUsage
+from cachewatch._planner import Plan, Planner
+from cachewatch._profiles import ProfileRegistry
+from validator import validate
+
+LONG = "cache prompt token model request stream usage system tool result " * 120  # ~1,800 tokens
+ANTHROPIC = {"api": "messages", "host": "api.anthropic.com", "path": "/v1/messages"}
+DASHSCOPE = {"api": "messages", "host": "dashscope.aliyuncs.com", "path": "/apps/anthropic/v1/messages"}
+RELAY = {"api": "messages", "host": "relay.example.com", "path": "/v1/messages"}
+DS_OPENAI = {
+    "api": "chat_completions",
+    "host": "dashscope-intl.aliyuncs.com",
+    "path": "/compatible-mode/v1/chat/completions",
+}
+DS_NATIVE = {
+    "api": "dashscope_generation",
+    "host": "dashscope.aliyuncs.com",
+    "path": "/api/v1/services/aigc/text-generation/generation",
+}
+
+
+def plan(body: dict[str, Any], where: dict[str, str] = ANTHROPIC, planner: Planner | None = None) -> Plan:
+    planner = planner or Planner()
+    raw = orjson.dumps(body)
+    result = planner.plan(body=raw, **where)
+    assert result.error is None or not result.error.startswith("internal"), result.error
+    assert validate(result.profile, raw, result.body) == []
+    again = planner.plan(body=raw, **where)
+    assert again.body == result.body  # deterministic
+    return result
+
+
+def out(result: Plan) -> dict[str, Any]:
+    assert result.body is not None
+    parsed: dict[str, Any] = orjson.loads(result.body)
+    return parsed
+
+
+def chat(*turns: Any, system: Any = LONG, model: str = "claude-sonnet-4-5", **extra: Any) -> dict[str, Any]:
+    roles = ("user", "assistant")
+    body: dict[str, Any] = {"model": model, "max_tokens": 64}
+    if system is not None:
+        body["system"] = system
+    body["messages"] = [{"role": roles[i % 2], "content": c} for i, c in enumerate(turns)]
+    body.update(extra)
+    return body
+
+
+# -- untouched ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "api"),
+    [
+        ("api.openai.com", "/v1/chat/completions", "chat_completions"),
+        ("api.deepseek.com", "/chat/completions", "chat_completions"),
+        ("api.groq.com", "/openai/v1/chat/completions", "chat_completions"),
+        ("api.openai.com", "/v1/responses", "responses"),
+    ],
+)
+def test_automatic_and_unknown_endpoints_are_untouched(host: str, path: str, api: str) -> None:
+    body = {
+        "model": "gpt-5",
+        "messages": [{"role": "system", "content": LONG}, {"role": "user", "content": "hi"}],
+    }
+    result = Planner().plan(api=api, host=host, path=path, body=orjson.dumps(body))
+    assert result.body is None
+    assert result.placements == ()
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"[1,2]", b'{"messages": 3}', b'{"messages": [1]}', b""])
+def test_non_json_and_invalid_shapes_are_untouched(raw: bytes) -> None:
+    result = Planner().plan(body=raw, **ANTHROPIC)
+    assert result.body is None
+    assert result.error in ("not_json", "invalid_shape")
+
+
+def test_internal_error_leaves_body_alone() -> None:
+    class Boom(ProfileRegistry):
+        def match(self, host: str, path: str) -> Any:
+            raise RuntimeError("boom")
+
+    result = Planner(registry=Boom()).plan(body=orjson.dumps(chat("hi")), **ANTHROPIC)
+    assert result.body is None
+    assert result.error == "internal_error:RuntimeError"
+
+
+# -- placement ------------------------------------------------------------------------------
+
+
+def test_static_prefix_and_tail_on_first_turn() -> None:
+    result = plan(chat([{"type": "text", "text": LONG}]))
+    body = out(result)
+    assert body["system"] == [{"type": "text", "text": LONG, "cache_control": {"type": "ephemeral"}}]
+    assert body["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral"}
+    assert {(p.reason, p.action) for p in result.placements} == {("static", "inserted"), ("tail", "inserted")}
+
+
+def test_top_level_automatic_for_a_string_tail_on_anthropic_only() -> None:
+    result = plan(chat("hello " * 10))
+    body = out(result)
+    assert body["cache_control"] == {"type": "ephemeral"}
+    assert list(body)[-1] == "cache_control"
+    assert isinstance(body["messages"][0]["content"], str)
+    dash = out(plan(chat("hello " * 10), DASHSCOPE))
+    assert "cache_control" not in dash
+    assert dash["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral"}
+    never = out(plan(chat("hello " * 10), planner=Planner(automatic="never")))
+    assert "cache_control" not in never
+
+
+def test_tail_skips_thinking_and_empty_blocks() -> None:
+    turns = (
+        "q1",
+        [{"type": "thinking", "thinking": "hmm", "signature": "s"}, {"type": "text", "text": "a1"}],
+        [{"type": "text", "text": "question"}, {"type": "text", "text": "  "}, {"type": "text", "text": ""}],
+    )
+    body = out(plan(chat(*turns)))
+    last = body["messages"][2]["content"]
+    assert "cache_control" in last[0]
+    assert "cache_control" not in last[1]
+    assert "cache_control" not in last[2]
+    assert "cache_control" not in body["messages"][1]["content"][0]
+
+
+def test_below_minimum_no_marker() -> None:
+    result = plan(chat("hi", system="short"))
+    assert result.body is None
+    assert all(p.action == "skipped_below_minimum" for p in result.placements)
+
+
+def test_tools_marked_on_anthropic_when_no_system() -> None:
+    tools = [{"name": "f", "description": LONG, "input_schema": {"type": "object"}}]
+    body = out(plan(chat("hi", system=None, tools=tools)))
+    assert body["tools"][0]["cache_control"] == {"type": "ephemeral"}
+    relay = plan(chat("hi", system=None, tools=tools), RELAY)
+    assert relay.body is None or "cache_control" not in out(relay)["tools"][0]
+
+
+def test_nested_tool_result_content_never_marked() -> None:
+    turns = (
+        "q",
+        [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}],
+        [{"type": "tool_result", "tool_use_id": "t1", "content": [{"type": "text", "text": LONG}]}],
+    )
+    body = out(plan(chat(*turns)))
+    block = body["messages"][2]["content"][0]
+    assert "cache_control" in block
+    assert "cache_control" not in block["content"][0]
+
+
+# -- budget ---------------------------------------------------------------------------------
+
+
+def marked(text: str, ttl: str | None = None) -> dict[str, Any]:
+    cc: dict[str, Any] = {"type": "ephemeral"}
+    if ttl:
+        cc["ttl"] = ttl
+    return {"type": "text", "text": text, "cache_control": cc}
+
+
+def test_caller_markers_fill_the_budget() -> None:
+    turns = (
+        [marked("a " * 500), marked("b"), marked("c"), marked("d")],
+        "x",
+        [{"type": "text", "text": "y"}],
+    )
+    result = plan(chat(*turns))
+    assert result.body is None
+    assert sum(p.action == "kept" for p in result.placements) == 4
+
+
+def test_caller_top_level_counts_and_suppresses_tail() -> None:
+    body = chat(
+        [marked("a"), marked("b"), {"type": "text", "text": "c"}], cache_control={"type": "ephemeral"}
+    )
+    result = plan(body)
+    inserted = [p for p in result.placements if p.action == "inserted"]
+    assert [p.reason for p in inserted] == ["static"]  # 2 caller + top-level + static = 4
+
+
+def test_relay_reserves_a_slot() -> None:
+    turns = ([marked("a"), marked("b"), marked("c"), {"type": "text", "text": "d"}],)
+    assert plan(chat(*turns), RELAY).body is None
+    result = plan(chat(*turns), ANTHROPIC)
+    assert len(result.inserted) == 1
+
+
+def test_overflowing_caller_is_left_alone() -> None:
+    turns = ([marked(x) for x in "abcde"],)
+    assert plan(chat(*turns)).body is None
+
+
+# -- valid targets and invalid caller markers ----------------------------------------------
+
+
+def test_invalid_caller_marker_removed() -> None:
+    bad = {"type": "text", "text": "", "cache_control": {"type": "ephemeral"}}
+    result = plan(chat([{"type": "text", "text": "hi"}, bad], system="short"))
+    assert next(p.action for p in result.placements) == "removed_invalid"
+    assert {p.action for p in result.placements[1:]} == {"skipped_below_minimum"}
+    assert "cache_control" not in out(result)["messages"][0]["content"][1]
+    kept = Planner(remove_invalid=False).plan(body=orjson.dumps(chat([bad], system="s")), **ANTHROPIC)
+    assert kept.body is None
+
+
+def test_thinking_marker_removed() -> None:
+    think = {"type": "thinking", "thinking": "x", "signature": "s", "cache_control": {"type": "ephemeral"}}
+    body = out(plan(chat("q", [think, {"type": "text", "text": "a"}], "next")))
+    assert "cache_control" not in body["messages"][1]["content"][0]
+
+
+# -- TTL order ------------------------------------------------------------------------------
+
+
+def test_static_1h_then_5m() -> None:
+    result = plan(chat([{"type": "text", "text": "q"}]), planner=Planner(static_ttl="1h"))
+    body = out(result)
+    assert body["system"][0]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    assert body["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral"}
+
+
+def test_caller_1h_later_forces_1h_or_skip() -> None:
+    turns = ([{"type": "text", "text": "q " * 50}, marked("z", "1h")],)
+    body = out(plan(chat(*turns)))
+    assert body["system"][0]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
+    relay = plan(chat(*turns), RELAY)
+    assert relay.body is None
+    assert any(p.action == "skipped_ttl_order" for p in relay.placements)
+
+
+def test_no_ttl_field_on_dashscope_and_relay() -> None:
+    for where in (DASHSCOPE, RELAY):
+        result = plan(chat([{"type": "text", "text": "q"}]), where, Planner(static_ttl="1h"))
+        assert b'"ttl"' not in (result.body or b"")
+
+
+# -- body preservation and formats -----------------------------------------------------------
+
+
+def test_key_order_and_other_fields_preserved() -> None:
+    body = {
+        "temperature": 0.5,
+        "model": "claude-sonnet-4-5",
+        "system": LONG,
+        "metadata": {"user_id": "u", "z": [1, 2.5, None, True]},
+        "messages": [{"content": [{"text": "hi", "type": "text"}], "role": "user"}],
+        "max_tokens": 5,
+    }
+    new = out(plan(body))
+    assert list(new)[:6] == list(body)
+    assert new["messages"][0]["content"][0] == {
+        "text": "hi",
+        "type": "text",
+        "cache_control": {"type": "ephemeral"},
+    }
+    assert new["metadata"] == body["metadata"]
+
+
+def test_dashscope_openai_parts_and_native_parts() -> None:
+    body = {
+        "model": "qwen3-max",
+        "messages": [{"role": "system", "content": LONG}, {"role": "user", "content": "hi"}],
+    }
+    result = plan(body, DS_OPENAI)
+    new = out(result)
+    assert new["messages"][0]["content"] == [
+        {"type": "text", "text": LONG, "cache_control": {"type": "ephemeral"}}
+    ]
+    assert result.profile == "dashscope_openai"
+    native = {"model": "qwen-plus", "input": {"messages": body["messages"]}, "parameters": {}}
+    result = plan(native, DS_NATIVE)
+    new = out(result)
+    assert new["input"]["messages"][0]["content"] == [{"text": LONG, "cache_control": {"type": "ephemeral"}}]
+
+
+def test_dashscope_openai_tool_loop_tail_on_tool_message() -> None:
+    body = {
+        "model": "qwen3-max",
+        "messages": [
+            {"role": "system", "content": LONG},
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "function": {"name": "f"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "result " * 20},
+        ],
+    }
+    new = out(plan(body, DS_OPENAI))
+    assert new["messages"][3]["content"][0]["cache_control"] == {"type": "ephemeral"}
+
+
+# -- stream hygiene -------------------------------------------------------------------------
+
+
+def test_include_usage_opt_in() -> None:
+    body = {"model": "gpt-5", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    raw = orjson.dumps(body)
+    where = {"api": "chat_completions", "host": "api.openai.com", "path": "/v1/chat/completions"}
+    assert Planner().plan(body=raw, **where).body is None
+    result = Planner(include_usage=True).plan(body=raw, **where)
+    assert result.added_include_usage
+    assert out(result)["stream_options"] == {"include_usage": True}
+    body["stream_options"] = {"include_usage": False}
+    assert Planner(include_usage=True).plan(body=orjson.dumps(body), **where).body is None
+
+
+# -- feedback -------------------------------------------------------------------------------
+
+
+def test_observe_calibrates_the_estimator() -> None:
+    planner = Planner()
+    result = plan(chat("hi"), planner=planner)
+    assert result.raw_estimate is not None
+    for _ in range(30):
+        planner.observe(result, TokenUsage(input=int(result.raw_estimate * 1.5)))
+    assert planner.estimator.ratio("anthropic", "claude") == pytest.approx(1.5, rel=0.02)
+
+
+def test_one_shot_traffic_stops_first_turn_tail_writes() -> None:
+    planner = Planner()
+    body = chat([{"type": "text", "text": "question"}])
+    first = plan(body, planner=planner)
+    assert any(p.reason == "tail" for p in first.inserted)
+    for _ in range(20):
+        planner.observe(first, TokenUsage(input=10, cache_read=2_000))
+    later = plan(body, planner=planner)
+    assert [p.reason for p in later.inserted] == ["static"]
+    # A continued conversation still gets its tail marker.
+    assert any(p.reason == "tail" for p in plan(chat("q", "a", "q2"), planner=planner).inserted)

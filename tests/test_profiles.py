@@ -1,0 +1,121 @@
+"""Endpoint profiles: matching by host and path, the minimum-token table, overrides."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from cachewatch._profiles import DEFAULT_PROFILES, EndpointRule, ProfileRegistry, min_tokens_lookup
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "name"),
+    [
+        ("api.anthropic.com", "/v1/messages", "anthropic"),
+        ("api.anthropic.com:443", "/v1/messages", "anthropic"),
+        ("dashscope.aliyuncs.com", "/apps/anthropic/v1/messages", "dashscope"),
+        ("dashscope-intl.aliyuncs.com", "/apps/anthropic/v1/messages", "dashscope"),
+        ("coding-intl.dashscope.aliyuncs.com", "/apps/anthropic/v1/messages", "dashscope"),
+        ("ws-abc123.ap-southeast-1.maas.aliyuncs.com", "/apps/anthropic/v1/messages", "dashscope"),
+        ("token-plan.ap-southeast-1.maas.aliyuncs.com", "/apps/anthropic/v1/messages", "dashscope"),
+        ("dashscope.aliyuncs.com", "/compatible-mode/v1/chat/completions", "dashscope_openai"),
+        ("dashscope.aliyuncs.com", "/api/v1/services/aigc/text-generation/generation", "dashscope_native"),
+        (
+            "dashscope.aliyuncs.com",
+            "/api/v1/services/aigc/multimodal-generation/generation",
+            "dashscope_native",
+        ),
+        ("dashscope.aliyuncs.com", "/api/v2/apps/protocols/compatible-mode/v1/responses", "unknown"),
+        ("api.openai.com", "/v1/chat/completions", "openai"),
+        ("api.openai.com", "/v1/responses", "openai"),
+        ("api.deepseek.com", "/chat/completions", "deepseek"),
+        ("relay.example.com", "/v1/messages", "relay"),
+        ("api.moonshot.ai", "/anthropic/v1/messages", "relay"),
+        ("openrouter.ai", "/api/v1/chat/completions", "unknown"),
+        ("localhost:8080", "/v1/messages", "anthropic"),
+        ("127.0.0.1", "/v1/messages", "anthropic"),
+        ("[::1]:9000", "/v1/messages", "anthropic"),
+        ("127.0.0.1:8787", "/apps/anthropic/v1/messages", "dashscope"),
+        ("localhost", "/compatible-mode/v1/chat/completions", "dashscope_openai"),
+    ],
+)
+def test_match(host: str, path: str, name: str) -> None:
+    assert ProfileRegistry().match(host, path).name == name
+
+
+def test_profile_table() -> None:
+    a = DEFAULT_PROFILES["anthropic"]
+    assert (a.max_breakpoints, a.overflow, a.honours_1h, a.top_level_automatic, a.lookback) == (
+        4,
+        "error",
+        True,
+        True,
+        20,
+    )
+    d = DEFAULT_PROFILES["dashscope"]
+    assert (d.overflow, d.honours_1h, d.emit_ttl, d.top_level_automatic, d.min_tokens_for("qwen3-max")) == (
+        "last_wins",
+        False,
+        False,
+        False,
+        1024,
+    )
+    r = DEFAULT_PROFILES["relay"]
+    assert (r.reserved_slots, r.slots, r.emit_ttl, r.top_level_automatic) == (1, 3, False, False)
+    assert r.min_tokens_for("claude-haiku-4-5") == 4096
+    assert r.min_tokens_for("glm-4.6") == 1024
+    assert DEFAULT_PROFILES["dashscope_openai"].marker_format == "openai_content_part"
+    assert DEFAULT_PROFILES["dashscope_native"].marker_format == "dashscope_native"
+    for name in ("openai", "deepseek", "unknown"):
+        assert not DEFAULT_PROFILES[name].supports_markers
+
+
+@pytest.mark.parametrize(
+    ("model", "tokens"),
+    [
+        ("claude-sonnet-4-5-20250929", 1024),
+        ("claude-opus-4-20250514", 1024),
+        ("claude-opus-4-5-20251101", 4096),
+        ("claude-opus-4-1", 1024),
+        ("claude-haiku-4-5", 4096),
+        ("claude-3-5-haiku-latest", 2048),
+        ("claude-3-haiku-20240307", 2048),
+        ("claude-opus-4-7", 2048),
+        ("claude-fable-5", 512),
+        ("claude-opus-5-5", 512),
+        ("anthropic/claude-sonnet-4-6", 1024),
+        ("us.anthropic.claude-haiku-4-5-20251001-v1:0", 4096),
+        ("claude-opus-4-6@20260101", 4096),
+        ("claude-haiku-5-5", 1024),  # unknown: the default
+        ("mystery", 1024),
+    ],
+)
+def test_min_tokens(model: str, tokens: int) -> None:
+    assert DEFAULT_PROFILES["anthropic"].min_tokens_for(model) == tokens
+
+
+def test_lookup_needs_a_boundary() -> None:
+    assert min_tokens_lookup({"claude-opus-4": 1}, "claude-opus-40") is None
+    assert min_tokens_lookup({"claude-opus-4": 1}, "xclaude-opus-4") is None
+
+
+def test_override_and_register() -> None:
+    registry = ProfileRegistry()
+    registry.override("relay", reserved_slots=2)
+    assert registry.match("relay.example.com", "/v1/messages").slots == 2
+    registry.override("anthropic", min_tokens={"claude-sonnet-4-6": 2048})
+    assert registry.match("api.anthropic.com", "/v1/messages").min_tokens_for("claude-sonnet-4-6") == 2048
+    gateway = replace(registry.get("anthropic"), name="gateway", reserved_slots=1)
+    registry.register(
+        gateway, hosts=("llm.internal.example", "*.corp.example"), path_suffixes=("/v1/messages",)
+    )
+    assert registry.match("llm.internal.example", "/v1/messages").name == "gateway"
+    assert registry.match("a.corp.example", "/x/v1/messages").name == "gateway"
+    assert registry.match("corp.example", "/v1/messages").name == "relay"
+    assert ProfileRegistry().match("llm.internal.example", "/v1/messages").name == "relay"
+
+
+def test_constructor_rules_win() -> None:
+    registry = ProfileRegistry(rules=[EndpointRule("unknown", hosts=("api.anthropic.com",))])
+    assert registry.match("api.anthropic.com", "/v1/messages").name == "unknown"

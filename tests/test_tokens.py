@@ -1,0 +1,116 @@
+"""Token estimation: families, laziness, calibration, the optional Qwen tokenizer, corpus error."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+from cachewatch import _tokens
+from cachewatch._tokens import TokenEstimator, model_family
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+@pytest.mark.parametrize(
+    ("model", "family"),
+    [
+        ("claude-sonnet-4-5", "claude"),
+        ("anthropic/claude-3-5-haiku", "claude"),
+        ("us.anthropic.claude-haiku-4-5-v1:0", "claude"),
+        ("qwen3-max", "qwen"),
+        ("gpt-4o-mini", "gpt"),
+        ("o3-mini", "gpt"),
+        ("deepseek-chat", "deepseek"),
+        ("mystery", "other"),
+        (None, "other"),
+    ],
+)
+def test_model_family(model: str | None, family: str) -> None:
+    assert model_family(model) == family
+
+
+def test_text_costs_are_plausible() -> None:
+    est = TokenEstimator(use_qwen_tokenizer=False)
+    english = "The quick brown fox jumps over the lazy dog. " * 100
+    assert 700 < est.text(english, family="claude") < 1_400
+    chinese = "缓存命中率是衡量提示缓存效果的关键指标。" * 50
+    assert est.text(chinese, family="qwen") > len(chinese) / 2
+
+
+def test_prefix_counter_thresholds() -> None:
+    est = TokenEstimator(use_qwen_tokenizer=False)
+    counter = est.prefix(model="claude-sonnet-4-5", provider="anthropic")
+    counter.add_block({"type": "text", "text": "word " * 100})
+    assert not counter.reaches(1024)
+    counter.add_block({"type": "text", "text": "word " * 2_000})
+    assert counter.reaches(1024)
+    counter.add_block({"type": "thinking", "thinking": "x" * 100_000})  # thinking is not counted
+    assert counter.estimate < 5_000
+
+
+def test_precise_count_only_inside_the_band() -> None:
+    calls: list[int] = []
+
+    def fake(text: str) -> int:
+        calls.append(len(text))
+        return len(text) // 10  # a "tokenizer" far cheaper than the estimate
+
+    est = TokenEstimator(tokenizers={"qwen": fake}, band=0.2)
+    counter = est.prefix(model="qwen3-max", provider="dashscope")
+    raw = counter.add_block({"type": "text", "text": "abcd " * 1_000})  # ~1,250 cheap tokens
+    assert not counter.reaches_at(raw, 1_100)  # inside the band: the tokenizer decides (500 tokens)
+    assert calls == [5_000]
+    assert counter.reaches_at(raw, 100)  # far below: settled without counting again
+    assert calls == [5_000]
+
+
+def test_calibration_is_bounded_ewma() -> None:
+    est = TokenEstimator(alpha=0.5, min_ratio=0.5, max_ratio=2.0)
+    est.observe(1_000, 1_500, provider="anthropic", family="claude")
+    assert est.ratio("anthropic", "claude") == pytest.approx(1.5)
+    est.observe(1_000, 1_000, provider="anthropic", family="claude")
+    assert est.ratio("anthropic", "claude") == pytest.approx(1.25)
+    for _ in range(20):
+        est.observe(1_000, 1_990, provider="anthropic", family="claude")
+    assert est.ratio("anthropic", "claude") == pytest.approx(1.99, rel=1e-3)
+    est.observe(1_000, 100_000, provider="anthropic", family="claude")  # hidden content: ignored
+    assert est.ratio("anthropic", "claude") == pytest.approx(1.99, rel=1e-3)
+    est.observe(10, 20, provider="x", family="claude")  # tiny prompts are ignored
+    assert est.ratio("x", "claude") == 1.0
+
+
+def test_qwen_tokenizer_absent_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_tokens, "_qwen_cache", [])
+    monkeypatch.setattr(_tokens, "_find_qwen_table", lambda: None)
+    assert _tokens.load_qwen_tokenizer() is None or _tokens.importlib.util.find_spec("tiktoken") is not None
+    est = TokenEstimator()
+    monkeypatch.setattr(_tokens, "load_qwen_tokenizer", lambda: None)
+    assert est.tokenizer("qwen") is None
+
+
+@pytest.mark.skipif(
+    _tokens.importlib.util.find_spec("tiktoken") is None or _tokens._find_qwen_table() is None,
+    reason="optional extra: tiktoken + dashscope not installed",
+)
+def test_real_qwen_tokenizer() -> None:  # pragma: no cover - depends on optional packages
+    count = _tokens.load_qwen_tokenizer()
+    assert count is not None
+    assert 5 < count("Hello, world! This is a test of the Qwen tokenizer.") < 20
+
+
+def test_estimator_median_error_on_the_corpus() -> None:
+    from estimator_error import measure
+
+    from corpus import load_corpus  # fails (not skips) when the corpus is missing
+
+    load_corpus()
+    errors = measure()
+    every = [e for errs in errors.values() for e in errs]
+    assert len(every) > 1_000
+    assert statistics.median(every) < 0.35
+    by_api = {api: [e for (a, _), errs in errors.items() if a == api for e in errs] for api, _ in errors}
+    for api, errs in by_api.items():
+        assert statistics.median(errs) < 0.45, api
