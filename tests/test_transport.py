@@ -230,7 +230,12 @@ async def test_close_after_terminal_event_is_ok(harness: Harness, telemetry: Any
     parts = [DASHSCOPE_SSE, b": trailing comment\n\n"]
     t = harness.transport(lambda r: (200, {"content-type": "text/event-stream"}, parts), **telemetry.kwargs)
     await harness.stream_chunks(harness.client(t), json=REQUEST, limit=1)
-    labels = {"provider": "anthropic", "api": "messages", "model": "claude-sonnet-4-6", "workspace": "default"}
+    labels = {
+        "provider": "anthropic",
+        "api": "messages",
+        "model": "claude-sonnet-4-6",
+        "workspace": "default",
+    }
     assert telemetry.value("cachewatch_requests_total", outcome="ok", **labels) == 1
     assert telemetry.value("cachewatch_requests_total", outcome="aborted", **labels) == 0
 

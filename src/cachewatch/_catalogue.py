@@ -102,6 +102,12 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "Requests that read less from the cache than their prefix allowed, by diagnosed reason.",
     ),
     MetricSpec(
+        "cachewatch_cache_wasted_write_tokens_total",
+        "counter",
+        ("provider", "model", "workspace"),
+        "Cache-write tokens never read within their TTL (writes that expired unread).",
+    ),
+    MetricSpec(
         "cachewatch_internal_errors_total",
         "counter",
         ("stage",),

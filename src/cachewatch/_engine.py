@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from ._diagnosis import Diagnoser, conversation_key
 from ._endpoints import (
     LabelCap,
     WorkspaceResolver,
@@ -58,6 +59,14 @@ class Engine:
         max_models: distinct ``model`` label values per process before ``other``.
         clock: monotonic clock in seconds (default ``time.perf_counter``).
         sinks: extra sinks that receive every record.
+        diagnosis: diagnose cache misses and count wasted writes (``_diagnosis``; default True).
+        store: the :class:`~cachewatch._diagnosis.FingerprintStore` of the diagnosis (default:
+            in memory; ``cachewatch._store_redis.RedisStore`` shares it across processes).
+        wall_clock: wall clock in seconds for cache TTLs (default ``time.time``; shared by
+            every process of a shared store).
+        cache_diagnostics: opt in to Anthropic's cache-diagnostics beta on the Anthropic
+            first-party profile: threads ``diagnostics.previous_message_id`` per conversation
+            and adds the ``anthropic-beta`` header; the provider's reason becomes ``provider_reported``.
     """
 
     def __init__(
@@ -77,6 +86,10 @@ class Engine:
         clock: Callable[[], float] = time.perf_counter,
         sinks: list[Sink] | None = None,
         planner: Any | None = None,
+        diagnosis: bool = True,
+        store: Any | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        cache_diagnostics: bool = False,
         **planner_options: Any,
     ) -> None:
         if breakpoints not in _BREAKPOINT_MODES:
@@ -99,6 +112,17 @@ class Engine:
         self.planner = planner
         if self.planner is None and breakpoints == "auto":
             self.planner = _default_planner(planner_options, self.fault)
+        # -- cache-miss diagnosis (begin) --
+        self.wall_clock = wall_clock
+        self.cache_diagnostics = cache_diagnostics
+        self.diagnoser: Diagnoser | None = None
+        if diagnosis:
+            self.diagnoser = Diagnoser(
+                store,
+                on_wasted=self.metrics.count_wasted_write_tokens,
+                estimator=getattr(self.planner, "estimator", None),
+            )
+        # -- cache-miss diagnosis (end) --
 
     # -- request side -----------------------------------------------------------------
 
@@ -126,6 +150,11 @@ class Engine:
                 except Exception as exc:
                     self.fault("plan", exc)
                     plan = None
+                else:
+                    error = getattr(plan, "error", None)
+                    if isinstance(error, str) and error.startswith("internal_error"):
+                        # The planner contains its own faults (and sends the body unchanged).
+                        self.fault("plan", error.partition(":")[2] or "Exception")
             request_model = getattr(plan, "model", None) if plan is not None else None
             if request_model is None and body:
                 request_model = sniff_model(body)
@@ -142,10 +171,79 @@ class Engine:
                 server_port=port,
                 stream=body is not None and _asks_stream(body),
             )
-            return Exchange(self, info, plan)
+            exchange = Exchange(self, info, plan)
+            if self.diagnoser is not None and body:  # cache-miss diagnosis
+                self._diagnosis_begin(exchange, host, path, headers, body)
+            return exchange
         except Exception as exc:
             self.fault("begin", exc)
             return None
+
+    # -- cache-miss diagnosis (begin) ---------------------------------------------------
+
+    def _diagnosis_begin(
+        self, exchange: Exchange, host: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> None:
+        """Register the request with the diagnoser (cheap: nothing is parsed unless opted in)."""
+        diagnoser = self.diagnoser
+        if diagnoser is None:
+            return
+        try:
+            info = exchange.info
+            plan = exchange.plan
+            registry = getattr(self.planner, "registry", None) or _shared_profiles()
+            profile = registry.match(host, path)
+            has_markers: bool | None = None
+            if plan is not None and getattr(plan, "error", "x") is None:
+                has_markers = any(p.action in ("kept", "inserted") for p in plan.placements)
+            out_body = getattr(plan, "body", None) if plan is not None else None
+            outgoing: Any = out_body if out_body is not None else body
+            model = info.request_model
+            if self.cache_diagnostics and info.api == "messages" and profile.name == "anthropic":
+                outgoing = self._cache_diagnostics(exchange, headers, outgoing, diagnoser)
+            exchange.diag = diagnoser.before(
+                info.api,
+                outgoing,
+                model,
+                self.wall_clock(),
+                labels=(info.provider, info.model, info.workspace),
+                min_tokens=lambda: profile.min_tokens_for(model),
+                has_markers=has_markers,
+                max_ttl=3_600.0 if "1h" in profile.ttls else 300.0,
+            )
+        except Exception as exc:
+            self.fault("diagnosis", exc)
+            exchange.diag = None
+
+    def _cache_diagnostics(
+        self, exchange: Exchange, headers: Mapping[str, str], body: bytes, diagnoser: Diagnoser
+    ) -> Any:
+        """Anthropic cache-diagnostics beta: thread ``previous_message_id``; returns the parsed body."""
+        if not _transport_applies_headers():
+            return body
+        import orjson
+
+        obj = orjson.loads(body)
+        if not isinstance(obj, dict) or "diagnostics" in obj:
+            return body
+        conversation = conversation_key("messages", obj)
+        if conversation is None:
+            return body
+        exchange.conversation = conversation
+        previous = diagnoser.previous_message(conversation)
+        if previous is None:
+            return obj
+        new_body = _with_diagnostics(body, previous)
+        if new_body is None:
+            return obj
+        beta = headers.get("anthropic-beta") or ""
+        if CACHE_DIAGNOSIS_BETA not in beta:
+            beta = f"{beta},{CACHE_DIAGNOSIS_BETA}" if beta.strip() else CACHE_DIAGNOSIS_BETA
+        exchange.body_override = new_body
+        exchange.header_update = {"anthropic-beta": beta}
+        return obj
+
+    # -- cache-miss diagnosis (end) -----------------------------------------------------
 
     def record_breakpoints(self, info: RequestInfo, plan: Any) -> dict[str, object]:
         """Count the plan's decisions and return the span/log attributes describing them."""
@@ -192,6 +290,44 @@ def _price_table(prices: Any) -> PriceTable:
     raise TypeError("prices must be a PriceTable, a mapping or the path of a TOML/YAML/JSON price file")
 
 
+# -- cache-miss diagnosis (begin) -------------------------------------------------------
+
+#: The Anthropic cache-diagnostics beta (research A.3; the header name is unverified).
+CACHE_DIAGNOSIS_BETA = "cache-diagnosis-2026-04-07"
+
+_PROFILES: Any = None
+
+
+def _shared_profiles() -> Any:
+    global _PROFILES
+    if _PROFILES is None:
+        from ._profiles import ProfileRegistry
+
+        _PROFILES = ProfileRegistry()
+    return _PROFILES
+
+
+def _transport_applies_headers() -> bool:
+    """Whether the transport shell applies ``Exchange.new_headers`` (else the beta stays off)."""
+    from . import _transport
+
+    return bool(getattr(_transport, "APPLIES_NEW_HEADERS", False))
+
+
+def _with_diagnostics(body: bytes, message_id: str) -> bytes | None:
+    """``body`` with ``"diagnostics":{"previous_message_id":...}`` as its first key (bytes-level)."""
+    import orjson
+
+    stripped = body.lstrip()
+    if not stripped.startswith(b"{") or stripped[1:].lstrip().startswith(b"}"):
+        return None
+    field = orjson.dumps({"previous_message_id": message_id})
+    return b'{"diagnostics":' + field + b"," + stripped[1:]
+
+
+# -- cache-miss diagnosis (end) ---------------------------------------------------------
+
+
 def _asks_stream(body: bytes) -> bool:
     i = body.find(b'"stream"')
     if i == -1:
@@ -220,9 +356,13 @@ class Exchange:
     __slots__ = (
         "_done",
         "_lock",
+        "body_override",
+        "conversation",
+        "diag",
         "engine",
         "extra",
         "first_chunk_at",
+        "header_update",
         "info",
         "observer",
         "plan",
@@ -247,15 +387,29 @@ class Exchange:
         self.token: Any = None
         self._done = False
         self._lock = threading.Lock()
+        # cache-miss diagnosis: its per-request state, and the cache-diagnostics request changes
+        self.diag: Any = None
+        self.conversation: bytes | None = None
+        self.body_override: bytes | None = None
+        self.header_update: dict[str, str] | None = None
 
     @property
     def new_body(self) -> bytes | None:
         """The planned request body, or None to send the original bytes."""
+        if self.body_override is not None:
+            return self.body_override
         return getattr(self.plan, "body", None) if self.plan is not None else None
+
+    @property
+    def new_headers(self) -> dict[str, str] | None:
+        """Headers to set on the rebuilt request (only together with :attr:`new_body`), or None."""
+        return self.header_update
 
     def drop_plan(self) -> None:
         """The planned body could not be applied: the original request goes out."""
         self.plan = None
+        self.body_override = None
+        self.header_update = None
 
     def sent(self) -> None:
         """The request is about to go to the inner transport."""
@@ -278,6 +432,11 @@ class Exchange:
     def response(self, status_code: int, headers: Mapping[str, str]) -> None:
         """Headers arrived: prepare the body observer."""
         self.status_code = status_code
+        if self.diag is not None:  # cache-miss diagnosis: this request's writes are readable now
+            try:
+                self.engine.diagnoser.started(self.diag, self.engine.wall_clock())  # type: ignore[union-attr]
+            except Exception as exc:
+                self.engine.fault("diagnosis", exc)
         try:
             from ._observer import ResponseObserver
 
@@ -348,6 +507,8 @@ class Exchange:
                 extra["unparsed"] = True
             if parsed.provider_miss_reason:
                 extra["provider_miss_reason"] = parsed.provider_miss_reason
+            if self.diag is not None:  # cache-miss diagnosis
+                self._diagnose(parsed, outcome)
             cost: Cost | None = None
             if parsed.usage is not None:
                 try:
@@ -381,3 +542,26 @@ class Exchange:
             engine.fault("record", exc)
             return
         engine.finish_sinks(self.sink_states, record)
+
+    # -- cache-miss diagnosis (begin) ---------------------------------------------------
+
+    def _diagnose(self, parsed: ParsedResponse, outcome: Outcome) -> None:
+        """Run the diagnoser on the billed usage; the verdict goes into ``extra`` (fail-open)."""
+        engine = self.engine
+        diagnoser = engine.diagnoser
+        state, self.diag = self.diag, None
+        if diagnoser is None:
+            return
+        try:
+            if parsed.usage is None or outcome is not Outcome.OK:
+                diagnoser.discard(state)
+                return
+            verdict = diagnoser.after(state, parsed.usage, engine.wall_clock(), parsed.provider_miss_reason)
+            if verdict is not None:
+                self.extra.update(verdict.as_extra())
+            if self.conversation is not None and parsed.response_id:
+                diagnoser.remember_message(self.conversation, parsed.response_id)
+        except Exception as exc:
+            engine.fault("diagnosis", exc)
+
+    # -- cache-miss diagnosis (end) -----------------------------------------------------

@@ -26,21 +26,23 @@ class FaultRecorder:
         self._logged: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
-    def __call__(self, stage: str, exc: BaseException) -> None:
+    def __call__(self, stage: str, exc: BaseException | str) -> None:
+        """Count a fault; ``exc`` is the exception, or the class name of one already handled."""
         try:
             if self._counter is not None:
                 self._counter.labels(stage).inc()
-            key = (stage, type(exc).__name__)
+            name = exc if isinstance(exc, str) else type(exc).__name__
+            key = (stage, name)
             with self._lock:
                 if key in self._logged:
                     return
                 self._logged.add(key)
-            where = "".join(traceback.format_tb(exc.__traceback__, limit=-3)).rstrip()
+            where = "" if isinstance(exc, str) else "".join(traceback.format_tb(exc.__traceback__, limit=-3))
             _log.warning(
                 "cachewatch survived an internal fault in stage %r (%s); traffic was not changed.\n%s",
                 stage,
-                type(exc).__name__,
-                where,
+                name,
+                where.rstrip(),
             )
         except Exception:  # pragma: no cover - the recorder itself must never raise
             pass

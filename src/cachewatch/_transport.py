@@ -27,6 +27,10 @@ __all__ = ["AsyncCacheWatchTransport", "CacheWatchTransport"]
 #: (wrapping twice must not double-count).
 _ACTIVE: ContextVar[bool] = ContextVar("cachewatch_active", default=False)
 
+#: This shell applies ``Exchange.new_headers`` with the planned body (the engine only
+#: turns on request changes that need a header, like the cache-diagnostics beta, when set).
+APPLIES_NEW_HEADERS = True
+
 _FAMILIES: dict[type, ModuleType] = {}
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 
@@ -76,6 +80,8 @@ def _outgoing(exchange: Exchange, request: Any) -> Any:
         family = _family(request)
         headers = request.headers.copy()
         headers["Content-Length"] = str(len(body))
+        for name, value in (exchange.new_headers or {}).items():
+            headers[name] = value
         return family.Request(
             request.method,
             request.url,

@@ -40,6 +40,13 @@ Corpus quirks handled here:
   against the data ``type``; the data ``type`` wins.
 * Chat streams may end with ``event: error`` (Groq tool validation) after content.
 
+Anthropic cache diagnostics (beta, opt-in): ``provider_miss_reason`` is
+``diagnostics.cache_miss_reason.type`` of a Message body, of the streamed
+``message_start`` message or of a ``message_delta`` (a bare string ``cache_miss_reason``
+is accepted too). The shape is taken from third-party reports (langchain4j, dust, research
+competitors section 2), **not verified** against the live API; only a short
+``[a-z0-9_]`` identifier is kept.
+
 Only identifiers, counts and status strings are kept: never prompt or completion text.
 """
 
@@ -74,6 +81,21 @@ def _count(value: object) -> int | None:
 
 def _dict(value: object) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
+
+
+def _provider_miss_reason(obj: dict[str, Any]) -> str | None:
+    """``diagnostics.cache_miss_reason.type`` (Anthropic cache-diagnostics beta; shape unverified)."""
+    diagnostics = obj.get("diagnostics")
+    if type(diagnostics) is not dict:
+        return None
+    reason = diagnostics.get("cache_miss_reason")
+    if type(reason) is dict:
+        reason = reason.get("type")
+    if isinstance(reason, str) and 0 < len(reason) <= 64:
+        reason = reason.lower()
+        if reason.replace("_", "").isalnum() and reason.isascii():
+            return reason
+    return None
 
 
 def _first_count(*values: object) -> int | None:
@@ -233,6 +255,7 @@ class UsageAccumulator:
         "_complete",
         "_error_type",
         "_finish",
+        "_miss_reason",
         "_response_id",
         "_response_model",
         "_usage",
@@ -247,6 +270,7 @@ class UsageAccumulator:
         self._finish: dict[int, str] = {}
         self._error_type: str | None = None
         self._complete = False
+        self._miss_reason: str | None = None
         self._cached: ParsedResponse | None = None
 
     def copy(self) -> UsageAccumulator:
@@ -257,6 +281,7 @@ class UsageAccumulator:
         clone._finish = dict(self._finish)
         clone._error_type = self._error_type
         clone._complete = self._complete
+        clone._miss_reason = self._miss_reason
         return clone
 
     @property
@@ -291,6 +316,8 @@ class UsageAccumulator:
             self._take_responses_finish(obj)
         elif self._api == _MESSAGES or obj.get("type") == "message":
             self._take_stop_reason(obj.get("stop_reason"))
+            if "diagnostics" in obj:
+                self._miss_reason = _provider_miss_reason(obj) or self._miss_reason
         else:
             self._take_choices(obj.get("choices"))
         usage = _dict(obj.get("usage"))
@@ -324,10 +351,14 @@ class UsageAccumulator:
         if kind == "message_start":
             message = _dict(data.get("message")) or {}
             self._take_ids(message)
+            if "diagnostics" in message:
+                self._miss_reason = _provider_miss_reason(message) or self._miss_reason
             usage = _dict(message.get("usage"))
             if usage is not None:
                 self._usage = dict(usage)
         elif kind == "message_delta":
+            if "diagnostics" in data:
+                self._miss_reason = _provider_miss_reason(data) or self._miss_reason
             delta = _dict(data.get("delta"))
             if delta is not None:
                 self._take_stop_reason(delta.get("stop_reason"))
@@ -460,6 +491,7 @@ class UsageAccumulator:
                 finish_reasons=tuple(finish[k] for k in sorted(finish)) if finish else (),
                 error_type=self._error_type,
                 complete=self._complete,
+                provider_miss_reason=self._miss_reason,
             )
             self._cached = cached
         return cached

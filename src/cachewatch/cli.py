@@ -69,7 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     proxy.add_argument("--prices", help="price file (TOML, YAML or JSON) merged over the defaults")
 
-    dashboards = sub.add_parser("dashboards", help="write the Grafana dashboards, provisioning files and alert rules")
+    dashboards = sub.add_parser(
+        "dashboards", help="write the Grafana dashboards, provisioning files and alert rules"
+    )
     dashboards.add_argument("--out", required=True, help="directory to write into (created if missing)")
 
     emulator = sub.add_parser(
@@ -221,7 +223,9 @@ def _proxy(args: argparse.Namespace) -> int:
     if args.prices:
         options["prices"] = args.prices
     try:
-        app = create_proxy_app(args.upstream, allowed_hosts=args.allow_host, max_body=args.max_body, **options)
+        app = create_proxy_app(
+            args.upstream, allowed_hosts=args.allow_host, max_body=args.max_body, **options
+        )
     except (ValueError, OSError) as exc:
         print(f"cachewatch proxy: {exc}", file=sys.stderr)
         return 2

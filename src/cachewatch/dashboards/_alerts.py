@@ -7,9 +7,9 @@ Rules, in one group ``cachewatch``:
   constant, or add one rule per currency (keep the ``currency`` label).
 - ``CachewatchCacheHitRatioLow``: the prompt-cache hit ratio of a (provider, workspace)
   stayed below a threshold while it had traffic.
-- ``CachewatchWastedCacheWritesHigh`` when the catalogue has a wasted-write metric,
-  otherwise ``CachewatchCacheWritePremiumHigh``: cache writes cost a large share of what
-  cache reads save, which is what writes that are never read look like in money.
+- ``CachewatchWastedCacheWritesHigh``: a large share of cache-write tokens expired unread.
+- ``CachewatchCacheWritePremiumHigh``: cache writes cost a large share of what cache
+  reads save, which is what writes that are never read look like in money.
 - ``CachewatchInternalErrors``: cachewatch survived an internal fault.
 - ``CachewatchCostOverBudget``: the hourly cost rate is above the budget.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._grafana import WASTED_WRITES_METRIC, has_metric
+from ._grafana import WASTED_WRITES_METRIC
 from ._promql import PROMPT_TOKEN_TYPES, hit_ratio, sel, sum_increase, sum_rate
 
 __all__ = ["AlertSettings", "build_alert_rules", "build_alert_tests"]
@@ -74,10 +74,9 @@ def _rule_expr_premium(s: AlertSettings) -> str:
 
 
 def _rule_expr_wasted(s: AlertSettings) -> str:
-    labels = sel(WASTED_WRITES_METRIC, templated=False)  # raises if the catalogue lacks it
-    del labels
-    written = sum_rate(TOK, (), s.premium_window, templated=False, type='=~"cache_write_5m|cache_write_1h"')
-    wasted = sum_rate(WASTED_WRITES_METRIC, (), s.premium_window, templated=False)
+    by = ("provider", "model", "workspace")
+    written = sum_rate(TOK, by, s.premium_window, templated=False, type='=~"cache_write_5m|cache_write_1h"')
+    wasted = sum_rate(WASTED_WRITES_METRIC, by, s.premium_window, templated=False)
     return f"{wasted}\n/\n{written}\n> {s.wasted_share:g}"
 
 
@@ -121,37 +120,40 @@ def build_alert_rules(settings: AlertSettings | None = None) -> dict[str, Any]:
             },
         }
     )
-    if has_metric(WASTED_WRITES_METRIC):
-        rules.append(
-            {
-                "alert": "CachewatchWastedCacheWritesHigh",
-                "expr": _rule_expr_wasted(s),
-                "for": "15m",
-                "labels": {"severity": "warning"},
-                "annotations": {
-                    "summary": "{{ $value | humanizePercentage }} of cache-write tokens are never read",
-                    "description": "Cache writes expire unread: the premium is paid without a discount to show for it.",
-                },
-            }
-        )
-    else:
-        rules.append(
-            {
-                "alert": "CachewatchCacheWritePremiumHigh",
-                "expr": _rule_expr_premium(s),
-                "for": "15m",
-                "labels": {"severity": "warning"},
-                "annotations": {
-                    "summary": "Cache writes of {{ $labels.provider }}/{{ $labels.model }} in {{ $labels.workspace }} cost more than "
-                    f"{s.premium_to_savings_ratio:.0%} of what cache reads save",
-                    "description": (
-                        f"Over {s.premium_window}, the cache-write premium exceeded {s.premium_to_savings_ratio:.0%} "
-                        "of the cache-read savings. Writes that are never read within their TTL (wasted writes) "
-                        "pay the premium without earning the discount; this is how they show up in money."
-                    ),
-                },
-            }
-        )
+    rules.append(
+        {
+            "alert": "CachewatchWastedCacheWritesHigh",
+            "expr": _rule_expr_wasted(s),
+            "for": "15m",
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": "{{ $value | humanizePercentage }} of cache-write tokens of "
+                "{{ $labels.provider }}/{{ $labels.model }} in {{ $labels.workspace }} expire unread",
+                "description": (
+                    f"Over {s.premium_window}, more than {s.wasted_share:.0%} of the tokens written to the "
+                    "prompt cache expired without being read: the write premium is paid with no discount "
+                    "to show for it. Check the breakpoints panel and the miss reasons."
+                ),
+            },
+        }
+    )
+    rules.append(
+        {
+            "alert": "CachewatchCacheWritePremiumHigh",
+            "expr": _rule_expr_premium(s),
+            "for": "15m",
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": "Cache writes of {{ $labels.provider }}/{{ $labels.model }} in {{ $labels.workspace }} cost more than "
+                f"{s.premium_to_savings_ratio:.0%} of what cache reads save",
+                "description": (
+                    f"Over {s.premium_window}, the cache-write premium exceeded {s.premium_to_savings_ratio:.0%} "
+                    "of the cache-read savings. Writes that are never read within their TTL (wasted writes) "
+                    "pay the premium without earning the discount; this is how they show up in money."
+                ),
+            },
+        }
+    )
     rules.append(
         {
             "alert": "CachewatchInternalErrors",
@@ -296,8 +298,35 @@ def build_alert_tests(rule_file: str = "alerts.yml") -> dict[str, Any]:
         # The first hour's rate is extrapolated from fewer samples; 10 minutes in, "for" has not elapsed.
         {"eval_time": "10m", "alertname": "CachewatchCostOverBudget", "exp_alerts": []},
     ]
-    if has_metric(WASTED_WRITES_METRIC):  # pragma: no cover - the metric does not exist yet
-        alerts = [a for a in alerts if a["alertname"] != "CachewatchCacheWritePremiumHigh"]
+    # Wasted writes: "wasteful" lets 80 % of its writes expire unread, "thrifty" 10 %.
+    for ws, wasted in (("wasteful", "800"), ("thrifty", "100")):
+        labels = {"provider": "anthropic", "model": "claude-sonnet-4-6", "workspace": ws}
+        series.append(_series(TOK, {**tok, "workspace": ws, "type": "cache_write_5m"}, "0+1000x60"))
+        series.append(_series(WASTED_WRITES_METRIC, labels, f"0+{wasted}x60"))
+    alerts.append(
+        {
+            "eval_time": "50m",
+            "alertname": "CachewatchWastedCacheWritesHigh",
+            "exp_alerts": [
+                {
+                    "exp_labels": {
+                        "severity": "warning",
+                        "provider": "anthropic",
+                        "model": "claude-sonnet-4-6",
+                        "workspace": "wasteful",
+                    },
+                    "exp_annotations": {
+                        "summary": "80% of cache-write tokens of anthropic/claude-sonnet-4-6 in wasteful expire unread",
+                        "description": (
+                            f"Over {s.premium_window}, more than {s.wasted_share:.0%} of the tokens written to the "
+                            "prompt cache expired without being read: the write premium is paid with no discount "
+                            "to show for it. Check the breakpoints panel and the miss reasons."
+                        ),
+                    },
+                }
+            ],
+        }
+    )
     return {
         "rule_files": [rule_file],
         "evaluation_interval": "1m",

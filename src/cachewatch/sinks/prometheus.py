@@ -15,9 +15,14 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 from .._catalogue import CATALOGUE, MetricSpec
+from .._diagnosis import MISS_REASONS
 from .._models import TOKEN_TYPES, RequestInfo, UsageRecord
 
-__all__ = ["PrometheusMetrics", "PrometheusSink", "metrics_for"]
+__all__ = ["WASTED_WRITE_TOKENS", "PrometheusMetrics", "PrometheusSink", "metrics_for"]
+
+#: Write tokens never read within their TTL; counted only once the catalogue defines it.
+WASTED_WRITE_TOKENS = "cachewatch_cache_wasted_write_tokens_total"
+_MISS_REASONS = frozenset(MISS_REASONS)
 
 
 class PrometheusMetrics:
@@ -38,6 +43,8 @@ class PrometheusMetrics:
         self.write_premium: Counter = self.collectors["cachewatch_cache_write_premium_total"]
         self.misses: Counter = self.collectors["cachewatch_cache_misses_total"]
         self.internal_errors: Counter = self.collectors["cachewatch_internal_errors_total"]
+        #: None until the catalogue has the metric (then wasted writes are not exported).
+        self.wasted_write_tokens: Counter | None = self.collectors.get(WASTED_WRITE_TOKENS)
         self._token_children: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._lock = threading.Lock()
@@ -51,6 +58,12 @@ class PrometheusMetrics:
             with self._lock:
                 self._children[key] = found
         return found
+
+    def count_wasted_write_tokens(self, provider: str, model: str, workspace: str, tokens: int) -> None:
+        """Add write tokens that expired unread (the diagnoser's ``on_wasted`` callback)."""
+        collector = self.wasted_write_tokens
+        if collector is not None and tokens > 0:
+            self.child(collector, (provider, model, workspace)).inc(tokens)
 
     def token_children(self, provider: str, api: str, model: str, workspace: str) -> tuple[Any, ...]:
         """The five ``cachewatch_tokens_total`` children of one label tuple, in TOKEN_TYPES order."""
@@ -110,6 +123,10 @@ class PrometheusSink:
                 strict=True,
             ):
                 child.inc(value)
+            if usage.cache_write and m.wasted_write_tokens is not None:
+                # Wasted tokens are counted when a write expires unread, minutes later; the
+                # series exists from the first write on, so "none wasted yet" reads as 0.
+                m.child(m.wasted_write_tokens, (info.provider, info.model, info.workspace))
         short = (info.provider, info.api, info.model)
         m.child(m.duration, short).observe(record.duration)
         if record.time_to_first_token is not None:
@@ -120,3 +137,6 @@ class PrometheusSink:
             m.child(m.cost, labels).inc(cost.total)
             m.child(m.savings, labels).inc(cost.savings)
             m.child(m.write_premium, labels).inc(cost.write_premium)
+        reason = record.extra.get("miss_reason")
+        if reason is not None and reason in _MISS_REASONS:
+            m.child(m.misses, (info.provider, info.model, str(reason))).inc()

@@ -1,0 +1,176 @@
+"""``cachewatch report``: cache economics per workspace and per model, from a ``/metrics`` page.
+
+Reads a Prometheus exposition (a URL such as ``http://127.0.0.1:9464/metrics``, or the
+text itself), parses it with ``prometheus_client.parser`` and sums the ``cachewatch_*``
+counters over every other label:
+
+* requests, tokens by type (``input`` uncached, ``cache_read``, ``cache_write_5m``,
+  ``cache_write_1h``, ``output``) and the hit ratio ``cache_read / prompt`` where
+  prompt = input + cache_read + writes;
+* money per currency: cost, savings (what the read discount saved), write premium
+  (the extra paid to write) and net savings = savings - write premium;
+* wasted-write tokens (``cachewatch_cache_wasted_write_tokens_total``, writes never read
+  within their TTL) and the top miss reasons (``cachewatch_cache_misses_total``; that
+  counter has no workspace label, so reasons appear per model and overall).
+
+:func:`summarise` is pure (text in, dict out); :func:`report` prints rich tables.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from typing import Any
+
+__all__ = ["report", "summarise"]
+
+TOKEN_TYPES = ("input", "cache_read", "cache_write_5m", "cache_write_1h", "output")
+_MONEY = {
+    "cachewatch_cost_total": "cost",
+    "cachewatch_cache_savings_total": "savings",
+    "cachewatch_cache_write_premium_total": "write_premium",
+}
+_WASTED = "cachewatch_cache_wasted_write_tokens_total"
+
+
+def _group() -> dict[str, Any]:
+    return {
+        "requests": 0.0,
+        "tokens": dict.fromkeys(TOKEN_TYPES, 0.0),
+        "cost": {},
+        "savings": {},
+        "write_premium": {},
+        "wasted_write_tokens": 0.0,
+        "miss_reasons": Tally(),
+    }
+
+
+def summarise(text: str) -> dict[str, Any]:
+    """Totals per workspace, per model and overall from an exposition text.
+
+    Returns ``{"workspaces": {name: group}, "models": {name: group}, "total": group}``
+    where a group has ``requests``, ``tokens`` (by type), ``hit_ratio``, ``cost``,
+    ``savings``, ``write_premium`` and ``net_savings`` (each ``{currency: amount}``),
+    ``wasted_write_tokens`` and ``miss_reasons`` (``[(reason, count)]``, most first).
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    workspaces: dict[str, dict[str, Any]] = {}
+    models: dict[str, dict[str, Any]] = {}
+    total = _group()
+
+    def groups(labels: dict[str, str]) -> list[dict[str, Any]]:
+        out = [total]
+        if "workspace" in labels:
+            out.append(workspaces.setdefault(labels["workspace"], _group()))
+        if "model" in labels:
+            out.append(models.setdefault(labels["model"], _group()))
+        return out
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name, labels, value = sample.name, sample.labels, float(sample.value)
+            if not name.endswith("_total"):
+                continue
+            if name == "cachewatch_requests_total":
+                for g in groups(labels):
+                    g["requests"] += value
+            elif name == "cachewatch_tokens_total":
+                kind = labels.get("type", "")
+                if kind in TOKEN_TYPES:
+                    for g in groups(labels):
+                        g["tokens"][kind] += value
+            elif name in _MONEY:
+                key = _MONEY[name]
+                currency = labels.get("currency", "")
+                for g in groups(labels):
+                    g[key][currency] = g[key].get(currency, 0.0) + value
+            elif name == _WASTED:
+                for g in groups(labels):
+                    g["wasted_write_tokens"] += value
+            elif name == "cachewatch_cache_misses_total":
+                for g in groups(labels):
+                    g["miss_reasons"][labels.get("reason", "other")] += value
+
+    def finish(g: dict[str, Any]) -> dict[str, Any]:
+        tokens = g["tokens"]
+        prompt = sum(tokens[t] for t in TOKEN_TYPES if t != "output")
+        g["hit_ratio"] = tokens["cache_read"] / prompt if prompt else 0.0
+        currencies = set(g["savings"]) | set(g["write_premium"])
+        g["net_savings"] = {
+            c: g["savings"].get(c, 0.0) - g["write_premium"].get(c, 0.0) for c in sorted(currencies)
+        }
+        g["miss_reasons"] = [(r, n) for r, n in g["miss_reasons"].most_common() if n > 0]
+        return g
+
+    return {
+        "workspaces": {k: finish(v) for k, v in sorted(workspaces.items())},
+        "models": {k: finish(v) for k, v in sorted(models.items())},
+        "total": finish(total),
+    }
+
+
+def _money(amounts: dict[str, float]) -> str:
+    if not amounts:
+        return "-"
+    return ", ".join(f"{amount:,.4f} {currency}" for currency, amount in sorted(amounts.items()))
+
+
+def _tokens(n: float) -> str:
+    return f"{int(n):,}"
+
+
+def _table(title: str, key: str, rows: dict[str, dict[str, Any]], reasons: bool) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column(key)
+    for column in ("requests", "input", "cache read", "write 5m", "write 1h", "output", "hit ratio"):
+        table.add_column(column, justify="right")
+    for column in ("cost", "savings", "write premium", "net savings", "wasted write tok"):
+        table.add_column(column, justify="right")
+    if reasons:
+        table.add_column("top miss reasons")
+    for name, g in rows.items():
+        t = g["tokens"]
+        cells = [
+            name,
+            _tokens(g["requests"]),
+            _tokens(t["input"]),
+            _tokens(t["cache_read"]),
+            _tokens(t["cache_write_5m"]),
+            _tokens(t["cache_write_1h"]),
+            _tokens(t["output"]),
+            f"{g['hit_ratio']:.1%}",
+            _money(g["cost"]),
+            _money(g["savings"]),
+            _money(g["write_premium"]),
+            _money(g["net_savings"]),
+            _tokens(g["wasted_write_tokens"]),
+        ]
+        if reasons:
+            cells.append(", ".join(f"{r} ({int(n)})" for r, n in g["miss_reasons"][:3]) or "-")
+        table.add_row(*cells)
+    return table
+
+
+def report(url_or_text: str, *, console: Any = None, timeout: float = 10.0) -> None:
+    """Print the per-workspace and per-model tables for a ``/metrics`` URL or exposition text."""
+    from rich.console import Console
+
+    text = url_or_text
+    if url_or_text.startswith(("http://", "https://")):
+        import httpx
+
+        response = httpx.get(url_or_text, timeout=timeout, follow_redirects=True)
+        response.raise_for_status()
+        text = response.text
+    summary = summarise(text)
+    out = console if console is not None else Console()
+    if not summary["models"] and not summary["workspaces"]:
+        out.print("No cachewatch metrics found.")
+        return
+    out.print(_table("Per workspace", "workspace", summary["workspaces"], reasons=False))
+    out.print(_table("Per model", "model", summary["models"], reasons=True))
+    top = summary["total"]["miss_reasons"]
+    if top:
+        out.print("Top miss reasons: " + ", ".join(f"{r} ({int(n)})" for r, n in top[:5]))

@@ -1,0 +1,124 @@
+"""A :class:`~cachewatch._diagnosis.FingerprintStore` in Redis, shared by a fleet of processes.
+
+Optional dependency: ``pip install 'cachewatch[redis]'`` (the ``redis`` client, >= 5).
+
+Layout (every key under ``key_prefix``, default ``cachewatch:fp:``):
+
+* ``<prefix>e:<hex key>``: one entry (``Entry.to_json``), with a Redis TTL of the entry's
+  TTL plus ``retain`` seconds, so an expired entry stays visible for ``ttl_expired``
+  verdicts and for the wasted-write sweep, then disappears by itself.
+* ``<prefix>expiry``: a sorted set of the entries with an unread write, scored by their
+  expiry time. :meth:`RedisStore.claim_expired` reads the due members and removes them
+  with ``ZREM``: only the process whose ``ZREM`` returned 1 counts the entry, so a
+  wasted write is counted once across the fleet.
+
+Reads and writes are pipelined (one round trip for a whole request's lookups, one for
+its updates). Keys are hashes; values hold no content. Faults propagate to the
+diagnoser, whose caller (the engine) counts them and fails open.
+
+Times are the diagnoser's wall clock (``time.time`` by default), so every process
+sharing a store must use the same clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from ._diagnosis import Entry
+
+__all__ = ["RedisStore"]
+
+
+class RedisStore:
+    """Fingerprint entries in Redis.
+
+    Args:
+        client: a ``redis.Redis`` client (sync); or None with ``url``.
+        url: a Redis URL (``redis://host:6379/0``), used when ``client`` is None.
+        key_prefix: namespace of every key.
+        retain: seconds an entry is kept past its expiry.
+
+    Example::
+
+        store = RedisStore(url="redis://127.0.0.1:6379/0")
+        transport = cachewatch.CacheWatchTransport(store=store)
+    """
+
+    def __init__(
+        self,
+        client: Any | None = None,
+        *,
+        url: str | None = None,
+        key_prefix: str = "cachewatch:fp:",
+        retain: float = 3_600.0,
+    ) -> None:
+        if client is None:
+            import redis
+
+            client = redis.Redis.from_url(url or "redis://127.0.0.1:6379/0")
+        self.client = client
+        self.prefix = key_prefix.encode()
+        self.retain = retain
+        self._index = self.prefix + b"expiry"
+
+    def _key(self, key: bytes) -> bytes:
+        return self.prefix + b"e:" + key.hex().encode()
+
+    def get(self, key: bytes) -> Entry | None:
+        return self.get_many((key,))[0]
+
+    def get_many(self, keys: Sequence[bytes]) -> list[Entry | None]:
+        if not keys:
+            return []
+        raw = self.client.mget([self._key(k) for k in keys])
+        return [Entry.from_json(v) if v is not None else None for v in raw]
+
+    def put(self, key: bytes, entry: Entry) -> None:
+        self.put_many(((key, entry),))
+
+    def put_many(self, items: Sequence[tuple[bytes, Entry]]) -> None:
+        if not items:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for key, entry in items:
+            name = self._key(key)
+            seconds = max(1, int(entry.ttl + self.retain + 0.999))
+            pipe.set(name, entry.to_json(), ex=seconds)
+            if entry.pending_waste:
+                pipe.zadd(self._index, {name: entry.expires_at})
+        pipe.execute()
+
+    def claim_expired(self, now: float, limit: int = 1_000) -> list[Entry]:
+        due: list[Any] = list(self.client.zrangebyscore(self._index, "-inf", now, start=0, num=limit))
+        if not due:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for name in due:
+            pipe.zrem(self._index, name)
+        won = [name for name, removed in zip(due, pipe.execute(), strict=True) if removed]
+        if not won:
+            return []
+        out: list[Entry] = []
+        pipe = self.client.pipeline(transaction=False)
+        for name, raw in zip(won, self.client.mget(won), strict=True):
+            if raw is None:
+                continue
+            entry = Entry.from_json(raw)
+            if not entry.pending_waste:
+                continue
+            if entry.expires_at > now:  # refreshed meanwhile: back into the index
+                pipe.zadd(self._index, {name: entry.expires_at})
+                continue
+            claimed = replace(entry, wasted=True)
+            pipe.set(name, claimed.to_json(), keepttl=True)
+            out.append(claimed)
+        pipe.execute()
+        return out
+
+    def clear(self) -> None:
+        """Delete every key under the prefix (tests, maintenance)."""
+        names = list(self.client.scan_iter(match=self.prefix + b"*", count=1_000))
+        if names:
+            self.client.delete(*names)

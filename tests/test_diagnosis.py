@@ -1,0 +1,496 @@
+"""Cache-miss diagnosis: every reason from a constructed scenario against the emulator, plus wasted writes.
+
+Each scenario goes through the real transport (``CacheWatchTransport`` over HTTP) to the
+emulator served by uvicorn, with one :class:`ManualClock` shared by the emulator (cache
+TTLs) and the engine (``wall_clock``), so TTLs expire on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from prometheus_client import Counter
+
+import cachewatch
+from cachewatch._diagnosis import MISS_REASONS, Diagnoser, MemoryStore, fingerprint
+from cachewatch._models import TokenUsage, UsageRecord
+from cachewatch.emulator import ManualClock, create_app, run_in_thread
+from cachewatch.sinks.prometheus import WASTED_WRITE_TOKENS, metrics_for
+
+MODEL = "claude-sonnet-4-6"
+
+
+def words(seed: str, n: int) -> str:
+    return " ".join(f"{seed}{i}x" for i in range(n))
+
+
+SYSTEM = words("sys", 1500)  # ~3,000 emulator tokens: above every minimum
+
+
+class Capture:
+    name = "capture"
+
+    def __init__(self) -> None:
+        self.records: list[UsageRecord] = []
+
+    def start(self, info: Any) -> None:
+        return None
+
+    def finish(self, state: object | None, record: UsageRecord) -> None:
+        self.records.append(record)
+
+
+class Rig:
+    """One emulator + one wrapped client sharing a manual clock."""
+
+    def __init__(self, telemetry: Any, url: str, clock: ManualClock, app: Any, **options: Any) -> None:
+        self.capture = Capture()
+        self.telemetry = telemetry
+        self.clock = clock
+        self.app = app
+        host = url.split("://", 1)[1]
+        metrics = metrics_for(telemetry.registry)
+        if metrics.wasted_write_tokens is None:  # until the catalogue defines it
+            metrics.wasted_write_tokens = Counter(
+                WASTED_WRITE_TOKENS.removesuffix("_total"),
+                "Cache-write tokens never read within their TTL.",
+                ("provider", "model", "workspace"),
+                registry=telemetry.registry,
+            )
+        self.transport = cachewatch.CacheWatchTransport(
+            wall_clock=clock,
+            sinks=[self.capture],
+            providers={host: "anthropic"},
+            **telemetry.kwargs,
+            **options,
+        )
+        self.client = httpx.Client(base_url=url, transport=self.transport, headers={"x-api-key": "k"})
+
+    def send(self, body: dict[str, Any]) -> UsageRecord:
+        response = self.client.post("/v1/messages", json=body)
+        assert response.status_code == 200, response.text
+        rid = response.json()["id"]
+        return next(r for r in self.capture.records if r.response_id == rid)
+
+    def misses(self, reason: str, model: str = MODEL) -> float:
+        return self.telemetry.value(
+            "cachewatch_cache_misses_total", provider="anthropic", model=model, reason=reason
+        )
+
+    def wasted(self, model: str = MODEL) -> float:
+        return self.telemetry.value(
+            WASTED_WRITE_TOKENS, provider="anthropic", model=model, workspace="default"
+        )
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(10_000.0)
+
+
+@pytest.fixture
+def rig(telemetry: Any, clock: ManualClock) -> Iterator[Rig]:
+    app = create_app(clock=clock, profile="anthropic")
+    with run_in_thread(app) as url:
+        r = Rig(telemetry, url, clock, app)
+        yield r
+        r.client.close()
+
+
+def chat(system: str = SYSTEM, *turns: str, model: str = MODEL, **extra: Any) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = []
+    for n, text in enumerate(turns):
+        messages.append({"role": "user" if n % 2 == 0 else "assistant", "content": text})
+    return {"model": model, "max_tokens": 32, "system": system, "messages": messages, **extra}
+
+
+def reason(record: UsageRecord) -> object:
+    return record.extra.get("miss_reason")
+
+
+def assert_no_content(record: UsageRecord, *texts: str) -> None:
+    blob = orjson.dumps(dict(record.extra.items()), default=str)
+    for text in texts:
+        assert text[:40].encode() not in blob
+
+
+# -- one test per reason --------------------------------------------------------------------
+
+
+def test_ttl_expired_and_the_unread_write_is_wasted(rig: Rig) -> None:
+    body = chat(SYSTEM, words("q", 80))
+    first = rig.send(body)
+    assert first.usage is not None
+    assert first.usage.cache_write > 0
+    assert reason(first) is None  # cold: nothing could have been read
+    rig.clock.advance(301)
+    second = rig.send(body)
+    assert second.usage is not None
+    assert second.usage.cache_read == 0
+    assert reason(second) == "ttl_expired"
+    assert rig.misses("ttl_expired") == 1
+    # The first write was never read within its 5 minutes: all of it is waste.
+    assert rig.wasted() == first.usage.cache_write
+    assert_no_content(second, SYSTEM)
+
+
+def test_read_writes_are_not_wasted(rig: Rig) -> None:
+    body = chat(SYSTEM, words("q", 80))
+    first = rig.send(body)
+    second = rig.send(body)
+    assert second.usage is not None
+    assert second.usage.cache_read == first.usage.cache_write
+    assert reason(second) is None
+    rig.clock.advance(4_000)
+    rig.transport.engine.diagnoser.sweep(rig.clock())  # type: ignore[union-attr]
+    assert rig.wasted() == 0
+
+
+def test_changed_system_prompt(rig: Rig) -> None:
+    question = words("q", 80)
+    rig.send(chat(SYSTEM, question))
+    record = rig.send(chat(words("other-system", 1500), question))
+    assert reason(record) == "prefix_changed_system"
+    assert record.extra["miss_changed_block"] == "system.0"
+    assert record.extra["miss_changed_kind"] == "text"
+    assert rig.misses("prefix_changed_system") == 1
+    assert_no_content(record, SYSTEM, question)
+
+
+def _tools(changed: bool = False) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": f"tool_{n}",
+            "description": words(f"d{n}{'changed' if changed and n == 1 else ''}", 300),
+            "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}},
+        }
+        for n in range(3)
+    ]
+
+
+def test_changed_tool(rig: Rig) -> None:
+    question = words("q", 80)
+    rig.send(chat(SYSTEM, question, tools=_tools()))
+    record = rig.send(chat(SYSTEM, question, tools=_tools(changed=True)))
+    assert reason(record) == "prefix_changed_tools"
+    assert record.extra["miss_changed_block"] == "tools.1"
+    assert record.extra["miss_changed_position"] == 1
+    assert rig.misses("prefix_changed_tools") == 1
+
+
+def test_edited_earlier_message(rig: Rig) -> None:
+    turns = [words("u0-", 60), "answer zero", words("u1-", 60), "answer one", words("u2-", 60)]
+    rig.send(chat(SYSTEM, *turns[:1]))
+    rig.send(chat(SYSTEM, *turns[:3]))
+    rig.send(chat(SYSTEM, *turns[:5]))
+    edited = list(turns)
+    edited[2] = words("edited-", 60)
+    record = rig.send(chat(SYSTEM, *edited))
+    assert record.usage is not None
+    assert record.usage.cache_read > 0
+    assert reason(record) == "prefix_changed_messages"
+    assert record.extra["miss_changed_block"] == "messages.2.0"
+    assert record.extra["miss_changed_kind"] == "text"
+    assert_no_content(record, edited[2], SYSTEM)
+
+
+def test_model_switch(rig: Rig) -> None:
+    question = words("q", 80)
+    rig.send(chat(SYSTEM, question))
+    record = rig.send(chat(SYSTEM, question, model="claude-sonnet-4-5"))
+    assert reason(record) == "model_changed"
+    assert rig.misses("model_changed", model="claude-sonnet-4-5") == 1
+
+
+def test_below_minimum(telemetry: Any, clock: ManualClock) -> None:
+    app = create_app(clock=clock, profile="anthropic")
+    with run_in_thread(app) as url:
+        rig = Rig(telemetry, url, clock, app, breakpoints="off")
+        body = {
+            "model": MODEL,
+            "max_tokens": 32,
+            "system": [{"type": "text", "text": words("s", 100), "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": "hello"}],
+        }
+        first = rig.send(body)
+        assert first.usage is not None
+        assert first.usage.cache_write == 0 == first.usage.cache_read
+        assert reason(first) is None
+        second = rig.send(body)
+        assert reason(second) == "below_minimum"
+        assert str(second.extra["miss_detail"]).endswith("<1024")
+        assert rig.misses("below_minimum") == 1
+
+
+def test_fan_out_before_the_first_write_completed(telemetry: Any, clock: ManualClock) -> None:
+    held = threading.Event()
+    release = threading.Event()
+    calls = itertools.count()
+
+    async def hold_first() -> None:
+        if next(calls) == 0:
+            held.set()
+            while not release.is_set():
+                await asyncio.sleep(0.005)
+
+    app = create_app(clock=clock, profile="anthropic", before_response=hold_first)
+    with run_in_thread(app) as url:
+        rig = Rig(telemetry, url, clock, app)
+        body = chat(SYSTEM, words("q", 80))
+        first: list[UsageRecord] = []
+        thread = threading.Thread(target=lambda: first.append(rig.send(body)))
+        thread.start()
+        try:
+            assert held.wait(10)
+            clock.advance(0.5)
+            second = rig.send(body)  # sent while the first response has not started
+        finally:
+            release.set()
+            thread.join(10)
+        assert second.usage is not None
+        assert second.usage.cache_read == 0
+        assert second.usage.cache_write > 0
+        assert reason(second) == "write_in_flight"
+        assert reason(first[0]) is None
+        assert rig.misses("write_in_flight") == 1
+
+
+def test_conversation_that_outgrew_the_lookback(telemetry: Any, clock: ManualClock) -> None:
+    app = create_app(clock=clock, profile="anthropic")
+    with run_in_thread(app) as url:
+        rig = Rig(telemetry, url, clock, app, breakpoints="off")
+        question = words("q", 600)
+        marked = {"type": "text", "text": question, "cache_control": {"type": "ephemeral"}}
+        first = rig.send(
+            {"model": MODEL, "max_tokens": 32, "messages": [{"role": "user", "content": [marked]}]}
+        )
+        assert first.usage is not None
+        assert first.usage.cache_write > 0
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": f"result {n}"} for n in range(25)]
+        blocks[-1] = {**blocks[-1], "cache_control": {"type": "ephemeral"}}
+        second = rig.send(
+            {
+                "model": MODEL,
+                "max_tokens": 32,
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": question}]},
+                    {"role": "assistant", "content": "ok"},
+                    {"role": "user", "content": blocks},
+                ],
+            }
+        )
+        assert second.usage is not None
+        assert second.usage.cache_read == 0
+        assert reason(second) == "lookback_exceeded"
+        assert second.extra["miss_block"] == "messages.0.0"
+        assert rig.misses("lookback_exceeded") == 1
+
+
+def test_evicted(rig: Rig) -> None:
+    body = chat(SYSTEM, words("q", 80))
+    rig.send(body)
+    rig.app.reset()  # the provider dropped the entry before its TTL
+    record = rig.send(body)
+    assert reason(record) == "evicted"
+    assert rig.misses("evicted") == 1
+
+
+def test_growing_conversation_has_no_misses(rig: Rig) -> None:
+    turns: list[str] = []
+    for n in range(6):
+        turns.append(words(f"u{n}-", 50))
+        record = rig.send(chat(SYSTEM, *turns))
+        assert reason(record) is None, record.extra
+        turns.append(f"answer {n}")
+    assert all(rig.misses(r) == 0 for r in MISS_REASONS)
+
+
+def test_diagnosis_off_and_faults_fail_open(telemetry: Any, clock: ManualClock) -> None:
+    app = create_app(clock=clock, profile="anthropic")
+    with run_in_thread(app) as url:
+        off = Rig(telemetry, url, clock, app, diagnosis=False)
+        assert off.transport.engine.diagnoser is None
+        off.send(chat(SYSTEM, "x"))
+
+        class Broken(MemoryStore):
+            def get_many(self, keys: Any) -> Any:
+                raise RuntimeError("store down")
+
+        broken = Rig(telemetry, url, clock, app, store=Broken())
+        record = broken.send(chat(SYSTEM, "y"))
+        assert record.outcome.value == "ok"
+        assert "miss_reason" not in record.extra
+        assert telemetry.value("cachewatch_internal_errors_total", stage="diagnosis") == 1
+
+
+# -- the Anthropic cache-diagnostics beta ---------------------------------------------------
+
+
+def test_cache_diagnostics_beta_threads_previous_message_and_passes_the_reason(
+    telemetry: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cachewatch._transport as transport_module
+
+    original = transport_module._outgoing
+
+    def outgoing(exchange: Any, request: Any) -> Any:  # the proposed _transport change
+        rebuilt = original(exchange, request)
+        if rebuilt is not request and exchange.new_headers:
+            for name, value in exchange.new_headers.items():
+                rebuilt.headers[name] = value
+        return rebuilt
+
+    monkeypatch.setattr(transport_module, "_outgoing", outgoing)
+    monkeypatch.setattr(transport_module, "APPLIES_NEW_HEADERS", True, raising=False)
+
+    seen: list[httpx.Request] = []
+    ids = itertools.count(1)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        request.read()
+        seen.append(request)
+        n = next(ids)
+        body: dict[str, Any] = {
+            "id": f"msg_{n}",
+            "type": "message",
+            "role": "assistant",
+            "model": MODEL,
+            "content": [{"type": "text", "text": "ok"}],
+            "stop_reason": "end_turn",
+            "usage": {
+                "input_tokens": 5,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "output_tokens": 1,
+            },
+        }
+        if n == 2:
+            body["diagnostics"] = {
+                "cache_miss_reason": {"type": "system_changed", "cache_missed_input_tokens": 1200}
+            }
+        return httpx.Response(200, json=body)
+
+    capture = Capture()
+    transport = cachewatch.CacheWatchTransport(
+        httpx.MockTransport(handler),
+        cache_diagnostics=True,
+        sinks=[capture],
+        breakpoints="off",
+        **telemetry.kwargs,
+    )
+    client = httpx.Client(transport=transport)
+    request = {
+        "model": MODEL,
+        "max_tokens": 8,
+        "system": "be brief",
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    url = "https://api.anthropic.com/v1/messages"
+    client.post(url, json=request, headers={"anthropic-beta": "other-beta-2025-01-01"})
+    assert b"diagnostics" not in seen[0].content  # nothing to thread yet: byte-identical
+    follow = {
+        **request,
+        "messages": [
+            *request["messages"],
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "more"},
+        ],
+    }
+    client.post(url, json=follow, headers={"anthropic-beta": "other-beta-2025-01-01"})
+    sent = orjson.loads(seen[1].content)
+    assert sent["diagnostics"] == {"previous_message_id": "msg_1"}
+    assert {k: v for k, v in sent.items() if k != "diagnostics"} == follow
+    assert seen[1].headers["anthropic-beta"] == "other-beta-2025-01-01,cache-diagnosis-2026-04-07"
+    record = capture.records[-1]
+    assert record.extra["miss_reason"] == "provider_reported"
+    assert record.extra["miss_detail"] == "system_changed"
+    assert (
+        telemetry.value(
+            "cachewatch_cache_misses_total", provider="anthropic", model=MODEL, reason="provider_reported"
+        )
+        == 1
+    )
+
+
+def test_cache_diagnostics_stays_off_without_transport_support(telemetry: Any) -> None:
+    seen: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.read())
+        return httpx.Response(200, json={"id": "msg_x", "type": "message", "model": MODEL, "content": [],
+                                         "usage": {"input_tokens": 1, "output_tokens": 1}})  # fmt: skip
+
+    transport = cachewatch.CacheWatchTransport(
+        httpx.MockTransport(handler), cache_diagnostics=True, breakpoints="off", **telemetry.kwargs
+    )
+    client = httpx.Client(transport=transport)
+    raw = orjson.dumps({"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]})
+    for _ in range(2):
+        client.post("https://api.anthropic.com/v1/messages", content=raw)
+    if not getattr(__import__("cachewatch._transport", fromlist=["x"]), "APPLIES_NEW_HEADERS", False):
+        assert seen == [raw, raw]
+
+
+# -- sans-IO units ---------------------------------------------------------------------------
+
+
+def test_fingerprints_hold_no_content_and_ignore_markers() -> None:
+    secret = "the secret prompt text " * 20
+    plain = {"model": MODEL, "system": secret, "messages": [{"role": "user", "content": secret}]}
+    marked = {
+        "model": MODEL,
+        "system": [{"type": "text", "text": secret, "cache_control": {"type": "ephemeral"}}],
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": secret, "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+                ],
+            }
+        ],
+    }
+    a = fingerprint("messages", plain)
+    b = fingerprint("messages", marked)
+    assert a is not None
+    assert b is not None
+    assert a.hashes == b.hashes  # a string is a one-text-block list; markers are not content
+    assert b.markers == ((0, "5m"), (1, "1h"))
+    assert secret[:20] not in repr(b)
+    chat_fp = fingerprint(
+        "chat_completions",
+        {
+            "model": "qwen-plus",
+            "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+        },
+    )
+    assert chat_fp is not None
+    assert chat_fp.locations == ("system", "messages")
+
+
+def test_store_is_bounded_and_claims_once() -> None:
+    store = MemoryStore(max_entries=10)
+    wasted: list[int] = []
+    diag = Diagnoser(store, on_wasted=lambda p, m, w, t: wasted.append(t))
+    body = orjson.dumps(chat(SYSTEM, "q", cache_control={"type": "ephemeral"}))
+    state = diag.before("messages", body, MODEL, 0.0)
+    diag.after(state, TokenUsage(cache_write_5m=3000), 0.0)
+    assert diag.sweep(100.0) == 0
+    assert diag.sweep(400.0) == 3000
+    assert wasted == [3000]
+    assert diag.sweep(500.0) == 0  # once only
+    for n in range(50):
+        s = diag.before(
+            "messages",
+            orjson.dumps(chat(words(str(n), 10), "q", cache_control={"type": "ephemeral"})),
+            MODEL,
+            600.0,
+        )
+        diag.after(s, TokenUsage(cache_write_5m=10), 600.0)
+    assert len(store) <= 10

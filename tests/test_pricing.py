@@ -1,0 +1,137 @@
+"""The price table and the money of one request, plus the demo's savings against a hand computation."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from cachewatch._models import TokenUsage
+from cachewatch._pricing import DEFAULT_PRICES, Price, PriceTable
+
+USAGE = TokenUsage(input=1_000, cache_read=20_000, cache_write_5m=3_000, cache_write_1h=2_000, output=500)
+
+
+def _hand(p: Price, u: TokenUsage) -> tuple[float, float, float]:
+    m = 1_000_000
+    total = (
+        u.input * p.input
+        + u.cache_read * p.input * p.read
+        + u.cache_write_5m * p.input * p.write_5m
+        + u.cache_write_1h * p.input * p.write_1h
+        + u.output * p.output
+    ) / m
+    savings = u.cache_read * p.input * (1 - p.read) / m
+    premium = (
+        u.cache_write_5m * p.input * (p.write_5m - 1) + u.cache_write_1h * p.input * (p.write_1h - 1)
+    ) / m
+    return total, savings, premium
+
+
+@pytest.mark.parametrize("prefix", sorted(DEFAULT_PRICES))
+def test_every_default_price(prefix: str) -> None:
+    table = PriceTable()
+    cost = table.cost(prefix + "-20260101", USAGE)
+    assert cost is not None
+    total, savings, premium = _hand(DEFAULT_PRICES[prefix], USAGE)
+    assert cost.total == pytest.approx(total)
+    assert cost.savings == pytest.approx(savings)
+    assert cost.write_premium == pytest.approx(premium)
+    assert cost.net_savings == pytest.approx(savings - premium)
+    assert cost.currency == "USD"
+
+
+def test_sonnet_mixed_5m_and_1h_writes_by_hand() -> None:
+    # $3 input, $15 output; read 0.1x, 5m write 1.25x, 1h write 2x (research A.6).
+    cost = PriceTable().cost("claude-sonnet-4-6", USAGE)
+    assert cost is not None
+    # 1000*3 + 20000*0.3 + 3000*3.75 + 2000*6 + 500*15 = 3000+6000+11250+12000+7500 = 39750 $/M
+    assert cost.total == pytest.approx(0.03975)
+    assert cost.savings == pytest.approx(20_000 * 2.7 / 1e6)  # 0.054
+    assert cost.write_premium == pytest.approx((3_000 * 0.75 + 2_000 * 3.0) / 1e6)  # 0.00825
+
+
+def test_longest_prefix_wins() -> None:
+    table = PriceTable()
+    assert table.lookup("claude-opus-4-5-20251101") == DEFAULT_PRICES["claude-opus-4-5"]
+    assert table.lookup("qwen3.6-plus") == DEFAULT_PRICES["qwen3.6-plus"]
+    assert table.lookup("qwen-plus-latest") == DEFAULT_PRICES["qwen-plus"]
+
+
+def test_unknown_model_no_cost_and_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    table = PriceTable()
+    with caplog.at_level(logging.WARNING, logger="cachewatch"):
+        for _ in range(3):
+            assert table.cost("mystery-model-9", USAGE) is None
+    warnings = [r for r in caplog.records if "mystery-model-9" in r.getMessage()]
+    assert len(warnings) == 1
+    assert table.cost(None, USAGE) is None
+
+
+def test_file_overrides_toml_and_json(tmp_path: Path) -> None:
+    toml = tmp_path / "prices.toml"
+    toml.write_text(
+        '[models."claude-sonnet-4"]\ninput = 2.0\noutput = 10.0\nread = 0.2\n'
+        '[models."my-model"]\ninput = 1.0\noutput = 1.0\nwrite_5m = 1.5\ncurrency = "EUR"\n'
+    )
+    table = PriceTable.from_file(toml)
+    sonnet = table.lookup("claude-sonnet-4-6")
+    assert sonnet == Price(2.0, 10.0, read=0.2)
+    mine = table.cost("my-model-x", TokenUsage(input=1_000_000, cache_write_5m=1_000_000))
+    assert mine is not None
+    assert mine.currency == "EUR"
+    assert mine.total == pytest.approx(2.5)
+    assert table.lookup("qwen-plus") == DEFAULT_PRICES["qwen-plus"]  # defaults still merged
+
+    js = tmp_path / "prices.json"
+    js.write_text(json.dumps({"models": {"qwen-plus": {"input": 0.8, "output": 2.0}}}))
+    only = PriceTable.from_file(js, include_defaults=False)
+    assert only.lookup("qwen-plus") == Price(0.8, 2.0)
+    assert only.lookup("claude-sonnet-4-6") is None
+
+
+def test_demo_savings_match_a_hand_computation() -> None:
+    """Run the demo and recompute its money from the exported token totals, by hand."""
+    from cachewatch._demo import run_demo
+
+    registry = CollectorRegistry()
+    result = run_demo(registry=registry)
+    # Hand prices per million (research A.6 and the Model Studio list): input price and the
+    # read / write multipliers. Savings = input * 0.9 * cache_read; premium = input * 0.25 * w5m + input * w1h.
+    hand_input = {"claude-sonnet-4-6": 3.0, "qwen3.6-plus": 0.4, "qwen-plus": 0.4}
+    tokens: dict[tuple[str, str, str], float] = {}
+    exported: dict[tuple[str, str, str], float] = {}
+    for family in registry.collect():
+        for s in family.samples:
+            if s.name == "cachewatch_tokens_total":
+                key = (s.labels["model"], s.labels["workspace"], s.labels["type"])
+                tokens[key] = tokens.get(key, 0.0) + s.value
+            elif s.name in ("cachewatch_cache_savings_total", "cachewatch_cache_write_premium_total"):
+                key = (s.name, s.labels["model"], s.labels["workspace"])
+                exported[key] = exported.get(key, 0.0) + s.value
+    for phase in ("off", "auto"):
+        workspace = f"caching-{phase}"
+        savings = premium = 0.0
+        for model, price in hand_input.items():
+            read = tokens.get((model, workspace, "cache_read"), 0.0)
+            w5m = tokens.get((model, workspace, "cache_write_5m"), 0.0)
+            w1h = tokens.get((model, workspace, "cache_write_1h"), 0.0)
+            s = price * 0.9 * read / 1e6
+            p = price * (0.25 * w5m + 1.0 * w1h) / 1e6
+            assert exported.get(("cachewatch_cache_savings_total", model, workspace), 0.0) == pytest.approx(s)
+            assert exported.get(
+                ("cachewatch_cache_write_premium_total", model, workspace), 0.0
+            ) == pytest.approx(p)
+            savings += s
+            premium += p
+        totals = result.phases[phase]
+        assert totals.savings == pytest.approx(savings)
+        assert totals.write_premium == pytest.approx(premium)
+        print(
+            f"demo {phase}: savings {savings:.6f} USD, write premium {premium:.6f} USD, net {savings - premium:.6f}"
+        )
+    assert result.phases["off"].savings == 0.0
+    assert result.phases["auto"].savings > result.phases["auto"].write_premium > 0

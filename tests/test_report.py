@@ -1,0 +1,112 @@
+"""``cachewatch._report``: summarise an exposition and print it."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from rich.console import Console
+
+from cachewatch._report import report, summarise
+
+
+def _exposition() -> str:
+    registry = CollectorRegistry()
+    req = Counter(
+        "cachewatch_requests", "r", ("provider", "api", "model", "workspace", "outcome"), registry=registry
+    )
+    tok = Counter(
+        "cachewatch_tokens", "t", ("provider", "api", "model", "workspace", "type"), registry=registry
+    )
+    cost = Counter("cachewatch_cost", "c", ("provider", "model", "workspace", "currency"), registry=registry)
+    sav = Counter(
+        "cachewatch_cache_savings", "s", ("provider", "model", "workspace", "currency"), registry=registry
+    )
+    prem = Counter(
+        "cachewatch_cache_write_premium",
+        "p",
+        ("provider", "model", "workspace", "currency"),
+        registry=registry,
+    )
+    miss = Counter("cachewatch_cache_misses", "m", ("provider", "model", "reason"), registry=registry)
+    waste = Counter(
+        "cachewatch_cache_wasted_write_tokens", "w", ("provider", "model", "workspace"), registry=registry
+    )
+    req.labels("anthropic", "messages", "claude-sonnet-4-6", "team-a", "ok").inc(3)
+    req.labels("anthropic", "messages", "claude-sonnet-4-6", "team-b", "ok").inc(1)
+    req.labels("dashscope", "chat_completions", "qwen-plus", "team-a", "ok").inc(2)
+    for ws, values in {"team-a": (100, 9000, 1000, 0, 50), "team-b": (10, 0, 2000, 0, 5)}.items():
+        for t, v in zip(
+            ("input", "cache_read", "cache_write_5m", "cache_write_1h", "output"), values, strict=True
+        ):
+            tok.labels("anthropic", "messages", "claude-sonnet-4-6", ws, t).inc(v)
+    tok.labels("dashscope", "chat_completions", "qwen-plus", "team-a", "input").inc(400)
+    cost.labels("anthropic", "claude-sonnet-4-6", "team-a", "USD").inc(0.01)
+    sav.labels("anthropic", "claude-sonnet-4-6", "team-a", "USD").inc(0.0243)
+    prem.labels("anthropic", "claude-sonnet-4-6", "team-a", "USD").inc(0.00075)
+    prem.labels("anthropic", "claude-sonnet-4-6", "team-b", "USD").inc(0.0015)
+    cost.labels("dashscope", "qwen-plus", "team-a", "CNY").inc(0.5)
+    miss.labels("anthropic", "claude-sonnet-4-6", "ttl_expired").inc(2)
+    miss.labels("anthropic", "claude-sonnet-4-6", "evicted").inc(1)
+    waste.labels("anthropic", "claude-sonnet-4-6", "team-b").inc(2000)
+    return generate_latest(registry).decode()
+
+
+def test_summarise_groups_and_ratios() -> None:
+    s = summarise(_exposition())
+    a = s["workspaces"]["team-a"]
+    assert a["requests"] == 5
+    assert a["tokens"]["cache_read"] == 9000
+    assert a["tokens"]["input"] == 500
+    assert a["hit_ratio"] == pytest.approx(9000 / (500 + 9000 + 1000))
+    assert a["cost"] == {"USD": pytest.approx(0.01), "CNY": pytest.approx(0.5)}
+    assert a["net_savings"]["USD"] == pytest.approx(0.0243 - 0.00075)
+    b = s["workspaces"]["team-b"]
+    assert b["wasted_write_tokens"] == 2000
+    assert b["net_savings"] == {"USD": pytest.approx(-0.0015)}
+    m = s["models"]["claude-sonnet-4-6"]
+    assert m["requests"] == 4
+    assert m["miss_reasons"] == [("ttl_expired", 2), ("evicted", 1)]
+    assert s["total"]["wasted_write_tokens"] == 2000
+
+
+def test_summarise_ignores_other_metrics_and_empty_text() -> None:
+    s = summarise("# HELP other_total x\n# TYPE other_total counter\nother_total 5\n")
+    assert s["models"] == {}
+    assert s["workspaces"] == {}
+    assert s["total"]["requests"] == 0
+
+
+def test_report_prints_tables(capsys: pytest.CaptureFixture[str]) -> None:
+    console = Console(width=250, force_terminal=False, color_system=None)
+    report(_exposition(), console=console)
+    out = capsys.readouterr().out
+    assert "Per workspace" in out
+    assert "Per model" in out
+    assert "team-a" in out
+    assert "qwen-plus" in out
+    assert "ttl_expired (2)" in out
+    assert "90.5%" in out or "85.7%" in out
+
+
+def test_report_reads_a_metrics_url() -> None:
+    from prometheus_client import start_http_server
+
+    text = _exposition()
+    registry = CollectorRegistry()
+
+    class Fixed:
+        def collect(self):  # type: ignore[no-untyped-def]
+            from prometheus_client.parser import text_string_to_metric_families
+
+            yield from text_string_to_metric_families(text)
+
+    registry.register(Fixed())  # type: ignore[arg-type]
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    try:
+        port = server.server_address[1]
+        console = Console(width=250, record=True, color_system=None)
+        report(f"http://127.0.0.1:{port}/metrics", console=console)
+        assert "claude-sonnet-4-6" in console.export_text()
+    finally:
+        server.shutdown()
+        thread.join(5)

@@ -1,0 +1,179 @@
+"""The Redis fingerprint store against a real ``redis-server`` started by the test."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from cachewatch._diagnosis import Entry
+from cachewatch._store_redis import RedisStore
+from cachewatch.emulator import create_app, run_in_thread
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def redis_port() -> Iterator[int]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not on PATH: install it (Debian: apt-get install redis-server)")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail(f"redis-server did not start on port {port}")
+                time.sleep(0.02)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def store(redis_port: int) -> Iterator[RedisStore]:
+    s = RedisStore(redis.Redis(port=redis_port), key_prefix=f"test:{time.monotonic_ns()}:")
+    yield s
+    s.clear()
+
+
+def _entry(**changes: object) -> Entry:
+    base = {
+        "written_at": 100.0,
+        "refreshed_at": 100.0,
+        "ttl": 300.0,
+        "model": "m",
+        "tokens": 2000,
+        "position": 3,
+        "readable_at": 100.5,
+        "written_tokens": 2000,
+        "hashes": b"\x01\x02\x03\x04",
+    }
+    base.update(changes)
+    return Entry(**base)  # type: ignore[arg-type]
+
+
+def test_round_trip_ttl_and_prefix(store: RedisStore) -> None:
+    assert store.get(b"k" * 16) is None
+    store.put_many([(b"a" * 16, _entry()), (b"b" * 16, _entry(read=True, ttl=3600.0))])
+    got = store.get_many([b"a" * 16, b"x" * 16, b"b" * 16])
+    assert got[0] == _entry()
+    assert got[1] is None
+    assert got[2] is not None
+    assert got[2].read
+    name = store._key(b"a" * 16)
+    assert name.startswith(store.prefix)
+    ttl = store.client.ttl(name)
+    assert 300 < ttl <= 300 + store.retain + 1  # the entry's TTL plus the retention window
+
+
+def test_claim_expired_once_and_skips_read_or_refreshed(store: RedisStore) -> None:
+    store.put_many(
+        [
+            (b"w" * 16, _entry()),  # expires at 400, unread: wasted
+            (b"r" * 16, _entry(read=True)),  # read: never wasted
+            (b"f" * 16, _entry(refreshed_at=350.0)),  # expires at 650
+        ]
+    )
+    assert store.claim_expired(399.0) == []
+    claimed = store.claim_expired(401.0)
+    assert [e.written_tokens for e in claimed] == [2000]
+    assert claimed[0].wasted
+    assert store.claim_expired(401.0) == []  # once only
+    assert store.get(b"w" * 16).wasted  # type: ignore[union-attr]
+    assert [e.refreshed_at for e in store.claim_expired(700.0)] == [350.0]
+
+
+_WORKER = r"""
+import json, sys
+import httpx, redis
+from prometheus_client import CollectorRegistry
+import cachewatch
+from cachewatch._store_redis import RedisStore
+
+url, port, prefix, system = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+records = []
+
+class Capture:
+    name = "capture"
+    def start(self, info): return None
+    def finish(self, state, record): records.append(record)
+
+store = RedisStore(redis.Redis(port=port), key_prefix=prefix)
+transport = cachewatch.CacheWatchTransport(
+    registry=CollectorRegistry(), sinks=[Capture()], store=store, breakpoints="off"
+)
+client = httpx.Client(base_url=url, transport=transport, headers={"x-api-key": "shared"})
+question = " ".join(f"q{i}x" for i in range(80))
+body = {
+    "model": "claude-sonnet-4-6",
+    "max_tokens": 16,
+    "system": [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}],
+    "messages": [{"role": "user", "content": [{"type": "text", "text": question, "cache_control": {"type": "ephemeral"}}]}],
+}
+client.post("/v1/messages", json=body).read()
+r = records[-1]
+print(json.dumps({"reason": r.extra.get("miss_reason"), "block": r.extra.get("miss_changed_block"),
+                  "read": r.usage.cache_read, "write": r.usage.cache_write}))
+"""
+
+
+def _worker(tmp_path: Path, url: str, port: int, prefix: str, system: str) -> dict[str, object]:
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER)
+    out = subprocess.run(
+        [sys.executable, str(script), url, str(port), prefix, system],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_two_processes_diagnose_each_others_writes(redis_port: int, tmp_path: Path) -> None:
+    prefix = f"fleet:{time.monotonic_ns()}:"
+    system = " ".join(f"s{i}x" for i in range(1500))
+    app = create_app(profile="anthropic")
+    try:
+        with run_in_thread(app) as url:
+            first = _worker(tmp_path, url, redis_port, prefix, system)
+            assert first["reason"] is None
+            assert first["write"] > 0
+            # Another process, same conversation, changed system prompt: it finds the first
+            # process's write in Redis and names the changed block.
+            second = _worker(tmp_path, url, redis_port, prefix, "changed " + system)
+            assert second["reason"] == "prefix_changed_system"
+            assert second["block"] == "system.0"
+            # The provider loses its cache; a third process sends the original request and
+            # knows the first process's write was live: evicted, not a cold start.
+            app.reset()
+            third = _worker(tmp_path, url, redis_port, prefix, system)
+            assert third["read"] == 0
+            assert third["reason"] == "evicted"
+    finally:
+        RedisStore(redis.Redis(port=redis_port), key_prefix=prefix).clear()
