@@ -6,6 +6,7 @@ Usage::
     cachewatch proxy --upstream URL [--listen 127.0.0.1:8787]
     cachewatch emulator [--port 8790] [--profile auto|anthropic|dashscope]
     cachewatch dashboards --out DIR
+    cachewatch report [--url http://127.0.0.1:9464/metrics]
 """
 
 from __future__ import annotations
@@ -69,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     proxy.add_argument("--prices", help="price file (TOML, YAML or JSON) merged over the defaults")
 
+    report = sub.add_parser(
+        "report", help="per-workspace and per-model cost, savings, hit ratio and miss reasons from /metrics"
+    )
+    report.add_argument(
+        "--url", default="http://127.0.0.1:9464/metrics", help="a /metrics URL, or a file of exposition text"
+    )
+
     dashboards = sub.add_parser(
         "dashboards", help="write the Grafana dashboards, provisioning files and alert rules"
     )
@@ -90,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "proxy": _proxy,
         "emulator": _emulator,
         "dashboards": _dashboards,
+        "report": _report,
     }[args.command]
     try:
         return command(args)
@@ -246,6 +255,27 @@ def _proxy(args: argparse.Namespace) -> int:
         server_header=False,
         date_header=False,
     )
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from ._report import report
+
+    source = args.url
+    if not source.startswith(("http://", "https://")):
+        try:
+            with open(source, encoding="utf-8") as fh:
+                source = fh.read()
+        except OSError as exc:
+            print(f"cachewatch report: cannot read {args.url}: {exc.strerror}", file=sys.stderr)
+            return 2
+    import httpx
+
+    try:
+        report(source)
+    except (OSError, httpx.HTTPError) as exc:
+        print(f"cachewatch report: cannot fetch {args.url}: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
