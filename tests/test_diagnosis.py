@@ -312,6 +312,18 @@ def test_growing_conversation_has_no_misses(rig: Rig) -> None:
     assert all(rig.misses(r) == 0 for r in MISS_REASONS)
 
 
+def test_a_new_conversation_on_the_same_system_prompt_is_not_a_miss(rig: Rig) -> None:
+    """Only the shared system prefix can be read by another conversation: nothing was missed."""
+    for conversation in ("a", "b", "c"):
+        turns: list[str] = []
+        for n in range(3):
+            turns.append(words(f"{conversation}{n}-", 50))
+            record = rig.send(chat(SYSTEM, *turns))
+            assert reason(record) is None, (conversation, n, record.extra)
+            turns.append(f"answer {n}")
+    assert all(rig.misses(r) == 0 for r in MISS_REASONS)
+
+
 def test_diagnosis_off_and_faults_fail_open(telemetry: Any, clock: ManualClock) -> None:
     app = create_app(clock=clock, profile="anthropic")
     with run_in_thread(app) as url:

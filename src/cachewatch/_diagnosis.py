@@ -987,9 +987,13 @@ class Diagnoser:
             return None
         if d > anchor.position:
             return None
+        location = fp.locations[d]
+        if location == "messages" and (d == 0 or fp.locations[d - 1] != "messages"):
+            # The very first message differs: another conversation on the same tools and
+            # system prompt, whose own prefix was never written. Not a miss.
+            return None
         if anchor.expires_at <= sent:
             return MissVerdict("ttl_expired", expected_tokens=anchor.tokens, read_tokens=read)
-        location = fp.locations[d]
         return MissVerdict(
             f"prefix_changed_{location}",
             position=d,
