@@ -93,9 +93,14 @@ class Totals:
     cost: float = 0.0
     savings: float = 0.0
     write_premium: float = 0.0
+    #: Diagnosed cache-miss reasons and how often each occurred.
+    misses: dict[str, int] = field(default_factory=dict)
 
     def add(self, record: UsageRecord) -> None:
         self.requests += 1
+        reason = record.extra.get("miss_reason")
+        if isinstance(reason, str):
+            self.misses[reason] = self.misses.get(reason, 0) + 1
         if record.outcome.value != "ok":
             self.errors += 1
         usage = record.usage
@@ -156,6 +161,10 @@ def _support_chat(client: Any, run: str) -> None:
     system = "You are the support assistant of Example Corp. " + _text("support-system", 2600)
     messages: list[dict[str, Any]] = []
     for turn in range(WORKLOAD_REQUESTS["support chat"]):
+        if turn == 6:
+            # An operator edits the system prompt mid-conversation: the cache misses, and
+            # cachewatch says why (prefix_changed_system).
+            system += " Holiday hours apply this week."
         messages.append(
             {"role": "user", "content": f"[{run}] Question {turn}: " + _text(f"{run}-q{turn}", 60)}
         )

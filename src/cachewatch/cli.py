@@ -166,6 +166,12 @@ def _serve_loop(console: Any, interval: float, one_round: Callable[[str], None])
         time.sleep(interval)
 
 
+def _misses(misses: dict[str, int]) -> str:
+    if not misses:
+        return "none"
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(misses.items(), key=lambda kv: -kv[1]))
+
+
 def _money(value: float) -> str:
     return f"${value:,.4f}"
 
@@ -190,6 +196,7 @@ def _print_summary(console: Any, result: Any, metrics_url: str) -> None:
         ("cost", _money(off.cost), _money(auto.cost)),
         ("cache savings", _money(off.savings), _money(auto.savings)),
         ("cache write premium", _money(off.write_premium), _money(auto.write_premium)),
+        ("cache misses (reason)", _misses(off.misses), _misses(auto.misses)),
     ]
     for row in rows:
         table.add_row(*row)
