@@ -8,8 +8,12 @@ It sits under the clients people already use (anthropic, openai, httpx, httpx2):
 Data flow: request -> planner -> transport -> stream observer -> usage record -> sinks.
 """
 
-from ._models import Outcome, TokenUsage, UsageRecord
+from ._diagnosis import FingerprintStore, MemoryStore
+from ._models import Cost, Outcome, TokenUsage, UsageRecord
+from ._pricing import Price, PriceTable
+from ._profiles import Profile, ProfileRegistry
 from ._server import start_metrics_server
+from ._store_redis import RedisStore
 from ._transport import AsyncCacheWatchTransport, CacheWatchTransport
 from ._version import __version__
 from ._wrap import wrap
@@ -22,7 +26,16 @@ __all__ = [
     "wrap",
     # exposition
     "start_metrics_server",
+    # configuration: endpoint profiles, prices, the shared fingerprint store
+    "FingerprintStore",
+    "MemoryStore",
+    "Price",
+    "PriceTable",
+    "Profile",
+    "ProfileRegistry",
+    "RedisStore",
     # records and sinks
+    "Cost",
     "Outcome",
     "Sink",
     "TokenUsage",
