@@ -29,6 +29,7 @@ from ._endpoints import (
 )
 from ._faults import FaultRecorder
 from ._models import Cost, Outcome, ParsedResponse, RequestInfo, UsageRecord
+from ._observer import ResponseObserver
 from ._pricing import PriceTable
 from .sinks import Sink
 from .sinks.logs import StructlogSink
@@ -98,6 +99,7 @@ class Engine:
         self.metrics = metrics_for(registry)
         self.fault = FaultRecorder(self.metrics.internal_errors)
         self.providers = dict(providers or {})
+        self._providers_seen: dict[tuple[str, int | None], str] = {}
         self.workspaces = WorkspaceResolver(workspaces)
         self.model_cap = LabelCap(max_models)
         self.workspace_cap = LabelCap(max_workspaces)
@@ -158,7 +160,11 @@ class Engine:
             request_model = getattr(plan, "model", None) if plan is not None else None
             if request_model is None and body:
                 request_model = sniff_model(body)
-            provider = provider_for_host(host, port, self.providers)
+            provider = self._providers_seen.get((host, port))
+            if provider is None:
+                provider = provider_for_host(host, port, self.providers)
+                if len(self._providers_seen) < 4096:
+                    self._providers_seen[(host, port)] = provider
             key = credential_from_headers(headers) if self.workspaces.has_mapping else None
             workspace = self.workspace_cap(self.workspaces.resolve(host, key))
             info = RequestInfo(
@@ -172,7 +178,13 @@ class Engine:
                 stream=body is not None and _asks_stream(body),
             )
             exchange = Exchange(self, info, plan)
-            if self.diagnoser is not None and body:  # cache-miss diagnosis
+            if (
+                self.diagnoser is not None
+                and body
+                and (b"cache_control" in body or exchange.new_body is not None)
+            ):
+                # cache-miss diagnosis: only requests that carry markers can read (or write) an
+                # explicit cache entry, so requests without any are not tracked at all.
                 self._diagnosis_begin(exchange, host, path, headers, body)
             return exchange
         except Exception as exc:
@@ -438,8 +450,6 @@ class Exchange:
             except Exception as exc:
                 self.engine.fault("diagnosis", exc)
         try:
-            from ._observer import ResponseObserver
-
             content_type = headers.get("content-type")
             self.stream = content_type is not None and "event-stream" in content_type.lower()
             self.observer = ResponseObserver(

@@ -122,7 +122,8 @@ class PrometheusSink:
                 (usage.input, usage.cache_read, usage.cache_write_5m, usage.cache_write_1h, usage.output),
                 strict=True,
             ):
-                child.inc(value)
+                if value:  # the series already exists (created at 0 by token_children)
+                    child.inc(value)
             if usage.cache_write and m.wasted_write_tokens is not None:
                 # Wasted tokens are counted when a write expires unread, minutes later; the
                 # series exists from the first write on, so "none wasted yet" reads as 0.
@@ -134,9 +135,15 @@ class PrometheusSink:
         cost = record.cost
         if cost is not None:
             labels = (info.provider, info.model, info.workspace, cost.currency)
-            m.child(m.cost, labels).inc(cost.total)
-            m.child(m.savings, labels).inc(cost.savings)
-            m.child(m.write_premium, labels).inc(cost.write_premium)
+            # child() creates each series at 0 first, so zero amounts need no inc().
+            for collector, amount in (
+                (m.cost, cost.total),
+                (m.savings, cost.savings),
+                (m.write_premium, cost.write_premium),
+            ):
+                child = m.child(collector, labels)
+                if amount:
+                    child.inc(amount)
         reason = record.extra.get("miss_reason")
         if reason is not None and reason in _MISS_REASONS:
             m.child(m.misses, (info.provider, info.model, str(reason))).inc()
