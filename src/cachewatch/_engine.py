@@ -181,7 +181,7 @@ class Engine:
             if (
                 self.diagnoser is not None
                 and body
-                and (b"cache_control" in body or exchange.new_body is not None)
+                and (self.cache_diagnostics or exchange.new_body is not None or b"cache_control" in body)
             ):
                 # cache-miss diagnosis: only requests that carry markers can read (or write) an
                 # explicit cache entry, so requests without any are not tracked at all.
