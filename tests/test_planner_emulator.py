@@ -1,0 +1,171 @@
+"""Planner placements against the emulator, through the real transport and SDK (SPEC section 6).
+
+The emulator implements the providers' caching rules (prefix hashes per breakpoint, the
+20-position lookback, per-model minimums). Every request here carries no cache_control of
+its own: what is read comes from the markers cachewatch inserted.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+from prometheus_client import CollectorRegistry
+
+import cachewatch
+from cachewatch.emulator import create_app, run_in_thread
+
+_WORDS = ["order", "refund", "parcel", "invoice", "policy", "region", "ticket", "agent", "clause", "quota", "usage", "alert"]
+
+
+def words(seed: str, n: int) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(_WORDS) for _ in range(n))
+
+
+class _Silent:
+    def info(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    with run_in_thread(create_app()) as url:
+        yield url
+
+
+def claude(base_url: str, key: str, path: str = "") -> Any:
+    client = anthropic.Anthropic(api_key=key, base_url=base_url + path, max_retries=0)
+    return cachewatch.wrap(client, registry=CollectorRegistry(), logger=_Silent())
+
+
+SYSTEM = "You are a careful assistant. " + words("system", 2500)
+
+
+def test_turn_n_plus_1_reads_what_turn_n_wrote(base_url: str) -> None:
+    client = claude(base_url, "planner-chat")
+    messages: list[dict[str, Any]] = []
+    previous_prompt = 0
+    for turn in range(6):
+        messages.append({"role": "user", "content": words(f"q{turn}", 80)})
+        reply = client.messages.create(
+            model="claude-sonnet-4-6", max_tokens=64, system=SYSTEM, messages=messages
+        )
+        usage = reply.usage
+        prompt = usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens
+        if turn > 0:
+            # Everything the previous request sent was written, so this one reads all of it.
+            assert usage.cache_read_input_tokens >= previous_prompt, (turn, usage)
+        previous_prompt = prompt
+        messages.append({"role": "assistant", "content": reply.content[0].text})
+
+
+def test_agent_tool_loop_reads_across_iterations(base_url: str) -> None:
+    client = claude(base_url, "planner-agent")
+    tools = [
+        {
+            "name": "search_orders",
+            "description": words("tool", 600),
+            "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+        }
+    ]
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Please use the tool search_orders."}]
+    reads = []
+    for iteration in range(5):
+        with client.messages.stream(
+            model="claude-sonnet-4-6", max_tokens=64, system=SYSTEM, tools=tools, messages=messages
+        ) as stream:
+            message = stream.get_final_message()
+        reads.append(message.usage.cache_read_input_tokens)
+        messages.append(
+            {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in message.content]}
+        )
+        tool_use = next((b for b in message.content if b.type == "tool_use"), None)
+        if tool_use is not None:
+            result = {
+                "type": "tool_result",
+                "tool_use_id": tool_use.id,
+                "content": words(f"r{iteration}", 400),
+            }
+            messages.append({"role": "user", "content": [result]})
+        else:
+            messages.append(
+                {"role": "user", "content": f"Step {iteration}: please use the tool search_orders."}
+            )
+    assert reads[0] == 0
+    assert all(r > 0 for r in reads[1:]), reads
+    assert reads == sorted(reads), reads  # each iteration reads at least what the last one did
+
+
+def test_questions_over_one_shared_document(base_url: str) -> None:
+    client = claude(base_url, "planner-doc", path="/apps/anthropic")  # the DashScope profile
+    document = "Contract. " + words("doc", 3000)
+    reads = []
+    for q in range(10):
+        messages = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": document},
+                    {"type": "text", "text": f"Question {q}: " + words(f"dq{q}", 30)},
+                ],
+            }
+        ]
+        reply = client.messages.create(model="qwen3.6-plus", max_tokens=64, messages=messages)
+        reads.append(reply.usage.cache_read_input_tokens)
+    assert reads[0] == 0
+    # Questions 2..10 read the document written by the first.
+    assert all(r >= 3000 for r in reads[1:]), reads
+
+
+def test_dashscope_openai_compatible_chat_reads(base_url: str) -> None:
+    client = cachewatch.wrap(
+        openai.OpenAI(api_key="planner-ds", base_url=base_url + "/compatible-mode/v1", max_retries=0),
+        registry=CollectorRegistry(),
+        logger=_Silent(),
+    )
+    messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM}]
+    cached = []
+    for turn in range(4):
+        messages.append({"role": "user", "content": words(f"o{turn}", 60)})
+        reply = client.chat.completions.create(model="qwen-plus", messages=messages)
+        cached.append(reply.usage.prompt_tokens_details.cached_tokens)
+        messages.append({"role": "assistant", "content": reply.choices[0].message.content})
+    assert cached[0] == 0
+    assert all(c > 2500 for c in cached[1:]), cached
+
+
+def test_prefix_below_the_minimum_gets_no_marker(base_url: str) -> None:
+    registry = CollectorRegistry()
+    client = cachewatch.wrap(
+        anthropic.Anthropic(api_key="planner-small", base_url=base_url, max_retries=0),
+        registry=registry,
+        logger=_Silent(),
+        providers={base_url.split("://", 1)[1]: "anthropic"},
+    )
+    for _ in range(2):
+        reply = client.messages.create(
+            model="claude-haiku-4-5",  # minimum 4,096 tokens
+            max_tokens=32,
+            system=words("short", 1500),
+            messages=[{"role": "user", "content": "hello"}],
+        )
+        assert reply.usage.cache_creation_input_tokens == 0
+        assert reply.usage.cache_read_input_tokens == 0
+    inserted = registry.get_sample_value(
+        "cachewatch_breakpoints_total", {"provider": "anthropic", "location": "system", "action": "inserted"}
+    )
+    assert not inserted
+    skipped = sum(
+        registry.get_sample_value(
+            "cachewatch_breakpoints_total",
+            {"provider": "anthropic", "location": loc, "action": "skipped_below_minimum"},
+        )
+        or 0
+        for loc in ("system", "messages", "top_level")
+    )
+    assert skipped >= 2
