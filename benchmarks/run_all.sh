@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Every benchmark, one after the other (not part of the test suite's pass/fail):
+#   benchmarks/run_all.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+echo "== in-process overhead vs bare MockTransport =="; $PY benchmarks/overhead.py
+echo; echo "== breakpoint planning cost vs orjson round trip =="; $PY benchmarks/planner_bench.py
+echo; echo "== proxy added latency on loopback =="; $PY benchmarks/proxy_latency.py -n 1500
+echo; echo "== token estimator error on the recorded corpus =="; $PY benchmarks/estimator_error.py
