@@ -28,6 +28,7 @@ from ._endpoints import (
     sniff_model,
 )
 from ._faults import FaultRecorder
+from ._hygiene import UsageChunkFilter
 from ._models import Cost, Outcome, ParsedResponse, RequestInfo, UsageRecord
 from ._observer import ResponseObserver
 from ._pricing import PriceTable
@@ -373,6 +374,7 @@ class Exchange:
         "diag",
         "engine",
         "extra",
+        "filter",
         "first_chunk_at",
         "header_update",
         "info",
@@ -391,6 +393,8 @@ class Exchange:
         self.plan = plan
         self.extra: dict[str, object] = {}
         self.observer: Any = None
+        #: Hides the usage-only chunk when cachewatch added ``include_usage`` itself.
+        self.filter: UsageChunkFilter | None = None
         self.status_code: int | None = None
         self.stream = False
         self.started_at = 0.0
@@ -452,6 +456,8 @@ class Exchange:
         try:
             content_type = headers.get("content-type")
             self.stream = content_type is not None and "event-stream" in content_type.lower()
+            if self.stream and getattr(self.plan, "added_include_usage", False):
+                self.filter = UsageChunkFilter(headers.get("content-encoding"))
             self.observer = ResponseObserver(
                 self.info.api,
                 content_type=content_type,

@@ -40,10 +40,18 @@ def sync_stream_class(family: ModuleType) -> Any:
         def __iter__(self) -> Iterator[bytes]:
             exchange = self._exchange
             feed = exchange.feed
+            hide = exchange.filter
             try:
                 for chunk in self._inner:
                     feed(chunk)
-                    yield chunk
+                    if hide is None:
+                        yield chunk
+                    else:
+                        shown = hide.feed(chunk)
+                        if shown:
+                            yield shown
+                if hide is not None and (tail := hide.flush()):
+                    yield tail
             except Exception as exc:
                 if type(exc).__name__ not in _REUSE_ERRORS:
                     exchange.transport_error(exc)
@@ -74,10 +82,18 @@ def async_stream_class(family: ModuleType) -> Any:
         async def __aiter__(self) -> AsyncIterator[bytes]:
             exchange = self._exchange
             feed = exchange.feed
+            hide = exchange.filter
             try:
                 async for chunk in self._inner:
                     feed(chunk)
-                    yield chunk
+                    if hide is None:
+                        yield chunk
+                    else:
+                        shown = hide.feed(chunk)
+                        if shown:
+                            yield shown
+                if hide is not None and (tail := hide.flush()):
+                    yield tail
             except Exception as exc:
                 if type(exc).__name__ not in _REUSE_ERRORS:
                     exchange.transport_error(exc)

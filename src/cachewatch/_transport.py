@@ -120,9 +120,16 @@ def _observed_response(exchange: Exchange, response: Any, sync: bool) -> Any:
         family = _family(response)
         exchange.response(response.status_code, response.headers)
         stream_cls = sync_stream_class(family) if sync else async_stream_class(family)
+        headers = response.headers
+        if exchange.filter is not None and exchange.filter.decodes:
+            # The filtered body is decoded: its encoding and length headers no longer apply.
+            headers = headers.copy()
+            for name in ("content-encoding", "content-length"):
+                if name in headers:
+                    del headers[name]
         return family.Response(
             status_code=response.status_code,
-            headers=response.headers,
+            headers=headers,
             stream=stream_cls(response.stream, exchange),
             extensions=response.extensions,
         )
