@@ -903,7 +903,7 @@ class Diagnoser:
         ):
             hits = [c for c in deeper if c[1] == st]
             if hits:
-                c = max(hits)
+                c = max(hits, key=lambda cand: cand[0])  # entries themselves do not order
                 i = c[0]
                 verdict = MissVerdict(
                     reason,
