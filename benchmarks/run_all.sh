@@ -7,4 +7,5 @@ PY=.venv/bin/python
 echo "== in-process overhead vs bare MockTransport =="; $PY benchmarks/overhead.py
 echo; echo "== breakpoint planning cost vs orjson round trip =="; $PY benchmarks/planner_bench.py
 echo; echo "== proxy added latency on loopback =="; $PY benchmarks/proxy_latency.py -n 1500
+echo; echo "== savings of auto against fixed strategies =="; $PY benchmarks/savings.py
 echo; echo "== token estimator error on the recorded corpus =="; $PY benchmarks/estimator_error.py
