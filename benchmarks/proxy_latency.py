@@ -8,8 +8,9 @@ latency of each path, the added p50/p99 in ms, and each path's sequential throug
     python benchmarks/proxy_latency.py [-n 2000] [--mode process|thread] [--log]
 
 ``--mode process`` (default) runs the emulator and the proxy as separate processes,
-as in real use: the proxy is ``cachewatch proxy`` itself (the CLI, uvicorn, its default
-structlog logger writing one line per request to a pipe drained here). ``--mode thread``
+as in real use: the proxy is ``cachewatch proxy`` itself (the CLI, uvicorn, its JSON
+structlog logger writing one line per request to a pipe drained here), and the CPU time
+each server process spends per request is printed too (Linux). ``--mode thread``
 serves both in this process with :func:`cachewatch.emulator.run_in_thread` (one
 interpreter, so the client, the proxy and the emulator share the GIL and the numbers
 are pessimistic); there the proxy gets a silent logger unless ``--log`` is given.
@@ -53,6 +54,20 @@ uvicorn.run(create_app(), host="127.0.0.1", port=int(sys.argv[1]), log_level="wa
 """
 
 
+#: process mode: name -> pid of the server processes, for their CPU time per request.
+SERVER_PIDS: dict[str, int] = {}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc), or NaN elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -94,6 +109,7 @@ def process_servers(log: bool) -> Iterator[tuple[str, str]]:
     assert proxy.stdout is not None
     drain = threading.Thread(target=lambda: [None for _ in proxy.stdout], daemon=True)  # type: ignore[union-attr]
     drain.start()
+    SERVER_PIDS.update(emulator=emulator.pid, proxy=proxy.pid)
     try:
         wait_until_up(f"{upstream}/healthz")
         wait_until_up(f"http://127.0.0.1:{proxy_port}/metrics")
@@ -134,9 +150,12 @@ def percentile(sorted_values: list[float], q: float) -> float:
 def measure(direct_url: str, proxy_url: str, n: int, warmup: int) -> dict[str, Any]:
     timings: dict[str, list[float]] = {"direct": [], "proxy": []}
     busy: dict[str, float] = {"direct": 0.0, "proxy": 0.0}
+    cpu: dict[str, float] = {}
     with httpx.Client(base_url=direct_url) as direct, httpx.Client(base_url=proxy_url) as proxied:
         clients = {"direct": direct, "proxy": proxied}
         for i in range(warmup + n):
+            if i == warmup:
+                cpu = {name: cpu_seconds(pid) for name, pid in SERVER_PIDS.items()}
             order = ("direct", "proxy") if i % 2 == 0 else ("proxy", "direct")
             for name in order:
                 start = time.perf_counter()
@@ -148,7 +167,8 @@ def measure(direct_url: str, proxy_url: str, n: int, warmup: int) -> dict[str, A
                 if i >= warmup:
                     timings[name].append(elapsed)
                     busy[name] += elapsed
-    return {"timings": timings, "busy": busy}
+    cpu = {name: cpu_seconds(pid) - cpu[name] for name, pid in SERVER_PIDS.items()}
+    return {"timings": timings, "busy": busy, "cpu": cpu}
 
 
 def report(result: dict[str, Any], n: int, mode: str) -> None:
@@ -176,6 +196,10 @@ def report(result: dict[str, Any], n: int, mode: str) -> None:
         f"paired   median {percentile(paired, 0.5):.3f} ms   p99 {percentile(paired, 0.99):.3f} ms"
         "   (per-iteration proxy minus direct)"
     )
+    for name, seconds in result.get("cpu", {}).items():
+        # The emulator serves both paths (2n requests); the proxy serves n.
+        per = seconds / (2 * n if name == "emulator" else n) * 1e3
+        print(f"cpu      {name}: {per:.3f} ms per request it served")
     verdict = "PASS" if added_p50 < 1.0 else "FAIL"
     print(f"SPEC 11 bar: added p50 < 1 ms -> {verdict}")
 

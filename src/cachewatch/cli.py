@@ -228,12 +228,25 @@ def _print_summary(console: Any, result: Any, metrics_url: str) -> None:
 def _proxy(args: argparse.Namespace) -> int:
     from urllib.parse import urlsplit
 
+    import orjson
+    import structlog
     import uvicorn
 
     from ._proxy import create_proxy_app
 
     host, port = args.listen
-    options: dict[str, Any] = {"breakpoints": args.breakpoints}
+    # One JSON line per request on stdout, from a logger built here: structlog's
+    # unconfigured default (the colourful console renderer) costs ~0.4 ms a request, and
+    # cachewatch never calls structlog.configure(). The event carries no credentials.
+    logger = structlog.wrap_logger(
+        structlog.BytesLogger(sys.stdout.buffer),
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+        ],
+    )
+    options: dict[str, Any] = {"breakpoints": args.breakpoints, "logger": logger}
     if args.provider:
         options["providers"] = {urlsplit(args.upstream).hostname or "": args.provider}
     if args.prices:
@@ -259,6 +272,9 @@ def _proxy(args: argparse.Namespace) -> int:
         log_level="warning",
         access_log=False,
         http="h11",
+        ws="none",
+        proxy_headers=False,
+        lifespan="on",
         server_header=False,
         date_header=False,
     )
