@@ -46,7 +46,9 @@ Placement policy (research A.1-A.6, B.2, E):
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from itertools import islice
 from typing import Any, Final, Literal
 
 import orjson
@@ -68,6 +70,7 @@ _OPENAI_TARGETS = frozenset({"text", "image_url", "video_url", "input_audio", "f
 _NEVER_TARGETS = frozenset({"thinking", "redacted_thinking"})
 
 _EPHEMERAL: dict[str, str] = {"type": "ephemeral"}
+_INF: Final = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +133,118 @@ class Plan:
         return tuple(p for p in self.placements if p.action == "inserted")
 
 
+def _field_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[object, object], None], ...]:
+    """The slot setters of a frozen slots dataclass, checked against the expected field order.
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, which
+    costs about twice a direct slot-descriptor ``__set__``; the hot path builds one
+    :class:`Plan` and a few :class:`Placement` per request through these instead.
+    """
+    assert tuple(f.name for f in fields(cls)) == names, (cls, names)
+    return tuple(cls.__dict__[name].__set__ for name in names)
+
+
+def _placement_factory() -> Callable[
+    [Location, str, str | None, tuple[int, ...], str, int, int, str], Placement
+]:
+    new = object.__new__
+    s0, s1, s2, s3, s4, s5, s6, s7 = _field_setters(
+        Placement, ("location", "action", "ttl", "index", "path", "position", "prefix_tokens", "reason")
+    )
+
+    def make(
+        location: Location,
+        action: str,
+        ttl: str | None,
+        index: tuple[int, ...],
+        path: str,
+        position: int,
+        prefix_tokens: int,
+        reason: str,
+    ) -> Placement:
+        """``Placement(...)`` with every field given, without the frozen ``__init__``'s cost."""
+        p = new(Placement)
+        s0(p, location)
+        s1(p, action)
+        s2(p, ttl)
+        s3(p, index)
+        s4(p, path)
+        s5(p, position)
+        s6(p, prefix_tokens)
+        s7(p, reason)
+        return p
+
+    return make
+
+
+_new_placement: Final = _placement_factory()
+
+
+def _plan_factory() -> Callable[..., Plan]:
+    new = object.__new__
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14 = _field_setters(
+        Plan,
+        (
+            "body",
+            "placements",
+            "profile",
+            "model",
+            "added_include_usage",
+            "raw_estimate",
+            "estimated_tokens",
+            "family",
+            "first_turn",
+            "static_tokens",
+            "error",
+            "api",
+            "provider",
+            "complete_estimate",
+            "source",
+        ),
+    )
+
+    def make(
+        body: bytes | None,
+        placements: tuple[Placement, ...],
+        profile: str,
+        model: str | None,
+        added_include_usage: bool,
+        raw_estimate: float | None,
+        estimated_tokens: int | None,
+        family: str,
+        first_turn: bool,
+        static_tokens: int,
+        error: str | None,
+        api: str | None,
+        provider: str,
+        complete_estimate: bool,
+        source: bytes | None,
+    ) -> Plan:
+        """``Plan(...)`` with every field given, without the frozen ``__init__``'s cost."""
+        p = new(Plan)
+        s0(p, body)
+        s1(p, placements)
+        s2(p, profile)
+        s3(p, model)
+        s4(p, added_include_usage)
+        s5(p, raw_estimate)
+        s6(p, estimated_tokens)
+        s7(p, family)
+        s8(p, first_turn)
+        s9(p, static_tokens)
+        s10(p, error)
+        s11(p, api)
+        s12(p, provider)
+        s13(p, complete_estimate)
+        s14(p, source)
+        return p
+
+    return make
+
+
+_new_plan: Final = _plan_factory()
+
+
 # A position of the flattened prompt, as a plain tuple (the hot path builds one per block):
 # (location, index, container, key, eligible, caller marker TTL, raw cumulative estimate).
 # ``container[key]`` is the block (a dict) or the string to convert.
@@ -163,11 +278,17 @@ class _Walk:
     nested: list[tuple[float, str]] = field(default_factory=list)
     first_turn: bool = True
     #: Raw running total past which every threshold is settled (inf: count everything).
-    settle: float = float("inf")
+    settle: float = _INF
     #: Messages before this index are skimmed once ``settle`` is passed (no caller markers).
     detail_from: int = 0
     #: Some blocks were skimmed: the running total stopped at a lower bound.
     skimmed: bool = False
+    #: The original body bytes (searched for ``"cache_control"`` only when a skim is wanted).
+    body: bytes = b""
+    #: The body holds no ``"cache_control"`` at all; None until searched (see :func:`_may_skim`).
+    unmarked: bool | None = None
+    #: Positions ``[start, end)`` of the skimmed placeholders (never eligible).
+    skim_span: tuple[int, int] = (0, 0)
 
 
 class Planner:
@@ -311,12 +432,11 @@ class Planner:
             )
         counter = self.estimator.prefix(model=model, provider=profile.provider)
         # Past this raw total every minimum-token question is settled; a body without any
-        # caller marker then skims the conversation far before its tail.
-        settle = float("inf")
-        if b'"cache_control"' not in body:
-            needed = max(self._min_tokens(profile, model) * (1.0 + self.min_margin), self.document_tokens)
-            settle = needed * (1.0 + self.estimator.band) / max(counter.ratio, 1e-6)
-        walk = _walk(obj, profile, counter, self.remove_invalid, settle)
+        # caller marker then skims the conversation far before its tail. Whether the body
+        # has a marker is only searched for when the walk gets there (see _may_skim).
+        needed = max(self._min_tokens(profile, model) * (1.0 + self.min_margin), self.document_tokens)
+        settle = needed * (1.0 + self.estimator.band) / max(counter.ratio, 1e-6)
+        walk = _walk(obj, profile, counter, self.remove_invalid, settle, body)
         if walk is None:
             if added_usage:
                 return Plan(
@@ -338,21 +458,23 @@ class Planner:
         placements, changed = self._place(obj, profile, model, counter, walk)
         ratio = counter.ratio
         static_raw = walk.positions[walk.first_message - 1][_CUM] if walk.first_message else 0.0
-        return Plan(
-            body=orjson.dumps(obj) if (changed or added_usage) else None,
-            placements=placements,
-            profile=profile.name,
-            model=model,
-            added_include_usage=added_usage,
-            raw_estimate=None if walk.skimmed else counter.raw,
-            estimated_tokens=counter.estimate,
-            complete_estimate=not walk.skimmed,
-            source=body if walk.skimmed else None,
-            family=counter.family,
-            first_turn=walk.first_turn,
-            static_tokens=int(static_raw * ratio),
-            api=api,
-            provider=profile.provider,
+        skimmed = walk.skimmed
+        return _new_plan(
+            orjson.dumps(obj) if (changed or added_usage) else None,  # body
+            placements,
+            profile.name,
+            model,
+            added_usage,
+            None if skimmed else counter.raw,  # raw_estimate
+            counter.estimate,
+            counter.family,
+            walk.first_turn,
+            int(static_raw * ratio),  # static_tokens
+            None,  # error
+            api,
+            profile.provider,
+            not skimmed,  # complete_estimate
+            body if skimmed else None,  # source
         )
 
     def _min_tokens(self, profile: Profile, model: str | None) -> int:
@@ -375,10 +497,11 @@ class Planner:
 
         # The caller's markers and the top-level one.
         caller: list[int] = []
-        for i, pos in enumerate(positions if walk.settle == float("inf") else ()):
-            if pos[_MARK] is not None:
-                caller.append(i)
-                out.append(_placement(pos, i, "kept", pos[_MARK], "caller", ratio))
+        if not walk.unmarked:  # True: the body has no "cache_control" at all
+            for i, pos in enumerate(positions):
+                if pos[_MARK] is not None:
+                    caller.append(i)
+                    out.append(_placement(pos, i, "kept", pos[_MARK], "caller", ratio))
         top = obj.get("cache_control")
         top_ttl: str | None = None
         if isinstance(top, dict):
@@ -390,12 +513,14 @@ class Planner:
             )
         used = len(caller) + len(walk.nested) + (1 if top_ttl else 0)
         budget = profile.slots - used
-        ordered: list[tuple[float, str]] = sorted(
-            [(float(i), positions[i][_MARK] or "5m") for i in caller] + walk.nested
+        ordered: list[tuple[float, str]] = (
+            sorted([(float(i), positions[i][_MARK] or "5m") for i in caller] + walk.nested)
+            if caller or walk.nested
+            else []
         )
         if top_ttl is not None:
             ordered.append((float(len(positions)), top_ttl))
-        if budget <= 0 or _disordered(ordered):
+        if budget <= 0 or (ordered and _disordered(ordered)):
             return tuple(out), changed
 
         minimum = self._min_tokens(profile, model)
@@ -428,7 +553,7 @@ class Planner:
                 prev = _tail_position(positions, walk.spans, prev_user, fm)
                 if prev is not None and prev != tail and tail - prev >= profile.lookback:
                     candidates.append((prev, "previous_turn"))
-            document = self._document(positions, fm, tail, ratio, profile.lookback)
+            document = self._document(positions, fm, tail, ratio, profile.lookback, walk.skim_span)
             if document is not None:
                 candidates.append((document, "document"))
 
@@ -452,12 +577,16 @@ class Planner:
 
         # TTLs, in prompt order: 1h markers must precede every 5m marker.
         chosen.sort()
-        last_1h = max((at for at, ttl in ordered if ttl == "1h"), default=-1.0)
-        first_5m = min((at for at, ttl in ordered if ttl == "5m"), default=float(len(positions) + 1))
+        last_1h = -1.0
+        first_5m = float(len(positions) + 1)
+        if ordered:
+            last_1h = max((at for at, ttl in ordered if ttl == "1h"), default=-1.0)
+            first_5m = min((at for at, ttl in ordered if ttl == "5m"), default=first_5m)
+        honours_1h = profile.honours_1h
         for index, reason in chosen:
             pos = positions[index]
             forced_1h = index < last_1h
-            allowed_1h = index < first_5m and profile.honours_1h
+            allowed_1h = index < first_5m and honours_1h
             if forced_1h and not allowed_1h:
                 out.append(_placement(pos, index, "skipped_ttl_order", None, reason, ratio))
                 continue
@@ -477,7 +606,7 @@ class Planner:
             ):
                 obj["cache_control"] = dict(_EPHEMERAL)
                 out.append(
-                    Placement(
+                    _new_placement(
                         "top_level",
                         "inserted",
                         "5m",
@@ -495,14 +624,34 @@ class Planner:
             changed = True
         return tuple(out), changed
 
-    def _document(self, positions: list[_Pos], fm: int, tail: int, ratio: float, lookback: int) -> int | None:
-        for i in range(tail - 1, max(fm, tail - lookback) - 1, -1):
-            pos = positions[i]
-            if not pos[_OK]:
-                continue
-            before = positions[i - 1][_CUM] if i > 0 else 0.0
-            if (pos[_CUM] - before) * ratio >= self.document_tokens:
-                return i
+    def _document(
+        self,
+        positions: list[_Pos],
+        fm: int,
+        tail: int,
+        ratio: float,
+        lookback: int,
+        skipped: tuple[int, int],
+    ) -> int | None:
+        """The latest large eligible block in the lookback window before the tail.
+
+        ``skipped``: a run of positions known to be ineligible (the skimmed placeholders),
+        jumped over instead of visited one by one.
+        """
+        document_tokens = self.document_tokens
+        lo = max(fm, tail - lookback)
+        s0, s1 = skipped
+        spans = [range(tail - 1, lo - 1, -1)]
+        if s0 < s1 and s0 < tail and s1 > lo:
+            spans = [range(tail - 1, max(s1, lo) - 1, -1), range(s0 - 1, lo - 1, -1)]
+        for span in spans:
+            for i in span:
+                pos = positions[i]
+                if not pos[_OK]:
+                    continue
+                before = positions[i - 1][_CUM] if i > 0 else 0.0
+                if (pos[_CUM] - before) * ratio >= document_tokens:
+                    return i
         return None
 
 
@@ -511,7 +660,9 @@ def _tok(raw: float, ratio: float) -> int:
 
 
 def _placement(pos: _Pos, index: int, action: str, ttl: str | None, reason: str, ratio: float) -> Placement:
-    return Placement(pos[_LOC], action, ttl, pos[_IDX], _path(pos), index, _tok(pos[_CUM], ratio), reason)
+    return _new_placement(
+        pos[_LOC], action, ttl, pos[_IDX], _path(pos), index, _tok(pos[_CUM], ratio), reason
+    )
 
 
 def _path(pos: _Pos) -> str:
@@ -673,11 +824,16 @@ def _nested_markers(block: dict[str, Any], walk: _Walk, at: int) -> None:
 
 
 def _walk(
-    obj: dict[str, Any], profile: Profile, counter: PrefixCounter, remove_invalid: bool, settle: float
+    obj: dict[str, Any],
+    profile: Profile,
+    counter: PrefixCounter,
+    remove_invalid: bool,
+    settle: float,
+    body: bytes,
 ) -> _Walk | None:
     """Flatten the body into positions, feeding the estimator; None for an invalid shape."""
     fmt = profile.marker_format
-    walk = _Walk(settle=settle)
+    walk = _Walk(settle=settle, body=body)
     if fmt == "anthropic":
         return _walk_anthropic(obj, profile, counter, remove_invalid, walk)
     if fmt == "openai_content_part":
@@ -703,15 +859,20 @@ def _walk_anthropic(
         if not isinstance(tools, list):
             return None
         counter.add_tools(tools)
+        cums = counter.add_definitions(tools)
+        on_tools = profile.markers_on_tools
         for t, tool in enumerate(tools):
-            counter.add_block(tool)
             if not isinstance(tool, dict):
                 return None
-            has, ttl = _marker_of(tool) if "cache_control" in tool else (False, None)
-            ok = profile.markers_on_tools
-            if has and ttl is None:
-                ok = _drop_invalid(tool, "tools", (t,), f"tools.{t}", len(positions), walk, remove_invalid)
-            positions.append(("tools", (t,), tools, t, ok, ttl, counter.raw))
+            ok = on_tools
+            ttl = None
+            if "cache_control" in tool:
+                has, ttl = _marker_of(tool)
+                if has and ttl is None:
+                    ok = _drop_invalid(
+                        tool, "tools", (t,), f"tools.{t}", len(positions), walk, remove_invalid
+                    )
+            positions.append(("tools", (t,), tools, t, ok, ttl, cums[t]))
     system = obj.get("system")
     if system is not None:
         counter.add_message()
@@ -739,15 +900,15 @@ def _walk_anthropic(
     if not isinstance(messages, list):
         return None
     roles = walk.roles
-    if walk.settle != float("inf"):
-        walk.detail_from = _detail_from(messages)
-    skip_until = 0
-    for m, message in enumerate(messages):
-        if m < skip_until:
-            continue
-        if m < walk.detail_from and counter.raw >= walk.settle:
-            skip_until = walk.detail_from
-            _skim(messages, m, skip_until, "messages", walk, counter.raw)
+    detail_from = walk.detail_from = _detail_from(messages)
+    per_message = counter.per_message
+    add_text = counter.add_text
+    add_block = counter.add_block
+    it = enumerate(messages)
+    for m, message in it:
+        if m < detail_from and counter.raw >= walk.settle and _may_skim(walk):
+            _skim(messages, m, detail_from, "messages", walk, counter.raw)
+            next(islice(it, detail_from - m - 1, detail_from - m - 1), None)  # resume at detail_from
             continue
         if not isinstance(message, dict):
             return None
@@ -756,7 +917,7 @@ def _walk_anthropic(
         roles.append(role_s)
         if role_s == "assistant":
             walk.first_turn = False
-        counter.add_message()
+        counter.raw += per_message  # counter.add_message()
         content = message.get("content")
         start = len(positions)
         if isinstance(content, str):
@@ -764,8 +925,6 @@ def _walk_anthropic(
             ok = content != "" and not content.isspace()
             positions.append(("messages", (m, 0), message, "content", ok, None, counter.raw))
         elif type(content) is list:
-            add_text = counter.add_text
-            add_block = counter.add_block
             for b, block in enumerate(content):
                 if type(block) is not dict:
                     return None
@@ -781,7 +940,7 @@ def _walk_anthropic(
                 else:
                     ok = kind in _ANTHROPIC_TARGETS
                     raw = add_block(block)
-                    if kind == "tool_result":
+                    if kind == "tool_result" and type(block.get("content")) is list:
                         _nested_markers(block, walk, len(positions))
                 ttl = None
                 if "cache_control" in block:
@@ -813,15 +972,13 @@ def _walk_openai(
     positions = walk.positions
     roles = walk.roles
     leading_system = True
-    if walk.settle != float("inf"):
-        walk.detail_from = _detail_from(messages)
-    skip_until = 0
-    for m, message in enumerate(messages):
-        if m < skip_until:
-            continue
-        if not leading_system and m < walk.detail_from and counter.raw >= walk.settle:
-            skip_until = walk.detail_from
-            _skim(messages, m, skip_until, "messages", walk, counter.raw)
+    detail_from = walk.detail_from = _detail_from(messages)
+    per_message = counter.per_message
+    it = enumerate(messages)
+    for m, message in it:
+        if not leading_system and m < detail_from and counter.raw >= walk.settle and _may_skim(walk):
+            _skim(messages, m, detail_from, "messages", walk, counter.raw)
+            next(islice(it, detail_from - m - 1, detail_from - m - 1), None)  # resume at detail_from
             continue
         if not isinstance(message, dict):
             return None
@@ -835,7 +992,7 @@ def _walk_openai(
         roles.append(role_s if loc == "messages" else "system")
         if role_s == "assistant":
             walk.first_turn = False
-        counter.add_message()
+        counter.raw += per_message  # counter.add_message()
         content = message.get("content")
         start = len(positions)
         if isinstance(content, str):
@@ -883,6 +1040,19 @@ def _detail_from(messages: list[Any]) -> int:
     return 0
 
 
+def _may_skim(walk: _Walk) -> bool:
+    """Whether the body holds no caller marker at all, so its early messages may be skimmed.
+
+    Searched once, and only when a skim is wanted (``rfind``: CPython's reverse scan gets
+    through prose faster than ``in``/``find``). A body with a marker is counted in full.
+    """
+    if walk.unmarked is None:
+        walk.unmarked = walk.body.rfind(b'"cache_control"') == -1
+        if not walk.unmarked:
+            walk.settle = _INF
+    return walk.unmarked
+
+
 def _skim(messages: list[Any], lo: int, hi: int, loc: Location, walk: _Walk, raw: float) -> None:
     """Positions of messages ``lo..hi-1``, far before the tail, once every threshold is settled.
 
@@ -890,13 +1060,19 @@ def _skim(messages: list[Any], lo: int, hi: int, loc: Location, walk: _Walk, raw
     so only their block counts matter: one shared placeholder per block, no estimate, no
     role (the roles that matter are all in the inspected tail region).
     """
-    counts = [
-        len(c) if type(c) is list else 1 if type(c) is str else 0
-        for c in (msg.get("content") if type(msg) is dict else None for msg in messages[lo:hi])
-    ]
-    walk.positions.extend([(loc, (lo, -1), None, None, False, None, raw)] * sum(counts))
+    count = 0
+    for msg in messages[lo:hi]:
+        if type(msg) is dict:
+            c = msg.get("content")
+            if type(c) is str:
+                count += 1
+            elif type(c) is list:
+                count += len(c)
+    start = len(walk.positions)
+    walk.positions.extend([(loc, (lo, -1), None, None, False, None, raw)] * count)
     walk.roles.extend([""] * (hi - lo))
     walk.skimmed = True
+    walk.skim_span = (start, start + count)
 
 
 def _drop_invalid(

@@ -72,6 +72,10 @@ _FAMILY_PREFIXES: tuple[tuple[str, str], ...] = (
 )
 
 
+#: model id -> family, memoised (the planner asks once per request; ids repeat).
+_family_cache: dict[str, str] = {}
+
+
 def model_family(model: str | None) -> str:
     """The tokenizer family of a model id (``claude``, ``gpt``, ``qwen``...), ``other`` if unknown.
 
@@ -80,6 +84,16 @@ def model_family(model: str | None) -> str:
     """
     if not model:
         return "other"
+    found = _family_cache.get(model)
+    if found is None:
+        found = _model_family(model)
+        if len(_family_cache) >= 4096:
+            _family_cache.clear()
+        _family_cache[model] = found
+    return found
+
+
+def _model_family(model: str) -> str:
     m = model.lower()
     slash = m.rfind("/")
     if slash != -1:
@@ -502,11 +516,13 @@ class PrefixCounter:
         "_cums",
         "_est",
         "_family",
+        "_json_cpt",
         "_parts",
         "_per_block",
         "_precise",
         "_ratio",
         "_track",
+        "per_message",
         "raw",
     )
 
@@ -516,6 +532,9 @@ class PrefixCounter:
         self._c = estimator.costs(family)
         self._ascii_cpt = self._c.ascii_cpt
         self._per_block = self._c.per_block
+        self._json_cpt = self._c.json_cpt
+        #: Tokens added per message (what :meth:`add_message` adds; read by the planner's hot loop).
+        self.per_message = self._c.per_message
         self._ratio = estimator.ratio(provider, family)
         #: Raw (uncalibrated) cheap estimate so far.
         self.raw = self._c.per_request
@@ -545,6 +564,32 @@ class PrefixCounter:
         if tools:
             self.raw += self._c.tools_preamble
 
+    def add_definitions(self, tools: Sequence[object]) -> list[float]:
+        """Add each tool definition in turn (as :meth:`add_block`); returns the running raw totals."""
+        out: list[float] = []
+        dumps = orjson.dumps
+        json_cpt = self._json_cpt
+        raw = self.raw
+        for tool in tools:
+            if (
+                type(tool) is dict
+                and "type" not in tool
+                and "text" not in tool
+                and "image" not in tool
+                and "video" not in tool
+            ):
+                # A plain definition (name, description, schema): measured through its JSON,
+                # exactly as _block_cost would, without its chain of type tests.
+                try:
+                    raw += len(dumps(tool)) / json_cpt
+                except TypeError:
+                    raw += 0.0
+                self.raw = raw
+            else:
+                raw = self.add_block(tool)
+            out.append(raw)
+        return out
+
     def add_block(self, block: object) -> float:
         """Add one block (tool definition, system block, content part); returns the running raw total."""
         text: object = None
@@ -556,6 +601,25 @@ class PrefixCounter:
                 cost = (
                     len(text) / self._ascii_cpt if text.isascii() else _text_cost(text, self._c)
                 ) + self._per_block
+            elif kind == "tool_result" and type(content := block.get("content")) is str:
+                # Fast paths for the agent-loop blocks; same arithmetic as _block_cost.
+                cost = (
+                    len(content) / self._ascii_cpt if content.isascii() else _text_cost(content, self._c)
+                ) + 3 * self._per_block
+            elif kind == "tool_use":
+                inp = block.get("input")
+                if type(inp) is dict:
+                    try:
+                        args = len(orjson.dumps(inp)) / self._json_cpt
+                    except TypeError:
+                        args = 0.0
+                else:
+                    args = _json_cost(inp, self._c)
+                name = block.get("name", "")
+                if type(name) is str and name.isascii():
+                    cost = args + len(name) / self._ascii_cpt + 3 * self._per_block
+                else:
+                    cost = args + _text_cost(str(name), self._c) + 3 * self._per_block
             else:
                 cost = _block_cost(block, self._c)
         elif type(block) is str:
