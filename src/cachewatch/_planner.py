@@ -258,10 +258,22 @@ _MARK: Final = 5
 _CUM: Final = 6
 
 
+#: Per-request forgetting of the continuation counts (an effective window of ~50 requests).
+_FORGET: Final = 0.98
+
+
 @dataclass(slots=True)
 class _Stats:
-    continuation: float = 1.0
-    seen: int = 0
+    #: Exponentially forgotten counts (a window of about 50 requests): requests that
+    #: continued a conversation, and all requests.
+    continued: float = 0.0
+    seen: float = 0.0
+
+    @property
+    def continuation(self) -> float:
+        # Beta(1, 1) prior: 0.5 before any feedback; two one-shot requests in a row bring
+        # it under the 0.28 break-even, where thirteen were needed with a moving average.
+        return (self.continued + 1.0) / (self.seen + 2.0)
 
 
 @dataclass(slots=True)
@@ -392,12 +404,11 @@ class Planner:
                     if len(self._stats) >= 1024:
                         self._stats.clear()
                     stats = self._stats[key] = _Stats()
-                x = 0.0 if plan.first_turn else 1.0
-                stats.continuation += 0.1 * (x - stats.continuation)
-                stats.seen += 1
+                stats.continued = stats.continued * _FORGET + (0.0 if plan.first_turn else 1.0)
+                stats.seen = stats.seen * _FORGET + 1.0
 
     def continuation_rate(self, profile: str, model: str) -> float:
-        """The learnt rate of continued conversations (1.0 before any feedback)."""
+        """The learnt rate of continued conversations (1.0, i.e. no suppression, before any feedback)."""
         stats = self._stats.get((profile, model))
         return 1.0 if stats is None else stats.continuation
 
