@@ -410,6 +410,7 @@ def run_workload(
             breakpoints="auto" if strategy == "auto" else "off",
             registry=CollectorRegistry(),
             logger=_Silent(),
+            wall_clock=clock,
             **((auto_options or {}) if strategy == "auto" else {}),
         )
         recorder = None

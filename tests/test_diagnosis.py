@@ -142,15 +142,17 @@ def test_ttl_expired_and_the_unread_write_is_wasted(rig: Rig) -> None:
 
 
 def test_read_writes_are_not_wasted(rig: Rig) -> None:
-    body = chat(SYSTEM, words("q", 80))
-    first = rig.send(body)
-    second = rig.send(body)
+    question = words("q", 80)
+    first = rig.send(chat(SYSTEM, question))
+    assert first.usage is not None
+    second = rig.send(chat(SYSTEM, question, "An answer.", words("q2", 40)))  # the next turn
     assert second.usage is not None
     assert second.usage.cache_read == first.usage.cache_write
     assert reason(second) is None
     rig.clock.advance(4_000)
     rig.transport.engine.diagnoser.sweep(rig.clock())  # type: ignore[union-attr]
-    assert rig.wasted() == 0
+    # The first write was read; only the second's (its new turn, never read) is waste.
+    assert rig.wasted() == second.usage.cache_write
 
 
 def test_changed_system_prompt(rig: Rig) -> None:
@@ -242,8 +244,11 @@ def test_fan_out_before_the_first_write_completed(telemetry: Any, clock: ManualC
 
     app = create_app(clock=clock, profile="anthropic", before_response=hold_first)
     with run_in_thread(app) as url:
-        rig = Rig(telemetry, url, clock, app)
-        body = chat(SYSTEM, words("q", 80))
+        # The caller's own markers: the auto planner would not write twice (see below).
+        rig = Rig(telemetry, url, clock, app, breakpoints="off")
+        body = chat(
+            [{"type": "text", "text": SYSTEM, "cache_control": {"type": "ephemeral"}}], words("q", 80)
+        )
         first: list[UsageRecord] = []
         thread = threading.Thread(target=lambda: first.append(rig.send(body)))
         thread.start()
@@ -260,6 +265,44 @@ def test_fan_out_before_the_first_write_completed(telemetry: Any, clock: ManualC
         assert reason(second) == "write_in_flight"
         assert reason(first[0]) is None
         assert rig.misses("write_in_flight") == 1
+
+
+def test_auto_does_not_write_what_an_in_flight_sibling_is_writing(telemetry: Any, clock: ManualClock) -> None:
+    held = threading.Event()
+    release = threading.Event()
+    calls = itertools.count()
+
+    async def hold_first() -> None:
+        if next(calls) == 0:
+            held.set()
+            while not release.is_set():
+                await asyncio.sleep(0.005)
+
+    app = create_app(clock=clock, profile="anthropic", before_response=hold_first)
+    with run_in_thread(app) as url:
+        rig = Rig(telemetry, url, clock, app)
+        first: list[UsageRecord] = []
+        thread = threading.Thread(target=lambda: first.append(rig.send(chat(SYSTEM, words("q", 80)))))
+        thread.start()
+        try:
+            assert held.wait(10)
+            # A sibling (same system prompt, another question) while the first response
+            # has not started: it could not read the write, so it sends no marker.
+            second = rig.send(chat(SYSTEM, words("other", 80)))
+        finally:
+            release.set()
+            thread.join(10)
+        assert first[0].usage is not None
+        assert first[0].usage.cache_write > 0
+        assert second.usage is not None
+        assert second.usage.cache_write == 0 == second.usage.cache_read
+        assert second.extra["breakpoints.skipped_in_flight"] == 2
+        assert reason(second) is None
+        # Once the first response has started, the next sibling reads the system prompt.
+        third = rig.send(chat(SYSTEM, words("third", 80)))
+        assert third.usage is not None
+        # (the system prompt, not the first question's tail)
+        assert 0 < third.usage.cache_read < first[0].usage.cache_write
 
 
 def test_conversation_that_outgrew_the_lookback(telemetry: Any, clock: ManualClock) -> None:

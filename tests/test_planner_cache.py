@@ -146,7 +146,10 @@ def send(planner: Planner, cache: CacheModel, body: dict[str, Any]) -> Result:
     raw = orjson.dumps(body)
     plan = planner.plan(body=raw, **ANTHROPIC)
     assert plan.error is None
-    return cache.send(plan.body if plan.body is not None else raw)
+    result = cache.send(plan.body if plan.body is not None else raw)
+    planner.started(plan)  # sequential traffic: each response starts before the next request
+    planner.finished(plan)
+    return result
 
 
 def test_turn_n_plus_1_reads_what_turn_n_wrote() -> None:

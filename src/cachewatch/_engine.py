@@ -114,7 +114,7 @@ class Engine:
         self.sinks.extend(sinks or ())
         self.planner = planner
         if self.planner is None and breakpoints == "auto":
-            self.planner = _default_planner(planner_options, self.fault)
+            self.planner = _default_planner({"clock": wall_clock, **planner_options}, self.fault)
         # -- cache-miss diagnosis (begin) --
         self.wall_clock = wall_clock
         self.cache_diagnostics = cache_diagnostics
@@ -423,6 +423,7 @@ class Exchange:
 
     def drop_plan(self) -> None:
         """The planned body could not be applied: the original request goes out."""
+        self._planner_feedback("finished")
         self.plan = None
         self.body_override = None
         self.header_update = None
@@ -448,6 +449,7 @@ class Exchange:
     def response(self, status_code: int, headers: Mapping[str, str]) -> None:
         """Headers arrived: prepare the body observer."""
         self.status_code = status_code
+        self._planner_feedback("started", status_code)
         if self.diag is not None:  # cache-miss diagnosis: this request's writes are readable now
             try:
                 self.engine.diagnoser.started(self.diag, self.engine.wall_clock())  # type: ignore[union-attr]
@@ -495,6 +497,22 @@ class Exchange:
     def transport_error(self, exc: BaseException) -> None:
         """The inner transport raised (before or during the body); it is re-raised unchanged."""
         self._finish(Outcome.TRANSPORT_ERROR, type(exc).__name__)
+
+    def _planner_feedback(self, event: str, *args: object) -> None:
+        """Tell the planner this planned request's response ``started`` or ``finished``.
+
+        Only plans holding in-flight claims (a ``ticket``) need it; planners without the
+        hooks are skipped.
+        """
+        if getattr(self.plan, "ticket", None) is None:
+            return
+        hook = getattr(self.engine.planner, event, None)
+        if hook is None:
+            return
+        try:
+            hook(self.plan, *args)
+        except Exception as exc:
+            self.engine.fault("planner_feedback", exc)
 
     def _finish(self, outcome: Outcome | None, error_type: str | None) -> None:
         with self._lock:
@@ -549,6 +567,7 @@ class Exchange:
                 cost=cost,
                 extra=extra,
             )
+            self._planner_feedback("finished", parsed.usage)
             if self.plan is not None and engine.planner is not None and parsed.usage is not None:
                 try:
                     engine.planner.observe(self.plan, parsed.usage)

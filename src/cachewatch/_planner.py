@@ -38,14 +38,27 @@ Placement policy (research A.1-A.6, B.2, E):
   are removed (``removed_invalid``) unless ``remove_invalid=False``: on a strict endpoint
   they would fail the request with a 400, and on a lenient one they do nothing.
   Markers nested inside sub-content (``tool_result.content``) are kept and counted.
-* Learning (minimal): ``observe`` calibrates the token estimator and keeps, per profile
-  and model, a moving rate of continued conversations; when almost no conversation
-  continues (one-shot traffic), first-turn tail markers stop (their writes are never read).
+* Learning (online, from what the provider reports; deterministic for a given history):
+
+  - ``observe`` calibrates the token estimator with the billed prompt total.
+  - Continuation: per profile and model, exponentially forgotten counts (a window of about
+    50 requests) of requests that continued a conversation, with a Beta(1, 2) prior. Below
+    ``continuation_threshold`` (0.28; a tail write costs 0.25x extra, a read saves 0.9x),
+    first-turn tail markers stop: one-shot traffic pays for one speculative write.
+  - In flight: a first-turn request whose static prefix (tools + system) another request
+    is writing, and whose response has not started, sends no marker
+    (``skipped_in_flight``): it could not read that write (an entry is readable once the
+    response that wrote it starts), and writing it again costs 1.25x where unmarked input
+    costs 1x. Once the writer's response starts (:meth:`Planner.started`) the prefix is
+    believed readable for its TTL and siblings mark it again, to read it; a request that
+    marked it but neither read nor wrote (:meth:`Planner.finished`) ends that belief.
+    Before a model has any feedback, one first-turn tail probe is in flight at a time.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from itertools import islice
@@ -78,7 +91,7 @@ class Placement:
     """One decision about one marker position.
 
     ``action`` is one of ``inserted``, ``kept`` (the caller's own), ``skipped_below_minimum``,
-    ``skipped_no_slot``, ``skipped_ttl_order``, ``removed_invalid``.
+    ``skipped_no_slot``, ``skipped_ttl_order``, ``skipped_in_flight``, ``removed_invalid``.
     """
 
     location: Location
@@ -127,6 +140,8 @@ class Plan:
     complete_estimate: bool = True
     #: The original body, kept only when counting stopped early, for calibration in ``observe``.
     source: bytes | None = field(default=None, repr=False, compare=False)
+    #: The planner's in-flight bookkeeping for this request (see :meth:`Planner.started`).
+    ticket: _Ticket | None = field(default=None, repr=False, compare=False)
 
     @property
     def inserted(self) -> tuple[Placement, ...]:
@@ -182,7 +197,7 @@ _new_placement: Final = _placement_factory()
 
 def _plan_factory() -> Callable[..., Plan]:
     new = object.__new__
-    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14 = _field_setters(
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15 = _field_setters(
         Plan,
         (
             "body",
@@ -200,6 +215,7 @@ def _plan_factory() -> Callable[..., Plan]:
             "provider",
             "complete_estimate",
             "source",
+            "ticket",
         ),
     )
 
@@ -219,6 +235,7 @@ def _plan_factory() -> Callable[..., Plan]:
         provider: str,
         complete_estimate: bool,
         source: bytes | None,
+        ticket: _Ticket | None,
     ) -> Plan:
         """``Plan(...)`` with every field given, without the frozen ``__init__``'s cost."""
         p = new(Plan)
@@ -237,6 +254,7 @@ def _plan_factory() -> Callable[..., Plan]:
         s12(p, provider)
         s13(p, complete_estimate)
         s14(p, source)
+        s15(p, ticket)
         return p
 
     return make
@@ -271,9 +289,37 @@ class _Stats:
 
     @property
     def continuation(self) -> float:
-        # Beta(1, 1) prior: 0.5 before any feedback; two one-shot requests in a row bring
-        # it under the 0.28 break-even, where thirteen were needed with a moving average.
-        return (self.continued + 1.0) / (self.seen + 2.0)
+        # Beta(1, 2) prior (a first request is more often one-shot than not): one one-shot
+        # request brings it to 0.25, under the 0.28 threshold, so unrelated prompts pay for
+        # one speculative tail write, not two (Beta(1, 1)) or thirteen (a moving average).
+        return (self.continued + 1.0) / (self.seen + 3.0)
+
+
+#: A claim older than this is ignored (a request whose response never started or ended).
+_CLAIM_TIMEOUT: Final = 120.0
+#: Bounds on the in-flight and readable-prefix tables.
+_MAX_KEYS: Final = 4096
+
+
+@dataclass(slots=True, eq=False)
+class _Ticket:
+    """One planned request's claims on the planner's shared state.
+
+    Released when the response starts (the write is readable from then on) or ends.
+    """
+
+    #: When the claims were made (the planner's clock).
+    at: float
+    #: Static-prefix key this request writes first (its siblings hold back until it starts).
+    writes: int | None = None
+    #: Static-prefix key this request reads and so refreshes.
+    refreshes: int | None = None
+    #: Seconds the static marker's entry lives (300 or 3,600).
+    ttl: float = 300.0
+    #: (profile, model) when this request is that family's evidence-free tail probe.
+    probe: tuple[str, str] | None = None
+    started: bool = False
+    ended: bool = False
 
 
 @dataclass(slots=True)
@@ -320,7 +366,9 @@ class Planner:
             that lack it (the response side hides the extra usage-only chunk).
         continuation_threshold: below this rate of continued conversations, first-turn
             tail markers stop (a tail write pays 0.25x, a read saves 0.9x).
-        learning: enable the minimal adaptive policy fed by :meth:`observe`.
+        learning: enable the adaptive policy fed by :meth:`started` and :meth:`observe`.
+        clock: wall clock in seconds, for cache TTLs (default ``time.time``; inject one to
+            replay a workload on a simulated clock).
         profiles: alias of ``registry``, for callers (the transports) whose ``registry``
             keyword already means a Prometheus registry.
 
@@ -344,6 +392,7 @@ class Planner:
         include_usage: bool = False,
         continuation_threshold: float = 0.28,
         learning: bool = True,
+        clock: Callable[[], float] = time.time,
         profiles: ProfileRegistry | None = None,
     ) -> None:
         if registry is None:
@@ -358,7 +407,14 @@ class Planner:
         self.include_usage = include_usage
         self.continuation_threshold = continuation_threshold
         self.learning = learning
+        self.clock = clock
         self._stats: dict[tuple[str, str], _Stats] = {}
+        #: Static-prefix key -> requests writing it whose responses have not started.
+        self._writers: dict[int, list[_Ticket]] = {}
+        #: Static-prefix key -> until when its cache entry is believed readable.
+        self._readable: dict[int, float] = {}
+        #: (profile, model) -> its in-flight evidence-free first-turn tail probes.
+        self._probes: dict[tuple[str, str], list[_Ticket]] = {}
         self._min_cache: dict[tuple[str, str | None], int] = {}
         self._lock = threading.Lock()
 
@@ -406,6 +462,48 @@ class Planner:
                     stats = self._stats[key] = _Stats()
                 stats.continued = stats.continued * _FORGET + (0.0 if plan.first_turn else 1.0)
                 stats.seen = stats.seen * _FORGET + 1.0
+
+    def started(self, plan: Plan, status_code: int = 200) -> None:
+        """The response to a planned request has started: what it wrote is readable now.
+
+        (Anthropic: a cache entry is available once the response that wrote it begins.)
+        Requests with the same static prefix planned from now on mark it again and read it.
+        """
+        ticket = plan.ticket
+        if ticket is None or ticket.started or ticket.ended:
+            return
+        now = self.clock()
+        with self._lock:
+            ticket.started = True
+            key = ticket.writes if ticket.writes is not None else ticket.refreshes
+            if ticket.writes is not None:
+                _unclaim(self._writers, ticket.writes, ticket)
+            if key is not None and status_code < 400:
+                if len(self._readable) >= _MAX_KEYS:
+                    self._readable = {k: t for k, t in self._readable.items() if t > now}
+                    if len(self._readable) >= _MAX_KEYS:
+                        self._readable.clear()
+                self._readable[key] = now + ticket.ttl
+
+    def finished(self, plan: Plan, usage: TokenUsage | None = None) -> None:
+        """The exchange of a planned request is over (whatever its outcome): release its claims.
+
+        ``usage`` (the billed usage, when known) corrects the belief that its static prefix
+        is cached: a request that marked it but neither read nor wrote anything did not
+        cache it.
+        """
+        ticket = plan.ticket
+        if ticket is None or ticket.ended:
+            return
+        with self._lock:
+            ticket.ended = True
+            if ticket.writes is not None and not ticket.started:
+                _unclaim(self._writers, ticket.writes, ticket)
+            if ticket.probe is not None:
+                _unclaim(self._probes, ticket.probe, ticket)
+            key = ticket.writes if ticket.writes is not None else ticket.refreshes
+            if key is not None and usage is not None and usage.cache_read + usage.cache_write == 0:
+                self._readable.pop(key, None)
 
     def continuation_rate(self, profile: str, model: str) -> float:
         """The learnt rate of continued conversations (1.0, i.e. no suppression, before any feedback)."""
@@ -466,7 +564,7 @@ class Planner:
                 provider=profile.provider,
                 error="invalid_shape",
             )
-        placements, changed = self._place(obj, profile, model, counter, walk)
+        placements, changed, ticket = self._place(obj, profile, model, counter, walk)
         ratio = counter.ratio
         static_raw = walk.positions[walk.first_message - 1][_CUM] if walk.first_message else 0.0
         skimmed = walk.skimmed
@@ -486,6 +584,7 @@ class Planner:
             profile.provider,
             not skimmed,  # complete_estimate
             body if skimmed else None,  # source
+            ticket,
         )
 
     def _min_tokens(self, profile: Profile, model: str | None) -> int:
@@ -500,7 +599,7 @@ class Planner:
 
     def _place(
         self, obj: dict[str, Any], profile: Profile, model: str | None, counter: PrefixCounter, walk: _Walk
-    ) -> tuple[tuple[Placement, ...], bool]:
+    ) -> tuple[tuple[Placement, ...], bool, _Ticket | None]:
         positions = walk.positions
         ratio = counter.ratio
         out: list[Placement] = list(walk.removed)
@@ -532,7 +631,7 @@ class Planner:
         if top_ttl is not None:
             ordered.append((float(len(positions)), top_ttl))
         if budget <= 0 or (ordered and _disordered(ordered)):
-            return tuple(out), changed
+            return tuple(out), changed, None
 
         minimum = self._min_tokens(profile, model)
         threshold = minimum * (1.0 + self.min_margin)
@@ -550,6 +649,28 @@ class Planner:
             and model is not None
             and self.continuation_rate(profile.name, model) < self.continuation_threshold
         )
+        # In-flight awareness (first-turn requests only; a continued conversation writes its
+        # own tail whatever its siblings do): a sibling of a request that is writing the same
+        # static prefix, whose response has not started, cannot read that write; writing it
+        # again costs 1.25x where sending it unmarked costs 1x. And while a model has no
+        # feedback yet, one speculative first-turn tail write is in flight at a time.
+        sibling = False
+        probe_blocked = False
+        static_key: int | None = None
+        readable = False
+        probe_key: tuple[str, str] | None = None
+        now = 0.0
+        if walk.first_turn and self.learning:
+            now = self.clock()
+            if static is not None and counter.reaches_at(positions[static][_CUM], threshold):
+                static_key = _static_key(profile.name, model, positions, fm)
+                with self._lock:
+                    readable = self._readable.get(static_key, 0.0) > now
+                    sibling = not readable and _claimed(self._writers.get(static_key), now)
+            if model is not None and not suppress_tail and (profile.name, model) not in self._stats:
+                probe_key = (profile.name, model)
+                with self._lock:
+                    probe_blocked = _claimed(self._probes.get(probe_key), now)
         tail_candidate: list[tuple[int, str]] = []
         if tail is not None and top_ttl is None and not suppress_tail:
             tail_candidate.append((tail, "tail"))
@@ -575,6 +696,9 @@ class Planner:
                 continue
             seen.add(index)
             pos = positions[index]
+            if sibling or (probe_blocked and reason == "tail"):
+                out.append(_placement(pos, index, "skipped_in_flight", None, reason, ratio))
+                continue
             if not counter.reaches_at(pos[_CUM], threshold):
                 out.append(_placement(pos, index, "skipped_below_minimum", None, reason, ratio))
                 continue
@@ -584,7 +708,7 @@ class Planner:
             chosen.append((index, reason))
 
         if not chosen:
-            return tuple(out), changed
+            return tuple(out), changed, None
 
         # TTLs, in prompt order: 1h markers must precede every 5m marker.
         chosen.sort()
@@ -594,6 +718,9 @@ class Planner:
             last_1h = max((at for at, ttl in ordered if ttl == "1h"), default=-1.0)
             first_5m = min((at for at, ttl in ordered if ttl == "5m"), default=first_5m)
         honours_1h = profile.honours_1h
+        covers_static = False  # a marker at or after the static prefix's end was inserted
+        static_1h = False
+        tail_inserted = False
         for index, reason in chosen:
             pos = positions[index]
             forced_1h = index < last_1h
@@ -606,6 +733,10 @@ class Planner:
             )
             if ttl == "5m":
                 first_5m = min(first_5m, float(index))
+            if static is not None and index >= static:
+                covers_static = True
+                static_1h = static_1h or (index == static and ttl == "1h")
+            tail_inserted = tail_inserted or reason == "tail"
             if (
                 reason == "tail"
                 and profile.top_level_automatic
@@ -633,7 +764,38 @@ class Planner:
             _insert(pos, ttl, profile)
             out.append(_placement(pos, index, "inserted", ttl, reason, ratio))
             changed = True
-        return tuple(out), changed
+        return (
+            tuple(out),
+            changed,
+            self._claim(
+                now, static_key, readable, covers_static, static_1h, probe_key if tail_inserted else None
+            ),
+        )
+
+    def _claim(
+        self,
+        now: float,
+        static_key: int | None,
+        readable: bool,
+        covers_static: bool,
+        static_1h: bool,
+        probe_key: tuple[str, str] | None,
+    ) -> _Ticket | None:
+        """The ticket of a first-turn request that writes (or refreshes) shared state."""
+        if (static_key is None or not covers_static) and probe_key is None:
+            return None
+        ticket = _Ticket(now, ttl=3_600.0 if static_1h else 300.0)
+        with self._lock:
+            if static_key is not None and covers_static:
+                if readable:
+                    ticket.refreshes = static_key
+                else:
+                    ticket.writes = static_key
+                    _claim(self._writers, static_key, ticket)
+            if probe_key is not None:
+                ticket.probe = probe_key
+                _claim(self._probes, probe_key, ticket)
+        return ticket
 
     def _document(
         self,
@@ -664,6 +826,49 @@ class Planner:
                 if (pos[_CUM] - before) * ratio >= document_tokens:
                     return i
         return None
+
+
+def _unclaim(table: dict[Any, list[_Ticket]], key: Any, ticket: _Ticket) -> None:
+    claims = table.get(key)
+    if claims is None:
+        return
+    try:
+        claims.remove(ticket)
+    except ValueError:
+        return
+    if not claims:
+        del table[key]
+
+
+def _claim(table: dict[Any, list[_Ticket]], key: Any, ticket: _Ticket) -> None:
+    claims = table.get(key)
+    if claims is None:
+        if len(table) >= _MAX_KEYS:
+            table.clear()
+        claims = table[key] = []
+    claims.append(ticket)
+
+
+def _claimed(claims: list[_Ticket] | None, now: float) -> bool:
+    """Whether a live claim is among ``claims`` (stale ones are dropped on the way)."""
+    if not claims:
+        return False
+    live = [t for t in claims if now - t.at < _CLAIM_TIMEOUT]
+    if len(live) != len(claims):
+        claims[:] = live
+    return bool(live)
+
+
+def _static_key(profile: str, model: str | None, positions: list[_Pos], end: int) -> int:
+    """Identity of the static prefix (tools and system blocks, unmarked) for one model."""
+    parts: list[object] = [profile, model]
+    for i in range(end):
+        pos = positions[i]
+        block = pos[_CONT][pos[_KEY]]
+        if isinstance(block, dict) and "cache_control" in block:
+            block = {k: v for k, v in block.items() if k != "cache_control"}
+        parts.append(block if isinstance(block, str) else orjson.dumps(block, option=orjson.OPT_SORT_KEYS))
+    return hash(tuple(parts))
 
 
 def _tok(raw: float, ratio: float) -> int:
