@@ -19,7 +19,20 @@ from prometheus_client import CollectorRegistry
 import cachewatch
 from cachewatch.emulator import create_app, run_in_thread
 
-_WORDS = ["order", "refund", "parcel", "invoice", "policy", "region", "ticket", "agent", "clause", "quota", "usage", "alert"]
+_WORDS = [
+    "order",
+    "refund",
+    "parcel",
+    "invoice",
+    "policy",
+    "region",
+    "ticket",
+    "agent",
+    "clause",
+    "quota",
+    "usage",
+    "alert",
+]
 
 
 def words(seed: str, n: int) -> str:

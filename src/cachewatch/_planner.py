@@ -295,6 +295,11 @@ class _Stats:
         return (self.continued + 1.0) / (self.seen + 3.0)
 
 
+#: Skimmed (large) plans: the first ``_SKIMMED_FIRST`` per provider and tokenizer family
+#: calibrate the estimator, then one in ``_SKIMMED_SAMPLE``.
+_SKIMMED_FIRST: Final = 8
+_SKIMMED_SAMPLE: Final = 16
+
 #: A claim older than this is ignored (a request whose response never started or ended).
 _CLAIM_TIMEOUT: Final = 120.0
 #: Bounds on the in-flight and readable-prefix tables.
@@ -409,6 +414,8 @@ class Planner:
         self.learning = learning
         self.clock = clock
         self._stats: dict[tuple[str, str], _Stats] = {}
+        #: (provider, tokenizer family) -> skimmed plans observed (calibration sampling).
+        self._skimmed: dict[tuple[str, str], int] = {}
         #: Static-prefix key -> requests writing it whose responses have not started.
         self._writers: dict[int, list[_Ticket]] = {}
         #: Static-prefix key -> until when its cache entry is believed readable.
@@ -441,8 +448,9 @@ class Planner:
         if plan.error is not None or plan.api is None:
             return
         raw = plan.raw_estimate
-        if raw is None and plan.source is not None:
-            # Counting stopped early on the hot path; finish it here, after the response.
+        if raw is None and plan.source is not None and self._calibrate_skimmed(plan):
+            # Counting stopped early on the hot path; finish it here, after the response
+            # (for one such request in _SKIMMED_SAMPLE: it re-parses the whole body).
             try:
                 raw = self.estimator.raw_request(plan.api, orjson.loads(plan.source), family=plan.family)
             except (orjson.JSONDecodeError, TypeError, AttributeError):
@@ -462,6 +470,20 @@ class Planner:
                     stats = self._stats[key] = _Stats()
                 stats.continued = stats.continued * _FORGET + (0.0 if plan.first_turn else 1.0)
                 stats.seen = stats.seen * _FORGET + 1.0
+
+    def _calibrate_skimmed(self, plan: Plan) -> bool:
+        """Whether to finish the estimate of a skimmed (large) plan for calibration.
+
+        The first few of each provider and tokenizer family, then one in ``_SKIMMED_SAMPLE``:
+        re-estimating a 1 MB body costs milliseconds on the thread that ends the response.
+        """
+        key = (plan.provider, plan.family)
+        with self._lock:
+            n = self._skimmed.get(key, 0)
+            if len(self._skimmed) >= 1024:
+                self._skimmed.clear()
+            self._skimmed[key] = n + 1
+        return n < _SKIMMED_FIRST or n % _SKIMMED_SAMPLE == 0
 
     def started(self, plan: Plan, status_code: int = 200) -> None:
         """The response to a planned request has started: what it wrote is readable now.
