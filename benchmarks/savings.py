@@ -639,12 +639,19 @@ def report(all_results: dict[str, dict[str, Result]], trace: bool = False) -> bo
     for name, results in all_results.items():
         best = best_fixed(results)
         ratio = results["auto"].bill.cost / results[best].bill.cost if results[best].bill.cost else 1.0
-        passed = ratio <= 1.0 + 1e-9
+        workload = WORKLOADS.get(name)
+        one_shot = workload is not None and workload.vs_none is not None and best == "none"
+        # One-shot (no-reuse) traffic has its own SPEC bar, auto <= none x 1.01 (checked
+        # below): the first request of a family cannot be told from a conversation's first
+        # turn, and not writing it would cost every conversation more (see BENCHMARKS.md).
+        bar = workload.vs_none if one_shot and workload is not None and workload.vs_none else 1.0
+        passed = ratio <= bar + 1e-9
         ok &= passed
         if not passed:
             losses.append((name, best))
         cells = "".join(f"{_k(results[s].bill.cost) if s in results else 'n/a':>11}" for s in STRATEGIES)
-        print(f"{name:<20}{cells}  {best:<11}{ratio:>9.3f}x  {'PASS' if passed else 'FAIL'}")
+        verdict = ("PASS" if passed else "FAIL") + (f" (one-shot bar <= {bar:.2f}x)" if one_shot else "")
+        print(f"{name:<20}{cells}  {best:<11}{ratio:>9.3f}x  {verdict}")
     print()
 
     for name, results in all_results.items():

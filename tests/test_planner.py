@@ -345,3 +345,70 @@ def test_one_shot_traffic_stops_first_turn_tail_writes() -> None:
     assert [p.reason for p in later.inserted] == ["static"]
     # A continued conversation still gets its tail marker.
     assert any(p.reason == "tail" for p in plan(chat("q", "a", "q2"), planner=planner).inserted)
+
+
+# -- the adaptive policy: in-flight siblings and gaps against the TTL -----------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_first_turn_siblings_do_not_write_what_an_in_flight_request_writes() -> None:
+    planner = Planner()
+    writer = plan(chat("question one " * 5), planner=planner)
+    assert writer.body is not None
+    # plan() released its claims; claim again as a real in-flight request does.
+    writer = planner.plan(body=orjson.dumps(chat("question one " * 5)), **ANTHROPIC)
+    sibling = planner.plan(body=orjson.dumps(chat("question two " * 5)), **ANTHROPIC)
+    assert sibling.body is None  # sent as it came: unmarked, billed 1x, not 1.25x
+    assert {p.action for p in sibling.placements} == {"skipped_in_flight"}
+    # A continued conversation writes its own tail whatever its siblings do.
+    continued = planner.plan(body=orjson.dumps(chat("q", "a", "q2")), **ANTHROPIC)
+    assert any(p.reason == "tail" and p.action == "inserted" for p in continued.placements)
+    # The writer's response starts: its prefix is readable, siblings mark it to read it.
+    planner.started(writer)
+    reader = planner.plan(body=orjson.dumps(chat("question three " * 5)), **ANTHROPIC)
+    assert any(p.reason == "static" and p.action == "inserted" for p in reader.placements)
+
+
+def test_a_failed_writer_releases_its_siblings() -> None:
+    planner = Planner()
+    writer = planner.plan(body=orjson.dumps(chat("question one " * 5)), **ANTHROPIC)
+    planner.started(writer, status_code=529)  # overloaded: nothing was written
+    planner.finished(writer)
+    again = planner.plan(body=orjson.dumps(chat("question two " * 5)), **ANTHROPIC)
+    assert any(p.reason == "static" and p.action == "inserted" for p in again.placements)
+
+
+def test_a_prefix_that_comes_back_after_its_5m_entry_expired_is_marked_1h() -> None:
+    clock = _Clock()
+    planner = Planner(clock=clock)
+
+    def send(question: str) -> Plan:
+        result = planner.plan(body=orjson.dumps(chat(question)), **ANTHROPIC)
+        planner.started(result)
+        planner.finished(result)
+        return result
+
+    first = send("q1")
+    assert {p.ttl for p in first.inserted} == {"5m"}
+    clock.now += 200  # within the 5 minutes: still 5m
+    assert {p.ttl for p in send("q2").inserted} == {"5m"}
+    clock.now += 420  # came back 7 minutes later
+    late = send("q3")
+    static = [p for p in late.inserted if p.reason == "static"]
+    assert [p.ttl for p in static] == ["1h"]
+    clock.now += 60
+    assert [p.ttl for p in send("q4").inserted if p.reason == "static"] == ["1h"]
+    # DashScope honours only 5m: never 1h there.
+    ds = Planner(clock=clock)
+    for _ in range(3):
+        result = ds.plan(body=orjson.dumps(chat("q")), **DASHSCOPE)
+        ds.finished(result)
+        clock.now += 420
+    assert {p.ttl for p in result.inserted} == {"5m"}

@@ -300,6 +300,9 @@ class _Stats:
 _SKIMMED_FIRST: Final = 8
 _SKIMMED_SAMPLE: Final = 16
 
+_TTL_5M: Final = 300.0
+_TTL_1H: Final = 3_600.0
+
 #: A claim older than this is ignored (a request whose response never started or ended).
 _CLAIM_TIMEOUT: Final = 120.0
 #: Bounds on the in-flight and readable-prefix tables.
@@ -420,6 +423,8 @@ class Planner:
         self._writers: dict[int, list[_Ticket]] = {}
         #: Static-prefix key -> until when its cache entry is believed readable.
         self._readable: dict[int, float] = {}
+        #: Shared-prefix key -> (last use, uses that came 5-60 minutes after the previous).
+        self._uses: dict[int, tuple[float, int]] = {}
         #: (profile, model) -> its in-flight evidence-free first-turn tail probes.
         self._probes: dict[tuple[str, str], list[_Ticket]] = {}
         self._min_cache: dict[tuple[str, str | None], int] = {}
@@ -711,6 +716,21 @@ class Planner:
             if document is not None:
                 candidates.append((document, "document"))
 
+        # Gaps against the TTL: a shared prefix (static, or through a document) that came
+        # back after its 5-minute entry had expired, but within the hour, is marked 1h from
+        # then on (with every marker before it): one more such gap repays the 1h premium.
+        one_hour_upto = -1
+        if walk.first_turn and self.learning and profile.honours_1h and not sibling:
+            for index, reason in candidates:
+                if reason == "static":
+                    key = static_key
+                elif reason == "document":
+                    key = _static_key(profile.name, model, positions, index + 1)
+                else:
+                    continue
+                if key is not None and self._came_back_late(key, now):
+                    one_hour_upto = max(one_hour_upto, index)
+
         chosen: list[tuple[int, str]] = []
         seen: set[int] = set(caller)
         for index, reason in candidates:
@@ -751,7 +771,13 @@ class Planner:
                 out.append(_placement(pos, index, "skipped_ttl_order", None, reason, ratio))
                 continue
             ttl = (
-                "1h" if forced_1h or (reason == "static" and self.static_ttl == "1h" and allowed_1h) else "5m"
+                "1h"
+                if forced_1h
+                or (
+                    allowed_1h
+                    and (index <= one_hour_upto or (reason == "static" and self.static_ttl == "1h"))
+                )
+                else "5m"
             )
             if ttl == "5m":
                 first_5m = min(first_5m, float(index))
@@ -794,6 +820,17 @@ class Planner:
             ),
         )
 
+    def _came_back_late(self, key: int, now: float) -> bool:
+        """Record a use of the prefix ``key``; whether it ever came back 5-60 minutes after its last use."""
+        with self._lock:
+            last, late = self._uses.get(key, (None, 0))
+            if last is not None and _TTL_5M < now - last <= _TTL_1H:
+                late += 1
+            if len(self._uses) >= _MAX_KEYS and key not in self._uses:
+                self._uses.clear()
+            self._uses[key] = (now, late)
+        return late > 0
+
     def _claim(
         self,
         now: float,
@@ -806,7 +843,7 @@ class Planner:
         """The ticket of a first-turn request that writes (or refreshes) shared state."""
         if (static_key is None or not covers_static) and probe_key is None:
             return None
-        ticket = _Ticket(now, ttl=3_600.0 if static_1h else 300.0)
+        ticket = _Ticket(now, ttl=_TTL_1H if static_1h else _TTL_5M)
         with self._lock:
             if static_key is not None and covers_static:
                 if readable:
