@@ -297,8 +297,8 @@ class _Stats:
 
 #: Skimmed (large) plans: the first ``_SKIMMED_FIRST`` per provider and tokenizer family
 #: calibrate the estimator, then one in ``_SKIMMED_SAMPLE``.
-_SKIMMED_FIRST: Final = 8
-_SKIMMED_SAMPLE: Final = 16
+_SKIMMED_FIRST: Final = 4
+_SKIMMED_SAMPLE: Final = 64
 
 _TTL_5M: Final = 300.0
 _TTL_1H: Final = 3_600.0
