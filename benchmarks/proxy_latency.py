@@ -9,8 +9,9 @@ latency of each path, the added p50/p99 in ms, and each path's sequential throug
 
 ``--mode process`` (default) runs the emulator and the proxy as separate processes,
 as in real use: the proxy is ``cachewatch proxy`` itself (the CLI, uvicorn, its JSON
-structlog logger writing one line per request to a pipe drained here), and the CPU time
-each server process spends per request is printed too (Linux). ``--mode thread``
+structlog logger writing one line per request to a file, counted at the end: one line
+per proxied request, or the run fails), and the CPU time each server process spends
+per request is printed too (Linux). ``--mode thread``
 serves both in this process with :func:`cachewatch.emulator.run_in_thread` (one
 interpreter, so the client, the proxy and the emulator share the GIL and the numbers
 are pessimistic); there the proxy gets a silent logger unless ``--log`` is given.
@@ -26,7 +27,7 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -56,6 +57,8 @@ uvicorn.run(create_app(), host="127.0.0.1", port=int(sys.argv[1]), log_level="wa
 
 #: process mode: name -> pid of the server processes, for their CPU time per request.
 SERVER_PIDS: dict[str, int] = {}
+#: process mode: the proxy's log lines (``cachewatch.request`` events), counted at exit.
+PROXY_LOG_LINES: list[int] = []
 
 
 def cpu_seconds(pid: int) -> float:
@@ -86,42 +89,43 @@ def wait_until_up(url: str, timeout: float = 30.0) -> None:
 
 @contextlib.contextmanager
 def process_servers(log: bool) -> Iterator[tuple[str, str]]:
-    emulator_port, proxy_port = free_port(), free_port()
-    emulator = subprocess.Popen([sys.executable, "-c", EMULATOR_SERVER, str(emulator_port)])
-    upstream = f"http://127.0.0.1:{emulator_port}"
-    proxy = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cachewatch.cli",
-            "proxy",
-            "--upstream",
-            upstream,
-            "--listen",
-            f"127.0.0.1:{proxy_port}",
-            "--breakpoints",
-            "off",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    # Drain the proxy's per-request log lines so the pipe never blocks it.
-    assert proxy.stdout is not None
-    drain = threading.Thread(target=lambda: [None for _ in proxy.stdout], daemon=True)  # type: ignore[union-attr]
-    drain.start()
-    SERVER_PIDS.update(emulator=emulator.pid, proxy=proxy.pid)
-    try:
-        wait_until_up(f"{upstream}/healthz")
-        wait_until_up(f"http://127.0.0.1:{proxy_port}/metrics")
-        yield upstream, f"http://127.0.0.1:{proxy_port}"
-    finally:
-        for process in (proxy, emulator):
-            process.send_signal(signal.SIGINT)
-        for process in (proxy, emulator):
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    # The proxy's per-request log lines go to a file (a pipe would need a reader in this
+    # process, competing with the measuring client for its GIL); counted at the end.
+    with tempfile.TemporaryFile() as log_file:
+        emulator_port, proxy_port = free_port(), free_port()
+        emulator = subprocess.Popen([sys.executable, "-c", EMULATOR_SERVER, str(emulator_port)])
+        upstream = f"http://127.0.0.1:{emulator_port}"
+        proxy = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cachewatch.cli",
+                "proxy",
+                "--upstream",
+                upstream,
+                "--listen",
+                f"127.0.0.1:{proxy_port}",
+                "--breakpoints",
+                "off",
+            ],
+            stdout=log_file,
+            stderr=subprocess.DEVNULL,
+        )
+        SERVER_PIDS.update(emulator=emulator.pid, proxy=proxy.pid)
+        try:
+            wait_until_up(f"{upstream}/healthz")
+            wait_until_up(f"http://127.0.0.1:{proxy_port}/metrics")
+            yield upstream, f"http://127.0.0.1:{proxy_port}"
+        finally:
+            for process in (proxy, emulator):
+                process.send_signal(signal.SIGINT)
+            for process in (proxy, emulator):
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+            log_file.seek(0)
+            PROXY_LOG_LINES.append(sum(b'"cachewatch.request"' in line for line in log_file))
 
 
 @contextlib.contextmanager
@@ -216,6 +220,12 @@ def main() -> int:
     with servers(args.log) as (direct_url, proxy_url):
         result = measure(direct_url, proxy_url, args.n, args.warmup)
     report(result, args.n, args.mode)
+    if PROXY_LOG_LINES:
+        logged, expected = PROXY_LOG_LINES[0], args.warmup + args.n
+        print(f"log      proxy: {logged} cachewatch.request lines for {expected} proxied requests")
+        if logged != expected:
+            print("the proxy did not log one line per request", file=sys.stderr)
+            return 1
     return 0
 
 

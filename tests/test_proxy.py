@@ -1,14 +1,16 @@
 """``cachewatch proxy`` in front of the emulator, both served for real by uvicorn (SPEC 2, 8, 10).
 
 The proxy app (:func:`cachewatch._proxy.create_proxy_app`) and the emulator each run in
-a uvicorn thread on an ephemeral 127.0.0.1 port. The emulator sits behind
+a uvicorn thread on an ephemeral 127.0.0.1 port; the proxy with the uvicorn settings of
+``cachewatch proxy`` (:func:`cachewatch._proxy.server_options`: httptools, uvloop). The emulator sits behind
 :class:`Upstream`, a small ASGI wrapper that records every request it receives (path,
 raw headers) and whether each response ran to its end, so the tests can prove what did
 and did not reach the upstream.
 
 Covers: curl-style JSON and SSE calls (body shape, event sequence, ``/metrics`` on the
 proxy port), a cache read on the second call with the caller's own ``cache_control``,
-open-relay refusals (absolute-URI targets, foreign ``Host``, ``//host`` paths), the
+open-relay refusals (absolute-URI targets, foreign ``Host``, ``//host`` paths, under
+httptools and under h11), the
 request size limit (declared and chunked bodies), closing the upstream when the client
 disconnects mid-stream (``outcome="aborted"``), credentials passed through and never
 exported, and the default loopback bind of the CLI.
@@ -16,7 +18,6 @@ exported, and the default loopback bind of the CLI.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import socket
@@ -36,7 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cachewatch import cli
-from cachewatch._proxy import create_proxy_app
+from cachewatch._proxy import create_proxy_app, server_options
 from cachewatch.emulator import Emulator, create_app, run_in_thread
 
 MODEL = "claude-sonnet-4-6"
@@ -232,44 +233,55 @@ def recorder(upstream: tuple[Upstream, str], emulator: Emulator) -> Upstream:
     return upstream[0]
 
 
-class LoopCapture:
-    """ASGI wrapper remembering the event loop the app is served on.
+@contextlib.contextmanager
+def serve_in_thread(app: Any, **settings: Any) -> Iterator[str]:
+    """Serve ``app`` with uvicorn (``server_options()`` updated by ``settings``) in a thread."""
+    import uvicorn
 
-    ``run_in_thread`` serves with ``lifespan="off"``, so the proxy's lifespan (which
-    closes its upstream client) never runs; without closing it on its own loop, its
-    keep-alive sockets are garbage-collected later as "unclosed transport" warnings.
-    """
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.loop = asyncio.get_running_loop()
-        await self.app(scope, receive, send)
-
-    def close_upstream_client(self) -> None:
-        if self.loop is not None and not self.loop.is_closed():
-            asyncio.run_coroutine_threadsafe(self.app.state.transport.aclose(), self.loop).result(10)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, **{**server_options(), **settings})
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="cachewatch-proxy", daemon=True)
+    thread.start()
+    assert wait_for(lambda: server.started or not thread.is_alive()), "the proxy did not start"
+    assert server.started, "the proxy did not start"
+    try:
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10.0)
 
 
 @contextlib.contextmanager
-def start_proxy(upstream_url: str, **options: Any) -> Iterator[Proxy]:
-    """Serve a fresh proxy to ``upstream_url`` (own registry, silent capturing logger)."""
+def start_proxy(
+    upstream_url: str, *, server: dict[str, Any] | None = None, **options: Any
+) -> Iterator[Proxy]:
+    """Serve a fresh proxy to ``upstream_url`` (own registry, silent capturing logger).
+
+    ``server``: uvicorn settings over :func:`server_options` (those of ``cachewatch proxy``).
+    """
     registry = CollectorRegistry()
     log = structlog.testing.CapturingLogger()
     logger = structlog.wrap_logger(log, processors=[])
-    app = LoopCapture(create_proxy_app(upstream_url, registry=registry, logger=logger, **options))
-    with run_in_thread(app) as url:
-        try:
-            yield Proxy(url, registry, log)
-        finally:
-            app.close_upstream_client()
+    app = create_proxy_app(upstream_url, registry=registry, logger=logger, **options)
+    # Served with lifespan="on": the app closes its upstream client on its own loop at shutdown.
+    with serve_in_thread(app, **(server or {})) as url:
+        yield Proxy(url, registry, log)
 
 
 @pytest.fixture
 def proxy(upstream: tuple[Upstream, str], recorder: Upstream) -> Iterator[Proxy]:
     with start_proxy(upstream[1]) as served:
+        yield served
+
+
+@pytest.fixture(params=["httptools", "h11"])
+def any_parser_proxy(
+    request: pytest.FixtureRequest, upstream: tuple[Upstream, str], recorder: Upstream
+) -> Iterator[Proxy]:
+    """The proxy as ``cachewatch proxy`` serves it (httptools), and under uvicorn's h11."""
+    server = {} if request.param == "httptools" else {"http": "h11", "loop": "asyncio"}
+    with start_proxy(upstream[1], server=server) as served:
         yield served
 
 
@@ -384,7 +396,10 @@ def test_second_call_reads_the_cache(proxy: Proxy, stream: bool) -> None:
     ],
     ids=["foreign-host", "proxy-host", "https-target"],
 )
-def test_absolute_uri_target_is_refused(proxy: Proxy, recorder: Upstream, request_bytes: bytes) -> None:
+def test_absolute_uri_target_is_refused(
+    any_parser_proxy: Proxy, recorder: Upstream, request_bytes: bytes
+) -> None:
+    proxy = any_parser_proxy
     body = orjson.dumps(messages_body())
     head = request_bytes.replace(b"{proxy}", proxy.url.removeprefix("http://").encode())
     request = (
@@ -409,7 +424,8 @@ def test_foreign_host_header_is_refused_with_421(proxy: Proxy, recorder: Upstrea
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
-def test_double_slash_path_is_refused(proxy: Proxy, recorder: Upstream, method: str) -> None:
+def test_double_slash_path_is_refused(any_parser_proxy: Proxy, recorder: Upstream, method: str) -> None:
+    proxy = any_parser_proxy
     host = proxy.url.removeprefix("http://").encode()
     request = (
         b"%s //evil.example/x HTTP/1.1\r\nHost: %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -498,6 +514,121 @@ def test_client_disconnect_mid_stream_closes_the_upstream() -> None:
         (seen,) = slow.api_requests()
         assert wait_for(lambda: seen.finished), "the emulator is still streaming"
         assert not seen.completed
+
+
+# -- the upstream hop --------------------------------------------------------------------------
+
+
+def exchange_until_closed(base_url: str, request: bytes) -> bytes:
+    """Send ``request`` bytes as-is (ending with ``Connection: close``); every byte of the answer."""
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while piece := sock.recv(65536):
+            data += piece
+    return data
+
+
+def test_upstream_gets_the_client_headers_and_no_others(proxy: Proxy, recorder: Upstream) -> None:
+    # No User-Agent, Accept, Accept-Encoding or Content-Type from the client: the upstream
+    # client must not add its own. Expect is answered by the proxy and not forwarded.
+    body = orjson.dumps(messages_body())
+    host = proxy.url.removeprefix("http://").encode()
+    request = (
+        b"POST /v1/messages HTTP/1.1\r\nHost: %s\r\nx-api-key: %s\r\nanthropic-version: 2023-06-01\r\n"
+        b"Expect: 100-continue\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+        % (host, fresh_key().encode(), len(body))
+    )
+    answer = exchange_until_closed(proxy.url, request + body)
+    final = answer.split(b"HTTP/1.1 100 Continue\r\n\r\n")[-1]
+    assert final.startswith(b"HTTP/1.1 200 "), answer[:300]
+    (seen,) = recorder.api_requests()
+    assert sorted(name for name, _ in seen.raw_headers) == [
+        "anthropic-version",
+        "content-length",
+        "host",
+        "x-api-key",
+    ]
+    assert seen.header("content-length") == [str(len(body))]
+
+
+class SetsCookie:
+    """ASGI wrapper adding ``Set-Cookie`` to every response of ``app``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def with_cookie(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message["headers"], (b"set-cookie", b"sid=one-client")]}
+            await send(message)
+
+        await self.app(scope, receive, with_cookie)
+
+
+def test_upstream_cookies_are_not_kept_between_clients() -> None:
+    cookie_setter = Upstream(SetsCookie(create_app()))
+    with run_in_thread(cookie_setter) as upstream_url:
+        # A host name, not an IP address: cookie jars refuse cookies from IP addresses.
+        upstream_by_name = upstream_url.replace("127.0.0.1", "localhost")
+        with start_proxy(upstream_by_name) as proxy:
+            responses = [
+                httpx.post(
+                    f"{proxy.url}/v1/messages",
+                    json=messages_body(),
+                    headers=headers_for(fresh_key()),
+                    timeout=10,
+                )
+                for _ in range(2)
+            ]
+        for response in responses:
+            assert response.status_code == 200, response.text
+            assert response.headers["set-cookie"] == "sid=one-client"  # relayed to its client...
+    seen = cookie_setter.api_requests()
+    assert len(seen) == 2
+    assert [s.header("cookie") for s in seen] == [[], []]  # ...and never sent for another
+
+
+def test_unreachable_upstream_is_502() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]  # nothing listens once this socket is closed
+    with start_proxy(f"http://127.0.0.1:{closed_port}") as proxy:
+        response = httpx.post(
+            f"{proxy.url}/v1/messages", json=messages_body(), headers=headers_for(fresh_key()), timeout=10
+        )
+        assert response.status_code == 502, response.text
+        assert response.json()["error"]["message"] == "upstream unreachable"
+        text = proxy.metrics()
+        assert metric(text, "cachewatch_requests_total", outcome="transport_error") == 1
+
+
+def test_silent_upstream_times_out_with_504() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:  # accept connections, read nothing, answer nothing
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        with start_proxy(url, timeout=0.5) as proxy:
+            response = httpx.post(
+                f"{proxy.url}/v1/messages", json=messages_body(), headers=headers_for(fresh_key()), timeout=10
+            )
+            assert response.status_code == 504, response.text
+            assert response.json()["error"]["message"] == "upstream timed out"
+    finally:
+        listener.close()
+        for conn in accepted:
+            conn.close()
+        thread.join(timeout=5)
 
 
 # -- credentials --------------------------------------------------------------------------------

@@ -9,38 +9,67 @@ Safety rules (SPEC section 10):
 
 - binds 127.0.0.1 unless told otherwise;
 - forwards only to the configured upstream: absolute-URI request targets and requests
-  whose ``Host`` is not the proxy itself are refused (it is never an open relay);
+  whose ``Host`` is not the proxy itself are refused (it is never an open relay). The
+  target is read from ``raw_path``, so the server must put the raw target there, as
+  uvicorn's h11 protocol and :func:`server_options` do (stock httptools gives only the
+  parsed path: the absolute form would go unseen, though such a request would still
+  reach only the configured upstream);
 - limits the request body size (413 beyond it);
 - passes credentials through untouched and never logs them;
 - streams responses through chunk by chunk and closes the upstream response as soon as
   the client goes away.
 
-Latency (SPEC section 11: under 1 ms added at p50 on loopback). The app is a bare ASGI
-callable rather than a routed framework app, and each request goes straight to the
-transport's ``handle_async_request`` (no ``AsyncClient``: no per-request URL merging,
-cookie jar or auth/redirect machinery; the upstream URL of a path is parsed once and
-cached). A response that is not an event stream and declares a small
-``Content-Length`` (a JSON reply) is read whole and sent in one message; every other
-response (SSE, chunked, large) is streamed chunk by chunk as before, with a disconnect
-listener that closes the upstream as soon as the client goes away.
+Latency (SPEC section 11: under 1 ms added at p50 on loopback). Most of a proxied
+call's CPU went to pure-Python HTTP/1.1 on both sides (h11 under uvicorn, and
+h11 + httpcore + anyio for the upstream hop), so both hops use C parsers:
+
+- :func:`server_options` serves the app with uvicorn's httptools protocol (and uvloop
+  where available), through :class:`TargetCheckingHttpToolsProtocol`, which puts the raw
+  request target in ``raw_path`` as uvicorn's h11 protocol does (stock httptools gives
+  only the parsed path), so that absolute-URI targets are still seen and refused;
+- the upstream client is aiohttp (llhttp parser), plugged in as an httpx transport by
+  ``httpx-aiohttp``, so :class:`AsyncCacheWatchTransport` observes exactly the same
+  ``httpx.Request``/``httpx.Response`` exchange as with httpx's own transport. Its
+  session keeps no cookies (one session serves every client), adds no headers of its
+  own, and never decompresses or follows redirects.
+
+The app is a bare ASGI callable rather than a routed framework app, and each request
+goes straight to the transport's ``handle_async_request`` (no ``AsyncClient``: no
+per-request URL merging, cookie jar or auth/redirect machinery; the upstream URL of a
+path is parsed once and cached). A response that is not an event stream and declares a
+small ``Content-Length`` (a JSON reply) is read whole and sent in one message; every
+other response (SSE, chunked, large) is streamed chunk by chunk as it arrives, and the
+upstream response is closed as soon as the client goes away.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
 import orjson
+from httpx_aiohttp import AiohttpTransport
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.datastructures import State
 from starlette.responses import StreamingResponse
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ._server import exposition_registry
 from ._transport import AsyncCacheWatchTransport
 
-__all__ = ["BUFFERED_RESPONSE_LIMIT", "DEFAULT_MAX_BODY", "ProxyApp", "create_proxy_app"]
+__all__ = [
+    "BUFFERED_RESPONSE_LIMIT",
+    "DEFAULT_MAX_BODY",
+    "ProxyApp",
+    "TargetCheckingHttpToolsProtocol",
+    "create_proxy_app",
+    "server_options",
+    "upstream_transport",
+]
 
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
 
@@ -48,10 +77,13 @@ DEFAULT_MAX_BODY = 32 * 1024 * 1024
 #: and sent in one piece; bigger ones, chunked ones and event streams are streamed.
 BUFFERED_RESPONSE_LIMIT = 256 * 1024
 
-#: RFC 9110 section 7.6.1 hop-by-hop headers, plus the ones the proxy recomputes.
+#: RFC 9110 section 7.6.1 hop-by-hop headers, plus the ones the proxy recomputes, plus
+#: ``Expect``: the proxy has the whole request body before it forwards anything (uvicorn
+#: answered the client's ``100-continue``), so the upstream hop has nothing to wait for.
 _HOP_BY_HOP = frozenset(
     {
         b"connection",
+        b"expect",
         b"keep-alive",
         b"proxy-authenticate",
         b"proxy-authorization",
@@ -70,6 +102,11 @@ _LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
 _URL_CACHE_SIZE = 1024
 #: Keep-alive connections to the one upstream.
 _UPSTREAM_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=4.0)
+#: Headers aiohttp would otherwise add to a request that lacks them: the proxy forwards
+#: the client's headers as they are.
+_NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+#: Longest upstream response header line / field accepted (aiohttp's default is 8 KiB).
+_MAX_HEADER_LINE = 64 * 1024
 
 Scope = MutableMapping[str, Any]
 Receive = Any
@@ -92,6 +129,90 @@ async def _respond(send: Send, status: int, body: bytes, content_type: bytes, ex
 
 async def _error(send: Send, status: int, message: str) -> None:
     await _respond(send, status, _error_body(message), b"application/json")
+
+
+async def _upstream_failed(send: Send, exc: BaseException) -> None:
+    """Answer for an upstream that failed before the response started: 504 or 502."""
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientError):
+        # httpx-aiohttp maps every aiohttp connection error to a timeout class; the
+        # cause tells a real timeout from a refused or dropped connection.
+        timed_out = isinstance(cause, asyncio.TimeoutError)
+    else:
+        timed_out = isinstance(exc, httpx.TimeoutException)
+    if timed_out:
+        await _error(send, 504, "upstream timed out")
+    else:
+        await _error(send, 502, "upstream unreachable")
+
+
+def upstream_transport(limits: httpx.Limits = _UPSTREAM_LIMITS) -> httpx.AsyncBaseTransport:
+    """The proxy's default upstream client: aiohttp as an httpx transport (``httpx-aiohttp``).
+
+    The session is created on first use, on the serving event loop. It keeps no cookies
+    (one session serves every client of the proxy), adds none of aiohttp's default
+    headers, never decompresses, and trusts no proxy settings from the environment; TLS
+    verification uses httpx's CA bundle.
+    """
+    transport = AiohttpTransport(limits=limits)
+    ssl_context = transport.ssl_context  # httpx.create_ssl_context(), as httpx would verify
+
+    def session() -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=limits.max_connections or 0,
+            keepalive_timeout=limits.keepalive_expiry,
+            ssl=ssl_context,
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=_NO_AUTO_HEADERS,
+            auto_decompress=False,
+            trust_env=False,
+            max_line_size=_MAX_HEADER_LINE,
+            max_field_size=_MAX_HEADER_LINE,
+        )
+
+    transport.client = session
+    return transport
+
+
+class TargetCheckingHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with the raw request target in ``raw_path``.
+
+    Stock httptools hands the app only the path it parsed out of the target, so a request
+    line ``POST http://elsewhere/v1/messages`` would look like ``/v1/messages``. Here
+    ``raw_path`` is the target up to ``?``, byte for byte, as uvicorn's h11 protocol gives
+    it, and the app refuses every target that is not a plain path.
+    """
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        # The request's task has been created above but has not run yet: it sees this.
+        scope: Any = self.scope
+        if "raw_path" in scope:
+            scope["raw_path"] = self.url.partition(b"?")[0]
+
+
+def server_options() -> dict[str, Any]:
+    """uvicorn settings for serving the proxy (``cachewatch proxy`` uses these).
+
+    httptools (C) parses requests, through a protocol that still exposes the raw request
+    target so that absolute-URI requests are refused; uvloop runs the event loop where
+    it is installed. The upstream's own Date and Server headers are relayed, so uvicorn
+    adds none; no access log (it would hold paths and client addresses for every call).
+    """
+    return {
+        "http": TargetCheckingHttpToolsProtocol,
+        "loop": "auto",
+        "ws": "none",
+        "lifespan": "on",
+        "proxy_headers": False,
+        "server_header": False,
+        "date_header": False,
+        "access_log": False,
+        "log_level": "warning",
+    }
 
 
 class ProxyApp:
@@ -126,7 +247,7 @@ class ProxyApp:
         self._host_header = httpx.Request("GET", self._url("/", b"")).headers["host"].encode("ascii")
         self._exposed = exposition_registry(registry)
         self.transport = AsyncCacheWatchTransport(
-            transport or httpx.AsyncHTTPTransport(limits=_UPSTREAM_LIMITS), registry=registry, **options
+            transport or upstream_transport(), registry=registry, **options
         )
         self.state = State()
         self.state.transport = self.transport
@@ -262,11 +383,8 @@ class ProxyApp:
         request.read()
         try:
             response = await self.transport.handle_async_request(request)
-        except httpx.TimeoutException:
-            await _error(send, 504, "upstream timed out")
-            return
-        except httpx.TransportError:
-            await _error(send, 502, "upstream unreachable")
+        except (httpx.TransportError, aiohttp.ClientError) as exc:
+            await _upstream_failed(send, exc)
             return
         await self._relay(response, scope, receive, send)
 
@@ -308,11 +426,8 @@ class ProxyApp:
                         received += len(chunk)
                 except StopAsyncIteration:
                     pass
-                except httpx.TimeoutException:
-                    await _error(send, 504, "upstream timed out")
-                    return
-                except httpx.TransportError:
-                    await _error(send, 502, "upstream unreachable")
+                except (httpx.TransportError, aiohttp.ClientError) as exc:
+                    await _upstream_failed(send, exc)
                     return
                 body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 relayed.append((b"content-length", b"%d" % len(body)))
@@ -323,7 +438,7 @@ class ProxyApp:
                 try:
                     async for _ in iterator:  # the end of the body: records the exchange
                         pass
-                except httpx.TransportError:
+                except (httpx.TransportError, aiohttp.ClientError):
                     pass  # already answered; the exchange recorded the error
             finally:
                 await iterator.aclose()
@@ -362,7 +477,7 @@ def create_proxy_app(
         allowed_hosts: ``Host`` header values accepted besides loopback names.
         max_body: largest request body accepted, in bytes.
         registry: Prometheus registry for the metrics (and for ``/metrics``).
-        transport: inner async transport (default: httpx's).
+        transport: inner async transport (default: :func:`upstream_transport`, aiohttp).
         timeout: upstream timeout in seconds (connect, read, write and pool).
         **options: passed to :class:`AsyncCacheWatchTransport` (``breakpoints``, ``workspaces``...).
     """

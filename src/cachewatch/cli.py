@@ -232,7 +232,7 @@ def _proxy(args: argparse.Namespace) -> int:
     import structlog
     import uvicorn
 
-    from ._proxy import create_proxy_app
+    from ._proxy import create_proxy_app, server_options
 
     host, port = args.listen
     # One JSON line per request on stdout, from a logger built here: structlog's
@@ -245,6 +245,7 @@ def _proxy(args: argparse.Namespace) -> int:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ],
+        cache_logger_on_first_use=True,
     )
     options: dict[str, Any] = {"breakpoints": args.breakpoints, "logger": logger}
     if args.provider:
@@ -263,21 +264,9 @@ def _proxy(args: argparse.Namespace) -> int:
         f"cachewatch proxy: http://{host}:{port} -> {args.upstream}  (/metrics on the same port)",
         file=sys.stderr,
     )
-    # h11 sees the raw request target, so absolute-URI requests are refused; the upstream's
-    # own Date and Server headers are relayed, so uvicorn must not add a second pair.
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        http="h11",
-        ws="none",
-        proxy_headers=False,
-        lifespan="on",
-        server_header=False,
-        date_header=False,
-    )
+    # httptools + uvloop, with the raw request target still checked (absolute-URI
+    # requests are refused); no Date/Server headers of uvicorn's own (see server_options).
+    uvicorn.run(app, host=host, port=port, **server_options())
     return 0
 
 
