@@ -13,6 +13,10 @@ of cachewatch at a time, so the differences attribute the overhead:
 - ``-prometheus`` / ``-log`` / ``-otel``: without that sink;
 - ``-sinks-observer``: no sinks and no response observer;
 - ``-sinks-observer-finish``: additionally no record building (the shell floor).
+
+Then the same for streams: ``SSE_N`` Anthropic streams of 200 chunks read with
+``iter_raw`` (``sse-bare`` / ``sse-full``), reported per chunk (the per-request cost,
+spread over 200 chunks, is included).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from pathlib import Path
 
 MODES = ("bare", "full", "-prometheus", "-log", "-otel", "-sinks-observer", "-sinks-observer-finish")
 N = 300
+SSE_MODES = ("sse-bare", "sse-full")
+SSE_N = 20
 
 
 def child(mode: str, n: int) -> None:
@@ -39,6 +45,22 @@ def child(mode: str, n: int) -> None:
             200, headers={"content-type": "application/json"}, content=iter((overhead.RESPONSE,))
         )
 
+    if mode.startswith("sse-"):
+        chunks = overhead.sse_chunks()
+        bare, wrapped = overhead._clients(
+            "httpx",
+            True,
+            lambda request: httpx.Response(
+                200, headers={"content-type": "text/event-stream"}, content=iter(chunks)
+            ),
+        )
+        client = bare if mode == "sse-bare" else wrapped
+        body = orjson.dumps({**overhead.REQUEST, "stream": True})
+        for _ in range(5 + n):
+            with client.stream("POST", "/v1/messages", content=body) as r:
+                for _c in r.iter_raw():
+                    pass
+        return
     bare, wrapped = overhead._clients("httpx", True, handler)
     engine = wrapped._transport.engine
     if mode.startswith("-") and "sinks" not in mode:
@@ -96,6 +118,13 @@ def main() -> None:
     sinks = sum(full - per_request[m] for m in ("-prometheus", "-log", "-otel"))
     print(
         f"  response observer (decode, parse, partition): {full - sinks - per_request['-sinks-observer']:,}"
+    )
+    per_chunk = {}
+    for mode in SSE_MODES:
+        per_chunk[mode] = (instructions(mode, SSE_N) - instructions(mode, 0)) // (SSE_N * 200)
+    print(
+        f"\nSSE (200 chunks): bare {per_chunk['sse-bare']:,}, cachewatch {per_chunk['sse-full']:,} "
+        f"instructions/chunk: added {per_chunk['sse-full'] - per_chunk['sse-bare']:,}"
     )
 
 

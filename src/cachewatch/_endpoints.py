@@ -188,6 +188,8 @@ class LabelCap:
 
 
 _MODEL_RE = re.compile(rb'"model"\s*:\s*"((?:[^"\\]|\\.){1,200})"')
+#: The same match for a value without escapes: a character class, several times faster.
+_PLAIN_MODEL_RE = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
 
 
 def sniff_model(body: bytes) -> str | None:
@@ -196,6 +198,16 @@ def sniff_model(body: bytes) -> str | None:
     A single ``"model": "..."`` string in the body is the answer. When several appear
     (e.g. a tool input that has a ``model`` field), fall back to a real parse.
     """
+    first = body.find(b'"model"')
+    if first == -1:
+        return None
+    if body.find(b'"model"', first + 7) == -1:
+        # The usual case: one occurrence, so the only possible match starts there.
+        match = _PLAIN_MODEL_RE.match(body, first)
+        if match is not None:
+            return match.group(1).decode("utf-8", "replace")
+        match = _MODEL_RE.match(body, first)
+        return _unescape(match.group(1)) if match is not None else None
     matches = _MODEL_RE.findall(body)
     if not matches:
         return None

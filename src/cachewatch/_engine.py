@@ -29,7 +29,7 @@ from ._endpoints import (
 )
 from ._faults import FaultRecorder
 from ._hygiene import UsageChunkFilter
-from ._models import Cost, Outcome, ParsedResponse, RequestInfo, UsageRecord
+from ._models import Cost, Outcome, ParsedResponse, RequestInfo, UsageRecord, new_usage_record
 from ._observer import ResponseObserver
 from ._pricing import PriceTable
 from .sinks import Sink
@@ -100,7 +100,11 @@ class Engine:
         self.metrics = metrics_for(registry)
         self.fault = FaultRecorder(self.metrics.internal_errors)
         self.providers = dict(providers or {})
-        self._providers_seen: dict[tuple[str, int | None], str] = {}
+        #: (host, port) -> (provider label, workspace label when no key mapping applies).
+        self._hosts: dict[tuple[str, int | None], tuple[str, str]] = {}
+        #: Label inputs -> the RequestInfo they give. A frozen value, so one instance is
+        #: shared by every request with the same labels (capped like every label cache).
+        self._infos: dict[tuple[str, int | None, str, str | None, str, bool], RequestInfo] = {}
         self.workspaces = WorkspaceResolver(workspaces)
         self.model_cap = LabelCap(max_models)
         self.workspace_cap = LabelCap(max_workspaces)
@@ -161,28 +165,18 @@ class Engine:
             request_model = getattr(plan, "model", None) if plan is not None else None
             if request_model is None and body:
                 request_model = sniff_model(body)
-            provider = self._providers_seen.get((host, port))
-            if provider is None:
-                provider = provider_for_host(host, port, self.providers)
-                if len(self._providers_seen) < 4096:
-                    self._providers_seen[(host, port)] = provider
-            key = credential_from_headers(headers) if self.workspaces.has_mapping else None
-            workspace = self.workspace_cap(self.workspaces.resolve(host, key))
-            info = RequestInfo(
-                provider=provider,
-                api=api,
-                model=self.model_cap(request_model) if request_model else "unknown",
-                workspace=workspace,
-                request_model=request_model,
-                server_address=host,
-                server_port=port,
-                stream=body is not None and _asks_stream(body),
+            info = self._request_info(
+                host, port, api, request_model, body is not None and _asks_stream(body), headers
             )
             exchange = Exchange(self, info, plan)
             if (
                 self.diagnoser is not None
                 and body
-                and (self.cache_diagnostics or exchange.new_body is not None or b"cache_control" in body)
+                and (
+                    self.cache_diagnostics
+                    or (plan is not None and exchange.new_body is not None)
+                    or body.find(b"cache_control") != -1
+                )
             ):
                 # cache-miss diagnosis: only requests that carry markers can read (or write) an
                 # explicit cache entry, so requests without any are not tracked at all.
@@ -191,6 +185,50 @@ class Engine:
         except Exception as exc:
             self.fault("begin", exc)
             return None
+
+    def _request_info(
+        self,
+        host: str,
+        port: int | None,
+        api: str,
+        request_model: str | None,
+        stream: bool,
+        headers: Mapping[str, str],
+    ) -> RequestInfo:
+        """The labels of a request; cached, since a few label tuples carry all the traffic.
+
+        Caching is exact: every label cap only ever admits more values, so a value's
+        label never changes once given.
+        """
+        labels = self._hosts.get((host, port))
+        if labels is None:
+            labels = (
+                provider_for_host(host, port, self.providers),
+                self.workspace_cap(self.workspaces.resolve(host, None)),
+            )
+            if len(self._hosts) < 4096:
+                self._hosts[(host, port)] = labels
+        provider, workspace = labels
+        if self.workspaces.has_mapping:
+            key = credential_from_headers(headers)
+            if key:
+                workspace = self.workspace_cap(self.workspaces.resolve(host, key))
+        cache_key = (host, port, api, request_model, workspace, stream)
+        info = self._infos.get(cache_key)
+        if info is None:
+            info = RequestInfo(
+                provider=provider,
+                api=api,
+                model=self.model_cap(request_model) if request_model else "unknown",
+                workspace=workspace,
+                request_model=request_model,
+                server_address=host,
+                server_port=port,
+                stream=stream,
+            )
+            if len(self._infos) < 4096:
+                self._infos[cache_key] = info
+        return info
 
     # -- cache-miss diagnosis (begin) ---------------------------------------------------
 
@@ -341,6 +379,10 @@ def _with_diagnostics(body: bytes, message_id: str) -> bytes | None:
 # -- cache-miss diagnosis (end) ---------------------------------------------------------
 
 
+#: What an exchange without a body observer learned from the body: nothing.
+_NOTHING_PARSED = ParsedResponse()
+
+
 def _asks_stream(body: bytes) -> bool:
     i = body.find(b'"stream"')
     if i == -1:
@@ -447,9 +489,13 @@ class Exchange:
         return None
 
     def response(self, status_code: int, headers: Mapping[str, str]) -> None:
-        """Headers arrived: prepare the body observer."""
+        """Headers arrived: prepare the body observer.
+
+        ``headers`` needs only ``content-type`` and ``content-encoding`` (lower-case keys).
+        """
         self.status_code = status_code
-        self._planner_feedback("started", status_code)
+        if self.plan is not None:
+            self._planner_feedback("started", status_code)
         if self.diag is not None:  # cache-miss diagnosis: this request's writes are readable now
             try:
                 self.engine.diagnoser.started(self.diag, self.engine.wall_clock())  # type: ignore[union-attr]
@@ -515,6 +561,8 @@ class Exchange:
             self.engine.fault("planner_feedback", exc)
 
     def _finish(self, outcome: Outcome | None, error_type: str | None) -> None:
+        if self._done:  # the usual second call (the body ended, then it was closed)
+            return
         with self._lock:
             if self._done:
                 return
@@ -522,7 +570,7 @@ class Exchange:
         engine = self.engine
         try:
             now = engine.clock()
-            parsed: ParsedResponse = ParsedResponse()
+            parsed = _NOTHING_PARSED
             if self.observer is not None:
                 try:
                     parsed = self.observer.result()
@@ -552,27 +600,28 @@ class Exchange:
             ttft = None
             if self.stream and self.first_chunk_at is not None:
                 ttft = self.first_chunk_at - self.started_at
-            record = UsageRecord(
-                request=info,
-                outcome=outcome,
-                status_code=self.status_code,
-                stream=self.stream,
-                usage=parsed.usage,
-                response_model=parsed.response_model,
-                response_id=parsed.response_id,
-                finish_reasons=parsed.finish_reasons,
-                error_type=error_type or parsed.error_type,
-                duration=max(0.0, now - self.started_at),
-                time_to_first_token=ttft,
-                cost=cost,
-                extra=extra,
+            record = new_usage_record(
+                info,  # request
+                outcome,
+                self.status_code,
+                self.stream,
+                parsed.usage,
+                parsed.response_model,
+                parsed.response_id,
+                parsed.finish_reasons,
+                error_type or parsed.error_type,
+                max(0.0, now - self.started_at),  # duration
+                ttft,  # time_to_first_token
+                cost,
+                extra,
             )
-            self._planner_feedback("finished", parsed.usage)
-            if self.plan is not None and engine.planner is not None and parsed.usage is not None:
-                try:
-                    engine.planner.observe(self.plan, parsed.usage)
-                except Exception as exc:
-                    engine.fault("planner_feedback", exc)
+            if self.plan is not None:
+                self._planner_feedback("finished", parsed.usage)
+                if engine.planner is not None and parsed.usage is not None:
+                    try:
+                        engine.planner.observe(self.plan, parsed.usage)
+                    except Exception as exc:
+                        engine.fault("planner_feedback", exc)
         except Exception as exc:
             engine.fault("record", exc)
             return

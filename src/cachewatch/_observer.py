@@ -53,6 +53,16 @@ _NEEDLES: Final[dict[str, tuple[str, ...] | None]] = {
 }
 
 
+#: Per API with needles: byte strings at least one of which is in any chunk holding an
+#: event that matters (a needle, an ``error`` event, ``[DONE]``). A chunk of whole events
+#: with none of them is skipped without SSE decoding (see ``ResponseObserver.feed``).
+_CHUNK_NEEDLES: Final[dict[str, tuple[bytes, ...]]] = {
+    api: tuple(dict.fromkeys([n.encode() for n in needles] + [b"error", b"[DONE]"]))
+    for api, needles in _NEEDLES.items()
+    if needles is not None
+}
+
+
 class ResponseObserver:
     """Observes one response body and reports what it billed.
 
@@ -75,6 +85,7 @@ class ResponseObserver:
     __slots__ = (
         "_acc",
         "_api",
+        "_chunk_needles",
         "_decoder",
         "_failed",
         "_json_overflow",
@@ -99,16 +110,18 @@ class ResponseObserver:
         self._api = api
         self._acc = UsageAccumulator(api)
         self._needles = _NEEDLES.get(api)
-        self._decoder = ContentDecoder(content_encoding)
+        self._chunk_needles = _CHUNK_NEEDLES.get(api)
+        #: None when the body is not content-encoded (the common case: nothing to decode).
+        self._decoder = ContentDecoder(content_encoding) if content_encoding else None
         self._sse = SSEDecoder()
         self._max_json_bytes = max_json_bytes
         self._json_parts: list[bytes] = []
         self._json_size = 0
         self._json_overflow = False
-        self._failed = self._decoder.failed
+        self._failed = self._decoder is not None and self._decoder.failed
         self._sniff = b""
         self._result: ParsedResponse | None = None
-        ctype = (content_type or "").lower()
+        ctype = content_type.lower() if content_type else ""
         if "text/event-stream" in ctype:
             self._mode = _SSE
         elif "json" in ctype:
@@ -123,7 +136,7 @@ class ResponseObserver:
         self._result = None
         try:
             decoder = self._decoder
-            if not decoder.passthrough:
+            if decoder is not None:
                 chunk = decoder.decode(chunk)
                 if decoder.failed:
                     self._failed = True
@@ -132,7 +145,20 @@ class ResponseObserver:
                     return
             mode = self._mode
             if mode == _SSE:
-                self._events(self._sse.feed(chunk))
+                needles = self._chunk_needles
+                if needles is not None and chunk.endswith(b"\n\n"):
+                    # The bulk of a stream (text deltas, pings): a chunk of whole events
+                    # none of which can matter. Skipping it is exact when the decoder is
+                    # between events, since decoding it would leave the decoder there.
+                    for needle in needles:
+                        if chunk.find(needle) != -1:  # (find: cheaper than ``in`` on bytes)
+                            break
+                    else:
+                        if self._sse.idle:
+                            return
+                events = self._sse.feed(chunk)
+                if events:
+                    self._events(events)
             elif mode == _JSON:
                 self._buffer_json(chunk)
             elif mode == _UNDECIDED:
@@ -195,8 +221,12 @@ class ResponseObserver:
             if data == "[DONE]":
                 acc.mark_complete()
                 continue
-            if needles is not None and event != "error" and not any(n in data for n in needles):
-                continue
+            if needles is not None and event != "error":
+                for needle in needles:
+                    if needle in data:
+                        break
+                else:
+                    continue  # text deltas, pings...: nothing for usage, ids or errors
             if chat and event is None and acc.has_ids and _chat_chunk_is_noise(data):
                 continue
             try:
@@ -267,13 +297,4 @@ def _chat_chunk_is_noise(data: str) -> bool:
 
 
 def _with_unparsed(parsed: ParsedResponse) -> ParsedResponse:
-    return ParsedResponse(
-        usage=parsed.usage,
-        response_model=parsed.response_model,
-        response_id=parsed.response_id,
-        finish_reasons=parsed.finish_reasons,
-        error_type=parsed.error_type,
-        complete=parsed.complete,
-        unparsed=True,
-        provider_miss_reason=parsed.provider_miss_reason,
-    )
+    return parsed._replace(unparsed=True)

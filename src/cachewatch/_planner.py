@@ -60,13 +60,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Final, Literal
 
 import orjson
 
-from ._models import TokenUsage
+from ._models import TokenUsage, _field_setters
 from ._profiles import Profile, ProfileRegistry
 from ._tokens import PrefixCounter, TokenEstimator
 
@@ -148,15 +148,9 @@ class Plan:
         return tuple(p for p in self.placements if p.action == "inserted")
 
 
-def _field_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[object, object], None], ...]:
-    """The slot setters of a frozen slots dataclass, checked against the expected field order.
-
-    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, which
-    costs about twice a direct slot-descriptor ``__set__``; the hot path builds one
-    :class:`Plan` and a few :class:`Placement` per request through these instead.
-    """
-    assert tuple(f.name for f in fields(cls)) == names, (cls, names)
-    return tuple(cls.__dict__[name].__set__ for name in names)
+# A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, which
+# costs about twice a direct slot-descriptor ``__set__``; the hot path builds one
+# :class:`Plan` and a few :class:`Placement` per request through factories instead.
 
 
 def _placement_factory() -> Callable[

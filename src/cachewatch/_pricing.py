@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._models import Cost, TokenUsage
+from ._models import Cost, TokenUsage, new_cost
 
 __all__ = ["DEFAULT_PRICES", "Cost", "Price", "PriceTable"]
 
@@ -165,4 +165,4 @@ class PriceTable:
         premium = base * (
             (price.write_5m - 1.0) * usage.cache_write_5m + (price.write_1h - 1.0) * usage.cache_write_1h
         )
-        return Cost(total=total, savings=savings, write_premium=premium, currency=price.currency)
+        return new_cost(total, savings, premium, price.currency)

@@ -80,10 +80,14 @@ class SSEDecoder:
         # _line() is the readable twin used by flush().
         events: list[SSEEvent] = []
         data = self._data
+        new_event = tuple.__new__
         for line in body[:last].split(b"\n"):
             if not line:
                 if data:
-                    events.append(SSEEvent(self._event, data[0] if len(data) == 1 else "\n".join(data)))
+                    # tuple.__new__ builds the named tuple without its Python-level __new__.
+                    events.append(
+                        new_event(SSEEvent, (self._event, data[0] if len(data) == 1 else "\n".join(data)))
+                    )
                     data = self._data = []
                 self._event = None
             elif line.startswith(b"data:"):
@@ -105,6 +109,11 @@ class SSEDecoder:
                 self._line(line, events)
         self._line(b"", events)
         return events
+
+    @property
+    def idle(self) -> bool:
+        """Between events: no partial line is buffered and no event field is pending."""
+        return not self._buffer and not self._data and self._event is None
 
     def pending(self) -> list[SSEEvent]:
         """What :meth:`flush` would return now, without changing any state."""

@@ -98,8 +98,8 @@ def _outgoing(exchange: Exchange, request: Any) -> Any:
 def _activate(exchange: Exchange) -> Any:
     try:
         span = exchange.span()
-        if span is None:
-            return None
+        if span is None or span is trace.get_current_span():
+            return None  # nothing to do: the no-op tracer hands back the current span
         return otel_context.attach(trace.set_span_in_context(span))
     except Exception as exc:
         exchange.engine.fault("span_context", exc)
@@ -114,12 +114,37 @@ def _deactivate(exchange: Exchange, token: Any) -> None:
             exchange.engine.fault("span_context", exc)
 
 
+#: The response headers the body observer reads, by their lower-case raw names.
+_BODY_HEADERS = {b"content-type": "content-type", b"content-encoding": "content-encoding"}
+
+
+def _body_headers(headers: Any) -> dict[str, str]:
+    """``content-type`` and ``content-encoding`` of a response, in one pass over its raw headers.
+
+    Repeated fields are joined with ``", "``, as ``Headers.get`` does (two ``get`` calls
+    cost several times this single pass).
+    """
+    found: dict[str, str] = {}
+    for name, value in headers.raw:
+        key = _BODY_HEADERS.get(name.lower())
+        if key is not None:
+            text = value.decode("latin-1")
+            found[key] = f"{found[key]}, {text}" if key in found else text
+    return found
+
+
 def _observed_response(exchange: Exchange, response: Any, sync: bool) -> Any:
-    """A response equal to ``response`` whose body stream reports to the exchange."""
+    """``response`` with a body stream that reports to the exchange.
+
+    The stream is swapped in place (as the httpx client itself does with its
+    ``BoundSyncStream``); a new response is built only when its headers must change or
+    when its body was already read into memory (a client would not iterate it again).
+    """
     try:
         family = _family(response)
-        exchange.response(response.status_code, response.headers)
+        exchange.response(response.status_code, _body_headers(response.headers))
         stream_cls = sync_stream_class(family) if sync else async_stream_class(family)
+        stream = stream_cls(response.stream, exchange)
         headers = response.headers
         if exchange.filter is not None and exchange.filter.decodes:
             # The filtered body is decoded: its encoding and length headers no longer apply.
@@ -127,10 +152,13 @@ def _observed_response(exchange: Exchange, response: Any, sync: bool) -> Any:
             for name in ("content-encoding", "content-length"):
                 if name in headers:
                     del headers[name]
+        elif not (response.is_stream_consumed or response.is_closed):
+            response.stream = stream
+            return response
         return family.Response(
             status_code=response.status_code,
             headers=headers,
-            stream=stream_cls(response.stream, exchange),
+            stream=stream,
             extensions=response.extensions,
         )
     except Exception as exc:

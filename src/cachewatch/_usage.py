@@ -55,7 +55,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from cachewatch._models import ParsedResponse, TokenUsage
+from cachewatch._models import ParsedResponse, TokenUsage, new_token_usage
 
 __all__ = ["UsageAccumulator", "partition_usage", "unwrap_envelope"]
 
@@ -119,8 +119,8 @@ def _split_writes(write: int, breakdown: object) -> tuple[int, int]:
 
 def _reasoning(usage: dict[str, Any]) -> int | None:
     for key in ("completion_tokens_details", "output_tokens_details"):
-        detail = _dict(usage.get(key))
-        if detail is not None:
+        detail = usage.get(key)
+        if isinstance(detail, dict):
             n = _first_count(detail.get("reasoning_tokens"), detail.get("thinking_tokens"))
             if n is not None:
                 return n
@@ -129,15 +129,23 @@ def _reasoning(usage: dict[str, Any]) -> int | None:
 
 def partition_usage(usage: object) -> TokenUsage | None:
     """The SPEC section 4 partition of one provider ``usage`` object (None if it has no counts)."""
-    u = _dict(usage)
-    if u is None:
+    if not isinstance(usage, dict):
         return None
-    output = _first_count(u.get("output_tokens"), u.get("completion_tokens"))
-    reasoning = _reasoning(u)
-    if reasoning is not None and output is not None:
-        reasoning = min(reasoning, output)
-    hit = _count(u.get("prompt_cache_hit_tokens"))
-    miss = _count(u.get("prompt_cache_miss_tokens"))
+    u: dict[str, Any] = usage
+    # This runs once per response (and per usage-carrying event): absent fields are
+    # skipped with a dict membership test rather than a _count(None) call.
+    output = _count(u.get("output_tokens"))
+    if output is None:
+        output = _count(u.get("completion_tokens"))
+    reasoning = None
+    if "completion_tokens_details" in u or "output_tokens_details" in u:
+        reasoning = _reasoning(u)
+        if reasoning is not None and output is not None:
+            reasoning = min(reasoning, output)
+    hit = miss = None
+    if "prompt_cache_hit_tokens" in u or "prompt_cache_miss_tokens" in u:
+        hit = _count(u.get("prompt_cache_hit_tokens"))
+        miss = _count(u.get("prompt_cache_miss_tokens"))
     m5 = h1 = 0
     if hit is not None or miss is not None:
         # DeepSeek: hit + miss is the billed prompt; no write surcharge.
@@ -150,7 +158,8 @@ def partition_usage(usage: object) -> TokenUsage | None:
         fresh = _count(u.get("input_tokens")) or 0
         read = _count(u.get("cache_read_input_tokens")) or 0
         write = _count(u.get("cache_creation_input_tokens")) or 0
-        m5, h1 = _split_writes(write, u.get("cache_creation"))
+        if write:
+            m5, h1 = _split_writes(write, u.get("cache_creation"))
     else:
         total = _first_count(u.get("prompt_tokens"), u.get("input_tokens"))
         if total is None and output is None:
@@ -176,16 +185,10 @@ def partition_usage(usage: object) -> TokenUsage | None:
             # prompt cost matches 2161 read + 7 fresh, the "write" being Gemini's
             # separate storage fee. Reads win; the write is dropped from the partition.
             write = 0
-        m5, h1 = _split_writes(write, details.get("cache_creation"))
+        if write:
+            m5, h1 = _split_writes(write, details.get("cache_creation"))
         fresh = total - read - write
-    return TokenUsage(
-        input=fresh,
-        cache_read=read,
-        cache_write_5m=m5,
-        cache_write_1h=h1,
-        output=output or 0,
-        reasoning=reasoning,
-    )
+    return new_token_usage(fresh, read, m5, h1, output or 0, reasoning)
 
 
 def unwrap_envelope(obj: object) -> object:
@@ -300,10 +303,12 @@ class UsageAccumulator:
         """A whole (non-streamed) JSON response body."""
         self._cached = None
         self._complete = True
-        obj = unwrap_envelope(obj)
+        if type(obj) is dict and "data" in obj:
+            obj = unwrap_envelope(obj)
         if type(obj) is not dict:
             return
-        error = _error_type(obj)
+        # _error_type finds nothing without an "error" key or "type": "error".
+        error = _error_type(obj) if "error" in obj or obj.get("type") == "error" else None
         if error is None and self._api == _DASHSCOPE:
             error = _dashscope_error(obj)
         if error is not None:
@@ -320,10 +325,10 @@ class UsageAccumulator:
                 self._miss_reason = _provider_miss_reason(obj) or self._miss_reason
         else:
             self._take_choices(obj.get("choices"))
-        usage = _dict(obj.get("usage"))
-        if usage is None:
-            usage = _dict((_dict(obj.get("x_groq")) or {}).get("usage"))
-        if usage is not None:
+        usage = obj.get("usage")
+        if not isinstance(usage, dict) and "x_groq" in obj:
+            usage = (_dict(obj.get("x_groq")) or {}).get("usage")
+        if isinstance(usage, dict):
             self._usage = dict(usage)
 
     def add_event(self, event: str | None, data: object) -> None:
@@ -488,7 +493,9 @@ class UsageAccumulator:
                 usage=partition_usage(self._usage) if self._usage is not None else None,
                 response_model=self._response_model,
                 response_id=self._response_id,
-                finish_reasons=tuple(finish[k] for k in sorted(finish)) if finish else (),
+                finish_reasons=(
+                    tuple(finish.values()) if len(finish) < 2 else tuple(finish[k] for k in sorted(finish))
+                ),
                 error_type=self._error_type,
                 complete=self._complete,
                 provider_miss_reason=self._miss_reason,

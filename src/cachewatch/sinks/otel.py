@@ -49,8 +49,17 @@ class OTelSpanSink:
 
     def __init__(self, tracer_provider: Any | None = None) -> None:
         self.tracer = trace.get_tracer("cachewatch", __version__, tracer_provider=tracer_provider)
+        #: No provider given and none set globally yet: the tracer is OTel's proxy, which
+        #: delegates to a no-op tracer until the application sets a global provider.
+        self._proxy = isinstance(self.tracer, trace.ProxyTracer)
 
     def start(self, info: RequestInfo) -> Any:
+        if self._proxy and isinstance(getattr(self.tracer, "_tracer", None), trace.NoOpTracer):
+            # The proxy's current delegate (what its own start_span calls) is the no-op
+            # tracer: the span would be a no-op, so none is started (and none is made
+            # current around the inner call). Checked per request: a provider set later
+            # is picked up at once.
+            return None
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": info.operation,
             "gen_ai.provider.name": semconv_provider(info.provider),
@@ -82,7 +91,7 @@ class OTelSpanSink:
 
 def span_attributes(record: UsageRecord) -> dict[str, Any]:
     """The end-of-body span attributes of a record (no text, no credentials)."""
-    attrs: dict[str, Any] = {"cachewatch.outcome": record.outcome.value}
+    attrs: dict[str, Any] = {"cachewatch.outcome": record.outcome.label}
     if record.status_code is not None:
         attrs["http.response.status_code"] = record.status_code
     if record.response_model:

@@ -2,14 +2,16 @@
 
 Collectors are built from the metric catalogue once per registry (registering a name
 twice raises in prometheus_client), and only Counter and Histogram are used so that
-``PROMETHEUS_MULTIPROC_DIR`` multiprocess mode works. Label children are cached per
-label tuple to keep the per-request cost to a few dict look-ups.
+``PROMETHEUS_MULTIPROC_DIR`` multiprocess mode works. Label children are cached: one
+:class:`Series` per ``(provider, api, model, workspace)`` holds every child a request
+with those labels touches, so a request costs one dict look-up plus the increments.
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
@@ -18,7 +20,7 @@ from .._catalogue import CATALOGUE, MetricSpec
 from .._diagnosis import MISS_REASONS
 from .._models import TOKEN_TYPES, RequestInfo, UsageRecord
 
-__all__ = ["WASTED_WRITE_TOKENS", "PrometheusMetrics", "PrometheusSink", "metrics_for"]
+__all__ = ["WASTED_WRITE_TOKENS", "PrometheusMetrics", "PrometheusSink", "Series", "metrics_for"]
 
 #: Write tokens never read within their TTL; counted only once the catalogue defines it.
 WASTED_WRITE_TOKENS = "cachewatch_cache_wasted_write_tokens_total"
@@ -45,9 +47,18 @@ class PrometheusMetrics:
         self.internal_errors: Counter = self.collectors["cachewatch_internal_errors_total"]
         #: None until the catalogue has the metric (then wasted writes are not exported).
         self.wasted_write_tokens: Counter | None = self.collectors.get(WASTED_WRITE_TOKENS)
-        self._token_children: dict[tuple[str, str, str, str], tuple[Any, ...]] = {}
+        self._series: dict[tuple[str, str, str, str], Series] = {}
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         self._lock = threading.Lock()
+
+    def series(self, provider: str, api: str, model: str, workspace: str) -> Series:
+        """The cached children of one ``(provider, api, model, workspace)`` label tuple."""
+        key = (provider, api, model, workspace)
+        found = self._series.get(key)
+        if found is None:
+            with self._lock:
+                found = self._series.setdefault(key, Series(self, key))
+        return found
 
     def child(self, collector: Any, labels: tuple[str, ...]) -> Any:
         """``collector.labels(*labels)``, cached: labels() costs a lock and a dict build per call."""
@@ -65,15 +76,85 @@ class PrometheusMetrics:
         if collector is not None and tokens > 0:
             self.child(collector, (provider, model, workspace)).inc(tokens)
 
-    def token_children(self, provider: str, api: str, model: str, workspace: str) -> tuple[Any, ...]:
-        """The five ``cachewatch_tokens_total`` children of one label tuple, in TOKEN_TYPES order."""
-        key = (provider, api, model, workspace)
-        children = self._token_children.get(key)
-        if children is None:
-            children = tuple(self.tokens.labels(provider, api, model, workspace, t) for t in TOKEN_TYPES)
-            with self._lock:
-                self._token_children[key] = children
-        return children
+
+def _adder(child: Any) -> Callable[[float], None]:
+    """``child.inc`` for a labelled Counter child and an amount known to be non-negative.
+
+    prometheus_client's ``Counter.inc`` re-checks on every call that the child is labelled
+    and the amount non-negative, then adds to the child's value object (a lock-guarded
+    float, or the mmap-backed value in multiprocess mode). Both checks hold by
+    construction here, so the value's own ``inc`` is used when the client has one.
+    """
+    inc = getattr(getattr(child, "_value", None), "inc", None)
+    return inc if callable(inc) else child.inc  # type: ignore[no-any-return]
+
+
+class Series:
+    """Every child one ``(provider, api, model, workspace)`` label tuple uses, created on first use.
+
+    A series appears in the exposition only once something was recorded on it (as with
+    ``labels()`` per request): tokens at the first usage, money at the first priced
+    request, time to first token at the first stream.
+    """
+
+    __slots__ = ("_metrics", "duration", "labels", "money", "requests", "tokens", "ttft", "wasted")
+
+    def __init__(self, metrics: PrometheusMetrics, labels: tuple[str, str, str, str]) -> None:
+        provider, api, model, _ = labels
+        self._metrics = metrics
+        self.labels = labels
+        #: outcome label -> adder of its ``cachewatch_requests_total`` child.
+        self.requests: dict[str, Callable[[float], None]] = {}
+        #: Adders of the five ``cachewatch_tokens_total`` children in TOKEN_TYPES order,
+        #: once usage was seen (token counts are never negative).
+        self.tokens: tuple[Callable[[float], None], ...] | None = None
+        self.duration: Any = metrics.duration.labels(provider, api, model)
+        self.ttft: Any = None
+        #: currency -> adders of its (cost, savings, write premium) children.
+        self.money: dict[str, tuple[Callable[[float], None], ...]] = {}
+        #: The wasted-write series exists (it is created at the first cache write).
+        self.wasted = False
+
+    def request(self, outcome: str) -> Callable[[float], None]:
+        add = self.requests.get(outcome)
+        if add is None:
+            add = self.requests[outcome] = _adder(self._metrics.requests.labels(*self.labels, outcome))
+        return add
+
+    def token_children(self) -> tuple[Callable[[float], None], ...]:
+        """Created together, at 0, so that every type reads 0 rather than absent."""
+        adders = self.tokens
+        if adders is None:
+            tokens = self._metrics.tokens
+            adders = self.tokens = tuple(_adder(tokens.labels(*self.labels, t)) for t in TOKEN_TYPES)
+        return adders
+
+    def ttft_child(self) -> Any:
+        child = self.ttft
+        if child is None:
+            provider, api, model, _ = self.labels
+            child = self.ttft = self._metrics.ttft.labels(provider, api, model)
+        return child
+
+    def money_children(self, currency: str) -> tuple[Callable[[float], None], ...]:
+        """Created together, at 0; the caller checks the sign (prices can be misconfigured)."""
+        adders = self.money.get(currency)
+        if adders is None:
+            m = self._metrics
+            provider, _, model, workspace = self.labels
+            labels = (provider, model, workspace, currency)
+            adders = self.money[currency] = tuple(
+                _adder(m.child(collector, labels)) for collector in (m.cost, m.savings, m.write_premium)
+            )
+        return adders
+
+    def touch_wasted(self) -> None:
+        """Create the wasted-write series at 0 (wasted tokens are counted minutes later)."""
+        m = self._metrics
+        if not self.wasted and m.wasted_write_tokens is not None:
+            provider, _, model, workspace = self.labels
+            m.child(m.wasted_write_tokens, (provider, model, workspace))
+            self.wasted = True
 
 
 def _build(spec: MetricSpec, registry: CollectorRegistry) -> Any:
@@ -113,37 +194,36 @@ class PrometheusSink:
     def finish(self, state: object | None, record: UsageRecord) -> None:
         m = self.metrics
         info = record.request
-        m.child(m.requests, (info.provider, info.api, info.model, info.workspace, record.outcome.value)).inc()
+        series = m.series(info.provider, info.api, info.model, info.workspace)
+        series.request(record.outcome.label)(1)
         usage = record.usage
         if usage is not None:
-            children = m.token_children(info.provider, info.api, info.model, info.workspace)
-            for child, value in zip(
-                children,
+            for add, value in zip(
+                series.token_children(),
                 (usage.input, usage.cache_read, usage.cache_write_5m, usage.cache_write_1h, usage.output),
                 strict=True,
             ):
                 if value:  # the series already exists (created at 0 by token_children)
-                    child.inc(value)
-            if usage.cache_write and m.wasted_write_tokens is not None:
+                    add(value)
+            if usage.cache_write_5m or usage.cache_write_1h:
                 # Wasted tokens are counted when a write expires unread, minutes later; the
                 # series exists from the first write on, so "none wasted yet" reads as 0.
-                m.child(m.wasted_write_tokens, (info.provider, info.model, info.workspace))
-        short = (info.provider, info.api, info.model)
-        m.child(m.duration, short).observe(record.duration)
+                series.touch_wasted()
+        series.duration.observe(record.duration)
         if record.time_to_first_token is not None:
-            m.child(m.ttft, short).observe(record.time_to_first_token)
+            series.ttft_child().observe(record.time_to_first_token)
         cost = record.cost
         if cost is not None:
-            labels = (info.provider, info.model, info.workspace, cost.currency)
-            # child() creates each series at 0 first, so zero amounts need no inc().
-            for collector, amount in (
-                (m.cost, cost.total),
-                (m.savings, cost.savings),
-                (m.write_premium, cost.write_premium),
+            # The children are created at 0 first, so zero amounts need no increment.
+            for add, amount in zip(
+                series.money_children(cost.currency),
+                (cost.total, cost.savings, cost.write_premium),
+                strict=True,
             ):
-                child = m.child(collector, labels)
                 if amount:
-                    child.inc(amount)
-        reason = record.extra.get("miss_reason")
+                    if amount < 0:  # as Counter.inc: a fault, counted for this sink
+                        raise ValueError("Counters can only be incremented by non-negative amounts.")
+                    add(amount)
+        reason = record.extra.get("miss_reason") if record.extra else None
         if reason is not None and reason in _MISS_REASONS:
             m.child(m.misses, (info.provider, info.model, str(reason))).inc()

@@ -1,0 +1,265 @@
+"""The per-request fast paths give exactly what the straightforward code gives.
+
+Each fast path (observe-only overhead work) is checked against its reference: the
+model sniffer against the full regex, the skipped SSE chunks against byte-by-byte
+decoding, the positional record factories against the dataclass constructors, the
+cached Prometheus series against ``labels()``, the in-place response stream swap
+against a pre-read response.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+import cachewatch
+from cachewatch._endpoints import _MODEL_RE, _unescape, sniff_model
+from cachewatch._models import (
+    Cost,
+    Outcome,
+    ParsedResponse,
+    RequestInfo,
+    TokenUsage,
+    UsageRecord,
+    new_cost,
+    new_token_usage,
+    new_usage_record,
+)
+from cachewatch._observer import ResponseObserver
+from cachewatch._sse import SSEDecoder
+from cachewatch.sinks.logs import log_fields
+from cachewatch.sinks.prometheus import _adder, metrics_for
+
+# -- model sniffing --------------------------------------------------------------------
+
+
+def _reference_model(body: bytes) -> str | None:
+    match = _MODEL_RE.search(body)
+    return _unescape(match.group(1)) if match is not None else None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model":"claude-sonnet-4-6","max_tokens":5}',
+        b'{"max_tokens": 5, "model" :\t"qwen3-max"}',
+        b'{"model": "a\\"quoted\\" name"}',
+        b'{"model": "caf\\u00e9"}',
+        b'{"model": ""}',
+        b'{"model": 5}',
+        b'{"model": "' + b"x" * 200 + b'"}',
+        b'{"model": "' + b"x" * 201 + b'"}',
+        b'{"model": "unterminated',
+        b'{"messages": []}',
+    ],
+)
+def test_single_model_key_is_sniffed_as_the_full_regex_does(body: bytes) -> None:
+    assert sniff_model(body) == _reference_model(body)
+
+
+def test_several_model_keys_still_fall_back_to_a_parse() -> None:
+    body = json.dumps({"tools": [{"input_schema": {"model": "tool-x"}}], "model": "claude-x"}).encode()
+    assert sniff_model(body) == "claude-x"
+
+
+# -- SSE chunks skipped without decoding ---------------------------------------------------
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+START = _event(
+    "message_start",
+    {"type": "message_start", "message": {"id": "m1", "model": "claude-x", "usage": {"input_tokens": 7}}},
+)
+DELTA = _event("content_block_delta", {"type": "content_block_delta", "delta": {"text": "hi "}})
+PING = b": keep-alive\n\nevent: ping\ndata: {}\n\n"
+END = _event(
+    "message_delta",
+    {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}},
+) + _event("message_stop", {"type": "message_stop"})
+
+
+def _observe(chunks: list[bytes]) -> ParsedResponse:
+    observer = ResponseObserver("messages", content_type="text/event-stream", content_encoding=None)
+    for chunk in chunks:
+        observer.feed(chunk)
+    return observer.result()
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [START, DELTA, DELTA, PING, DELTA, END],
+        # A needle-free chunk that completes an event begun earlier must not be skipped.
+        [START, END[:-2], b"\n\n"],
+        [START, END[: END.index(b"data:")], END[END.index(b"data:") :]],
+        # CR line ends and a held-back CR before a skippable-looking chunk.
+        [START.replace(b"\n", b"\r\n"), DELTA, END.replace(b"\n", b"\r")],
+        [START[:-1] + b"\r", b"\n" + DELTA, END],
+    ],
+)
+def test_skipped_chunks_change_nothing(chunks: list[bytes]) -> None:
+    body = b"".join(chunks)
+    reference = _observe([body[i : i + 1] for i in range(len(body))])
+    assert _observe(chunks) == reference
+    assert reference.usage == TokenUsage(input=7, output=3)
+    assert reference.complete
+
+
+def test_decoder_is_idle_only_between_events() -> None:
+    decoder = SSEDecoder()
+    assert decoder.idle
+    decoder.feed(b"event: x\n")
+    assert not decoder.idle
+    decoder.feed(b"data: 1\n\n")
+    assert decoder.idle
+    decoder.feed(b"data: 2")
+    assert not decoder.idle
+
+
+# -- records ---------------------------------------------------------------------------------
+
+
+INFO = RequestInfo("anthropic", "messages", "claude-x", "default", "claude-x", "api.anthropic.com", 443)
+
+
+def test_factories_build_the_same_frozen_values() -> None:
+    usage = new_token_usage(1, 2, 3, 4, 5, None)
+    assert usage == TokenUsage(1, 2, 3, 4, 5)
+    assert hash(usage) == hash(TokenUsage(1, 2, 3, 4, 5))
+    cost = new_cost(1.0, 0.5, 0.25, "USD")
+    assert cost == Cost(1.0, 0.5, 0.25, "USD")
+    args: dict[str, Any] = {
+        "request": INFO,
+        "outcome": Outcome.OK,
+        "status_code": 200,
+        "stream": True,
+        "usage": usage,
+        "response_model": "claude-x",
+        "response_id": "m1",
+        "finish_reasons": ("end_turn",),
+        "error_type": None,
+        "duration": 0.5,
+        "time_to_first_token": 0.1,
+        "cost": cost,
+        "extra": {"a": 1},
+    }
+    assert new_usage_record(*args.values()) == UsageRecord(**args)
+    with pytest.raises(AttributeError):
+        usage.input = 9  # type: ignore[misc]
+
+
+def test_parsed_response_is_immutable() -> None:
+    parsed = ParsedResponse(response_id="x")
+    with pytest.raises(AttributeError):
+        parsed.response_id = "y"  # type: ignore[misc]
+    assert parsed._replace(unparsed=True).unparsed
+
+
+def test_outcome_label_is_its_value() -> None:
+    for outcome in Outcome:
+        assert outcome.label == outcome.value
+        assert type(outcome.label) is str
+
+
+@pytest.mark.parametrize("value", [0.0, 1e-7, 0.0001234, 0.1234564, 12.3456789, 1e-9 * 12345, 0.0000125])
+def test_log_rounding_matches_round(value: float) -> None:
+    record = new_usage_record(
+        INFO,
+        Outcome.OK,
+        200,
+        True,
+        None,
+        None,
+        None,
+        (),
+        None,
+        value,
+        value,
+        new_cost(value, value, value, "USD"),
+        {},
+    )
+    fields = log_fields(record)
+    # Equal to round(), but for half-way cases where it may be one unit of the last digit off.
+    for key, digits in (("duration_s", 6), ("time_to_first_token_s", 6), ("cost", 9), ("cache_savings", 9)):
+        assert math.isclose(fields[key], round(value, digits), rel_tol=0, abs_tol=1.01 * 10**-digits)
+    assert fields["duration_s"] == round(value, 6) or value == 0.0000125
+    assert fields["outcome"] == "ok"
+
+
+# -- prometheus -------------------------------------------------------------------------------
+
+
+def test_cached_series_are_the_labelled_children() -> None:
+    metrics = metrics_for(CollectorRegistry())
+    series = metrics.series("anthropic", "messages", "claude-x", "default")
+    assert metrics.series("anthropic", "messages", "claude-x", "default") is series
+    series.request("ok")(1)
+    series.request("ok")(1)
+    for add, amount in zip(series.token_children(), (1, 2, 3, 4, 5), strict=True):
+        add(amount)
+    labels = ("anthropic", "messages", "claude-x", "default")
+    assert metrics.requests.labels(*labels, "ok")._value.get() == 2
+    assert [metrics.tokens.labels(*labels, t)._value.get() for t in ("input", "output")] == [1, 5]
+
+
+def test_adder_falls_back_to_the_public_inc() -> None:
+    class Child:
+        total = 0.0
+
+        def inc(self, amount: float) -> None:
+            self.total += amount
+
+    child = Child()
+    _adder(child)(2.5)
+    assert math.isclose(child.total, 2.5)
+
+
+# -- response wrapping ------------------------------------------------------------------------
+
+
+RESPONSE = json.dumps(
+    {"id": "m1", "type": "message", "model": "claude-x", "usage": {"input_tokens": 3, "output_tokens": 2}}
+).encode()
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_streamed_and_pre_read_responses_are_both_counted(streamed: bool) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        content: Any = iter((RESPONSE,)) if streamed else RESPONSE
+        return httpx.Response(200, headers={"content-type": "application/json"}, content=content)
+
+    registry = CollectorRegistry()
+    transport = cachewatch.CacheWatchTransport(
+        httpx.MockTransport(handler), breakpoints="off", registry=registry, logger=structlog_silent()
+    )
+    with httpx.Client(transport=transport, base_url="https://api.anthropic.com") as client:
+        for _ in range(2):
+            response = client.post("/v1/messages", content=b'{"model":"claude-x"}')
+            assert response.content == RESPONSE
+    value = registry.get_sample_value(
+        "cachewatch_tokens_total",
+        {
+            "provider": "anthropic",
+            "api": "messages",
+            "model": "claude-x",
+            "workspace": "default",
+            "type": "input",
+        },
+    )
+    assert value == 6
+
+
+def structlog_silent() -> Any:
+    class Silent:
+        def info(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    return Silent()
