@@ -529,6 +529,56 @@ def test_fingerprints_hold_no_content_and_ignore_markers() -> None:
     assert chat_fp.locations == ("system", "messages")
 
 
+def test_marker_words_in_text_and_nested_markers_do_not_change_hashes() -> None:
+    # A text that mentions "cache_control" takes the re-serialising path; its hash must
+    # still equal the unmarked block's, and a marker nested in tool_result content too.
+    text = 'set "cache_control": {"type": "ephemeral"} on the block ' * 10
+    result = [{"type": "text", "text": text}]
+    plain = {
+        "model": MODEL,
+        "messages": [
+            {"role": "user", "content": text},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": result}]},
+        ],
+    }
+    marked = orjson.loads(orjson.dumps(plain))
+    marked["messages"][0]["content"] = [
+        {"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}
+    ]
+    marked["messages"][2]["content"][0]["content"][0]["cache_control"] = {"type": "ephemeral", "ttl": "1h"}
+    a = fingerprint("messages", plain)
+    b = fingerprint("messages", marked)
+    assert a is not None
+    assert b is not None
+    assert a.hashes == b.hashes
+    assert b.markers == ((0, "5m"), (2, "1h"))
+    assert b.keys(len(b.hashes)) == [b.key(i) for i in range(len(b.hashes))]
+    other = fingerprint("messages", {**plain, "model": "claude-haiku-4-5"})
+    assert other is not None
+    assert other.hashes == a.hashes
+    assert other.key(0) != a.key(0)
+
+
+def test_auto_hands_the_planned_body_to_the_diagnosis_unparsed_again(rig: Rig) -> None:
+    diagnoser = rig.transport.engine.diagnoser
+    assert diagnoser is not None
+    seen: list[object] = []
+    before = diagnoser.before
+
+    def spy(api: str, body: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(body)
+        return before(api, body, *args, **kwargs)
+
+    diagnoser.before = spy  # type: ignore[method-assign]
+    record = rig.send(chat(SYSTEM, "first question"))
+    assert record.usage is not None
+    assert record.usage.cache_write > 0  # auto marked and wrote
+    assert len(seen) == 1
+    assert isinstance(seen[0], dict)  # the planner's parsed body, as sent
+    assert seen[0]["system"][0]["cache_control"] == {"type": "ephemeral"}
+
+
 def test_store_is_bounded_and_claims_once() -> None:
     store = MemoryStore(max_entries=10)
     wasted: list[int] = []

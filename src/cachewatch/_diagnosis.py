@@ -137,15 +137,26 @@ _KINDS = frozenset(
 _SKIP_AUTOMATIC = frozenset({"thinking", "redacted_thinking"})
 _INPUT_ROLES = frozenset({"user", "tool", "function"})
 _ANCHOR_HASH = 4
-_SEED = b"cachewatch-fp-1"
+#: Version 2: records are ``json(prefix) + json(block)``, store keys XOR a per-model tag.
+_SEED = b"cachewatch-fp-2"
+_CC = b'"cache_control"'
 
 
 def _h(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
+def _model_tag(model: str) -> int:
+    return int.from_bytes(_h(b"p\x00" + model.encode("utf-8", "surrogatepass")), "big")
+
+
 def _prefix_key(model: str, content_hash: bytes) -> bytes:
-    return _h(b"p\x00" + model.encode("utf-8", "surrogatepass") + b"\x00" + content_hash)
+    """The store key of a model-free prefix hash: the hash XOR a per-model 128-bit tag.
+
+    (Caches are per model. A XOR keeps the key 16 bytes and costs one integer operation
+    per position, where a hash of model and prefix cost a BLAKE2b call per position.)
+    """
+    return (int.from_bytes(content_hash, "big") ^ _model_tag(model)).to_bytes(16, "big")
 
 
 def _strip(block: Any) -> Any:
@@ -227,18 +238,26 @@ class Fingerprints:
         """The store key of the prefix ending at position ``index``."""
         return _prefix_key(self.model, self.hashes[index])
 
+    def keys(self, n: int) -> list[bytes]:
+        """The store keys of positions ``0..n-1`` (as :meth:`key`, the tag computed once)."""
+        tag = _model_tag(self.model)
+        return [(int.from_bytes(h, "big") ^ tag).to_bytes(16, "big") for h in self.hashes[:n]]
+
     def path(self, index: int) -> str:
         """Dotted path of a position (``tools.2``, ``system.0``, ``messages.3.1``)."""
         return ".".join((self.locations[index], *(str(i) for i in self.indices[index])))
 
 
 class _Builder:
-    __slots__ = ("cum", "est", "family", "hashes", "indices", "kinds", "locations", "markers", "tokens")
+    __slots__ = (
+        "cum", "est", "family", "hashes", "indices", "kinds", "locations", "markers", "tokens", "total",
+    )  # fmt: skip
 
     def __init__(self, estimator: TokenEstimator, model: str) -> None:
-        self.est = estimator
+        self.est = estimator.block
         self.family = model_family(model)
         self.cum = _h(_SEED)
+        self.total = 0.0
         self.hashes: list[bytes] = []
         self.tokens: list[float] = []
         self.locations: list[str] = []
@@ -246,23 +265,34 @@ class _Builder:
         self.kinds: list[str] = []
         self.markers: list[tuple[int, str]] = []
 
-    def add(self, location: str, index: tuple[int, ...], block: Any, record: bytes) -> None:
-        self.cum = _h(self.cum + record)
-        self.hashes.append(self.cum)
-        running = self.tokens[-1] if self.tokens else 0.0
-        self.tokens.append(running + self.est.block(block, family=self.family) + 1.0)
+    def add(self, location: str, index: tuple[int, ...], block: Any, head: bytes, tail: bytes = b"") -> bytes:
+        """Append the position of ``block``; returns its record (``head + json(block) + tail``).
+
+        The block is serialised as sent; only when the bytes contain ``"cache_control"``
+        (a marker, or those words in a text) is it serialised again without markers, so
+        moving a breakpoint never changes a hash. A plain string is a text block.
+        """
+        if type(block) is str:
+            raw = orjson.dumps({"type": "text", "text": block})
+            kind = "text"
+        else:
+            raw = orjson.dumps(block)
+            found = block.get("type") if type(block) is dict else None
+            kind = found if type(found) is str and found in _KINDS else _kind(block)
+            if _CC in raw:
+                ttl = _marker_ttl(block)
+                if ttl is not None:
+                    self.markers.append((len(self.hashes), ttl))
+                raw = orjson.dumps(_strip(block))
+        record = head + raw + tail
+        self.cum = cum = hashlib.blake2b(self.cum + record, digest_size=16).digest()
+        self.hashes.append(cum)
+        self.total = total = self.total + self.est(block, family=self.family) + 1.0
+        self.tokens.append(total)
         self.locations.append(location)
         self.indices.append(index)
-        self.kinds.append(_kind(block))
-        ttl = _marker_ttl(block)
-        if ttl is not None:
-            self.markers.append((len(self.hashes) - 1, ttl))
-
-
-def _record(prefix: object, block: Any) -> bytes:
-    if isinstance(block, str):
-        block = {"type": "text", "text": block}
-    return orjson.dumps([prefix, _strip(block)])
+        self.kinds.append(kind)
+        return record
 
 
 def fingerprint(
@@ -278,15 +308,13 @@ def fingerprint(
         tools = obj.get("tools")
         if isinstance(tools, list):
             for t, tool in enumerate(tools):
-                b.add("tools", (t,), tool, _record("t", tool))
+                b.add("tools", (t,), tool, b'"t"')
         system = obj.get("system")
         blocks = (
             [system] if isinstance(system, str) and system else system if isinstance(system, list) else []
         )
         for s, block in enumerate(blocks):
-            rec = _record("s", block)
-            system_records.append(rec)
-            b.add("system", (s,), block, rec)
+            system_records.append(b.add("system", (s,), block, b'"s"'))
         ctx = obj.get("tool_choice"), obj.get("thinking")
         ctx_bytes = orjson.dumps(ctx) if ctx != (None, None) else b""
         messages = obj.get("messages")
@@ -301,11 +329,11 @@ def fingerprint(
                 first_input = m
             content = message.get("content")
             parts = [content] if isinstance(content, str) else content if isinstance(content, list) else []
+            head = orjson.dumps((m, role))
             for p, block in enumerate(parts):
-                rec = _record((m, role), block) + ctx_bytes
+                rec = b.add("messages", (m, p), block, head, ctx_bytes)
                 if m == first_input:
                     first_records.append(rec)
-                b.add("messages", (m, p), block, rec)
         top = obj.get("cache_control")
         if type(top) is dict:
             target = next(
@@ -329,7 +357,7 @@ def fingerprint(
             messages = inp.get("messages") if isinstance(inp, dict) else None
         if isinstance(tools, list):
             for t, tool in enumerate(tools):
-                b.add("tools", (t,), tool, _record("t", tool))
+                b.add("tools", (t,), tool, b'"t"')
         if not isinstance(messages, list):
             return None
         leading = True
@@ -350,15 +378,14 @@ def fingerprint(
             calls_bytes = orjson.dumps(calls) if calls else b""
             if not parts and calls:
                 parts = [{"type": "tool_calls"}]
+            head = orjson.dumps(header)
+            last = len(parts) - 1
             for p, block in enumerate(parts):
-                rec = _record(header, block)
-                if p == len(parts) - 1:
-                    rec += calls_bytes
+                rec = b.add(location, (m, p), block, head, calls_bytes if p == last else b"")
                 if location == "system":
                     system_records.append(rec)
                 elif m == first_input:
                     first_records.append(rec)
-                b.add(location, (m, p), block, rec)
     else:
         return None
     sys_anchor = _h(b"sys\x00" + b"".join(system_records)) if system_records else None
@@ -842,7 +869,7 @@ class Diagnoser:
         self, state: RequestState, fp: Fingerprints, usage: TokenUsage, now: float
     ) -> tuple[MissVerdict | None, bool]:
         n = min(len(fp.hashes), self.max_positions)
-        keys = [fp.key(i) for i in range(n)]
+        keys = fp.keys(n)
         anchor_keys = [
             _h(tag + a)
             for tag, a in ((b"a:conv", fp.conversation), (b"a:msg0", fp.first_message), (b"a:sys", fp.system))

@@ -252,6 +252,15 @@ class Engine:
             model = info.request_model
             if self.cache_diagnostics and info.api == "messages" and profile.name == "anthropic":
                 outgoing = self._cache_diagnostics(exchange, headers, outgoing, diagnoser)
+            parsed = getattr(plan, "parsed", None) if plan is not None else None
+            if (
+                parsed is not None
+                and has_markers
+                and isinstance(outgoing, bytes)
+                and len(outgoing) <= diagnoser.max_bytes
+            ):
+                # The planner's parsed body is what is sent: no second parse at the end.
+                outgoing = parsed
             exchange.diag = diagnoser.before(
                 info.api,
                 outgoing,

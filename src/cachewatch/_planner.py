@@ -142,6 +142,9 @@ class Plan:
     source: bytes | None = field(default=None, repr=False, compare=False)
     #: The planner's in-flight bookkeeping for this request (see :meth:`Planner.started`).
     ticket: _Ticket | None = field(default=None, repr=False, compare=False)
+    #: The parsed body as sent (with the inserted markers), for the miss diagnosis to reuse
+    #: instead of parsing the body again; None when the plan has an error.
+    parsed: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def inserted(self) -> tuple[Placement, ...]:
@@ -191,7 +194,7 @@ _new_placement: Final = _placement_factory()
 
 def _plan_factory() -> Callable[..., Plan]:
     new = object.__new__
-    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15 = _field_setters(
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15, s16 = _field_setters(
         Plan,
         (
             "body",
@@ -210,6 +213,7 @@ def _plan_factory() -> Callable[..., Plan]:
             "complete_estimate",
             "source",
             "ticket",
+            "parsed",
         ),
     )
 
@@ -230,6 +234,7 @@ def _plan_factory() -> Callable[..., Plan]:
         complete_estimate: bool,
         source: bytes | None,
         ticket: _Ticket | None,
+        parsed: dict[str, Any] | None,
     ) -> Plan:
         """``Plan(...)`` with every field given, without the frozen ``__init__``'s cost."""
         p = new(Plan)
@@ -249,6 +254,7 @@ def _plan_factory() -> Callable[..., Plan]:
         s13(p, complete_estimate)
         s14(p, source)
         s15(p, ticket)
+        s16(p, parsed)
         return p
 
     return make
@@ -606,6 +612,7 @@ class Planner:
             not skimmed,  # complete_estimate
             body if skimmed else None,  # source
             ticket,
+            obj,  # parsed
         )
 
     def _min_tokens(self, profile: Profile, model: str | None) -> int:
