@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 echo "== in-process overhead vs bare MockTransport =="; $PY benchmarks/overhead.py
+echo; echo "== observe-only floor: minimal reference wrappers =="; $PY benchmarks/observe_floor.py
 echo; echo "== auto through the transport; time to first byte with a silent upstream =="; $PY benchmarks/auto_overhead.py
 echo; echo "== breakpoint planning cost vs orjson round trip =="; $PY benchmarks/planner_bench.py
 echo; echo "== proxy added latency on loopback =="; $PY benchmarks/proxy_latency.py -n 1500

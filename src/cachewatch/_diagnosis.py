@@ -12,7 +12,7 @@ Fingerprints (per request, research A.3/A.4, B.2):
   folded into their message's last position; ``tool_choice``/``thinking`` are folded
   into every message position, because they invalidate the messages cache only).
 * Position ``i`` has a cumulative hash over the canonical bytes of positions
-  ``0..i`` with ``cache_control`` removed (blake2b-128, *model-free*); the store key of
+  ``0..i`` with ``cache_control`` removed (XXH3-128, *model-free*); the store key of
   a prefix adds the model (caches are per model). Only hashes, block indices and a
   closed set of block kinds are kept: never content.
 * Token estimates per position come from the cheap estimator of ``_tokens`` (raw
@@ -66,16 +66,16 @@ both writes. Entries the bounded store drops before they expire are not counted.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import itertools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 import orjson
+import xxhash
 
 from ._models import TokenUsage
 from ._tokens import TokenEstimator, model_family
@@ -137,13 +137,14 @@ _KINDS = frozenset(
 _SKIP_AUTOMATIC = frozenset({"thinking", "redacted_thinking"})
 _INPUT_ROLES = frozenset({"user", "tool", "function"})
 _ANCHOR_HASH = 4
-#: Version 2: records are ``json(prefix) + json(block)``, store keys XOR a per-model tag.
+#: Version 2: XXH3-128, records are ``json(prefix) + json(block)``, keys XOR a model tag.
 _SEED = b"cachewatch-fp-2"
 _CC = b'"cache_control"'
 
 
-def _h(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=16).digest()
+#: 128-bit XXH3: identities of prefixes, not secrets (no content is kept either way);
+#: about ten times BLAKE2b's speed on the few hundred bytes of a typical block.
+_h: Final[Callable[[bytes], bytes]] = xxhash.xxh3_128_digest
 
 
 def _model_tag(model: str) -> int:
@@ -154,7 +155,7 @@ def _prefix_key(model: str, content_hash: bytes) -> bytes:
     """The store key of a model-free prefix hash: the hash XOR a per-model 128-bit tag.
 
     (Caches are per model. A XOR keeps the key 16 bytes and costs one integer operation
-    per position, where a hash of model and prefix cost a BLAKE2b call per position.)
+    per position instead of a hash call.)
     """
     return (int.from_bytes(content_hash, "big") ^ _model_tag(model)).to_bytes(16, "big")
 
@@ -285,7 +286,7 @@ class _Builder:
                     self.markers.append((len(self.hashes), ttl))
                 raw = orjson.dumps(_strip(block))
         record = head + raw + tail
-        self.cum = cum = hashlib.blake2b(self.cum + record, digest_size=16).digest()
+        self.cum = cum = _h(self.cum + record)
         self.hashes.append(cum)
         self.total = total = self.total + self.est(block, family=self.family) + 1.0
         self.tokens.append(total)
