@@ -539,6 +539,27 @@ def one_shot(run: Run, *, prompts: int = 200, seed: str = "oneshot") -> None:
         run.send(model=SONNET, system=system, messages=[{"role": "user", "content": body}])
 
 
+def document_chat(
+    run: Run, *, conversations: int = 4, turns: int = 6, document_tokens: int = 3_000, seed: str = "docchat"
+) -> None:
+    """Chats whose first message carries a document under a one-line system prompt (as in
+    a chat UI where the user pastes a file); 10-60 s between turns, 0.5-2 min between
+    conversations. Its first request looks exactly like a one-shot prompt."""
+    rng = random.Random(seed)
+    system = "You are a helpful assistant."
+    for c in range(conversations):
+        if c:
+            run.wait(rng.uniform(30, 120))
+        messages: list[dict[str, Any]] = []
+        for t in range(turns):
+            if t:
+                run.wait(rng.uniform(10, 60))
+            tokens = document_tokens if t == 0 else rng.randint(30, 160)
+            messages.append({"role": "user", "content": text(f"{seed}-{c}-{t}", tokens)})
+            reply = run.send(model=SONNET, system=system, messages=messages)
+            messages.append(_reply(reply))
+
+
 def below_minimum(run: Run, *, conversations: int = 6, turns: int = 5, seed: str = "small") -> None:
     """Conversations whose prompts never reach the model's minimum: short chats on Sonnet
     (< 1,024 tokens) and longer ones on Haiku 4.5 (1,500-3,500 tokens, minimum 4,096)."""
@@ -605,6 +626,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload("agent tool loop", "anthropic", agent),
         Workload("document Q&A", "anthropic", document_qa),
         Workload("200 one-shot", "anthropic", one_shot, vs_none=1.01),
+        Workload("document chat", "anthropic", document_chat),
         Workload("below minimum", "anthropic", below_minimum),
         Workload("fan-out (cold)", "anthropic", fan_out),
         Workload("DashScope chat", "dashscope", dashscope_chat),
