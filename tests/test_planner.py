@@ -189,6 +189,28 @@ def test_caller_markers_fill_the_budget() -> None:
     assert sum(p.action == "kept" for p in result.placements) == 4
 
 
+@pytest.mark.parametrize("container", ["tool_result", "search_result", "document", "deep"])
+def test_markers_nested_in_any_sub_content_use_slots(container: str) -> None:
+    # Three caller markers plus one nested marker: the four slots are used, so nothing
+    # may be inserted (a fifth marker is a 400 on Anthropic).
+    inner = [marked("r")]
+    nested: dict[str, Any] = {
+        "tool_result": {"type": "tool_result", "tool_use_id": "t1", "content": inner},
+        "search_result": {"type": "search_result", "source": "s", "title": "t", "content": inner},
+        "document": {"type": "document", "source": {"type": "content", "content": inner}},
+        "deep": {
+            "type": "tool_result",
+            "tool_use_id": "t1",
+            "content": [{"type": "search_result", "source": "s", "title": "t", "content": inner}],
+        },
+    }[container]
+    body = chat([marked(LONG), marked("q"), nested, {"type": "text", "text": "question " * 50}])
+    body["system"] = [marked(LONG)]
+    result = plan(body)
+    assert result.inserted == ()
+    assert (result.body or orjson.dumps(body)).count(b'"cache_control"') == 4
+
+
 def test_caller_top_level_counts_and_suppresses_tail() -> None:
     body = chat(
         [marked("a"), marked("b"), {"type": "text", "text": "c"}], cache_control={"type": "ephemeral"}

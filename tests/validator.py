@@ -102,14 +102,22 @@ def _blocks(body: dict[str, Any], rules: ProfileRules) -> list[tuple[str, Any]]:
     return out
 
 
-def _nested_markers(block: Any) -> list[Any]:
-    if (
-        isinstance(block, dict)
-        and block.get("type") == "tool_result"
-        and isinstance(block.get("content"), list)
-    ):
-        return [p["cache_control"] for p in block["content"] if isinstance(p, dict) and "cache_control" in p]
-    return []
+def _nested_markers(block: Any, depth: int = 0) -> list[Any]:
+    """Markers inside a block's sub-content: ``content`` lists and a document's ``source.content``."""
+    if not isinstance(block, dict):
+        return []
+    source = block.get("source")
+    found: list[Any] = []
+    for content in (block.get("content"), source.get("content") if isinstance(source, dict) else None):
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            if isinstance(part, dict):
+                if "cache_control" in part:
+                    found.append(part["cache_control"])
+                if depth < 3:
+                    found.extend(_nested_markers(part, depth + 1))
+    return found
 
 
 def _strip(value: Any, original: Any, path: str, problems: list[str], rules: ProfileRules) -> None:

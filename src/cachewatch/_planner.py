@@ -37,7 +37,8 @@ Placement policy (research A.1-A.6, B.2, E):
   ``thinking``/``redacted_thinking`` or empty text, on a string, non-dict ``cache_control``)
   are removed (``removed_invalid``) unless ``remove_invalid=False``: on a strict endpoint
   they would fail the request with a 400, and on a lenient one they do nothing.
-  Markers nested inside sub-content (``tool_result.content``) are kept and counted.
+  Markers nested inside sub-content (``tool_result``/``search_result`` ``content``, a
+  document's ``source.content``) are kept and counted.
 * Learning (online, from what the provider reports; deterministic for a given history):
 
   - ``observe`` calibrates the token estimator with the billed prompt total.
@@ -1090,13 +1091,24 @@ def _eligible_part(block: Any, native: bool) -> bool:
     return kind in _OPENAI_TARGETS
 
 
-def _nested_markers(block: dict[str, Any], walk: _Walk, at: int) -> None:
-    content = block.get("content")
-    if isinstance(content, list):
+def _nested_markers(block: dict[str, Any], walk: _Walk, at: int, depth: int = 0) -> None:
+    """Count the markers inside a block's sub-content (they use breakpoint slots too).
+
+    Sub-content is a ``content`` list (``tool_result``, ``search_result``, and the blocks
+    nested in them) or a document's ``source.content`` list, followed a few levels down.
+    """
+    source = block.get("source")
+    for content in (block.get("content"), source.get("content") if type(source) is dict else None):
+        if type(content) is not list:
+            continue
         for part in content:
-            if isinstance(part, dict) and isinstance(part.get("cache_control"), dict):
-                ttl = "1h" if part["cache_control"].get("ttl") == "1h" else "5m"
-                walk.nested.append((at - 0.5, ttl))
+            if type(part) is not dict:
+                continue
+            marker = part.get("cache_control")
+            if type(marker) is dict:
+                walk.nested.append((at - 0.5, "1h" if marker.get("ttl") == "1h" else "5m"))
+            if depth < 3 and ("content" in part or "source" in part):
+                _nested_markers(part, walk, at, depth + 1)
 
 
 def _walk(
@@ -1216,7 +1228,7 @@ def _walk_anthropic(
                 else:
                     ok = kind in _ANTHROPIC_TARGETS
                     raw = add_block(block)
-                    if kind == "tool_result" and type(block.get("content")) is list:
+                    if "content" in block or "source" in block:
                         _nested_markers(block, walk, len(positions))
                 ttl = None
                 if "cache_control" in block:
