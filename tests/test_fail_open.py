@@ -487,3 +487,39 @@ def test_fault_is_logged_once_without_its_message(family, mode, monkeypatch, cap
     records = [r for r in caplog.records if r.name == "cachewatch" and "observe" in r.getMessage()]
     assert len(records) == 1
     assert secret not in caplog.text
+
+
+@pytest.mark.parametrize("stage", ["begin", "record"])
+@pytest.mark.parametrize(("family", "mode"), COMBOS)
+def test_a_fault_after_planning_releases_the_planners_claims(family, mode, stage, monkeypatch):
+    # The plan claims its static prefix (siblings hold back while it writes); a fault
+    # later in begin (the original request then goes out) or while building the record
+    # must still end those claims, or siblings would skip their markers for minutes.
+    import cachewatch._engine as engine_module
+    from cachewatch._planner import Planner
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("injected")
+
+    if stage == "begin":
+        monkeypatch.setattr(engine_module.Engine, "_request_info", boom)
+    else:
+        monkeypatch.setattr(engine_module, "new_usage_record", boom)
+    planner = Planner()
+    body = orjson.dumps(
+        {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 64,
+            "system": LONG_SYSTEM,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+    )
+    tel = make_telemetry()
+    cw_rec = Recorder(fam(family), json_responder())
+    transport = wrapped(mode, cw_rec.transport(), breakpoints="auto", planner=planner, **tel.kwargs)
+    send(family, mode, transport, CallSpec(content=body), "content")
+    assert tel.faults(stage) == 1
+    assert planner._writers == {}
+    assert planner._probes == {}
+    if stage == "begin":
+        assert cw_rec.requests[0].body == body  # the original bytes went out

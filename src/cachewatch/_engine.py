@@ -144,6 +144,7 @@ class Engine:
         body: bytes | None,
     ) -> Exchange | None:
         """Start observing a request, or return None to let it pass through untouched."""
+        plan = None
         try:
             if method != "POST":
                 return None
@@ -184,7 +185,18 @@ class Engine:
             return exchange
         except Exception as exc:
             self.fault("begin", exc)
+            self._release(plan)  # the original request goes out: the plan's claims end here
             return None
+
+    def _release(self, plan: Any) -> None:
+        """Release the planner's in-flight claims of a plan that will not be sent."""
+        finished = getattr(self.planner, "finished", None)
+        if plan is None or finished is None or getattr(plan, "ticket", None) is None:
+            return
+        try:
+            finished(plan)
+        except Exception as exc:
+            self.fault("planner_feedback", exc)
 
     def _request_info(
         self,
@@ -633,6 +645,9 @@ class Exchange:
                         engine.fault("planner_feedback", exc)
         except Exception as exc:
             engine.fault("record", exc)
+            # The planner's claims must end with the exchange, record or not (a second
+            # ``finished`` after the one above is a no-op).
+            self._planner_feedback("finished")
             return
         engine.finish_sinks(self.sink_states, record)
 
