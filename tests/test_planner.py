@@ -369,6 +369,52 @@ def test_one_shot_traffic_stops_first_turn_tail_writes() -> None:
     assert any(p.reason == "tail" for p in plan(chat("q", "a", "q2"), planner=planner).inserted)
 
 
+def _turns(n: int, seed: str, system: str = LONG) -> dict[str, Any]:
+    """A conversation at its ``n``-th user turn (n - 1 assistant replies before it)."""
+    turns: list[str] = []
+    for k in range(n):
+        turns += [f"{seed} question {k}"] + ([f"{seed} answer {k}"] if k < n - 1 else [])
+    return chat(*turns, system=system)
+
+
+@pytest.mark.parametrize(("chats_per_five", "expect_tail"), [(1, False), (3, True)])
+def test_the_statistic_is_the_chance_a_first_turn_is_continued(
+    chats_per_five: int, expect_tail: bool
+) -> None:
+    # Per five conversations, `chats_per_five` are ten-turn chats and the rest one-shot
+    # prompts. The break-even (0.28) is about P(a first turn is continued): 0.2 here
+    # stays under it, 0.6 goes over, although in both mixes most requests continue a chat.
+    planner = Planner()
+    for round_ in range(12):
+        for c in range(5):
+            turns = 10 if c < chats_per_five else 1
+            for n in range(1, turns + 1):
+                body = _turns(n, f"r{round_}c{c}", system="Be brief.")  # short: never skimmed
+                result = planner.plan(body=orjson.dumps(body), **ANTHROPIC)
+                planner.finished(result)
+                planner.observe(result, TokenUsage(input=10))
+    rate = planner.continuation_rate("anthropic", "claude-sonnet-4-5")
+    assert (rate >= 0.28) is expect_tail
+    first = planner.plan(body=orjson.dumps(chat("a brand new question")), **ANTHROPIC)
+    assert any(p.reason == "tail" for p in first.inserted) is expect_tail
+
+
+def test_skimmed_and_usage_less_requests_still_teach_the_policy() -> None:
+    # A system prompt past the settle point makes continued turns skimmed (no raw
+    # estimate), and an endpoint may report no usage: both must still be counted.
+    planner = Planner()
+    huge = "policy clause " * 6_000
+    for c in range(6):
+        for n in (1, 2):
+            body = _turns(n, f"c{c}")
+            body["system"] = huge
+            result = planner.plan(body=orjson.dumps(body), **ANTHROPIC)
+            planner.finished(result)
+            planner.observe(result, None)
+    # Every first turn was continued: (6 + 1) / (6 + 3), less a little forgetting.
+    assert planner.continuation_rate("anthropic", "claude-sonnet-4-5") > 0.7
+
+
 # -- the adaptive policy: in-flight siblings and gaps against the TTL -----------------------
 
 

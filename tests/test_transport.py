@@ -401,3 +401,31 @@ def _exposition(telemetry: Any) -> str:
     from prometheus_client import generate_latest
 
     return generate_latest(telemetry.registry).decode()
+
+
+def test_the_policy_learns_from_responses_without_usage() -> None:
+    # An endpoint that reports no usage (a chat-completions stream without include_usage,
+    # a relay that strips it) still teaches the continuation statistic from the requests'
+    # shape, so the evidence-free probing phase ends.
+    import httpx
+    import orjson
+    from prometheus_client import CollectorRegistry
+
+    from cachewatch._planner import Planner
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"id": "msg_1", "type": "message", "content": []})
+
+    planner = Planner()
+    transport = cachewatch.CacheWatchTransport(
+        httpx.MockTransport(handler), planner=planner, registry=CollectorRegistry()
+    )
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 8,
+        "system": "policy clause " * 900,
+        "messages": [{"role": "user", "content": "hello"}],
+    }
+    with httpx.Client(transport=transport, base_url="https://api.anthropic.com") as client:
+        assert client.post("/v1/messages", content=orjson.dumps(body)).status_code == 200
+    assert ("anthropic", "claude-sonnet-4-5") in planner._stats

@@ -638,7 +638,11 @@ class Exchange:
             )
             if self.plan is not None:
                 self._planner_feedback("finished", parsed.usage)
-                if engine.planner is not None and parsed.usage is not None:
+                # Usage calibrates the estimator; the request's shape teaches the policy
+                # even where the endpoint reports no usage (a 2xx without it).
+                if engine.planner is not None and (
+                    parsed.usage is not None or 200 <= (self.status_code or 0) < 300
+                ):
                     try:
                         engine.planner.observe(self.plan, parsed.usage)
                     except Exception as exc:

@@ -42,10 +42,12 @@ Placement policy (research A.1-A.6, B.2, E):
 * Learning (online, from what the provider reports; deterministic for a given history):
 
   - ``observe`` calibrates the token estimator with the billed prompt total.
-  - Continuation: per profile and model, exponentially forgotten counts (a window of about
-    50 requests) of requests that continued a conversation, with a Beta(1, 2) prior. Below
-    ``continuation_threshold`` (0.28; a tail write costs 0.25x extra, a read saves 0.9x),
-    first-turn tail markers stop: one-shot traffic pays for one speculative write.
+  - Continuation: per profile and model, P(a first turn is continued), estimated as
+    exponentially forgotten counts (a window of about 50) of second turns over first
+    turns, with a Beta(1, 2) prior. Every successful response counts, with or without
+    usage. Below ``continuation_threshold`` (0.28; a tail write costs 0.25x extra, a read
+    saves 0.9x), first-turn tail markers stop: one-shot traffic pays for one speculative
+    write.
   - In flight: a first-turn request whose static prefix (tools + system) another request
     is writing, and whose response has not started, sends no marker
     (``skipped_in_flight``): it could not read that write (an entry is readable once the
@@ -129,6 +131,8 @@ class Plan:
     family: str = "other"
     #: The request has no assistant turn yet (a first turn or a one-shot request).
     first_turn: bool = True
+    #: The request has exactly one assistant turn: the first continuation of a conversation.
+    second_turn: bool = False
     #: Estimated tokens up to the static (tools + system) prefix end.
     static_tokens: int = 0
     #: Why the body was left alone when it was: ``unsupported``, ``not_json``, ``invalid_shape``,
@@ -195,7 +199,7 @@ _new_placement: Final = _placement_factory()
 
 def _plan_factory() -> Callable[..., Plan]:
     new = object.__new__
-    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15, s16 = _field_setters(
+    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15, s16, s17 = _field_setters(
         Plan,
         (
             "body",
@@ -207,6 +211,7 @@ def _plan_factory() -> Callable[..., Plan]:
             "estimated_tokens",
             "family",
             "first_turn",
+            "second_turn",
             "static_tokens",
             "error",
             "api",
@@ -228,6 +233,7 @@ def _plan_factory() -> Callable[..., Plan]:
         estimated_tokens: int | None,
         family: str,
         first_turn: bool,
+        second_turn: bool,
         static_tokens: int,
         error: str | None,
         api: str | None,
@@ -248,14 +254,15 @@ def _plan_factory() -> Callable[..., Plan]:
         s6(p, estimated_tokens)
         s7(p, family)
         s8(p, first_turn)
-        s9(p, static_tokens)
-        s10(p, error)
-        s11(p, api)
-        s12(p, provider)
-        s13(p, complete_estimate)
-        s14(p, source)
-        s15(p, ticket)
-        s16(p, parsed)
+        s9(p, second_turn)
+        s10(p, static_tokens)
+        s11(p, error)
+        s12(p, api)
+        s13(p, provider)
+        s14(p, complete_estimate)
+        s15(p, source)
+        s16(p, ticket)
+        s17(p, parsed)
         return p
 
     return make
@@ -283,17 +290,23 @@ _FORGET: Final = 0.98
 
 @dataclass(slots=True)
 class _Stats:
-    #: Exponentially forgotten counts (a window of about 50 requests): requests that
-    #: continued a conversation, and all requests.
+    #: Exponentially forgotten counts (a window of about 50 such requests): second turns
+    #: (the first continuation of a conversation) and first turns.
     continued: float = 0.0
     seen: float = 0.0
 
     @property
     def continuation(self) -> float:
-        # Beta(1, 2) prior (a first request is more often one-shot than not): one one-shot
-        # request brings it to 0.25, under the 0.28 threshold, so unrelated prompts pay for
-        # one speculative tail write, not two (Beta(1, 1)) or thirteen (a moving average).
-        return (self.continued + 1.0) / (self.seen + 3.0)
+        """P(a first turn is continued): second turns over first turns, Beta(1, 2) prior.
+
+        That is the probability the break-even threshold is about (a first-turn tail
+        write pays off if a second turn reads it); the share of continued requests
+        would count every later turn of a long chat. The prior: a first request is more
+        often one-shot than not; one one-shot request brings it to 0.25, under the 0.28
+        threshold, so unrelated prompts pay for one speculative tail write, not two
+        (Beta(1, 1)) or thirteen (a moving average).
+        """
+        return min(1.0, (self.continued + 1.0) / (self.seen + 3.0))
 
 
 #: Skimmed (large) plans: the first ``_SKIMMED_FIRST`` per provider and tokenizer family
@@ -344,6 +357,8 @@ class _Walk:
     #: A nested marker renders inside its parent block, so it sits at ``parent - 0.5``.
     nested: list[tuple[float, str]] = field(default_factory=list)
     first_turn: bool = True
+    #: Assistant messages seen (skimmed ones are not).
+    assistants: int = 0
     #: Raw running total past which every threshold is settled (inf: count everything).
     settle: float = _INF
     #: Messages before this index are skimmed once ``settle`` is passed (no caller markers).
@@ -445,13 +460,26 @@ class Planner:
                 body=None, profile=profile_name, api=api, error=f"internal_error:{type(exc).__name__}"
             )
 
-    def observe(self, plan: Plan, usage: TokenUsage) -> None:
-        """Feedback after the response: the usage the provider billed for a planned request.
+    def observe(self, plan: Plan, usage: TokenUsage | None) -> None:
+        """Feedback after a successful response: the usage the provider billed, if it said.
 
-        Calibrates the token estimator with the billed prompt total and updates the
-        minimal adaptive policy (continued-conversation rate per profile and model).
+        Updates the continuation statistic (per profile and model, from the request's
+        shape: first and second turns) and, with ``usage``, calibrates the token
+        estimator with the billed prompt total.
         """
         if plan.error is not None or plan.api is None:
+            return
+        if self.learning and plan.model is not None and (plan.first_turn or plan.second_turn):
+            key = (plan.profile, plan.model)
+            with self._lock:
+                stats = self._stats.get(key)
+                if stats is None:
+                    if len(self._stats) >= 1024:
+                        self._stats.clear()
+                    stats = self._stats[key] = _Stats()
+                stats.continued = stats.continued * _FORGET + (1.0 if plan.second_turn else 0.0)
+                stats.seen = stats.seen * _FORGET + (1.0 if plan.first_turn else 0.0)
+        if usage is None:
             return
         raw = plan.raw_estimate
         if raw is None and plan.source is not None and self._calibrate_skimmed(plan):
@@ -466,16 +494,6 @@ class Planner:
         total = usage.prompt_total
         if total > 0 and raw > 0:
             self.estimator.observe(raw, total, provider=plan.provider, family=plan.family)
-        if self.learning and plan.model is not None:
-            key = (plan.profile, plan.model)
-            with self._lock:
-                stats = self._stats.get(key)
-                if stats is None:
-                    if len(self._stats) >= 1024:
-                        self._stats.clear()
-                    stats = self._stats[key] = _Stats()
-                stats.continued = stats.continued * _FORGET + (0.0 if plan.first_turn else 1.0)
-                stats.seen = stats.seen * _FORGET + 1.0
 
     def _calibrate_skimmed(self, plan: Plan) -> bool:
         """Whether to finish the estimate of a skimmed (large) plan for calibration.
@@ -606,6 +624,7 @@ class Planner:
             counter.estimate,
             counter.family,
             walk.first_turn,
+            walk.assistants == 1 and not skimmed,  # second_turn
             int(static_raw * ratio),  # static_tokens
             None,  # error
             api,
@@ -1205,6 +1224,7 @@ def _walk_anthropic(
         roles.append(role_s)
         if role_s == "assistant":
             walk.first_turn = False
+            walk.assistants += 1
         counter.raw += per_message  # counter.add_message()
         content = message.get("content")
         start = len(positions)
@@ -1280,6 +1300,7 @@ def _walk_openai(
         roles.append(role_s if loc == "messages" else "system")
         if role_s == "assistant":
             walk.first_turn = False
+            walk.assistants += 1
         counter.raw += per_message  # counter.add_message()
         content = message.get("content")
         start = len(positions)
