@@ -444,6 +444,25 @@ def test_first_turn_siblings_do_not_write_what_an_in_flight_request_writes() -> 
     assert any(p.reason == "static" and p.action == "inserted" for p in reader.placements)
 
 
+def test_an_in_flight_sibling_holds_back_only_the_static_marker() -> None:
+    # B shares A's system prompt, which A is writing (its response has not started), but
+    # carries its own large document: B cannot read A's write, yet its document is its
+    # own to cache (a second turn reads it at 0.1x instead of writing it at 1.25x).
+    planner = Planner(clock=lambda: 0.0)
+
+    def first_turn(doc: str) -> bytes:
+        content = [{"type": "text", "text": doc}, {"type": "text", "text": "Summarise it."}]
+        return orjson.dumps(chat(content))
+
+    a = planner.plan(body=first_turn("contract A clause " * 5000), **ANTHROPIC)
+    b = planner.plan(body=first_turn("contract B clause " * 5000), **ANTHROPIC)
+    assert {p.reason for p in a.inserted} >= {"static", "document"}
+    actions = {p.reason: p.action for p in b.placements}
+    assert actions["static"] == "skipped_in_flight"
+    assert actions["document"] == "inserted"
+    assert actions["tail"] == "skipped_in_flight"  # A is the one evidence-free tail probe
+
+
 def test_a_failed_writer_releases_its_siblings() -> None:
     planner = Planner()
     writer = planner.plan(body=orjson.dumps(chat("question one " * 5)), **ANTHROPIC)

@@ -49,10 +49,10 @@ Placement policy (research A.1-A.6, B.2, E):
     saves 0.9x), first-turn tail markers stop: one-shot traffic pays for one speculative
     write.
   - In flight: a first-turn request whose static prefix (tools + system) another request
-    is writing, and whose response has not started, sends no marker
+    is writing, and whose response has not started, sends no static marker
     (``skipped_in_flight``): it could not read that write (an entry is readable once the
     response that wrote it starts), and writing it again costs 1.25x where unmarked input
-    costs 1x. Once the writer's response starts (:meth:`Planner.started`) the prefix is
+    costs 1x. Its own tail or document markers follow the usual rules. Once the writer's response starts (:meth:`Planner.started`) the prefix is
     believed readable for its TTL and siblings mark it again, to read it; a request that
     marked it but neither read nor wrote (:meth:`Planner.finished`) ends that belief.
     Before a model has any feedback, one first-turn tail probe is in flight at a time.
@@ -759,7 +759,9 @@ class Planner:
                 continue
             seen.add(index)
             pos = positions[index]
-            if sibling or (probe_blocked and reason == "tail"):
+            # In flight: only the static marker is held back (its write is the sibling's);
+            # a tail or document marker is this request's own, judged by the usual rules.
+            if (sibling and reason == "static") or (probe_blocked and reason == "tail"):
                 out.append(_placement(pos, index, "skipped_in_flight", None, reason, ratio))
                 continue
             if not counter.reaches_at(pos[_CUM], threshold):
