@@ -463,6 +463,30 @@ def test_an_in_flight_sibling_holds_back_only_the_static_marker() -> None:
     assert actions["tail"] == "skipped_in_flight"  # A is the one evidence-free tail probe
 
 
+@pytest.mark.parametrize(
+    ("other_tools", "other_host", "sibling"),
+    [("search_web", "dashscope-intl.aliyuncs.com", True), ("run_sql", "dashscope-intl.aliyuncs.com", False),
+     ("search_web", "dashscope.aliyuncs.com", False)],
+)  # fmt: skip
+def test_the_static_prefix_identity_includes_tools_and_host(
+    other_tools: str, other_host: str, sibling: bool
+) -> None:
+    # Chat-completions tools are not positions, and two hosts (regions) are two caches:
+    # requests differing in either do not share a static prefix, so neither holds back.
+    def body(tool: str, question: str) -> bytes:
+        tools = [{"type": "function", "function": {"name": tool, "parameters": {"type": "object"}}}]
+        messages = [{"role": "system", "content": LONG}, {"role": "user", "content": question}]
+        return orjson.dumps({"model": "qwen-plus", "tools": tools, "messages": messages})
+
+    where = {**DS_OPENAI, "host": "dashscope-intl.aliyuncs.com"}
+    planner = Planner(clock=lambda: 0.0)
+    writer = planner.plan(body=body("search_web", "question one"), **where)
+    assert writer.body is not None
+    other = planner.plan(body=body(other_tools, "question two"), **{**where, "host": other_host})
+    held = {p.action for p in other.placements if p.reason == "static"} == {"skipped_in_flight"}
+    assert held is sibling
+
+
 def test_a_failed_writer_releases_its_siblings() -> None:
     planner = Planner()
     writer = planner.plan(body=orjson.dumps(chat("question one " * 5)), **ANTHROPIC)

@@ -371,6 +371,10 @@ class _Walk:
     unmarked: bool | None = None
     #: Positions ``[start, end)`` of the skimmed placeholders (never eligible).
     skim_span: tuple[int, int] = (0, 0)
+    #: The endpoint's host, and tool definitions that are not positions (chat-completions
+    #: and DashScope native formats): both part of a static prefix's identity.
+    host: str = ""
+    tools: Any = None
 
 
 class Planner:
@@ -454,7 +458,7 @@ class Planner:
         try:
             profile = self.registry.match(host, path)
             profile_name = profile.name
-            return self._plan(api, profile, body)
+            return self._plan(api, profile, body, host)
         except Exception as exc:  # fail open: the original bytes go out
             return Plan(
                 body=None, profile=profile_name, api=api, error=f"internal_error:{type(exc).__name__}"
@@ -558,7 +562,7 @@ class Planner:
 
     # -- planning ----------------------------------------------------------------------
 
-    def _plan(self, api: str, profile: Profile, body: bytes) -> Plan:
+    def _plan(self, api: str, profile: Profile, body: bytes, host: str = "") -> Plan:
         wants_usage = self.include_usage and api == "chat_completions"
         if not profile.supports_markers and not wants_usage:
             return Plan(
@@ -592,6 +596,8 @@ class Planner:
         needed = max(self._min_tokens(profile, model) * (1.0 + self.min_margin), self.document_tokens)
         settle = needed * (1.0 + self.estimator.band) / max(counter.ratio, 1e-6)
         walk = _walk(obj, profile, counter, self.remove_invalid, settle, body)
+        if walk is not None:
+            walk.host = host
         if walk is None:
             if added_usage:
                 return Plan(
@@ -711,7 +717,7 @@ class Planner:
         if walk.first_turn and self.learning:
             now = self.clock()
             if static is not None and counter.reaches_at(positions[static][_CUM], threshold):
-                static_key = _static_key(profile.name, model, positions, fm)
+                static_key = _static_key(_scope(profile, walk), model, positions, fm)
                 with self._lock:
                     readable = self._readable.get(static_key, 0.0) > now
                     sibling = not readable and _claimed(self._writers.get(static_key), now)
@@ -746,7 +752,7 @@ class Planner:
                 if reason == "static":
                     key = static_key
                 elif reason == "document":
-                    key = _static_key(profile.name, model, positions, index + 1)
+                    key = _static_key(_scope(profile, walk), model, positions, index + 1)
                 else:
                     continue
                 if key is not None and self._came_back_late(key, now):
@@ -941,9 +947,15 @@ def _claimed(claims: list[_Ticket] | None, now: float) -> bool:
     return bool(live)
 
 
-def _static_key(profile: str, model: str | None, positions: list[_Pos], end: int) -> int:
+def _scope(profile: Profile, walk: _Walk) -> tuple[object, ...]:
+    """What besides the blocks identifies a cache: profile, host, tools that are not positions."""
+    tools = walk.tools
+    return (profile.name, walk.host, orjson.dumps(tools, option=orjson.OPT_SORT_KEYS) if tools else None)
+
+
+def _static_key(scope: object, model: str | None, positions: list[_Pos], end: int) -> int:
     """Identity of the static prefix (tools and system blocks, unmarked) for one model."""
-    parts: list[object] = [profile, model]
+    parts: list[object] = [scope, model]
     for i in range(end):
         pos = positions[i]
         block = pos[_CONT][pos[_KEY]]
@@ -1152,10 +1164,13 @@ def _walk(
             counter.add_tools(tools)
             for tool in tools:
                 counter.add_json(tool)
+            walk.tools = tools
         return _walk_openai(messages, counter, remove_invalid, walk, native=False)
     inp = obj.get("input")
     if not isinstance(inp, dict):
         return None
+    params = obj.get("parameters")
+    walk.tools = params.get("tools") if isinstance(params, dict) else None
     return _walk_openai(inp.get("messages"), counter, remove_invalid, walk, native=True)
 
 
