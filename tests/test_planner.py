@@ -220,6 +220,16 @@ def test_caller_top_level_counts_and_suppresses_tail() -> None:
     assert [p.reason for p in inserted] == ["static"]  # 2 caller + top-level + static = 4
 
 
+def test_no_marker_on_the_block_a_caller_top_level_marker_lands_on() -> None:
+    # Nothing after the system prompt is cacheable, so the caller's top-level (5m)
+    # automatic breakpoint lands on the system block: a 1h marker of ours there would
+    # give one block two TTLs (a 400).
+    body = chat([{"type": "text", "text": " "}])
+    body["cache_control"] = {"type": "ephemeral"}
+    result = plan(body, planner=Planner(static_ttl="1h"))
+    assert result.inserted == ()
+
+
 def test_relay_reserves_a_slot() -> None:
     turns = ([marked("a"), marked("b"), marked("c"), {"type": "text", "text": "d"}],)
     assert plan(chat(*turns), RELAY).body is None

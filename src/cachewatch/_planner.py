@@ -682,8 +682,12 @@ class Planner:
             if caller or walk.nested
             else []
         )
+        automatic: int | None = None  # the block the caller's top-level marker lands on
         if top_ttl is not None:
-            ordered.append((float(len(positions)), top_ttl))
+            # Automatic caching marks the last cacheable block: its TTL sits there, and no
+            # marker of ours may go on that block (two TTLs on one block are a 400).
+            automatic = _last_eligible(positions, 0, len(positions))
+            ordered.append((float(len(positions) if automatic is None else automatic), top_ttl))
         if budget <= 0 or (ordered and _disordered(ordered)):
             return tuple(out), changed, None
 
@@ -760,6 +764,8 @@ class Planner:
 
         chosen: list[tuple[int, str]] = []
         seen: set[int] = set(caller)
+        if automatic is not None:
+            seen.add(automatic)
         for index, reason in candidates:
             if index in seen:
                 continue
