@@ -497,6 +497,40 @@ def test_the_static_prefix_identity_includes_tools_and_host(
     assert held is sibling
 
 
+def test_concurrent_first_turn_siblings_cannot_both_write() -> None:
+    # A is paused between its in-flight check and its claim (inside the 1h-rule lookup);
+    # B, planned meanwhile on another thread, must wait for A's claim and hold back.
+    import threading
+
+    planner = Planner(clock=lambda: 0.0)
+    inside, go = threading.Event(), threading.Event()
+    original = planner._came_back_late
+
+    def paused(key: int, now: float) -> bool:
+        if not inside.is_set():
+            inside.set()
+            go.wait(5)
+        return original(key, now)
+
+    planner._came_back_late = paused  # type: ignore[method-assign]
+    results: dict[str, Plan] = {}
+
+    def run(name: str, question: str) -> None:
+        results[name] = planner.plan(body=orjson.dumps(chat(question)), **ANTHROPIC)
+
+    a = threading.Thread(target=run, args=("a", "question one " * 5))
+    a.start()
+    assert inside.wait(5)
+    b = threading.Thread(target=run, args=("b", "question two " * 5))
+    b.start()
+    b.join(0.5)  # without the lock B finishes here, having seen no writer
+    go.set()
+    a.join(5)
+    b.join(5)
+    writers = [name for name, r in results.items() if any(p.reason == "static" for p in r.inserted)]
+    assert writers == ["a"]
+
+
 def test_a_failed_writer_releases_its_siblings() -> None:
     planner = Planner()
     writer = planner.plan(body=orjson.dumps(chat("question one " * 5)), **ANTHROPIC)

@@ -449,6 +449,8 @@ class Planner:
         self._probes: dict[tuple[str, str], list[_Ticket]] = {}
         self._min_cache: dict[tuple[str, str | None], int] = {}
         self._lock = threading.Lock()
+        #: Held while a first-turn request is placed (see _plan); taken before ``_lock``.
+        self._first_turns = threading.Lock()
 
     # -- public ----------------------------------------------------------------------
 
@@ -616,7 +618,13 @@ class Planner:
                 provider=profile.provider,
                 error="invalid_shape",
             )
-        placements, changed, ticket = self._place(obj, profile, model, counter, walk)
+        if walk.first_turn and self.learning:
+            # First turns check the in-flight claims, then claim: one at a time, so two
+            # concurrent siblings cannot both see no writer and both write.
+            with self._first_turns:
+                placements, changed, ticket = self._place(obj, profile, model, counter, walk)
+        else:
+            placements, changed, ticket = self._place(obj, profile, model, counter, walk)
         ratio = counter.ratio
         static_raw = walk.positions[walk.first_message - 1][_CUM] if walk.first_message else 0.0
         skimmed = walk.skimmed
