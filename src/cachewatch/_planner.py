@@ -52,7 +52,8 @@ Placement policy (research A.1-A.6, B.2, E):
     is writing, and whose response has not started, sends no static marker
     (``skipped_in_flight``): it could not read that write (an entry is readable once the
     response that wrote it starts), and writing it again costs 1.25x where unmarked input
-    costs 1x. Its own tail or document markers follow the usual rules. Once the writer's response starts (:meth:`Planner.started`) the prefix is
+    costs 1x. Its own tail or document markers follow the usual rules. First turns are
+    placed one at a time (check and claim), so concurrent siblings cannot both write. Once the writer's response starts (:meth:`Planner.started`) the prefix is
     believed readable for its TTL and siblings mark it again, to read it; a request that
     marked it but neither read nor wrote (:meth:`Planner.finished`) ends that belief.
     Before a model has any feedback, one first-turn tail probe is in flight at a time.
