@@ -185,16 +185,22 @@ class Engine:
             return exchange
         except Exception as exc:
             self.fault("begin", exc)
-            self._release(plan)  # the original request goes out: the plan's claims end here
+            self.planner_feedback(plan, "finished")  # the original request goes out
             return None
 
-    def _release(self, plan: Any) -> None:
-        """Release the planner's in-flight claims of a plan that will not be sent."""
-        finished = getattr(self.planner, "finished", None)
-        if plan is None or finished is None or getattr(plan, "ticket", None) is None:
+    def planner_feedback(self, plan: Any, event: str, *args: object) -> None:
+        """Tell the planner a planned request's response ``started`` or ``finished``.
+
+        Only plans holding in-flight claims (a ``ticket``) need it; planners without the
+        hooks are skipped; a fault is counted, never raised.
+        """
+        if getattr(plan, "ticket", None) is None:
+            return
+        hook = getattr(self.planner, event, None)
+        if hook is None:
             return
         try:
-            finished(plan)
+            hook(plan, *args)
         except Exception as exc:
             self.fault("planner_feedback", exc)
 
@@ -566,20 +572,8 @@ class Exchange:
         self._finish(Outcome.TRANSPORT_ERROR, type(exc).__name__)
 
     def _planner_feedback(self, event: str, *args: object) -> None:
-        """Tell the planner this planned request's response ``started`` or ``finished``.
-
-        Only plans holding in-flight claims (a ``ticket``) need it; planners without the
-        hooks are skipped.
-        """
-        if getattr(self.plan, "ticket", None) is None:
-            return
-        hook = getattr(self.engine.planner, event, None)
-        if hook is None:
-            return
-        try:
-            hook(self.plan, *args)
-        except Exception as exc:
-            self.engine.fault("planner_feedback", exc)
+        """:meth:`Engine.planner_feedback` for this exchange's plan."""
+        self.engine.planner_feedback(self.plan, event, *args)
 
     def _finish(self, outcome: Outcome | None, error_type: str | None) -> None:
         if self._done:  # the usual second call (the body ended, then it was closed)
