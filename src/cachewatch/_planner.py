@@ -52,11 +52,12 @@ Placement policy (research A.1-A.6, B.2, E):
     is writing, and whose response has not started, sends no static marker
     (``skipped_in_flight``): it could not read that write (an entry is readable once the
     response that wrote it starts), and writing it again costs 1.25x where unmarked input
-    costs 1x. Its own tail or document markers follow the usual rules. First turns are
-    placed one at a time (check and claim), so concurrent siblings cannot both write. Once the writer's response starts (:meth:`Planner.started`) the prefix is
-    believed readable for its TTL and siblings mark it again, to read it; a request that
-    marked it but neither read nor wrote (:meth:`Planner.finished`) ends that belief.
-    Before a model has any feedback, one first-turn tail probe is in flight at a time.
+    costs 1x. Its own tail or document markers follow the usual rules. Once the writer's
+    response starts (:meth:`Planner.started`) the prefix is believed readable for its TTL
+    and siblings mark it again, to read it; a request that marked it but neither read nor
+    wrote (:meth:`Planner.finished`) ends that belief. Before a model has any feedback,
+    one first-turn tail probe is in flight at a time. First turns are placed one at a
+    time (check, then claim), so concurrent siblings cannot both write.
 """
 
 from __future__ import annotations
@@ -727,10 +728,12 @@ class Planner:
         readable = False
         probe_key: tuple[str, str] | None = None
         now = 0.0
+        scope: tuple[object, ...] | None = None  # computed on first use (it may dump tools)
         if walk.first_turn and self.learning:
             now = self.clock()
             if static is not None and counter.reaches_at(positions[static][_CUM], threshold):
-                static_key = _static_key(_scope(profile, walk), model, positions, fm)
+                scope = _scope(profile, walk)
+                static_key = _static_key(scope, model, positions, fm)
                 with self._lock:
                     readable = self._readable.get(static_key, 0.0) > now
                     sibling = not readable and _claimed(self._writers.get(static_key), now)
@@ -765,7 +768,8 @@ class Planner:
                 if reason == "static":
                     key = static_key
                 elif reason == "document":
-                    key = _static_key(_scope(profile, walk), model, positions, index + 1)
+                    scope = scope or _scope(profile, walk)
+                    key = _static_key(scope, model, positions, index + 1)
                 else:
                     continue
                 if key is not None and self._came_back_late(key, now):
