@@ -156,6 +156,21 @@ def test_factories_build_the_same_frozen_values() -> None:
         usage.input = 9  # type: ignore[misc]
 
 
+def test_the_planners_factories_follow_the_field_order() -> None:
+    # The planner calls them positionally: every field given, in declaration order.
+    from dataclasses import fields
+
+    from cachewatch._planner import Placement, Plan, _new_placement, _new_plan
+
+    for cls, make in ((Plan, _new_plan), (Placement, _new_placement)):
+        values = [f"v{i}" for i in range(len(fields(cls)))]  # distinct: a swap shows
+        built = make(*values)
+        assert type(built) is cls
+        assert [getattr(built, f.name) for f in fields(cls)] == values
+        with pytest.raises(AttributeError):  # still frozen
+            setattr(built, fields(cls)[0].name, "x")
+
+
 def test_parsed_response_is_immutable() -> None:
     parsed = ParsedResponse(response_id="x")
     with pytest.raises(AttributeError):

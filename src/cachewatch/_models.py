@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, TypeVar
 
 __all__ = [
     "API_LABELS",
@@ -173,116 +173,32 @@ class UsageRecord:
 #
 # A frozen dataclass's generated ``__init__`` sets each field through
 # ``object.__setattr__``, about twice the cost of the slot descriptor's own ``__set__``.
-# The records built once per request (usage, cost, the record itself) are built through
-# these positional factories instead: same class, same values, half the cost.
+# The values built once per request (usage, cost, the record, the planner's plan and
+# placements) are built through positional factories instead: same class, same values,
+# half the cost.
+
+_T = TypeVar("_T")
 
 
-def _field_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[object, object], None], ...]:
-    """The slot setters of a frozen slots dataclass, checked against its field order."""
-    if tuple(f.name for f in fields(cls)) != names:
-        raise TypeError(f"{cls.__name__} fields changed: update its factory")
-    return tuple(cls.__dict__[name].__set__ for name in names)
+def slot_factory(cls: type[_T]) -> Callable[..., _T]:
+    """A positional ``cls(...)`` taking every field, in field order, for a frozen slots dataclass.
+
+    The function is generated, as dataclasses generates ``__init__``: it allocates the
+    instance and calls each field's slot setter, without ``object.__setattr__``.
+    """
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    env: dict[str, object] = {"new": object.__new__, "cls": cls}
+    lines = [f"def make({', '.join(names)}):", "    o = new(cls)"]
+    for i, name in enumerate(names):
+        env[f"set{i}"] = cls.__dict__[name].__set__
+        lines.append(f"    set{i}(o, {name})")
+    lines.append("    return o")
+    exec("\n".join(lines), env)  # the field names of the class itself, nothing else
+    make = env["make"]
+    make.__doc__ = f"``{cls.__name__}(...)`` with every field given, positionally."
+    return make  # type: ignore[return-value]
 
 
-def _token_usage_factory() -> Callable[[int, int, int, int, int, int | None], TokenUsage]:
-    new = object.__new__
-    s0, s1, s2, s3, s4, s5 = _field_setters(
-        TokenUsage, ("input", "cache_read", "cache_write_5m", "cache_write_1h", "output", "reasoning")
-    )
-
-    def make(
-        input: int,
-        cache_read: int,
-        cache_write_5m: int,
-        cache_write_1h: int,
-        output: int,
-        reasoning: int | None,
-    ) -> TokenUsage:
-        """``TokenUsage(...)`` with every field given, without the frozen ``__init__``'s cost."""
-        usage = new(TokenUsage)
-        s0(usage, input)
-        s1(usage, cache_read)
-        s2(usage, cache_write_5m)
-        s3(usage, cache_write_1h)
-        s4(usage, output)
-        s5(usage, reasoning)
-        return usage
-
-    return make
-
-
-def _cost_factory() -> Callable[[float, float, float, str], Cost]:
-    new = object.__new__
-    s0, s1, s2, s3 = _field_setters(Cost, ("total", "savings", "write_premium", "currency"))
-
-    def make(total: float, savings: float, write_premium: float, currency: str) -> Cost:
-        """``Cost(...)`` with every field given, without the frozen ``__init__``'s cost."""
-        cost = new(Cost)
-        s0(cost, total)
-        s1(cost, savings)
-        s2(cost, write_premium)
-        s3(cost, currency)
-        return cost
-
-    return make
-
-
-def _usage_record_factory() -> Callable[..., UsageRecord]:
-    new = object.__new__
-    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12 = _field_setters(
-        UsageRecord,
-        (
-            "request",
-            "outcome",
-            "status_code",
-            "stream",
-            "usage",
-            "response_model",
-            "response_id",
-            "finish_reasons",
-            "error_type",
-            "duration",
-            "time_to_first_token",
-            "cost",
-            "extra",
-        ),
-    )
-
-    def make(
-        request: RequestInfo,
-        outcome: Outcome,
-        status_code: int | None,
-        stream: bool,
-        usage: TokenUsage | None,
-        response_model: str | None,
-        response_id: str | None,
-        finish_reasons: tuple[str, ...],
-        error_type: str | None,
-        duration: float,
-        time_to_first_token: float | None,
-        cost: Cost | None,
-        extra: dict[str, object],
-    ) -> UsageRecord:
-        """``UsageRecord(...)`` with every field given, without the frozen ``__init__``'s cost."""
-        record = new(UsageRecord)
-        s0(record, request)
-        s1(record, outcome)
-        s2(record, status_code)
-        s3(record, stream)
-        s4(record, usage)
-        s5(record, response_model)
-        s6(record, response_id)
-        s7(record, finish_reasons)
-        s8(record, error_type)
-        s9(record, duration)
-        s10(record, time_to_first_token)
-        s11(record, cost)
-        s12(record, extra)
-        return record
-
-    return make
-
-
-new_token_usage: Final = _token_usage_factory()
-new_cost: Final = _cost_factory()
-new_usage_record: Final = _usage_record_factory()
+new_token_usage: Final[Callable[[int, int, int, int, int, int | None], TokenUsage]] = slot_factory(TokenUsage)
+new_cost: Final[Callable[[float, float, float, str], Cost]] = slot_factory(Cost)
+new_usage_record: Final[Callable[..., UsageRecord]] = slot_factory(UsageRecord)

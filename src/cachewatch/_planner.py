@@ -71,7 +71,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from ._models import TokenUsage, _field_setters
+from ._models import TokenUsage, slot_factory
 from ._profiles import Profile, ProfileRegistry
 from ._tokens import PrefixCounter, TokenEstimator
 
@@ -158,119 +158,12 @@ class Plan:
         return tuple(p for p in self.placements if p.action == "inserted")
 
 
-# A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``, which
-# costs about twice a direct slot-descriptor ``__set__``; the hot path builds one
-# :class:`Plan` and a few :class:`Placement` per request through factories instead.
-
-
-def _placement_factory() -> Callable[
-    [Location, str, str | None, tuple[int, ...], str, int, int, str], Placement
-]:
-    new = object.__new__
-    s0, s1, s2, s3, s4, s5, s6, s7 = _field_setters(
-        Placement, ("location", "action", "ttl", "index", "path", "position", "prefix_tokens", "reason")
-    )
-
-    def make(
-        location: Location,
-        action: str,
-        ttl: str | None,
-        index: tuple[int, ...],
-        path: str,
-        position: int,
-        prefix_tokens: int,
-        reason: str,
-    ) -> Placement:
-        """``Placement(...)`` with every field given, without the frozen ``__init__``'s cost."""
-        p = new(Placement)
-        s0(p, location)
-        s1(p, action)
-        s2(p, ttl)
-        s3(p, index)
-        s4(p, path)
-        s5(p, position)
-        s6(p, prefix_tokens)
-        s7(p, reason)
-        return p
-
-    return make
-
-
-_new_placement: Final = _placement_factory()
-
-
-def _plan_factory() -> Callable[..., Plan]:
-    new = object.__new__
-    s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15, s16, s17 = _field_setters(
-        Plan,
-        (
-            "body",
-            "placements",
-            "profile",
-            "model",
-            "added_include_usage",
-            "raw_estimate",
-            "estimated_tokens",
-            "family",
-            "first_turn",
-            "second_turn",
-            "static_tokens",
-            "error",
-            "api",
-            "provider",
-            "complete_estimate",
-            "source",
-            "ticket",
-            "parsed",
-        ),
-    )
-
-    def make(
-        body: bytes | None,
-        placements: tuple[Placement, ...],
-        profile: str,
-        model: str | None,
-        added_include_usage: bool,
-        raw_estimate: float | None,
-        estimated_tokens: int | None,
-        family: str,
-        first_turn: bool,
-        second_turn: bool,
-        static_tokens: int,
-        error: str | None,
-        api: str | None,
-        provider: str,
-        complete_estimate: bool,
-        source: bytes | None,
-        ticket: _Ticket | None,
-        parsed: dict[str, Any] | None,
-    ) -> Plan:
-        """``Plan(...)`` with every field given, without the frozen ``__init__``'s cost."""
-        p = new(Plan)
-        s0(p, body)
-        s1(p, placements)
-        s2(p, profile)
-        s3(p, model)
-        s4(p, added_include_usage)
-        s5(p, raw_estimate)
-        s6(p, estimated_tokens)
-        s7(p, family)
-        s8(p, first_turn)
-        s9(p, second_turn)
-        s10(p, static_tokens)
-        s11(p, error)
-        s12(p, api)
-        s13(p, provider)
-        s14(p, complete_estimate)
-        s15(p, source)
-        s16(p, ticket)
-        s17(p, parsed)
-        return p
-
-    return make
-
-
-_new_plan: Final = _plan_factory()
+# The hot path builds one Plan and a few Placements per request, positionally, without
+# the frozen ``__init__``'s cost (see ``_models.slot_factory``).
+_new_placement: Final[
+    Callable[[Location, str, str | None, tuple[int, ...], str, int, int, str], Placement]
+] = slot_factory(Placement)
+_new_plan: Final[Callable[..., Plan]] = slot_factory(Plan)
 
 
 # A position of the flattened prompt, as a plain tuple (the hot path builds one per block):
