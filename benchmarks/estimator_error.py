@@ -2,7 +2,7 @@
 
 Reads the recorded-exchange corpus (``shared/corpus/recorded-exchanges.jsonl.gz`` beside
 the repository, or ``$CACHEWATCH_CORPUS``), estimates each successful request's prompt
-with :class:`cachewatch._tokens.TokenEstimator` (uncalibrated: no ``observe`` feedback)
+with :class:`cachewatch.planning._tokens.TokenEstimator` (uncalibrated: no ``observe`` feedback)
 and prints the median and p90 absolute relative error per API and provider.
 
 True prompt totals: Anthropic messages ``input_tokens + cache_read_input_tokens +
@@ -27,8 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cachewatch._endpoints import provider_for_host
-from cachewatch._tokens import TokenEstimator, model_family
+from cachewatch.engine._endpoints import provider_for_host
+from cachewatch.planning._tokens import TokenEstimator, model_family
 
 
 def corpus_path() -> Path:

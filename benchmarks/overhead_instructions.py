@@ -38,7 +38,7 @@ def child(mode: str, n: int) -> None:
     import orjson
     import overhead
 
-    import cachewatch._engine as engine_module
+    import cachewatch.engine._engine as engine_module
 
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(

@@ -133,8 +133,8 @@ def thread_servers(log: bool) -> Iterator[tuple[str, str]]:
     import structlog
     from prometheus_client import CollectorRegistry
 
-    from cachewatch._proxy import create_proxy_app
     from cachewatch.emulator import create_app, run_in_thread
+    from cachewatch.proxy._proxy import create_proxy_app
 
     options: dict[str, Any] = {"breakpoints": "off", "registry": CollectorRegistry()}
     if not log:

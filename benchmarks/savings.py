@@ -26,7 +26,7 @@ Every (workload, strategy) pair runs against a **fresh emulator** with its own
     is not a user turn here;
 
 * ``auto`` is the transport with ``breakpoints="auto"`` and no caller marker; one
-  wrapped client (one learning :class:`~cachewatch._planner.Planner`) per run.
+  wrapped client (one learning :class:`~cachewatch.planning._planner.Planner`) per run.
 
 Cost is in token units from the usage the emulator billed:
 ``input x 1 + 5m writes x 1.25 + 1h writes x 2 + reads x 0.1``. The output is a
@@ -55,7 +55,7 @@ import anthropic
 from prometheus_client import CollectorRegistry
 
 import cachewatch
-from cachewatch._demo import _WORDS as _DEMO_WORDS
+from cachewatch.cli._demo import _WORDS as _DEMO_WORDS
 from cachewatch.emulator import ManualClock, create_app, run_in_thread
 
 __all__ = [

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from cachewatch._observer import ResponseObserver
+from cachewatch.observing._observer import ResponseObserver
 from corpus import EXPECTED_COUNT, api_label, load_corpus
 from corpus_oracle import expected_partition, final_usage, provider_prompt_total
 

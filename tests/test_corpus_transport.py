@@ -27,7 +27,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import cachewatch
-from cachewatch._models import RequestInfo, UsageRecord
+from cachewatch.accounting._records import RequestInfo, UsageRecord
 from corpus import EXPECTED_COUNT, api_label, load_corpus
 from corpus_oracle import expected_partition
 

@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 
-import cachewatch._catalogue as catalogue_module
-from cachewatch._catalogue import CATALOGUE, MetricSpec
+import cachewatch.sinks._catalogue as catalogue_module
 from cachewatch.dashboards import (
     build_alert_rules,
     build_alert_tests,
@@ -28,6 +27,7 @@ from cachewatch.dashboards import (
     write_dashboards,
 )
 from cachewatch.dashboards._yaml import dump_yaml
+from cachewatch.sinks._catalogue import CATALOGUE, MetricSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "dashboards"

@@ -9,7 +9,7 @@ import brotli
 import pytest
 import zstandard
 
-from cachewatch._decoding import ContentDecoder, make_decoder
+from cachewatch.observing._decoding import ContentDecoder, make_decoder
 
 PLAIN = b'{"usage": {"input_tokens": 12}}' * 50
 

@@ -22,7 +22,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import StatusCode
 
-import cachewatch._observer
+import cachewatch.observing._observer
 from _helpers import (
     ANTHROPIC_JSON_USAGE,
     ANTHROPIC_SSE_USAGE,
@@ -398,7 +398,7 @@ def test_raising_response_observer_leaves_traffic_identical(family, mode, method
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("observer exploded")
 
-    monkeypatch.setattr(cachewatch._observer.ResponseObserver, method, boom)
+    monkeypatch.setattr(cachewatch.observing._observer.ResponseObserver, method, boom)
     responder = json_responder() if body == "json" else sse_responder()
     spec = CallSpec(content=anthropic_request(stream=body == "sse"))
     _, got, tel = run_pair(family, mode, spec, responder, breakpoints="off")
@@ -480,7 +480,7 @@ def test_fault_is_logged_once_without_its_message(family, mode, monkeypatch, cap
     def boom(self: Any, chunk: bytes) -> None:
         raise ValueError(secret)
 
-    monkeypatch.setattr(cachewatch._observer.ResponseObserver, "feed", boom)
+    monkeypatch.setattr(cachewatch.observing._observer.ResponseObserver, "feed", boom)
     caplog.set_level(logging.DEBUG, logger="cachewatch")
     _, _, tel = run_pair(family, mode, CallSpec(content=anthropic_request()), json_responder())
     assert tel.faults("observe") == 2
@@ -495,8 +495,8 @@ def test_a_fault_after_planning_releases_the_planners_claims(family, mode, stage
     # The plan claims its static prefix (siblings hold back while it writes); a fault
     # later in begin (the original request then goes out) or while building the record
     # must still end those claims, or siblings would skip their markers for minutes.
-    import cachewatch._engine as engine_module
-    from cachewatch._planner import Planner
+    import cachewatch.engine._engine as engine_module
+    from cachewatch.planning._planner import Planner
 
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("injected")

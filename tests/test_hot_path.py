@@ -18,8 +18,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import cachewatch
-from cachewatch._endpoints import _MODEL_RE, _unescape, sniff_model
-from cachewatch._models import (
+from cachewatch.accounting._records import (
     Cost,
     Outcome,
     ParsedResponse,
@@ -30,8 +29,9 @@ from cachewatch._models import (
     new_token_usage,
     new_usage_record,
 )
-from cachewatch._observer import ResponseObserver
-from cachewatch._sse import SSEDecoder
+from cachewatch.engine._endpoints import _MODEL_RE, _unescape, sniff_model
+from cachewatch.observing._observer import ResponseObserver
+from cachewatch.observing._sse import SSEDecoder
 from cachewatch.sinks.logs import log_fields
 from cachewatch.sinks.prometheus import _adder, metrics_for
 
@@ -160,7 +160,7 @@ def test_the_planners_factories_follow_the_field_order() -> None:
     # The planner calls them positionally: every field given, in declaration order.
     from dataclasses import fields
 
-    from cachewatch._planner import Placement, Plan, _new_placement, _new_plan
+    from cachewatch.planning._planner import Placement, Plan, _new_placement, _new_plan
 
     for cls, make in ((Plan, _new_plan), (Placement, _new_placement)):
         values = [f"v{i}" for i in range(len(fields(cls)))]  # distinct: a swap shows

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import cachewatch
-from cachewatch._hygiene import UsageChunkFilter
+from cachewatch.planning._hygiene import UsageChunkFilter
 
 BASE = {"id": "chatcmpl-h", "object": "chat.completion.chunk", "created": 1, "model": "qwen-plus"}
 CHUNKS = [

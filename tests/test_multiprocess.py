@@ -12,7 +12,7 @@ started with the variable in its environment. Three workers each send K requests
 (JSON and SSE, with known usage, over httpx and httpx2, sync and async) through a
 ``CacheWatchTransport`` backed by a MockTransport; then a fourth process serves
 ``cachewatch.start_metrics_server(port=0)`` and also renders
-``cachewatch._server.exposition_registry()``. Both expositions must show exactly 3*K
+``cachewatch.sinks._server.exposition_registry()``. Both expositions must show exactly 3*K
 requests and 3*K times each request's tokens.
 """
 
@@ -74,7 +74,7 @@ AGGREGATOR = textwrap.dedent(
     import urllib.request
     from prometheus_client import generate_latest
     import cachewatch
-    from cachewatch._server import exposition_registry
+    from cachewatch.sinks._server import exposition_registry
 
     server, thread = cachewatch.start_metrics_server(port=0)
     try:

@@ -12,8 +12,8 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cachewatch._models import ParsedResponse, TokenUsage
-from cachewatch._observer import ResponseObserver
+from cachewatch.accounting._records import ParsedResponse, TokenUsage
+from cachewatch.observing._observer import ResponseObserver
 
 
 def sse(*events: tuple[str | None, object]) -> bytes:

@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 import pytest
 
-from cachewatch._models import TokenUsage
-from cachewatch._planner import Plan, Planner
-from cachewatch._profiles import ProfileRegistry
+from cachewatch.accounting._records import TokenUsage
+from cachewatch.planning._planner import Plan, Planner
+from cachewatch.planning._profiles import ProfileRegistry
 from validator import validate
 
 LONG = "cache prompt token model request stream usage system tool result " * 120  # ~1,800 tokens

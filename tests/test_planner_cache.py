@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from cachewatch._planner import Planner
+from cachewatch.planning._planner import Planner
 
 
 @dataclass

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cachewatch._planner import Planner
+from cachewatch.planning._planner import Planner
 from validator import validate
 
 WHERE = [

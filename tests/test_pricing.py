@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from cachewatch._models import TokenUsage
-from cachewatch._pricing import DEFAULT_PRICES, Price, PriceTable
+from cachewatch.accounting._pricing import DEFAULT_PRICES, Price, PriceTable
+from cachewatch.accounting._records import TokenUsage
 
 USAGE = TokenUsage(input=1_000, cache_read=20_000, cache_write_5m=3_000, cache_write_1h=2_000, output=500)
 
@@ -95,7 +95,7 @@ def test_file_overrides_toml_and_json(tmp_path: Path) -> None:
 
 def test_demo_savings_match_a_hand_computation() -> None:
     """Run the demo and recompute its money from the exported token totals, by hand."""
-    from cachewatch._demo import run_demo
+    from cachewatch.cli._demo import run_demo
 
     registry = CollectorRegistry()
     result = run_demo(registry=registry)

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from cachewatch._profiles import DEFAULT_PROFILES, EndpointRule, ProfileRegistry, min_tokens_lookup
+from cachewatch.planning._profiles import DEFAULT_PROFILES, EndpointRule, ProfileRegistry, min_tokens_lookup
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,8 @@
 """``cachewatch proxy`` in front of the emulator, both served for real by uvicorn (SPEC 2, 8, 10).
 
-The proxy app (:func:`cachewatch._proxy.create_proxy_app`) and the emulator each run in
+The proxy app (:func:`cachewatch.proxy._proxy.create_proxy_app`) and the emulator each run in
 a uvicorn thread on an ephemeral 127.0.0.1 port; the proxy with the uvicorn settings of
-``cachewatch proxy`` (:func:`cachewatch._proxy.server_options`: httptools, uvloop). The emulator sits behind
+``cachewatch proxy`` (:func:`cachewatch.proxy._proxy.server_options`: httptools, uvloop). The emulator sits behind
 :class:`Upstream`, a small ASGI wrapper that records every request it receives (path,
 raw headers) and whether each response ran to its end, so the tests can prove what did
 and did not reach the upstream.
@@ -36,9 +36,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cachewatch import cli
-from cachewatch._proxy import create_proxy_app, server_options
+from cachewatch.cli import _main as cli
 from cachewatch.emulator import Emulator, create_app, run_in_thread
+from cachewatch.proxy._proxy import create_proxy_app, server_options
 
 MODEL = "claude-sonnet-4-6"
 CC: dict[str, Any] = {"type": "ephemeral"}

@@ -1,4 +1,4 @@
-"""``cachewatch._report``: summarise an exposition and print it."""
+"""``cachewatch.cli._report``: summarise an exposition and print it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from rich.console import Console
 
-from cachewatch._report import report, summarise
+from cachewatch.cli._report import report, summarise
 
 
 def _exposition() -> str:

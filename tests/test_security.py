@@ -21,7 +21,7 @@ import pytest
 import structlog
 from prometheus_client import generate_latest
 
-import cachewatch._observer
+import cachewatch.observing._observer
 from _helpers import (
     COMBOS,
     JSON_HEADERS,
@@ -278,10 +278,10 @@ class _QuotingLogger:
 
 FAULTS = {
     "observer_feed": lambda mp: mp.setattr(
-        cachewatch._observer.ResponseObserver, "feed", _feed_quoting_the_body
+        cachewatch.observing._observer.ResponseObserver, "feed", _feed_quoting_the_body
     ),
     "observer_result": lambda mp: mp.setattr(
-        cachewatch._observer.ResponseObserver, "result", _result_quoting
+        cachewatch.observing._observer.ResponseObserver, "result", _result_quoting
     ),
     "planner": lambda mp: {"planner": _QuotingPlanner(), "breakpoints": "auto"},
     "logger": lambda mp: {"logger": _QuotingLogger()},

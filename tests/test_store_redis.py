@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from cachewatch._diagnosis import Entry
-from cachewatch._store_redis import RedisStore
+from cachewatch.diagnosis._diagnosis import Entry
+from cachewatch.diagnosis._store_redis import RedisStore
 from cachewatch.emulator import create_app, run_in_thread
 
 
@@ -112,7 +112,7 @@ import json, sys
 import httpx, redis
 from prometheus_client import CollectorRegistry
 import cachewatch
-from cachewatch._store_redis import RedisStore
+from cachewatch.diagnosis._store_redis import RedisStore
 
 url, port, prefix, system = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 records = []

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cachewatch import _tokens
-from cachewatch._tokens import TokenEstimator, model_family
+from cachewatch.planning import _tokens
+from cachewatch.planning._tokens import TokenEstimator, model_family
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 

@@ -411,7 +411,7 @@ def test_the_policy_learns_from_responses_without_usage() -> None:
     import orjson
     from prometheus_client import CollectorRegistry
 
-    from cachewatch._planner import Planner
+    from cachewatch.planning._planner import Planner
 
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"id": "msg_1", "type": "message", "content": []})

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cachewatch._models import TokenUsage
-from cachewatch._usage import UsageAccumulator, partition_usage, unwrap_envelope
+from cachewatch.accounting._records import TokenUsage
+from cachewatch.observing._usage import UsageAccumulator, partition_usage, unwrap_envelope
 
 
 def usage_of(api: str, body: Any) -> TokenUsage | None:

@@ -8,16 +8,16 @@ It sits under the clients people already use (anthropic, openai, httpx, httpx2):
 Data flow: request -> planner -> transport -> stream observer -> usage record -> sinks.
 """
 
-from ._diagnosis import FingerprintStore, MemoryStore
-from ._models import Cost, Outcome, TokenUsage, UsageRecord
-from ._pricing import Price, PriceTable
-from ._profiles import Profile, ProfileRegistry
-from ._server import start_metrics_server
-from ._store_redis import RedisStore
-from ._transport import AsyncCacheWatchTransport, CacheWatchTransport
 from ._version import __version__
-from ._wrap import wrap
+from .accounting._pricing import Price, PriceTable
+from .accounting._records import Cost, Outcome, TokenUsage, UsageRecord
+from .diagnosis._diagnosis import FingerprintStore, MemoryStore
+from .diagnosis._store_redis import RedisStore
+from .planning._profiles import Profile, ProfileRegistry
 from .sinks import Sink
+from .sinks._server import start_metrics_server
+from .transport._transport import AsyncCacheWatchTransport, CacheWatchTransport
+from .transport._wrap import wrap
 
 __all__ = [
     # transports

@@ -1,6 +1,6 @@
 """Grafana dashboards, Prometheus alert rules and their deployment files, from the metric catalogue.
 
-Every PromQL expression is assembled from :func:`cachewatch._catalogue.metric`
+Every PromQL expression is assembled from :func:`cachewatch.sinks._catalogue.metric`
 look-ups, so a renamed metric or label raises here, at generation time, instead of
 silently emptying a panel. ``write_dashboards(out_dir)`` writes::
 

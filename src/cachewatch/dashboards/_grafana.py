@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._catalogue import CATALOGUE
+from ..sinks._catalogue import CATALOGUE
 from ._promql import RANGE, RATE, hit_ratio, quantile, sel, sum_increase, sum_rate
 
 __all__ = [

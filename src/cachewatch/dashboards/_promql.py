@@ -2,7 +2,7 @@
 
 A panel or rule never spells a metric name on its own: it asks :func:`sel` (or
 :func:`counter`/:func:`bucket`) for it, which looks the metric up with
-:func:`cachewatch._catalogue.metric` and rejects label matchers on labels the metric
+:func:`cachewatch.sinks._catalogue.metric` and rejects label matchers on labels the metric
 does not carry. A renamed metric or label therefore fails at generation time.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .._catalogue import MetricSpec, metric
+from ..sinks._catalogue import MetricSpec, metric
 
 __all__ = [
     "PROMPT_TOKEN_TYPES",

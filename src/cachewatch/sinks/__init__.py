@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from .._models import RequestInfo, UsageRecord
+from ..accounting._records import RequestInfo, UsageRecord
 
 __all__ = ["Sink"]
 

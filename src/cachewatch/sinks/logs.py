@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._models import RequestInfo, UsageRecord
+from ..accounting._records import RequestInfo, UsageRecord
 
 __all__ = ["StructlogSink", "log_fields"]
 

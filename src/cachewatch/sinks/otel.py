@@ -17,9 +17,9 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from .._catalogue import DURATION_BUCKETS
-from .._models import Outcome, RequestInfo, UsageRecord
 from .._version import __version__
+from ..accounting._records import Outcome, RequestInfo, UsageRecord
+from ._catalogue import DURATION_BUCKETS
 
 __all__ = ["OTelMetricsSink", "OTelSpanSink", "TOKEN_BUCKETS"]
 

@@ -5,7 +5,7 @@ Data flow: request -> planner -> transport -> stream observer -> usage record ->
 The shells (``_transport.py``, ``_streams.py``) only move bytes; they call into an
 :class:`Exchange` at each step (request built, headers received, chunk seen, body
 ended or closed, transport failed). Every Exchange method is fail-open: a fault is
-counted and logged by the :class:`~cachewatch._faults.FaultRecorder` and the exchange
+counted and logged by the :class:`~cachewatch.engine._faults.FaultRecorder` and the exchange
 degrades to "observe less", never to "change the traffic".
 """
 
@@ -18,7 +18,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from ._diagnosis import Diagnoser, conversation_key
+from ..accounting._pricing import PriceTable
+from ..accounting._records import Cost, Outcome, ParsedResponse, RequestInfo, UsageRecord, new_usage_record
+from ..diagnosis._diagnosis import Diagnoser, conversation_key
+from ..observing._observer import ResponseObserver
+from ..planning._hygiene import UsageChunkFilter
+from ..sinks import Sink
+from ..sinks.logs import StructlogSink
+from ..sinks.otel import OTelMetricsSink, OTelSpanSink
+from ..sinks.prometheus import PrometheusSink, metrics_for
 from ._endpoints import (
     LabelCap,
     WorkspaceResolver,
@@ -28,14 +36,6 @@ from ._endpoints import (
     sniff_model,
 )
 from ._faults import FaultRecorder
-from ._hygiene import UsageChunkFilter
-from ._models import Cost, Outcome, ParsedResponse, RequestInfo, UsageRecord, new_usage_record
-from ._observer import ResponseObserver
-from ._pricing import PriceTable
-from .sinks import Sink
-from .sinks.logs import StructlogSink
-from .sinks.otel import OTelMetricsSink, OTelSpanSink
-from .sinks.prometheus import PrometheusSink, metrics_for
 
 __all__ = ["Engine", "Exchange"]
 
@@ -62,8 +62,8 @@ class Engine:
         clock: monotonic clock in seconds (default ``time.perf_counter``).
         sinks: extra sinks that receive every record.
         diagnosis: diagnose cache misses and count wasted writes (``_diagnosis``; default True).
-        store: the :class:`~cachewatch._diagnosis.FingerprintStore` of the diagnosis (default:
-            in memory; ``cachewatch._store_redis.RedisStore`` shares it across processes).
+        store: the :class:`~cachewatch.diagnosis._diagnosis.FingerprintStore` of the diagnosis (default:
+            in memory; ``cachewatch.diagnosis._store_redis.RedisStore`` shares it across processes).
         wall_clock: wall clock in seconds for cache TTLs (default ``time.time``; shared by
             every process of a shared store).
         cache_diagnostics: opt in to Anthropic's cache-diagnostics beta on the Anthropic
@@ -297,8 +297,6 @@ class Engine:
         self, exchange: Exchange, headers: Mapping[str, str], body: bytes, diagnoser: Diagnoser
     ) -> Any:
         """Anthropic cache-diagnostics beta: thread ``previous_message_id``; returns the parsed body."""
-        if not _transport_applies_headers():
-            return body
         import orjson
 
         obj = orjson.loads(body)
@@ -379,17 +377,10 @@ _PROFILES: Any = None
 def _shared_profiles() -> Any:
     global _PROFILES
     if _PROFILES is None:
-        from ._profiles import ProfileRegistry
+        from ..planning._profiles import ProfileRegistry
 
         _PROFILES = ProfileRegistry()
     return _PROFILES
-
-
-def _transport_applies_headers() -> bool:
-    """Whether the transport shell applies ``Exchange.new_headers`` (else the beta stays off)."""
-    from . import _transport
-
-    return bool(getattr(_transport, "APPLIES_NEW_HEADERS", False))
 
 
 def _with_diagnostics(body: bytes, message_id: str) -> bytes | None:
@@ -420,7 +411,7 @@ def _asks_stream(body: bytes) -> bool:
 
 def _default_planner(options: Mapping[str, Any], fault: FaultRecorder) -> Any | None:
     try:
-        from ._planner import Planner
+        from ..planning._planner import Planner
     except ImportError:  # pragma: no cover - planner module always ships
         return None
     try:

@@ -55,7 +55,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from cachewatch._models import ParsedResponse, TokenUsage, new_token_usage
+from cachewatch.accounting._records import ParsedResponse, TokenUsage, new_token_usage
 
 __all__ = ["UsageAccumulator", "partition_usage", "unwrap_envelope"]
 

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from types import ModuleType
 from typing import Any
 
-from ._engine import Exchange
+from ..engine._engine import Exchange
 
 __all__ = ["async_stream_class", "sync_stream_class"]
 

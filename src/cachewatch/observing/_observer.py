@@ -20,10 +20,10 @@ from typing import Final
 
 import orjson
 
-from cachewatch._decoding import ContentDecoder
-from cachewatch._models import ParsedResponse
-from cachewatch._sse import SSEDecoder, SSEEvent
-from cachewatch._usage import UsageAccumulator
+from cachewatch.accounting._records import ParsedResponse
+from cachewatch.observing._decoding import ContentDecoder
+from cachewatch.observing._sse import SSEDecoder, SSEEvent
+from cachewatch.observing._usage import UsageAccumulator
 
 __all__ = ["DEFAULT_MAX_JSON_BYTES", "ResponseObserver"]
 

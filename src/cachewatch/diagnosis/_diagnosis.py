@@ -77,8 +77,8 @@ from typing import Any, Final, Protocol, runtime_checkable
 import orjson
 import xxhash
 
-from ._models import TokenUsage
-from ._tokens import TokenEstimator, model_family
+from ..accounting._records import TokenUsage
+from ..planning._tokens import TokenEstimator, model_family
 
 __all__ = [
     "MISS_REASONS",

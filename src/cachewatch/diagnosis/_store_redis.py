@@ -1,4 +1,4 @@
-"""A :class:`~cachewatch._diagnosis.FingerprintStore` in Redis, shared by a fleet of processes.
+"""A :class:`~cachewatch.diagnosis._diagnosis.FingerprintStore` in Redis, shared by a fleet of processes.
 
 Optional dependency: ``pip install 'cachewatch[redis]'`` (the ``redis`` client, >= 5).
 

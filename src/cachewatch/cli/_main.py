@@ -120,8 +120,8 @@ def _demo(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from ..sinks._server import start_metrics_server
     from . import _demo
-    from ._server import start_metrics_server
 
     console = Console()
     try:
@@ -232,7 +232,7 @@ def _proxy(args: argparse.Namespace) -> int:
     import structlog
     import uvicorn
 
-    from ._proxy import create_proxy_app, server_options
+    from ..proxy._proxy import create_proxy_app, server_options
 
     host, port = args.listen
     # One JSON line per request on stdout, from a logger built here: structlog's
@@ -292,7 +292,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _dashboards(args: argparse.Namespace) -> int:
-    from .dashboards import write_dashboards
+    from ..dashboards import write_dashboards
 
     for path in write_dashboards(args.out):
         print(path)
@@ -300,12 +300,10 @@ def _dashboards(args: argparse.Namespace) -> int:
 
 
 def _emulator(args: argparse.Namespace) -> int:
-    from .emulator import serve
+    from ..emulator import serve
 
     print(f"cachewatch emulator on http://{args.host}:{args.port} (profile {args.profile})", file=sys.stderr)
     serve(host=args.host, port=args.port, profile=args.profile)
     return 0
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

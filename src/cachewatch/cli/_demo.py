@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._models import RequestInfo, UsageRecord
+from ..accounting._records import RequestInfo, UsageRecord
 
 __all__ = ["DemoResult", "Totals", "run_demo"]
 
@@ -255,7 +255,7 @@ _RUNNERS: dict[str, Callable[[Any, str], None]] = {
 
 @contextlib.contextmanager
 def _emulators() -> Iterator[tuple[str, str]]:
-    from .emulator import create_app, run_in_thread
+    from ..emulator import create_app, run_in_thread
 
     with (
         run_in_thread(create_app(profile="anthropic")) as anthropic_url,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._models import Cost, TokenUsage, new_cost
+from ._records import Cost, TokenUsage, new_cost
 
 __all__ = ["DEFAULT_PRICES", "Cost", "Price", "PriceTable"]
 

@@ -58,8 +58,8 @@ from starlette.datastructures import State
 from starlette.responses import StreamingResponse
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ._server import exposition_registry
-from ._transport import AsyncCacheWatchTransport
+from ..sinks._server import exposition_registry
+from ..transport._transport import AsyncCacheWatchTransport
 
 __all__ = [
     "BUFFERED_RESPONSE_LIMIT",

@@ -71,7 +71,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from ._models import TokenUsage, slot_factory
+from ..accounting._records import TokenUsage, slot_factory
 from ._profiles import Profile, ProfileRegistry
 from ._tokens import PrefixCounter, TokenEstimator
 

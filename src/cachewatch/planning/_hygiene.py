@@ -18,7 +18,7 @@ import re
 
 import orjson
 
-from ._decoding import ContentDecoder
+from ..observing._decoding import ContentDecoder
 
 __all__ = ["UsageChunkFilter"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from ._engine import Engine
+from ..engine._engine import Engine
 from ._transport import AsyncCacheWatchTransport, CacheWatchTransport
 
 __all__ = ["wrap"]

@@ -18,7 +18,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from ._engine import Engine, Exchange
+from ..engine._engine import Engine, Exchange
 from ._streams import async_stream_class, sync_stream_class
 
 __all__ = ["AsyncCacheWatchTransport", "CacheWatchTransport"]
@@ -26,10 +26,6 @@ __all__ = ["AsyncCacheWatchTransport", "CacheWatchTransport"]
 #: Set while an outer cachewatch transport is sending, so that a nested one stands aside
 #: (wrapping twice must not double-count).
 _ACTIVE: ContextVar[bool] = ContextVar("cachewatch_active", default=False)
-
-#: This shell applies ``Exchange.new_headers`` with the planned body (the engine only
-#: turns on request changes that need a header, like the cache-diagnostics beta, when set).
-APPLIES_NEW_HEADERS = True
 
 _FAMILIES: dict[type, ModuleType] = {}
 _DEFAULT_PORTS = {"https": 443, "http": 80}

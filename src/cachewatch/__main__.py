@@ -1,0 +1,5 @@
+"""``python -m cachewatch``: the ``cachewatch`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

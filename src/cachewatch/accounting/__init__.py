@@ -1,0 +1,1 @@
+"""The usage record and its money: token partitions, records, prices, cost and savings."""

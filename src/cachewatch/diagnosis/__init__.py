@@ -1,0 +1,1 @@
+"""Why a cache missed: prefix fingerprints, the fingerprint stores and the diagnoser."""

@@ -1,0 +1,4 @@
+"""Response bytes -> what the provider billed: content decoding, SSE, usage parsing.
+
+Linear in the bytes seen; the observer never changes a byte the caller receives.
+"""
