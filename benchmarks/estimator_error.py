@@ -1,7 +1,7 @@
 """Error of the local token estimator against the prompt totals providers billed.
 
-Reads the recorded-exchange corpus (``shared/corpus/recorded-exchanges.jsonl.gz`` beside
-the repository, or ``$CACHEWATCH_CORPUS``), estimates each successful request's prompt
+Reads the recorded-exchange corpus (``tests/data/recorded-exchanges.jsonl.gz`` in the
+repository, or ``$CACHEWATCH_CORPUS``), estimates each successful request's prompt
 with :class:`cachewatch.planning._tokens.TokenEstimator` (uncalibrated: no ``observe`` feedback)
 and prints the median and p90 absolute relative error per API and provider.
 
@@ -35,7 +35,7 @@ def corpus_path() -> Path:
     override = os.environ.get("CACHEWATCH_CORPUS")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "recorded-exchanges.jsonl.gz"
+    return Path(__file__).resolve().parents[1] / "tests" / "data" / "recorded-exchanges.jsonl.gz"
 
 
 def api_of(path: str) -> str | None:

@@ -1,8 +1,8 @@
-"""Loads the recorded-exchange corpus shared beside the repository (SPEC section 11).
+"""Loads the recorded-exchange corpus kept in the repository (SPEC section 11).
 
-The corpus lives in ``shared/corpus/`` next to the repository checkout (CI clones the
-repo with ``shared/`` beside it); ``CACHEWATCH_CORPUS`` overrides the path. A missing
-corpus is a test *failure*, never a skip: the accounting bar depends on it.
+The corpus is ``tests/data/recorded-exchanges.jsonl.gz`` (provenance and licences in
+``tests/data/README.md``); ``CACHEWATCH_CORPUS`` overrides the path. A missing corpus is
+a test *failure*, never a skip: the accounting bar depends on it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def corpus_path() -> Path:
     override = os.environ.get("CACHEWATCH_CORPUS")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "recorded-exchanges.jsonl.gz"
+    return Path(__file__).resolve().parent / "data" / "recorded-exchanges.jsonl.gz"
 
 
 @functools.lru_cache(maxsize=1)
@@ -41,8 +41,8 @@ def load_corpus() -> tuple[Exchange, ...]:
     path = corpus_path()
     if not path.is_file():
         pytest.fail(
-            f"recorded-exchange corpus not found at {path}; check out shared/ beside the "
-            "repository or set CACHEWATCH_CORPUS to the .jsonl.gz file",
+            f"recorded-exchange corpus not found at {path}; it ships in tests/data/ "
+            "(set CACHEWATCH_CORPUS to use another .jsonl.gz file)",
             pytrace=False,
         )
     return _load(str(path))

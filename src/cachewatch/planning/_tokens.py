@@ -131,7 +131,7 @@ class FamilyCosts:
     document: float = 1_500.0
 
 
-#: Fitted on ``shared/corpus/recorded-exchanges.jsonl.gz`` (see ``benchmarks/estimator_error.py``).
+#: Fitted on the recorded-exchange corpus (``tests/data/``) (see ``benchmarks/estimator_error.py``).
 DEFAULT_FAMILY_COSTS: Mapping[str, FamilyCosts] = {
     "claude": FamilyCosts(
         ascii_cpt=4.6,
