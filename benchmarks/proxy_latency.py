@@ -9,12 +9,13 @@ latency of each path, the added p50/p99 in ms, and each path's sequential throug
 
 ``--mode process`` (default) runs the emulator and the proxy as separate processes,
 as in real use: the proxy is ``cachewatch proxy`` itself (the CLI, uvicorn, its JSON
-structlog logger writing one line per request to a file, counted at the end: one line
+request log writing one line per request to a file, counted at the end: one line
 per proxied request, or the run fails), and the CPU time each server process spends
 per request is printed too (Linux). ``--mode thread``
 serves both in this process with :func:`cachewatch.emulator.run_in_thread` (one
 interpreter, so the client, the proxy and the emulator share the GIL and the numbers
-are pessimistic); there the proxy gets a silent logger unless ``--log`` is given.
+are pessimistic); there the library's default logger stays silent unless ``--log``
+is given (then every event is formatted into a stdlib handler writing to /dev/null).
 """
 
 from __future__ import annotations
@@ -130,15 +131,18 @@ def process_servers(log: bool) -> Iterator[tuple[str, str]]:
 
 @contextlib.contextmanager
 def thread_servers(log: bool) -> Iterator[tuple[str, str]]:
-    import structlog
     from prometheus_client import CollectorRegistry
 
     from cachewatch.emulator import create_app, run_in_thread
     from cachewatch.proxy._proxy import create_proxy_app
 
     options: dict[str, Any] = {"breakpoints": "off", "registry": CollectorRegistry()}
-    if not log:
-        options["logger"] = structlog.wrap_logger(structlog.ReturnLogger(), processors=[])
+    if log:
+        import logging
+
+        handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115
+        logging.getLogger("cachewatch").addHandler(handler)
+        logging.getLogger("cachewatch").setLevel(logging.INFO)
     with (
         run_in_thread(create_app()) as upstream,
         run_in_thread(create_proxy_app(upstream, **options)) as proxy,
@@ -213,7 +217,7 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=2_000, help="measured requests per path (default 2000)")
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured requests per path first")
     parser.add_argument("--mode", choices=("process", "thread"), default="process")
-    parser.add_argument("--log", action="store_true", help="thread mode: keep the default structlog logger")
+    parser.add_argument("--log", action="store_true", help="thread mode: format every request event into a stdlib handler")
     args = parser.parse_args()
     servers = process_servers if args.mode == "process" else thread_servers
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

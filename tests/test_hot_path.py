@@ -253,7 +253,7 @@ def test_streamed_and_pre_read_responses_are_both_counted(streamed: bool) -> Non
 
     registry = CollectorRegistry()
     transport = cachewatch.CacheWatchTransport(
-        httpx.MockTransport(handler), breakpoints="off", registry=registry, logger=structlog_silent()
+        httpx.MockTransport(handler), breakpoints="off", registry=registry
     )
     with httpx.Client(transport=transport, base_url="https://api.anthropic.com") as client:
         for _ in range(2):
@@ -270,11 +270,3 @@ def test_streamed_and_pre_read_responses_are_both_counted(streamed: bool) -> Non
         },
     )
     assert value == 6
-
-
-def structlog_silent() -> Any:
-    class Silent:
-        def info(self, *args: Any, **kwargs: Any) -> None:
-            pass
-
-    return Silent()

@@ -279,7 +279,6 @@ def _clients(
         "registry": registry,
         "providers": providers,
         "workspaces": WORKSPACES,
-        "logger": _SilentLogger(),
     }
     return {
         "support chat": cachewatch.wrap(
@@ -307,13 +306,6 @@ def _clients(
 
 def _hostport(url: str) -> str:
     return url.split("://", 1)[1].rstrip("/")
-
-
-class _SilentLogger:
-    """The demo prints its own summary; per-request events would drown it."""
-
-    def info(self, *args: Any, **kwargs: Any) -> None:
-        pass
 
 
 def run_demo(

@@ -12,9 +12,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 __all__ = ["main"]
@@ -228,26 +230,15 @@ def _print_summary(console: Any, result: Any, metrics_url: str) -> None:
 def _proxy(args: argparse.Namespace) -> int:
     from urllib.parse import urlsplit
 
-    import orjson
-    import structlog
     import uvicorn
 
     from ..proxy._proxy import create_proxy_app, server_options
 
     host, port = args.listen
-    # One JSON line per request on stdout, from a logger built here: structlog's
-    # unconfigured default (the colourful console renderer) costs ~0.4 ms a request, and
-    # cachewatch never calls structlog.configure(). The event carries no credentials.
-    logger = structlog.wrap_logger(
-        structlog.BytesLogger(sys.stdout.buffer),
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(serializer=orjson.dumps),
-        ],
-        cache_logger_on_first_use=True,
-    )
-    options: dict[str, Any] = {"breakpoints": args.breakpoints, "logger": logger}
+    # One JSON line per proxied request on stdout: the proxy is an application, so it
+    # configures the library's stdlib logger (the event carries no credentials).
+    _log_json_lines(sys.stdout)
+    options: dict[str, Any] = {"breakpoints": args.breakpoints}
     if args.provider:
         options["providers"] = {urlsplit(args.upstream).hostname or "": args.provider}
     if args.prices:
@@ -268,6 +259,34 @@ def _proxy(args: argparse.Namespace) -> int:
     # requests are refused); no Date/Server headers of uvicorn's own (see server_options).
     uvicorn.run(app, host=host, port=port, **server_options())
     return 0
+
+
+class _JsonLines(logging.Formatter):
+    """One JSON object per record: the ``cachewatch.request`` fields, or the message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import orjson
+
+        line: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+            "level": record.levelname.lower(),
+        }
+        fields = getattr(record, "cachewatch", None)
+        if isinstance(fields, dict):
+            line["event"] = "cachewatch.request"
+            line.update(fields)
+        else:
+            line["event"] = record.getMessage()
+        return orjson.dumps(line, default=str).decode()
+
+
+def _log_json_lines(stream: Any) -> None:
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_JsonLines())
+    log = logging.getLogger("cachewatch")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -305,5 +324,3 @@ def _emulator(args: argparse.Namespace) -> int:
     print(f"cachewatch emulator on http://{args.host}:{args.port} (profile {args.profile})", file=sys.stderr)
     serve(host=args.host, port=args.port, profile=args.profile)
     return 0
-
-

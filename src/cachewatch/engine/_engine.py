@@ -24,7 +24,7 @@ from ..diagnosis._diagnosis import Diagnoser, conversation_key
 from ..observing._observer import ResponseObserver
 from ..planning._hygiene import UsageChunkFilter
 from ..sinks import Sink
-from ..sinks.logs import StructlogSink
+from ..sinks.logs import LogSink
 from ..sinks.otel import OTelMetricsSink, OTelSpanSink
 from ..sinks.prometheus import PrometheusSink, metrics_for
 from ._endpoints import (
@@ -54,7 +54,7 @@ class Engine:
         registry: ``prometheus_client.CollectorRegistry`` (default: the global one).
         tracer_provider: OTel tracer provider (default: the global one).
         meter_provider: OTel meter provider; GenAI client metrics are emitted only when given.
-        logger: a structlog-style logger (default: ``structlog.get_logger("cachewatch")``, lazily).
+        logger: where the per-request event goes (default: the stdlib logger ``cachewatch``, or structlog once the application configured it; see ``sinks.logs``).
         prices: price table for cost and savings (see the money docs).
         providers: extra ``host`` / ``host:port`` -> provider label entries.
         workspaces: API key (or ``sha256:<hex>`` fingerprint) -> workspace label.
@@ -114,7 +114,7 @@ class Engine:
         self.sinks: list[Sink] = [PrometheusSink(self.metrics), OTelSpanSink(tracer_provider)]
         if meter_provider is not None:
             self.sinks.append(OTelMetricsSink(meter_provider))
-        self.sinks.append(StructlogSink(logger))
+        self.sinks.append(LogSink(logger))
         self.sinks.extend(sinks or ())
         self.planner = planner
         if self.planner is None and breakpoints == "auto":

@@ -214,7 +214,9 @@ class CacheWatchTransport(_Base):
             they pay off; ``"off"`` only observes: request bodies go out byte-identical.
         registry: ``prometheus_client.CollectorRegistry`` (default: the global registry).
         tracer_provider / meter_provider: OpenTelemetry providers (default: global tracer; no metrics).
-        logger: structlog-style logger (default: ``structlog.get_logger("cachewatch")``).
+        logger: where the per-request event goes: a stdlib or structlog logger (default: the
+            stdlib logger ``cachewatch``, silent until logging is configured, or structlog's
+            once the application configured structlog).
         prices: price table for cost and savings.
         **options: ``providers``, ``workspaces``, ``max_models``, ``clock``, ``sinks``
             and planner options.
