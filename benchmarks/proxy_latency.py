@@ -217,7 +217,9 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=2_000, help="measured requests per path (default 2000)")
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured requests per path first")
     parser.add_argument("--mode", choices=("process", "thread"), default="process")
-    parser.add_argument("--log", action="store_true", help="thread mode: format every request event into a stdlib handler")
+    parser.add_argument(
+        "--log", action="store_true", help="thread mode: format every request event into a stdlib handler"
+    )
     args = parser.parse_args()
     servers = process_servers if args.mode == "process" else thread_servers
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

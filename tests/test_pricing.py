@@ -61,14 +61,34 @@ def test_longest_prefix_wins() -> None:
     assert table.lookup("qwen-plus-latest") == DEFAULT_PRICES["qwen-plus"]
 
 
-def test_unknown_model_no_cost_and_one_warning(caplog: pytest.LogCaptureFixture) -> None:
-    table = PriceTable()
+@pytest.fixture
+def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The once-per-process memory of warned models, empty (other tests fill it up)."""
+    from cachewatch.accounting import _pricing
+
+    monkeypatch.setattr(_pricing, "_WARNED", set())
+
+
+@pytest.mark.usefixtures("fresh_warnings")
+def test_unknown_model_no_cost_and_one_warning_per_process(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="cachewatch"):
-        for _ in range(3):
-            assert table.cost("mystery-model-9", USAGE) is None
+        for _ in range(3):  # three tables, as three wrap() calls make
+            table = PriceTable()
+            for _ in range(3):
+                assert table.cost("mystery-model-9", USAGE) is None
     warnings = [r for r in caplog.records if "mystery-model-9" in r.getMessage()]
     assert len(warnings) == 1
     assert table.cost(None, USAGE) is None
+
+
+@pytest.mark.usefixtures("fresh_warnings")
+def test_the_price_warning_truncates_a_long_model_name(caplog: pytest.LogCaptureFixture) -> None:
+    model = "unpriced-" + "x" * 5_000
+    with caplog.at_level(logging.WARNING, logger="cachewatch"):
+        PriceTable().cost(model, USAGE)
+    (warning,) = [r.getMessage() for r in caplog.records if "unpriced-" in r.getMessage()]
+    assert len(warning) < 200
+    assert "…" in warning
 
 
 def test_file_overrides_toml_and_json(tmp_path: Path) -> None:

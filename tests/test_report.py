@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from typing import Any
+
 import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from rich.console import Console
@@ -110,3 +115,35 @@ def test_report_reads_a_metrics_url() -> None:
     finally:
         server.shutdown()
         thread.join(5)
+
+
+def _run_report(tmp_path: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "metrics.txt"
+    path.write_text(_exposition())
+    return subprocess.run(
+        [sys.executable, "-m", "cachewatch", "report", "--url", str(path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_report_piped_shows_every_column_uncut(tmp_path: Any) -> None:
+    result = _run_report(tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "…" not in out
+    assert "\x1b[" not in out  # no colour codes in a pipe
+    for header in ("cache read", "write premium", "net savings", "wasted write tok", "top miss reasons"):
+        assert header in out
+    assert "claude-sonnet-4-6" in out
+    assert "0.0235 USD" in out  # team-a net savings, whole
+
+
+def test_report_json(tmp_path: Any) -> None:
+    result = _run_report(tmp_path, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["workspaces"]["team-a"]["requests"] == 5
+    assert data["models"]["claude-sonnet-4-6"]["miss_reasons"] == [["ttl_expired", 2.0], ["evicted", 1.0]]

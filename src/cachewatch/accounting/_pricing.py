@@ -28,6 +28,27 @@ __all__ = ["DEFAULT_PRICES", "Cost", "Price", "PriceTable"]
 
 _log = logging.getLogger("cachewatch")
 
+#: Models already warned about, process-wide (every table, every ``wrap()``), capped.
+_WARNED: set[str] = set()
+_WARNED_LOCK = threading.Lock()
+_WARN_CAP = 100
+#: Longest model name quoted in the warning (a model name is caller-controlled text).
+_NAME_CHARS = 64
+
+
+def _warn_unpriced(model: str) -> None:
+    """Warn once per model per process that it has no price; the name is truncated."""
+    with _WARNED_LOCK:
+        if model in _WARNED or len(_WARNED) > _WARN_CAP:
+            return
+        _WARNED.add(model)
+        if len(_WARNED) > _WARN_CAP:
+            _log.warning("cachewatch has no price for %d models; no further price warnings", _WARN_CAP)
+            return
+    shown = model if len(model) <= _NAME_CHARS else model[: _NAME_CHARS - 1] + "…"
+    _log.warning("cachewatch has no price for model %r: tokens are counted, cost is unknown", shown)
+
+
 _PER_MILLION = 1_000_000.0
 
 
@@ -95,7 +116,6 @@ class PriceTable:
         merged.update(self.entries)
         self._prices = dict(sorted(merged.items(), key=lambda kv: -len(kv[0])))
         self._cache: dict[str, Price | None] = {}
-        self._warned: set[str] = set()
         self._lock = threading.Lock()
 
     @classmethod
@@ -118,6 +138,9 @@ class PriceTable:
                 import tomli as tomllib
             data = tomllib.loads(text)
         elif p.suffix in (".yaml", ".yml"):
+            from .._extras import require
+
+            require("a YAML price file", "yaml", "yaml")
             import yaml
 
             data = yaml.safe_load(text)
@@ -139,11 +162,8 @@ class PriceTable:
         with self._lock:
             if len(self._cache) < 4096:
                 self._cache[model] = found
-            if found is None and model not in self._warned and len(self._warned) < 100:
-                self._warned.add(model)
-                _log.warning(
-                    "cachewatch has no price for model %r: tokens are counted, cost is unknown", model
-                )
+        if found is None:
+            _warn_unpriced(model)
         return found
 
     def cost(self, model: str | None, usage: TokenUsage) -> Cost | None:

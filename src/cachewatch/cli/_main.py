@@ -6,7 +6,7 @@ Usage::
     cachewatch proxy --upstream URL [--listen 127.0.0.1:8787]
     cachewatch emulator [--port 8790] [--profile auto|anthropic|dashscope]
     cachewatch dashboards --out DIR
-    cachewatch report [--url http://127.0.0.1:9464/metrics]
+    cachewatch report [--url http://127.0.0.1:9464/metrics] [--format table|json]
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
+
+from .._extras import MissingExtraError, require
 
 __all__ = ["main"]
 
@@ -78,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--url", default="http://127.0.0.1:9464/metrics", help="a /metrics URL, or a file of exposition text"
     )
+    report.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="tables (default; full width when piped) or one JSON document",
+    )
 
     dashboards = sub.add_parser(
         "dashboards", help="write the Grafana dashboards, provisioning files and alert rules"
@@ -104,20 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     }[args.command]
     try:
         return command(args)
+    except MissingExtraError as exc:
+        print(f"cachewatch {args.command}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 
 
 def _demo(args: argparse.Namespace) -> int:
-    try:
-        import anthropic  # noqa: F401
-        import openai  # noqa: F401
-    except ImportError:
-        print(
-            "cachewatch demo drives the real anthropic and openai SDKs: pip install 'cachewatch[demo]'",
-            file=sys.stderr,
-        )
-        return 2
+    require("cachewatch demo", "demo", "anthropic", "openai", "httpx2", "rich", "starlette", "uvicorn")
     from prometheus_client import REGISTRY
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -228,6 +231,7 @@ def _print_summary(console: Any, result: Any, metrics_url: str) -> None:
 
 
 def _proxy(args: argparse.Namespace) -> int:
+    require("cachewatch proxy", "proxy", "uvicorn", "starlette", "httptools", "aiohttp", "httpx_aiohttp")
     from urllib.parse import urlsplit
 
     import uvicorn
@@ -303,7 +307,7 @@ def _report(args: argparse.Namespace) -> int:
     import httpx
 
     try:
-        report(source)
+        report(source, format=args.format)
     except (OSError, httpx.HTTPError) as exc:
         print(f"cachewatch report: cannot fetch {args.url}: {exc}", file=sys.stderr)
         return 2
@@ -319,6 +323,7 @@ def _dashboards(args: argparse.Namespace) -> int:
 
 
 def _emulator(args: argparse.Namespace) -> int:
+    require("cachewatch emulator", "emulator", "starlette", "uvicorn")
     from ..emulator import serve
 
     print(f"cachewatch emulator on http://{args.host}:{args.port} (profile {args.profile})", file=sys.stderr)

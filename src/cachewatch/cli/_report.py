@@ -13,7 +13,10 @@ counters over every other label:
   within their TTL) and the top miss reasons (``cachewatch_cache_misses_total``; that
   counter has no workspace label, so reasons appear per model and overall).
 
-:func:`summarise` is pure (text in, dict out); :func:`report` prints rich tables.
+:func:`summarise` is pure (text in, dict out); :func:`report` prints it as rich tables
+(``format="table"``: on a terminal at its width, and when piped at the tables' natural
+width, without colour, so no column is cut) or as one JSON document (``format="json"``,
+which needs no extra).
 """
 
 from __future__ import annotations
@@ -109,6 +112,22 @@ def summarise(text: str) -> dict[str, Any]:
     }
 
 
+def _console(stream: Any) -> Any:
+    """A rich console; when the output is not a terminal, wide enough that no column is cut."""
+    import sys
+
+    from .._extras import require
+
+    require("cachewatch report's tables", "cli", "rich")
+    from rich.console import Console
+
+    file = stream if stream is not None else sys.stdout
+    isatty = getattr(file, "isatty", None)
+    if isatty is not None and isatty():
+        return Console(file=file)
+    return Console(file=file, width=1_000, color_system=None, highlight=False)
+
+
 def _money(amounts: dict[str, float]) -> str:
     if not amounts:
         return "-"
@@ -153,10 +172,19 @@ def _table(title: str, key: str, rows: dict[str, dict[str, Any]], reasons: bool)
     return table
 
 
-def report(url_or_text: str, *, console: Any = None, timeout: float = 10.0) -> None:
-    """Print the per-workspace and per-model tables for a ``/metrics`` URL or exposition text."""
-    from rich.console import Console
+def report(
+    url_or_text: str,
+    *,
+    console: Any = None,
+    timeout: float = 10.0,
+    format: str = "table",
+    stream: Any = None,
+) -> None:
+    """Print the per-workspace and per-model summary of a ``/metrics`` URL or exposition text.
 
+    ``format`` is ``"table"`` (rich tables on ``console``, or on a console for ``stream``,
+    default stdout) or ``"json"`` (one JSON document on ``stream``).
+    """
     text = url_or_text
     if url_or_text.startswith(("http://", "https://")):
         import httpx
@@ -165,7 +193,17 @@ def report(url_or_text: str, *, console: Any = None, timeout: float = 10.0) -> N
         response.raise_for_status()
         text = response.text
     summary = summarise(text)
-    out = console if console is not None else Console()
+    if format == "json":
+        import sys
+
+        import orjson
+
+        out_stream = stream if stream is not None else sys.stdout
+        out_stream.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    if format != "table":
+        raise ValueError(f"format must be 'table' or 'json', not {format!r}")
+    out = console if console is not None else _console(stream)
     if not summary["models"] and not summary["workspaces"]:
         out.print("No cachewatch metrics found.")
         return

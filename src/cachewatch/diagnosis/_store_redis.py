@@ -55,6 +55,9 @@ class RedisStore:
         retain: float = 3_600.0,
     ) -> None:
         if client is None:
+            from .._extras import require
+
+            require("RedisStore", "redis", "redis")
             import redis
 
             client = redis.Redis.from_url(url or "redis://127.0.0.1:6379/0")

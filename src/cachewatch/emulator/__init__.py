@@ -1,3 +1,4 @@
+# ruff: noqa: E402 (the extra check must run before the imports it guards)
 """An offline emulator of LLM provider endpoints with real prompt-caching semantics.
 
 ``cachewatch.emulator`` serves the Anthropic Messages, OpenAI-compatible Chat
@@ -25,6 +26,10 @@ Token counts are local and deterministic (:func:`count_text_tokens`): a word cos
 """
 
 from __future__ import annotations
+
+from .._extras import require
+
+require("the cachewatch emulator", "emulator", "starlette", "uvicorn")
 
 from ._app import DEFAULT_PORT, Emulator, EmulatorConfig, ProfileChoice, create_app, run_in_thread, serve
 from ._cache import CacheStore, CacheUsage

@@ -15,8 +15,10 @@ Nothing here raises on bad input: corrupt data or an unknown coding marks the de
 
 from __future__ import annotations
 
+import importlib
+import logging
 import zlib
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = ["ContentDecoder", "make_decoder"]
 
@@ -79,9 +81,28 @@ class _Deflate:
         return self._obj.decompress(data)
 
 
+def _import_codec(module: str, extra: str) -> Any:
+    """Import a codec package; a missing one is logged once, naming the extra that adds it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if extra not in _MISSING_LOGGED:
+            _MISSING_LOGGED.add(extra)
+            logging.getLogger("cachewatch").warning(
+                "a response is %s-encoded and cachewatch cannot decode it to read its usage; "
+                "pip install 'cachewatch[%s]' (the response itself is passed on unchanged)",
+                extra,
+                extra,
+            )
+        raise
+
+
+_MISSING_LOGGED: set[str] = set()
+
+
 class _Brotli:
     def __init__(self) -> None:
-        import brotli
+        brotli = _import_codec("brotli", "brotli")
 
         self._obj = brotli.Decompressor()
 
@@ -100,7 +121,7 @@ class _Zstd:
     """zstd, with support for several concatenated frames."""
 
     def __init__(self) -> None:
-        import zstandard
+        zstandard = _import_codec("zstandard", "zstd")
 
         self._factory = zstandard.ZstdDecompressor()
         self._obj = self._factory.decompressobj()
