@@ -27,13 +27,17 @@ InMemoryMetricReader and a global LoggerProvider into an in-memory log exporter;
 exporters are emptied between batches, outside the timing. Tools that bring their own
 pipeline use it with the same in-memory exporter (logfire: ``additional_span_processors``
 and ``additional_readers``; Langfuse: ``span_exporter`` under its own batching
-processor). Each tool runs with its defaults otherwise (OpenLLMetry, OpenLIT and Langfuse
-record prompt and completion text by default; the others do not). anthropic >= 1.0
-emits its own OTel spans whenever a TracerProvider is registered; every Anthropic client
-here has ``open_telemetry=False`` except the SDK-spans variant, so each row shows one
-tool's own cost. cachewatch runs as ``cachewatch.wrap(client)`` with no options: the
-global Prometheus registry, auto breakpoints, the default log sink (the worker's stdout
-goes to /dev/null), and spans only in the variant with the registered provider.
+processor). Each tool runs with its defaults otherwise: OpenLLMetry, OpenLIT, logfire
+and Langfuse put the prompt and completion text on their spans by default (OpenLIT also
+emits it as log events); the SDK's spans, openai-v2 and cachewatch do not.
+
+anthropic >= 1.0 emits its own OTel spans whenever a TracerProvider is registered, so
+every Anthropic client here has ``open_telemetry=False`` except the SDK-spans variant and
+each row shows one tool's own cost; the row "default options, no provider" shows what
+the SDK's tracing costs when it is on but nothing is registered (what most users run as
+"bare"). cachewatch runs as ``cachewatch.wrap(client)`` with no options: the global
+Prometheus registry, auto breakpoints, the default log sink (the worker's stdout goes
+to /dev/null), and spans only in the variant with the registered provider.
 
 The token check sends one request per case after the timing and reads what the tool
 recorded: span attributes (or cachewatch's Prometheus counters where it has no span),
@@ -453,6 +457,10 @@ def _bare() -> Variant:
     return Variant(make_clients(), CASES)
 
 
+def _sdk_default() -> Variant:
+    return Variant(make_clients(anthropic_otel=None), ANTHROPIC)
+
+
 def _sdk_otel() -> Variant:
     otel = Otel()
     return Variant(make_clients({"tracer_provider": otel.tracer_provider}), ANTHROPIC, otel)
@@ -507,30 +515,38 @@ def _openlit() -> Variant:
     return Variant(make_clients(), CASES, otel)
 
 
+class LogfireOtel(Otel):
+    """logfire brings its own providers: the same in-memory exporter and reader plug in."""
+
+    def __init__(self) -> None:  # no global providers: logfire.configure sets its own
+        import logfire
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        self.spans = InMemorySpanExporter()
+        self.reader = InMemoryMetricReader()
+        logfire.configure(
+            send_to_logfire=False,
+            console=False,
+            additional_span_processors=[SimpleSpanProcessor(self.spans)],
+            metrics=logfire.MetricsOptions(additional_readers=[self.reader]),
+        )
+        self._flush = logfire.force_flush
+
+    def clear(self) -> None:
+        self.spans.clear()
+
+    def flush(self) -> None:
+        self._flush()
+
+
 def _logfire() -> Variant:
     import logfire
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    # logfire brings its own providers: the same in-memory exporter and reader plug in.
-    otel = Otel.__new__(Otel)
-    otel.spans = InMemorySpanExporter()
-    otel.reader = InMemoryMetricReader()
-    logfire.configure(
-        send_to_logfire=False,
-        console=False,
-        additional_span_processors=[SimpleSpanProcessor(otel.spans)],
-        metrics=logfire.MetricsOptions(additional_readers=[otel.reader]),
-    )
+    otel = LogfireOtel()
     logfire.instrument_anthropic()
     logfire.instrument_openai()
-
-    def flush() -> None:
-        logfire.force_flush()
-
-    otel.clear = otel.spans.clear  # type: ignore[method-assign]
-    otel.flush = flush  # type: ignore[method-assign]
     return Variant(make_clients(), CASES, otel)
 
 
@@ -564,6 +580,7 @@ def _openai_v2() -> Variant:
 VARIANTS: dict[str, tuple[str, Callable[[], Variant]]] = {
     "bare": ("bare SDK (baseline)", _bare),
     "bare2": ("bare SDK, 2nd process (noise floor)", _bare),
+    "sdk-default": ("anthropic SDK, default options, no provider", _sdk_default),
     "sdk-otel": ("anthropic SDK's own OTel spans", _sdk_otel),
     "cachewatch": ("cachewatch, defaults (no TracerProvider)", _cachewatch),
     "cachewatch-spans": ("cachewatch, defaults + TracerProvider", _cachewatch_spans),
@@ -832,7 +849,7 @@ def _print_tables(
     )
     print("|---|" + "---|" * (len(CASES) + 1))
     for n in names:
-        if n in ("bare", "bare2"):
+        if n in ("bare", "bare2", "sdk-default"):  # nothing recorded by design
             continue
         row = [VARIANTS[n][0]]
         kinds: set[str] = set()
