@@ -618,6 +618,9 @@ def worker(name: str, out_fd: int) -> None:
 
 
 class Worker:
+    """One variant's process: commands go in on its stdin, replies come back on a pipe
+    of their own (its stdout is cachewatch's default log sink, sent to /dev/null)."""
+
     def __init__(self, name: str, stderr_dir: Path) -> None:
         self.name = name
         r, w = os.pipe()
