@@ -20,7 +20,7 @@ from prometheus_client import Counter
 
 import cachewatch
 from cachewatch.accounting._records import TokenUsage, UsageRecord
-from cachewatch.diagnosis._diagnosis import MISS_REASONS, Diagnoser, MemoryStore, fingerprint
+from cachewatch.diagnosis import MISS_REASONS, Diagnoser, MemoryStore, fingerprint
 from cachewatch.emulator import ManualClock, create_app, run_in_thread
 from cachewatch.sinks.prometheus import WASTED_WRITE_TOKENS, metrics_for
 
@@ -527,23 +527,45 @@ def test_marker_words_in_text_and_nested_markers_do_not_change_hashes() -> None:
     assert other.key(0) != a.key(0)
 
 
-def test_auto_hands_the_planned_body_to_the_diagnosis_unparsed_again(rig: Rig) -> None:
+def test_auto_hands_the_planners_layout_to_the_diagnosis(rig: Rig) -> None:
     diagnoser = rig.transport.engine.diagnoser
     assert diagnoser is not None
-    seen: list[object] = []
+    states: list[Any] = []
     before = diagnoser.before
+    fingerprints = diagnoser.fingerprints
 
     def spy(api: str, body: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(body)
-        return before(api, body, *args, **kwargs)
+        state = before(api, body, *args, **kwargs)
+        states.append(state)
+        return state
+
+    computed: list[Any] = []
+
+    def spy_fp(state: Any) -> Any:
+        assert state.body is None  # the body is never parsed again: the layout is reused
+        fp = fingerprints(state)
+        computed.append(fp)
+        return fp
 
     diagnoser.before = spy  # type: ignore[method-assign]
+    diagnoser.fingerprints = spy_fp  # type: ignore[method-assign]
     record = rig.send(chat(SYSTEM, "first question"))
     assert record.usage is not None
     assert record.usage.cache_write > 0  # auto marked and wrote
-    assert len(seen) == 1
-    assert isinstance(seen[0], dict)  # the planner's parsed body, as sent
-    assert seen[0]["system"][0]["cache_control"] == {"type": "ephemeral"}
+    assert len(states) == 1
+    assert computed
+    fp = computed[0]
+    assert fp is not None
+    # The planner's system marker and the top-level automatic one (on the last block).
+    assert fp.markers == ((0, "5m"), (1, "5m"))
+    # The same prefixes as a fresh walk of the body as sent.
+    sent = orjson.loads(orjson.dumps(chat(SYSTEM, "first question")))
+    sent["system"] = [{"type": "text", "text": SYSTEM, "cache_control": {"type": "ephemeral"}}]
+    sent["cache_control"] = {"type": "ephemeral"}
+    fresh = fingerprint("messages", sent)
+    assert fresh is not None
+    assert fresh.hashes == fp.hashes
+    assert fresh.markers == fp.markers
 
 
 def test_store_is_bounded_and_claims_once() -> None:
@@ -566,3 +588,28 @@ def test_store_is_bounded_and_claims_once() -> None:
         )
         diag.after(s, TokenUsage(cache_write_5m=10), 600.0)
     assert len(store) <= 10
+
+
+def test_changed_chat_completions_tools_are_named() -> None:
+    # Chat-completions tools are not positions (no marker goes on them) but are part of
+    # every prefix: a change shows as prefix_changed_tools, not as a changed system prompt.
+    diag = Diagnoser()
+    system = [{"type": "text", "text": SYSTEM, "cache_control": {"type": "ephemeral"}}]
+
+    def body(tool: str) -> bytes:
+        return orjson.dumps(
+            {
+                "model": "qwen-plus",
+                "tools": [{"type": "function", "function": {"name": tool, "parameters": {}}}],
+                "messages": [{"role": "system", "content": system}, {"role": "user", "content": "hi"}],
+            }
+        )
+
+    first = diag.before("chat_completions", body("search"), "qwen-plus", 0.0)
+    diag.after(first, TokenUsage(input=5, cache_write_5m=2_000), 1.0)
+    second = diag.before("chat_completions", body("lookup"), "qwen-plus", 10.0)
+    verdict = diag.after(second, TokenUsage(input=5, cache_write_5m=2_000), 11.0)
+    assert verdict is not None
+    assert verdict.reason == "prefix_changed_tools"
+    third = diag.before("chat_completions", body("lookup"), "qwen-plus", 20.0)
+    assert diag.after(third, TokenUsage(input=5, cache_read=2_000), 21.0) is None

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from cachewatch.diagnosis._diagnosis import Entry
+from cachewatch.diagnosis import Entry
 from cachewatch.diagnosis._store_redis import RedisStore
 from cachewatch.emulator import create_app, run_in_thread
 

@@ -11,7 +11,7 @@ Data flow: request -> planner -> transport -> stream observer -> usage record ->
 from ._version import __version__
 from .accounting._pricing import Price, PriceTable
 from .accounting._records import Cost, Outcome, TokenUsage, UsageRecord
-from .diagnosis._diagnosis import FingerprintStore, MemoryStore
+from .diagnosis import FingerprintStore, MemoryStore
 from .diagnosis._store_redis import RedisStore
 from .planning._profiles import Profile, ProfileRegistry
 from .sinks import Sink

@@ -1,1 +1,25 @@
-"""Why a cache missed: prefix fingerprints, the fingerprint stores and the diagnoser."""
+"""Why a cache missed: prefix fingerprints, the fingerprint stores and the diagnoser.
+
+``_fingerprints`` reads a request's prefixes off the planner's layout, ``_store`` keeps
+what is known of each cached prefix (``_store_redis`` shares it across a fleet) and
+``_diagnoser`` turns the billed usage into a verdict from :data:`MISS_REASONS`.
+"""
+
+from ._diagnoser import MISS_REASONS, Diagnoser, MissVerdict, RequestState
+from ._fingerprints import Fingerprints, conversation_key, fingerprint, fingerprints_of
+from ._store import TTL_SECONDS, Entry, FingerprintStore, MemoryStore
+
+__all__ = [
+    "MISS_REASONS",
+    "TTL_SECONDS",
+    "Diagnoser",
+    "Entry",
+    "FingerprintStore",
+    "Fingerprints",
+    "MemoryStore",
+    "MissVerdict",
+    "RequestState",
+    "conversation_key",
+    "fingerprint",
+    "fingerprints_of",
+]

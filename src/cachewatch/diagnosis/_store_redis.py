@@ -1,4 +1,4 @@
-"""A :class:`~cachewatch.diagnosis._diagnosis.FingerprintStore` in Redis, shared by a fleet of processes.
+"""A :class:`~cachewatch.FingerprintStore` in Redis, shared by a fleet of processes.
 
 Optional dependency: ``pip install 'cachewatch[redis]'`` (the ``redis`` client, >= 5).
 
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from ._diagnosis import Entry
+from ._store import Entry
 
 __all__ = ["RedisStore"]
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..accounting._pricing import PriceTable
 from ..accounting._records import Cost, Outcome, ParsedResponse, RequestInfo, UsageRecord, new_usage_record
-from ..diagnosis._diagnosis import Diagnoser, conversation_key
+from ..diagnosis import Diagnoser, Fingerprints, conversation_key, fingerprints_of
 from ..observing._observer import ResponseObserver
 from ..planning._hygiene import UsageChunkFilter
 from ..sinks import Sink
@@ -62,7 +62,7 @@ class Engine:
         clock: monotonic clock in seconds (default ``time.perf_counter``).
         sinks: extra sinks that receive every record.
         diagnosis: diagnose cache misses and count wasted writes (``_diagnosis``; default True).
-        store: the :class:`~cachewatch.diagnosis._diagnosis.FingerprintStore` of the diagnosis (default:
+        store: the :class:`~cachewatch.FingerprintStore` of the diagnosis (default:
             in memory; ``cachewatch.diagnosis._store_redis.RedisStore`` shares it across processes).
         wall_clock: wall clock in seconds for cache TTLs (default ``time.time``; shared by
             every process of a shared store).
@@ -270,15 +270,11 @@ class Engine:
             model = info.request_model
             if self.cache_diagnostics and info.api == "messages" and profile.name == "anthropic":
                 outgoing = self._cache_diagnostics(exchange, headers, outgoing, diagnoser)
-            parsed = getattr(plan, "parsed", None) if plan is not None else None
-            if (
-                parsed is not None
-                and has_markers
-                and isinstance(outgoing, bytes)
-                and len(outgoing) <= diagnoser.max_bytes
-            ):
-                # The planner's parsed body is what is sent: no second parse at the end.
-                outgoing = parsed
+            layout = getattr(plan, "layout", None) if plan is not None else None
+            source = None
+            if layout is not None and has_markers:
+                # The planner's layout is the request as sent: nothing is parsed or hashed again.
+                source = _fingerprint_source(plan, layout, model)
             exchange.diag = diagnoser.before(
                 info.api,
                 outgoing,
@@ -288,6 +284,7 @@ class Engine:
                 min_tokens=lambda: profile.min_tokens_for(model),
                 has_markers=has_markers,
                 max_ttl=3_600.0 if "1h" in profile.ttls else 300.0,
+                fingerprints=source,
             )
         except Exception as exc:
             self.fault("diagnosis", exc)
@@ -381,6 +378,18 @@ def _shared_profiles() -> Any:
 
         _PROFILES = ProfileRegistry()
     return _PROFILES
+
+
+def _fingerprint_source(plan: Any, layout: Any, model: str | None) -> Callable[[], Fingerprints]:
+    """Computes the fingerprints of a planned request from its layout, when asked."""
+    inserted = [
+        (p.position, p.ttl or "5m") for p in plan.placements if p.action == "inserted" and p.position >= 0
+    ]
+    top = next(
+        (p.ttl for p in plan.placements if p.location == "top_level" and p.action in ("inserted", "kept")),
+        None,
+    )
+    return lambda: fingerprints_of(layout, model or "", inserted, top)
 
 
 def _with_diagnostics(body: bytes, message_id: str) -> bytes | None:

@@ -66,26 +66,23 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any, Final, Literal
 
 import orjson
 
 from ..accounting._records import TokenUsage, slot_factory
+from ._layout import CONT as _CONT
+from ._layout import CUM as _CUM
+from ._layout import KEY as _KEY
+from ._layout import MARK as _MARK
+from ._layout import OK as _OK
+from ._layout import Layout, Location, position_path
+from ._layout import Pos as _Pos
+from ._layout import walk as walk_layout
 from ._profiles import Profile, ProfileRegistry
 from ._tokens import PrefixCounter, TokenEstimator
 
 __all__ = ["Placement", "Plan", "Planner"]
-
-Location = Literal["tools", "system", "messages", "top_level"]
-
-#: Anthropic block types that accept ``cache_control`` (research A.2).
-_ANTHROPIC_TARGETS = frozenset(
-    {"text", "image", "document", "tool_use", "tool_result", "search_result", "server_tool_use"}
-)
-#: OpenAI-compatible content-part types that accept a marker (DashScope, research B.2).
-_OPENAI_TARGETS = frozenset({"text", "image_url", "video_url", "input_audio", "file"})
-_NEVER_TARGETS = frozenset({"thinking", "redacted_thinking"})
 
 _EPHEMERAL: dict[str, str] = {"type": "ephemeral"}
 _INF: Final = float("inf")
@@ -142,16 +139,11 @@ class Plan:
     error: str | None = None
     api: str | None = None
     provider: str = "other"
-    #: ``estimated_tokens`` covers the whole prompt; False when counting stopped once every
-    #: threshold was settled (then it, and ``prefix_tokens`` past that point, are lower bounds).
-    complete_estimate: bool = True
-    #: The original body, kept only when counting stopped early, for calibration in ``observe``.
-    source: bytes | None = field(default=None, repr=False, compare=False)
     #: The planner's in-flight bookkeeping for this request (see :meth:`Planner.started`).
     ticket: _Ticket | None = field(default=None, repr=False, compare=False)
-    #: The parsed body as sent (with the inserted markers), for the miss diagnosis to reuse
-    #: instead of parsing the body again; None when the plan has an error.
-    parsed: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    #: The request's layout (positions and prefix digests), for the miss diagnosis to reuse
+    #: instead of walking the body again; None when the plan has an error.
+    layout: Layout | None = field(default=None, repr=False, compare=False)
 
     @property
     def inserted(self) -> tuple[Placement, ...]:
@@ -164,19 +156,6 @@ _new_placement: Final[
     Callable[[Location, str, str | None, tuple[int, ...], str, int, int, str], Placement]
 ] = slot_factory(Placement)
 _new_plan: Final[Callable[..., Plan]] = slot_factory(Plan)
-
-
-# A position of the flattened prompt, as a plain tuple (the hot path builds one per block):
-# (location, index, container, key, eligible, caller marker TTL, raw cumulative estimate).
-# ``container[key]`` is the block (a dict) or the string to convert.
-_Pos = tuple[Location, tuple[int, ...], Any, Any, bool, "str | None", float]
-_LOC: Final = 0
-_IDX: Final = 1
-_CONT: Final = 2
-_KEY: Final = 3
-_OK: Final = 4
-_MARK: Final = 5
-_CUM: Final = 6
 
 
 #: Per-request forgetting of the continuation counts (an effective window of ~50 requests).
@@ -203,11 +182,6 @@ class _Stats:
         """
         return min(1.0, (self.continued + 1.0) / (self.seen + 3.0))
 
-
-#: Skimmed (large) plans: the first ``_SKIMMED_FIRST`` per provider and tokenizer family
-#: calibrate the estimator, then one in ``_SKIMMED_SAMPLE``.
-_SKIMMED_FIRST: Final = 4
-_SKIMMED_SAMPLE: Final = 64
 
 _TTL_5M: Final = 300.0
 _TTL_1H: Final = 3_600.0
@@ -237,39 +211,6 @@ class _Ticket:
     probe: tuple[str, str] | None = None
     started: bool = False
     ended: bool = False
-
-
-@dataclass(slots=True)
-class _Walk:
-    positions: list[_Pos] = field(default_factory=list)
-    #: Index in ``positions`` of the first message position (== number of tools+system positions).
-    first_message: int = 0
-    #: Message index -> (first position, last position + 1).
-    spans: dict[int, tuple[int, int]] = field(default_factory=dict)
-    roles: list[str] = field(default_factory=list)
-    removed: list[Placement] = field(default_factory=list)
-    #: Markers the caller put inside sub-content (or left invalid): (render position, TTL).
-    #: A nested marker renders inside its parent block, so it sits at ``parent - 0.5``.
-    nested: list[tuple[float, str]] = field(default_factory=list)
-    first_turn: bool = True
-    #: Assistant messages seen (skimmed ones are not).
-    assistants: int = 0
-    #: Raw running total past which every threshold is settled (inf: count everything).
-    settle: float = _INF
-    #: Messages before this index are skimmed once ``settle`` is passed (no caller markers).
-    detail_from: int = 0
-    #: Some blocks were skimmed: the running total stopped at a lower bound.
-    skimmed: bool = False
-    #: The original body bytes (searched for ``"cache_control"`` only when a skim is wanted).
-    body: bytes = b""
-    #: The body holds no ``"cache_control"`` at all; None until searched (see :func:`_may_skim`).
-    unmarked: bool | None = None
-    #: Positions ``[start, end)`` of the skimmed placeholders (never eligible).
-    skim_span: tuple[int, int] = (0, 0)
-    #: The endpoint's host, and tool definitions that are not positions (chat-completions
-    #: and DashScope native formats): both part of a static prefix's identity.
-    host: str = ""
-    tools: Any = None
 
 
 class Planner:
@@ -332,8 +273,6 @@ class Planner:
         self.learning = learning
         self.clock = clock
         self._stats: dict[tuple[str, str], _Stats] = {}
-        #: (provider, tokenizer family) -> skimmed plans observed (calibration sampling).
-        self._skimmed: dict[tuple[str, str], int] = {}
         #: Static-prefix key -> requests writing it whose responses have not started.
         self._writers: dict[int, list[_Ticket]] = {}
         #: Static-prefix key -> until when its cache entry is believed readable.
@@ -383,32 +322,11 @@ class Planner:
         if usage is None:
             return
         raw = plan.raw_estimate
-        if raw is None and plan.source is not None and self._calibrate_skimmed(plan):
-            # Counting stopped early on the hot path; finish it here, after the response
-            # (for one such request in _SKIMMED_SAMPLE: it re-parses the whole body).
-            try:
-                raw = self.estimator.raw_request(plan.api, orjson.loads(plan.source), family=plan.family)
-            except (orjson.JSONDecodeError, TypeError, AttributeError):
-                raw = None
         if raw is None:
             return
         total = usage.prompt_total
         if total > 0 and raw > 0:
             self.estimator.observe(raw, total, provider=plan.provider, family=plan.family)
-
-    def _calibrate_skimmed(self, plan: Plan) -> bool:
-        """Whether to finish the estimate of a skimmed (large) plan for calibration.
-
-        The first few of each provider and tokenizer family, then one in ``_SKIMMED_SAMPLE``:
-        re-estimating a 1 MB body costs milliseconds on the thread that ends the response.
-        """
-        key = (plan.provider, plan.family)
-        with self._lock:
-            n = self._skimmed.get(key, 0)
-            if len(self._skimmed) >= 1024:
-                self._skimmed.clear()
-            self._skimmed[key] = n + 1
-        return n < _SKIMMED_FIRST or n % _SKIMMED_SAMPLE == 0
 
     def started(self, plan: Plan, status_code: int = 200) -> None:
         """The response to a planned request has started: what it wrote is readable now.
@@ -487,14 +405,9 @@ class Planner:
                 error=None if added_usage else "unsupported",
             )
         counter = self.estimator.prefix(model=model, provider=profile.provider)
-        # Past this raw total every minimum-token question is settled; a body without any
-        # caller marker then skims the conversation far before its tail. Whether the body
-        # has a marker is only searched for when the walk gets there (see _may_skim).
-        needed = max(self._min_tokens(profile, model) * (1.0 + self.min_margin), self.document_tokens)
-        settle = needed * (1.0 + self.estimator.band) / max(counter.ratio, 1e-6)
-        walk = _walk(obj, profile, counter, self.remove_invalid, settle, body)
-        if walk is not None:
-            walk.host = host
+        walk = walk_layout(
+            api, obj, counter, markers_on_tools=profile.markers_on_tools, remove_invalid=self.remove_invalid
+        )
         if walk is None:
             if added_usage:
                 return Plan(
@@ -517,31 +430,28 @@ class Planner:
             # First turns check the in-flight claims, then claim: one at a time, so two
             # concurrent siblings cannot both see no writer and both write.
             with self._first_turns:
-                placements, changed, ticket = self._place(obj, profile, model, counter, walk)
+                placements, changed, ticket = self._place(obj, profile, model, counter, walk, host)
         else:
-            placements, changed, ticket = self._place(obj, profile, model, counter, walk)
+            placements, changed, ticket = self._place(obj, profile, model, counter, walk, host)
         ratio = counter.ratio
         static_raw = walk.positions[walk.first_message - 1][_CUM] if walk.first_message else 0.0
-        skimmed = walk.skimmed
         return _new_plan(
             orjson.dumps(obj) if (changed or added_usage) else None,  # body
             placements,
             profile.name,
             model,
             added_usage,
-            None if skimmed else counter.raw,  # raw_estimate
+            counter.raw,  # raw_estimate
             counter.estimate,
             counter.family,
             walk.first_turn,
-            walk.assistants == 1 and not skimmed,  # second_turn
+            walk.assistants == 1,  # second_turn
             int(static_raw * ratio),  # static_tokens
             None,  # error
             api,
             profile.provider,
-            not skimmed,  # complete_estimate
-            body if skimmed else None,  # source
             ticket,
-            obj,  # parsed
+            walk,  # layout
         )
 
     def _min_tokens(self, profile: Profile, model: str | None) -> int:
@@ -555,20 +465,28 @@ class Planner:
         return found
 
     def _place(
-        self, obj: dict[str, Any], profile: Profile, model: str | None, counter: PrefixCounter, walk: _Walk
+        self,
+        obj: dict[str, Any],
+        profile: Profile,
+        model: str | None,
+        counter: PrefixCounter,
+        walk: Layout,
+        host: str,
     ) -> tuple[tuple[Placement, ...], bool, _Ticket | None]:
         positions = walk.positions
         ratio = counter.ratio
-        out: list[Placement] = list(walk.removed)
+        out: list[Placement] = [
+            Placement(r.location, "removed_invalid", None, r.index, r.path, r.position, 0, "caller")
+            for r in walk.removed
+        ]
         changed = bool(walk.removed)
 
         # The caller's markers and the top-level one.
         caller: list[int] = []
-        if not walk.unmarked:  # True: the body has no "cache_control" at all
-            for i, pos in enumerate(positions):
-                if pos[_MARK] is not None:
-                    caller.append(i)
-                    out.append(_placement(pos, i, "kept", pos[_MARK], "caller", ratio))
+        for i, pos in enumerate(positions):
+            if pos[_MARK] is not None:
+                caller.append(i)
+                out.append(_placement(pos, i, "kept", pos[_MARK], "caller", ratio))
         top = obj.get("cache_control")
         top_ttl: str | None = None
         if isinstance(top, dict):
@@ -625,8 +543,8 @@ class Planner:
         if walk.first_turn and self.learning:
             now = self.clock()
             if static is not None and counter.reaches_at(positions[static][_CUM], threshold):
-                scope = _scope(profile, walk)
-                static_key = _static_key(scope, model, positions, fm)
+                scope = _scope(profile, walk, host)
+                static_key = _static_key(scope, model, walk, fm)
                 with self._lock:
                     readable = self._readable.get(static_key, 0.0) > now
                     sibling = not readable and _claimed(self._writers.get(static_key), now)
@@ -648,7 +566,7 @@ class Planner:
                 prev = _tail_position(positions, walk.spans, prev_user, fm)
                 if prev is not None and prev != tail and tail - prev >= profile.lookback:
                     candidates.append((prev, "previous_turn"))
-            document = self._document(positions, fm, tail, ratio, profile.lookback, walk.skim_span)
+            document = self._document(positions, fm, tail, ratio, profile.lookback)
             if document is not None:
                 candidates.append((document, "document"))
 
@@ -661,8 +579,8 @@ class Planner:
                 if reason == "static":
                     key = static_key
                 elif reason == "document":
-                    scope = scope or _scope(profile, walk)
-                    key = _static_key(scope, model, positions, index + 1)
+                    scope = scope or _scope(profile, walk, host)
+                    key = _static_key(scope, model, walk, index + 1)
                 else:
                     continue
                 if key is not None and self._came_back_late(key, now):
@@ -804,27 +722,17 @@ class Planner:
         tail: int,
         ratio: float,
         lookback: int,
-        skipped: tuple[int, int],
     ) -> int | None:
-        """The latest large eligible block in the lookback window before the tail.
-
-        ``skipped``: a run of positions known to be ineligible (the skimmed placeholders),
-        jumped over instead of visited one by one.
-        """
+        """The latest large eligible block in the lookback window before the tail."""
         document_tokens = self.document_tokens
         lo = max(fm, tail - lookback)
-        s0, s1 = skipped
-        spans = [range(tail - 1, lo - 1, -1)]
-        if s0 < s1 and s0 < tail and s1 > lo:
-            spans = [range(tail - 1, max(s1, lo) - 1, -1), range(s0 - 1, lo - 1, -1)]
-        for span in spans:
-            for i in span:
-                pos = positions[i]
-                if not pos[_OK]:
-                    continue
-                before = positions[i - 1][_CUM] if i > 0 else 0.0
-                if (pos[_CUM] - before) * ratio >= document_tokens:
-                    return i
+        for i in range(tail - 1, lo - 1, -1):
+            pos = positions[i]
+            if not pos[_OK]:
+                continue
+            before = positions[i - 1][_CUM] if i > 0 else 0.0
+            if (pos[_CUM] - before) * ratio >= document_tokens:
+                return i
         return None
 
 
@@ -859,22 +767,14 @@ def _claimed(claims: list[_Ticket] | None, now: float) -> bool:
     return bool(live)
 
 
-def _scope(profile: Profile, walk: _Walk) -> tuple[object, ...]:
-    """What besides the blocks identifies a cache: profile, host, tools that are not positions."""
-    tools = walk.tools
-    return (profile.name, walk.host, orjson.dumps(tools, option=orjson.OPT_SORT_KEYS) if tools else None)
+def _scope(profile: Profile, walk: Layout, host: str) -> tuple[object, ...]:
+    """What besides the blocks identifies a cache: profile and host (the digests hold the rest)."""
+    return (profile.name, host)
 
 
-def _static_key(scope: object, model: str | None, positions: list[_Pos], end: int) -> int:
-    """Identity of the static prefix (tools and system blocks, unmarked) for one model."""
-    parts: list[object] = [scope, model]
-    for i in range(end):
-        pos = positions[i]
-        block = pos[_CONT][pos[_KEY]]
-        if isinstance(block, dict) and "cache_control" in block:
-            block = {k: v for k, v in block.items() if k != "cache_control"}
-        parts.append(block if isinstance(block, str) else orjson.dumps(block, option=orjson.OPT_SORT_KEYS))
-    return hash(tuple(parts))
+def _static_key(scope: object, model: str | None, walk: Layout, end: int) -> int:
+    """Identity of the prefix of positions ``0..end-1`` for one model (markers ignored)."""
+    return hash((scope, model, walk.digest_before(end)))
 
 
 def _tok(raw: float, ratio: float) -> int:
@@ -883,19 +783,8 @@ def _tok(raw: float, ratio: float) -> int:
 
 def _placement(pos: _Pos, index: int, action: str, ttl: str | None, reason: str, ratio: float) -> Placement:
     return _new_placement(
-        pos[_LOC], action, ttl, pos[_IDX], _path(pos), index, _tok(pos[_CUM], ratio), reason
+        pos[0], action, ttl, pos[1], position_path(pos), index, _tok(pos[_CUM], ratio), reason
     )
-
-
-def _path(pos: _Pos) -> str:
-    if pos[_LOC] == "tools":
-        return f"tools.{pos[_IDX][0]}"
-    if pos[_LOC] == "system" and len(pos[_IDX]) == 1:
-        return f"system.{pos[_IDX][0]}" if isinstance(pos[_CONT], list) else "system"
-    msg, block = pos[_IDX]
-    if isinstance(pos[_CONT], dict):
-        return f"messages.{msg}.content"
-    return f"messages.{msg}.content.{block}"
 
 
 def _insert(pos: _Pos, ttl: str, profile: Profile) -> None:
@@ -994,338 +883,4 @@ def _add_include_usage(obj: dict[str, Any]) -> bool:
     if isinstance(options, dict) and "include_usage" not in options:
         options["include_usage"] = True
         return True
-    return False
-
-
-# -- walking the body --------------------------------------------------------------------
-
-
-def _marker_of(block: dict[str, Any]) -> tuple[bool, str | None]:
-    """(has a cache_control key, its TTL when it is a well-formed marker)."""
-    cc = block.get("cache_control")
-    if cc is None:
-        return ("cache_control" in block), None
-    if isinstance(cc, dict):
-        return True, ("1h" if cc.get("ttl") == "1h" else "5m")
-    return True, None
-
-
-def _eligible_anthropic(block: Any) -> bool:
-    if not isinstance(block, dict):
-        return False
-    kind = block.get("type")
-    if kind not in _ANTHROPIC_TARGETS:
-        return False
-    if kind == "text":
-        text = block.get("text")
-        return isinstance(text, str) and not text.isspace() and text != ""
-    return True
-
-
-def _eligible_part(block: Any, native: bool) -> bool:
-    if not isinstance(block, dict):
-        return False
-    kind = block.get("type")
-    if kind in _NEVER_TARGETS:
-        return False
-    text = block.get("text")
-    if kind == "text" or (kind is None and text is not None):
-        return isinstance(text, str) and text != "" and not text.isspace()
-    if native:
-        return kind is None and ("image" in block or "video" in block or "audio" in block)
-    return kind in _OPENAI_TARGETS
-
-
-def _nested_markers(block: dict[str, Any], walk: _Walk, at: int, depth: int = 0) -> None:
-    """Count the markers inside a block's sub-content (they use breakpoint slots too).
-
-    Sub-content is a ``content`` list (``tool_result``, ``search_result``, and the blocks
-    nested in them) or a document's ``source.content`` list, followed a few levels down.
-    """
-    source = block.get("source")
-    for content in (block.get("content"), source.get("content") if type(source) is dict else None):
-        if type(content) is not list:
-            continue
-        for part in content:
-            if type(part) is not dict:
-                continue
-            marker = part.get("cache_control")
-            if type(marker) is dict:
-                walk.nested.append((at - 0.5, "1h" if marker.get("ttl") == "1h" else "5m"))
-            if depth < 3 and ("content" in part or "source" in part):
-                _nested_markers(part, walk, at, depth + 1)
-
-
-def _walk(
-    obj: dict[str, Any],
-    profile: Profile,
-    counter: PrefixCounter,
-    remove_invalid: bool,
-    settle: float,
-    body: bytes,
-) -> _Walk | None:
-    """Flatten the body into positions, feeding the estimator; None for an invalid shape."""
-    fmt = profile.marker_format
-    walk = _Walk(settle=settle, body=body)
-    if fmt == "anthropic":
-        return _walk_anthropic(obj, profile, counter, remove_invalid, walk)
-    if fmt == "openai_content_part":
-        messages = obj.get("messages")
-        tools = obj.get("tools")
-        if isinstance(tools, list):
-            counter.add_tools(tools)
-            for tool in tools:
-                counter.add_json(tool)
-            walk.tools = tools
-        return _walk_openai(messages, counter, remove_invalid, walk, native=False)
-    inp = obj.get("input")
-    if not isinstance(inp, dict):
-        return None
-    params = obj.get("parameters")
-    walk.tools = params.get("tools") if isinstance(params, dict) else None
-    return _walk_openai(inp.get("messages"), counter, remove_invalid, walk, native=True)
-
-
-def _walk_anthropic(
-    obj: dict[str, Any], profile: Profile, counter: PrefixCounter, remove_invalid: bool, walk: _Walk
-) -> _Walk | None:
-    positions = walk.positions
-    tools = obj.get("tools")
-    if tools is not None:
-        if not isinstance(tools, list):
-            return None
-        counter.add_tools(tools)
-        cums = counter.add_definitions(tools)
-        on_tools = profile.markers_on_tools
-        for t, tool in enumerate(tools):
-            if not isinstance(tool, dict):
-                return None
-            ok = on_tools
-            ttl = None
-            if "cache_control" in tool:
-                has, ttl = _marker_of(tool)
-                if has and ttl is None:
-                    ok = _drop_invalid(
-                        tool, "tools", (t,), f"tools.{t}", len(positions), walk, remove_invalid
-                    )
-            positions.append(("tools", (t,), tools, t, ok, ttl, cums[t]))
-    system = obj.get("system")
-    if system is not None:
-        counter.add_message()
-        if isinstance(system, str):
-            counter.add_block(system)
-            ok = system != "" and not system.isspace()
-            positions.append(("system", (0,), obj, "system", ok, None, counter.raw))
-        elif isinstance(system, list):
-            for s, block in enumerate(system):
-                counter.add_block(block)
-                if not isinstance(block, dict):
-                    return None
-                ok = _eligible_anthropic(block)
-                has, ttl = _marker_of(block)
-                if has and (ttl is None or not ok):
-                    ok = _drop_invalid(
-                        block, "system", (s,), f"system.{s}", len(positions), walk, remove_invalid
-                    )
-                    ttl = None
-                positions.append(("system", (s,), system, s, ok, ttl, counter.raw))
-        else:
-            return None
-    walk.first_message = len(positions)
-    messages = obj.get("messages")
-    if not isinstance(messages, list):
-        return None
-    roles = walk.roles
-    detail_from = walk.detail_from = _detail_from(messages)
-    per_message = counter.per_message
-    add_text = counter.add_text
-    add_block = counter.add_block
-    it = enumerate(messages)
-    for m, message in it:
-        if m < detail_from and counter.raw >= walk.settle and _may_skim(walk):
-            _skim(messages, m, detail_from, "messages", walk, counter.raw)
-            next(islice(it, detail_from - m - 1, detail_from - m - 1), None)  # resume at detail_from
-            continue
-        if not isinstance(message, dict):
-            return None
-        role = message.get("role")
-        role_s = role if isinstance(role, str) else ""
-        roles.append(role_s)
-        if role_s == "assistant":
-            walk.first_turn = False
-            walk.assistants += 1
-        counter.raw += per_message  # counter.add_message()
-        content = message.get("content")
-        start = len(positions)
-        if isinstance(content, str):
-            counter.add_block(content)
-            ok = content != "" and not content.isspace()
-            positions.append(("messages", (m, 0), message, "content", ok, None, counter.raw))
-        elif type(content) is list:
-            for b, block in enumerate(content):
-                if type(block) is not dict:
-                    return None
-                kind = block.get("type")
-                if kind == "text":
-                    text = block.get("text")
-                    if type(text) is str:
-                        ok = text != "" and not text.isspace()
-                        raw = add_text(text)
-                    else:
-                        ok = False
-                        raw = add_block(block)
-                else:
-                    ok = kind in _ANTHROPIC_TARGETS
-                    raw = add_block(block)
-                    if "content" in block or "source" in block:
-                        _nested_markers(block, walk, len(positions))
-                ttl = None
-                if "cache_control" in block:
-                    has, ttl = _marker_of(block)
-                    if has and (ttl is None or not ok):
-                        ok = _drop_invalid(
-                            block,
-                            "messages",
-                            (m, b),
-                            f"messages.{m}.content.{b}",
-                            len(positions),
-                            walk,
-                            remove_invalid,
-                        )
-                        ttl = None
-                positions.append(("messages", (m, b), content, b, ok, ttl, raw))
-        else:
-            return None
-        if len(positions) > start:
-            walk.spans[m] = (start, len(positions))
-    return walk
-
-
-def _walk_openai(
-    messages: Any, counter: PrefixCounter, remove_invalid: bool, walk: _Walk, *, native: bool
-) -> _Walk | None:
-    if not isinstance(messages, list):
-        return None
-    positions = walk.positions
-    roles = walk.roles
-    leading_system = True
-    detail_from = walk.detail_from = _detail_from(messages)
-    per_message = counter.per_message
-    it = enumerate(messages)
-    for m, message in it:
-        if not leading_system and m < detail_from and counter.raw >= walk.settle and _may_skim(walk):
-            _skim(messages, m, detail_from, "messages", walk, counter.raw)
-            next(islice(it, detail_from - m - 1, detail_from - m - 1), None)  # resume at detail_from
-            continue
-        if not isinstance(message, dict):
-            return None
-        role = message.get("role")
-        role_s = role if isinstance(role, str) else ""
-        is_system = role_s in ("system", "developer")
-        if not is_system and leading_system:
-            leading_system = False
-            walk.first_message = len(positions)
-        loc: Location = "system" if is_system and leading_system else "messages"
-        roles.append(role_s if loc == "messages" else "system")
-        if role_s == "assistant":
-            walk.first_turn = False
-            walk.assistants += 1
-        counter.raw += per_message  # counter.add_message()
-        content = message.get("content")
-        start = len(positions)
-        if isinstance(content, str):
-            counter.add_block(content)
-            ok = content != "" and not content.isspace()
-            positions.append((loc, (m, 0), message, "content", ok, None, counter.raw))
-        elif isinstance(content, list):
-            for b, block in enumerate(content):
-                counter.add_block(block)
-                if not isinstance(block, dict):
-                    return None
-                ok = _eligible_part(block, native)
-                has, ttl = _marker_of(block)
-                if has and (ttl is None or not ok):
-                    ok = _drop_invalid(
-                        block, loc, (m, b), f"messages.{m}.content.{b}", len(positions), walk, remove_invalid
-                    )
-                    ttl = None
-                positions.append((loc, (m, b), content, b, ok, ttl, counter.raw))
-        elif content is not None:
-            return None
-        calls = message.get("tool_calls")
-        if isinstance(calls, list):
-            for call in calls:
-                counter.add_json(call)
-        if len(positions) > start:
-            walk.spans[m] = (start, len(positions))
-    if leading_system:
-        walk.first_message = len(positions)
-    return walk
-
-
-def _detail_from(messages: list[Any]) -> int:
-    """First message that needs block-level inspection: the previous turn's input onwards."""
-    seen_input = seen_assistant = False
-    for i in range(len(messages) - 1, -1, -1):
-        message = messages[i]
-        role = message.get("role") if type(message) is dict else None
-        if role in _INPUT_ROLES:
-            if seen_assistant:
-                return max(0, i - 1)
-            seen_input = True
-        elif role == "assistant" and seen_input:
-            seen_assistant = True
-    return 0
-
-
-def _may_skim(walk: _Walk) -> bool:
-    """Whether the body holds no caller marker at all, so its early messages may be skimmed.
-
-    Searched once, and only when a skim is wanted (``rfind``: CPython's reverse scan gets
-    through prose faster than ``in``/``find``). A body with a marker is counted in full.
-    """
-    if walk.unmarked is None:
-        walk.unmarked = walk.body.rfind(b'"cache_control"') == -1
-        if not walk.unmarked:
-            walk.settle = _INF
-    return walk.unmarked
-
-
-def _skim(messages: list[Any], lo: int, hi: int, loc: Location, walk: _Walk, raw: float) -> None:
-    """Positions of messages ``lo..hi-1``, far before the tail, once every threshold is settled.
-
-    Nothing in them can be a candidate and they hold no caller marker (the body has none),
-    so only their block counts matter: one shared placeholder per block, no estimate, no
-    role (the roles that matter are all in the inspected tail region).
-    """
-    count = 0
-    for msg in messages[lo:hi]:
-        if type(msg) is dict:
-            c = msg.get("content")
-            if type(c) is str:
-                count += 1
-            elif type(c) is list:
-                count += len(c)
-    start = len(walk.positions)
-    walk.positions.extend([(loc, (lo, -1), None, None, False, None, raw)] * count)
-    walk.roles.extend([""] * (hi - lo))
-    walk.skimmed = True
-    walk.skim_span = (start, start + count)
-
-
-def _drop_invalid(
-    block: dict[str, Any],
-    loc: Location,
-    index: tuple[int, ...],
-    path: str,
-    position: int,
-    walk: _Walk,
-    remove_invalid: bool,
-) -> bool:
-    """A caller's marker the provider would reject: remove it (or leave it and avoid the block)."""
-    if remove_invalid:
-        del block["cache_control"]
-        walk.removed.append(Placement(loc, "removed_invalid", None, index, path, position, 0, "caller"))
-    else:
-        walk.nested.append((position - 0.5, "5m"))  # left in place: still counted
     return False

@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 from ..accounting._records import TOKEN_TYPES, RequestInfo, UsageRecord
-from ..diagnosis._diagnosis import MISS_REASONS
+from ..diagnosis import MISS_REASONS
 from ._catalogue import CATALOGUE, MetricSpec
 
 __all__ = ["WASTED_WRITE_TOKENS", "PrometheusMetrics", "PrometheusSink", "Series", "metrics_for"]

@@ -1,40 +1,13 @@
-"""Cache-miss diagnosis: prefix fingerprints, a fingerprint store and the Diagnoser. Sans-IO.
+"""Cache-miss diagnosis: why a request read less than its prefix allowed. Sans-IO.
 
 Place in the flow: request -> planner -> transport -> stream observer -> usage record
 -> **diagnosis** (at the end of the body, before the sinks) -> sinks.
 
-Fingerprints (per request, research A.3/A.4, B.2):
-
-* The prompt is flattened into *positions* in tools -> system -> messages order, the
-  providers' render order: one per tool definition, system block and message content
-  block (a plain-string ``system``/``content`` is one text block, so the planner's
-  string-to-list conversion does not change the fingerprint; OpenAI ``tool_calls`` are
-  folded into their message's last position; ``tool_choice``/``thinking`` are folded
-  into every message position, because they invalidate the messages cache only).
-* Position ``i`` has a cumulative hash over the canonical bytes of positions
-  ``0..i`` with ``cache_control`` removed (XXH3-128, *model-free*); the store key of
-  a prefix adds the model (caches are per model). Only hashes, block indices and a
-  closed set of block kinds are kept: never content.
-* Token estimates per position come from the cheap estimator of ``_tokens`` (raw
-  per-family constants), rescaled per request so that the whole prompt equals what the
-  provider billed (``usage.prompt_total``).
-* Marker positions: blocks carrying ``cache_control`` (a marker nested in
-  ``tool_result.content`` counts on its block) and a top-level automatic
-  ``cache_control`` (on the last cacheable position).
-
-Cost: nothing before the request is sent except a small state object; the body is
-parsed and hashed at the end of the response, and only when it carries a marker and is
-smaller than ``max_bytes``. Implicit-caching endpoints (no markers: OpenAI, DeepSeek)
-are not diagnosed.
-
-Store entries (:class:`Entry`): one per marker position of every diagnosed request, keyed
-by the model-bound prefix hash, holding write time, TTL, model, token estimate, when
-the entry became readable (the writing response started), whether the provider cached
-it, how many write tokens it cost and whether anything read it. Three *anchors* per
-request (conversation = system + first input message, first input message, system;
-model-free) point at the request's deepest marker entry, with its per-position hashes
-(4-byte truncations, up to ``max_anchor_positions``), so a later request whose prefix
-changed can find its predecessor and name the first block that differs.
+Each diagnosed request (one that carries a marker) gets its fingerprints
+(``_fingerprints``: from the planner's layout, or a walk of the body at the end) and
+is compared with the store (``_store``): entries written by earlier requests at its
+own positions, and the anchors of its predecessors. Token estimates per position are
+rescaled per request so the whole prompt equals what the provider billed.
 
 Verdicts (``after``): the closed set :data:`MISS_REASONS`. Given the entries found at
 the request's own positions (written before it was sent), the position the read most
@@ -66,31 +39,22 @@ both writes. Entries the bounded store drops before they expire are not counted.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final
 
 import orjson
 import xxhash
 
 from ..accounting._records import TokenUsage
-from ..planning._tokens import TokenEstimator, model_family
+from ..planning._tokens import TokenEstimator
+from ._fingerprints import Fingerprints, fingerprint
+from ._store import TTL_SECONDS, Entry, FingerprintStore, MemoryStore
 
-__all__ = [
-    "MISS_REASONS",
-    "Diagnoser",
-    "Entry",
-    "FingerprintStore",
-    "Fingerprints",
-    "MemoryStore",
-    "MissVerdict",
-    "RequestState",
-    "fingerprint",
-]
+__all__ = ["MISS_REASONS", "Diagnoser", "MissVerdict", "RequestState"]
 
 #: The closed set of ``reason`` label values of ``cachewatch_cache_misses_total``.
 MISS_REASONS = (
@@ -106,500 +70,10 @@ MISS_REASONS = (
     "provider_reported",
 )
 
-TTL_SECONDS: Mapping[str, float] = {"5m": 300.0, "1h": 3_600.0}
-
 #: Provider reasons that say nothing about the miss: the local verdict is used instead.
 _UNINFORMATIVE_PROVIDER = frozenset({"previous_message_not_found", "unavailable", "none", "no_miss"})
-
-#: Block kinds reported in spans/logs; anything else is ``other`` (a ``type`` is caller data).
-_KINDS = frozenset(
-    {
-        "text",
-        "image",
-        "document",
-        "tool_use",
-        "tool_result",
-        "search_result",
-        "server_tool_use",
-        "web_search_tool_result",
-        "thinking",
-        "redacted_thinking",
-        "image_url",
-        "video_url",
-        "input_audio",
-        "file",
-        "video",
-        "audio",
-        "tool",
-        "tool_calls",
-    }
-)
-_SKIP_AUTOMATIC = frozenset({"thinking", "redacted_thinking"})
-_INPUT_ROLES = frozenset({"user", "tool", "function"})
 _ANCHOR_HASH = 4
-#: Version 2: XXH3-128, records are ``json(prefix) + json(block)``, keys XOR a model tag.
-_SEED = b"cachewatch-fp-2"
-_CC = b'"cache_control"'
-
-
-#: 128-bit XXH3: identities of prefixes, not secrets (no content is kept either way);
-#: about ten times BLAKE2b's speed on the few hundred bytes of a typical block.
 _h: Final[Callable[[bytes], bytes]] = xxhash.xxh3_128_digest
-
-
-def _model_tag(model: str) -> int:
-    return int.from_bytes(_h(b"p\x00" + model.encode("utf-8", "surrogatepass")), "big")
-
-
-def _prefix_key(model: str, content_hash: bytes) -> bytes:
-    """The store key of a model-free prefix hash: the hash XOR a per-model 128-bit tag.
-
-    (Caches are per model. A XOR keeps the key 16 bytes and costs one integer operation
-    per position instead of a hash call.)
-    """
-    return (int.from_bytes(content_hash, "big") ^ _model_tag(model)).to_bytes(16, "big")
-
-
-def _strip(block: Any) -> Any:
-    """``block`` without ``cache_control`` (also one level down in ``content`` lists)."""
-    if type(block) is not dict:
-        return block
-    content = block.get("content")
-    nested = type(content) is list and any(type(c) is dict and "cache_control" in c for c in content)
-    if "cache_control" not in block and not nested:
-        return block
-    out = {k: v for k, v in block.items() if k != "cache_control"}
-    if nested and isinstance(content, list):
-        out["content"] = [
-            {k: v for k, v in c.items() if k != "cache_control"} if type(c) is dict else c for c in content
-        ]
-    return out
-
-
-def _marker_ttl(block: Any) -> str | None:
-    if type(block) is not dict:
-        return None
-    cc = block.get("cache_control")
-    if type(cc) is dict:
-        return "1h" if cc.get("ttl") == "1h" else "5m"
-    content = block.get("content")
-    if type(content) is list:
-        for part in content:
-            if type(part) is dict and type(part.get("cache_control")) is dict:
-                return "1h" if part["cache_control"].get("ttl") == "1h" else "5m"
-    return None
-
-
-def _kind(block: Any) -> str:
-    if isinstance(block, str):
-        return "text"
-    if type(block) is dict:
-        kind = block.get("type")
-        if kind is None:
-            for key in ("text", "image", "video", "audio"):
-                if key in block:
-                    return key
-            return "other"
-        return kind if isinstance(kind, str) and kind in _KINDS else "other"
-    return "other"
-
-
-def _empty_text(block: Any) -> bool:
-    if isinstance(block, str):
-        return not block.strip()
-    if type(block) is dict and block.get("type", "text") == "text":
-        text = block.get("text")
-        return not isinstance(text, str) or not text.strip()
-    return False
-
-
-@dataclass(frozen=True, slots=True)
-class Fingerprints:
-    """The cacheable-prefix fingerprints of one request (hashes, indices and kinds only)."""
-
-    model: str
-    #: Cumulative model-free content hash per position.
-    hashes: tuple[bytes, ...]
-    #: Cumulative raw token estimate per position (uncalibrated).
-    tokens: tuple[float, ...]
-    #: ``tools`` / ``system`` / ``messages`` per position.
-    locations: tuple[str, ...]
-    #: ``(tool,)``, ``(system_block,)`` or ``(message, block)`` per position.
-    indices: tuple[tuple[int, ...], ...]
-    #: Block kind per position (a closed set, ``other`` for anything else).
-    kinds: tuple[str, ...]
-    #: ``(position, ttl)`` of every breakpoint, in prompt order.
-    markers: tuple[tuple[int, str], ...]
-    #: Model-free anchors: system + first input message, first input message, system.
-    conversation: bytes | None = None
-    first_message: bytes | None = None
-    system: bytes | None = None
-
-    def key(self, index: int) -> bytes:
-        """The store key of the prefix ending at position ``index``."""
-        return _prefix_key(self.model, self.hashes[index])
-
-    def keys(self, n: int) -> list[bytes]:
-        """The store keys of positions ``0..n-1`` (as :meth:`key`, the tag computed once)."""
-        tag = _model_tag(self.model)
-        return [(int.from_bytes(h, "big") ^ tag).to_bytes(16, "big") for h in self.hashes[:n]]
-
-    def path(self, index: int) -> str:
-        """Dotted path of a position (``tools.2``, ``system.0``, ``messages.3.1``)."""
-        return ".".join((self.locations[index], *(str(i) for i in self.indices[index])))
-
-
-class _Builder:
-    __slots__ = (
-        "cum", "est", "family", "hashes", "indices", "kinds", "locations", "markers", "tokens", "total",
-    )  # fmt: skip
-
-    def __init__(self, estimator: TokenEstimator, model: str) -> None:
-        self.est = estimator.block
-        self.family = model_family(model)
-        self.cum = _h(_SEED)
-        self.total = 0.0
-        self.hashes: list[bytes] = []
-        self.tokens: list[float] = []
-        self.locations: list[str] = []
-        self.indices: list[tuple[int, ...]] = []
-        self.kinds: list[str] = []
-        self.markers: list[tuple[int, str]] = []
-
-    def add(self, location: str, index: tuple[int, ...], block: Any, head: bytes, tail: bytes = b"") -> bytes:
-        """Append the position of ``block``; returns its record (``head + json(block) + tail``).
-
-        The block is serialised as sent; only when the bytes contain ``"cache_control"``
-        (a marker, or those words in a text) is it serialised again without markers, so
-        moving a breakpoint never changes a hash. A plain string is a text block.
-        """
-        if type(block) is str:
-            raw = orjson.dumps({"type": "text", "text": block})
-            kind = "text"
-        else:
-            raw = orjson.dumps(block)
-            found = block.get("type") if type(block) is dict else None
-            kind = found if type(found) is str and found in _KINDS else _kind(block)
-            if _CC in raw:
-                ttl = _marker_ttl(block)
-                if ttl is not None:
-                    self.markers.append((len(self.hashes), ttl))
-                raw = orjson.dumps(_strip(block))
-        record = head + raw + tail
-        self.cum = cum = _h(self.cum + record)
-        self.hashes.append(cum)
-        self.total = total = self.total + self.est(block, family=self.family) + 1.0
-        self.tokens.append(total)
-        self.locations.append(location)
-        self.indices.append(index)
-        self.kinds.append(kind)
-        return record
-
-
-def fingerprint(
-    api: str, obj: Mapping[str, Any], model: str | None = None, estimator: TokenEstimator | None = None
-) -> Fingerprints | None:
-    """The fingerprints of a parsed request body, or None when the API/shape is not covered."""
-    model_obj = obj.get("model")
-    model = model if model is not None else (model_obj if isinstance(model_obj, str) else "")
-    b = _Builder(estimator or _DEFAULT_ESTIMATOR, model or "")
-    system_records: list[bytes] = []
-    first_records: list[bytes] = []
-    if api == "messages":
-        tools = obj.get("tools")
-        if isinstance(tools, list):
-            for t, tool in enumerate(tools):
-                b.add("tools", (t,), tool, b'"t"')
-        system = obj.get("system")
-        blocks = (
-            [system] if isinstance(system, str) and system else system if isinstance(system, list) else []
-        )
-        for s, block in enumerate(blocks):
-            system_records.append(b.add("system", (s,), block, b'"s"'))
-        ctx = obj.get("tool_choice"), obj.get("thinking")
-        ctx_bytes = orjson.dumps(ctx) if ctx != (None, None) else b""
-        messages = obj.get("messages")
-        if not isinstance(messages, list):
-            return None
-        first_input: int | None = None
-        for m, message in enumerate(messages):
-            if not isinstance(message, dict):
-                return None
-            role = message.get("role")
-            if first_input is None and role in _INPUT_ROLES:
-                first_input = m
-            content = message.get("content")
-            parts = [content] if isinstance(content, str) else content if isinstance(content, list) else []
-            head = orjson.dumps((m, role))
-            for p, block in enumerate(parts):
-                rec = b.add("messages", (m, p), block, head, ctx_bytes)
-                if m == first_input:
-                    first_records.append(rec)
-        top = obj.get("cache_control")
-        if type(top) is dict:
-            target = next(
-                (
-                    i
-                    for i in range(len(b.hashes) - 1, -1, -1)
-                    if b.kinds[i] not in _SKIP_AUTOMATIC and not _empty_text_at(messages, b, i)
-                ),
-                None,
-            )
-            if target is not None and all(m != target for m, _ in b.markers):
-                b.markers.append((target, "1h" if top.get("ttl") == "1h" else "5m"))
-    elif api in ("chat_completions", "dashscope_generation"):
-        if api == "chat_completions":
-            tools = obj.get("tools")
-            messages = obj.get("messages")
-        else:
-            params = obj.get("parameters")
-            tools = params.get("tools") if isinstance(params, dict) else None
-            inp = obj.get("input")
-            messages = inp.get("messages") if isinstance(inp, dict) else None
-        if isinstance(tools, list):
-            for t, tool in enumerate(tools):
-                b.add("tools", (t,), tool, b'"t"')
-        if not isinstance(messages, list):
-            return None
-        leading = True
-        first_input = None
-        for m, message in enumerate(messages):
-            if not isinstance(message, dict):
-                return None
-            role = message.get("role")
-            if leading and role not in ("system", "developer"):
-                leading = False
-            location = "system" if leading else "messages"
-            if first_input is None and not leading and role in _INPUT_ROLES:
-                first_input = m
-            header = (m, role, message.get("tool_call_id"), message.get("name"))
-            content = message.get("content")
-            parts = [content] if isinstance(content, str) else content if isinstance(content, list) else []
-            calls = message.get("tool_calls")
-            calls_bytes = orjson.dumps(calls) if calls else b""
-            if not parts and calls:
-                parts = [{"type": "tool_calls"}]
-            head = orjson.dumps(header)
-            last = len(parts) - 1
-            for p, block in enumerate(parts):
-                rec = b.add(location, (m, p), block, head, calls_bytes if p == last else b"")
-                if location == "system":
-                    system_records.append(rec)
-                elif m == first_input:
-                    first_records.append(rec)
-    else:
-        return None
-    sys_anchor = _h(b"sys\x00" + b"".join(system_records)) if system_records else None
-    first_anchor = _h(b"msg0\x00" + b"".join(first_records)) if first_records else None
-    conversation = _h(b"conv\x00" + (sys_anchor or b"") + first_anchor) if first_anchor is not None else None
-    b.markers.sort()
-    return Fingerprints(
-        model=model or "",
-        hashes=tuple(b.hashes),
-        tokens=tuple(b.tokens),
-        locations=tuple(b.locations),
-        indices=tuple(b.indices),
-        kinds=tuple(b.kinds),
-        markers=tuple(b.markers),
-        conversation=conversation,
-        first_message=first_anchor,
-        system=sys_anchor,
-    )
-
-
-def _empty_text_at(messages: list[Any], b: _Builder, i: int) -> bool:
-    if b.locations[i] != "messages" or b.kinds[i] != "text":
-        return False
-    m, p = b.indices[i]
-    content = messages[m].get("content")
-    block = content if isinstance(content, str) else content[p]
-    return _empty_text(block)
-
-
-def conversation_key(api: str, obj: Mapping[str, Any]) -> bytes | None:
-    """The model-free key of a conversation: its system prompt plus its first input message."""
-    fp = fingerprint(api, obj, "", _DEFAULT_ESTIMATOR)
-    return fp.conversation if fp is not None else None
-
-
-# -- the store ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """What the store knows about one cached prefix (or an anchor pointing at one)."""
-
-    #: Start time (wall clock) of the request that first wrote it.
-    written_at: float
-    #: Start time of the last request that wrote or read it (the TTL runs from there).
-    refreshed_at: float
-    ttl: float
-    model: str
-    #: Estimated prompt tokens through the prefix end.
-    tokens: int
-    #: Position of the marker in the writing request.
-    position: int
-    #: When the writing response started: the entry is readable from then on.
-    readable_at: float
-    #: The provider holds it (it reported a write or a read covering it).
-    cached: bool = True
-    #: Write tokens attributed to this entry (0: not written by a request we saw).
-    written_tokens: int = 0
-    #: A later request read it.
-    read: bool = False
-    #: Already counted as a wasted write.
-    wasted: bool = False
-    #: Labels for the wasted-write counter (the capped label values, never raw input).
-    provider: str = "other"
-    model_label: str = "unknown"
-    workspace: str = "default"
-    #: Anchors only: 4-byte truncated cumulative hashes of positions ``0..position``.
-    hashes: bytes = b""
-
-    @property
-    def expires_at(self) -> float:
-        return self.refreshed_at + self.ttl
-
-    @property
-    def pending_waste(self) -> bool:
-        """A write nobody has read yet (a wasted-write candidate)."""
-        return self.written_tokens > 0 and not self.read and not self.wasted
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(
-            [
-                self.written_at,
-                self.refreshed_at,
-                self.ttl,
-                self.model,
-                self.tokens,
-                self.position,
-                self.readable_at,
-                self.cached,
-                self.written_tokens,
-                self.read,
-                self.wasted,
-                self.provider,
-                self.model_label,
-                self.workspace,
-                self.hashes.hex(),
-            ]
-        )
-
-    @classmethod
-    def from_json(cls, raw: bytes | str) -> Entry:
-        v = orjson.loads(raw)
-        return cls(
-            float(v[0]),
-            float(v[1]),
-            float(v[2]),
-            str(v[3]),
-            int(v[4]),
-            int(v[5]),
-            float(v[6]),
-            bool(v[7]),
-            int(v[8]),
-            bool(v[9]),
-            bool(v[10]),
-            str(v[11]),
-            str(v[12]),
-            str(v[13]),
-            bytes.fromhex(v[14]),
-        )
-
-
-@runtime_checkable
-class FingerprintStore(Protocol):
-    """Where fingerprint entries live: in memory (default) or shared (Redis) by a fleet.
-
-    Keys are 16-byte hashes. Stores never see content. ``claim_expired`` must hand each
-    expired, unread, written entry out once across every process sharing the store.
-    """
-
-    def get(self, key: bytes) -> Entry | None: ...
-
-    def put(self, key: bytes, entry: Entry) -> None: ...
-
-    def get_many(self, keys: Sequence[bytes]) -> list[Entry | None]: ...
-
-    def put_many(self, items: Sequence[tuple[bytes, Entry]]) -> None: ...
-
-    def claim_expired(self, now: float, limit: int = 1_000) -> list[Entry]:
-        """Entries whose TTL ran out by ``now`` with an unread write; each is returned once."""
-        ...
-
-
-class MemoryStore:
-    """The default store: a thread-safe LRU of at most ``max_entries`` entries.
-
-    Expired entries are kept (for ``ttl_expired`` verdicts) until the LRU drops them.
-    Memory: a marker entry is ~200 bytes; an anchor adds 4 bytes per position (at most
-    ``Diagnoser.max_anchor_positions``), shared by the three anchors of a request.
-    """
-
-    def __init__(self, max_entries: int = 20_000) -> None:
-        self.max_entries = max_entries
-        self._data: OrderedDict[bytes, Entry] = OrderedDict()
-        self._expiry: list[tuple[float, bytes]] = []
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def get(self, key: bytes) -> Entry | None:
-        with self._lock:
-            entry = self._data.get(key)
-            if entry is not None:
-                self._data.move_to_end(key)
-            return entry
-
-    def get_many(self, keys: Sequence[bytes]) -> list[Entry | None]:
-        out: list[Entry | None] = []
-        with self._lock:
-            data = self._data
-            for key in keys:
-                entry = data.get(key)
-                if entry is not None:
-                    data.move_to_end(key)
-                out.append(entry)
-        return out
-
-    def put(self, key: bytes, entry: Entry) -> None:
-        self.put_many(((key, entry),))
-
-    def put_many(self, items: Sequence[tuple[bytes, Entry]]) -> None:
-        with self._lock:
-            data = self._data
-            for key, entry in items:
-                data[key] = entry
-                data.move_to_end(key)
-                if entry.pending_waste:
-                    heapq.heappush(self._expiry, (entry.expires_at, key))
-            while len(data) > self.max_entries:
-                data.popitem(last=False)
-            if len(self._expiry) > 4 * self.max_entries + 1_024:
-                self._expiry = [(e.expires_at, k) for k, e in data.items() if e.pending_waste]
-                heapq.heapify(self._expiry)
-
-    def claim_expired(self, now: float, limit: int = 1_000) -> list[Entry]:
-        out: list[Entry] = []
-        with self._lock:
-            heap = self._expiry
-            while heap and heap[0][0] <= now and len(out) < limit:
-                _, key = heapq.heappop(heap)
-                entry = self._data.get(key)
-                if entry is None or not entry.pending_waste:
-                    continue
-                if entry.expires_at > now:
-                    heapq.heappush(heap, (entry.expires_at, key))
-                    continue
-                claimed = replace(entry, wasted=True)
-                self._data[key] = claimed
-                out.append(claimed)
-        return out
-
-
-# -- verdicts and per-request state ----------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -656,6 +130,7 @@ class RequestState:
         "response_at",
         "sent_at",
         "seq",
+        "source",
     )
 
     def __init__(
@@ -682,6 +157,8 @@ class RequestState:
         self.has_markers = has_markers
         self.max_ttl = max_ttl
         self.response_at: float | None = None
+        #: Computes the fingerprints from the planner's layout (instead of ``body``/``obj``).
+        self.source: Callable[[], Fingerprints | None] | None = None
         self._fp: Fingerprints | None = None
         self._fp_done = False
 
@@ -754,11 +231,13 @@ class Diagnoser:
         min_tokens: int | Callable[[], int | None] | None = None,
         has_markers: bool | None = None,
         max_ttl: float = 3_600.0,
+        fingerprints: Callable[[], Fingerprints | None] | None = None,
     ) -> RequestState:
         """Register a request about to be sent (``now``: its start). Cheap: nothing is parsed.
 
         ``body`` is the outgoing body, as bytes (parsed lazily, only when needed) or
-        already parsed. ``labels`` = (provider, model, workspace) label values.
+        already parsed; or ``fingerprints`` are given (from the planner's layout) and the
+        body is not needed. ``labels`` = (provider, model, workspace) label values.
         ``has_markers``: True/False when known (the planner saw them), None to look.
         ``min_tokens``: the model's minimum cacheable prompt, or a function returning it
         (called only for a ``below_minimum`` verdict).
@@ -769,6 +248,10 @@ class Diagnoser:
             api, bytes(raw) if raw is not None else None, obj, model, now, next(self._seq), labels,
             min_tokens, has_markers, max_ttl,
         )  # fmt: skip
+        if fingerprints is not None:
+            state.body = None
+            state.obj = None
+            state.source = fingerprints
         with self._lock:
             inflight = self._inflight
             inflight[state.seq] = state
@@ -793,7 +276,11 @@ class Diagnoser:
         fp: Fingerprints | None = None
         try:
             obj = state.obj
-            if obj is None:
+            if state.source is not None:
+                fp = state.source()
+                if fp is not None and not fp.markers:
+                    fp = None
+            elif obj is None:
                 body = state.body
                 if (
                     body
@@ -814,6 +301,7 @@ class Diagnoser:
                 state._fp_done = True
             state.body = None
             state.obj = None
+            state.source = None
         return state._fp
 
     def after(
@@ -1003,6 +491,17 @@ class Diagnoser:
     ) -> MissVerdict | None:
         if anchor.model != fp.model:
             return MissVerdict("model_changed", expected_tokens=anchor.tokens, read_tokens=read)
+        tools = fp.tools[:_ANCHOR_HASH] if fp.tools is not None else b""
+        if (
+            anchor.tools != tools
+            and (not fp.locations or fp.locations[0] != "tools")
+            and anchor.expires_at > sent
+        ):
+            # Tool definitions that are not positions (chat completions) changed, or went away.
+            return MissVerdict(
+                "prefix_changed_tools", block="tools", kind="tool", expected_tokens=anchor.tokens,
+                read_tokens=read,
+            )  # fmt: skip
         h = anchor.hashes
         stored = len(h) // _ANCHOR_HASH
         d: int | None = None
@@ -1109,7 +608,14 @@ class Diagnoser:
         if deepest is not None and anchor_keys:
             limit = min(deepest.position + 1, self.max_anchor_positions)
             hashes = b"".join(fp.hashes[i][:_ANCHOR_HASH] for i in range(limit))
-            anchor = replace(deepest, hashes=hashes, written_tokens=0, read=False, wasted=False)
+            anchor = replace(
+                deepest,
+                hashes=hashes,
+                tools=fp.tools[:_ANCHOR_HASH] if fp.tools is not None else b"",
+                written_tokens=0,
+                read=False,
+                wasted=False,
+            )
             for key in anchor_keys:
                 items[key] = anchor
         if items:

@@ -1,0 +1,150 @@
+"""Prefix fingerprints of one request, read off its prompt layout. Sans-IO.
+
+Place in the flow: request -> planner (its :class:`~cachewatch.planning._layout.Layout`)
+-> ... -> **fingerprints** -> diagnoser.
+
+The positions and their cumulative digests come from the planner's layout walker
+(``planning/_layout.py``), so the diagnosis and the planner agree on every position by
+construction: one per tool definition, system block and message content block, in
+tools -> system -> messages order, digests model-free and blind to ``cache_control``
+(a plain string is a one-text-block list). With ``breakpoints="auto"`` the planner's
+layout of the request is reused as is (nothing is parsed or hashed again); otherwise
+the body is walked here, once, at the end of the response.
+
+The store key of a prefix binds its digest to the model (caches are per model).
+Three model-free anchors let a later request find its predecessor when its prefix
+changed: the system region, the first input message, and both together (the
+conversation). Only digests, indices, estimates and a closed set of block kinds are
+kept: never content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import xxhash
+
+from ..planning._layout import CUM, IDX, LOC, MARK, OK, Layout, walk
+from ..planning._tokens import TokenEstimator
+
+__all__ = ["Fingerprints", "conversation_key", "fingerprint", "fingerprints_of"]
+
+_h: Final[Callable[[bytes], bytes]] = xxhash.xxh3_128_digest
+_NEVER_AUTOMATIC: Final = frozenset({"thinking", "redacted_thinking"})
+_DEFAULT_ESTIMATOR = TokenEstimator(use_qwen_tokenizer=False)
+
+
+def _model_tag(model: str) -> int:
+    return int.from_bytes(_h(b"p\x00" + model.encode("utf-8", "surrogatepass")), "big")
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprints:
+    """The cacheable-prefix fingerprints of one request (digests, indices and kinds only)."""
+
+    model: str
+    #: Cumulative model-free content digest per position (16 bytes).
+    hashes: tuple[bytes, ...]
+    #: Cumulative raw token estimate per position (uncalibrated).
+    tokens: tuple[float, ...]
+    #: ``tools`` / ``system`` / ``messages`` per position.
+    locations: tuple[str, ...]
+    #: ``(tool,)``, ``(system_block,)`` or ``(message, block)`` per position.
+    indices: tuple[tuple[int, ...], ...]
+    #: Block kind per position (a closed set, ``other`` for anything else).
+    kinds: tuple[str, ...]
+    #: ``(position, ttl)`` of every breakpoint, in prompt order.
+    markers: tuple[tuple[int, str], ...]
+    #: Model-free anchors: system + first input message, first input message, system.
+    conversation: bytes | None = None
+    first_message: bytes | None = None
+    system: bytes | None = None
+    #: Digest of the tool definitions alone (None without tools).
+    tools: bytes | None = None
+
+    def key(self, index: int) -> bytes:
+        """The store key of the prefix ending at position ``index``."""
+        return (int.from_bytes(self.hashes[index], "big") ^ _model_tag(self.model)).to_bytes(16, "big")
+
+    def keys(self, n: int) -> list[bytes]:
+        """The store keys of positions ``0..n-1`` (as :meth:`key`, the tag computed once)."""
+        tag = _model_tag(self.model)
+        return [(int.from_bytes(h, "big") ^ tag).to_bytes(16, "big") for h in self.hashes[:n]]
+
+    def path(self, index: int) -> str:
+        """Dotted path of a position (``tools.2``, ``system.0``, ``messages.3.1``)."""
+        return ".".join((self.locations[index], *(str(i) for i in self.indices[index])))
+
+
+def fingerprints_of(
+    layout: Layout,
+    model: str,
+    extra_markers: Sequence[tuple[int, str]] = (),
+    top_level: str | None = None,
+) -> Fingerprints:
+    """The fingerprints of a request from its layout.
+
+    The breakpoints are the caller's (in the layout, nested ones on their parent block)
+    plus ``extra_markers`` (``(position, ttl)``: the planner's insertions) plus a
+    top-level automatic marker of TTL ``top_level`` on the last cacheable position.
+    """
+    positions = layout.positions
+    markers: dict[int, str] = {}
+    for i, pos in enumerate(positions):
+        if pos[MARK] is not None:
+            markers[i] = pos[MARK]
+    for at, ttl in layout.nested:
+        markers.setdefault(int(at + 0.5), ttl)
+    for at, ttl in extra_markers:
+        markers.setdefault(at, ttl)
+    kinds = [layout.kind(i) for i in range(len(positions))]
+    if top_level is not None:
+        target = next(
+            (
+                i
+                for i in range(len(positions) - 1, -1, -1)
+                if (positions[i][OK] or positions[i][MARK] is not None) and kinds[i] not in _NEVER_AUTOMATIC
+            ),
+            None,
+        )
+        if target is not None:
+            markers.setdefault(target, top_level)
+    system = layout.system_anchor
+    first = layout.first_input_anchor
+    conversation = _h(b"conv\x00" + (system or b"") + first) if first is not None else None
+    return Fingerprints(
+        model=model,
+        hashes=tuple(layout.digests),
+        tokens=tuple(pos[CUM] for pos in positions),
+        locations=tuple(pos[LOC] for pos in positions),
+        indices=tuple(pos[IDX] for pos in positions),
+        kinds=tuple(kinds),
+        markers=tuple(sorted(markers.items())),
+        conversation=conversation,
+        first_message=first,
+        system=system,
+        tools=layout.tools_digest,
+    )
+
+
+def fingerprint(
+    api: str, obj: Mapping[str, Any], model: str | None = None, estimator: TokenEstimator | None = None
+) -> Fingerprints | None:
+    """The fingerprints of a parsed request body, or None when the API/shape is not covered."""
+    model_obj = obj.get("model")
+    model = model if model is not None else (model_obj if isinstance(model_obj, str) else "")
+    counter = (estimator or _DEFAULT_ESTIMATOR).prefix(model=model or None, provider="other")
+    layout = walk(api, obj, counter, markers_on_tools=True)
+    if layout is None:
+        return None
+    top = obj.get("cache_control") if api == "messages" else None
+    top_ttl = ("1h" if top.get("ttl") == "1h" else "5m") if type(top) is dict else None
+    return fingerprints_of(layout, model or "", top_level=top_ttl)
+
+
+def conversation_key(api: str, obj: Mapping[str, Any]) -> bytes | None:
+    """The model-free key of a conversation: its system prompt plus its first input message."""
+    fp = fingerprint(api, obj, "", _DEFAULT_ESTIMATOR)
+    return fp.conversation if fp is not None else None
