@@ -160,9 +160,9 @@ def test_the_planners_factories_follow_the_field_order() -> None:
     # The planner calls them positionally: every field given, in declaration order.
     from dataclasses import fields
 
-    from cachewatch.planning._planner import Placement, Plan, _new_placement, _new_plan
+    from cachewatch.planning._plan import Placement, Plan, new_placement, new_plan
 
-    for cls, make in ((Plan, _new_plan), (Placement, _new_placement)):
+    for cls, make in ((Plan, new_plan), (Placement, new_placement)):
         values = [f"v{i}" for i in range(len(fields(cls)))]  # distinct: a swap shows
         built = make(*values)
         assert type(built) is cls

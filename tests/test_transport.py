@@ -405,8 +405,8 @@ def _exposition(telemetry: Any) -> str:
 
 def test_the_policy_learns_from_responses_without_usage() -> None:
     # An endpoint that reports no usage (a chat-completions stream without include_usage,
-    # a relay that strips it) still teaches the continuation statistic from the requests'
-    # shape, so the evidence-free probing phase ends.
+    # a relay that strips it) still teaches the policy: what recurs is learnt from the
+    # requests themselves. Two unrelated one-shot prompts: the second tail is not written.
     import httpx
     import orjson
     from prometheus_client import CollectorRegistry
@@ -417,15 +417,21 @@ def test_the_policy_learns_from_responses_without_usage() -> None:
         return httpx.Response(200, json={"id": "msg_1", "type": "message", "content": []})
 
     planner = Planner()
+    registry = CollectorRegistry()
     transport = cachewatch.CacheWatchTransport(
-        httpx.MockTransport(handler), planner=planner, registry=CollectorRegistry()
+        httpx.MockTransport(handler), planner=planner, registry=registry
     )
-    body = {
-        "model": "claude-sonnet-4-5",
-        "max_tokens": 8,
-        "system": "policy clause " * 900,
-        "messages": [{"role": "user", "content": "hello"}],
-    }
     with httpx.Client(transport=transport, base_url="https://api.anthropic.com") as client:
-        assert client.post("/v1/messages", content=orjson.dumps(body)).status_code == 200
-    assert ("anthropic", "claude-sonnet-4-5") in planner._stats
+        for question in ("hello", "goodbye"):
+            body = {
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 8,
+                "system": "policy clause " * 900,
+                "messages": [{"role": "user", "content": question * 300}],
+            }
+            assert client.post("/v1/messages", content=orjson.dumps(body)).status_code == 200
+    skipped = registry.get_sample_value(
+        "cachewatch_breakpoints_total",
+        {"provider": "anthropic", "location": "messages", "action": "skipped_not_reused"},
+    )
+    assert skipped == 1

@@ -1,0 +1,475 @@
+"""What the planner learns from traffic: which prefixes come back, which writes get read.
+
+Data flow: planner (each request's candidate prefixes) -> **learner** -> planner
+(write, read or leave each one) ... response -> learner (what the provider billed).
+
+The question behind every marker is whether a later request will read what it
+writes before the entry expires. A write costs 1.25x (5m) or 2x (1h) of its tokens
+instead of 1x; a read costs 0.1x. So a write pays off when the prefix it writes is
+read again within its TTL with probability above 0.25 / 0.9 = 0.28 (the
+``threshold``).
+
+**Full information.** Every candidate prefix of every request has an identity (its
+digest from ``_layout``, bound to a *scope*: profile, host, model, credential and
+workspace). The learner keeps a bounded ledger of the prefixes it has seen and
+when. A prefix seen again within its TTL *recurred*: a write of it would have been
+read. This is observed whether or not a marker was placed, so what the learner
+knows never depends on what it chose to write, and it needs no exploration to
+find out that a prefix became reusable.
+
+**Statistics.** Per *family* (profile, host, model, scope, and a structural signature:
+the number of tools and of system blocks), per marker *kind* (``static``,
+``tail_first``, ``tail``, ``document``, ``previous_turn``) and per *run* bucket (how
+many times this exact prefix was seen in a row: 1, 2, 3+), the learner estimates
+P(recurs within TTL). Counting is pessimistic and immediate: a sighting counts as an
+opportunity at once, and as recurred when the prefix is seen again; counts are
+exponentially forgotten (``forget``, a window of about 7 opportunities) and start
+from a Beta(1, 2) prior, so the first opportunity of an unknown family writes (1/3)
+and one that is not reused stops the next (1/4).
+
+**Provider feedback.** A prefix believed cached (a response that marked it has
+started, within its TTL) that the provider did not read lowers the family's
+*reliability*, which multiplies the estimate: a relay that drops markers or a
+provider that evicts stops getting writes. A request whose marked prefix was
+estimated above the model's minimum but came back with neither a read nor a write
+raises the learned minimum for that model to the next tier above it (512, 1,024,
+2,048, 4,096, 8,192...); one request in ``probe_every`` between the documented and
+the learned minimum is still marked, so a minimum that comes down is found again.
+
+**Stability.** For the static region (tools and system blocks) of each family the
+learner tracks which positions keep changing between requests. A volatile block
+that comes before stable tokens cuts every cacheable prefix short; the learner
+reports where (position and kind, never content) and how many tokens would become
+cacheable if the block moved after the stable part (:class:`Advice`).
+
+**In flight.** A request that writes a shared prefix (static or document) claims it
+until its response starts; siblings planned meanwhile do not write it again.
+
+Everything is bounded (LRU ledger, capped tables) and deterministic for a given
+history. :class:`MemoryLearner` is the in-process state; a shared implementation of
+:class:`LearningState` lets a fleet of processes learn together.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Protocol, runtime_checkable
+
+__all__ = [
+    "KINDS",
+    "Advice",
+    "LearningState",
+    "MemoryLearner",
+    "Sight",
+    "Sighting",
+    "min_tier_above",
+]
+
+#: Marker kinds, each with its own statistics.
+KINDS: Final = ("static", "tail_first", "tail", "document", "previous_turn")
+
+TTL_5M: Final = 300.0
+TTL_1H: Final = 3_600.0
+#: A claim older than this is ignored (a request whose response never started or ended).
+CLAIM_TIMEOUT: Final = 120.0
+#: Minimum tiers a learned minimum moves through.
+_TIERS: Final = (512, 1_024, 2_048, 4_096, 8_192, 16_384, 32_768)
+
+
+def min_tier_above(tokens: float) -> int:
+    """The smallest minimum tier strictly above ``tokens``."""
+    for tier in _TIERS:
+        if tier > tokens:
+            return tier
+    return _TIERS[-1] * 2
+
+
+#: The statistic of prefixes that came back 5-60 minutes after a sighting (not a run length).
+_LATE: Final = 0
+
+
+def _bucket(run: int) -> int:
+    return 3 if run >= 3 else run
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """One candidate prefix of a request, as the planner hands it to the learner."""
+
+    key: int
+    kind: str
+    #: The prefix is shared by other conversations (static, document): claim it while writing.
+    shared: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Sight:
+    """What the learner knows of one candidate prefix, before this request counted."""
+
+    key: int
+    kind: str
+    #: Sightings of this prefix in the current run, this one included.
+    run: int
+    #: Believed readable in the provider's cache now.
+    cached: bool
+    #: Another request is writing it and its response has not started.
+    writing: bool
+    #: It came back 5-60 minutes after a previous sighting (a 1h entry would have been read).
+    late: bool
+    #: P(it is read again within its TTL), reliability included.
+    p: float
+    #: For a prefix that came back late: P(it comes back again within the hour).
+    p_late: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Advice:
+    """A volatile block that cuts the family's cacheable prefix short. Never content."""
+
+    #: Dotted path of the block (``system.0``), ``:first_line`` when only its first line changes.
+    block: str
+    kind: str
+    #: Estimated tokens that would become cacheable if the block moved after the stable part.
+    tokens: int
+
+
+@dataclass(slots=True)
+class _Bucket:
+    recurred: float = 0.0
+    seen: float = 0.0
+
+
+@dataclass(slots=True)
+class _Prefix:
+    last: float
+    run: int
+    family: int
+    kind: str
+    ttl: float = TTL_5M
+    cached_until: float = 0.0
+    late: int = 0
+    writers: list[tuple[int, float]] = field(default_factory=list)
+    #: The request that saw it last, and whether that request failed (a retry that
+    #: follows is the same request again, not a reuse).
+    ticket: int = 0
+    void: bool = False
+    #: Its last sighting counted as an opportunity of the family's "late" statistic.
+    late_pending: bool = False
+
+
+@dataclass(slots=True)
+class _Stability:
+    #: Per static position: (last block digest, changes, observations), forgotten.
+    blocks: list[tuple[bytes, float, float]] = field(default_factory=list)
+    #: Per static position: (last first-line digest, last rest digest, rest changes).
+    lines: dict[int, tuple[bytes, bytes, float]] = field(default_factory=dict)
+
+
+@runtime_checkable
+class LearningState(Protocol):
+    """The planner's learned state; :class:`MemoryLearner` in process, or shared by a fleet."""
+
+    def sight(self, family: int, sightings: Sequence[Sighting], now: float, ticket: int) -> list[Sight]: ...
+
+    def release(self, keys: Iterable[int], ticket: int) -> None: ...
+
+    def void(self, keys: Iterable[int], ticket: int) -> None: ...
+
+    def started(self, keys: Iterable[tuple[int, float]], ticket: int, now: float) -> None: ...
+
+    def not_cached(self, keys: Iterable[int]) -> None: ...
+
+    def feedback(self, family: int, expected: int, confirmed: int) -> None: ...
+
+    def learned_minimum(self, model_key: str) -> int: ...
+
+    def raise_minimum(self, model_key: str, tokens: float) -> None: ...
+
+    def lower_minimum(self, model_key: str) -> None: ...
+
+    def stability(
+        self, family: int, blocks: Sequence[bytes], lines: dict[int, tuple[bytes, bytes]]
+    ) -> tuple[int | None, bool]: ...
+
+
+class MemoryLearner:
+    """The in-process learned state. Thread-safe; every table is bounded.
+
+    Args:
+        forget: per-opportunity forgetting of the recurrence counts (0.85: ~7 opportunities).
+        prior: Beta prior (recurred, not recurred) of a new bucket.
+        late_prior: Beta prior of the "came back within the hour again" statistic (a
+            prefix that came back 5-60 minutes later is likely to come back again).
+        max_prefixes: ledger size (LRU).
+        max_families: families kept (the oldest is dropped past this).
+    """
+
+    def __init__(
+        self,
+        *,
+        forget: float = 0.85,
+        prior: tuple[float, float] = (1.0, 2.0),
+        late_prior: tuple[float, float] = (2.0, 1.0),
+        max_prefixes: int = 50_000,
+        max_families: int = 4_096,
+    ) -> None:
+        self.forget = forget
+        self.prior = prior
+        self.late_prior = late_prior
+        self.max_prefixes = max_prefixes
+        self.max_families = max_families
+        self._prefixes: OrderedDict[int, _Prefix] = OrderedDict()
+        self._stats: OrderedDict[tuple[int, str, int], _Bucket] = OrderedDict()
+        #: family -> (expected reads, confirmed reads), forgotten.
+        self._reliability: dict[int, tuple[float, float]] = {}
+        self._minimums: dict[str, int] = {}
+        self._stability: OrderedDict[int, _Stability] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # -- recurrence -------------------------------------------------------------------
+
+    def sight(self, family: int, sightings: Sequence[Sighting], now: float, ticket: int) -> list[Sight]:
+        """Count this request's candidate prefixes; returns what was known before it.
+
+        ``ticket`` identifies the request: it claims the shared prefixes that nobody else
+        is writing (released by :meth:`release`, or by :meth:`started`).
+        """
+        out: list[Sight] = []
+        with self._lock:
+            reliability = self._reliability_of(family)
+            for s in sightings:
+                prefix = self._prefixes.get(s.key)
+                run = 1
+                cached = writing = late = False
+                if prefix is not None:
+                    self._prefixes.move_to_end(s.key)
+                    gap = now - prefix.last
+                    if prefix.late_pending and not prefix.void and gap <= TTL_1H:
+                        bucket = self._stats.get((prefix.family, prefix.kind, _LATE))
+                        if bucket is not None:
+                            bucket.recurred += 1.0
+                    prefix.late_pending = False
+                    if prefix.void:
+                        # A retry of a failed request: the same sighting again (its
+                        # opportunity was taken back; this one counts instead).
+                        run = prefix.run
+                    elif gap <= prefix.ttl:
+                        run = prefix.run + 1
+                        self._credit(prefix)
+                    elif gap <= TTL_1H:
+                        prefix.late += 1
+                    late = prefix.late > 0
+                    cached = prefix.cached_until > now
+                    live = [(t, at) for t, at in prefix.writers if now - at < CLAIM_TIMEOUT and t != ticket]
+                    prefix.writers = live
+                    writing = bool(live) and not cached
+                p = self._p(family, s.kind, run) * reliability
+                p_late = 0.0
+                if late:
+                    p_late = self._p(family, s.kind, _LATE) * reliability
+                out.append(Sight(s.key, s.kind, run, cached, writing, late, p, p_late))
+                self._opportunity(family, s.kind, run)
+                if late:
+                    self._opportunity(family, s.kind, _LATE)
+                if prefix is None:
+                    prefix = _Prefix(now, run, family, s.kind)
+                    self._prefixes[s.key] = prefix
+                    if len(self._prefixes) > self.max_prefixes:
+                        self._prefixes.popitem(last=False)
+                else:
+                    prefix.last = now
+                    prefix.run = run
+                    prefix.family = family
+                    prefix.kind = s.kind
+                    prefix.void = False
+                prefix.ticket = ticket
+                prefix.late_pending = late
+                if s.shared and not cached and not writing:
+                    prefix.writers.append((ticket, now))
+        return out
+
+    def _credit(self, prefix: _Prefix) -> None:
+        bucket = self._stats.get((prefix.family, prefix.kind, _bucket(prefix.run)))
+        if bucket is not None:
+            bucket.recurred += 1.0
+
+    def _opportunity(self, family: int, kind: str, run: int) -> None:
+        key = (family, kind, _bucket(run))
+        bucket = self._stats.get(key)
+        if bucket is None:
+            bucket = self._stats[key] = _Bucket()
+            if len(self._stats) > self.max_families * 8:
+                self._stats.popitem(last=False)
+        else:
+            self._stats.move_to_end(key)
+        f = self.forget
+        bucket.recurred *= f
+        bucket.seen = bucket.seen * f + 1.0
+
+    def _p(self, family: int, kind: str, run: int) -> float:
+        a, b = self.prior if run != _LATE else self.late_prior
+        bucket = self._stats.get((family, kind, _bucket(run)))
+        if bucket is None:
+            return a / (a + b)
+        return min(1.0, (bucket.recurred + a) / (bucket.seen + a + b))
+
+    def recurrence(self, family: int, kind: str, run: int = 1) -> float:
+        """The current estimate of P(recurs within TTL) for a bucket (reliability excluded)."""
+        with self._lock:
+            return self._p(family, kind, run)
+
+    # -- the provider's cache, as believed ---------------------------------------------
+
+    def void(self, keys: Iterable[int], ticket: int) -> None:
+        """The request ``ticket`` failed before its response: its sightings will be seen again."""
+        with self._lock:
+            for key in keys:
+                prefix = self._prefixes.get(key)
+                if prefix is not None and prefix.ticket == ticket and not prefix.void:
+                    prefix.void = True
+                    # Its opportunity says nothing about reuse: take it back.
+                    bucket = self._stats.get((prefix.family, prefix.kind, _bucket(prefix.run)))
+                    if bucket is not None:
+                        bucket.seen = max(0.0, bucket.seen - 1.0)
+                    if prefix.writers:
+                        prefix.writers = [(t, at) for t, at in prefix.writers if t != ticket]
+
+    def release(self, keys: Iterable[int], ticket: int) -> None:
+        """The request ``ticket`` does not (or no longer) write these prefixes."""
+        with self._lock:
+            for key in keys:
+                prefix = self._prefixes.get(key)
+                if prefix is not None and prefix.writers:
+                    prefix.writers = [(t, at) for t, at in prefix.writers if t != ticket]
+
+    def started(self, keys: Iterable[tuple[int, float]], ticket: int, now: float) -> None:
+        """A response that marked these prefixes (key, TTL) started: readable from now on."""
+        with self._lock:
+            for key, ttl in keys:
+                prefix = self._prefixes.get(key)
+                if prefix is None:
+                    continue
+                prefix.cached_until = max(prefix.cached_until, now + ttl)
+                prefix.ttl = max(prefix.ttl, ttl)
+                if prefix.writers:
+                    prefix.writers = [(t, at) for t, at in prefix.writers if t != ticket]
+
+    def claims(self) -> int:
+        """How many in-flight write claims are held (introspection, tests)."""
+        with self._lock:
+            return sum(len(prefix.writers) for prefix in self._prefixes.values())
+
+    def not_cached(self, keys: Iterable[int]) -> None:
+        """The provider read and wrote nothing for a request that marked these prefixes."""
+        with self._lock:
+            for key in keys:
+                prefix = self._prefixes.get(key)
+                if prefix is not None:
+                    prefix.cached_until = 0.0
+
+    def feedback(self, family: int, expected: int, confirmed: int) -> None:
+        """``expected`` prefixes believed cached were marked; the provider read ``confirmed``."""
+        if expected <= 0:
+            return
+        with self._lock:
+            e, c = self._reliability.get(family, (0.0, 0.0))
+            f = self.forget
+            for _ in range(expected):
+                e = e * f + 1.0
+                c = c * f
+            c += min(confirmed, expected)
+            if len(self._reliability) >= self.max_families and family not in self._reliability:
+                self._reliability.clear()
+            self._reliability[family] = (e, c)
+
+    def _reliability_of(self, family: int) -> float:
+        found = self._reliability.get(family)
+        if found is None:
+            return 1.0
+        e, c = found
+        return min(1.0, (c + 2.0) / (e + 2.0))
+
+    def reliability(self, family: int) -> float:
+        with self._lock:
+            return self._reliability_of(family)
+
+    # -- learned minimums -------------------------------------------------------------
+
+    def learned_minimum(self, model_key: str) -> int:
+        """The learned minimum for a (profile, model) key; 0 when nothing was learned."""
+        return self._minimums.get(model_key, 0)
+
+    def raise_minimum(self, model_key: str, tokens: float) -> None:
+        """A marked prefix of ``tokens`` was neither written nor read: the minimum is above it."""
+        with self._lock:
+            tier = min_tier_above(tokens)
+            if tier > self._minimums.get(model_key, 0):
+                if len(self._minimums) >= 4_096:
+                    self._minimums.clear()
+                self._minimums[model_key] = tier
+
+    def lower_minimum(self, model_key: str) -> None:
+        """A probe below the learned minimum was cached: forget the learned minimum."""
+        with self._lock:
+            self._minimums.pop(model_key, None)
+
+    # -- stability of the static region ----------------------------------------------
+
+    def stability(
+        self, family: int, blocks: Sequence[bytes], lines: dict[int, tuple[bytes, bytes]]
+    ) -> tuple[int | None, bool]:
+        """Record the static region's block digests; returns (first volatile position, rest stable).
+
+        A position is volatile when it changed in at least 80% of at least 3 observations
+        (forgotten). ``lines`` holds, for volatile text blocks, the digests of their first
+        line and of the rest; the second value says whether the rest of the first volatile
+        block stays the same (only its first line changes).
+        """
+        f = self.forget
+        with self._lock:
+            state = self._stability.get(family)
+            if state is None:
+                state = self._stability[family] = _Stability()
+                if len(self._stability) > self.max_families:
+                    self._stability.popitem(last=False)
+            else:
+                self._stability.move_to_end(family)
+            old = state.blocks
+            new: list[tuple[bytes, float, float]] = []
+            first_volatile: int | None = None
+            for i, digest in enumerate(blocks):
+                if i < len(old):
+                    last, changes, seen = old[i]
+                    changed = 1.0 if digest != last else 0.0
+                    changes = changes * f + changed
+                    seen = seen * f + 1.0
+                else:
+                    changes, seen = 0.0, 0.0
+                new.append((digest, changes, seen))
+                if first_volatile is None and seen >= 2.0 and changes >= 0.8 * seen:
+                    first_volatile = i
+            state.blocks = new
+            rest_stable = False
+            for i, (head, rest) in lines.items():
+                found = state.lines.get(i)
+                rest_changes = 0.0
+                if found is not None:
+                    _, last_rest, rest_changes = found
+                    rest_changes = rest_changes * f + (1.0 if rest != last_rest else 0.0)
+                state.lines[i] = (head, rest, rest_changes)
+                if i == first_volatile and found is not None and rest_changes < 0.5:
+                    rest_stable = True
+            if len(state.lines) > 64:
+                state.lines.clear()
+        return first_volatile, rest_stable
+
+    def volatile_candidates(self, family: int) -> set[int]:
+        """Static positions that changed on their last observation (worth a line split)."""
+        with self._lock:
+            state = self._stability.get(family)
+            if state is None:
+                return set()
+            return {i for i, (_, changes, seen) in enumerate(state.blocks) if seen >= 1.0 and changes > 0.5}
