@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+import xxhash
+
 from ..accounting._pricing import PriceTable
 from ..accounting._records import Cost, Outcome, ParsedResponse, RequestInfo, UsageRecord, new_usage_record
 from ..diagnosis import Diagnoser, Fingerprints, conversation_key, fingerprints_of
@@ -154,7 +156,9 @@ class Engine:
             plan = None
             if self.planner is not None and body and not any(h in headers for h in _NO_REWRITE_HEADERS):
                 try:
-                    plan = self.planner.plan(api=api, host=host, path=path, body=body)
+                    plan = self.planner.plan(
+                        api=api, host=host, path=path, body=body, scope=_credential_scope(headers)
+                    )
                 except Exception as exc:
                     self.fault("plan", exc)
                     plan = None
@@ -408,6 +412,18 @@ def _with_diagnostics(body: bytes, message_id: str) -> bytes | None:
 
 #: What an exchange without a body observer learned from the body: nothing.
 _NOTHING_PARSED = ParsedResponse()
+
+
+def _credential_scope(headers: Mapping[str, str]) -> str:
+    """A digest of the request's API key: caches (and what is learnt of them) are per key.
+
+    The planner never sees the key itself; the digest is not reversible and never leaves
+    the process (it is not a label).
+    """
+    key = credential_from_headers(headers)
+    if not key:
+        return ""
+    return xxhash.xxh3_64_hexdigest(key.encode("utf-8", "surrogatepass"))
 
 
 def _asks_stream(body: bytes) -> bool:

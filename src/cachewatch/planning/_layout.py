@@ -159,6 +159,9 @@ class Layout:
     #: Model-free anchor digests: the system region alone, the first input message alone.
     system_anchor: bytes | None = None
     first_input_anchor: bytes | None = None
+    #: The first assistant message alone (with the first input message, it identifies a
+    #: conversation across its turns).
+    first_reply_anchor: bytes | None = None
     #: Digest of the tool definitions alone (tools changed?), or None without tools.
     tools_digest: bytes | None = None
     #: Per-position digest of the block alone (static region only: tools and system),
@@ -456,6 +459,7 @@ def _walk_anthropic(
     add_text = counter.add_text
     add_block = counter.add_block
     first_input: Any = None
+    first_reply: Any = None
     for m, message in enumerate(messages):
         if type(message) is not dict:
             return None
@@ -468,6 +472,8 @@ def _walk_anthropic(
         anchor_h = None
         if first_input is None and role_s in _INPUT_ROLES:
             first_input = anchor_h = _new_hasher(_SEED)
+        elif role_s == "assistant" and layout.first_reply_anchor is None and first_reply is None:
+            first_reply = anchor_h = _new_hasher(_SEED)
         counter.raw += per_message  # counter.add_message()
         update(_role(role_s))
         content = message.get("content")
@@ -527,7 +533,10 @@ def _walk_anthropic(
         else:
             return None
         if anchor_h is not None:
-            layout.first_input_anchor = anchor_h.digest()
+            if anchor_h is first_reply:
+                layout.first_reply_anchor = anchor_h.digest()
+            else:
+                layout.first_input_anchor = anchor_h.digest()
         if len(positions) > start:
             layout.spans[m] = (start, len(positions))
     return layout
@@ -553,6 +562,7 @@ def _walk_openai(
     leading_system = True
     system_anchor = _new_hasher(_SEED)
     first_input: Any = None
+    first_reply: Any = None
     per_message = counter.per_message
     for m, message in enumerate(messages):
         if type(message) is not dict:
@@ -573,6 +583,8 @@ def _walk_openai(
             anchor_h = system_anchor
         elif first_input is None and role_s in _INPUT_ROLES:
             first_input = anchor_h = _new_hasher(_SEED)
+        elif role_s == "assistant" and first_reply is None:
+            first_reply = anchor_h = _new_hasher(_SEED)
         counter.raw += per_message  # counter.add_message()
         name = message.get("name")
         call_id = message.get("tool_call_id")
@@ -634,7 +646,9 @@ def _walk_openai(
             if len(positions) > start:
                 # The calls render after the message's content: they end its last position.
                 digests[-1] = digest()
-        if anchor_h is not None and anchor_h is not system_anchor:
+        if anchor_h is first_reply and anchor_h is not None:
+            layout.first_reply_anchor = anchor_h.digest()
+        elif anchor_h is not None and anchor_h is not system_anchor:
             layout.first_input_anchor = anchor_h.digest()
         if len(positions) > start:
             layout.spans[m] = (start, len(positions))

@@ -123,6 +123,8 @@ class Sight:
     p: float
     #: For a prefix that came back late: P(it comes back again within the hour).
     p_late: float = 0.0
+    #: The prefix was in the ledger (seen before, at any time).
+    known: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,16 @@ class Advice:
 
 @dataclass(slots=True)
 class _Bucket:
+    """Recurrence counts of one (family, kind, run) bucket, exponentially forgotten.
+
+    ``seen`` counts opportunities when they are sighted, ``recurred`` when their prefix
+    comes back. Counting is pessimistic: until its prefix comes back an opportunity
+    weighs as one that will not, so traffic that never reuses a prefix stops being
+    written after one opportunity, and a burst of new prefixes is not all written on the
+    strength of the prior. In steady traffic the ratio is unbiased (both counts are
+    forgotten at the same pace; the credits only arrive later).
+    """
+
     recurred: float = 0.0
     seen: float = 0.0
 
@@ -158,6 +170,8 @@ class _Prefix:
     void: bool = False
     #: Its last sighting counted as an opportunity of the family's "late" statistic.
     late_pending: bool = False
+    #: Length of its run before the last time it came back late.
+    previous_run: int = 0
 
 
 @dataclass(slots=True)
@@ -175,6 +189,10 @@ class LearningState(Protocol):
     def sight(self, family: int, sightings: Sequence[Sighting], now: float, ticket: int) -> list[Sight]: ...
 
     def release(self, keys: Iterable[int], ticket: int) -> None: ...
+
+    def conversation(
+        self, key: int, static: int | None, reply: bytes | None, now: float
+    ) -> tuple[int, bytes | None] | None: ...
 
     def void(self, keys: Iterable[int], ticket: int) -> None: ...
 
@@ -200,9 +218,7 @@ class MemoryLearner:
 
     Args:
         forget: per-opportunity forgetting of the recurrence counts (0.85: ~7 opportunities).
-        prior: Beta prior (recurred, not recurred) of a new bucket.
-        late_prior: Beta prior of the "came back within the hour again" statistic (a
-            prefix that came back 5-60 minutes later is likely to come back again).
+        prior: Beta prior (recurred, not recurred) of a new prefix's first run.
         max_prefixes: ledger size (LRU).
         max_families: families kept (the oldest is dropped past this).
     """
@@ -212,13 +228,17 @@ class MemoryLearner:
         *,
         forget: float = 0.85,
         prior: tuple[float, float] = (1.0, 2.0),
-        late_prior: tuple[float, float] = (2.0, 1.0),
         max_prefixes: int = 50_000,
         max_families: int = 4_096,
     ) -> None:
         self.forget = forget
         self.prior = prior
-        self.late_prior = late_prior
+        #: Per-kind priors of run 1 (a continued conversation usually goes on).
+        self.priors: dict[str, tuple[float, float]] = {"tail": (2.0, 1.0)}
+        #: The same counts, pooled over every family: the prior of a new family.
+        self._pool: dict[tuple[str, int], _Bucket] = {}
+        #: Conversation key -> (its static prefix key, or -1; last seen).
+        self._conversations: OrderedDict[int, tuple[int, bytes | None, float]] = OrderedDict()
         self.max_prefixes = max_prefixes
         self.max_families = max_families
         self._prefixes: OrderedDict[int, _Prefix] = OrderedDict()
@@ -248,9 +268,7 @@ class MemoryLearner:
                     self._prefixes.move_to_end(s.key)
                     gap = now - prefix.last
                     if prefix.late_pending and not prefix.void and gap <= TTL_1H:
-                        bucket = self._stats.get((prefix.family, prefix.kind, _LATE))
-                        if bucket is not None:
-                            bucket.recurred += 1.0
+                        self._credit(prefix.family, prefix.kind, _LATE, s.key, now)
                     prefix.late_pending = False
                     if prefix.void:
                         # A retry of a failed request: the same sighting again (its
@@ -258,22 +276,23 @@ class MemoryLearner:
                         run = prefix.run
                     elif gap <= prefix.ttl:
                         run = prefix.run + 1
-                        self._credit(prefix)
+                        self._credit(prefix.family, prefix.kind, _bucket(prefix.run), s.key, now)
                     elif gap <= TTL_1H:
                         prefix.late += 1
+                        prefix.previous_run = prefix.run
                     late = prefix.late > 0
                     cached = prefix.cached_until > now
                     live = [(t, at) for t, at in prefix.writers if now - at < CLAIM_TIMEOUT and t != ticket]
                     prefix.writers = live
                     writing = bool(live) and not cached
-                p = self._p(family, s.kind, run) * reliability
+                p = self._p(family, s.kind, _bucket(run), now) * reliability
                 p_late = 0.0
+                if late and prefix is not None:
+                    p_late = self._p_late(family, s.kind, prefix.previous_run, now) * reliability
+                out.append(Sight(s.key, s.kind, run, cached, writing, late, p, p_late, prefix is not None))
+                self._opportunity(family, s.kind, _bucket(run), s.key, now)
                 if late:
-                    p_late = self._p(family, s.kind, _LATE) * reliability
-                out.append(Sight(s.key, s.kind, run, cached, writing, late, p, p_late))
-                self._opportunity(family, s.kind, run)
-                if late:
-                    self._opportunity(family, s.kind, _LATE)
+                    self._opportunity(family, s.kind, _LATE, s.key, now)
                 if prefix is None:
                     prefix = _Prefix(now, run, family, s.kind)
                     self._prefixes[s.key] = prefix
@@ -291,35 +310,100 @@ class MemoryLearner:
                     prefix.writers.append((ticket, now))
         return out
 
-    def _credit(self, prefix: _Prefix) -> None:
-        bucket = self._stats.get((prefix.family, prefix.kind, _bucket(prefix.run)))
+    def _credit(self, family: int, kind: str, bucket_id: int, key: int, now: float) -> None:
+        """The prefix ``key`` came back: its opportunity in that bucket recurred."""
+        bucket = self._stats.get((family, kind, bucket_id))
         if bucket is not None:
-            bucket.recurred += 1.0
+            bucket.recurred = min(bucket.seen, bucket.recurred + 1.0)
+        pool = self._pool.get((kind, bucket_id))
+        if pool is not None:
+            pool.recurred = min(pool.seen, pool.recurred + 1.0)
 
-    def _opportunity(self, family: int, kind: str, run: int) -> None:
-        key = (family, kind, _bucket(run))
-        bucket = self._stats.get(key)
+    def _opportunity(self, family: int, kind: str, bucket_id: int, key: int, now: float) -> None:
+        stats_key = (family, kind, bucket_id)
+        bucket = self._stats.get(stats_key)
         if bucket is None:
-            bucket = self._stats[key] = _Bucket()
+            bucket = self._stats[stats_key] = _Bucket()
             if len(self._stats) > self.max_families * 8:
                 self._stats.popitem(last=False)
         else:
-            self._stats.move_to_end(key)
+            self._stats.move_to_end(stats_key)
         f = self.forget
         bucket.recurred *= f
         bucket.seen = bucket.seen * f + 1.0
+        pool = self._pool.get((kind, bucket_id))
+        if pool is None:
+            pool = self._pool[(kind, bucket_id)] = _Bucket()
+        pool.recurred *= f
+        pool.seen = pool.seen * f + 1.0
 
-    def _p(self, family: int, kind: str, run: int) -> float:
-        a, b = self.prior if run != _LATE else self.late_prior
-        bucket = self._stats.get((family, kind, _bucket(run)))
+    def _p(self, family: int, kind: str, bucket_id: int, now: float) -> float:
+        """P(recurs within TTL) of a bucket: its counts over a prior.
+
+        The prior of run 1 is Beta(1, 2) (``prior``; Beta(2, 1) for a continued
+        conversation's tail, which usually goes on), raised to the kind's rate over every
+        family (weight 3) when that is higher. A longer run's prior has the estimate of the run before it as its mean
+        (weight 3): a prefix that came back once is at least as likely to come back again
+        as a new one was to come back at all.
+        """
+        if bucket_id > 1:
+            mean = self._p(family, kind, bucket_id - 1, now)
+            a, b = 3.0 * mean, 3.0 * (1.0 - mean)
+        else:
+            # A new family starts from the reuse every family has shown for this kind (a
+            # tenant's first chat from the other tenants' chats), never below the prior:
+            # reuse seen elsewhere is evidence, another family's pending opportunities are not.
+            a, b = self.priors.get(kind, self.prior)
+            pool = self._pool.get((kind, bucket_id))
+            if pool is not None and pool.recurred > 0.0:
+                mean = max(a / (a + b), (pool.recurred + a) / (pool.seen + a + b))
+                a, b = 3.0 * mean, 3.0 * (1.0 - mean)
+        bucket = self._stats.get((family, kind, bucket_id))
         if bucket is None:
             return a / (a + b)
         return min(1.0, (bucket.recurred + a) / (bucket.seen + a + b))
 
-    def recurrence(self, family: int, kind: str, run: int = 1) -> float:
+    def _p_late(self, family: int, kind: str, previous_run: int, now: float) -> float:
+        """P(a prefix that came back 5-60 minutes later comes back within the hour again).
+
+        Its prior mean is the chance that a prefix with the run it had before the gap
+        would have gone on (a document asked about five times, then after a coffee break,
+        is likely to be asked about again; a coincidence seen once is not).
+        """
+        mean = self._p(family, kind, _bucket(previous_run + 1), now)
+        a, b = 3.0 * mean, 3.0 * (1.0 - mean)
+        bucket = self._stats.get((family, kind, _LATE))
+        if bucket is None:
+            return a / (a + b)
+        return min(1.0, (bucket.recurred + a) / (bucket.seen + a + b))
+
+    def recurrence(self, family: int, kind: str, run: int, now: float) -> float:
         """The current estimate of P(recurs within TTL) for a bucket (reliability excluded)."""
         with self._lock:
-            return self._p(family, kind, run)
+            return self._p(family, kind, _bucket(run), now)
+
+    # -- conversations ------------------------------------------------------------------
+
+    def conversation(
+        self, key: int, static: int | None, reply: bytes | None, now: float
+    ) -> tuple[int, bytes | None] | None:
+        """Remember a conversation's static prefix and first reply; returns what it had before.
+
+        ``key`` identifies a conversation by its first input message (and scope), so its
+        turns are linked even when something before them changes on every request; the
+        first reply (None on a first turn) tells two conversations that opened with the
+        same message apart. Returns ``(static key or -1, first reply)`` of the previous
+        request with that key within the hour, or None.
+        """
+        with self._lock:
+            found = self._conversations.get(key)
+            self._conversations[key] = (static if static is not None else -1, reply, now)
+            self._conversations.move_to_end(key)
+            if len(self._conversations) > self.max_prefixes // 4:
+                self._conversations.popitem(last=False)
+        if found is None or now - found[2] > TTL_1H:
+            return None
+        return found[0], found[1]
 
     # -- the provider's cache, as believed ---------------------------------------------
 
@@ -334,6 +418,7 @@ class MemoryLearner:
                     bucket = self._stats.get((prefix.family, prefix.kind, _bucket(prefix.run)))
                     if bucket is not None:
                         bucket.seen = max(0.0, bucket.seen - 1.0)
+                        bucket.recurred = min(bucket.recurred, bucket.seen)
                     if prefix.writers:
                         prefix.writers = [(t, at) for t, at in prefix.writers if t != ticket]
 

@@ -454,6 +454,31 @@ class Planner:
                 ticket.probe = True
         threshold_tokens = minimum * (1.0 + self.min_margin)
 
+        # A continued conversation seen before whose previous turn's prefix was never seen:
+        # something before it changed since that turn (a timestamp at the top of the system
+        # prompt, an edited message). Its own tail will not be found by the next turn either;
+        # and if its static prefix changed since the conversation's last request, the static
+        # prefix is the culprit: neither is worth writing. (A conversation not seen before,
+        # such as the first request of a new process, is no evidence either way.)
+        unstable = False
+        if self.learning and layout.first_input_anchor is not None:
+            static_key = next(
+                (s.key for (_, kind), s in zip(candidates, sights, strict=True) if kind == "static"), None
+            )
+            conversation = _h64(scope_tag + b"conversation" + layout.first_input_anchor)
+            before = self.learner.conversation(
+                conversation, static_key, layout.first_reply_anchor, self.clock()
+            )
+            if before is not None and not layout.first_turn:
+                old_static, old_reply = before
+                # The static prefix changed within one conversation (or one opening line).
+                unstable = old_static != (static_key if static_key is not None else -1)
+                if not unstable and old_reply == layout.first_reply_anchor:
+                    # The same conversation for sure: its previous turn should be known.
+                    unstable = any(
+                        kind == "previous_turn" and not sight.known
+                        for (_, kind), sight in zip(candidates, sights, strict=True)
+                    )
         taken: set[int] = set(caller)
         if automatic is not None:
             taken.add(automatic)
@@ -472,6 +497,11 @@ class Planner:
                 entries.append((index, kind, sight, "read"))
             elif sight.writing:
                 out.append(_placement(pos, index, "skipped_in_flight", None, reason, ratio))
+            elif kind == "previous_turn" or (
+                unstable and (kind == "tail" or (kind == "static" and not sight.known))
+            ):
+                # A previous turn is marked to be read, never written (the tail covers it).
+                entries.append((index, kind, sight, None))
             elif sight.p >= self.threshold or (
                 sight.late and profile.honours_1h and sight.p_late >= self.threshold_1h
             ):
