@@ -102,7 +102,8 @@ class ParsedResponse(NamedTuple):
     finish_reasons: tuple[str, ...] = ()
     #: Provider error type (``overloaded_error``, ``invalid_request_error``...) when the body is an error.
     error_type: str | None = None
-    #: A terminal event was seen (``message_stop``, ``[DONE]``, ``response.completed``...), or the JSON body parsed.
+    #: A terminal event was seen (``message_stop``, ``[DONE]``, ``response.completed``...), or the
+    #: final Anthropic ``message_delta`` with its stop reason and usage, or the JSON body parsed.
     complete: bool = False
     #: The body could not be parsed (bad encoding, not JSON, over the size cap...).
     unparsed: bool = False

@@ -26,6 +26,12 @@ Counts are clamped so that none is negative and the invariant still holds.
 ``reasoning`` comes from ``completion_tokens_details.reasoning_tokens`` or
 ``output_tokens_details.reasoning_tokens`` (Anthropic ``thinking_tokens`` too).
 
+Completion: a terminal event (Anthropic ``message_stop``, Chat ``[DONE]``, a Responses
+terminal event, a DashScope final ``finish_reason``) or, for Anthropic streams, the
+final ``message_delta`` carrying both a stop reason and the usage: everything billed is
+known then, and some clients (LiteLLM's sync ``completion(stream=True)``) close the body
+right after it without reading ``message_stop``.
+
 Finish reasons: Anthropic ``stop_reason``; Chat Completions every choice's
 ``finish_reason`` in choice-index order; DashScope native ``finish_reason`` (the
 literal string ``"null"`` it sends mid-stream is skipped); Responses the
@@ -365,9 +371,14 @@ class UsageAccumulator:
             if "diagnostics" in data:
                 self._miss_reason = _provider_miss_reason(data) or self._miss_reason
             delta = _dict(data.get("delta"))
-            if delta is not None:
-                self._take_stop_reason(delta.get("stop_reason"))
+            stop_reason = delta.get("stop_reason") if delta is not None else None
+            self._take_stop_reason(stop_reason)
             usage = _dict(data.get("usage"))
+            if usage is not None and isinstance(stop_reason, str) and stop_reason:
+                # The final message_delta (stop reason + usage) completes the accounting:
+                # LiteLLM's sync stream stops reading right after it and closes the body
+                # without ever reading message_stop.
+                self._complete = True
             if usage is not None:
                 # Overwrite every present, non-null field; never add across events
                 # (anthropic-sdk-python accumulate_event). DashScope/Kimi/MiniMax send the
