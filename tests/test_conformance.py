@@ -7,6 +7,7 @@ uvicorn, and checks what cachewatch recorded.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -16,12 +17,17 @@ import pytest
 # LiteLLM fetches its model price map from the network at import unless told not to.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+import dashscope
+import httpx
 import litellm
 from litellm.llms.custom_httpx.http_handler import HTTPHandler
 
 import cachewatch
 from _helpers import Telemetry, make_telemetry
 from cachewatch.emulator import Emulator, ManualClock, create_app, run_in_thread
+from cachewatch.emulator._dashscope import parse as parse_native
+from cachewatch.emulator._openai import parse as parse_chat
+from cachewatch.proxy._proxy import create_proxy_app
 
 #: LiteLLM's own pydantic models and imports warn; the suite turns warnings into errors.
 pytestmark = [
@@ -84,3 +90,96 @@ def test_litellm_sync_stream_is_ok_although_message_stop_is_never_read(
     (span,) = telemetry.spans()
     assert span.attributes["cachewatch.outcome"] == "ok"
     assert span.attributes["gen_ai.response.finish_reasons"] == ("end_turn",)
+
+
+# -- DashScope content forms: a string and a one-text-part list are the same prompt ----------
+
+TEXT = "What does the cache hold?"
+FORMS: list[Any] = [
+    TEXT,
+    [{"type": "text", "text": TEXT}],
+    [{"type": "text", "text": TEXT, "cache_control": CC}],
+    [{"text": TEXT}],  # DashScope native's typeless part
+    [{"text": TEXT, "cache_control": CC}],
+]
+
+
+@pytest.mark.parametrize("form", FORMS[1:], ids=["typed", "typed-marked", "native", "native-marked"])
+def test_every_form_of_one_text_renders_the_same_prefix(form: Any) -> None:
+    """Alibaba's context-cache doc hits a list+marker message with the same plain string."""
+
+    def chat(content: Any) -> bytes:
+        body = {"model": "qwen-plus", "messages": [{"role": "user", "content": content}]}
+        return parse_chat(body).prompt.hashes[-1]
+
+    def native(content: Any) -> bytes:
+        body = {"model": "qwen-plus", "input": {"messages": [{"role": "user", "content": content}]}}
+        return parse_native(body, multimodal=False, stream=False).prompt.hashes[-1]
+
+    assert chat(form) == chat(TEXT)
+    assert native(form) == native(TEXT)
+
+
+def _conversation(send: Any, turns: int = 4) -> list[tuple[int, int, int]]:
+    """Grow a conversation of plain-string messages; (prompt, cached, written) per turn."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM}]
+    seen: list[tuple[int, int, int]] = []
+    for turn in range(turns):
+        messages.append({"role": "user", "content": f"Question {turn}: " + "tell me more " * 100})
+        reply, usage = send(messages)
+        details = usage["prompt_tokens_details"]
+        seen.append((usage["input_tokens"], details["cached_tokens"], details["cache_creation_input_tokens"]))
+        messages.append({"role": "assistant", "content": reply})
+    return seen
+
+
+def _assert_history_read(seen: list[tuple[int, int, int]]) -> None:
+    # Every follow-up reads the whole previous prompt (the tail cachewatch marked as a list
+    # part, now sent back as a plain string) and writes only the new turn.
+    for (previous, _, _), (_, cached, written) in itertools.pairwise(seen):
+        assert cached >= previous
+        assert written < previous
+
+
+def test_dashscope_v2_client_native_conversation_reads_its_history(
+    base_url: str, telemetry: Telemetry
+) -> None:
+    http = cachewatch.wrap(httpx.Client(timeout=30), **telemetry.kwargs)
+    client = dashscope.Client(api_key="test", base_url=f"{base_url}/api/v1", http_client=http, max_retries=0)
+
+    def send(messages: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+        reply = client.chat.completions.create(model="qwen-plus", messages=messages)
+        usage = reply.usage
+        return reply.choices[0].message.content, {
+            "input_tokens": usage.input_tokens,
+            "prompt_tokens_details": usage.prompt_tokens_details,
+        }
+
+    seen = _conversation(send)
+    http.close()
+    _assert_history_read(seen)
+    assert telemetry.value("cachewatch_breakpoints_total", action="inserted") >= 4
+    # cachewatch's own diagnosis agrees: no turn read less than its prefix allowed.
+    assert [s.attributes.get("cachewatch.miss_reason") for s in telemetry.spans()] == [None] * 4
+
+
+def test_dashscope_generation_call_through_the_proxy_reads_its_history(
+    base_url: str, telemetry: Telemetry
+) -> None:
+    app = create_proxy_app(base_url, registry=telemetry.registry, logger=telemetry.logger)
+    with run_in_thread(app) as proxy_url:
+
+        def send(messages: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+            reply = dashscope.Generation.call(
+                model="qwen-plus",
+                messages=messages,
+                result_format="message",
+                api_key="test",
+                base_address=f"{proxy_url}/api/v1",
+            )
+            assert reply.status_code == 200, reply
+            return reply.output.choices[0].message.content, dict(reply.usage)
+
+        seen = _conversation(send)
+    _assert_history_read(seen)
+    assert [e.get("miss_reason") for e in telemetry.events()] == [None] * 4
