@@ -43,7 +43,9 @@ ProfileName = Literal["anthropic", "dashscope", "openai"]
 #: Minimum cacheable prompt for a model not in any table (research A.5 suggestion).
 DEFAULT_MIN_TOKENS = 1_024
 
-#: Minimum cacheable prompt per Claude model family (research A.5, mid/late-2026 revisions).
+#: Minimum cacheable prompt per Claude model family (research A.5, mid/late-2026 revisions,
+#: checked against the 2026-12 updates in F). The planner's table is the same data
+#: (tests/test_profiles.py checks they agree).
 #: Keys match a model id at a ``-``/``@``/``:``/end boundary; the longest key wins,
 #: so ``claude-opus-4-5-20251101`` is 4,096 while ``claude-opus-4-20250514`` is 1,024.
 ANTHROPIC_MIN_TOKENS: Mapping[str, int] = {
