@@ -109,6 +109,8 @@ class ParsedResponse(NamedTuple):
     unparsed: bool = False
     #: Provider-reported cache-miss reason (Anthropic cache diagnostics), passed through as-is.
     provider_miss_reason: str | None = None
+    #: ``cache_missed_input_tokens`` of that reason, when the provider gave one.
+    provider_missed_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -306,9 +306,9 @@ class Engine:
         if conversation is None:
             return body
         exchange.conversation = conversation
+        # The first turn opts in with ``null``: the API stores nothing for a request without
+        # the object, so the next turn's comparison would find no previous message.
         previous = diagnoser.previous_message(conversation)
-        if previous is None:
-            return obj
         new_body = _with_diagnostics(body, previous)
         if new_body is None:
             return obj
@@ -368,7 +368,8 @@ def _price_table(prices: Any) -> PriceTable:
 
 # -- cache-miss diagnosis (begin) -------------------------------------------------------
 
-#: The Anthropic cache-diagnostics beta (research A.3; the header name is unverified).
+#: The Anthropic cache-diagnostics beta header (platform.claude.com cache-diagnostics page;
+#: later revisions make it optional, and still accept it).
 CACHE_DIAGNOSIS_BETA = "cache-diagnosis-2026-04-07"
 
 _PROFILES: Any = None
@@ -383,7 +384,7 @@ def _shared_profiles() -> Any:
     return _PROFILES
 
 
-def _with_diagnostics(body: bytes, message_id: str) -> bytes | None:
+def _with_diagnostics(body: bytes, message_id: str | None) -> bytes | None:
     """``body`` with ``"diagnostics":{"previous_message_id":...}`` as its first key (bytes-level)."""
     import orjson
 
@@ -595,6 +596,8 @@ class Exchange:
                 extra["unparsed"] = True
             if parsed.provider_miss_reason:
                 extra["provider_miss_reason"] = parsed.provider_miss_reason
+                if parsed.provider_missed_tokens is not None:
+                    extra["provider_missed_input_tokens"] = parsed.provider_missed_tokens
             if self.diag is not None:  # cache-miss diagnosis
                 self._diagnose(parsed, outcome)
             cost: Cost | None = None
