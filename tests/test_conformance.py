@@ -7,12 +7,15 @@ uvicorn, and checks what cachewatch recorded.
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import uvicorn
+from prometheus_client import generate_latest
 
 # LiteLLM fetches its model price map from the network at import unless told not to.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -20,13 +23,17 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import dashscope
 import httpx
 import litellm
+import openai
 from litellm.llms.custom_httpx.http_handler import HTTPHandler
 
 import cachewatch
 from _helpers import Telemetry, make_telemetry
+from cachewatch.cli import _main as cli
+from cachewatch.cli._report import report, summarise
 from cachewatch.emulator import Emulator, ManualClock, create_app, run_in_thread
 from cachewatch.emulator._dashscope import parse as parse_native
 from cachewatch.emulator._openai import parse as parse_chat
+from cachewatch.proxy import _proxy
 from cachewatch.proxy._proxy import create_proxy_app
 
 #: LiteLLM's own pydantic models and imports warn; the suite turns warnings into errors.
@@ -183,3 +190,82 @@ def test_dashscope_generation_call_through_the_proxy_reads_its_history(
         seen = _conversation(send)
     _assert_history_read(seen)
     assert [e.get("miss_reason") for e in telemetry.events()] == [None] * 4
+
+
+# -- unreported usage is visible, never a silent zero ------------------------------------------
+
+CHAT = [{"role": "user", "content": "Tell me about caching."}]
+
+
+def _stream_chat(client: openai.OpenAI) -> list[Any]:
+    return list(client.chat.completions.create(model="gpt-5", messages=CHAT, stream=True))
+
+
+def test_a_stream_without_usage_is_counted_marked_and_reported(base_url: str, telemetry: Telemetry) -> None:
+    """An OpenAI stream that did not ask for usage: ok, no tokens, and said so everywhere."""
+    client = cachewatch.wrap(openai.OpenAI(api_key="test", base_url=f"{base_url}/v1"), **telemetry.kwargs)
+    chunks = _stream_chat(client)
+    assert all(c.usage is None for c in chunks)
+    labels = {"api": "chat_completions", "model": "gpt-5"}
+    assert telemetry.requests(outcome="ok", **labels) == 1
+    assert telemetry.value("cachewatch_usage_unreported_total", **labels) == 1
+    assert sum(telemetry.tokens(**labels).values()) == 0
+    (span,) = telemetry.spans()
+    assert span.attributes["cachewatch.usage_reported"] is False
+    assert "gen_ai.usage.input_tokens" not in span.attributes
+    (event,) = telemetry.events()
+    assert event["usage_reported"] is False
+    assert "tokens" not in event
+
+    exposition = generate_latest(telemetry.registry).decode()
+    assert summarise(exposition)["models"]["gpt-5"]["usage_unreported"] == 1
+    out = io.StringIO()
+    report(exposition, stream=out)
+    text = out.getvalue()
+    assert "no usage" in text
+    assert "1 requests ended ok without reporting usage" in text
+
+
+def test_a_stream_with_usage_is_not_counted_as_unreported(base_url: str, telemetry: Telemetry) -> None:
+    client = cachewatch.wrap(
+        openai.OpenAI(api_key="test", base_url=f"{base_url}/v1"), include_usage=True, **telemetry.kwargs
+    )
+    chunks = _stream_chat(client)
+    assert all(c.usage is None for c in chunks)  # the usage chunk cachewatch asked for stays hidden
+    labels = {"api": "chat_completions", "model": "gpt-5"}
+    assert telemetry.requests(outcome="ok", **labels) == 1
+    assert telemetry.value("cachewatch_usage_unreported_total", **labels) == 0
+    assert telemetry.tokens(**labels)["input"] > 0
+    (span,) = telemetry.spans()
+    assert "cachewatch.usage_reported" not in span.attributes
+
+
+def test_proxy_include_usage_flag_reaches_the_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake_app(upstream: str, **options: Any) -> object:
+        seen.update(options)
+        return object()
+
+    monkeypatch.setattr(_proxy, "create_proxy_app", fake_app)
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    monkeypatch.setattr(cli, "_log_json_lines", lambda stream: None)
+    assert cli.main(["proxy", "--upstream", "http://127.0.0.1:9", "--include-usage"]) == 0
+    assert seen["include_usage"] is True
+    seen.clear()
+    assert cli.main(["proxy", "--upstream", "http://127.0.0.1:9"]) == 0
+    assert "include_usage" not in seen
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_proxy_include_usage_counts_the_stream(
+    base_url: str, telemetry: Telemetry, include_usage: bool
+) -> None:
+    options = {"include_usage": True} if include_usage else {}
+    app = create_proxy_app(base_url, registry=telemetry.registry, logger=telemetry.logger, **options)
+    with run_in_thread(app) as proxy_url:
+        chunks = _stream_chat(openai.OpenAI(api_key="test", base_url=f"{proxy_url}/v1", max_retries=0))
+    assert all(c.usage is None for c in chunks)
+    unreported = telemetry.value("cachewatch_usage_unreported_total", api="chat_completions")
+    assert unreported == (0 if include_usage else 1)
+    assert (telemetry.tokens(api="chat_completions")["input"] > 0) is include_usage

@@ -594,6 +594,10 @@ class Exchange:
             extra = self.extra
             if parsed.unparsed:
                 extra["unparsed"] = True
+            if parsed.usage is None and outcome is Outcome.OK:
+                # Not a zero: the provider did not say (an OpenAI-compatible stream without
+                # stream_options.include_usage...). Counted in cachewatch_usage_unreported_total.
+                extra["usage_reported"] = False
             if parsed.provider_miss_reason:
                 extra["provider_miss_reason"] = parsed.provider_miss_reason
                 if parsed.provider_missed_tokens is not None:
