@@ -269,3 +269,92 @@ def test_proxy_include_usage_counts_the_stream(
     unreported = telemetry.value("cachewatch_usage_unreported_total", api="chat_completions")
     assert unreported == (0 if include_usage else 1)
     assert (telemetry.tokens(api="chat_completions")["input"] > 0) is include_usage
+
+
+# -- DashScope explicit vs implicit cache: one rate each ----------------------------------------
+
+QWEN_INPUT = 0.4 / 1e6  # qwen-plus input price per token (defaults)
+
+
+def _compat_client(base_url: str, telemetry: Telemetry, sink: Any, **options: Any) -> openai.OpenAI:
+    client = openai.OpenAI(api_key="test", base_url=f"{base_url}/compatible-mode/v1", max_retries=0)
+    return cachewatch.wrap(client, sinks=[sink], **telemetry.kwargs, **options)
+
+
+class Records:
+    name = "records"
+
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+
+    def start(self, info: Any) -> None:
+        return None
+
+    def finish(self, state: object | None, record: Any) -> None:
+        self.records.append(record)
+
+
+def test_unmarked_dashscope_requests_are_priced_at_the_implicit_rate(
+    base_url: str, telemetry: Telemetry
+) -> None:
+    records = Records()
+    client = _compat_client(base_url, telemetry, records, breakpoints="off")
+    messages = [{"role": "system", "content": " ".join(["ab"] * 600)}, {"role": "user", "content": "hi"}]
+    for _ in range(2):
+        reply = client.chat.completions.create(model="qwen-plus", messages=messages)
+    details = reply.usage.prompt_tokens_details
+    assert details.cached_tokens == 601
+    assert getattr(details, "cache_type", None) is None
+    last = records.records[-1]
+    assert last.usage.cache_read == 601
+    assert last.usage.cache_write == 0
+    assert last.extra["cache_mode"] == "implicit"
+    # Implicit hits cost 20 % of the input price: 80 % saved, no write premium.
+    assert last.cost.savings == pytest.approx(QWEN_INPUT * 0.8 * 601)
+    assert last.cost.write_premium == 0
+
+
+def test_marked_dashscope_requests_are_priced_at_the_explicit_rates(
+    base_url: str, telemetry: Telemetry
+) -> None:
+    records = Records()
+    client = _compat_client(base_url, telemetry, records, breakpoints="off")
+    system = [{"type": "text", "text": SYSTEM, "cache_control": CC}]
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "hi"}]
+    for _ in range(2):
+        client.chat.completions.create(model="qwen-plus", messages=messages)
+    first, second = records.records
+    assert first.extra["cache_mode"] == second.extra["cache_mode"] == "explicit"
+    assert first.cost.write_premium == pytest.approx(QWEN_INPUT * 0.25 * 1_200)  # writes at 125 %
+    assert second.cost.savings == pytest.approx(QWEN_INPUT * 0.9 * 1_200)  # reads at 10 %
+
+
+@pytest.mark.parametrize(
+    ("cache_type", "marked", "implicit"), [("implicit", True, True), ("ephemeral", False, False)]
+)
+def test_a_reported_cache_type_wins_over_the_markers(cache_type: str, marked: bool, implicit: bool) -> None:
+    """``prompt_tokens_details.cache_type`` names the mode; the markers are only the fallback."""
+    usage = {
+        "prompt_tokens": 2_000,
+        "completion_tokens": 5,
+        "prompt_tokens_details": {
+            "cached_tokens": 1_500,
+            "cache_creation_input_tokens": 0,
+            "cache_type": cache_type,
+        },
+    }
+    body = {"id": "c1", "object": "chat.completion", "model": "qwen-plus", "choices": [], "usage": usage}
+    records = Records()
+    transport = cachewatch.CacheWatchTransport(
+        httpx.MockTransport(lambda request: httpx.Response(200, json=body)),
+        breakpoints="off",
+        sinks=[records],
+        **make_telemetry().kwargs,
+    )
+    content: Any = [{"type": "text", "text": "x", "cache_control": CC}] if marked else "x"
+    request = {"model": "qwen-plus", "messages": [{"role": "user", "content": content}]}
+    with httpx.Client(transport=transport) as http:
+        http.post("https://dashscope.aliyuncs.com/compatible-mode/v1/chat/completions", json=request)
+    (record,) = records.records
+    assert record.extra["cache_mode"] == ("implicit" if implicit else "explicit")
+    assert record.cost.savings == pytest.approx(QWEN_INPUT * (0.8 if implicit else 0.9) * 1_500)

@@ -111,6 +111,9 @@ class ParsedResponse(NamedTuple):
     provider_miss_reason: str | None = None
     #: ``cache_missed_input_tokens`` of that reason, when the provider gave one.
     provider_missed_tokens: int | None = None
+    #: ``prompt_tokens_details.cache_type`` as reported (DashScope: ``ephemeral`` for explicit
+    #: and session cache, ``implicit`` for implicit cache), when present.
+    cache_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import _anthropic, _dashscope, _openai
-from ._cache import CacheControlError, CacheStore, Reservation, resolve_breakpoints
+from ._cache import Breakpoint, CacheControlError, CacheStore, Reservation, resolve_breakpoints
 from ._completion import complete
 from ._profiles import PROFILES, Profile, select_profile
 from ._wire import ParsedRequest, RequestError
@@ -170,12 +170,22 @@ class Emulator:
             message = str(exc) if not isinstance(exc, orjson.JSONDecodeError) else "invalid JSON body"
             return _json(_error(api, message, request_id), 400)
 
+        min_tokens = profile.min_tokens_for(req.model, self.config.min_tokens)
+        namespace = self._namespace(request)
+        implicit = False
+        if not breakpoints and api != "messages" and profile.implicit_cache_for(req.model):
+            # DashScope: a request without markers uses the implicit cache (its own store).
+            implicit = True
+            breakpoints = [Breakpoint(len(req.prompt.positions) - 1, "5m")]
+            min_tokens = profile.implicit_min_tokens
+            namespace += ":implicit"
         reservation = self.cache.begin(
             req.prompt,
             breakpoints,
             profile=profile,
-            min_tokens=profile.min_tokens_for(req.model, self.config.min_tokens),
-            namespace=self._namespace(request),
+            min_tokens=min_tokens,
+            namespace=namespace,
+            implicit=implicit or None,
         )
         completion = complete(
             req.prompt.fingerprint,
@@ -185,7 +195,7 @@ class Emulator:
             words_per_piece=self.config.words_per_chunk,
         )
         usage = reservation.usage
-        explicit = bool(breakpoints) and not profile.implicit
+        explicit = bool(breakpoints) and not profile.implicit and not implicit
         headers = {"request-id": f"req_{request_id}", "x-request-id": request_id}
         frames: Iterator[bytes]
         if api == "messages":
@@ -197,13 +207,21 @@ class Emulator:
         elif api == "chat_completions":
             chat_id = f"chatcmpl-{request_id[:24]}"
             if req.stream:
-                frames = _openai.stream_chunks(chat_id, req, usage, completion, profile, explicit)
+                frames = _openai.stream_chunks(
+                    chat_id, req, usage, completion, profile, explicit, implicit=implicit
+                )
             else:
-                result = _openai.chat_body(chat_id, req, usage, completion, profile, explicit)
+                result = _openai.chat_body(
+                    chat_id, req, usage, completion, profile, explicit, implicit=implicit
+                )
         elif req.stream:
-            frames = _dashscope.stream_events(request_id, req, usage, completion, profile, explicit)
+            frames = _dashscope.stream_events(
+                request_id, req, usage, completion, profile, explicit, implicit=implicit
+            )
         else:
-            result = _dashscope.generation_body(request_id, req, usage, completion, profile, explicit)
+            result = _dashscope.generation_body(
+                request_id, req, usage, completion, profile, explicit, implicit=implicit
+            )
 
         if req.stream:
             return StreamingResponse(

@@ -131,9 +131,12 @@ def parse(body: Mapping[str, Any]) -> ParsedRequest:
     )
 
 
-def prompt_details(usage: CacheUsage, profile: Profile, explicit: bool) -> dict[str, Any]:
+def prompt_details(
+    usage: CacheUsage, profile: Profile, explicit: bool, *, implicit: bool = False
+) -> dict[str, Any]:
+    """``prompt_tokens_details``; a DashScope implicit hit is ``cached_tokens`` alone (research Q7)."""
     details: dict[str, Any] = {"cached_tokens": usage.cache_read}
-    if not profile.implicit:
+    if not profile.implicit and not implicit:
         details["cache_creation_input_tokens"] = usage.cache_write
         if profile.name == "dashscope" and explicit:
             details["cache_type"] = "ephemeral"
@@ -146,12 +149,14 @@ def prompt_details(usage: CacheUsage, profile: Profile, explicit: bool) -> dict[
     return details
 
 
-def usage_body(usage: CacheUsage, output_tokens: int, profile: Profile, explicit: bool) -> dict[str, Any]:
+def usage_body(
+    usage: CacheUsage, output_tokens: int, profile: Profile, explicit: bool, *, implicit: bool = False
+) -> dict[str, Any]:
     return {
         "prompt_tokens": usage.total,
         "completion_tokens": output_tokens,
         "total_tokens": usage.total + output_tokens,
-        "prompt_tokens_details": prompt_details(usage, profile, explicit),
+        "prompt_tokens_details": prompt_details(usage, profile, explicit, implicit=implicit),
         "completion_tokens_details": {"reasoning_tokens": 0},
     }
 
@@ -179,6 +184,8 @@ def chat_body(
     completion: Completion,
     profile: Profile,
     explicit: bool,
+    *,
+    implicit: bool = False,
 ) -> dict[str, Any]:
     return {
         "id": completion_id,
@@ -193,7 +200,7 @@ def chat_body(
                 "finish_reason": _FINISH[completion.stop],
             }
         ],
-        "usage": usage_body(usage, completion.output_tokens, profile, explicit),
+        "usage": usage_body(usage, completion.output_tokens, profile, explicit, implicit=implicit),
         "system_fingerprint": None,
     }
 
@@ -205,6 +212,8 @@ def stream_chunks(
     completion: Completion,
     profile: Profile,
     explicit: bool,
+    *,
+    implicit: bool = False,
 ) -> Iterator[bytes]:
     include_usage = bool(req.options.get("include_usage"))
     created = int(time.time())
@@ -243,7 +252,7 @@ def stream_chunks(
             "created": created,
             "model": req.model,
             "choices": [],
-            "usage": usage_body(usage, completion.output_tokens, profile, explicit),
+            "usage": usage_body(usage, completion.output_tokens, profile, explicit, implicit=implicit),
         }
         yield b"data: " + orjson.dumps(final) + b"\n\n"
     yield b"data: [DONE]\n\n"

@@ -170,6 +170,10 @@ class Engine:
                 host, port, api, request_model, body is not None and _asks_stream(body), headers
             )
             exchange = Exchange(self, info, plan)
+            if body and self.prices.prices_implicit_apart(request_model):
+                # DashScope: explicit and implicit cache are exclusive per request and priced
+                # apart; a response that does not name its cache_type is priced by the markers.
+                exchange.marked = _carries_markers(plan, body)
             if (
                 self.diagnoser is not None
                 and body
@@ -402,6 +406,13 @@ def _with_diagnostics(body: bytes, message_id: str | None) -> bytes | None:
 _NOTHING_PARSED = ParsedResponse()
 
 
+def _carries_markers(plan: Any, body: bytes) -> bool:
+    """Whether the request goes out with ``cache_control`` markers (the caller's or the planner's)."""
+    if plan is not None and getattr(plan, "error", "x") is None:
+        return any(p.action in ("kept", "inserted") for p in plan.placements)
+    return body.find(b"cache_control") != -1
+
+
 def _asks_stream(body: bytes) -> bool:
     i = body.find(b'"stream"')
     if i == -1:
@@ -439,6 +450,7 @@ class Exchange:
         "first_chunk_at",
         "header_update",
         "info",
+        "marked",
         "observer",
         "plan",
         "sink_states",
@@ -469,6 +481,8 @@ class Exchange:
         self.conversation: bytes | None = None
         self.body_override: bytes | None = None
         self.header_update: dict[str, str] | None = None
+        #: Whether the request carried cache markers; None: not needed (one price for every mode).
+        self.marked: bool | None = None
 
     @property
     def new_body(self) -> bytes | None:
@@ -605,9 +619,16 @@ class Exchange:
             if self.diag is not None:  # cache-miss diagnosis
                 self._diagnose(parsed, outcome)
             cost: Cost | None = None
-            if parsed.usage is not None:
+            usage = parsed.usage
+            if usage is not None:
+                cache_type = parsed.cache_type
+                implicit = cache_type == "implicit" or (cache_type is None and self.marked is False)
+                if self.marked is not None and (usage.cache_read or usage.cache_write):
+                    extra["cache_mode"] = "implicit" if implicit else "explicit"
                 try:
-                    cost = engine.prices.cost(info.request_model or parsed.response_model, parsed.usage)
+                    cost = engine.prices.cost(
+                        info.request_model or parsed.response_model, usage, implicit=implicit
+                    )
                 except Exception as exc:
                     engine.fault("pricing", exc)
             ttft = None

@@ -26,6 +26,11 @@ Counts are clamped so that none is negative and the invariant still holds.
 ``reasoning`` comes from ``completion_tokens_details.reasoning_tokens`` or
 ``output_tokens_details.reasoning_tokens`` (Anthropic ``thinking_tokens`` too).
 
+Cache mode: ``ParsedResponse.cache_type`` is ``prompt_tokens_details.cache_type`` when the
+provider says it (DashScope: ``ephemeral`` for explicit and session cache, ``implicit`` for
+implicit cache; research B.3, Q7). Implicit hits often come with ``cached_tokens`` alone,
+so the engine falls back on whether the request carried markers.
+
 Completion: a terminal event (Anthropic ``message_stop``, Chat ``[DONE]``, a Responses
 terminal event, a DashScope final ``finish_reason``) or, for Anthropic streams, the
 final ``message_delta`` carrying both a stop reason and the usage: everything billed is
@@ -529,9 +534,28 @@ class UsageAccumulator:
                 complete=self._complete,
                 provider_miss_reason=self._miss_reason,
                 provider_missed_tokens=self._missed_tokens,
+                cache_type=_cache_type(self._usage) if self._usage is not None else None,
             )
             self._cached = cached
         return cached
+
+
+def _cache_type(usage: dict[str, Any]) -> str | None:
+    """``*_tokens_details.cache_type`` (DashScope), as a short lower-case identifier, or None."""
+    details = usage.get("prompt_tokens_details")
+    if type(details) is not dict:
+        details = usage.get("input_tokens_details")
+        if type(details) is not dict:
+            return None
+    value = details.get("cache_type")
+    if (
+        isinstance(value, str)
+        and 0 < len(value) <= 32
+        and value.replace("_", "").isalnum()
+        and value.isascii()
+    ):
+        return value.lower()
+    return None
 
 
 def _dashscope_error(obj: dict[str, Any]) -> str | None:
