@@ -358,3 +358,72 @@ def test_a_reported_cache_type_wins_over_the_markers(cache_type: str, marked: bo
     (record,) = records.records
     assert record.extra["cache_mode"] == ("implicit" if implicit else "explicit")
     assert record.cost.savings == pytest.approx(QWEN_INPUT * (0.8 if implicit else 0.9) * 1_500)
+
+
+# -- the Responses API end to end ----------------------------------------------------------------
+
+LOOKUP = {
+    "type": "function",
+    "name": "lookup",
+    "description": "Look something up",
+    "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+}
+
+
+def _responses_client(base_url: str, telemetry: Telemetry, **options: Any) -> openai.OpenAI:
+    client = openai.OpenAI(api_key="test", base_url=f"{base_url}/v1", max_retries=0)
+    return cachewatch.wrap(client, **telemetry.kwargs, **options)
+
+
+def test_responses_api_json_stream_and_helper_are_accounted(base_url: str, telemetry: Telemetry) -> None:
+    client = _responses_client(base_url, telemetry)
+    kwargs: dict[str, Any] = {"model": "gpt-5", "instructions": SYSTEM, "input": "hello there"}
+    first = client.responses.create(**kwargs)
+    assert first.status == "completed"
+    assert first.output_text
+    assert first.usage.input_tokens == 1_204
+    assert first.usage.input_tokens_details.cached_tokens == 0
+    second = client.responses.create(**kwargs)
+    assert second.usage.input_tokens_details.cached_tokens == 1_204  # automatic prefix caching
+    assert second.output_text == first.output_text
+
+    events = list(client.responses.create(**kwargs, stream=True))
+    assert [e.type for e in events[:2]] == ["response.created", "response.in_progress"]
+    assert events[-1].type == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    streamed = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert streamed == first.output_text
+    # The stream helper needs response.created first and the added events before deltas.
+    parts = [{"role": "user", "content": [{"type": "input_text", "text": "hello there"}]}]
+    with client.responses.stream(model="gpt-5", instructions=SYSTEM, input=parts) as stream:
+        final = stream.get_final_response()
+    assert final.output_text == first.output_text
+    assert final.usage.input_tokens_details.cached_tokens == 1_204  # the list form is the same prefix
+
+    labels = {"api": "responses", "model": "gpt-5"}
+    assert telemetry.requests(outcome="ok", **labels) == 4
+    tokens = telemetry.tokens(**labels)
+    assert tokens["cache_read"] == 3 * 1_204
+    assert tokens["input"] == 1_204
+    assert tokens["output"] == 4 * first.usage.output_tokens
+    assert telemetry.value("cachewatch_usage_unreported_total", **labels) == 0
+    spans = telemetry.spans()
+    assert [s.attributes["gen_ai.response.id"] for s in spans[:2]] == [first.id, second.id]
+    assert {s.attributes["gen_ai.response.finish_reasons"] for s in spans} == {("completed",)}
+    assert spans[2].attributes["gen_ai.request.stream"] is True
+
+
+def test_responses_api_tool_loop_reads_its_history(base_url: str, telemetry: Telemetry) -> None:
+    client = _responses_client(base_url, telemetry)
+    history: list[Any] = [{"role": "user", "content": "Please use the tool to look up caching."}]
+    call = client.responses.create(model="gpt-5", instructions=SYSTEM, tools=[LOOKUP], input=history)
+    (item,) = [o for o in call.output if o.type == "function_call"]
+    assert item.name == "lookup"
+    history += [
+        {"type": "function_call", "call_id": item.call_id, "name": item.name, "arguments": item.arguments},
+        {"type": "function_call_output", "call_id": item.call_id, "output": "found it"},
+    ]
+    answer = client.responses.create(model="gpt-5", instructions=SYSTEM, tools=[LOOKUP], input=history)
+    assert answer.output_text
+    assert answer.usage.input_tokens_details.cached_tokens == call.usage.input_tokens
+    assert telemetry.tokens(api="responses")["cache_read"] == call.usage.input_tokens

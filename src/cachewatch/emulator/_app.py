@@ -8,6 +8,7 @@ path ends with                                         API
 ``/v1/messages``                                       Anthropic Messages
 ``/v1/messages/count_tokens``                          Anthropic token count
 ``/chat/completions``                                  OpenAI-compatible chat
+``/responses``                                         OpenAI Responses
 ``/services/aigc/text-generation/generation``          DashScope native
 ``/services/aigc/multimodal-generation/generation``    DashScope native (multimodal)
 =====================================================  ===========================
@@ -39,7 +40,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import _anthropic, _dashscope, _openai
+from . import _anthropic, _dashscope, _openai, _responses
 from ._cache import Breakpoint, CacheControlError, CacheStore, Reservation, resolve_breakpoints
 from ._completion import complete
 from ._profiles import PROFILES, Profile, select_profile
@@ -60,11 +61,14 @@ DEFAULT_PORT = 8790
 
 ProfileChoice = Literal["auto", "anthropic", "dashscope", "openai"]
 
-_Api = Literal["messages", "count_tokens", "chat_completions", "generation", "multimodal_generation"]
+_Api = Literal[
+    "messages", "count_tokens", "chat_completions", "responses", "generation", "multimodal_generation"
+]
 _SUFFIXES: tuple[tuple[str, _Api], ...] = (
     ("/v1/messages/count_tokens", "count_tokens"),
     ("/v1/messages", "messages"),
     ("/chat/completions", "chat_completions"),
+    ("/responses", "responses"),
     ("/services/aigc/text-generation/generation", "generation"),
     ("/services/aigc/multimodal-generation/generation", "multimodal_generation"),
 )
@@ -152,7 +156,9 @@ class Emulator:
             if request.method == "GET" and path in ("", "/health", "/healthz"):
                 return _json({"status": "ok"})
             return _json(_anthropic.error_body("Not Found", "not_found_error"), 404)
-        profile = self.profile_for(path, request.headers)
+        # The Responses API is served with OpenAI's automatic caching wherever it is mounted
+        # (DashScope's Responses API uses a session cache that is not modelled).
+        profile = PROFILES["openai"] if api == "responses" else self.profile_for(path, request.headers)
         request_id = uuid.uuid4().hex
         try:
             raw = await request.body()
@@ -214,6 +220,11 @@ class Emulator:
                 result = _openai.chat_body(
                     chat_id, req, usage, completion, profile, explicit, implicit=implicit
                 )
+        elif api == "responses":
+            if req.stream:
+                frames = _responses.stream_events(request_id[:24], req, usage, completion)
+            else:
+                result = _responses.response_body(request_id[:24], req, usage, completion)
         elif req.stream:
             frames = _dashscope.stream_events(
                 request_id, req, usage, completion, profile, explicit, implicit=implicit
@@ -238,6 +249,8 @@ class Emulator:
             return _anthropic.parse(body)
         if api == "chat_completions":
             return _openai.parse(body)
+        if api == "responses":
+            return _responses.parse(body)
         sse = request.headers.get("x-dashscope-sse", "").lower() == "enable"
         sse = sse or "text/event-stream" in request.headers.get("accept", "")
         return _dashscope.parse(body, multimodal=api == "multimodal_generation", stream=sse)
@@ -267,6 +280,8 @@ def _error(api: _Api, message: str, request_id: str) -> dict[str, Any]:
         return _anthropic.error_body(message, request_id=f"req_{request_id}")
     if api == "chat_completions":
         return _openai.error_body(message)
+    if api == "responses":
+        return _responses.error_body(message)
     return _dashscope.error_body(message, request_id=request_id)
 
 

@@ -18,8 +18,8 @@ modules. Three ship:
   is reported as ``cached_tokens`` alone, with no write. The real implicit cache is
   best effort; here it always hits, so tests are deterministic.
 * ``openai``: plain OpenAI automatic prefix caching. Markers are ignored; every
-  request implicitly writes its whole prompt (free of charge) and reads the
-  longest earlier prompt it extends, from 1,024 tokens (research C.1).
+  request implicitly writes its whole prompt and reads the longest earlier prompt
+  it extends, from 1,024 tokens (research C.1).
 
 :func:`select_profile` picks one from the request path and host.
 """
@@ -186,12 +186,12 @@ def select_profile(path: str, host: str = "") -> Profile:
 
     * a DashScope path (``/apps/anthropic``, ``/compatible-mode``, ``/api/v1/services``)
       or host (``*dashscope*``, ``*.maas.aliyuncs.com``): ``dashscope``;
-    * otherwise ``/chat/completions``: ``openai``;
+    * otherwise ``/chat/completions`` or ``/responses``: ``openai``;
     * otherwise (``/v1/messages`` and the rest): ``anthropic``.
     """
     lowered_host = host.lower()
     if any(p in path for p in _DASHSCOPE_PATHS) or any(h in lowered_host for h in _DASHSCOPE_HOSTS):
         return DASHSCOPE
-    if path.rstrip("/").endswith("/chat/completions"):
+    if path.rstrip("/").endswith(("/chat/completions", "/responses")):
         return OPENAI
     return ANTHROPIC
