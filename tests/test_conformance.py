@@ -427,3 +427,60 @@ def test_responses_api_tool_loop_reads_its_history(base_url: str, telemetry: Tel
     assert answer.output_text
     assert answer.usage.input_tokens_details.cached_tokens == call.usage.input_tokens
     assert telemetry.tokens(api="responses")["cache_read"] == call.usage.input_tokens
+
+
+# -- OpenAI GPT-5.6 and later bill cache writes ----------------------------------------------------
+
+#: A test price (per million tokens), not a list price: the facts file has none for OpenAI.
+GPT56_PRICES = {"models": {"gpt-5.6": {"input": 2.0, "output": 8.0, "read": 0.1, "write_5m": 1.25}}}
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_gpt_5_6_cache_writes_are_split_out_and_priced(base_url: str, telemetry: Telemetry, api: str) -> None:
+    records = Records()
+    client = _responses_client(base_url, telemetry, prices=GPT56_PRICES, sinks=[records])
+
+    def send() -> Any:
+        if api == "chat":
+            messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hello there"}]
+            usage = client.chat.completions.create(model="gpt-5.6", messages=messages).usage
+            return usage.prompt_tokens, usage.prompt_tokens_details
+        usage = client.responses.create(model="gpt-5.6", instructions=SYSTEM, input="hello there").usage
+        return usage.input_tokens, usage.input_tokens_details
+
+    total, details = send()
+    assert details.cache_write_tokens == total  # the whole prompt written, at 1.25x
+    again, details = send()
+    assert again == total
+    assert details.cached_tokens == total
+    assert not details.cache_write_tokens
+    first, second = records.records
+    assert (first.usage.input, first.usage.cache_write_5m, first.usage.cache_read) == (0, total, 0)
+    assert (second.usage.input, second.usage.cache_write_5m, second.usage.cache_read) == (0, 0, total)
+    assert first.cost.write_premium == pytest.approx(2.0e-6 * 0.25 * total)
+    assert second.cost.savings == pytest.approx(2.0e-6 * 0.9 * total)
+
+
+def test_gpt_5_6_usage_is_partitioned_as_the_openai_guide_describes() -> None:
+    """The guide's example: 2,000 read, 400 written, 200 neither, in a 2,600-token prompt."""
+    from cachewatch.accounting._records import TokenUsage
+    from cachewatch.observing._usage import partition_usage
+
+    chat = {
+        "prompt_tokens": 2_600,
+        "completion_tokens": 9,
+        "prompt_tokens_details": {"cached_tokens": 2_000, "cache_write_tokens": 400},
+    }
+    responses = {
+        "input_tokens": 2_600,
+        "input_tokens_details": {
+            "cached_tokens": 2_000,
+            "cache_write_tokens": 400,
+            "cache_write_tokens_details": {"ttl_30m_tokens": 400, "ttl_12h_tokens": 0},
+        },
+        "output_tokens": 9,
+        "output_tokens_details": {"reasoning_tokens": 4},
+    }
+    expected = TokenUsage(input=200, cache_read=2_000, cache_write_5m=400, output=9)
+    assert partition_usage(chat) == expected
+    assert partition_usage(responses) == TokenUsage(200, 2_000, 400, 0, 9, reasoning=4)

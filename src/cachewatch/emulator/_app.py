@@ -192,6 +192,7 @@ class Emulator:
             min_tokens=min_tokens,
             namespace=namespace,
             implicit=implicit or None,
+            bill_writes=profile.implicit and profile.bills_writes(req.model),
         )
         completion = complete(
             req.prompt.fingerprint,

@@ -6,7 +6,7 @@ role and other fields (``tool_call_id``, ``name``) are hashed with every positio
 of that message. Markers are ``cache_control`` on content parts (research B.2/B.3).
 
 Usage: ``prompt_tokens`` is the whole prompt and ``prompt_tokens_details.cached_tokens``
-a subset. Profiles that bill writes also report
+a subset (plus ``cache_write_tokens`` for OpenAI models that bill writes, GPT-5.6+). Profiles that bill writes also report
 ``prompt_tokens_details.cache_creation_input_tokens`` (plus ``cache_type:
 "ephemeral"`` and ``cache_creation.ephemeral_5m_input_tokens`` on DashScope when a
 marker applied). Streams send ``usage: null`` on every chunk and, with
@@ -136,6 +136,8 @@ def prompt_details(
 ) -> dict[str, Any]:
     """``prompt_tokens_details``; a DashScope implicit hit is ``cached_tokens`` alone (research Q7)."""
     details: dict[str, Any] = {"cached_tokens": usage.cache_read}
+    if profile.implicit and usage.cache_write:
+        details["cache_write_tokens"] = usage.cache_write  # GPT-5.6+ bill their writes
     if not profile.implicit and not implicit:
         details["cache_creation_input_tokens"] = usage.cache_write
         if profile.name == "dashscope" and explicit:

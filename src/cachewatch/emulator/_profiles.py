@@ -19,7 +19,9 @@ modules. Three ship:
   best effort; here it always hits, so tests are deterministic.
 * ``openai``: plain OpenAI automatic prefix caching. Markers are ignored; every
   request implicitly writes its whole prompt and reads the longest earlier prompt
-  it extends, from 1,024 tokens (research C.1).
+  it extends, from 1,024 tokens (research C.1). Writes are free and unreported,
+  except for GPT-5.6 and later, which bill them and report ``cache_write_tokens``
+  (research C.1, F). Explicit ``prompt_cache_breakpoint`` markers are not modelled.
 
 :func:`select_profile` picks one from the request path and host.
 """
@@ -67,6 +69,7 @@ DASHSCOPE_IMPLICIT_MODELS: tuple[str, ...] = (
     "glm",
     "minimax",
 )
+_GPT_VERSION = re.compile(r"(?:^|/)gpt-(\d+)(?:\.(\d+))?(?:$|[-@:])")
 _SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4}|latest)$")
 
 #: Minimum cacheable prompt for a model not in any table (research A.5 suggestion).
@@ -134,6 +137,17 @@ class Profile:
     implicit_models: tuple[str, ...] = ()
     #: Minimum cacheable prompt of that implicit cache (research B.1: 256).
     implicit_min_tokens: int = 256
+    #: First GPT version (major, minor) whose implicit writes are billed and reported.
+    writes_billed_from: tuple[int, int] | None = None
+
+    def bills_writes(self, model: str) -> bool:
+        """Whether this implicit cache bills (and reports) the writes of ``model``."""
+        if self.writes_billed_from is None:
+            return False
+        found = _GPT_VERSION.search(model.lower())
+        if found is None:
+            return False
+        return (int(found.group(1)), int(found.group(2) or 0)) >= self.writes_billed_from
 
     def implicit_cache_for(self, model: str) -> bool:
         """Whether an unmarked request to ``model`` uses the implicit cache."""
@@ -173,7 +187,9 @@ DASHSCOPE = Profile(
     split_only_in_message_delta=True,
     implicit_models=DASHSCOPE_IMPLICIT_MODELS,
 )
-OPENAI = Profile(name="openai", strict=False, top_level=False, implicit=True, lookback=1_000_000)
+OPENAI = Profile(
+    name="openai", strict=False, top_level=False, implicit=True, lookback=1_000_000, writes_billed_from=(5, 6)
+)
 
 PROFILES: Mapping[str, Profile] = {p.name: p for p in (ANTHROPIC, DASHSCOPE, OPENAI)}
 
