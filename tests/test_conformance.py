@@ -484,3 +484,60 @@ def test_gpt_5_6_usage_is_partitioned_as_the_openai_guide_describes() -> None:
     expected = TokenUsage(input=200, cache_read=2_000, cache_write_5m=400, output=9)
     assert partition_usage(chat) == expected
     assert partition_usage(responses) == TokenUsage(200, 2_000, 400, 0, 9, reasoning=4)
+
+
+# -- OTel: the draft GenAI token counters, opt-in -----------------------------------------------
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_otel_draft_token_counters_behind_an_option(base_url: str, enabled: bool) -> None:
+    import anthropic
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    client = cachewatch.wrap(
+        anthropic.Anthropic(api_key="test", base_url=base_url, max_retries=0),
+        meter_provider=MeterProvider(metric_readers=[reader]),
+        otel_token_counters=enabled,
+        breakpoints="off",
+        **make_telemetry().kwargs,
+    )
+    system = [{"type": "text", "text": SYSTEM, "cache_control": CC}]
+    for _ in range(2):
+        client.messages.create(
+            model="claude-sonnet-4-6",
+            max_tokens=16,
+            system=system,
+            messages=[{"role": "user", "content": "hi"}],
+        )
+    metrics = {
+        m.name: m
+        for rm in reader.get_metrics_data().resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+    }
+    assert "gen_ai.client.token.usage" in metrics  # the current instruments stay
+    prefix = "gen_ai.client.inference.usage."
+    if not enabled:
+        assert not [name for name in metrics if name.startswith(prefix)]
+        return
+    sums = {
+        name.removeprefix(prefix): sum(p.value for p in m.data.data_points)
+        for name, m in metrics.items()
+        if name.startswith(prefix)
+    }
+    # Two requests of 1,201 prompt tokens: the first writes the 1,200-token system prompt, the second reads it.
+    assert sums["input_tokens"] == 2 * 1_201
+    assert sums["cache_write.input_tokens"] == 1_200
+    assert sums["cache_read.input_tokens"] == 1_200
+    assert sums["output_tokens"] > 0
+    assert "reasoning.output_tokens" not in sums  # Anthropic reports none
+    counter = metrics[prefix + "input_tokens"]
+    assert counter.unit == "{token}"
+    assert counter.data.is_monotonic
+    (point,) = counter.data.data_points
+    assert point.attributes["gen_ai.token.modality"] == "unknown"
+    assert point.attributes["gen_ai.provider.name"] == "other"
+    assert point.attributes["gen_ai.operation.name"] == "chat"
+    assert point.attributes["gen_ai.request.model"] == "claude-sonnet-4-6"

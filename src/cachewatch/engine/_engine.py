@@ -54,6 +54,8 @@ class Engine:
         registry: ``prometheus_client.CollectorRegistry`` (default: the global one).
         tracer_provider: OTel tracer provider (default: the global one).
         meter_provider: OTel meter provider; GenAI client metrics are emitted only when given.
+        otel_token_counters: with a ``meter_provider``, also add the draft GenAI token counters
+            (``gen_ai.client.inference.usage.*``; see ``sinks.otel``).
         logger: where the per-request event goes (default: the stdlib logger ``cachewatch``, or structlog once the application configured it; see ``sinks.logs``).
         prices: price table for cost and savings (see the money docs).
         providers: extra ``host`` / ``host:port`` -> provider label entries.
@@ -92,6 +94,7 @@ class Engine:
         store: Any | None = None,
         wall_clock: Callable[[], float] = time.time,
         cache_diagnostics: bool = False,
+        otel_token_counters: bool = False,
         **planner_options: Any,
     ) -> None:
         if breakpoints not in _BREAKPOINT_MODES:
@@ -113,7 +116,7 @@ class Engine:
         self.prices = _price_table(prices)
         self.sinks: list[Sink] = [PrometheusSink(self.metrics), OTelSpanSink(tracer_provider)]
         if meter_provider is not None:
-            self.sinks.append(OTelMetricsSink(meter_provider))
+            self.sinks.append(OTelMetricsSink(meter_provider, token_counters=otel_token_counters))
         self.sinks.append(LogSink(logger))
         self.sinks.extend(sinks or ())
         self.planner = planner
