@@ -104,10 +104,10 @@ def test_demo_auto_reads_the_cache_and_saves(demo_output: str) -> None:
     off_read, auto_read = (number(c) for c in rows["cache read tokens"])
     off_savings, auto_savings = (number(c) for c in rows["cache savings"])
     off_cost, auto_cost = (number(c) for c in rows["cost"])
-    assert off_read == 0, "breakpoints=off sends no markers: the emulator cannot read anything"
-    assert off_savings == 0
-    assert auto_read > 0, f"breakpoints=auto read nothing from the cache:\n{demo_output}"
-    assert auto_savings > 0
+    # breakpoints=off sends no markers: only DashScope's implicit cache (always on for the
+    # DashScope chat's unmarked requests) reads anything, at 20 % of the input price.
+    assert 0 < off_read < auto_read, f"breakpoints=auto read no more than off:\n{demo_output}"
+    assert 0 < off_savings < auto_savings
     assert auto_cost < off_cost
 
 

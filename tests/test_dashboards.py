@@ -218,6 +218,7 @@ def test_panels_cover_spec_section_9() -> None:
         "Internal errors by stage",
         "Per workspace (range)",
         "Per model (range)",
+        "Requests without usage",
     ):
         assert wanted in titles
 
@@ -245,6 +246,7 @@ def test_every_alert_has_promtool_cases() -> None:
         "CachewatchCacheWritePremiumHigh",
         "CachewatchInternalErrors",
         "CachewatchCostOverBudget",
+        "CachewatchUsageUnreported",
     }
     tested = {t["alertname"] for case in build_alert_tests()["tests"] for t in case["alert_rule_test"]}
     assert tested == alerts

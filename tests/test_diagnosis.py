@@ -439,7 +439,8 @@ def test_cache_diagnostics_beta_threads_previous_message_and_passes_the_reason(
     }
     url = "https://api.anthropic.com/v1/messages"
     client.post(url, json=request, headers={"anthropic-beta": "other-beta-2025-01-01"})
-    assert b"diagnostics" not in seen[0].content  # nothing to thread yet: byte-identical
+    # Nothing to thread yet: the first turn opts in with null (else the API stores nothing).
+    assert orjson.loads(seen[0].content)["diagnostics"] == {"previous_message_id": None}
     follow = {
         **request,
         "messages": [

@@ -731,3 +731,60 @@ async def test_max_tokens_zero_prewarms() -> None:
     assert result["content"] == []
     assert result["stop_reason"] == "max_tokens"
     assert await usage_of(app, {**body, "max_tokens": 8}) == (1, 1_100, 0, 0)
+
+
+# -- DashScope implicit cache (research B.1, B.6, Q7) ---------------------------------------
+
+COMPAT = "/compatible-mode/v1/chat/completions"
+NATIVE = "/api/v1/services/aigc/text-generation/generation"
+
+
+def _compat(model: str, content: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": content}]}
+
+
+async def test_dashscope_implicit_cache_reads_an_unmarked_repeat_without_a_write() -> None:
+    app = create_app(clock=ManualClock())
+    body = _compat("qwen-plus", words(300))
+    first = (await post(app, COMPAT, body)).json()["usage"]
+    second = (await post(app, COMPAT, body)).json()["usage"]
+    assert first["prompt_tokens_details"] == {"cached_tokens": 0}
+    # A hit is cached_tokens alone: no creation count, no cache_type (the doc's implicit example).
+    assert second["prompt_tokens_details"] == {"cached_tokens": 300}
+    assert second["prompt_tokens"] == 300
+    native = {"model": "qwen-plus", "input": {"messages": [{"role": "user", "content": words(300)}]}}
+    await post(app, NATIVE, native)
+    details = (await post(app, NATIVE, native)).json()["usage"]["prompt_tokens_details"]
+    assert details == {"cached_tokens": 300}
+
+
+@pytest.mark.parametrize(
+    ("model", "tokens"),
+    [
+        ("qwen-plus", 255),  # below the implicit minimum of 256
+        ("qwen-plus-2025-01-25", 300),  # snapshots are not supported
+        ("qwen-plus-latest", 300),
+        ("some-other-model", 300),
+    ],
+)
+async def test_dashscope_implicit_cache_minimum_and_models(model: str, tokens: int) -> None:
+    app = create_app(clock=ManualClock())
+    body = _compat(model, words(tokens))
+    await post(app, COMPAT, body)
+    assert (await post(app, COMPAT, body)).json()["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+
+
+async def test_dashscope_marked_requests_use_the_explicit_cache_only() -> None:
+    """Explicit and implicit are exclusive per request, and separate caches."""
+    app = create_app(clock=ManualClock())
+    await post(app, COMPAT, _compat("qwen-plus", words(1_200)))  # implicit write
+    marked = _compat("qwen-plus", [text(1_200, CC)])
+    usage = (await post(app, COMPAT, marked)).json()["usage"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] == 0
+    assert usage["prompt_tokens_details"]["cache_creation_input_tokens"] == 1_200
+    assert usage["prompt_tokens_details"]["cache_type"] == "ephemeral"
+    # The Anthropic-compatible endpoint has no implicit cache here (none is documented).
+    messages = {"model": "qwen-plus", "max_tokens": 8, "messages": [{"role": "user", "content": words(300)}]}
+    await post(app, "/apps/anthropic/v1/messages", messages)
+    again = (await post(app, "/apps/anthropic/v1/messages", messages)).json()["usage"]
+    assert again["cache_read_input_tokens"] == 0

@@ -119,3 +119,72 @@ def test_override_and_register() -> None:
 def test_constructor_rules_win() -> None:
     registry = ProfileRegistry(rules=[EndpointRule("unknown", hosts=("api.anthropic.com",))])
     assert registry.match("api.anthropic.com", "/v1/messages").name == "unknown"
+
+
+#: Claude model ids as the Claude API, Bedrock (``anthropic.``/``us.anthropic.``, ``-v1:0``),
+#: Vertex (``@date``) and LiteLLM (``anthropic/``) spell them, one or more per family of
+#: the facts file's minimum table (research A.5 and F), plus models it does not list.
+REAL_CLAUDE_IDS = (
+    "claude-fable-5",
+    "claude-mythos-5-20260601",
+    "claude-fable-5-1",
+    "claude-mythos-5-1",
+    "claude-opus-5",
+    "claude-opus-5-5",
+    "claude-sonnet-5-5-20261001",
+    "claude-opus-4-8",
+    "claude-sonnet-5",
+    "claude-sonnet-4-6",
+    "us.anthropic.claude-sonnet-4-6",
+    "claude-sonnet-4-5-20250929",
+    "claude-sonnet-4-5@20250929",
+    "claude-opus-4-1-20250805",
+    "claude-opus-4-20250514",
+    "claude-opus-4-0",
+    "claude-sonnet-4-20250514",
+    "claude-3-7-sonnet-20250219",
+    "claude-3-5-sonnet-20241022",
+    "claude-3-opus-20240229",
+    "claude-mythos-preview",
+    "claude-opus-4-7",
+    "claude-3-5-haiku-20241022",
+    "claude-3-5-haiku-latest",
+    "anthropic.claude-3-haiku-20240307-v1:0",
+    "claude-opus-4-6",
+    "claude-opus-4-5-20251101",
+    "anthropic.claude-opus-4-5-20251101-v1:0",
+    "claude-haiku-4-5-20251001",
+    "anthropic/claude-haiku-4-5",
+    "claude-haiku-5-5",
+    "claude-next",
+)
+
+
+@pytest.mark.parametrize("model", REAL_CLAUDE_IDS)
+def test_emulator_and_planner_agree_on_the_real_anthropic_minimums(model: str) -> None:
+    """The planner places for the minimum the emulator (standing in for the API) enforces."""
+    from cachewatch.emulator import PROFILES as EMULATED
+
+    assert DEFAULT_PROFILES["anthropic"].min_tokens_for(model) == EMULATED["anthropic"].min_tokens_for(model)
+
+
+def test_emulator_and_planner_minimum_tables_are_the_same_data() -> None:
+    from cachewatch.emulator import ANTHROPIC_MIN_TOKENS as EMULATED_TABLE
+    from cachewatch.emulator import PROFILES as EMULATED
+    from cachewatch.planning._profiles import ANTHROPIC_MIN_TOKENS
+
+    assert dict(ANTHROPIC_MIN_TOKENS) == dict(EMULATED_TABLE)
+    # Values of the facts file's table (A.5), spot-checked per tier.
+    expected = {
+        "claude-fable-5": 512,
+        "claude-opus-4-8": 1_024,
+        "claude-opus-4-7": 2_048,
+        "claude-haiku-4-5": 4_096,
+    }
+    assert {k: ANTHROPIC_MIN_TOKENS[k] for k in expected} == expected
+    # DashScope explicit cache: 1,024 on both sides (research B.1); unknown models: 1,024.
+    for name in ("dashscope", "dashscope_openai", "dashscope_native"):
+        assert DEFAULT_PROFILES[name].min_tokens_for("qwen3.6-plus") == EMULATED["dashscope"].min_tokens_for(
+            "qwen3.6-plus"
+        )
+    assert DEFAULT_PROFILES["anthropic"].min_tokens_for("claude-next") == 1_024

@@ -291,6 +291,22 @@ def test_minimax_zero_start_and_kimi_explicit_zero_cache_read() -> None:
         assert acc.result().usage == TokenUsage(input=100, cache_read=800, output=3)
 
 
+def test_anthropic_final_message_delta_completes_the_stream_without_message_stop() -> None:
+    """Stop reason and usage in message_delta: nothing billed is left to come (LiteLLM stops here)."""
+    final = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 7}}
+    r = stream("messages", ("message_start", START), ("message_delta", final)).result()
+    assert r.complete
+    assert r.finish_reasons == ("end_turn",)
+    assert r.usage is not None
+    assert r.usage.output == 7
+    # A delta without a stop reason, or without usage, is not the final one.
+    for partial in (
+        {"type": "message_delta", "delta": {"stop_reason": None}, "usage": {"output_tokens": 7}},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn"}},
+    ):
+        assert not stream("messages", ("message_start", START), ("message_delta", partial)).result().complete
+
+
 def test_anthropic_error_event_mid_stream() -> None:
     acc = stream(
         "messages",

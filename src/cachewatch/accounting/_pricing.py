@@ -10,6 +10,14 @@ For a request with partition (input, cache_read, w5m, w1h, output) and price p:
 - cost          = p.input * (input + read_mult*cache_read + w5m_mult*w5m + w1h_mult*w1h) + p.output*output
 - savings       = p.input * (1 - read_mult) * cache_read       (what the read discount saved)
 - write_premium = p.input * ((w5m_mult - 1)*w5m + (w1h_mult - 1)*w1h)   (extra paid to write)
+
+Two cache modes, one price: a provider whose implicit (automatic) cache is priced apart
+from its explicit one gets ``implicit_read``. DashScope is one (research B.1, F): explicit
+writes 125 % and reads 10 % of the input price, implicit hits 20 % and no write premium,
+and one request uses one mode or the other. ``cost(..., implicit=True)`` then reads at
+``implicit_read`` and writes at the base price; a price without ``implicit_read`` prices
+both modes alike (Anthropic has no implicit cache; OpenAI's automatic cache is its only
+one and ``read`` is its rate).
 """
 
 from __future__ import annotations
@@ -62,11 +70,15 @@ class Price:
     write_1h: float = 2.0
     read: float = 0.1
     currency: str = "USD"
+    #: Read multiplier of the provider's implicit cache when it is priced apart (DashScope: 0.2);
+    #: implicit writes then cost the base price. None: one rate for every cache read.
+    implicit_read: float | None = None
 
 
 #: Defaults: Anthropic list prices (research A.6, mid-2026) and Alibaba Cloud Model Studio
-#: international list prices for Qwen (explicit cache: write 125%, read 10%). Check them
-#: against your contract and override with ``PriceTable.from_file``.
+#: international list prices for Qwen (explicit cache: write 125%, read 10%; implicit cache:
+#: hits 20%, no write premium; research B.1). Check them against your contract and override
+#: with ``PriceTable.from_file``.
 DEFAULT_PRICES: Mapping[str, Price] = {
     # Anthropic
     "claude-opus-4-5": Price(5.0, 25.0),
@@ -83,18 +95,18 @@ DEFAULT_PRICES: Mapping[str, Price] = {
     "claude-fable-5": Price(10.0, 50.0),
     "claude-mythos-5": Price(10.0, 50.0),
     # Qwen on DashScope (international deployment)
-    "qwen3-max": Price(1.2, 6.0),
-    "qwen3.7-max": Price(1.2, 6.0),
-    "qwen-max": Price(1.6, 6.4),
-    "qwen3.5-plus": Price(0.4, 2.4),
-    "qwen3.6-plus": Price(0.4, 2.4),
-    "qwen3.7-plus": Price(0.4, 2.4),
-    "qwen-plus": Price(0.4, 1.2),
-    "qwen3.5-flash": Price(0.05, 0.4),
-    "qwen-flash": Price(0.05, 0.4),
-    "qwen3-coder-plus": Price(1.0, 5.0),
-    "qwen3-coder-flash": Price(0.3, 1.5),
-    "qwen3-vl-plus": Price(0.2, 1.6),
+    "qwen3-max": Price(1.2, 6.0, implicit_read=0.2),
+    "qwen3.7-max": Price(1.2, 6.0, implicit_read=0.2),
+    "qwen-max": Price(1.6, 6.4, implicit_read=0.2),
+    "qwen3.5-plus": Price(0.4, 2.4, implicit_read=0.2),
+    "qwen3.6-plus": Price(0.4, 2.4, implicit_read=0.2),
+    "qwen3.7-plus": Price(0.4, 2.4, implicit_read=0.2),
+    "qwen-plus": Price(0.4, 1.2, implicit_read=0.2),
+    "qwen3.5-flash": Price(0.05, 0.4, implicit_read=0.2),
+    "qwen-flash": Price(0.05, 0.4, implicit_read=0.2),
+    "qwen3-coder-plus": Price(1.0, 5.0, implicit_read=0.2),
+    "qwen3-coder-flash": Price(0.3, 1.5, implicit_read=0.2),
+    "qwen3-vl-plus": Price(0.2, 1.6, implicit_read=0.2),
 }
 
 
@@ -120,7 +132,7 @@ class PriceTable:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, include_defaults: bool = True) -> PriceTable:
-        """Build from ``{"models": {prefix: {input, output, write_5m?, write_1h?, read?, currency?}}}``."""
+        """Build from ``{"models": {prefix: {input, output, write_5m?, write_1h?, read?, currency?, implicit_read?}}}``."""
         models = data.get("models", data)
         entries = {str(prefix): Price(**dict(fields)) for prefix, fields in models.items()}
         return cls(entries, include_defaults=include_defaults)
@@ -153,36 +165,50 @@ class PriceTable:
         return cls.from_mapping(data, include_defaults=include_defaults)
 
     def lookup(self, model: str | None) -> Price | None:
+        """The price of ``model`` (longest prefix); warns once per model that has none."""
         if not model:
             return None
         if model in self._cache:
             return self._cache[model]
+        found = self._find(model)
+        if found is None:
+            _warn_unpriced(model)
+        return found
+
+    def prices_implicit_apart(self, model: str | None) -> bool:
+        """Whether ``model``'s implicit cache has its own read price (no warning if unpriced)."""
+        if not model:
+            return False
+        found = self._cache[model] if model in self._cache else self._find(model)
+        return found is not None and found.implicit_read is not None
+
+    def _find(self, model: str) -> Price | None:
         key = model.lower()
         found = next((price for prefix, price in self._prices.items() if key.startswith(prefix)), None)
         with self._lock:
             if len(self._cache) < 4096:
                 self._cache[model] = found
-        if found is None:
-            _warn_unpriced(model)
         return found
 
-    def cost(self, model: str | None, usage: TokenUsage) -> Cost | None:
+    def cost(self, model: str | None, usage: TokenUsage, *, implicit: bool = False) -> Cost | None:
+        """The money of ``usage``; ``implicit``: the provider's implicit cache served it."""
         price = self.lookup(model)
         if price is None:
             return None
+        read, write_5m, write_1h = price.read, price.write_5m, price.write_1h
+        if implicit and price.implicit_read is not None:
+            read, write_5m, write_1h = price.implicit_read, 1.0, 1.0
         base = price.input / _PER_MILLION
         total = (
             base
             * (
                 usage.input
-                + price.read * usage.cache_read
-                + price.write_5m * usage.cache_write_5m
-                + price.write_1h * usage.cache_write_1h
+                + read * usage.cache_read
+                + write_5m * usage.cache_write_5m
+                + write_1h * usage.cache_write_1h
             )
             + price.output / _PER_MILLION * usage.output
         )
-        savings = base * (1.0 - price.read) * usage.cache_read
-        premium = base * (
-            (price.write_5m - 1.0) * usage.cache_write_5m + (price.write_1h - 1.0) * usage.cache_write_1h
-        )
+        savings = base * (1.0 - read) * usage.cache_read
+        premium = base * ((write_5m - 1.0) * usage.cache_write_5m + (write_1h - 1.0) * usage.cache_write_1h)
         return new_cost(total, savings, premium, price.currency)

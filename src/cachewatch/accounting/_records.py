@@ -102,12 +102,18 @@ class ParsedResponse(NamedTuple):
     finish_reasons: tuple[str, ...] = ()
     #: Provider error type (``overloaded_error``, ``invalid_request_error``...) when the body is an error.
     error_type: str | None = None
-    #: A terminal event was seen (``message_stop``, ``[DONE]``, ``response.completed``...), or the JSON body parsed.
+    #: A terminal event was seen (``message_stop``, ``[DONE]``, ``response.completed``...), or the
+    #: final Anthropic ``message_delta`` with its stop reason and usage, or the JSON body parsed.
     complete: bool = False
     #: The body could not be parsed (bad encoding, not JSON, over the size cap...).
     unparsed: bool = False
     #: Provider-reported cache-miss reason (Anthropic cache diagnostics), passed through as-is.
     provider_miss_reason: str | None = None
+    #: ``cache_missed_input_tokens`` of that reason, when the provider gave one.
+    provider_missed_tokens: int | None = None
+    #: ``prompt_tokens_details.cache_type`` as reported (DashScope: ``ephemeral`` for explicit
+    #: and session cache, ``implicit`` for implicit cache), when present.
+    cache_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

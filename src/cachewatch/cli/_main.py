@@ -3,7 +3,7 @@
 Usage::
 
     cachewatch demo [--serve] [--metrics-port 9464]
-    cachewatch proxy --upstream URL [--listen 127.0.0.1:8787]
+    cachewatch proxy --upstream URL [--listen 127.0.0.1:8787] [--include-usage]
     cachewatch emulator [--port 8790] [--profile auto|anthropic|dashscope]
     cachewatch dashboards --out DIR
     cachewatch report [--url http://127.0.0.1:9464/metrics] [--format table|json]
@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-host", action="append", default=[], help="extra Host header value to accept (repeatable)"
     )
     proxy.add_argument("--prices", help="price file (TOML, YAML or JSON) merged over the defaults")
+    proxy.add_argument(
+        "--include-usage",
+        action="store_true",
+        help="ask OpenAI-compatible streams for usage (stream_options.include_usage) and hide the "
+        "extra chunk from the client, as wrap(include_usage=True) does",
+    )
 
     report = sub.add_parser(
         "report", help="per-workspace and per-model cost, savings, hit ratio and miss reasons from /metrics"
@@ -247,6 +253,8 @@ def _proxy(args: argparse.Namespace) -> int:
         options["providers"] = {urlsplit(args.upstream).hostname or "": args.provider}
     if args.prices:
         options["prices"] = args.prices
+    if args.include_usage:
+        options["include_usage"] = True
     try:
         app = create_proxy_app(
             args.upstream, allowed_hosts=args.allow_host, max_body=args.max_body, **options

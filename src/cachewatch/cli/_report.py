@@ -7,6 +7,9 @@ counters over every other label:
 * requests, tokens by type (``input`` uncached, ``cache_read``, ``cache_write_5m``,
   ``cache_write_1h``, ``output``) and the hit ratio ``cache_read / prompt`` where
   prompt = input + cache_read + writes;
+* requests whose usage the provider did not report (``cachewatch_usage_unreported_total``):
+  their tokens and money are unknown, so the totals above leave them out, and the
+  report says so rather than letting them read as zero;
 * money per currency: cost, savings (what the read discount saved), write premium
   (the extra paid to write) and net savings = savings - write premium;
 * wasted-write tokens (``cachewatch_cache_wasted_write_tokens_total``, writes never read
@@ -33,11 +36,13 @@ _MONEY = {
     "cachewatch_cache_write_premium_total": "write_premium",
 }
 _WASTED = "cachewatch_cache_wasted_write_tokens_total"
+_UNREPORTED = "cachewatch_usage_unreported_total"
 
 
 def _group() -> dict[str, Any]:
     return {
         "requests": 0.0,
+        "usage_unreported": 0.0,
         "tokens": dict.fromkeys(TOKEN_TYPES, 0.0),
         "cost": {},
         "savings": {},
@@ -51,7 +56,7 @@ def summarise(text: str) -> dict[str, Any]:
     """Totals per workspace, per model and overall from an exposition text.
 
     Returns ``{"workspaces": {name: group}, "models": {name: group}, "total": group}``
-    where a group has ``requests``, ``tokens`` (by type), ``hit_ratio``, ``cost``,
+    where a group has ``requests``, ``usage_unreported`` (requests without usage), ``tokens`` (by type), ``hit_ratio``, ``cost``,
     ``savings``, ``write_premium`` and ``net_savings`` (each ``{currency: amount}``),
     ``wasted_write_tokens`` and ``miss_reasons`` (``[(reason, count)]``, most first).
     """
@@ -87,6 +92,9 @@ def summarise(text: str) -> dict[str, Any]:
                 currency = labels.get("currency", "")
                 for g in groups(labels):
                     g[key][currency] = g[key].get(currency, 0.0) + value
+            elif name == _UNREPORTED:
+                for g in groups(labels):
+                    g["usage_unreported"] += value
             elif name == _WASTED:
                 for g in groups(labels):
                     g["wasted_write_tokens"] += value
@@ -143,7 +151,16 @@ def _table(title: str, key: str, rows: dict[str, dict[str, Any]], reasons: bool)
 
     table = Table(title=title, title_justify="left")
     table.add_column(key)
-    for column in ("requests", "input", "cache read", "write 5m", "write 1h", "output", "hit ratio"):
+    for column in (
+        "requests",
+        "no usage",
+        "input",
+        "cache read",
+        "write 5m",
+        "write 1h",
+        "output",
+        "hit ratio",
+    ):
         table.add_column(column, justify="right")
     for column in ("cost", "savings", "write premium", "net savings", "wasted write tok"):
         table.add_column(column, justify="right")
@@ -154,6 +171,7 @@ def _table(title: str, key: str, rows: dict[str, dict[str, Any]], reasons: bool)
         cells = [
             name,
             _tokens(g["requests"]),
+            _tokens(g["usage_unreported"]),
             _tokens(t["input"]),
             _tokens(t["cache_read"]),
             _tokens(t["cache_write_5m"]),
@@ -209,6 +227,13 @@ def report(
         return
     out.print(_table("Per workspace", "workspace", summary["workspaces"], reasons=False))
     out.print(_table("Per model", "model", summary["models"], reasons=True))
+    unreported = int(summary["total"]["usage_unreported"])
+    if unreported:
+        out.print(
+            f"{unreported:,} requests ended ok without reporting usage ('no usage'): their tokens and cost "
+            "are unknown, not zero. Ask for usage: stream_options.include_usage, "
+            "wrap(client, include_usage=True) or cachewatch proxy --include-usage."
+        )
     top = summary["total"]["miss_reasons"]
     if top:
         out.print("Top miss reasons: " + ", ".join(f"{r} ({int(n)})" for r, n in top[:5]))

@@ -10,6 +10,8 @@ Rules, in one group ``cachewatch``:
 - ``CachewatchWastedCacheWritesHigh``: a large share of cache-write tokens expired unread.
 - ``CachewatchCacheWritePremiumHigh``: cache writes cost a large share of what cache
   reads save, which is what writes that are never read look like in money.
+- ``CachewatchUsageUnreported``: requests kept ending ok without usage, so their tokens
+  and cost are unknown (not zero).
 - ``CachewatchInternalErrors``: cachewatch survived an internal fault.
 - ``CachewatchCostOverBudget``: the hourly cost rate is above the budget.
 """
@@ -30,6 +32,7 @@ SAV = "cachewatch_cache_savings_total"
 PREM = "cachewatch_cache_write_premium_total"
 ERR = "cachewatch_internal_errors_total"
 TOK = "cachewatch_tokens_total"
+UNREP = "cachewatch_usage_unreported_total"
 BUDGET_RECORD = "cachewatch:cost_budget_per_hour"
 
 
@@ -53,6 +56,8 @@ class AlertSettings:
     #: Hourly budget per currency, recorded as ``cachewatch:cost_budget_per_hour``.
     budgets_per_hour: tuple[tuple[str, float], ...] = (("USD", 10.0),)
     internal_errors_window: str = "10m"
+    #: Alert when a (provider, api, model, workspace) had requests without usage over this window.
+    usage_unreported_window: str = "15m"
 
 
 def _rule_expr_hit_ratio(s: AlertSettings) -> str:
@@ -89,6 +94,19 @@ def _rule_expr_internal_errors(s: AlertSettings) -> str:
         f"sum by (stage) (increase({errors}[{w}])) > 0\n"
         f"or\nsum by (stage) ({errors} unless {errors} offset {w}) > 0"
     )
+
+
+def _rule_expr_unreported(s: AlertSettings) -> str:
+    by = ("provider", "api", "model", "workspace")
+    return f"{sum_increase(UNREP, by, s.usage_unreported_window, templated=False)} > 0"
+
+
+_UNREPORTED_DESCRIPTION = (
+    "These requests ended ok but the provider reported no usage (an OpenAI-compatible stream without "
+    "stream_options.include_usage, for instance): their tokens and cost are unknown and missing from "
+    "every total. Ask for usage in the client, or let cachewatch do it: "
+    "wrap(client, include_usage=True) or cachewatch proxy --include-usage."
+)
 
 
 def _rule_expr_budget() -> str:
@@ -151,6 +169,19 @@ def build_alert_rules(settings: AlertSettings | None = None) -> dict[str, Any]:
                     "of the cache-read savings. Writes that are never read within their TTL (wasted writes) "
                     "pay the premium without earning the discount; this is how they show up in money."
                 ),
+            },
+        }
+    )
+    rules.append(
+        {
+            "alert": "CachewatchUsageUnreported",
+            "expr": _rule_expr_unreported(s),
+            "for": s.usage_unreported_window,
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": "{{ $value | humanize }} requests to {{ $labels.provider }} {{ $labels.api }} "
+                "{{ $labels.model }} in {{ $labels.workspace }} reported no usage",
+                "description": _UNREPORTED_DESCRIPTION,
             },
         }
     )
@@ -226,6 +257,10 @@ def build_alert_tests(rule_file: str = "alerts.yml") -> dict[str, Any]:
     series.append(_series(ERR, {"stage": "planner"}, "0+1x60"))
     series.append(_series(ERR, {"stage": "sink"}, "_x35 1x25"))
     series.append(_series(ERR, {"stage": "parser"}, "1x60"))
+    # Usage unreported: "silent" streams one request a minute without usage, "counted" none.
+    unrep = {"provider": "openai", "api": "chat_completions", "model": "gpt-5"}
+    series.append(_series(UNREP, {**unrep, "workspace": "silent"}, "0+1x60"))
+    series.append(_series(UNREP, {**unrep, "workspace": "counted"}, "0x60"))
     # Cost: "busy" spends 0.5 USD a minute (30/h), "calm" 0.05 (3/h): 33/h in all.
     for ws, per_minute in (("busy", "0.5"), ("calm", "0.05")):
         series.append(_series(COST, {**money, "workspace": ws}, f"0+{per_minute}x90"))
@@ -268,6 +303,21 @@ def build_alert_tests(rule_file: str = "alerts.yml") -> dict[str, Any]:
                 }
             ],
         },
+        {
+            "eval_time": "40m",
+            "alertname": "CachewatchUsageUnreported",
+            "exp_alerts": [
+                {
+                    "exp_labels": {"severity": "warning", **unrep, "workspace": "silent"},
+                    "exp_annotations": {
+                        "summary": "15 requests to openai chat_completions gpt-5 in silent reported no usage",
+                        "description": _UNREPORTED_DESCRIPTION,
+                    },
+                }
+            ],
+        },
+        # Unreported since the start, but not yet for 15 minutes.
+        {"eval_time": "10m", "alertname": "CachewatchUsageUnreported", "exp_alerts": []},
         {
             "eval_time": "40m",
             "alertname": "CachewatchInternalErrors",

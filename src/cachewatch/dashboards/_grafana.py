@@ -3,8 +3,8 @@
 Two dashboards share one set of template variables (``datasource``, ``provider``,
 ``model``, ``workspace`` and ``currency``):
 
-- ``cachewatch-overview``: traffic, errors, tokens, hit ratio, latency, breakpoints,
-  miss reasons, internal errors, and per-workspace / per-model tables;
+- ``cachewatch-overview``: traffic, errors, tokens, requests without usage, hit ratio,
+  latency, breakpoints, miss reasons, internal errors, and per-workspace / per-model tables;
 - ``cachewatch-cost-caching``: cost, cache savings, write premium and net savings per
   workspace and model, and what caching changed.
 
@@ -53,6 +53,7 @@ SAV = "cachewatch_cache_savings_total"
 PREM = "cachewatch_cache_write_premium_total"
 MISS = "cachewatch_cache_misses_total"
 ERR = "cachewatch_internal_errors_total"
+UNREP = "cachewatch_usage_unreported_total"
 
 PER_HOUR = " * 3600"
 
@@ -490,6 +491,21 @@ def build_overview_dashboard() -> dict[str, Any]:
             "cache_read / (input + cache_read + cache_write_5m + cache_write_1h), per workspace.",
             [Target(hit_ratio(RATE, ("workspace",)), "{{workspace}}")],
             "percentunit",
+        )
+    )
+
+    lay.add(
+        Panel(
+            "timeseries",
+            "Requests without usage",
+            "Requests per second that ended ok without the provider reporting usage, by provider and API "
+            "(an OpenAI-compatible stream without stream_options.include_usage...). Their tokens and cost "
+            "are unknown, not zero, and are missing from every panel above; 0 when every response reports usage.",
+            [Target(sum_rate(UNREP, ("provider", "api")), "{{provider}} {{api}}")],
+            "reqps",
+            w=24,
+            h=6,
+            stack=True,
         )
     )
 

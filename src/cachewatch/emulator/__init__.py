@@ -2,7 +2,8 @@
 """An offline emulator of LLM provider endpoints with real prompt-caching semantics.
 
 ``cachewatch.emulator`` serves the Anthropic Messages, OpenAI-compatible Chat
-Completions and DashScope native generation APIs (JSON and SSE) from an ASGI app.
+Completions, OpenAI Responses and DashScope native generation APIs (JSON and SSE)
+from an ASGI app.
 It caches the way the providers do (research A, B, C): a cumulative prefix hash per
 breakpoint, a 20-position lookback, per-model minimums, 5m/1h TTLs refreshed on a
 hit, entries readable only once the writing response has started, the 4-marker

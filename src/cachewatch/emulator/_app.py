@@ -8,6 +8,7 @@ path ends with                                         API
 ``/v1/messages``                                       Anthropic Messages
 ``/v1/messages/count_tokens``                          Anthropic token count
 ``/chat/completions``                                  OpenAI-compatible chat
+``/responses``                                         OpenAI Responses
 ``/services/aigc/text-generation/generation``          DashScope native
 ``/services/aigc/multimodal-generation/generation``    DashScope native (multimodal)
 =====================================================  ===========================
@@ -39,8 +40,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import _anthropic, _dashscope, _openai
-from ._cache import CacheControlError, CacheStore, Reservation, resolve_breakpoints
+from . import _anthropic, _dashscope, _openai, _responses
+from ._cache import Breakpoint, CacheControlError, CacheStore, Reservation, resolve_breakpoints
 from ._completion import complete
 from ._profiles import PROFILES, Profile, select_profile
 from ._wire import ParsedRequest, RequestError
@@ -60,11 +61,14 @@ DEFAULT_PORT = 8790
 
 ProfileChoice = Literal["auto", "anthropic", "dashscope", "openai"]
 
-_Api = Literal["messages", "count_tokens", "chat_completions", "generation", "multimodal_generation"]
+_Api = Literal[
+    "messages", "count_tokens", "chat_completions", "responses", "generation", "multimodal_generation"
+]
 _SUFFIXES: tuple[tuple[str, _Api], ...] = (
     ("/v1/messages/count_tokens", "count_tokens"),
     ("/v1/messages", "messages"),
     ("/chat/completions", "chat_completions"),
+    ("/responses", "responses"),
     ("/services/aigc/text-generation/generation", "generation"),
     ("/services/aigc/multimodal-generation/generation", "multimodal_generation"),
 )
@@ -152,7 +156,9 @@ class Emulator:
             if request.method == "GET" and path in ("", "/health", "/healthz"):
                 return _json({"status": "ok"})
             return _json(_anthropic.error_body("Not Found", "not_found_error"), 404)
-        profile = self.profile_for(path, request.headers)
+        # The Responses API is served with OpenAI's automatic caching wherever it is mounted
+        # (DashScope's Responses API uses a session cache that is not modelled).
+        profile = PROFILES["openai"] if api == "responses" else self.profile_for(path, request.headers)
         request_id = uuid.uuid4().hex
         try:
             raw = await request.body()
@@ -170,12 +176,23 @@ class Emulator:
             message = str(exc) if not isinstance(exc, orjson.JSONDecodeError) else "invalid JSON body"
             return _json(_error(api, message, request_id), 400)
 
+        min_tokens = profile.min_tokens_for(req.model, self.config.min_tokens)
+        namespace = self._namespace(request)
+        implicit = False
+        if not breakpoints and api != "messages" and profile.implicit_cache_for(req.model):
+            # DashScope: a request without markers uses the implicit cache (its own store).
+            implicit = True
+            breakpoints = [Breakpoint(len(req.prompt.positions) - 1, "5m")]
+            min_tokens = profile.implicit_min_tokens
+            namespace += ":implicit"
         reservation = self.cache.begin(
             req.prompt,
             breakpoints,
             profile=profile,
-            min_tokens=profile.min_tokens_for(req.model, self.config.min_tokens),
-            namespace=self._namespace(request),
+            min_tokens=min_tokens,
+            namespace=namespace,
+            implicit=implicit or None,
+            bill_writes=profile.implicit and profile.bills_writes(req.model),
         )
         completion = complete(
             req.prompt.fingerprint,
@@ -185,7 +202,7 @@ class Emulator:
             words_per_piece=self.config.words_per_chunk,
         )
         usage = reservation.usage
-        explicit = bool(breakpoints) and not profile.implicit
+        explicit = bool(breakpoints) and not profile.implicit and not implicit
         headers = {"request-id": f"req_{request_id}", "x-request-id": request_id}
         frames: Iterator[bytes]
         if api == "messages":
@@ -197,13 +214,26 @@ class Emulator:
         elif api == "chat_completions":
             chat_id = f"chatcmpl-{request_id[:24]}"
             if req.stream:
-                frames = _openai.stream_chunks(chat_id, req, usage, completion, profile, explicit)
+                frames = _openai.stream_chunks(
+                    chat_id, req, usage, completion, profile, explicit, implicit=implicit
+                )
             else:
-                result = _openai.chat_body(chat_id, req, usage, completion, profile, explicit)
+                result = _openai.chat_body(
+                    chat_id, req, usage, completion, profile, explicit, implicit=implicit
+                )
+        elif api == "responses":
+            if req.stream:
+                frames = _responses.stream_events(request_id[:24], req, usage, completion)
+            else:
+                result = _responses.response_body(request_id[:24], req, usage, completion)
         elif req.stream:
-            frames = _dashscope.stream_events(request_id, req, usage, completion, profile, explicit)
+            frames = _dashscope.stream_events(
+                request_id, req, usage, completion, profile, explicit, implicit=implicit
+            )
         else:
-            result = _dashscope.generation_body(request_id, req, usage, completion, profile, explicit)
+            result = _dashscope.generation_body(
+                request_id, req, usage, completion, profile, explicit, implicit=implicit
+            )
 
         if req.stream:
             return StreamingResponse(
@@ -220,6 +250,8 @@ class Emulator:
             return _anthropic.parse(body)
         if api == "chat_completions":
             return _openai.parse(body)
+        if api == "responses":
+            return _responses.parse(body)
         sse = request.headers.get("x-dashscope-sse", "").lower() == "enable"
         sse = sse or "text/event-stream" in request.headers.get("accept", "")
         return _dashscope.parse(body, multimodal=api == "multimodal_generation", stream=sse)
@@ -249,6 +281,8 @@ def _error(api: _Api, message: str, request_id: str) -> dict[str, Any]:
         return _anthropic.error_body(message, request_id=f"req_{request_id}")
     if api == "chat_completions":
         return _openai.error_body(message)
+    if api == "responses":
+        return _responses.error_body(message)
     return _dashscope.error_body(message, request_id=request_id)
 
 

@@ -276,16 +276,23 @@ class CacheStore:
         profile: Profile,
         min_tokens: int,
         namespace: str = "",
+        implicit: bool | None = None,
+        bill_writes: bool = False,
     ) -> Reservation:
         """Look up and refresh entries, bill the request, and reserve its writes.
 
         The TTL of every entry read or written runs from this call (the request start).
+        ``implicit`` overrides ``profile.implicit``: an implicit cache writes for free and
+        matches the longest cached prefix at any distance; ``bill_writes`` bills its writes
+        (OpenAI GPT-5.6 and later) as 5-minute writes.
         """
+        implicit = profile.implicit if implicit is None else implicit
+        lookback = profile.lookback if profile.implicit or not implicit else 1_000_000
         with self._lock:
             now = self._clock()
             hit = -1
             for bp in breakpoints:
-                stop = max(-1, bp.index - profile.lookback)
+                stop = max(-1, bp.index - lookback)
                 for index in range(bp.index, stop, -1):
                     entry = self._get((namespace, prompt.hashes[index]), now)
                     if entry is not None:
@@ -299,7 +306,9 @@ class CacheStore:
             b = max((prompt.tokens_through(bp.index) for bp in writes if bp.ttl == "1h"), default=a)
             c = max((prompt.tokens_through(bp.index) for bp in writes), default=a)
             total = prompt.total_tokens
-            if profile.implicit:
+            if implicit and bill_writes:
+                usage = CacheUsage(input_tokens=total - c, cache_read=a, cache_write_5m=c - a)
+            elif implicit:
                 usage = CacheUsage(input_tokens=total - a, cache_read=a)
             else:
                 usage = CacheUsage(

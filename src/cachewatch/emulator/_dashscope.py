@@ -65,11 +65,12 @@ def parse(body: Mapping[str, Any], *, multimodal: bool, stream: bool) -> ParsedR
     )
 
 
-def usage_body(usage: CacheUsage, output_tokens: int, explicit: bool) -> dict[str, Any]:
-    details: dict[str, Any] = {
-        "cached_tokens": usage.cache_read,
-        "cache_creation_input_tokens": usage.cache_write,
-    }
+def usage_body(
+    usage: CacheUsage, output_tokens: int, explicit: bool, *, implicit: bool = False
+) -> dict[str, Any]:
+    details: dict[str, Any] = {"cached_tokens": usage.cache_read}
+    if not implicit:  # an implicit hit is cached_tokens alone (research Q7)
+        details["cache_creation_input_tokens"] = usage.cache_write
     if explicit:
         details["cache_type"] = "ephemeral"
         details["cache_creation"] = {"ephemeral_5m_input_tokens": usage.cache_write_5m}
@@ -108,11 +109,13 @@ def generation_body(
     completion: Completion,
     profile: Profile,
     explicit: bool,
+    *,
+    implicit: bool = False,
 ) -> dict[str, Any]:
     del profile
     return {
         "output": _output(req, completion.text, _FINISH[completion.stop], completion, True),
-        "usage": usage_body(usage, completion.output_tokens, explicit),
+        "usage": usage_body(usage, completion.output_tokens, explicit, implicit=implicit),
         "request_id": request_id,
     }
 
@@ -124,6 +127,8 @@ def stream_events(
     completion: Completion,
     profile: Profile,
     explicit: bool,
+    *,
+    implicit: bool = False,
 ) -> Iterator[bytes]:
     del profile
     incremental = bool(req.options.get("incremental"))
@@ -146,7 +151,7 @@ def stream_events(
                 completion,
                 final,
             ),
-            "usage": usage_body(usage, spent, explicit),
+            "usage": usage_body(usage, spent, explicit, implicit=implicit),
             "request_id": request_id,
         }
         yield b"id:%d\nevent:result\n:HTTP_STATUS/200\ndata:" % n + orjson.dumps(data) + b"\n\n"

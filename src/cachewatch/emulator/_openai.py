@@ -6,7 +6,7 @@ role and other fields (``tool_call_id``, ``name``) are hashed with every positio
 of that message. Markers are ``cache_control`` on content parts (research B.2/B.3).
 
 Usage: ``prompt_tokens`` is the whole prompt and ``prompt_tokens_details.cached_tokens``
-a subset. Profiles that bill writes also report
+a subset (plus ``cache_write_tokens`` for OpenAI models that bill writes, GPT-5.6+). Profiles that bill writes also report
 ``prompt_tokens_details.cache_creation_input_tokens`` (plus ``cache_type:
 "ephemeral"`` and ``cache_creation.ephemeral_5m_input_tokens`` on DashScope when a
 marker applied). Streams send ``usage: null`` on every chunk and, with
@@ -131,9 +131,14 @@ def parse(body: Mapping[str, Any]) -> ParsedRequest:
     )
 
 
-def prompt_details(usage: CacheUsage, profile: Profile, explicit: bool) -> dict[str, Any]:
+def prompt_details(
+    usage: CacheUsage, profile: Profile, explicit: bool, *, implicit: bool = False
+) -> dict[str, Any]:
+    """``prompt_tokens_details``; a DashScope implicit hit is ``cached_tokens`` alone (research Q7)."""
     details: dict[str, Any] = {"cached_tokens": usage.cache_read}
-    if not profile.implicit:
+    if profile.implicit and usage.cache_write:
+        details["cache_write_tokens"] = usage.cache_write  # GPT-5.6+ bill their writes
+    if not profile.implicit and not implicit:
         details["cache_creation_input_tokens"] = usage.cache_write
         if profile.name == "dashscope" and explicit:
             details["cache_type"] = "ephemeral"
@@ -146,12 +151,14 @@ def prompt_details(usage: CacheUsage, profile: Profile, explicit: bool) -> dict[
     return details
 
 
-def usage_body(usage: CacheUsage, output_tokens: int, profile: Profile, explicit: bool) -> dict[str, Any]:
+def usage_body(
+    usage: CacheUsage, output_tokens: int, profile: Profile, explicit: bool, *, implicit: bool = False
+) -> dict[str, Any]:
     return {
         "prompt_tokens": usage.total,
         "completion_tokens": output_tokens,
         "total_tokens": usage.total + output_tokens,
-        "prompt_tokens_details": prompt_details(usage, profile, explicit),
+        "prompt_tokens_details": prompt_details(usage, profile, explicit, implicit=implicit),
         "completion_tokens_details": {"reasoning_tokens": 0},
     }
 
@@ -179,6 +186,8 @@ def chat_body(
     completion: Completion,
     profile: Profile,
     explicit: bool,
+    *,
+    implicit: bool = False,
 ) -> dict[str, Any]:
     return {
         "id": completion_id,
@@ -193,7 +202,7 @@ def chat_body(
                 "finish_reason": _FINISH[completion.stop],
             }
         ],
-        "usage": usage_body(usage, completion.output_tokens, profile, explicit),
+        "usage": usage_body(usage, completion.output_tokens, profile, explicit, implicit=implicit),
         "system_fingerprint": None,
     }
 
@@ -205,6 +214,8 @@ def stream_chunks(
     completion: Completion,
     profile: Profile,
     explicit: bool,
+    *,
+    implicit: bool = False,
 ) -> Iterator[bytes]:
     include_usage = bool(req.options.get("include_usage"))
     created = int(time.time())
@@ -243,7 +254,7 @@ def stream_chunks(
             "created": created,
             "model": req.model,
             "choices": [],
-            "usage": usage_body(usage, completion.output_tokens, profile, explicit),
+            "usage": usage_body(usage, completion.output_tokens, profile, explicit, implicit=implicit),
         }
         yield b"data: " + orjson.dumps(final) + b"\n\n"
     yield b"data: [DONE]\n\n"

@@ -11,10 +11,17 @@ modules. Three ship:
   native endpoints). More than 4 markers: only the last 4 take effect; every
   marker is 5 minutes (a ``ttl`` is ignored); minimum 1,024; invalid markers are
   ignored rather than rejected; the Anthropic-format stream reports the cache
-  split only in ``message_delta`` (research B.2, B.5).
+  split only in ``message_delta`` (research B.2, B.5). A request *without* markers
+  to a model of :data:`DASHSCOPE_IMPLICIT_MODELS` on the OpenAI-compatible or native
+  API uses the implicit cache instead (research B.1, B.6): its whole prompt is
+  cached from 256 tokens, later requests read the longest cached prefix, and a hit
+  is reported as ``cached_tokens`` alone, with no write. The real implicit cache is
+  best effort; here it always hits, so tests are deterministic.
 * ``openai``: plain OpenAI automatic prefix caching. Markers are ignored; every
-  request implicitly writes its whole prompt (free of charge) and reads the
-  longest earlier prompt it extends, from 1,024 tokens (research C.1).
+  request implicitly writes its whole prompt and reads the longest earlier prompt
+  it extends, from 1,024 tokens (research C.1). Writes are free and unreported,
+  except for GPT-5.6 and later, which bill them and report ``cache_write_tokens``
+  (research C.1, F). Explicit ``prompt_cache_breakpoint`` markers are not modelled.
 
 :func:`select_profile` picks one from the request path and host.
 """
@@ -30,6 +37,7 @@ __all__ = [
     "ANTHROPIC",
     "ANTHROPIC_MIN_TOKENS",
     "DASHSCOPE",
+    "DASHSCOPE_IMPLICIT_MODELS",
     "DEFAULT_MIN_TOKENS",
     "OPENAI",
     "PROFILES",
@@ -40,10 +48,36 @@ __all__ = [
 
 ProfileName = Literal["anthropic", "dashscope", "openai"]
 
+#: Model families with DashScope's implicit cache (research B.6, prefix at a ``-``/``.``
+#: boundary); snapshots (``…-2025-01-25``) and ``-latest`` aliases are excluded.
+DASHSCOPE_IMPLICIT_MODELS: tuple[str, ...] = (
+    "qwen-max",
+    "qwen-plus",
+    "qwen-flash",
+    "qwen-turbo",
+    "qwen3-max",
+    "qwen3.5-plus",
+    "qwen3.5-flash",
+    "qwen3.6-plus",
+    "qwen3.7-max",
+    "qwen3.7-plus",
+    "qwen3-coder",
+    "qwen-vl",
+    "qwen3-vl",
+    "deepseek-v3",
+    "kimi",
+    "glm",
+    "minimax",
+)
+_GPT_VERSION = re.compile(r"(?:^|/)gpt-(\d+)(?:\.(\d+))?(?:$|[-@:])")
+_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4}|latest)$")
+
 #: Minimum cacheable prompt for a model not in any table (research A.5 suggestion).
 DEFAULT_MIN_TOKENS = 1_024
 
-#: Minimum cacheable prompt per Claude model family (research A.5, mid/late-2026 revisions).
+#: Minimum cacheable prompt per Claude model family (research A.5, mid/late-2026 revisions,
+#: checked against the 2026-12 updates in F). The planner's table is the same data
+#: (tests/test_profiles.py checks they agree).
 #: Keys match a model id at a ``-``/``@``/``:``/end boundary; the longest key wins,
 #: so ``claude-opus-4-5-20251101`` is 4,096 while ``claude-opus-4-20250514`` is 1,024.
 ANTHROPIC_MIN_TOKENS: Mapping[str, int] = {
@@ -99,6 +133,30 @@ class Profile:
     #: Minimum per model (longest boundary-matched key wins), then ``default_min_tokens``.
     min_tokens: Mapping[str, int] = field(default_factory=dict)
     default_min_tokens: int = DEFAULT_MIN_TOKENS
+    #: Models whose unmarked requests use an implicit cache (DashScope, research B.6).
+    implicit_models: tuple[str, ...] = ()
+    #: Minimum cacheable prompt of that implicit cache (research B.1: 256).
+    implicit_min_tokens: int = 256
+    #: First GPT version (major, minor) whose implicit writes are billed and reported.
+    writes_billed_from: tuple[int, int] | None = None
+
+    def bills_writes(self, model: str) -> bool:
+        """Whether this implicit cache bills (and reports) the writes of ``model``."""
+        if self.writes_billed_from is None:
+            return False
+        found = _GPT_VERSION.search(model.lower())
+        if found is None:
+            return False
+        return (int(found.group(1)), int(found.group(2) or 0)) >= self.writes_billed_from
+
+    def implicit_cache_for(self, model: str) -> bool:
+        """Whether an unmarked request to ``model`` uses the implicit cache."""
+        lowered = model.lower()
+        if not self.implicit_models or _SNAPSHOT.search(lowered):
+            return False
+        return any(
+            lowered == key or lowered.startswith((f"{key}-", f"{key}.")) for key in self.implicit_models
+        )
 
     def min_tokens_for(self, model: str, overrides: Mapping[str, int] | None = None) -> int:
         """The minimum cacheable prefix for ``model`` (user ``overrides`` first)."""
@@ -127,8 +185,11 @@ DASHSCOPE = Profile(
     supports_1h=False,
     strict=False,
     split_only_in_message_delta=True,
+    implicit_models=DASHSCOPE_IMPLICIT_MODELS,
 )
-OPENAI = Profile(name="openai", strict=False, top_level=False, implicit=True, lookback=1_000_000)
+OPENAI = Profile(
+    name="openai", strict=False, top_level=False, implicit=True, lookback=1_000_000, writes_billed_from=(5, 6)
+)
 
 PROFILES: Mapping[str, Profile] = {p.name: p for p in (ANTHROPIC, DASHSCOPE, OPENAI)}
 
@@ -141,12 +202,12 @@ def select_profile(path: str, host: str = "") -> Profile:
 
     * a DashScope path (``/apps/anthropic``, ``/compatible-mode``, ``/api/v1/services``)
       or host (``*dashscope*``, ``*.maas.aliyuncs.com``): ``dashscope``;
-    * otherwise ``/chat/completions``: ``openai``;
+    * otherwise ``/chat/completions`` or ``/responses``: ``openai``;
     * otherwise (``/v1/messages`` and the rest): ``anthropic``.
     """
     lowered_host = host.lower()
     if any(p in path for p in _DASHSCOPE_PATHS) or any(h in lowered_host for h in _DASHSCOPE_HOSTS):
         return DASHSCOPE
-    if path.rstrip("/").endswith("/chat/completions"):
+    if path.rstrip("/").endswith(("/chat/completions", "/responses")):
         return OPENAI
     return ANTHROPIC

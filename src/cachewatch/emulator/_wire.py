@@ -49,10 +49,23 @@ def strip_markers(block: object) -> object:
 
 
 def _canonical(block: object) -> object:
+    """What the model sees of a block: the same for every form of the same text.
+
+    A plain string, ``{"type": "text", "text": s}`` and DashScope native's typeless
+    ``{"text": s}`` render the same prompt, with or without ``cache_control``. The
+    providers document it: Alibaba's context-cache page writes a cache with a system
+    message in list form with a marker and hits it with the same message sent as a plain
+    string (https://www.alibabacloud.com/help/en/model-studio/context-cache, "cache block
+    A is hit"; the Chinese page says the list form is needed only to carry the marker),
+    and the Anthropic Messages reference calls ``"content": "Hello"`` shorthand for one
+    text block, "equivalent" to ``[{"type": "text", "text": "Hello"}]``.
+    """
     if isinstance(block, str):
         return [["text", block], ["type", "text"]]
     stripped = strip_markers(block)
     if isinstance(stripped, Mapping):
+        if "type" not in stripped and isinstance(stripped.get("text"), str):
+            stripped = {**stripped, "type": "text"}
         return sorted([str(k), v] for k, v in stripped.items())
     return stripped
 

@@ -56,6 +56,8 @@ class Engine:
         registry: ``prometheus_client.CollectorRegistry`` (default: the global one).
         tracer_provider: OTel tracer provider (default: the global one).
         meter_provider: OTel meter provider; GenAI client metrics are emitted only when given.
+        otel_token_counters: with a ``meter_provider``, also add the draft GenAI token counters
+            (``gen_ai.client.inference.usage.*``; see ``sinks.otel``).
         logger: where the per-request event goes (default: the stdlib logger ``cachewatch``, or structlog once the application configured it; see ``sinks.logs``).
         prices: price table for cost and savings (see the money docs).
         providers: extra ``host`` / ``host:port`` -> provider label entries.
@@ -94,6 +96,7 @@ class Engine:
         store: Any | None = None,
         wall_clock: Callable[[], float] = time.time,
         cache_diagnostics: bool = False,
+        otel_token_counters: bool = False,
         **planner_options: Any,
     ) -> None:
         if breakpoints not in _BREAKPOINT_MODES:
@@ -115,7 +118,7 @@ class Engine:
         self.prices = _price_table(prices)
         self.sinks: list[Sink] = [PrometheusSink(self.metrics), OTelSpanSink(tracer_provider)]
         if meter_provider is not None:
-            self.sinks.append(OTelMetricsSink(meter_provider))
+            self.sinks.append(OTelMetricsSink(meter_provider, token_counters=otel_token_counters))
         self.sinks.append(LogSink(logger))
         self.sinks.extend(sinks or ())
         self.planner = planner
@@ -174,6 +177,10 @@ class Engine:
                 host, port, api, request_model, body is not None and _asks_stream(body), headers
             )
             exchange = Exchange(self, info, plan)
+            if body and self.prices.prices_implicit_apart(request_model):
+                # DashScope: explicit and implicit cache are exclusive per request and priced
+                # apart; a response that does not name its cache_type is priced by the markers.
+                exchange.marked = _carries_markers(plan, body)
             if (
                 self.diagnoser is not None
                 and body
@@ -307,9 +314,9 @@ class Engine:
         if conversation is None:
             return body
         exchange.conversation = conversation
+        # The first turn opts in with ``null``: the API stores nothing for a request without
+        # the object, so the next turn's comparison would find no previous message.
         previous = diagnoser.previous_message(conversation)
-        if previous is None:
-            return obj
         new_body = _with_diagnostics(body, previous)
         if new_body is None:
             return obj
@@ -369,7 +376,8 @@ def _price_table(prices: Any) -> PriceTable:
 
 # -- cache-miss diagnosis (begin) -------------------------------------------------------
 
-#: The Anthropic cache-diagnostics beta (research A.3; the header name is unverified).
+#: The Anthropic cache-diagnostics beta header (platform.claude.com cache-diagnostics page;
+#: later revisions make it optional, and still accept it).
 CACHE_DIAGNOSIS_BETA = "cache-diagnosis-2026-04-07"
 
 _PROFILES: Any = None
@@ -396,7 +404,7 @@ def _fingerprint_source(plan: Any, layout: Any, model: str | None) -> Callable[[
     return lambda: fingerprints_of(layout, model or "", inserted, top)
 
 
-def _with_diagnostics(body: bytes, message_id: str) -> bytes | None:
+def _with_diagnostics(body: bytes, message_id: str | None) -> bytes | None:
     """``body`` with ``"diagnostics":{"previous_message_id":...}`` as its first key (bytes-level)."""
     import orjson
 
@@ -424,6 +432,13 @@ def _credential_scope(headers: Mapping[str, str]) -> str:
     if not key:
         return ""
     return xxhash.xxh3_64_hexdigest(key.encode("utf-8", "surrogatepass"))
+
+
+def _carries_markers(plan: Any, body: bytes) -> bool:
+    """Whether the request goes out with ``cache_control`` markers (the caller's or the planner's)."""
+    if plan is not None and getattr(plan, "error", "x") is None:
+        return any(p.action in ("kept", "inserted") for p in plan.placements)
+    return body.find(b"cache_control") != -1
 
 
 def _asks_stream(body: bytes) -> bool:
@@ -463,6 +478,7 @@ class Exchange:
         "first_chunk_at",
         "header_update",
         "info",
+        "marked",
         "observer",
         "plan",
         "sink_states",
@@ -493,6 +509,8 @@ class Exchange:
         self.conversation: bytes | None = None
         self.body_override: bytes | None = None
         self.header_update: dict[str, str] | None = None
+        #: Whether the request carried cache markers; None: not needed (one price for every mode).
+        self.marked: bool | None = None
 
     @property
     def new_body(self) -> bytes | None:
@@ -618,14 +636,27 @@ class Exchange:
             extra = self.extra
             if parsed.unparsed:
                 extra["unparsed"] = True
+            if parsed.usage is None and outcome is Outcome.OK:
+                # Not a zero: the provider did not say (an OpenAI-compatible stream without
+                # stream_options.include_usage...). Counted in cachewatch_usage_unreported_total.
+                extra["usage_reported"] = False
             if parsed.provider_miss_reason:
                 extra["provider_miss_reason"] = parsed.provider_miss_reason
+                if parsed.provider_missed_tokens is not None:
+                    extra["provider_missed_input_tokens"] = parsed.provider_missed_tokens
             if self.diag is not None:  # cache-miss diagnosis
                 self._diagnose(parsed, outcome)
             cost: Cost | None = None
-            if parsed.usage is not None:
+            usage = parsed.usage
+            if usage is not None:
+                cache_type = parsed.cache_type
+                implicit = cache_type == "implicit" or (cache_type is None and self.marked is False)
+                if self.marked is not None and (usage.cache_read or usage.cache_write):
+                    extra["cache_mode"] = "implicit" if implicit else "explicit"
                 try:
-                    cost = engine.prices.cost(info.request_model or parsed.response_model, parsed.usage)
+                    cost = engine.prices.cost(
+                        info.request_model or parsed.response_model, usage, implicit=implicit
+                    )
                 except Exception as exc:
                     engine.fault("pricing", exc)
             ttft = None

@@ -26,6 +26,17 @@ Counts are clamped so that none is negative and the invariant still holds.
 ``reasoning`` comes from ``completion_tokens_details.reasoning_tokens`` or
 ``output_tokens_details.reasoning_tokens`` (Anthropic ``thinking_tokens`` too).
 
+Cache mode: ``ParsedResponse.cache_type`` is ``prompt_tokens_details.cache_type`` when the
+provider says it (DashScope: ``ephemeral`` for explicit and session cache, ``implicit`` for
+implicit cache; research B.3, Q7). Implicit hits often come with ``cached_tokens`` alone,
+so the engine falls back on whether the request carried markers.
+
+Completion: a terminal event (Anthropic ``message_stop``, Chat ``[DONE]``, a Responses
+terminal event, a DashScope final ``finish_reason``) or, for Anthropic streams, the
+final ``message_delta`` carrying both a stop reason and the usage: everything billed is
+known then, and some clients (LiteLLM's sync ``completion(stream=True)``) close the body
+right after it without reading ``message_stop``.
+
 Finish reasons: Anthropic ``stop_reason``; Chat Completions every choice's
 ``finish_reason`` in choice-index order; DashScope native ``finish_reason`` (the
 literal string ``"null"`` it sends mid-stream is skipped); Responses the
@@ -40,12 +51,19 @@ Corpus quirks handled here:
   against the data ``type``; the data ``type`` wins.
 * Chat streams may end with ``event: error`` (Groq tool validation) after content.
 
-Anthropic cache diagnostics (beta, opt-in): ``provider_miss_reason`` is
-``diagnostics.cache_miss_reason.type`` of a Message body, of the streamed
-``message_start`` message or of a ``message_delta`` (a bare string ``cache_miss_reason``
-is accepted too). The shape is taken from third-party reports (langchain4j, dust, research
-competitors section 2), **not verified** against the live API; only a short
-``[a-z0-9_]`` identifier is kept.
+Anthropic cache diagnostics (opt-in, ``cache-diagnosis-2026-04-07``): a Message carries
+``diagnostics`` when the request did; in streams it is on the ``message_start`` message
+(a ``message_delta`` copy is read too). ``diagnostics: null`` means no divergence (or
+nothing to compare), ``{"cache_miss_reason": null}`` that the comparison was still
+pending when the response was serialised, and ``{"cache_miss_reason": {"type": ...,
+"cache_missed_input_tokens": N}}`` a reason: ``model_changed``, ``system_changed``,
+``tools_changed`` or ``messages_changed`` (with the token count), or
+``previous_message_not_found`` / ``unavailable`` (without). ``provider_miss_reason`` is
+that type (a bare string ``cache_miss_reason`` is accepted too; only a short
+``[a-z0-9_]`` identifier is kept) and ``provider_missed_tokens`` the count. Shape:
+anthropic-sdk-python ``types/beta/beta_diagnostics.py`` and the cache-diagnostics page
+(https://platform.claude.com/docs/en/build-with-claude/cache-diagnostics); each case is
+tested in tests/test_cache_diagnostics.py.
 
 Only identifiers, counts and status strings are kept: never prompt or completion text.
 """
@@ -83,19 +101,21 @@ def _dict(value: object) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _provider_miss_reason(obj: dict[str, Any]) -> str | None:
-    """``diagnostics.cache_miss_reason.type`` (Anthropic cache-diagnostics beta; shape unverified)."""
+def _provider_miss_reason(obj: dict[str, Any]) -> tuple[str | None, int | None]:
+    """``diagnostics.cache_miss_reason``'s ``type`` and ``cache_missed_input_tokens`` (Anthropic)."""
     diagnostics = obj.get("diagnostics")
     if type(diagnostics) is not dict:
-        return None
-    reason = diagnostics.get("cache_miss_reason")
+        return None, None  # not asked for, or no divergence
+    reason = diagnostics.get("cache_miss_reason")  # None: the comparison is still pending
+    missed = None
     if type(reason) is dict:
+        missed = _count(reason.get("cache_missed_input_tokens"))
         reason = reason.get("type")
     if isinstance(reason, str) and 0 < len(reason) <= 64:
         reason = reason.lower()
         if reason.replace("_", "").isalnum() and reason.isascii():
-            return reason
-    return None
+            return reason, missed
+    return None, None
 
 
 def _first_count(*values: object) -> int | None:
@@ -259,6 +279,7 @@ class UsageAccumulator:
         "_error_type",
         "_finish",
         "_miss_reason",
+        "_missed_tokens",
         "_response_id",
         "_response_model",
         "_usage",
@@ -274,6 +295,7 @@ class UsageAccumulator:
         self._error_type: str | None = None
         self._complete = False
         self._miss_reason: str | None = None
+        self._missed_tokens: int | None = None
         self._cached: ParsedResponse | None = None
 
     def copy(self) -> UsageAccumulator:
@@ -285,6 +307,7 @@ class UsageAccumulator:
         clone._error_type = self._error_type
         clone._complete = self._complete
         clone._miss_reason = self._miss_reason
+        clone._missed_tokens = self._missed_tokens
         return clone
 
     @property
@@ -322,7 +345,7 @@ class UsageAccumulator:
         elif self._api == _MESSAGES or obj.get("type") == "message":
             self._take_stop_reason(obj.get("stop_reason"))
             if "diagnostics" in obj:
-                self._miss_reason = _provider_miss_reason(obj) or self._miss_reason
+                self._take_diagnostics(obj)
         else:
             self._take_choices(obj.get("choices"))
         usage = obj.get("usage")
@@ -357,17 +380,22 @@ class UsageAccumulator:
             message = _dict(data.get("message")) or {}
             self._take_ids(message)
             if "diagnostics" in message:
-                self._miss_reason = _provider_miss_reason(message) or self._miss_reason
+                self._take_diagnostics(message)
             usage = _dict(message.get("usage"))
             if usage is not None:
                 self._usage = dict(usage)
         elif kind == "message_delta":
             if "diagnostics" in data:
-                self._miss_reason = _provider_miss_reason(data) or self._miss_reason
+                self._take_diagnostics(data)
             delta = _dict(data.get("delta"))
-            if delta is not None:
-                self._take_stop_reason(delta.get("stop_reason"))
+            stop_reason = delta.get("stop_reason") if delta is not None else None
+            self._take_stop_reason(stop_reason)
             usage = _dict(data.get("usage"))
+            if usage is not None and isinstance(stop_reason, str) and stop_reason:
+                # The final message_delta (stop reason + usage) completes the accounting:
+                # LiteLLM's sync stream stops reading right after it and closes the body
+                # without ever reading message_stop.
+                self._complete = True
             if usage is not None:
                 # Overwrite every present, non-null field; never add across events
                 # (anthropic-sdk-python accumulate_event). DashScope/Kimi/MiniMax send the
@@ -432,6 +460,12 @@ class UsageAccumulator:
             self._usage = dict(usage)  # cumulative in every event
 
     # -- field helpers --------------------------------------------------------------
+
+    def _take_diagnostics(self, obj: dict[str, Any]) -> None:
+        reason, missed = _provider_miss_reason(obj)
+        if reason is not None:
+            self._miss_reason = reason
+            self._missed_tokens = missed
 
     def _take_ids(self, obj: dict[str, Any]) -> None:
         model = obj.get("model")
@@ -499,9 +533,29 @@ class UsageAccumulator:
                 error_type=self._error_type,
                 complete=self._complete,
                 provider_miss_reason=self._miss_reason,
+                provider_missed_tokens=self._missed_tokens,
+                cache_type=_cache_type(self._usage) if self._usage is not None else None,
             )
             self._cached = cached
         return cached
+
+
+def _cache_type(usage: dict[str, Any]) -> str | None:
+    """``*_tokens_details.cache_type`` (DashScope), as a short lower-case identifier, or None."""
+    details = usage.get("prompt_tokens_details")
+    if type(details) is not dict:
+        details = usage.get("input_tokens_details")
+        if type(details) is not dict:
+            return None
+    value = details.get("cache_type")
+    if (
+        isinstance(value, str)
+        and 0 < len(value) <= 32
+        and value.replace("_", "").isalnum()
+        and value.isascii()
+    ):
+        return value.lower()
+    return None
 
 
 def _dashscope_error(obj: dict[str, Any]) -> str | None:

@@ -75,7 +75,8 @@ Overflow = Literal["error", "last_wins"]
 #: Minimum cacheable prompt when neither the model nor the profile says otherwise (research A.5).
 DEFAULT_MIN_TOKENS = 1_024
 
-#: Minimum cacheable prompt per Claude model family (research A.5). Keys match a model id
+#: Minimum cacheable prompt per Claude model family (research A.5, checked against the
+#: 2026-12 updates in F; the emulator's table is the same data). Keys match a model id
 #: at a ``-``/``@``/``:``/``.``/end boundary (after an optional vendor prefix such as
 #: ``anthropic/`` or ``us.anthropic.``); the longest matching key wins, so
 #: ``claude-opus-4-5-20251101`` is 4,096 while ``claude-opus-4-20250514`` is 1,024.

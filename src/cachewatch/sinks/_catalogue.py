@@ -56,6 +56,13 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "Billed tokens by partition type: input (uncached), cache_read, cache_write_5m, cache_write_1h, output.",
     ),
     MetricSpec(
+        "cachewatch_usage_unreported_total",
+        "counter",
+        ("provider", "api", "model", "workspace"),
+        "Requests that ended ok without the provider reporting usage (an OpenAI-compatible stream "
+        "without stream_options.include_usage...): their tokens are unknown, not zero.",
+    ),
+    MetricSpec(
         "cachewatch_request_duration_seconds",
         "histogram",
         ("provider", "api", "model"),

@@ -8,6 +8,17 @@ This is the choice semantic-conventions PR #70 asks instrumentations to document
 Attribute names are string literals (the ``_incubating`` constants are private and
 deprecated). ``gen_ai.usage.input_tokens`` includes cache reads and writes, as the
 GenAI conventions require.
+
+With ``token_counters=True`` (``otel_token_counters=True`` on ``wrap()`` and the
+transports) the metrics sink also adds the draft GenAI token counters, unit ``{token}``:
+``gen_ai.client.inference.usage.input_tokens`` (the whole prompt, cache included),
+``.output_tokens``, ``.cache_read.input_tokens``, ``.cache_write.input_tokens`` and
+``.reasoning.output_tokens`` (when reported); the cache and reasoning counters are subsets
+of the input and output ones. Their attributes are those of the draft, with
+``gen_ai.token.modality = "unknown"`` (usage is not broken down by modality). The names
+come from ``docs/gen-ai/gen-ai-token-metrics.md`` in open-telemetry/semantic-conventions-genai
+(PR #374), still "Development" status and not merged: they may change, which is why they
+are opt-in and the ``gen_ai.client.token.usage`` histogram stays.
 """
 
 from __future__ import annotations
@@ -21,12 +32,21 @@ from .._version import __version__
 from ..accounting._records import Outcome, RequestInfo, UsageRecord
 from ._catalogue import DURATION_BUCKETS
 
-__all__ = ["OTelMetricsSink", "OTelSpanSink", "TOKEN_BUCKETS"]
+__all__ = ["TOKEN_BUCKETS", "TOKEN_COUNTERS", "OTelMetricsSink", "OTelSpanSink"]
 
 #: OTel GenAI semconv boundaries for gen_ai.client.token.usage.
 TOKEN_BUCKETS = (
     1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
 )  # fmt: skip
+
+#: The draft GenAI token counters (semantic-conventions-genai PR #374) and what each counts.
+TOKEN_COUNTERS = (
+    ("gen_ai.client.inference.usage.input_tokens", "Input (prompt) tokens, cached tokens included."),
+    ("gen_ai.client.inference.usage.output_tokens", "Output (completion) tokens, reasoning included."),
+    ("gen_ai.client.inference.usage.cache_read.input_tokens", "Input tokens served from a provider cache."),
+    ("gen_ai.client.inference.usage.cache_write.input_tokens", "Input tokens written to a provider cache."),
+    ("gen_ai.client.inference.usage.reasoning.output_tokens", "Output tokens spent on reasoning."),
+)
 
 _PROVIDER_NAMES = {
     "azure_openai": "azure.ai.openai",
@@ -135,8 +155,14 @@ class OTelMetricsSink:
 
     name = "otel_metrics"
 
-    def __init__(self, meter_provider: Any) -> None:
+    def __init__(self, meter_provider: Any, *, token_counters: bool = False) -> None:
         meter = meter_provider.get_meter("cachewatch", __version__)
+        #: The draft token counters in TOKEN_COUNTERS order, when asked for.
+        self.token_counters: tuple[Any, ...] | None = None
+        if token_counters:
+            self.token_counters = tuple(
+                meter.create_counter(name, unit="{token}", description=text) for name, text in TOKEN_COUNTERS
+            )
         self.token_usage = meter.create_histogram(
             "gen_ai.client.token.usage",
             unit="{token}",
@@ -177,6 +203,21 @@ class OTelMetricsSink:
         self.duration.record(record.duration, attrs)
         if record.time_to_first_token is not None:
             self.ttfc.record(record.time_to_first_token, attrs)
-        if record.usage is not None:
-            self.token_usage.record(record.usage.prompt_total, {**attrs, "gen_ai.token.type": "input"})
-            self.token_usage.record(record.usage.output, {**attrs, "gen_ai.token.type": "output"})
+        usage = record.usage
+        if usage is not None:
+            self.token_usage.record(usage.prompt_total, {**attrs, "gen_ai.token.type": "input"})
+            self.token_usage.record(usage.output, {**attrs, "gen_ai.token.type": "output"})
+            counters = self.token_counters
+            if counters is not None:
+                counted = {k: v for k, v in attrs.items() if k != "error.type"}
+                counted["gen_ai.token.modality"] = "unknown"
+                values = (
+                    usage.prompt_total,
+                    usage.output,
+                    usage.cache_read,
+                    usage.cache_write,
+                    usage.reasoning,
+                )
+                for counter, value in zip(counters, values, strict=True):
+                    if value is not None:
+                        counter.add(value, counted)

@@ -1,5 +1,8 @@
 """Prometheus sink: the fixed ``cachewatch_*`` counters and histograms of SPEC section 5.
 
+Besides them, ``cachewatch_usage_unreported_total`` counts requests that ended ok
+without usage, so that "the provider did not say" never reads as zero tokens.
+
 Collectors are built from the metric catalogue once per registry (registering a name
 twice raises in prometheus_client), and only Counter and Histogram are used so that
 ``PROMETHEUS_MULTIPROC_DIR`` multiprocess mode works. Label children are cached: one
@@ -16,7 +19,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
-from ..accounting._records import TOKEN_TYPES, RequestInfo, UsageRecord
+from ..accounting._records import TOKEN_TYPES, Outcome, RequestInfo, UsageRecord
 from ..diagnosis import MISS_REASONS
 from ._catalogue import CATALOGUE, MetricSpec
 
@@ -37,6 +40,7 @@ class PrometheusMetrics:
             self.collectors[spec.name] = _build(spec, registry)
         self.requests: Counter = self.collectors["cachewatch_requests_total"]
         self.tokens: Counter = self.collectors["cachewatch_tokens_total"]
+        self.usage_unreported: Counter = self.collectors["cachewatch_usage_unreported_total"]
         self.duration: Histogram = self.collectors["cachewatch_request_duration_seconds"]
         self.ttft: Histogram = self.collectors["cachewatch_time_to_first_token_seconds"]
         self.breakpoints: Counter = self.collectors["cachewatch_breakpoints_total"]
@@ -97,7 +101,17 @@ class Series:
     request, time to first token at the first stream.
     """
 
-    __slots__ = ("_metrics", "duration", "labels", "money", "requests", "tokens", "ttft", "wasted")
+    __slots__ = (
+        "_metrics",
+        "duration",
+        "labels",
+        "money",
+        "requests",
+        "tokens",
+        "ttft",
+        "unreported",
+        "wasted",
+    )
 
     def __init__(self, metrics: PrometheusMetrics, labels: tuple[str, str, str, str]) -> None:
         provider, api, model, _ = labels
@@ -109,6 +123,8 @@ class Series:
         #: once usage was seen (token counts are never negative).
         self.tokens: tuple[Callable[[float], None], ...] | None = None
         self.duration: Any = metrics.duration.labels(provider, api, model)
+        #: Requests ok without usage; created at 0 with the series, so "none" reads 0, not absent.
+        self.unreported = _adder(metrics.usage_unreported.labels(*labels))
         self.ttft: Any = None
         #: currency -> adders of its (cost, savings, write premium) children.
         self.money: dict[str, tuple[Callable[[float], None], ...]] = {}
@@ -197,7 +213,10 @@ class PrometheusSink:
         series = m.series(info.provider, info.api, info.model, info.workspace)
         series.request(record.outcome.label)(1)
         usage = record.usage
-        if usage is not None:
+        if usage is None:
+            if record.outcome is Outcome.OK:
+                series.unreported(1)
+        else:
             for add, value in zip(
                 series.token_children(),
                 (usage.input, usage.cache_read, usage.cache_write_5m, usage.cache_write_1h, usage.output),

@@ -218,8 +218,9 @@ class CacheWatchTransport(_Base):
             stdlib logger ``cachewatch``, silent until logging is configured, or structlog's
             once the application configured structlog).
         prices: price table for cost and savings.
-        **options: ``providers``, ``workspaces``, ``max_models``, ``clock``, ``sinks``
-            and planner options.
+        **options: ``providers``, ``workspaces``, ``max_models``, ``clock``, ``sinks``,
+            ``otel_token_counters`` (the draft ``gen_ai.client.inference.usage.*`` counters
+            on ``meter_provider``) and planner options.
 
     Example::
 
