@@ -136,6 +136,11 @@ class Ledger:
 
         await self.app(scope, receive, recording_send)
 
+    def reset(self) -> None:
+        """Forget the bills and the emulator's cache (a fresh start for the next test)."""
+        self.taken()
+        self.app.reset()  # type: ignore[attr-defined]
+
     def taken(self) -> list[Bill]:
         """The bills so far, and a fresh page for the next ones."""
         with self.lock:

@@ -34,7 +34,7 @@ def emulator() -> Iterator[tuple[Ledger, str]]:
 
 @pytest.fixture
 def ledger(emulator: tuple[Ledger, str]) -> Ledger:
-    emulator[0].taken()
+    emulator[0].reset()
     return emulator[0]
 
 
@@ -157,9 +157,9 @@ def test_a_shared_client_wrapped_in_place_is_refused_not_double_wrapped(
         assert outcomes(registry) == {"ok": 1}
         assert tokens(registry) == total(ledger.taken())
     finally:
-        # The in-place wrap changed langchain's process-wide cached client: drop it.
+        # The in-place wrap changed langchain's process-wide cached (sync) client: drop it.
+        first._client._client.close()
         cache._get_default_httpx_client.cache_clear()
-        cache._get_default_async_httpx_client.cache_clear()
 
 
 def test_other_objects_are_refused() -> None:

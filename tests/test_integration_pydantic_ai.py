@@ -39,7 +39,7 @@ def emulator() -> Iterator[tuple[Ledger, str]]:
 
 @pytest.fixture
 def ledger(emulator: tuple[Ledger, str]) -> Ledger:
-    emulator[0].taken()
+    emulator[0].reset()
     return emulator[0]
 
 
