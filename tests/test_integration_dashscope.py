@@ -116,5 +116,5 @@ def test_instrumenting_twice_and_other_objects_are_refused(emulator: tuple[Ledge
     with pytest.raises(ValueError, match="already goes through cachewatch"):
         cachewatch.instrument_dashscope(client, registry=CollectorRegistry())
     client.close()
-    with pytest.raises(TypeError, match="dashscope 2.0 Client"):
+    with pytest.raises(TypeError, match=r"dashscope 2\.0 Client"):
         cachewatch.instrument_dashscope(httpx.Client())
