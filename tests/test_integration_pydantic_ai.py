@@ -3,7 +3,8 @@
 The hooks are pydantic-ai's own: ``AnthropicProvider(anthropic_client=cachewatch.wrap(...))``
 and ``OpenAIProvider(http_client=httpx2.AsyncClient(transport=AsyncCacheWatchTransport()))``.
 (Wrapping ``provider.client`` after the fact does not last: a provider that built its own
-HTTP client replaces it with a fresh one when the agent is entered.)
+HTTP client closes it when ``async with agent:`` exits and builds a fresh, unwrapped one
+the next time the agent is entered.)
 
 Each test runs an agent with one tool inside ``async with agent:``, once with
 ``agent.run()`` (two requests: the tool call, then the answer, which reads the cache the
