@@ -103,3 +103,12 @@ def test_claude_code_print_mode_through_the_proxy(
     assert reported == {k: tokens(registry)[k] for k in reported}
 
     assert API_KEY not in generate_latest(registry).decode()
+
+
+def test_claude_code_is_pinned() -> None:
+    node_dir = CLI.parents[2].parent
+    package = json.loads((node_dir / "package.json").read_text())
+    version = package["dependencies"]["@anthropic-ai/claude-code"]
+    assert version[0].isdigit(), f"pin an exact version, not {version!r}"
+    lock = json.loads((node_dir / "package-lock.json").read_text())
+    assert lock["packages"]["node_modules/@anthropic-ai/claude-code"]["version"] == version
