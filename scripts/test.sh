@@ -2,7 +2,7 @@
 # Set up everything the test suite needs on a fresh Debian machine, then run it.
 #   scripts/test.sh [pytest args...]
 # System packages (prometheus for the dashboard integration test, redis-server for the
-# shared fingerprint store, node/npm for the TypeScript-SDK proxy test) are installed
+# shared fingerprint store, node/npm for the TypeScript-SDK and Claude Code proxy tests) are installed
 # with apt-get when missing and we are root; otherwise the script says what to install.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -12,7 +12,8 @@ import subprocess
 import sys
 import textwrap
 
-#: Every top-level package an extra brings (pyproject.toml), plus the SDKs.
+#: Every top-level package an extra brings (pyproject.toml), plus the SDKs and the frameworks
+#: ``cachewatch.integrations`` serves (it recognises their objects without importing them).
 OPTIONAL = (
     "structlog",
     "rich",
@@ -31,6 +32,11 @@ OPTIONAL = (
     "httpx2",
     "anthropic",
     "openai",
+    "langchain_core",
+    "langchain_anthropic",
+    "langchain_openai",
+    "pydantic_ai",
+    "litellm",
 )
 
 CHILD = textwrap.dedent(

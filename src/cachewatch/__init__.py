@@ -13,6 +13,7 @@ from .accounting._pricing import Price, PriceTable
 from .accounting._records import Cost, Outcome, TokenUsage, UsageRecord
 from .diagnosis import FingerprintStore, MemoryStore
 from .diagnosis._store_redis import RedisStore
+from .integrations import instrument_dashscope, instrument_langchain
 from .planning._profiles import Profile, ProfileRegistry
 from .sinks import Sink
 from .sinks._server import start_metrics_server
@@ -24,6 +25,9 @@ __all__ = [
     "AsyncCacheWatchTransport",
     "CacheWatchTransport",
     "wrap",
+    # frameworks that hide or share their HTTP client
+    "instrument_dashscope",
+    "instrument_langchain",
     # exposition
     "start_metrics_server",
     # configuration: endpoint profiles, prices, the shared fingerprint store
