@@ -9,12 +9,11 @@ The hooks are LiteLLM's ``client=`` argument:
 
 Without a hook, pointing ``api_base`` at the proxy covers both.
 
-Known bug (not fixed here, see the xfail): without ``stream_options={"include_usage": True}``
-LiteLLM stops reading an Anthropic stream at ``message_delta`` and closes it without
-reading ``message_stop``, and cachewatch records that complete stream as ``aborted``.
-The main tests ask for usage (so LiteLLM reads to the end and reports it);
-:func:`test_anthropic_stream_read_to_message_delta_is_ok` pins the bug with the final
-event held back, so that no timing can hide it.
+Without ``stream_options={"include_usage": True}`` LiteLLM stops reading an Anthropic
+stream at ``message_delta`` and closes it without reading ``message_stop``: a stream whose
+final usage and stop reason have arrived is complete, so it is recorded ``ok``.
+:func:`test_anthropic_stream_read_to_message_delta_is_ok` holds the final event back, so
+that no timing can hide a regression.
 """
 
 from __future__ import annotations
@@ -173,12 +172,6 @@ class HoldsMessageStop:
         await self.app(scope, receive, held_send)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="cachewatch bug: a stream closed after message_delta (stop_reason set, usage final) but "
-    "before message_stop is recorded as outcome=aborted; LiteLLM stops reading there when usage was not asked for",
-)
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_anthropic_stream_read_to_message_delta_is_ok(mode: str) -> None:
     registry = CollectorRegistry()
