@@ -11,6 +11,7 @@ degrades to "observe less", never to "change the traffic".
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -30,7 +31,7 @@ from ._endpoints import (
 from ._faults import FaultRecorder
 from ._hygiene import UsageChunkFilter
 from ._models import Cost, Outcome, ParsedResponse, RequestInfo, UsageRecord, new_usage_record
-from ._observer import ResponseObserver
+from ._observer import DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_EVENT_BYTES, ResponseObserver
 from ._pricing import PriceTable
 from .sinks import Sink
 from .sinks.logs import StructlogSink
@@ -38,6 +39,8 @@ from .sinks.otel import OTelMetricsSink, OTelSpanSink
 from .sinks.prometheus import PrometheusSink, metrics_for
 
 __all__ = ["Engine", "Exchange"]
+
+_log = logging.getLogger("cachewatch")
 
 _BREAKPOINT_MODES = ("auto", "off")
 
@@ -59,6 +62,10 @@ class Engine:
         providers: extra ``host`` / ``host:port`` -> provider label entries.
         workspaces: API key (or ``sha256:<hex>`` fingerprint) -> workspace label.
         max_models: distinct ``model`` label values per process before ``other``.
+        max_json_bytes / max_event_bytes / max_decoded_bytes: observation caps (a JSON
+            body; one SSE line or event; the content-decoded bytes of one body). Past a
+            cap the response is no longer observed (its bytes still pass unchanged): counted
+            in ``cachewatch_observation_truncated_total{reason}`` and logged once per reason.
         clock: monotonic clock in seconds (default ``time.perf_counter``).
         sinks: extra sinks that receive every record.
         diagnosis: diagnose cache misses and count wasted writes (``_diagnosis``; default True).
@@ -85,6 +92,8 @@ class Engine:
         max_models: int = 50,
         max_workspaces: int = 100,
         max_json_bytes: int = 8 * 1024 * 1024,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
         clock: Callable[[], float] = time.perf_counter,
         sinks: list[Sink] | None = None,
         planner: Any | None = None,
@@ -109,6 +118,9 @@ class Engine:
         self.model_cap = LabelCap(max_models)
         self.workspace_cap = LabelCap(max_workspaces)
         self.max_json_bytes = max_json_bytes
+        self.max_event_bytes = max_event_bytes
+        self.max_decoded_bytes = max_decoded_bytes
+        self._truncations_logged: set[str] = set()
         self.clock = clock
         self.prices = _price_table(prices)
         self.sinks: list[Sink] = [PrometheusSink(self.metrics), OTelSpanSink(tracer_provider)]
@@ -336,6 +348,21 @@ class Engine:
             extra["breakpoints.profile"] = profile
         return extra
 
+    def observation_truncated(self, reason: str) -> None:
+        """A response was no longer observed past a cap: count it, and log each reason once."""
+        try:
+            self.metrics.child(self.metrics.observation_truncated, (reason,)).inc()
+            if reason not in self._truncations_logged:
+                self._truncations_logged.add(reason)
+                _log.warning(
+                    "cachewatch stopped observing a response at its %s cap; every byte was relayed "
+                    "unchanged, and its usage may be incomplete (counted in "
+                    "cachewatch_observation_truncated_total).",
+                    reason,
+                )
+        except Exception as exc:
+            self.fault("observe", exc)
+
     # -- sinks ------------------------------------------------------------------------
 
     def start_sinks(self, info: RequestInfo) -> list[object | None]:
@@ -538,6 +565,8 @@ class Exchange:
                 content_type=content_type,
                 content_encoding=headers.get("content-encoding"),
                 max_json_bytes=self.engine.max_json_bytes,
+                max_event_bytes=self.engine.max_event_bytes,
+                max_decoded_bytes=self.engine.max_decoded_bytes,
             )
         except Exception as exc:
             self.engine.fault("observe", exc)
@@ -586,11 +615,15 @@ class Exchange:
         try:
             now = engine.clock()
             parsed = _NOTHING_PARSED
-            if self.observer is not None:
+            observer = self.observer
+            if observer is not None:
                 try:
-                    parsed = self.observer.result()
+                    parsed = observer.result()
                 except Exception as exc:
                     engine.fault("parse", exc)
+                if observer.truncated is not None:
+                    engine.observation_truncated(observer.truncated)
+                    self.extra["observation_truncated"] = observer.truncated
             if outcome is None or (outcome is Outcome.ABORTED and parsed.complete):
                 outcome = Outcome.from_status(self.status_code or 0)
                 if outcome is Outcome.OK and parsed.error_type:

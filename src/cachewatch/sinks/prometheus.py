@@ -45,6 +45,7 @@ class PrometheusMetrics:
         self.write_premium: Counter = self.collectors["cachewatch_cache_write_premium_total"]
         self.misses: Counter = self.collectors["cachewatch_cache_misses_total"]
         self.internal_errors: Counter = self.collectors["cachewatch_internal_errors_total"]
+        self.observation_truncated: Counter = self.collectors["cachewatch_observation_truncated_total"]
         #: None until the catalogue has the metric (then wasted writes are not exported).
         self.wasted_write_tokens: Counter | None = self.collectors.get(WASTED_WRITE_TOKENS)
         self._series: dict[tuple[str, str, str, str], Series] = {}
