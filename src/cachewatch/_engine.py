@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from ._diagnosis import Diagnoser, conversation_key
 from ._endpoints import (
     LabelCap,
@@ -106,8 +108,18 @@ class Engine:
         if breakpoints not in _BREAKPOINT_MODES:
             raise ValueError(f"breakpoints must be one of {_BREAKPOINT_MODES}, not {breakpoints!r}")
         self.breakpoints = breakpoints
-        self.metrics = metrics_for(registry)
+        # Construction never breaks the application's start-up: a broken collaborator
+        # (a registry that refuses the collectors, a tracer or meter provider that
+        # raises) is counted under stage "config", logged once, and done without.
+        registry_fault: Exception | None = None
+        try:
+            self.metrics = metrics_for(registry)
+        except Exception as exc:
+            registry_fault = exc  # counted below, on a private registry nobody scrapes
+            self.metrics = metrics_for(CollectorRegistry())
         self.fault = FaultRecorder(self.metrics.internal_errors)
+        if registry_fault is not None:
+            self.fault("config", registry_fault)
         self.providers = dict(providers or {})
         #: (host, port) -> (provider label, workspace label when no key mapping applies).
         self._hosts: dict[tuple[str, int | None], tuple[str, str]] = {}
@@ -123,9 +135,16 @@ class Engine:
         self._truncations_logged: set[str] = set()
         self.clock = clock
         self.prices = _price_table(prices)
-        self.sinks: list[Sink] = [PrometheusSink(self.metrics), OTelSpanSink(tracer_provider)]
+        self.sinks: list[Sink] = [PrometheusSink(self.metrics)]
+        try:
+            self.sinks.append(OTelSpanSink(tracer_provider))
+        except Exception as exc:
+            self.fault("config", exc)  # no spans
         if meter_provider is not None:
-            self.sinks.append(OTelMetricsSink(meter_provider))
+            try:
+                self.sinks.append(OTelMetricsSink(meter_provider))
+            except Exception as exc:
+                self.fault("config", exc)  # no OTel metrics
         self.sinks.append(StructlogSink(logger))
         self.sinks.extend(sinks or ())
         self.planner = planner
@@ -136,11 +155,14 @@ class Engine:
         self.cache_diagnostics = cache_diagnostics
         self.diagnoser: Diagnoser | None = None
         if diagnosis:
-            self.diagnoser = Diagnoser(
-                store,
-                on_wasted=self.metrics.count_wasted_write_tokens,
-                estimator=getattr(self.planner, "estimator", None),
-            )
+            try:
+                self.diagnoser = Diagnoser(
+                    store,
+                    on_wasted=self.metrics.count_wasted_write_tokens,
+                    estimator=getattr(self.planner, "estimator", None),
+                )
+            except Exception as exc:
+                self.fault("config", exc)  # no miss diagnosis
         # -- cache-miss diagnosis (end) --
 
     # -- request side -----------------------------------------------------------------
@@ -504,6 +526,11 @@ class Exchange:
         self.conversation: bytes | None = None
         self.body_override: bytes | None = None
         self.header_update: dict[str, str] | None = None
+
+    @property
+    def done(self) -> bool:
+        """The exchange was finished (its record went to the sinks, or was given up)."""
+        return self._done
 
     @property
     def new_body(self) -> bytes | None:
