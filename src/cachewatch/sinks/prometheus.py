@@ -9,6 +9,7 @@ with those labels touches, so a request costs one dict look-up plus the incremen
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 from collections.abc import Callable
@@ -33,8 +34,15 @@ class PrometheusMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.collectors: dict[str, Any] = {}
-        for spec in CATALOGUE:
-            self.collectors[spec.name] = _build(spec, registry)
+        try:
+            for spec in CATALOGUE:
+                self.collectors[spec.name] = _build(spec, registry)
+        except Exception:
+            # e.g. a name already taken on this registry: leave nothing half-registered.
+            for collector in self.collectors.values():
+                with contextlib.suppress(Exception):  # best effort
+                    registry.unregister(collector)
+            raise
         self.requests: Counter = self.collectors["cachewatch_requests_total"]
         self.tokens: Counter = self.collectors["cachewatch_tokens_total"]
         self.duration: Histogram = self.collectors["cachewatch_request_duration_seconds"]
