@@ -215,8 +215,8 @@ class RawUpstream:
         conn.sendall(b"0\r\n\r\n")
 
     def _bomb(self, conn: socket.socket, seen: Seen) -> None:
+        wire = bomb_body()  # built before the head: the strict proxy's idle timeout is 1 s
         self._sse_head(conn, [b"content-encoding: gzip"])
-        wire = bomb_body()
         for i in range(0, len(wire), 16384):
             self._chunk(conn, wire[i : i + 16384], seen)
         conn.sendall(b"0\r\n\r\n")
@@ -232,11 +232,6 @@ class RawUpstream:
 def long_line_body() -> list[bytes]:
     """message_start, then a 1 MiB data line in 16 KiB pieces, then the end of the stream."""
     return [START, b"data: ", *([b"L" * 16384] * 64), b"\n\n", END]
-
-
-@contextlib.contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 _BOMB: list[bytes] = []

@@ -470,6 +470,48 @@ class _Refused(Exception):
     """Raised from a parser callback to stop parsing a request that breaks a limit."""
 
 
+class _OneTickWriter:
+    """A cycle's transport that sends the response head with whatever follows in the same tick.
+
+    uvicorn writes a response head and its body in two ``transport.write`` calls, which
+    are two ``send`` system calls and two segments for the client to wake up for. A JSON
+    reply's head and body are sent back to back, in one event-loop step: held until
+    the end of that step (``call_soon``), they leave together. A streamed response's head
+    leaves at the end of the step too, so its first byte is not delayed.
+    """
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 100 "):
+            self._held = data
+            self._loop.call_soon(self._flush)
+        else:
+            self._transport.write(data)
+
+    def _flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+
 class TargetCheckingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, with the raw request target and the client limits.
 
@@ -639,7 +681,12 @@ class TargetCheckingHttpToolsProtocol(HttpToolsProtocol):
         scope: Any = self.scope
         if "raw_path" in scope:
             scope["raw_path"] = self.url.partition(b"?")[0]
-        scope[_ABORT_KEY] = self.transport.close
+        cycle: Any = self.cycle
+        if cycle is not None and cycle.scope is scope:
+            cycle.transport = writer = _OneTickWriter(self.transport, self.loop)
+            scope[_ABORT_KEY] = writer.close
+        else:
+            scope[_ABORT_KEY] = self.transport.close
         if self._expect_body:
             self._phase = _BODY
             self._arm(min(self._after(self.client_limits.body_timeout), self._request_deadline))
