@@ -1,11 +1,12 @@
 """Latency the ``cachewatch proxy`` adds to a call, on loopback (SPEC 11: added p50 < 1 ms).
 
-Starts the emulator (no delays) and the proxy (``breakpoints="off"``) on 127.0.0.1,
+Starts the emulator (no delays) and the proxy (``--breakpoints auto``, its default, or
+``off``) on 127.0.0.1,
 then sends N small JSON Messages requests, interleaved, direct-to-emulator and
 through-proxy, each path over its own keep-alive ``httpx.Client``. Prints the p50/p99
 latency of each path, the added p50/p99 in ms, and each path's sequential throughput.
 
-    python benchmarks/proxy_latency.py [-n 2000] [--mode process|thread] [--log]
+    python benchmarks/proxy_latency.py [-n 2000] [--mode process|thread] [--log] [--breakpoints auto|off]
 
 ``--mode process`` (default) runs the emulator and the proxy as separate processes,
 as in real use: the proxy is ``cachewatch proxy`` itself (the CLI, uvicorn, its JSON
@@ -60,6 +61,8 @@ uvicorn.run(create_app(), host="127.0.0.1", port=int(sys.argv[1]), log_level="wa
 SERVER_PIDS: dict[str, int] = {}
 #: process mode: the proxy's log lines (``cachewatch.request`` events), counted at exit.
 PROXY_LOG_LINES: list[int] = []
+#: The proxy's --breakpoints mode (set from the command line).
+SETTINGS = {"breakpoints": "auto"}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -107,7 +110,7 @@ def process_servers(log: bool) -> Iterator[tuple[str, str]]:
                 "--listen",
                 f"127.0.0.1:{proxy_port}",
                 "--breakpoints",
-                "off",
+                SETTINGS["breakpoints"],
             ],
             stdout=log_file,
             stderr=subprocess.DEVNULL,
@@ -136,7 +139,7 @@ def thread_servers(log: bool) -> Iterator[tuple[str, str]]:
     from cachewatch.emulator import create_app, run_in_thread
     from cachewatch.proxy._proxy import create_proxy_app
 
-    options: dict[str, Any] = {"breakpoints": "off", "registry": CollectorRegistry()}
+    options: dict[str, Any] = {"breakpoints": SETTINGS["breakpoints"], "registry": CollectorRegistry()}
     if log:
         import logging
 
@@ -192,7 +195,10 @@ def report(result: dict[str, Any], n: int, mode: str) -> None:
             "rps": n / result["busy"][name],
         }
     paired = sorted((p - d) * 1e3 for p, d in zip(timings["proxy"], timings["direct"], strict=True))
-    print(f"proxy latency, loopback, mode={mode}, {n} requests per path (interleaved, keep-alive)")
+    print(
+        f"proxy latency, loopback, mode={mode}, breakpoints={SETTINGS['breakpoints']}, "
+        f"{n} requests per path (interleaved, keep-alive)"
+    )
     print(f"{'path':<8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'req/s':>8}")
     for name in ("direct", "proxy"):
         s = stats[name]
@@ -220,7 +226,9 @@ def main() -> int:
     parser.add_argument(
         "--log", action="store_true", help="thread mode: format every request event into a stdlib handler"
     )
+    parser.add_argument("--breakpoints", choices=("auto", "off"), default="auto", help="the proxy's mode")
     args = parser.parse_args()
+    SETTINGS["breakpoints"] = args.breakpoints
     servers = process_servers if args.mode == "process" else thread_servers
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     with servers(args.log) as (direct_url, proxy_url):

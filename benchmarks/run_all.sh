@@ -9,5 +9,6 @@ echo; echo "== observe-only floor: minimal reference wrappers =="; $PY benchmark
 echo; echo "== auto through the transport; time to first byte with a silent upstream =="; $PY benchmarks/auto_overhead.py
 echo; echo "== breakpoint planning cost vs orjson round trip =="; $PY benchmarks/planner_bench.py
 echo; echo "== proxy added latency on loopback =="; $PY benchmarks/proxy_latency.py -n 1500
+echo; echo "== proxy soak: RSS and open fds under mixed good and hostile load =="; $PY benchmarks/proxy_soak.py --seconds 60
 echo; echo "== savings of auto against fixed strategies =="; $PY benchmarks/savings.py
 echo; echo "== token estimator error on the recorded corpus =="; $PY benchmarks/estimator_error.py

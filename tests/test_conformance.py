@@ -249,7 +249,7 @@ def test_proxy_include_usage_flag_reaches_the_transport(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(_proxy, "create_proxy_app", fake_app)
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
-    monkeypatch.setattr(cli, "_log_json_lines", lambda stream: None)
+    monkeypatch.setattr(_proxy, "log_json_lines", lambda stream=None: None)
     assert cli.main(["proxy", "--upstream", "http://127.0.0.1:9", "--include-usage"]) == 0
     assert seen["include_usage"] is True
     seen.clear()

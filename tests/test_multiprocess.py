@@ -14,19 +14,28 @@ started with the variable in its environment. Three workers each send K requests
 ``cachewatch.start_metrics_server(port=0)`` and also renders
 ``cachewatch.sinks._server.exposition_registry()``. Both expositions must show exactly 3*K
 requests and 3*K times each request's tokens.
+
+``cachewatch proxy --workers 2`` is checked the same way: requests land on both worker
+processes, and whichever worker answers ``/metrics`` shows all of them.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from _helpers import ANTHROPIC_JSON_USAGE, ANTHROPIC_SSE_USAGE, TOKEN_TYPES
+from _helpers import ANTHROPIC_JSON_USAGE, ANTHROPIC_SSE_USAGE, TOKEN_TYPES, anthropic_request
+from cachewatch.emulator import create_app, run_in_thread
 
 TESTS_DIR = Path(__file__).resolve().parent
 K = 30
@@ -157,3 +166,82 @@ def test_workers_aggregate_through_multiproc_dir(tmp_path):
         assert _total(exposition, "cachewatch_request_duration_seconds_count") == n
         assert _total(exposition, "cachewatch_time_to_first_token_seconds_count") == sse_n
         assert _total(exposition, "cachewatch_internal_errors_total") == 0
+
+
+# -- cachewatch proxy --workers N -------------------------------------------------------------
+
+
+def _proxy_get(port: int, path: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+        return r.status, r.read()
+
+
+def _proxy_post(port: int) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/messages",
+        data=anthropic_request(model="claude-sonnet-4-6"),
+        headers={
+            "x-api-key": "sk-workers",
+            "anthropic-version": "2023-06-01",
+            "content-type": "application/json",
+        },
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as r:
+        r.read()
+        return int(r.status)
+
+
+def test_proxy_workers_serve_one_aggregated_metrics_view(tmp_path):
+    """``cachewatch proxy --workers 2``: requests land on both processes; any /metrics shows them all."""
+    metrics_dir = tmp_path / "prom"
+    metrics_dir.mkdir()
+    env = {k: v for k, v in os.environ.items() if k.lower() != "prometheus_multiproc_dir"}
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with run_in_thread(create_app()) as upstream:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "cachewatch.cli", "proxy", "--upstream", upstream,
+                "--listen", f"127.0.0.1:{port}", "--workers", "2", "--breakpoints", "off",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / "proxy.err").open("wb"),
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert process.poll() is None, (tmp_path / "proxy.err").read_text()
+                try:
+                    if _proxy_get(port, "/metrics")[0] == 200:
+                        break
+                except OSError:
+                    assert time.monotonic() < deadline, "the proxy did not start"
+                    time.sleep(0.1)
+            sent = 0
+            # Concurrent batches until both workers have recorded requests (bounded).
+            with ThreadPoolExecutor(8) as pool:
+                for _ in range(30):
+                    assert set(pool.map(lambda _: _proxy_post(port), range(16))) == {200}
+                    sent += 16
+                    if len({p.name.split("_")[1] for p in metrics_dir.glob("counter_*.db")}) >= 2:
+                        break
+            pids = {p.name.split("_")[1] for p in metrics_dir.glob("counter_*.db")}
+            assert len(pids) >= 2, "every request went to one worker"
+            for _ in range(6):  # new connections: whichever worker answers
+                status, body = _proxy_get(port, "/metrics")
+                assert status == 200
+                exposition = body.decode()
+                assert _total(exposition, "cachewatch_requests_total", outcome="ok") == sent
+                assert len(_samples(exposition, "cachewatch_requests_total")) == 1
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+    assert "Traceback" not in (tmp_path / "proxy.err").read_text()

@@ -687,3 +687,34 @@ def test_proxy_binds_loopback_by_default() -> None:
     assert args.listen == ("127.0.0.1", 8787)
     assert args.breakpoints == "auto"
     assert args.max_body > 0
+
+
+def test_cli_limit_and_timeout_defaults_are_the_proxy_defaults() -> None:
+    from dataclasses import asdict
+
+    from cachewatch.proxy._proxy import ClientLimits, UpstreamTimeouts
+
+    args = cli._parser().parse_args(["proxy", "--upstream", "https://api.anthropic.com"])
+    assert (
+        asdict(UpstreamTimeouts())
+        == cli.UPSTREAM_DEFAULTS
+        == {
+            "connect": args.upstream_connect_timeout,
+            "headers": args.upstream_headers_timeout,
+            "idle": args.upstream_idle_timeout,
+        }
+    )
+    assert (
+        asdict(ClientLimits())
+        == cli.CLIENT_DEFAULTS
+        == {
+            "head_timeout": args.client_head_timeout,
+            "body_timeout": args.client_body_timeout,
+            "request_timeout": args.client_request_timeout,
+            "keep_alive_timeout": args.keep_alive_timeout,
+            "max_head_bytes": args.max_head_bytes,
+            "max_headers": args.max_headers,
+        }
+    )
+    assert args.workers == 1
+    assert server_options()["timeout_keep_alive"] == ClientLimits().keep_alive_timeout

@@ -3,7 +3,8 @@
 Usage::
 
     cachewatch demo [--serve] [--metrics-port 9464]
-    cachewatch proxy --upstream URL [--listen 127.0.0.1:8787] [--include-usage]
+    cachewatch proxy --upstream URL [--listen 127.0.0.1:8787] [--include-usage] [--workers N]
+                     [limits and timeouts]
     cachewatch emulator [--port 8790] [--profile auto|anthropic|dashscope]
     cachewatch dashboards --out DIR
     cachewatch report [--url http://127.0.0.1:9464/metrics] [--format table|json]
@@ -12,16 +13,43 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from typing import Any
 
 from .._extras import MissingExtraError, require
 
 __all__ = ["main"]
+
+
+#: The proxy's limit and timeout defaults (``cachewatch.proxy._proxy``'s dataclasses; kept here so
+#: that ``--help`` needs no import of the proxy's dependencies).
+UPSTREAM_DEFAULTS: dict[str, float] = {"connect": 10.0, "headers": 600.0, "idle": 300.0}
+CLIENT_DEFAULTS: dict[str, Any] = {
+    "head_timeout": 30.0,
+    "body_timeout": 30.0,
+    "request_timeout": 300.0,
+    "keep_alive_timeout": 5.0,
+    "max_head_bytes": 64 * 1024,
+    "max_headers": 100,
+}
+
+
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds (0 turns it off), got {value!r}")
+    return seconds
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -55,7 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     proxy = sub.add_parser(
-        "proxy", help="reverse proxy for non-Python clients (curl, TypeScript SDK, agents)"
+        "proxy",
+        help="reverse proxy for non-Python clients (curl, TypeScript SDK, agents)",
+        description="Reverse proxy for non-Python clients. Every limit and timeout has a default "
+        "(shown in brackets); a timeout of 0 turns it off.",
     )
     proxy.add_argument(
         "--upstream", required=True, help="base URL to forward to, e.g. https://api.anthropic.com"
@@ -68,7 +99,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     proxy.add_argument("--breakpoints", choices=("auto", "off"), default="auto")
     proxy.add_argument("--provider", help="provider label for the upstream (default: from its host)")
-    proxy.add_argument("--max-body", type=int, default=32 * 1024 * 1024, help="largest request body in bytes")
     proxy.add_argument(
         "--allow-host", action="append", default=[], help="extra Host header value to accept (repeatable)"
     )
@@ -79,6 +109,75 @@ def _parser() -> argparse.ArgumentParser:
         help="ask OpenAI-compatible streams for usage (stream_options.include_usage) and hide the "
         "extra chunk from the client, as wrap(include_usage=True) does",
     )
+    proxy.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="processes serving the port; metrics are aggregated through PROMETHEUS_MULTIPROC_DIR "
+        "(a temporary directory unless set) [1]",
+    )
+    limits = proxy.add_argument_group("limits (bytes) and timeouts (seconds; 0 turns a timeout off)")
+    upstream_defaults = UPSTREAM_DEFAULTS
+    client_defaults = CLIENT_DEFAULTS
+    limits.add_argument(
+        "--max-body",
+        type=_positive_int,
+        default=32 * 1024 * 1024,
+        help="largest request body, bytes (413) [%(default)s]",
+    )
+    limits.add_argument(
+        "--max-head-bytes",
+        type=_positive_int,
+        default=client_defaults["max_head_bytes"],
+        help="largest request head (request line and headers), bytes (431) [%(default)s]",
+    )
+    limits.add_argument(
+        "--max-headers",
+        type=_positive_int,
+        default=client_defaults["max_headers"],
+        help="most header fields in one request (431) [%(default)s]",
+    )
+    limits.add_argument(
+        "--max-event-bytes",
+        type=_positive_int,
+        default=8 * 1024 * 1024,
+        help="observation cap: one SSE line or event; past it the response is relayed unobserved [%(default)s]",
+    )
+    limits.add_argument(
+        "--max-decoded-bytes",
+        type=_positive_int,
+        default=128 * 1024 * 1024,
+        help="observation cap: content-decoded bytes of one response (compression bombs) [%(default)s]",
+    )
+    for flag, key, text in (
+        ("--upstream-connect-timeout", "connect", "to connect to the upstream (504)"),
+        (
+            "--upstream-headers-timeout",
+            "headers",
+            "from sending a request to the upstream's response headers (504)",
+        ),
+        (
+            "--upstream-idle-timeout",
+            "idle",
+            "longest upstream silence inside a response body (the response is cut)",
+        ),
+    ):
+        limits.add_argument(flag, type=_seconds, default=upstream_defaults[key], help=f"{text} [%(default)s]")
+    for flag, key, text in (
+        ("--client-head-timeout", "head_timeout", "for a client to send a request head (408)"),
+        ("--client-body-timeout", "body_timeout", "longest client silence inside a request body (408)"),
+        (
+            "--client-request-timeout",
+            "request_timeout",
+            "for a client to send a whole request, head and body (408)",
+        ),
+        (
+            "--keep-alive-timeout",
+            "keep_alive_timeout",
+            "an idle connection between requests is closed after it",
+        ),
+    ):
+        limits.add_argument(flag, type=_seconds, default=client_defaults[key], help=f"{text} [%(default)s]")
 
     report = sub.add_parser(
         "report", help="per-workspace and per-model cost, savings, hit ratio and miss reasons from /metrics"
@@ -238,67 +337,91 @@ def _print_summary(console: Any, result: Any, metrics_url: str) -> None:
 
 def _proxy(args: argparse.Namespace) -> int:
     require("cachewatch proxy", "proxy", "uvicorn", "starlette", "httptools", "aiohttp", "httpx_aiohttp")
-    from urllib.parse import urlsplit
-
-    import uvicorn
-
-    from ..proxy._proxy import create_proxy_app, server_options
+    import os
+    import shutil
+    import tempfile
 
     host, port = args.listen
-    # One JSON line per proxied request on stdout: the proxy is an application, so it
-    # configures the library's stdlib logger (the event carries no credentials).
-    _log_json_lines(sys.stdout)
-    options: dict[str, Any] = {"breakpoints": args.breakpoints}
-    if args.provider:
-        options["providers"] = {urlsplit(args.upstream).hostname or "": args.provider}
-    if args.prices:
-        options["prices"] = args.prices
-    if args.include_usage:
-        options["include_usage"] = True
+    multiproc_dir: str | None = None
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Set before prometheus_client is first imported (it picks its value class then).
+        multiproc_dir = tempfile.mkdtemp(prefix="cachewatch-proxy-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
     try:
-        app = create_proxy_app(
-            args.upstream, allowed_hosts=args.allow_host, max_body=args.max_body, **options
-        )
+        return _serve_proxy(args, host, port)
+    finally:
+        if multiproc_dir is not None:
+            shutil.rmtree(multiproc_dir, ignore_errors=True)
+
+
+def _serve_proxy(args: argparse.Namespace, host: str, port: int) -> int:
+    import os
+
+    import orjson
+    import uvicorn
+
+    from ..proxy._proxy import (
+        CONFIG_ENV,
+        ClientLimits,
+        UpstreamTimeouts,
+        app_from_config,
+        proxy_config,
+        server_options,
+    )
+
+    limits = ClientLimits(
+        head_timeout=args.client_head_timeout,
+        body_timeout=args.client_body_timeout,
+        request_timeout=args.client_request_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
+        max_head_bytes=args.max_head_bytes,
+        max_headers=args.max_headers,
+    )
+    config = proxy_config(
+        args.upstream,
+        allowed_hosts=args.allow_host,
+        max_body=args.max_body,
+        breakpoints=args.breakpoints,
+        provider=args.provider,
+        prices=args.prices,
+        timeouts=UpstreamTimeouts(
+            connect=args.upstream_connect_timeout,
+            headers=args.upstream_headers_timeout,
+            idle=args.upstream_idle_timeout,
+        ),
+        limits=limits,
+        max_event_bytes=args.max_event_bytes,
+        max_decoded_bytes=args.max_decoded_bytes,
+        include_usage=args.include_usage,
+    )
+    try:
+        # Built here in every mode, so that a bad --upstream or --prices fails at once
+        # (with --workers, each process then builds its own from CACHEWATCH_PROXY_CONFIG).
+        app = app_from_config(config)
     except (ValueError, OSError) as exc:
         print(f"cachewatch proxy: {exc}", file=sys.stderr)
         return 2
 
+    workers = f", {args.workers} workers" if args.workers > 1 else ""
     print(
-        f"cachewatch proxy: http://{host}:{port} -> {args.upstream}  (/metrics on the same port)",
+        f"cachewatch proxy: http://{host}:{port} -> {args.upstream}  (/metrics on the same port{workers})",
         file=sys.stderr,
     )
-    # httptools + uvloop, with the raw request target still checked (absolute-URI
-    # requests are refused); no Date/Server headers of uvicorn's own (see server_options).
-    uvicorn.run(app, host=host, port=port, **server_options())
+    # httptools + uvloop, with the raw request target checked and the client limits
+    # enforced; no Date/Server headers of uvicorn's own (see server_options).
+    if args.workers > 1:
+        os.environ[CONFIG_ENV] = orjson.dumps(config).decode()
+        uvicorn.run(
+            "cachewatch.proxy._proxy:app_from_environment",
+            factory=True,
+            workers=args.workers,
+            host=host,
+            port=port,
+            **server_options(limits, importable=True),
+        )
+    else:
+        uvicorn.run(app, host=host, port=port, **server_options(limits))
     return 0
-
-
-class _JsonLines(logging.Formatter):
-    """One JSON object per record: the ``cachewatch.request`` fields, or the message."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        import orjson
-
-        line: dict[str, Any] = {
-            "timestamp": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
-            "level": record.levelname.lower(),
-        }
-        fields = getattr(record, "cachewatch", None)
-        if isinstance(fields, dict):
-            line["event"] = "cachewatch.request"
-            line.update(fields)
-        else:
-            line["event"] = record.getMessage()
-        return orjson.dumps(line, default=str).decode()
-
-
-def _log_json_lines(stream: Any) -> None:
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(_JsonLines())
-    log = logging.getLogger("cachewatch")
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
 
 
 def _report(args: argparse.Namespace) -> int:

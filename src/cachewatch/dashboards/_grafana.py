@@ -54,6 +54,7 @@ PREM = "cachewatch_cache_write_premium_total"
 MISS = "cachewatch_cache_misses_total"
 ERR = "cachewatch_internal_errors_total"
 UNREP = "cachewatch_usage_unreported_total"
+TRUNCATED = "cachewatch_observation_truncated_total"
 
 PER_HOUR = " * 3600"
 
@@ -564,8 +565,13 @@ def build_overview_dashboard() -> dict[str, Any]:
         Panel(
             "timeseries",
             "Internal errors by stage",
-            "Faults inside cachewatch that it survived, per second, by stage (0 when none). Anything above 0 deserves a look.",
-            [Target(zero_if_absent(sum_rate(ERR, ("stage",))), "{{stage}}")],
+            "Faults inside cachewatch that it survived, per second, by stage, and responses no longer observed "
+            "past a size cap (their bytes passed unchanged, their usage may be incomplete), by reason "
+            "(0 when none). Anything above 0 deserves a look.",
+            [
+                Target(zero_if_absent(sum_rate(ERR, ("stage",))), "{{stage}}"),
+                Target(zero_if_absent(sum_rate(TRUNCATED, ("reason",))), "observation cap: {{reason}}"),
+            ],
             "short",
             w=24 if not has_metric(WASTED_WRITES_METRIC) else 12,
             h=6,

@@ -11,6 +11,7 @@ degrades to "observe less", never to "change the traffic".
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -19,11 +20,12 @@ from dataclasses import replace
 from typing import Any
 
 import xxhash
+from prometheus_client import CollectorRegistry
 
 from ..accounting._pricing import PriceTable
 from ..accounting._records import Cost, Outcome, ParsedResponse, RequestInfo, UsageRecord, new_usage_record
 from ..diagnosis import Diagnoser, Fingerprints, conversation_key, fingerprints_of
-from ..observing._observer import ResponseObserver
+from ..observing._observer import DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_EVENT_BYTES, ResponseObserver
 from ..planning._hygiene import UsageChunkFilter
 from ..sinks import Sink
 from ..sinks.logs import LogSink
@@ -40,6 +42,8 @@ from ._endpoints import (
 from ._faults import FaultRecorder
 
 __all__ = ["Engine", "Exchange"]
+
+_log = logging.getLogger("cachewatch")
 
 _BREAKPOINT_MODES = ("auto", "off")
 
@@ -63,6 +67,10 @@ class Engine:
         providers: extra ``host`` / ``host:port`` -> provider label entries.
         workspaces: API key (or ``sha256:<hex>`` fingerprint) -> workspace label.
         max_models: distinct ``model`` label values per process before ``other``.
+        max_json_bytes / max_event_bytes / max_decoded_bytes: observation caps (a JSON
+            body; one SSE line or event; the content-decoded bytes of one body). Past a
+            cap the response is no longer observed (its bytes still pass unchanged): counted
+            in ``cachewatch_observation_truncated_total{reason}`` and logged once per reason.
         clock: monotonic clock in seconds (default ``time.perf_counter``).
         sinks: extra sinks that receive every record.
         diagnosis: diagnose cache misses and count wasted writes (``_diagnosis``; default True).
@@ -89,6 +97,8 @@ class Engine:
         max_models: int = 50,
         max_workspaces: int = 100,
         max_json_bytes: int = 8 * 1024 * 1024,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
         clock: Callable[[], float] = time.perf_counter,
         sinks: list[Sink] | None = None,
         planner: Any | None = None,
@@ -102,8 +112,18 @@ class Engine:
         if breakpoints not in _BREAKPOINT_MODES:
             raise ValueError(f"breakpoints must be one of {_BREAKPOINT_MODES}, not {breakpoints!r}")
         self.breakpoints = breakpoints
-        self.metrics = metrics_for(registry)
+        # Construction never breaks the application's start-up: a broken collaborator
+        # (a registry that refuses the collectors, a tracer or meter provider that
+        # raises) is counted under stage "config", logged once, and done without.
+        registry_fault: Exception | None = None
+        try:
+            self.metrics = metrics_for(registry)
+        except Exception as exc:
+            registry_fault = exc  # counted below, on a private registry nobody scrapes
+            self.metrics = metrics_for(CollectorRegistry())
         self.fault = FaultRecorder(self.metrics.internal_errors)
+        if registry_fault is not None:
+            self.fault("config", registry_fault)
         self.providers = dict(providers or {})
         #: (host, port) -> (provider label, workspace label when no key mapping applies).
         self._hosts: dict[tuple[str, int | None], tuple[str, str]] = {}
@@ -114,11 +134,21 @@ class Engine:
         self.model_cap = LabelCap(max_models)
         self.workspace_cap = LabelCap(max_workspaces)
         self.max_json_bytes = max_json_bytes
+        self.max_event_bytes = max_event_bytes
+        self.max_decoded_bytes = max_decoded_bytes
+        self._truncations_logged: set[str] = set()
         self.clock = clock
         self.prices = _price_table(prices)
-        self.sinks: list[Sink] = [PrometheusSink(self.metrics), OTelSpanSink(tracer_provider)]
+        self.sinks: list[Sink] = [PrometheusSink(self.metrics)]
+        try:
+            self.sinks.append(OTelSpanSink(tracer_provider))
+        except Exception as exc:
+            self.fault("config", exc)  # no spans
         if meter_provider is not None:
-            self.sinks.append(OTelMetricsSink(meter_provider, token_counters=otel_token_counters))
+            try:
+                self.sinks.append(OTelMetricsSink(meter_provider, token_counters=otel_token_counters))
+            except Exception as exc:
+                self.fault("config", exc)  # no OTel metrics
         self.sinks.append(LogSink(logger))
         self.sinks.extend(sinks or ())
         self.planner = planner
@@ -129,11 +159,14 @@ class Engine:
         self.cache_diagnostics = cache_diagnostics
         self.diagnoser: Diagnoser | None = None
         if diagnosis:
-            self.diagnoser = Diagnoser(
-                store,
-                on_wasted=self.metrics.count_wasted_write_tokens,
-                estimator=getattr(self.planner, "estimator", None),
-            )
+            try:
+                self.diagnoser = Diagnoser(
+                    store,
+                    on_wasted=self.metrics.count_wasted_write_tokens,
+                    estimator=getattr(self.planner, "estimator", None),
+                )
+            except Exception as exc:
+                self.fault("config", exc)  # no miss diagnosis
         # -- cache-miss diagnosis (end) --
 
     # -- request side -----------------------------------------------------------------
@@ -342,6 +375,21 @@ class Engine:
             extra["breakpoints.profile"] = profile
         return extra
 
+    def observation_truncated(self, reason: str) -> None:
+        """A response was no longer observed past a cap: count it, and log each reason once."""
+        try:
+            self.metrics.child(self.metrics.observation_truncated, (reason,)).inc()
+            if reason not in self._truncations_logged:
+                self._truncations_logged.add(reason)
+                _log.warning(
+                    "cachewatch stopped observing a response at its %s cap; every byte was relayed "
+                    "unchanged, and its usage may be incomplete (counted in "
+                    "cachewatch_observation_truncated_total).",
+                    reason,
+                )
+        except Exception as exc:
+            self.fault("observe", exc)
+
     # -- sinks ------------------------------------------------------------------------
 
     def start_sinks(self, info: RequestInfo) -> list[object | None]:
@@ -513,6 +561,11 @@ class Exchange:
         self.marked: bool | None = None
 
     @property
+    def done(self) -> bool:
+        """The exchange was finished (its record went to the sinks, or was given up)."""
+        return self._done
+
+    @property
     def new_body(self) -> bytes | None:
         """The planned request body, or None to send the original bytes."""
         if self.body_override is not None:
@@ -572,6 +625,8 @@ class Exchange:
                 content_type=content_type,
                 content_encoding=headers.get("content-encoding"),
                 max_json_bytes=self.engine.max_json_bytes,
+                max_event_bytes=self.engine.max_event_bytes,
+                max_decoded_bytes=self.engine.max_decoded_bytes,
             )
         except Exception as exc:
             self.engine.fault("observe", exc)
@@ -620,11 +675,15 @@ class Exchange:
         try:
             now = engine.clock()
             parsed = _NOTHING_PARSED
-            if self.observer is not None:
+            observer = self.observer
+            if observer is not None:
                 try:
-                    parsed = self.observer.result()
+                    parsed = observer.result()
                 except Exception as exc:
                     engine.fault("parse", exc)
+                if observer.truncated is not None:
+                    engine.observation_truncated(observer.truncated)
+                    self.extra["observation_truncated"] = observer.truncated
             if outcome is None or (outcome is Outcome.ABORTED and parsed.complete):
                 outcome = Outcome.from_status(self.status_code or 0)
                 if outcome is Outcome.OK and parsed.error_type:

@@ -9,6 +9,12 @@ from the first two bytes as browsers and httpx do), ``br`` (package ``brotli``),
 (package ``zstandard``), and stacked encodings such as ``"gzip, br"`` (RFC 9110
 section 8.4: listed in the order applied, so decoded in reverse).
 
+Bounded memory on any input (decompression bombs): :meth:`ContentDecoder.iter_decode`
+yields the output in pieces of about :data:`PIECE_BYTES` (zlib's ``max_length``,
+brotli's ``output_buffer_limit``; zstd input is fed in slices small enough that one
+slice cannot inflate past a few MiB, and its window is capped at 8 MiB as RFC 9659
+asks), so a consumer that stops iterating never holds more than one piece.
+
 Nothing here raises on bad input: corrupt data or an unknown coding marks the decoder
 :attr:`~ContentDecoder.failed`, and the observer then reports ``unparsed=True``.
 """
@@ -18,23 +24,38 @@ from __future__ import annotations
 import importlib
 import logging
 import zlib
+from collections.abc import Iterator
 from typing import Any, Protocol
 
-__all__ = ["ContentDecoder", "make_decoder"]
+__all__ = ["PIECE_BYTES", "ContentDecoder", "make_decoder"]
+
+#: Output of one decoding step (the most one step holds in memory, give or take 2x).
+PIECE_BYTES = 64 * 1024
+
+#: zstd input slice: one block header (3 bytes) plus one byte can stand for 128 KiB of
+#: output, so 64 bytes of input are at most about 2 MiB.
+_ZSTD_SLICE = 64
+
+#: RFC 9659 section 3: HTTP zstd decoders need not accept windows over 8 MiB.
+_ZSTD_MAX_WINDOW = 8 * 1024 * 1024
 
 
 class _Stage(Protocol):
-    def decode(self, data: bytes) -> bytes: ...
+    def pieces(self, data: bytes) -> Iterator[bytes]: ...
 
     @property
     def finished(self) -> bool: ...
 
 
-class _Identity:
-    finished = True
-
-    def decode(self, data: bytes) -> bytes:
-        return data
+def _zlib_pieces(obj: zlib._Decompress, data: bytes) -> Iterator[bytes]:
+    """Decompress ``data`` with ``obj`` in pieces of at most PIECE_BYTES."""
+    while True:
+        out = obj.decompress(data, PIECE_BYTES)
+        if out:
+            yield out
+        data = obj.unconsumed_tail
+        if obj.eof or (not data and len(out) < PIECE_BYTES):
+            return
 
 
 class _Gzip:
@@ -47,15 +68,14 @@ class _Gzip:
     def finished(self) -> bool:
         return self._obj.eof
 
-    def decode(self, data: bytes) -> bytes:
-        out = self._obj.decompress(data)
-        while self._obj.eof and self._obj.unused_data:
+    def pieces(self, data: bytes) -> Iterator[bytes]:
+        while True:
+            yield from _zlib_pieces(self._obj, data)
             rest = self._obj.unused_data
-            if rest.strip(b"\x00") == b"":
-                break  # zero padding after the last member is common and harmless
+            if not (self._obj.eof and rest) or rest.strip(b"\x00") == b"":
+                return  # zero padding after the last member is common and harmless
             self._obj = zlib.decompressobj(zlib.MAX_WBITS | 16)
-            out += self._obj.decompress(rest)
-        return out
+            data = rest
 
 
 class _Deflate:
@@ -69,16 +89,16 @@ class _Deflate:
     def finished(self) -> bool:
         return self._obj is not None and self._obj.eof
 
-    def decode(self, data: bytes) -> bytes:
+    def pieces(self, data: bytes) -> Iterator[bytes]:
         if self._obj is None:
             self._head += data
             if len(self._head) < 2:
-                return b""
+                return
             data, self._head = self._head, b""
             cmf, flg = data[0], data[1]
             zlib_wrapped = cmf & 0x0F == 8 and (cmf << 8 | flg) % 31 == 0
             self._obj = zlib.decompressobj(zlib.MAX_WBITS if zlib_wrapped else -zlib.MAX_WBITS)
-        return self._obj.decompress(data)
+        yield from _zlib_pieces(self._obj, data)
 
 
 def _import_codec(module: str, extra: str) -> Any:
@@ -110,11 +130,19 @@ class _Brotli:
     def finished(self) -> bool:
         return bool(self._obj.is_finished())
 
-    def decode(self, data: bytes) -> bytes:
+    def pieces(self, data: bytes) -> Iterator[bytes]:
         if not data:
-            return b""
-        out: bytes = self._obj.process(data)
-        return out
+            return
+        obj = self._obj
+        out: bytes = obj.process(data, output_buffer_limit=PIECE_BYTES)
+        if out:
+            yield out
+        # At the limit, more output may be pending: drain it with empty input.
+        while (len(out) >= PIECE_BYTES or not obj.can_accept_more_data()) and not obj.is_finished():
+            out = obj.process(b"", output_buffer_limit=PIECE_BYTES)
+            if not out:
+                return
+            yield out
 
 
 class _Zstd:
@@ -123,20 +151,25 @@ class _Zstd:
     def __init__(self) -> None:
         zstandard = _import_codec("zstandard", "zstd")
 
-        self._factory = zstandard.ZstdDecompressor()
+        self._factory = zstandard.ZstdDecompressor(max_window_size=_ZSTD_MAX_WINDOW)
         self._obj = self._factory.decompressobj()
 
     @property
     def finished(self) -> bool:
         return bool(self._obj.eof)
 
-    def decode(self, data: bytes) -> bytes:
-        out: bytes = self._obj.decompress(data)
-        while self._obj.eof and self._obj.unused_data:
-            rest: bytes = self._obj.unused_data
-            self._obj = self._factory.decompressobj()
-            out += self._obj.decompress(rest)
-        return out
+    def pieces(self, data: bytes) -> Iterator[bytes]:
+        # zstandard's decompressobj has no output limit: bound it through the input.
+        for start in range(0, len(data), _ZSTD_SLICE):
+            piece = data[start : start + _ZSTD_SLICE] if len(data) > _ZSTD_SLICE else data
+            while True:
+                out: bytes = self._obj.decompress(piece)
+                if out:
+                    yield out
+                if not (self._obj.eof and self._obj.unused_data):
+                    break
+                piece = self._obj.unused_data
+                self._obj = self._factory.decompressobj()
 
 
 def _stage(coding: str) -> _Stage | None:
@@ -163,8 +196,12 @@ class ContentDecoder:
 
         decoder = ContentDecoder("gzip")
         for chunk in wire_chunks:
-            plain = decoder.decode(chunk)   # b"" after a failure
+            for piece in decoder.iter_decode(chunk):   # bounded pieces; none after a failure
+                ...
         decoder.failed, decoder.finished
+
+    :meth:`decode` returns the whole output of a chunk at once (unbounded: for callers
+    that relay it anyway).
     """
 
     __slots__ = ("_stages", "failed")
@@ -195,17 +232,37 @@ class ContentDecoder:
         """Every compressed stream reached its end marker (False means truncated so far)."""
         return not self.failed and all(stage.finished for stage in self._stages)
 
-    def decode(self, data: bytes) -> bytes:
+    def iter_decode(self, data: bytes) -> Iterator[bytes]:
+        """The decoded output of ``data``, in pieces of about :data:`PIECE_BYTES`.
+
+        A consumer may stop early; the rest of ``data`` is then never decoded.
+        """
         if self.failed:
-            return b""
+            return
+        if not self._stages:
+            if data:
+                yield data
+            return
         try:
-            for stage in self._stages:
-                data = stage.decode(data)
+            yield from self._run(0, data)
         except Exception:
             # zlib.error, brotli.error, zstandard.ZstdError... and anything unexpected.
             self.failed = True
+
+    def _run(self, index: int, data: bytes) -> Iterator[bytes]:
+        stages = self._stages
+        last = index == len(stages) - 1
+        for piece in stages[index].pieces(data):
+            if last:
+                yield piece
+            else:
+                yield from self._run(index + 1, piece)
+
+    def decode(self, data: bytes) -> bytes:
+        pieces = list(self.iter_decode(data))
+        if self.failed:
             return b""
-        return data
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def make_decoder(content_encoding: str | None) -> ContentDecoder:

@@ -12,6 +12,17 @@ SSE, anything else -> unparsed). JSON bodies are buffered up to ``max_json_bytes
 parsed once, at the first :meth:`~ResponseObserver.result` call after new data; SSE events
 are parsed as they arrive. Nothing here raises on bad input; it reports
 ``unparsed=True`` instead.
+
+Linear time and bounded memory on any input. Three caps, each of which makes the
+observer stop observing the response (the caller's bytes are untouched either way; the
+result keeps the usage seen so far, marked ``unparsed``, and :attr:`ResponseObserver.truncated`
+names the cap, which the engine counts in ``cachewatch_observation_truncated_total``):
+
+- ``max_json_bytes``: a JSON body's decoded size (reason ``json_body``);
+- ``max_event_bytes``: one SSE line, or one event's data (``sse_line``, ``sse_event``);
+- ``max_decoded_bytes``: what content decoding may produce for one body (``decoded_bytes``:
+  a compression bomb). Decoding runs in bounded pieces, so even one small wire chunk
+  that inflates to gigabytes is stopped after the cap.
 """
 
 from __future__ import annotations
@@ -22,12 +33,22 @@ import orjson
 
 from cachewatch.accounting._records import ParsedResponse
 from cachewatch.observing._decoding import ContentDecoder
-from cachewatch.observing._sse import SSEDecoder, SSEEvent
+from cachewatch.observing._sse import DEFAULT_MAX_EVENT_BYTES, SSEDecoder, SSEEvent, SSEOverflow
 from cachewatch.observing._usage import UsageAccumulator
 
-__all__ = ["DEFAULT_MAX_JSON_BYTES", "ResponseObserver"]
+__all__ = [
+    "DEFAULT_MAX_DECODED_BYTES",
+    "DEFAULT_MAX_EVENT_BYTES",
+    "DEFAULT_MAX_JSON_BYTES",
+    "TRUNCATION_REASONS",
+    "ResponseObserver",
+]
 
 DEFAULT_MAX_JSON_BYTES: Final = 8 * 1024 * 1024
+#: Content-decoded bytes inspected per response (a long compressed stream stays far below).
+DEFAULT_MAX_DECODED_BYTES: Final = 128 * 1024 * 1024
+#: The ``reason`` label values of ``cachewatch_observation_truncated_total``.
+TRUNCATION_REASONS: Final = ("json_body", "sse_line", "sse_event", "decoded_bytes")
 
 _UNDECIDED, _JSON, _SSE, _OTHER = 0, 1, 2, 3
 _WHITESPACE = b" \t\r\n\xef\xbb\xbf"  # and a UTF-8 byte-order mark
@@ -72,6 +93,8 @@ class ResponseObserver:
         content_type: the response ``Content-Type`` header, or None.
         content_encoding: the response ``Content-Encoding`` header, or None.
         max_json_bytes: decoded size cap for a JSON body; larger bodies are unparsed.
+        max_event_bytes: cap on one SSE line and on one event's data.
+        max_decoded_bytes: cap on the content-decoded bytes of the body.
 
     Example::
 
@@ -86,17 +109,20 @@ class ResponseObserver:
         "_acc",
         "_api",
         "_chunk_needles",
+        "_decoded",
         "_decoder",
         "_failed",
         "_json_overflow",
         "_json_parts",
         "_json_size",
+        "_max_decoded",
         "_max_json_bytes",
         "_mode",
         "_needles",
         "_result",
         "_sniff",
         "_sse",
+        "truncated",
     )
 
     def __init__(
@@ -106,6 +132,8 @@ class ResponseObserver:
         content_type: str | None,
         content_encoding: str | None,
         max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
     ) -> None:
         self._api = api
         self._acc = UsageAccumulator(api)
@@ -113,8 +141,12 @@ class ResponseObserver:
         self._chunk_needles = _CHUNK_NEEDLES.get(api)
         #: None when the body is not content-encoded (the common case: nothing to decode).
         self._decoder = ContentDecoder(content_encoding) if content_encoding else None
-        self._sse = SSEDecoder()
+        self._sse = SSEDecoder(max_event_bytes)
         self._max_json_bytes = max_json_bytes
+        self._decoded = 0
+        self._max_decoded = max_decoded_bytes
+        #: The cap observation stopped at (a TRUNCATION_REASONS value), or None.
+        self.truncated: str | None = None
         self._json_parts: list[bytes] = []
         self._json_size = 0
         self._json_overflow = False
@@ -134,15 +166,31 @@ class ResponseObserver:
         if self._failed or not chunk:
             return
         self._result = None
+        decoder = self._decoder
+        if decoder is not None:
+            self._feed_encoded(decoder, chunk)
+            return
+        self._feed(chunk)
+
+    def _feed_encoded(self, decoder: ContentDecoder, chunk: bytes) -> None:
+        """Decode ``chunk`` piece by piece, observing each, until the decoded-bytes cap."""
         try:
-            decoder = self._decoder
-            if decoder is not None:
-                chunk = decoder.decode(chunk)
-                if decoder.failed:
-                    self._failed = True
+            for piece in decoder.iter_decode(chunk):
+                self._decoded += len(piece)
+                if self._decoded > self._max_decoded:
+                    self._truncate("decoded_bytes")
                     return
-                if not chunk:
+                self._feed(piece)
+                if self._failed:
                     return
+            if decoder.failed:
+                self._failed = True
+        except Exception:
+            self._failed = True
+
+    def _feed(self, chunk: bytes) -> None:
+        """Observe decoded body bytes."""
+        try:
             mode = self._mode
             if mode == _SSE:
                 needles = self._chunk_needles
@@ -163,6 +211,8 @@ class ResponseObserver:
                 self._buffer_json(chunk)
             elif mode == _UNDECIDED:
                 self._sniff_feed(chunk)
+        except SSEOverflow as exc:
+            self._truncate(exc.reason)
         except Exception:
             # A bug here must never reach the caller's traffic.
             self._failed = True
@@ -180,6 +230,15 @@ class ResponseObserver:
         return parsed
 
     # -- internals ------------------------------------------------------------------
+
+    def _truncate(self, reason: str) -> None:
+        """Stop observing at a cap: keep what was learned, drop every buffer."""
+        self.truncated = reason
+        self._failed = True
+        self._sse = SSEDecoder()
+        self._json_parts = []
+        self._sniff = b""
+        self._decoder = None
 
     def _compute(self) -> ParsedResponse:
         mode = self._mode
@@ -242,6 +301,7 @@ class ResponseObserver:
         if self._json_size > self._max_json_bytes:
             self._json_overflow = True
             self._json_parts = []
+            self.truncated = "json_body"
             return
         self._json_parts.append(chunk)
 

@@ -19,13 +19,21 @@ Follows the WHATWG "event stream interpretation" rules
 One deliberate extension: :meth:`SSEDecoder.flush` dispatches a final event that lacks
 its trailing blank line (WHATWG would drop it), because some servers close the stream
 right after the last ``data:`` line and that line often carries the usage.
+
+Linear time and bounded memory on any input: the pieces of an unterminated line are
+kept in a list and joined once, when its end arrives (never re-copied chunk after
+chunk), and one line, or the data of one event, longer than ``max_event_bytes`` raises
+:class:`SSEOverflow`: the observer then stops observing that response.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["SSEDecoder", "SSEEvent"]
+__all__ = ["DEFAULT_MAX_EVENT_BYTES", "SSEDecoder", "SSEEvent", "SSEOverflow"]
+
+#: Longest SSE line, and largest data of one event, the decoder holds (8 MiB).
+DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024
 
 
 class SSEEvent(NamedTuple):
@@ -33,6 +41,14 @@ class SSEEvent(NamedTuple):
 
     event: str | None
     data: str
+
+
+class SSEOverflow(Exception):
+    """One line (``reason="sse_line"``) or one event's data (``"sse_event"``) went over the cap."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class SSEDecoder:
@@ -48,21 +64,48 @@ class SSEDecoder:
             ...
 
     ``id`` and ``retry`` fields are accepted and ignored: cachewatch only observes.
+
+    Args:
+        max_event_bytes: longest line, and largest data of one event, held; beyond it
+            :meth:`feed` raises :class:`SSEOverflow` and the decoder is reset.
     """
 
-    __slots__ = ("_buffer", "_data", "_event")
+    __slots__ = ("_data", "_data_size", "_event", "_max", "_parts", "_size")
 
-    def __init__(self) -> None:
-        # Bytes of the current, not yet terminated line (may end with a held-back CR).
-        self._buffer = b""
+    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        # Pieces of the current, not yet terminated line (the last may end with a
+        # held-back CR), and their total size.
+        self._parts: list[bytes] = []
+        self._size = 0
         self._event: str | None = None
         self._data: list[str] = []
+        #: Bytes of the current event's data lines after its first one.
+        self._data_size = 0
+        self._max = max_event_bytes
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        """Consume ``chunk`` and return the events it completed (often none or one)."""
-        buffer = self._buffer + chunk if self._buffer else chunk
-        if not buffer:
+        """Consume ``chunk`` and return the events it completed (often none or one).
+
+        Raises:
+            SSEOverflow: a line or an event went over ``max_event_bytes``.
+        """
+        if not chunk:
             return []
+        parts = self._parts
+        if parts:
+            if parts[-1][-1] != 0x0D and chunk.find(b"\n") == -1 and chunk.find(b"\r") == -1:
+                # Still inside the same line: keep the piece, copy nothing.
+                parts.append(chunk)
+                self._size += len(chunk)
+                if self._size > self._max:
+                    self._overflow("sse_line")
+                return []
+            parts.append(chunk)
+            buffer = b"".join(parts)
+            self._parts = []
+            self._size = 0
+        else:
+            buffer = chunk
         if buffer[-1] == 0x0D:  # b"\r": may be the first half of a CRLF
             body = buffer[:-1]
             held = b"\r"
@@ -73,9 +116,10 @@ class SSEDecoder:
             body = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         last = body.rfind(b"\n")
         if last < 0:
-            self._buffer = buffer
+            self._keep(buffer)
             return []
-        self._buffer = body[last + 1 :] + held if held or last + 1 < len(body) else b""
+        if held or last + 1 < len(body):
+            self._keep(body[last + 1 :] + held)
         # The per-line state machine is inlined here (this runs for every stream chunk);
         # _line() is the readable twin used by flush().
         events: list[SSEEvent] = []
@@ -89,8 +133,13 @@ class SSEDecoder:
                         new_event(SSEEvent, (self._event, data[0] if len(data) == 1 else "\n".join(data)))
                     )
                     data = self._data = []
+                    self._data_size = 0
                 self._event = None
             elif line.startswith(b"data:"):
+                if data:  # a multi-line event: its size is bounded too
+                    self._data_size += len(line)
+                    if self._data_size > self._max:
+                        self._overflow("sse_event")
                 data.append((line[6:] if line[5:6] == b" " else line[5:]).decode("utf-8", "replace"))
             elif line.startswith(b"event:"):
                 self._event = (line[7:] if line[6:7] == b" " else line[6:]).decode("utf-8", "replace") or None
@@ -101,8 +150,9 @@ class SSEDecoder:
     def flush(self) -> list[SSEEvent]:
         """End of stream: process an unterminated last line and dispatch a pending event."""
         events: list[SSEEvent] = []
-        rest = self._buffer
-        self._buffer = b""
+        rest = b"".join(self._parts)
+        self._parts = []
+        self._size = 0
         if rest:
             rest = rest.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
             for line in rest.split(b"\n"):
@@ -113,21 +163,37 @@ class SSEDecoder:
     @property
     def idle(self) -> bool:
         """Between events: no partial line is buffered and no event field is pending."""
-        return not self._buffer and not self._data and self._event is None
+        return not self._parts and not self._data and self._event is None
 
     def pending(self) -> list[SSEEvent]:
         """What :meth:`flush` would return now, without changing any state."""
-        clone = SSEDecoder()
-        clone._buffer = self._buffer
+        clone = SSEDecoder(self._max)
+        clone._parts = list(self._parts)
         clone._event = self._event
         clone._data = list(self._data)
         return clone.flush()
+
+    def _keep(self, rest: bytes) -> None:
+        """Hold the start of an unterminated line."""
+        self._parts = [rest]
+        self._size = len(rest)
+        if self._size > self._max:
+            self._overflow("sse_line")
+
+    def _overflow(self, reason: str) -> None:
+        self._parts = []
+        self._size = 0
+        self._data = []
+        self._data_size = 0
+        self._event = None
+        raise SSEOverflow(reason)
 
     def _line(self, line: bytes, events: list[SSEEvent]) -> None:
         if not line:
             if self._data:
                 events.append(SSEEvent(self._event, "\n".join(self._data)))
                 self._data = []
+                self._data_size = 0
             # WHATWG: the event type buffer is reset on every blank line, dispatched or not.
             self._event = None
             return
@@ -142,6 +208,10 @@ class SSEDecoder:
             # One space after the colon is part of the syntax, not of the value.
             value = line[colon + 2 :] if line[colon + 1 : colon + 2] == b" " else line[colon + 1 :]
         if name == b"data":
+            if self._data:
+                self._data_size += len(value)
+                if self._data_size > self._max:
+                    self._overflow("sse_event")
             self._data.append(value.decode("utf-8", "replace"))
         elif name == b"event":
             self._event = value.decode("utf-8", "replace") or None

@@ -10,6 +10,10 @@ Sans-IO: ``feed(chunk) -> bytes`` returns what the caller should get now. Comple
 events pass through at once; only a trailing partial event is held until its end (an
 SSE consumer cannot act on half an event either). A compressed body is decoded, and the
 shell drops ``Content-Encoding``/``Content-Length`` from the caller's headers.
+
+Linear time, bounded memory: a partial event is kept as a list of pieces and only the
+bytes around each new piece are searched for its end; a partial event longer than
+``max_pending`` is released as it is and the filter steps aside for the rest of the body.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import re
 import orjson
 
 from ..observing._decoding import ContentDecoder
+from ..observing._sse import DEFAULT_MAX_EVENT_BYTES
 
 __all__ = ["UsageChunkFilter"]
 
@@ -28,9 +33,18 @@ _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 class UsageChunkFilter:
     """Removes usage-only chat-completion chunks from an SSE body."""
 
-    def __init__(self, content_encoding: str | None = None) -> None:
+    def __init__(
+        self, content_encoding: str | None = None, max_pending: int = DEFAULT_MAX_EVENT_BYTES
+    ) -> None:
         self._decoder = ContentDecoder(content_encoding) if content_encoding else None
-        self._pending = b""
+        #: The pieces of a partial event, and their total size.
+        self._parts: list[bytes] = []
+        self._size = 0
+        #: The last 3 bytes of the partial event (an event end may straddle a boundary).
+        self._tail = b""
+        self._max = max_pending
+        #: Past the cap: every byte passes through unfiltered.
+        self._passthrough = False
 
     @property
     def decodes(self) -> bool:
@@ -40,19 +54,51 @@ class UsageChunkFilter:
     def feed(self, chunk: bytes) -> bytes:
         if self._decoder is not None:
             chunk = self._decoder.decode(chunk)
-        data = self._pending + chunk
+        if self._passthrough or not chunk:
+            return chunk
+        parts = self._parts
+        if parts:
+            # An event end may straddle the boundary: look at the 3 bytes before it only.
+            probe = self._tail + chunk
+            if _last_event_end(probe) < 0:
+                parts.append(chunk)
+                self._size += len(chunk)
+                self._tail = probe[-3:]
+                return self._give_up() if self._size > self._max else b""
+            parts.append(chunk)
+            data = b"".join(parts)
+            self._parts = []
+            self._size = 0
+        else:
+            data = chunk
         end = _last_event_end(data)
         if end < 0:
-            self._pending = data
-            return b""
-        complete, self._pending = data[:end], data[end:]
+            self._parts = [data]
+            self._size = len(data)
+            self._tail = data[-3:]
+            return self._give_up() if self._size > self._max else b""
+        complete = data[:end]
+        if end < len(data):
+            self._parts = [data[end:]]
+            self._size = len(data) - end
+            self._tail = data[-3:]
         if b'"usage"' not in complete:
             return complete
         return b"".join(event for event in _split_events(complete) if not _usage_only(event))
 
     def flush(self) -> bytes:
-        rest, self._pending = self._pending, b""
+        rest = b"".join(self._parts)
+        self._parts = []
+        self._size = 0
         return b"" if _usage_only(rest) else rest
+
+    def _give_up(self) -> bytes:
+        """A partial event over the cap: release it and filter nothing more."""
+        self._passthrough = True
+        rest = b"".join(self._parts)
+        self._parts = []
+        self._size = 0
+        return rest
 
 
 def _last_event_end(data: bytes) -> int:

@@ -2,7 +2,8 @@
 
 The Prometheus sink builds its collectors from this table, and the dashboard and
 alert generators read the same table, so a renamed metric breaks a test instead of
-silently emptying a panel. Names and label sets are fixed by SPEC section 5.
+silently emptying a panel. Names and label sets are fixed by SPEC section 5 (and
+``cachewatch_observation_truncated_total`` by SPEC section 10's observation caps).
 """
 
 from __future__ import annotations
@@ -119,6 +120,13 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "counter",
         ("stage",),
         "Faults inside cachewatch that it survived; the caller's traffic was left untouched.",
+    ),
+    MetricSpec(
+        "cachewatch_observation_truncated_total",
+        "counter",
+        ("reason",),
+        "Responses cachewatch stopped observing at a size cap (json_body, sse_line, sse_event, "
+        "decoded_bytes); every byte was still relayed unchanged, the usage may be incomplete.",
     ),
 )
 

@@ -12,6 +12,7 @@ with those labels touches, so a request costs one dict look-up plus the incremen
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 from collections.abc import Callable
@@ -36,8 +37,15 @@ class PrometheusMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.collectors: dict[str, Any] = {}
-        for spec in CATALOGUE:
-            self.collectors[spec.name] = _build(spec, registry)
+        try:
+            for spec in CATALOGUE:
+                self.collectors[spec.name] = _build(spec, registry)
+        except Exception:
+            # e.g. a name already taken on this registry: leave nothing half-registered.
+            for collector in self.collectors.values():
+                with contextlib.suppress(Exception):  # best effort
+                    registry.unregister(collector)
+            raise
         self.requests: Counter = self.collectors["cachewatch_requests_total"]
         self.tokens: Counter = self.collectors["cachewatch_tokens_total"]
         self.usage_unreported: Counter = self.collectors["cachewatch_usage_unreported_total"]
@@ -49,6 +57,7 @@ class PrometheusMetrics:
         self.write_premium: Counter = self.collectors["cachewatch_cache_write_premium_total"]
         self.misses: Counter = self.collectors["cachewatch_cache_misses_total"]
         self.internal_errors: Counter = self.collectors["cachewatch_internal_errors_total"]
+        self.observation_truncated: Counter = self.collectors["cachewatch_observation_truncated_total"]
         #: None until the catalogue has the metric (then wasted writes are not exported).
         self.wasted_write_tokens: Counter | None = self.collectors.get(WASTED_WRITE_TOKENS)
         self._series: dict[tuple[str, str, str, str], Series] = {}

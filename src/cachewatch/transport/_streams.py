@@ -5,13 +5,23 @@ buffered and the first byte is never delayed. The Exchange is finished exactly o
 when the body ends (``end``), when it is closed before that (``aborted``), or when the
 inner stream raises (``transport_error``, re-raised unchanged).
 
+A stream dropped without being closed (a response read partly, then forgotten) is
+finished too, as ``aborted`` with the usage seen so far: when the stream object is
+collected, its exchange goes on a queue (``queue.SimpleQueue.put`` is safe in a
+finaliser) and a daemon thread finishes it. The sinks never run inside the garbage
+collector, which could fire while this very thread holds one of their locks.
+
 httpx and httpx2 clients assert that a response stream is an instance of *their*
 ``SyncByteStream`` / ``AsyncByteStream``, so the classes are built once per family.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import queue
+import threading
 from collections.abc import AsyncIterator, Iterator
 from types import ModuleType
 from typing import Any
@@ -25,6 +35,47 @@ __all__ = ["async_stream_class", "sync_stream_class"]
 #: the exchange is finished by ``close`` as usual.
 _REUSE_ERRORS = frozenset({"StreamConsumed", "StreamClosed"})
 
+#: Exchanges of streams collected before they were finished (see the module docstring).
+_ORPHANS: queue.SimpleQueue[Exchange] = queue.SimpleQueue()
+_finisher_started = False
+_finisher_lock = threading.Lock()
+
+
+def _finish_orphans(orphans: queue.SimpleQueue[Exchange]) -> None:
+    while True:
+        exchange = orphans.get()
+        with contextlib.suppress(Exception):  # close() is fail-open; this keeps the thread alive
+            exchange.close()
+
+
+def _start_finisher() -> None:
+    global _finisher_started
+    with _finisher_lock:
+        if not _finisher_started:
+            threading.Thread(
+                target=_finish_orphans, args=(_ORPHANS,), name="cachewatch-finisher", daemon=True
+            ).start()
+            _finisher_started = True
+
+
+def _after_fork() -> None:
+    global _ORPHANS, _finisher_started, _finisher_lock
+    # Threads do not survive a fork; the parent's orphans are the parent's.
+    _ORPHANS = queue.SimpleQueue()
+    _finisher_started = False
+    _finisher_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+def _orphaned(stream: Any) -> None:
+    """``__del__`` of an observed stream: hand an unfinished exchange to the finisher thread."""
+    exchange = getattr(stream, "_exchange", None)
+    if exchange is not None and not exchange.done:
+        _ORPHANS.put(exchange)
+
 
 @functools.cache
 def sync_stream_class(family: ModuleType) -> Any:
@@ -36,6 +87,10 @@ def sync_stream_class(family: ModuleType) -> Any:
         def __init__(self, inner: Any, exchange: Exchange) -> None:
             self._inner = inner
             self._exchange = exchange
+            if not _finisher_started:
+                _start_finisher()
+
+        __del__ = _orphaned
 
         def __iter__(self) -> Iterator[bytes]:
             exchange = self._exchange
@@ -78,6 +133,10 @@ def async_stream_class(family: ModuleType) -> Any:
         def __init__(self, inner: Any, exchange: Exchange) -> None:
             self._inner = inner
             self._exchange = exchange
+            if not _finisher_started:
+                _start_finisher()
+
+        __del__ = _orphaned
 
         async def __aiter__(self) -> AsyncIterator[bytes]:
             exchange = self._exchange

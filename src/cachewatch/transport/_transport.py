@@ -28,6 +28,8 @@ __all__ = ["AsyncCacheWatchTransport", "CacheWatchTransport"]
 _ACTIVE: ContextVar[bool] = ContextVar("cachewatch_active", default=False)
 
 _FAMILIES: dict[type, ModuleType] = {}
+#: Cancellation of the caller's task (asyncio, and trio's under anyio): recorded as ``aborted``.
+_CANCELLED = frozenset({"CancelledError", "Cancelled"})
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
@@ -285,7 +287,10 @@ class AsyncCacheWatchTransport(_Base):
         try:
             response = await inner.handle_async_request(outgoing)
         except BaseException as exc:
-            exchange.transport_error(exc)
+            if type(exc).__name__ in _CANCELLED:
+                exchange.close()  # the caller gave up waiting: aborted, not a transport error
+            else:
+                exchange.transport_error(exc)
             raise
         finally:
             _ACTIVE.reset(nested)
