@@ -813,6 +813,22 @@ def mixed(run: Run, *, sessions: int = 30, seed: str = "mixed") -> None:
             live.pop(i)
 
 
+def prompt_edit(run: Run, *, turns: int = 12, edit_at: int = 5, seed: str = "edit") -> None:
+    """A long support chat whose system prompt an operator edits once, mid-conversation (a
+    deployment): one miss, then the edited prompt is as stable as the old one."""
+    rng = random.Random(seed)
+    system = "You are the support assistant of Example Corp. " + text(f"{seed}-system", 3_000)
+    messages: list[dict[str, Any]] = []
+    for turn in range(turns):
+        if turn:
+            run.wait(rng.uniform(10, 60))
+        if turn == edit_at:
+            system += " Holiday hours apply this week."
+        messages.append({"role": "user", "content": f"Question {turn}: " + text(f"{seed}-q{turn}", 80)})
+        reply = run.send(model=SONNET, system=system, messages=messages)
+        messages.append(_reply(reply))
+
+
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
@@ -832,6 +848,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload("long agent loop", "anthropic", long_agent),
         Workload("batch job", "anthropic", batch),
         Workload("mixed chat product", "anthropic", mixed),
+        Workload("prompt edit", "anthropic", prompt_edit),
     )
 }
 

@@ -191,8 +191,8 @@ class LearningState(Protocol):
     def release(self, keys: Iterable[int], ticket: int) -> None: ...
 
     def conversation(
-        self, key: int, static: int | None, reply: bytes | None, now: float
-    ) -> tuple[int, bytes | None] | None: ...
+        self, key: int, static: int | None, reply: bytes | None, history_known: bool, now: float
+    ) -> tuple[int, bytes | None, bool] | None: ...
 
     def void(self, keys: Iterable[int], ticket: int) -> None: ...
 
@@ -238,7 +238,7 @@ class MemoryLearner:
         #: The same counts, pooled over every family: the prior of a new family.
         self._pool: dict[tuple[str, int], _Bucket] = {}
         #: Conversation key -> (its static prefix key, or -1; last seen).
-        self._conversations: OrderedDict[int, tuple[int, bytes | None, float]] = OrderedDict()
+        self._conversations: OrderedDict[int, tuple[int, bytes | None, float, bool]] = OrderedDict()
         self.max_prefixes = max_prefixes
         self.max_families = max_families
         self._prefixes: OrderedDict[int, _Prefix] = OrderedDict()
@@ -385,25 +385,30 @@ class MemoryLearner:
     # -- conversations ------------------------------------------------------------------
 
     def conversation(
-        self, key: int, static: int | None, reply: bytes | None, now: float
-    ) -> tuple[int, bytes | None] | None:
+        self, key: int, static: int | None, reply: bytes | None, history_known: bool, now: float
+    ) -> tuple[int, bytes | None, bool] | None:
         """Remember a conversation's static prefix and first reply; returns what it had before.
 
         ``key`` identifies a conversation by its first input message (and scope), so its
         turns are linked even when something before them changes on every request; the
         first reply (None on a first turn) tells two conversations that opened with the
-        same message apart. Returns ``(static key or -1, first reply)`` of the previous
-        request with that key within the hour, or None.
+        same message apart. ``history_known``: this request's previous turn was seen.
+        Returns ``(static key or -1, first reply, steady)`` of the previous request with that
+        key within the hour, or None; *steady*: once, from one request to the next, its
+        static prefix stayed the same and its previous turn was found (a later change is
+        then a one-time edit, not something that changes on every request).
         """
+        static_id = static if static is not None else -1
         with self._lock:
             found = self._conversations.get(key)
-            self._conversations[key] = (static if static is not None else -1, reply, now)
+            steady = found is not None and (found[3] or (found[0] == static_id and history_known))
+            self._conversations[key] = (static_id, reply, now, steady)
             self._conversations.move_to_end(key)
             if len(self._conversations) > self.max_prefixes // 4:
                 self._conversations.popitem(last=False)
         if found is None or now - found[2] > TTL_1H:
             return None
-        return found[0], found[1]
+        return found[0], found[1], found[3]
 
     # -- the provider's cache, as believed ---------------------------------------------
 

@@ -466,19 +466,25 @@ class Planner:
                 (s.key for (_, kind), s in zip(candidates, sights, strict=True) if kind == "static"), None
             )
             conversation = _h64(scope_tag + b"conversation" + layout.first_input_anchor)
+            history_known = all(
+                sight.known
+                for (_, kind), sight in zip(candidates, sights, strict=True)
+                if kind == "previous_turn"
+            )
             before = self.learner.conversation(
-                conversation, static_key, layout.first_reply_anchor, self.clock()
+                conversation, static_key, layout.first_reply_anchor, history_known, self.clock()
             )
             if before is not None and not layout.first_turn:
-                old_static, old_reply = before
-                # The static prefix changed within one conversation (or one opening line).
-                unstable = old_static != (static_key if static_key is not None else -1)
-                if not unstable and old_reply == layout.first_reply_anchor:
-                    # The same conversation for sure: its previous turn should be known.
-                    unstable = any(
-                        kind == "previous_turn" and not sight.known
-                        for (_, kind), sight in zip(candidates, sights, strict=True)
+                old_static, old_reply, steady = before
+                # A conversation that never kept its prefix from one request to the next
+                # (a one-time edit of a steady one is not this): its static prefix changed
+                # again, or, surely the same conversation (same first reply), its previous
+                # turn was never seen.
+                if not steady:
+                    unstable = old_static != (static_key if static_key is not None else -1) or (
+                        old_reply == layout.first_reply_anchor and not history_known
                     )
+
         taken: set[int] = set(caller)
         if automatic is not None:
             taken.add(automatic)
