@@ -125,6 +125,8 @@ class Sight:
     p_late: float = 0.0
     #: The prefix was in the ledger (seen before, at any time).
     known: bool = False
+    #: The family's reliability (already in ``p`` and ``p_late``).
+    reliability: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +291,11 @@ class MemoryLearner:
                 p_late = 0.0
                 if late and prefix is not None:
                     p_late = self._p_late(family, s.kind, prefix.previous_run, now) * reliability
-                out.append(Sight(s.key, s.kind, run, cached, writing, late, p, p_late, prefix is not None))
+                out.append(
+                    Sight(
+                        s.key, s.kind, run, cached, writing, late, p, p_late, prefix is not None, reliability
+                    )
+                )
                 self._opportunity(family, s.kind, _bucket(run), s.key, now)
                 if late:
                     self._opportunity(family, s.kind, _LATE, s.key, now)
@@ -480,7 +486,7 @@ class MemoryLearner:
         if found is None:
             return 1.0
         e, c = found
-        return min(1.0, (c + 2.0) / (e + 2.0))
+        return min(1.0, (c + 1.0) / (e + 1.0))
 
     def reliability(self, family: int) -> float:
         with self._lock:

@@ -205,8 +205,16 @@ class Planner:
         ticket.ended = True
         if not ticket.started:
             self.learner.void(ticket.sighted, ticket.id)
-        if usage is not None and ticket.marked and usage.cache_read + usage.cache_write == 0:
+        if usage is None or not ticket.marked:
+            return
+        if usage.cache_read + usage.cache_write == 0:
             self.learner.not_cached(key for key, _ in ticket.marked)
+        elif ticket.expected_read_raw > 0 and ticket.total_raw > 0 and usage.prompt_total > 0:
+            expected = ticket.expected_read_raw * usage.prompt_total / ticket.total_raw
+            if usage.cache_read < 0.8 * expected:
+                # What it marked to read was not served: it is not cached after all (the
+                # write it made instead is not trusted either: the provider does not keep them).
+                self.learner.not_cached(key for key, _ in ticket.marked)
 
     def observe(self, plan: Plan, usage: TokenUsage | None) -> None:
         """Feedback after a successful response: the usage the provider billed, if it said.
@@ -512,6 +520,14 @@ class Planner:
                 sight.late and profile.honours_1h and sight.p_late >= self.threshold_1h
             ):
                 entries.append((index, kind, sight, "write"))
+            elif (
+                sight.reliability < 1.0
+                and sight.p >= self.threshold * sight.reliability
+                and self._probe(f"reliability\x00{family}")
+            ):
+                # Only the provider's reliability holds this write back: one in probe_every
+                # is made anyway, so a provider that serves its cache again is found again.
+                entries.append((index, kind, sight, "write"))
             else:
                 entries.append((index, kind, sight, None))
         extent = max((i for i, _, _, role in entries if role == "write"), default=-1)
@@ -685,7 +701,9 @@ def _line_split(pos: Pos) -> tuple[bytes, bytes] | None:
     text = block if type(block) is str else block.get("text") if type(block) is dict else None
     if type(text) is not str:
         return None
-    head, _, rest = text.partition("\n")
+    head, newline, rest = text.partition("\n")
+    if not newline or not rest.strip():
+        return None  # one line: the block as a whole is what changes
     return (
         xxhash.xxh3_128_digest(head.encode("utf-8", "surrogatepass")),
         xxhash.xxh3_128_digest(rest.encode("utf-8", "surrogatepass")),

@@ -1,0 +1,148 @@
+"""What the planner learns from the provider's answers: real minimums, reliability, volatile blocks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from cachewatch.accounting._records import TokenUsage
+from cachewatch.planning._planner import Plan, Planner
+
+WHERE = {"api": "messages", "host": "api.anthropic.com", "path": "/v1/messages"}
+SONNET = "claude-sonnet-4-6"  # documented minimum 1,024
+
+
+def words(seed: str, n: int) -> str:
+    return " ".join(f"{seed}{i % 97}" for i in range(n))
+
+
+def body(system: Any, question: str, model: str = SONNET) -> bytes:
+    return orjson.dumps(
+        {
+            "model": model,
+            "max_tokens": 8,
+            "system": system,
+            "messages": [{"role": "user", "content": question}],
+        }
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def serve(planner: Planner, raw: bytes, usage: TokenUsage) -> Plan:
+    plan = planner.plan(body=raw, **WHERE)
+    planner.started(plan)
+    planner.finished(plan, usage)
+    planner.observe(plan, usage)
+    return plan
+
+
+def actions(plan: Plan, reason: str) -> list[str]:
+    return [p.action for p in plan.placements if p.reason == reason]
+
+
+def test_a_marked_prefix_neither_written_nor_read_raises_the_models_minimum() -> None:
+    # The documents say 1,024 for this model; this provider caches nothing under 2,048.
+    clock = Clock()
+    planner = Planner(clock=clock, probe_every=10)
+    system = words("policy", 1_300)  # about 1,500 tokens: above 1,024, below 2,048
+    first = serve(planner, body(system, "q0"), TokenUsage(input=1_520))  # marked, no read, no write
+    assert actions(first, "static") == ["inserted"]
+    learned = []
+    for n in range(1, 9):
+        clock.now += 30
+        learned.append(serve(planner, body(system, f"q{n}"), TokenUsage(input=1_520)))
+    assert all(actions(p, "static") == ["skipped_below_minimum"] for p in learned)
+    # A larger prefix is above the learned minimum: marked again.
+    big = planner.plan(body=body(words("policy", 2_400), "q"), **WHERE)
+    assert actions(big, "static") == ["inserted"]
+
+
+def test_a_probe_under_the_learned_minimum_that_is_cached_lowers_it_again() -> None:
+    clock = Clock()
+    planner = Planner(clock=clock, probe_every=4)
+    system = words("policy", 1_300)
+    serve(planner, body(system, "q0"), TokenUsage(input=1_520))  # learns 2,048
+    seen = []
+    for n in range(1, 9):
+        clock.now += 30
+        plan = planner.plan(body=body(system, f"q{n}"), **WHERE)
+        probe = plan.ticket is not None and plan.ticket.probe
+        # The provider changed: it now caches from 1,024 (whatever is marked is written).
+        usage = TokenUsage(input=20, cache_write_5m=1_500) if plan.inserted else TokenUsage(input=1_520)
+        planner.started(plan)
+        planner.finished(plan, usage)
+        planner.observe(plan, usage)
+        seen.append((probe, actions(plan, "static")))
+    probes = [i for i, (probe, _) in enumerate(seen) if probe]
+    assert probes, seen
+    after = seen[probes[0] + 1 :]
+    assert after
+    assert all(a != ["skipped_below_minimum"] for _, a in after), seen
+
+
+def test_a_provider_that_never_serves_its_writes_stops_getting_them() -> None:
+    # Every request marks a shared system prompt believed cached, and the provider never
+    # reads it (a relay that drops markers, an evicting cache): reliability falls, and new
+    # prefixes of that family are no longer written.
+    clock = Clock()
+    planner = Planner(clock=clock)
+    system = words("rules", 2_500)
+    wrote = []
+    for n in range(12):
+        clock.now += 20
+        plan = serve(planner, body(system, f"question {n} " * 40), TokenUsage(input=20, cache_write_5m=2_900))
+        wrote.append(bool(plan.inserted))
+    assert wrote[0]
+    assert not any(wrote[-4:]), wrote
+
+
+def test_a_changing_first_system_block_is_reported_with_the_tokens_it_costs() -> None:
+    clock = Clock()
+    planner = Planner(clock=clock)
+    stable = words("handbook", 3_000)
+    plans = []
+    for n in range(5):
+        clock.now += 20
+        system = [
+            {"type": "text", "text": f"Current time: {clock.now}. Request {n}."},
+            {"type": "text", "text": stable},
+        ]
+        plans.append(serve(planner, body(system, f"q{n}"), TokenUsage(input=3_500)))
+    advice = plans[-1].advice
+    assert advice is not None
+    assert advice.block == "system.0"
+    assert advice.kind == "text"
+    assert 5_000 < advice.tokens < 12_000  # the stable block (about 8,000 tokens)
+    assert plans[0].advice is None  # one request says nothing about what changes
+
+
+def test_a_changing_first_line_of_one_system_string_is_reported() -> None:
+    clock = Clock()
+    planner = Planner(clock=clock)
+    stable = words("handbook", 3_000)
+    plans = []
+    for n in range(5):
+        clock.now += 20
+        plans.append(serve(planner, body(f"Now: {clock.now}\n" + stable, f"q{n}"), TokenUsage(input=3_500)))
+    advice = plans[-1].advice
+    assert advice is not None
+    assert advice.block == "system:first_line"
+    assert 5_000 < advice.tokens < 12_000
+
+
+def test_a_stable_prompt_gets_no_advice() -> None:
+    clock = Clock()
+    planner = Planner(clock=clock)
+    stable = words("handbook", 3_000)
+    for n in range(5):
+        clock.now += 20
+        plan = serve(planner, body(stable, f"q{n}"), TokenUsage(input=3_500))
+    assert plan.advice is None
