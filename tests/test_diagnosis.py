@@ -618,3 +618,68 @@ def test_changed_chat_completions_tools_are_named() -> None:
     assert verdict.reason == "prefix_changed_tools"
     third = diag.before("chat_completions", body("lookup"), "qwen-plus", 20.0)
     assert diag.after(third, TokenUsage(input=5, cache_read=2_000), 21.0) is None
+
+
+def _claude_code_request() -> dict[str, Any]:
+    """The shape Claude Code 2.1.x sends (research F): three system blocks with its own
+    markers on the last two, 22 tools, adaptive thinking, context management, the last user
+    block marked, then a role "system" reminder after that marker (uncached)."""
+    tools = [
+        {"name": f"tool{i}", "description": "d " * 50, "input_schema": {"type": "object"}} for i in range(22)
+    ]
+    return {
+        "model": MODEL,
+        "max_tokens": 32,
+        "thinking": {"type": "adaptive"},
+        "context_management": {"edits": []},
+        "output_config": {"effort": "high"},
+        "system": [
+            {"type": "text", "text": "x-billing-header: cc_version=2.1.1"},
+            {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}},
+            {"type": "text", "text": words("instructions", 2_000), "cache_control": {"type": "ephemeral"}},
+        ],
+        "tools": tools,
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": words("task", 60)}]},
+            {"role": "assistant", "content": [{"type": "text", "text": words("reply", 40)}]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": words("follow", 60), "cache_control": {"type": "ephemeral"}}
+                ],
+            },
+            {"role": "system", "content": [{"type": "text", "text": words("reminder", 400)}]},
+        ],
+    }
+
+
+@pytest.mark.parametrize("tail_tokens", [380, 2_000, 4_000])
+def test_uncached_text_after_the_last_marker_is_not_a_miss(tail_tokens: int) -> None:
+    # The second request reads everything up to the caller's last marker; the uncached
+    # reminder after it must not throw the estimate of the cached part off (it did, by
+    # hundreds of tokens, and the diagnosis said "evicted").
+    diag = Diagnoser()
+    body = orjson.dumps(_claude_code_request())
+    first = diag.before("messages", body, MODEL, 0.0)
+    assert diag.after(first, TokenUsage(input=tail_tokens, cache_write_5m=6_000), 1.0) is None
+    second = diag.before("messages", body, MODEL, 10.0)
+    assert diag.after(second, TokenUsage(input=tail_tokens, cache_read=6_000), 11.0) is None
+
+
+def test_claude_code_shapes_through_the_emulator(telemetry: Any, clock: ManualClock) -> None:
+    # The emulator accepts role "system" messages, adaptive thinking and context management,
+    # and caches up to the caller's last marker; the planner adds nothing past its 3 markers
+    # that a 5th would break, and the replay is a read without a miss.
+    app = create_app(clock=clock, profile="anthropic")
+    with run_in_thread(app) as url:
+        rig = Rig(telemetry, url, clock, app, learning=True)
+        first = rig.send(_claude_code_request())
+        second = rig.send(_claude_code_request())
+    assert first.usage is not None
+    assert second.usage is not None
+    assert first.usage.cache_write > 0
+    assert second.usage.cache_read == first.usage.cache_write + first.usage.cache_read
+    assert second.usage.input > 0  # the reminder after the last marker
+    assert reason(second) is None
+    assert first.extra.get("breakpoints.kept") == 3
+    assert first.extra.get("breakpoints.inserted", 0) <= 1

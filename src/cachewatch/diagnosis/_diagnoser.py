@@ -166,6 +166,31 @@ class RequestState:
 _DEFAULT_ESTIMATOR = TokenEstimator(use_qwen_tokenizer=False)
 
 
+def _calibrated(raw: tuple[float, ...], total_raw: float, usage: TokenUsage, last_marker: int) -> list[float]:
+    """Per-position token estimates rescaled to what the provider billed.
+
+    The billing says exactly how many tokens lie up to the last breakpoint: reads A plus
+    writes C - A, the uncached rest coming after it. So the prefix through the last
+    marker is scaled to ``cache_read + cache_write`` and what follows to the uncached
+    input, instead of scaling the whole prompt by one ratio: uncached text after the last
+    marker (a system reminder after the caller's marker) then no longer shifts the
+    estimate of the cached part.
+    """
+    prompt = usage.prompt_total
+    if prompt <= 0 or total_raw <= 0:
+        return list(raw)
+    cached = usage.cache_read + usage.cache_write
+    head = raw[last_marker] if 0 <= last_marker < len(raw) else 0.0
+    if cached <= 0 or head <= 0 or head >= total_raw:
+        ratio = min(5.0, max(0.2, prompt / total_raw))
+        return [t * ratio for t in raw]
+    r1 = min(5.0, max(0.2, cached / head))
+    rest = max(0, prompt - cached)
+    r2 = min(5.0, max(0.2, rest / (total_raw - head))) if rest > 0 else 0.0
+    base = head * r1
+    return [t * r1 if i <= last_marker else base + (t - head) * r2 for i, t in enumerate(raw)]
+
+
 class Diagnoser:
     """Diagnoses cache misses and counts wasted writes. Thread-safe.
 
@@ -368,10 +393,9 @@ class Diagnoser:
         sent = state.sent_at
         total_raw = fp.tokens[-1] if fp.tokens else 0.0
         prompt = usage.prompt_total
-        ratio = min(5.0, max(0.2, prompt / total_raw)) if prompt > 0 and total_raw > 0 else 1.0
-        tokens = [t * ratio for t in fp.tokens[:n]]
         read = usage.cache_read
         marker_positions = [m for m, _ in fp.markers if m < n]
+        tokens = _calibrated(fp.tokens[:n], total_raw, usage, max(marker_positions, default=-1))
 
         def reachable(i: int) -> bool:
             return any(0 <= m - i < self.lookback for m in marker_positions)
