@@ -392,7 +392,6 @@ class Diagnoser:
         found = self.store.get_many(keys + anchor_keys)
         sent = state.sent_at
         total_raw = fp.tokens[-1] if fp.tokens else 0.0
-        prompt = usage.prompt_total
         read = usage.cache_read
         marker_positions = [m for m, _ in fp.markers if m < n]
         tokens = _calibrated(fp.tokens[:n], total_raw, usage, max(marker_positions, default=-1))
