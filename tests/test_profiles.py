@@ -188,3 +188,13 @@ def test_emulator_and_planner_minimum_tables_are_the_same_data() -> None:
             "qwen3.6-plus"
         )
     assert DEFAULT_PROFILES["anthropic"].min_tokens_for("claude-next") == 1_024
+
+
+def test_dotted_model_versions_get_their_models_minimum() -> None:
+    # OpenRouter and LiteLLM spell versions with dots; "claude-opus-4" must not win.
+    from cachewatch.planning._profiles import ANTHROPIC_MIN_TOKENS, min_tokens_lookup
+
+    assert min_tokens_lookup(ANTHROPIC_MIN_TOKENS, "anthropic/claude-opus-4.5") == 4_096
+    assert min_tokens_lookup(ANTHROPIC_MIN_TOKENS, "claude-haiku-4.5") == 4_096
+    assert min_tokens_lookup(ANTHROPIC_MIN_TOKENS, "openrouter/anthropic/claude-opus-4.6") == 4_096
+    assert min_tokens_lookup(ANTHROPIC_MIN_TOKENS, "claude-sonnet-4.5") == 1_024

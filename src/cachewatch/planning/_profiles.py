@@ -52,6 +52,7 @@ Matching, first rule wins (user rules before the shipped ones):
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -108,6 +109,7 @@ ANTHROPIC_MIN_TOKENS: Mapping[str, int] = {
 }
 
 _BOUNDARY = frozenset("-@:.")
+_DOTTED_VERSION = re.compile(r"(?<=\d)\.(?=\d)")
 
 
 def min_tokens_lookup(table: Mapping[str, int], model: str) -> int | None:
@@ -115,8 +117,10 @@ def min_tokens_lookup(table: Mapping[str, int], model: str) -> int | None:
 
     A key matches when it starts the model id (or starts right after a ``/`` or ``.``
     vendor prefix) and is followed by the end of the id or a ``-``/``@``/``:``/``.``.
+    Dotted versions (``anthropic/claude-opus-4.5``, as OpenRouter and LiteLLM spell
+    them) are read as their dashed form (``claude-opus-4-5``).
     """
-    m = model.lower()
+    m = _DOTTED_VERSION.sub("-", model.lower())
     best_len = -1
     best: int | None = None
     for key, value in table.items():
