@@ -263,6 +263,18 @@ def test_yaml_writer() -> None:
     )
 
 
+def test_yaml_writer_spells_special_floats_as_yaml_does() -> None:
+    import yaml  # PyYAML: a YAML 1.1 reader, as Prometheus and Grafana read these files
+
+    text = dump_yaml({"up": float("inf"), "down": float("-inf"), "none": float("nan"), "x": 1.5})
+    assert text == "up: .inf\ndown: -.inf\nnone: .nan\nx: 1.5\n"
+    back = yaml.safe_load(text)
+    assert back["up"] == float("inf")
+    assert back["down"] == float("-inf")
+    assert back["x"] == 1.5
+    assert back["none"] != back["none"]  # NaN, a float, not the string "nan"
+
+
 def _promtool() -> str:
     promtool = shutil.which("promtool")
     if promtool is None:

@@ -1,7 +1,7 @@
 """A small, deterministic YAML writer for the generated Prometheus, Grafana and Compose files.
 
 PyYAML is not a runtime dependency, and the files we write only need mappings, lists,
-strings, numbers, booleans and ``None``. Mapping keys are written plain when they are
+strings, numbers (``.inf``/``-.inf``/``.nan`` for the special floats), booleans and ``None``. Mapping keys are written plain when they are
 simple identifiers; every other string is written JSON-quoted (a JSON string literal is
 a valid YAML double-quoted scalar) or, when it spans several lines, as a ``|-`` block
 literal so that PromQL stays readable. ``promtool check rules`` and ``promtool check
@@ -11,6 +11,7 @@ config`` parse the output in the tests.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 
@@ -30,7 +31,14 @@ def _scalar(value: object) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
+        return repr(value)
+    if isinstance(value, float):
+        # YAML spells the special floats .inf, -.inf and .nan (``repr`` gives inf/nan: strings).
+        if value != value:
+            return ".nan"
+        if value in (math.inf, -math.inf):
+            return ".inf" if value > 0 else "-.inf"
         return repr(value)
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
