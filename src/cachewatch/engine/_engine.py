@@ -498,10 +498,8 @@ def _asks_stream(body: bytes) -> bool:
 
 
 def _default_planner(options: Mapping[str, Any], fault: FaultRecorder) -> Any | None:
-    try:
-        from ..planning._planner import Planner
-    except ImportError:  # pragma: no cover - planner module always ships
-        return None
+    from ..planning._planner import Planner
+
     try:
         return Planner(**options)
     except TypeError:
@@ -533,7 +531,6 @@ class Exchange:
         "started_at",
         "status_code",
         "stream",
-        "token",
     )
 
     def __init__(self, engine: Engine, info: RequestInfo, plan: Any) -> None:
@@ -549,7 +546,6 @@ class Exchange:
         self.started_at = 0.0
         self.first_chunk_at: float | None = None
         self.sink_states: list[object | None] = []
-        self.token: Any = None
         self._done = False
         self._lock = threading.Lock()
         # cache-miss diagnosis: its per-request state, and the cache-diagnostics request changes

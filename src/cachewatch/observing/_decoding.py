@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-__all__ = ["PIECE_BYTES", "ContentDecoder", "make_decoder"]
+__all__ = ["PIECE_BYTES", "ContentDecoder"]
 
 #: Output of one decoding step (the most one step holds in memory, give or take 2x).
 PIECE_BYTES = 64 * 1024
@@ -223,11 +223,6 @@ class ContentDecoder:
             self._stages = []
 
     @property
-    def passthrough(self) -> bool:
-        """True when there is nothing to decode (identity or no header)."""
-        return not self._stages and not self.failed
-
-    @property
     def finished(self) -> bool:
         """Every compressed stream reached its end marker (False means truncated so far)."""
         return not self.failed and all(stage.finished for stage in self._stages)
@@ -264,7 +259,3 @@ class ContentDecoder:
             return b""
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-
-def make_decoder(content_encoding: str | None) -> ContentDecoder:
-    """Build the decoder for a ``Content-Encoding`` header value."""
-    return ContentDecoder(content_encoding)

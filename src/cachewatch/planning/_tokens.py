@@ -232,19 +232,6 @@ def _content_cost(content: object, costs: FamilyCosts) -> float:
     return _json_cost(content, costs)
 
 
-def _texts_of(block: object, out: list[str]) -> bool:
-    """Collect a block's text for precise counting; False when it holds non-text parts."""
-    if isinstance(block, str):
-        out.append(block)
-        return True
-    if isinstance(block, dict):
-        text = block.get("text")
-        if isinstance(text, str):
-            out.append(text)
-            return True
-    return False
-
-
 # -- optional real tokenizer ----------------------------------------------------------
 
 #: The pre-tokenisation pattern of the Qwen BPE (as published with the tokenizer).
@@ -424,19 +411,8 @@ class TokenEstimator:
         """Raw (uncalibrated) cheap estimate of one content block or tool definition."""
         return _block_cost(block, self.costs(family))
 
-    def estimate_request(self, api: str, body: Mapping[str, Any], *, provider: str = "other") -> float:
-        """Calibrated estimate of a whole request's prompt tokens (benchmarks, diagnostics).
-
-        Walks every block, so it is *not* for the hot path; the planner keeps its own
-        running totals through :class:`PrefixCounter`.
-        """
-        model = body.get("model")
-        family = model_family(model if isinstance(model, str) else None)
-        raw = self.raw_request(api, body, family=family)
-        return raw * self.ratio(provider, family)
-
     def raw_request(self, api: str, body: Mapping[str, Any], *, family: str) -> float:
-        """Uncalibrated whole-request estimate (see :meth:`estimate_request`)."""
+        """Uncalibrated whole-request estimate (benchmarks, diagnostics; walks every block)."""
         c = self.costs(family)
         total = c.per_request
         tools = body.get("tools")

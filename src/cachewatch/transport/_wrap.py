@@ -18,16 +18,6 @@ __all__ = ["wrap"]
 
 T = TypeVar("T")
 
-_ENGINE_KEYS = (
-    "breakpoints",
-    "registry",
-    "tracer_provider",
-    "meter_provider",
-    "logger",
-    "prices",
-)
-
-
 def _http_client(client: Any) -> Any:
     """The httpx-like client inside ``client`` (or ``client`` itself)."""
     if _is_http_client(client):
