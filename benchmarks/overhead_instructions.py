@@ -38,7 +38,7 @@ def child(mode: str, n: int) -> None:
     import orjson
     import overhead
 
-    import cachewatch.engine._engine as engine_module
+    import cachewatch.engine._exchange as exchange_module
 
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(
@@ -68,9 +68,9 @@ def child(mode: str, n: int) -> None:
     if "sinks" in mode:
         engine.sinks = []
     if "observer" in mode:
-        engine_module.Exchange.response = lambda self, status, headers: setattr(self, "status_code", status)  # type: ignore[method-assign]
+        exchange_module.Exchange.response = lambda self, status, headers: setattr(self, "status_code", status)  # type: ignore[method-assign]
     if "finish" in mode:
-        engine_module.Exchange._finish = lambda self, outcome, error: None  # type: ignore[method-assign]
+        exchange_module.Exchange._finish = lambda self, outcome, error: None  # type: ignore[method-assign]
     client = bare if mode == "bare" else wrapped
     body = orjson.dumps(overhead.REQUEST)
     headers = {"content-type": "application/json"}

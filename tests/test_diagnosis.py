@@ -153,7 +153,7 @@ def test_read_writes_are_not_wasted(rig: Rig) -> None:
     assert second.usage.cache_read == first.usage.cache_write
     assert reason(second) is None
     rig.clock.advance(4_000)
-    rig.transport.engine.diagnoser.sweep(rig.clock())  # type: ignore[union-attr]
+    rig.transport.engine.diagnosis.diagnoser.sweep(rig.clock())  # type: ignore[union-attr]
     # The first write was read; only the second's (its new turn, never read) is waste.
     assert rig.wasted() == second.usage.cache_write
 
@@ -375,7 +375,7 @@ def test_diagnosis_off_and_faults_fail_open(telemetry: Any, clock: ManualClock) 
     app = create_app(clock=clock, profile="anthropic")
     with run_in_thread(app) as url:
         off = Rig(telemetry, url, clock, app, diagnosis=False)
-        assert off.transport.engine.diagnoser is None
+        assert off.transport.engine.diagnosis is None
         off.send(chat(SYSTEM, "x"))
 
         class Broken(MemoryStore):
@@ -533,7 +533,7 @@ def test_marker_words_in_text_and_nested_markers_do_not_change_hashes() -> None:
 
 
 def test_auto_hands_the_planners_layout_to_the_diagnosis(rig: Rig) -> None:
-    diagnoser = rig.transport.engine.diagnoser
+    diagnoser = rig.transport.engine.diagnosis.diagnoser  # type: ignore[union-attr]
     assert diagnoser is not None
     states: list[Any] = []
     before = diagnoser.before

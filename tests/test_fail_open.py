@@ -45,6 +45,8 @@ from _helpers import (
     sse,
     wrapped,
 )
+from cachewatch.accounting._records import TokenUsage
+from cachewatch.planning._plan import Plan
 
 READS = ("raw", "content")
 
@@ -409,36 +411,39 @@ def test_raising_response_observer_leaves_traffic_identical(family, mode, method
     assert len(tel.events()) == 2
 
 
-class _Plan:
-    def __init__(self, body: Any = None) -> None:
-        self.body = body
-        self.model = None
-        self.placements = ()
+class _FakePlanner:
+    """A planner that honours the engine's contract (``PlannerProtocol``) and does nothing."""
 
+    def plan(self, *, api: str, host: str, path: str, body: bytes, scope: str = "") -> Plan:
+        return Plan(body=None)
 
-class RaisingPlanner:
-    def plan(self, **kwargs: Any) -> Any:
-        raise RuntimeError("planner exploded")
+    def started(self, plan: Plan, status_code: int = 200) -> None:
+        pass
 
-    def observe(self, plan: Any, usage: Any) -> None:
-        raise AssertionError("observe must not be called without a plan")
+    def finished(self, plan: Plan, usage: TokenUsage | None = None) -> None:
+        pass
 
-
-class BadBodyPlanner:
-    """Returns a plan whose body cannot be sent: rebuilding the request fails."""
-
-    def plan(self, **kwargs: Any) -> Any:
-        return _Plan(body=object())
-
-    def observe(self, plan: Any, usage: Any) -> None:
+    def observe(self, plan: Plan, usage: TokenUsage | None) -> None:
         pass
 
 
-class RaisingFeedbackPlanner:
-    def plan(self, **kwargs: Any) -> Any:
-        return _Plan(body=None)
+class RaisingPlanner(_FakePlanner):
+    def plan(self, *, api: str, host: str, path: str, body: bytes, scope: str = "") -> Plan:
+        raise RuntimeError("planner exploded")
 
-    def observe(self, plan: Any, usage: Any) -> None:
+    def observe(self, plan: Plan, usage: TokenUsage | None) -> None:
+        raise AssertionError("observe must not be called without a plan")
+
+
+class BadBodyPlanner(_FakePlanner):
+    """Returns a plan whose body cannot be sent: rebuilding the request fails."""
+
+    def plan(self, *, api: str, host: str, path: str, body: bytes, scope: str = "") -> Plan:
+        return Plan(body=object())  # type: ignore[arg-type]
+
+
+class RaisingFeedbackPlanner(_FakePlanner):
+    def observe(self, plan: Plan, usage: TokenUsage | None) -> None:
         raise RuntimeError("feedback exploded")
 
 
@@ -496,6 +501,7 @@ def test_a_fault_after_planning_releases_the_planners_claims(family, mode, stage
     # later in begin (the original request then goes out) or while building the record
     # must still end those claims, or siblings would skip their markers for minutes.
     import cachewatch.engine._engine as engine_module
+    import cachewatch.engine._exchange as exchange_module
     from cachewatch.planning._planner import Planner
 
     def boom(*args: Any, **kwargs: Any) -> Any:
@@ -504,7 +510,7 @@ def test_a_fault_after_planning_releases_the_planners_claims(family, mode, stage
     if stage == "begin":
         monkeypatch.setattr(engine_module.Engine, "_request_info", boom)
     else:
-        monkeypatch.setattr(engine_module, "new_usage_record", boom)
+        monkeypatch.setattr(exchange_module, "new_usage_record", boom)
     planner = Planner()
     body = orjson.dumps(
         {

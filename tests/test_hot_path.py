@@ -19,7 +19,9 @@ from prometheus_client import CollectorRegistry
 
 import cachewatch
 from cachewatch.accounting._records import (
+    Breakpoints,
     Cost,
+    MissVerdict,
     Outcome,
     ParsedResponse,
     RequestInfo,
@@ -149,7 +151,15 @@ def test_factories_build_the_same_frozen_values() -> None:
         "duration": 0.5,
         "time_to_first_token": 0.1,
         "cost": cost,
-        "extra": {"a": 1},
+        "breakpoints": Breakpoints("anthropic", (("system", "inserted"), ("messages", "kept"))),
+        "miss": MissVerdict("ttl_expired", position=3, block="messages.1.content.0"),
+        "provider_miss_reason": "system_changed",
+        "provider_missed_tokens": 1_200,
+        "advice": None,
+        "cache_mode": "explicit",
+        "usage_reported": True,
+        "unparsed": False,
+        "observation_truncated": "sse_event",
     }
     assert new_usage_record(*args.values()) == UsageRecord(**args)
     with pytest.raises(AttributeError):
@@ -199,7 +209,15 @@ def test_log_rounding_matches_round(value: float) -> None:
         value,
         value,
         new_cost(value, value, value, "USD"),
-        {},
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        True,
+        False,
+        None,
     )
     fields = log_fields(record)
     # Equal to round(), but for half-way cases where it may be one unit of the last digit off.

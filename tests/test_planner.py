@@ -102,7 +102,8 @@ def test_internal_error_leaves_body_alone() -> None:
 
     result = Planner(registry=Boom()).plan(body=orjson.dumps(chat("hi")), **ANTHROPIC)
     assert result.body is None
-    assert result.error == "internal_error:RuntimeError"
+    assert result.error == "internal_error"
+    assert isinstance(result.fault, RuntimeError)  # a typed value, for the engine to count
 
 
 # -- placement ------------------------------------------------------------------------------

@@ -43,13 +43,13 @@ import itertools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Final
 
 import orjson
 import xxhash
 
-from ..accounting._records import TokenUsage
+from ..accounting._records import MissVerdict, TokenUsage
 from ..planning._tokens import TokenEstimator
 from ._fingerprints import Fingerprints, fingerprint
 from ._store import TTL_SECONDS, Entry, FingerprintStore, MemoryStore
@@ -74,43 +74,6 @@ MISS_REASONS = (
 _UNINFORMATIVE_PROVIDER = frozenset({"previous_message_not_found", "unavailable", "none", "no_miss"})
 _ANCHOR_HASH = 4
 _h: Final[Callable[[bytes], bytes]] = xxhash.xxh3_128_digest
-
-
-@dataclass(frozen=True, slots=True)
-class MissVerdict:
-    """Why a request read less from the cache than its prefix allowed."""
-
-    reason: str
-    #: Position (in this request) of the prefix it could have read, or of the first changed block.
-    position: int | None = None
-    #: Dotted path of that position (``messages.3.0``) and the block's kind; never content.
-    block: str | None = None
-    kind: str | None = None
-    #: Estimated tokens it could have read, and what it read.
-    expected_tokens: int = 0
-    read_tokens: int = 0
-    #: Provider reason (``provider_reported``), or a short numeric detail.
-    detail: str | None = None
-    #: The local verdict when the provider's reason won.
-    local_reason: str | None = None
-
-    def as_extra(self) -> dict[str, object]:
-        """The span/log attributes (``record.extra``) of this verdict."""
-        out: dict[str, object] = {"miss_reason": self.reason}
-        if self.reason.startswith("prefix_changed") and self.block is not None:
-            out["miss_changed_block"] = self.block
-            out["miss_changed_position"] = self.position if self.position is not None else -1
-            if self.kind is not None:
-                out["miss_changed_kind"] = self.kind
-        elif self.block is not None:
-            out["miss_block"] = self.block
-        if self.expected_tokens:
-            out["miss_expected_tokens"] = self.expected_tokens
-        if self.detail is not None:
-            out["miss_detail"] = self.detail
-        if self.local_reason is not None:
-            out["miss_local_reason"] = self.local_reason
-        return out
 
 
 class RequestState:

@@ -1,32 +1,33 @@
-"""The sans-IO core shared by every transport shell: one Engine per transport, one Exchange per request.
+"""The sans-IO core shared by every transport shell: one :class:`Engine` per transport.
 
 Data flow: request -> planner -> transport -> stream observer -> usage record -> sinks.
 
-The shells (``_transport.py``, ``_streams.py``) only move bytes; they call into an
-:class:`Exchange` at each step (request built, headers received, chunk seen, body
-ended or closed, transport failed). Every Exchange method is fail-open: a fault is
-counted and logged by the :class:`~cachewatch.engine._faults.FaultRecorder` and the exchange
-degrades to "observe less", never to "change the traffic".
+The engine holds the configuration and the stages (the planner, the miss diagnosis, the
+sinks). :meth:`Engine.begin` classifies a request (API, provider, workspace, model),
+asks the planner for a body, registers the request with the diagnosis and returns the
+:class:`~cachewatch.engine._exchange.Exchange` that follows it to the end of its body.
+Construction and ``begin`` are fail-open: a fault is counted and the request passes
+through untouched.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Any
 
 import xxhash
 from prometheus_client import CollectorRegistry
 
 from ..accounting._pricing import PriceTable
-from ..accounting._records import Cost, Outcome, ParsedResponse, RequestInfo, UsageRecord, new_usage_record
-from ..diagnosis import Diagnoser, Fingerprints, conversation_key, fingerprints_of
-from ..observing._observer import DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_EVENT_BYTES, ResponseObserver
-from ..planning._hygiene import UsageChunkFilter
+from ..accounting._records import RequestInfo, UsageRecord
+from ..diagnosis._stage import DiagnosisStage
+from ..diagnosis._store import FingerprintStore
+from ..observing._observer import DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_EVENT_BYTES
+from ..planning._plan import Plan, PlannerProtocol
+from ..planning._planner import Planner
 from ..sinks import Sink
 from ..sinks.logs import LogSink
 from ..sinks.otel import OTelMetricsSink, OTelSpanSink
@@ -39,6 +40,7 @@ from ._endpoints import (
     provider_for_host,
     sniff_model,
 )
+from ._exchange import Exchange, release_plan
 from ._faults import FaultRecorder
 
 __all__ = ["Engine", "Exchange"]
@@ -73,7 +75,10 @@ class Engine:
             in ``cachewatch_observation_truncated_total{reason}`` and logged once per reason.
         clock: monotonic clock in seconds (default ``time.perf_counter``).
         sinks: extra sinks that receive every record.
-        diagnosis: diagnose cache misses and count wasted writes (``_diagnosis``; default True).
+        planner: the breakpoint planner (any :class:`~cachewatch.planning._plan.PlannerProtocol`;
+            default with ``breakpoints="auto"``: a :class:`~cachewatch.planning._planner.Planner`
+            built from ``planner_options``).
+        diagnosis: diagnose cache misses and count wasted writes (``diagnosis/``; default True).
         store: the :class:`~cachewatch.FingerprintStore` of the diagnosis (default:
             in memory; ``cachewatch.diagnosis._store_redis.RedisStore`` shares it across processes).
         wall_clock: wall clock in seconds for cache TTLs (default ``time.time``; shared by
@@ -101,9 +106,9 @@ class Engine:
         max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
         clock: Callable[[], float] = time.perf_counter,
         sinks: list[Sink] | None = None,
-        planner: Any | None = None,
+        planner: PlannerProtocol | None = None,
         diagnosis: bool = True,
-        store: Any | None = None,
+        store: FingerprintStore | None = None,
         wall_clock: Callable[[], float] = time.time,
         cache_diagnostics: bool = False,
         otel_token_counters: bool = False,
@@ -151,23 +156,29 @@ class Engine:
                 self.fault("config", exc)  # no OTel metrics
         self.sinks.append(LogSink(logger))
         self.sinks.extend(sinks or ())
-        self.planner = planner
+        #: Index of the OTel span sink, whose per-request state is the span (see ``Exchange.span``).
+        self.span_sink: int | None = next(
+            (i for i, sink in enumerate(self.sinks) if isinstance(sink, OTelSpanSink)), None
+        )
+        self.planner: PlannerProtocol | None = planner
         if self.planner is None and breakpoints == "auto":
             self.planner = _default_planner({"clock": wall_clock, **planner_options}, self.fault)
-        # -- cache-miss diagnosis (begin) --
         self.wall_clock = wall_clock
-        self.cache_diagnostics = cache_diagnostics
-        self.diagnoser: Diagnoser | None = None
+        self.diagnosis: DiagnosisStage | None = None
         if diagnosis:
+            shared = self.planner if isinstance(self.planner, Planner) else None
             try:
-                self.diagnoser = Diagnoser(
+                self.diagnosis = DiagnosisStage(
                     store,
                     on_wasted=self.metrics.count_wasted_write_tokens,
-                    estimator=getattr(self.planner, "estimator", None),
+                    fault=self.fault,
+                    profiles=shared.registry if shared is not None else None,
+                    estimator=shared.estimator if shared is not None else None,
+                    wall_clock=wall_clock,
+                    cache_diagnostics=cache_diagnostics,
                 )
             except Exception as exc:
                 self.fault("config", exc)  # no miss diagnosis
-        # -- cache-miss diagnosis (end) --
 
     # -- request side -----------------------------------------------------------------
 
@@ -182,14 +193,13 @@ class Engine:
         body: bytes | None,
     ) -> Exchange | None:
         """Start observing a request, or return None to let it pass through untouched."""
-        plan = None
+        plan: Plan | None = None
         try:
             if method != "POST":
                 return None
             api = classify_api(path)
             if api is None:
                 return None
-            plan = None
             if self.planner is not None and body and not any(h in headers for h in _NO_REWRITE_HEADERS):
                 try:
                     plan = self.planner.plan(
@@ -199,11 +209,10 @@ class Engine:
                     self.fault("plan", exc)
                     plan = None
                 else:
-                    error = getattr(plan, "error", None)
-                    if isinstance(error, str) and error.startswith("internal_error"):
+                    if plan.fault is not None:
                         # The planner contains its own faults (and sends the body unchanged).
-                        self.fault("plan", error.partition(":")[2] or "Exception")
-            request_model = getattr(plan, "model", None) if plan is not None else None
+                        self.fault("plan", plan.fault)
+            request_model = plan.model if plan is not None else None
             if request_model is None and body:
                 request_model = sniff_model(body)
             info = self._request_info(
@@ -214,39 +223,17 @@ class Engine:
                 # DashScope: explicit and implicit cache are exclusive per request and priced
                 # apart; a response that does not name its cache_type is priced by the markers.
                 exchange.marked = _carries_markers(plan, body)
-            if (
-                self.diagnoser is not None
-                and body
-                and (
-                    self.cache_diagnostics
-                    or (plan is not None and exchange.new_body is not None)
-                    or body.find(b"cache_control") != -1
-                )
-            ):
-                # cache-miss diagnosis: only requests that carry markers can read (or write) an
-                # explicit cache entry, so requests without any are not tracked at all.
-                self._diagnosis_begin(exchange, host, path, headers, body)
+            if self.diagnosis is not None and body:
+                diag = exchange.diag = self.diagnosis.begin(info, plan, host, path, headers, body)
+                if diag is not None and diag.body is not None:
+                    # Anthropic's cache-diagnostics beta: the body and header that opt in.
+                    exchange.body_override = diag.body
+                    exchange.header_update = diag.headers
             return exchange
         except Exception as exc:
             self.fault("begin", exc)
-            self.planner_feedback(plan, "finished")  # the original request goes out
+            release_plan(self, plan)  # the original request goes out
             return None
-
-    def planner_feedback(self, plan: Any, event: str, *args: object) -> None:
-        """Tell the planner a planned request's response ``started`` or ``finished``.
-
-        Only plans holding in-flight claims (a ``ticket``) need it; planners without the
-        hooks are skipped; a fault is counted, never raised.
-        """
-        if getattr(plan, "ticket", None) is None:
-            return
-        hook = getattr(self.planner, event, None)
-        if hook is None:
-            return
-        try:
-            hook(plan, *args)
-        except Exception as exc:
-            self.fault("planner_feedback", exc)
 
     def _request_info(
         self,
@@ -291,89 +278,6 @@ class Engine:
             if len(self._infos) < 4096:
                 self._infos[cache_key] = info
         return info
-
-    # -- cache-miss diagnosis (begin) ---------------------------------------------------
-
-    def _diagnosis_begin(
-        self, exchange: Exchange, host: str, path: str, headers: Mapping[str, str], body: bytes
-    ) -> None:
-        """Register the request with the diagnoser (cheap: nothing is parsed unless opted in)."""
-        diagnoser = self.diagnoser
-        if diagnoser is None:
-            return
-        try:
-            info = exchange.info
-            plan = exchange.plan
-            registry = getattr(self.planner, "registry", None) or _shared_profiles()
-            profile = registry.match(host, path)
-            has_markers: bool | None = None
-            if plan is not None and getattr(plan, "error", "x") is None:
-                has_markers = any(p.action in ("kept", "inserted") for p in plan.placements)
-            out_body = getattr(plan, "body", None) if plan is not None else None
-            outgoing: Any = out_body if out_body is not None else body
-            model = info.request_model
-            if self.cache_diagnostics and info.api == "messages" and profile.name == "anthropic":
-                outgoing = self._cache_diagnostics(exchange, headers, outgoing, diagnoser)
-            layout = getattr(plan, "layout", None) if plan is not None else None
-            source = None
-            if layout is not None and has_markers:
-                # The planner's layout is the request as sent: nothing is parsed or hashed again.
-                source = _fingerprint_source(plan, layout, model)
-            exchange.diag = diagnoser.before(
-                info.api,
-                outgoing,
-                model,
-                self.wall_clock(),
-                labels=(info.provider, info.model, info.workspace),
-                min_tokens=lambda: profile.min_tokens_for(model),
-                has_markers=has_markers,
-                max_ttl=3_600.0 if "1h" in profile.ttls else 300.0,
-                fingerprints=source,
-            )
-        except Exception as exc:
-            self.fault("diagnosis", exc)
-            exchange.diag = None
-
-    def _cache_diagnostics(
-        self, exchange: Exchange, headers: Mapping[str, str], body: bytes, diagnoser: Diagnoser
-    ) -> Any:
-        """Anthropic cache-diagnostics beta: thread ``previous_message_id``; returns the parsed body."""
-        import orjson
-
-        obj = orjson.loads(body)
-        if not isinstance(obj, dict) or "diagnostics" in obj:
-            return body
-        conversation = conversation_key("messages", obj)
-        if conversation is None:
-            return body
-        exchange.conversation = conversation
-        # The first turn opts in with ``null``: the API stores nothing for a request without
-        # the object, so the next turn's comparison would find no previous message.
-        previous = diagnoser.previous_message(conversation)
-        new_body = _with_diagnostics(body, previous)
-        if new_body is None:
-            return obj
-        beta = headers.get("anthropic-beta") or ""
-        if CACHE_DIAGNOSIS_BETA not in beta:
-            beta = f"{beta},{CACHE_DIAGNOSIS_BETA}" if beta.strip() else CACHE_DIAGNOSIS_BETA
-        exchange.body_override = new_body
-        exchange.header_update = {"anthropic-beta": beta}
-        return obj
-
-    # -- cache-miss diagnosis (end) -----------------------------------------------------
-
-    def record_breakpoints(self, info: RequestInfo, plan: Any) -> dict[str, object]:
-        """Count the plan's decisions and return the span/log attributes describing them."""
-        placements = getattr(plan, "placements", ()) or ()
-        counts: dict[str, int] = {}
-        for p in placements:
-            self.metrics.breakpoints.labels(info.provider, p.location, p.action).inc()
-            counts[p.action] = counts.get(p.action, 0) + 1
-        extra: dict[str, object] = {f"breakpoints.{action}": n for action, n in sorted(counts.items())}
-        profile = getattr(plan, "profile", None)
-        if profile:
-            extra["breakpoints.profile"] = profile
-        return extra
 
     def observation_truncated(self, reason: str) -> None:
         """A response was no longer observed past a cap: count it, and log each reason once."""
@@ -422,54 +326,6 @@ def _price_table(prices: Any) -> PriceTable:
     raise TypeError("prices must be a PriceTable, a mapping or the path of a TOML/YAML/JSON price file")
 
 
-# -- cache-miss diagnosis (begin) -------------------------------------------------------
-
-#: The Anthropic cache-diagnostics beta header (platform.claude.com cache-diagnostics page;
-#: later revisions make it optional, and still accept it).
-CACHE_DIAGNOSIS_BETA = "cache-diagnosis-2026-04-07"
-
-_PROFILES: Any = None
-
-
-def _shared_profiles() -> Any:
-    global _PROFILES
-    if _PROFILES is None:
-        from ..planning._profiles import ProfileRegistry
-
-        _PROFILES = ProfileRegistry()
-    return _PROFILES
-
-
-def _fingerprint_source(plan: Any, layout: Any, model: str | None) -> Callable[[], Fingerprints]:
-    """Computes the fingerprints of a planned request from its layout, when asked."""
-    inserted = [
-        (p.position, p.ttl or "5m") for p in plan.placements if p.action == "inserted" and p.position >= 0
-    ]
-    top = next(
-        (p.ttl for p in plan.placements if p.location == "top_level" and p.action in ("inserted", "kept")),
-        None,
-    )
-    return lambda: fingerprints_of(layout, model or "", inserted, top)
-
-
-def _with_diagnostics(body: bytes, message_id: str | None) -> bytes | None:
-    """``body`` with ``"diagnostics":{"previous_message_id":...}`` as its first key (bytes-level)."""
-    import orjson
-
-    stripped = body.lstrip()
-    if not stripped.startswith(b"{") or stripped[1:].lstrip().startswith(b"}"):
-        return None
-    field = orjson.dumps({"previous_message_id": message_id})
-    return b'{"diagnostics":' + field + b"," + stripped[1:]
-
-
-# -- cache-miss diagnosis (end) ---------------------------------------------------------
-
-
-#: What an exchange without a body observer learned from the body: nothing.
-_NOTHING_PARSED = ParsedResponse()
-
-
 def _credential_scope(headers: Mapping[str, str]) -> str:
     """A digest of the request's API key: caches (and what is learnt of them) are per key.
 
@@ -482,9 +338,9 @@ def _credential_scope(headers: Mapping[str, str]) -> str:
     return xxhash.xxh3_64_hexdigest(key.encode("utf-8", "surrogatepass"))
 
 
-def _carries_markers(plan: Any, body: bytes) -> bool:
+def _carries_markers(plan: Plan | None, body: bytes) -> bool:
     """Whether the request goes out with ``cache_control`` markers (the caller's or the planner's)."""
-    if plan is not None and getattr(plan, "error", "x") is None:
+    if plan is not None and plan.error is None:
         return any(p.action in ("kept", "inserted") for p in plan.placements)
     return body.find(b"cache_control") != -1
 
@@ -497,9 +353,7 @@ def _asks_stream(body: bytes) -> bool:
     return rest.startswith(b":") and rest[1:].lstrip().startswith(b"true")
 
 
-def _default_planner(options: Mapping[str, Any], fault: FaultRecorder) -> Any | None:
-    from ..planning._planner import Planner
-
+def _default_planner(options: Mapping[str, Any], fault: FaultRecorder) -> Planner | None:
     try:
         return Planner(**options)
     except TypeError:
@@ -508,268 +362,3 @@ def _default_planner(options: Mapping[str, Any], fault: FaultRecorder) -> Any | 
         fault("config", exc)
         return None
 
-
-class Exchange:
-    """One request/response pair, from the moment it is sent to the end of its body."""
-
-    __slots__ = (
-        "_done",
-        "_lock",
-        "body_override",
-        "conversation",
-        "diag",
-        "engine",
-        "extra",
-        "filter",
-        "first_chunk_at",
-        "header_update",
-        "info",
-        "marked",
-        "observer",
-        "plan",
-        "sink_states",
-        "started_at",
-        "status_code",
-        "stream",
-    )
-
-    def __init__(self, engine: Engine, info: RequestInfo, plan: Any) -> None:
-        self.engine = engine
-        self.info = info
-        self.plan = plan
-        self.extra: dict[str, object] = {}
-        self.observer: Any = None
-        #: Hides the usage-only chunk when cachewatch added ``include_usage`` itself.
-        self.filter: UsageChunkFilter | None = None
-        self.status_code: int | None = None
-        self.stream = False
-        self.started_at = 0.0
-        self.first_chunk_at: float | None = None
-        self.sink_states: list[object | None] = []
-        self._done = False
-        self._lock = threading.Lock()
-        # cache-miss diagnosis: its per-request state, and the cache-diagnostics request changes
-        self.diag: Any = None
-        self.conversation: bytes | None = None
-        self.body_override: bytes | None = None
-        self.header_update: dict[str, str] | None = None
-        #: Whether the request carried cache markers; None: not needed (one price for every mode).
-        self.marked: bool | None = None
-
-    @property
-    def done(self) -> bool:
-        """The exchange was finished (its record went to the sinks, or was given up)."""
-        return self._done
-
-    @property
-    def new_body(self) -> bytes | None:
-        """The planned request body, or None to send the original bytes."""
-        if self.body_override is not None:
-            return self.body_override
-        return getattr(self.plan, "body", None) if self.plan is not None else None
-
-    @property
-    def new_headers(self) -> dict[str, str] | None:
-        """Headers to set on the rebuilt request (only together with :attr:`new_body`), or None."""
-        return self.header_update
-
-    def drop_plan(self) -> None:
-        """The planned body could not be applied: the original request goes out."""
-        self._planner_feedback("finished")
-        self.plan = None
-        self.body_override = None
-        self.header_update = None
-
-    def sent(self) -> None:
-        """The request is about to go to the inner transport."""
-        engine = self.engine
-        if self.plan is not None:
-            try:
-                self.extra.update(engine.record_breakpoints(self.info, self.plan))
-            except Exception as exc:
-                engine.fault("breakpoint_metrics", exc)
-        self.sink_states = engine.start_sinks(self.info)
-        self.started_at = engine.clock()
-
-    def span(self) -> Any:
-        """The OTel span of this exchange (to make it current around the inner call), if any."""
-        for sink, state in zip(self.engine.sinks, self.sink_states, strict=False):
-            if sink.name == "otel":
-                return state
-        return None
-
-    def response(self, status_code: int, headers: Mapping[str, str]) -> None:
-        """Headers arrived: prepare the body observer.
-
-        ``headers`` needs only ``content-type`` and ``content-encoding`` (lower-case keys).
-        """
-        self.status_code = status_code
-        if self.plan is not None:
-            self._planner_feedback("started", status_code)
-        if self.diag is not None:  # cache-miss diagnosis: this request's writes are readable now
-            try:
-                self.engine.diagnoser.started(self.diag, self.engine.wall_clock())  # type: ignore[union-attr]
-            except Exception as exc:
-                self.engine.fault("diagnosis", exc)
-        try:
-            content_type = headers.get("content-type")
-            self.stream = content_type is not None and "event-stream" in content_type.lower()
-            if self.stream and getattr(self.plan, "added_include_usage", False):
-                self.filter = UsageChunkFilter(headers.get("content-encoding"))
-            self.observer = ResponseObserver(
-                self.info.api,
-                content_type=content_type,
-                content_encoding=headers.get("content-encoding"),
-                max_json_bytes=self.engine.max_json_bytes,
-                max_event_bytes=self.engine.max_event_bytes,
-                max_decoded_bytes=self.engine.max_decoded_bytes,
-            )
-        except Exception as exc:
-            self.engine.fault("observe", exc)
-            self.observer = None
-
-    def feed(self, chunk: bytes) -> None:
-        """One body chunk, exactly as the caller receives it."""
-        if self.first_chunk_at is None:
-            self.first_chunk_at = self.engine.clock()
-        observer = self.observer
-        if observer is not None:
-            try:
-                observer.feed(chunk)
-            except Exception as exc:
-                self.engine.fault("observe", exc)
-                self.observer = None
-
-    def end(self) -> None:
-        """The body was read to its end."""
-        self._finish(None, None)
-
-    def close(self) -> None:
-        """The body was closed; if it had not ended, the caller abandoned it.
-
-        A caller that stops reading right after the protocol's terminal event (the
-        openai SDK stops at ``data: [DONE]``) did not abandon anything: that is ``ok``.
-        """
-        self._finish(Outcome.ABORTED, None)
-
-    def transport_error(self, exc: BaseException) -> None:
-        """The inner transport raised (before or during the body); it is re-raised unchanged."""
-        self._finish(Outcome.TRANSPORT_ERROR, type(exc).__name__)
-
-    def _planner_feedback(self, event: str, *args: object) -> None:
-        """:meth:`Engine.planner_feedback` for this exchange's plan."""
-        self.engine.planner_feedback(self.plan, event, *args)
-
-    def _finish(self, outcome: Outcome | None, error_type: str | None) -> None:
-        if self._done:  # the usual second call (the body ended, then it was closed)
-            return
-        with self._lock:
-            if self._done:
-                return
-            self._done = True
-        engine = self.engine
-        try:
-            now = engine.clock()
-            parsed = _NOTHING_PARSED
-            observer = self.observer
-            if observer is not None:
-                try:
-                    parsed = observer.result()
-                except Exception as exc:
-                    engine.fault("parse", exc)
-                if observer.truncated is not None:
-                    engine.observation_truncated(observer.truncated)
-                    self.extra["observation_truncated"] = observer.truncated
-            if outcome is None or (outcome is Outcome.ABORTED and parsed.complete):
-                outcome = Outcome.from_status(self.status_code or 0)
-                if outcome is Outcome.OK and parsed.error_type:
-                    # An error event inside a 200 stream (e.g. overloaded_error).
-                    outcome = Outcome.SERVER_ERROR
-            info = self.info
-            if info.request_model is None and parsed.response_model:
-                info = replace(info, model=engine.model_cap(parsed.response_model))
-            extra = self.extra
-            if parsed.unparsed:
-                extra["unparsed"] = True
-            if parsed.usage is None and outcome is Outcome.OK:
-                # Not a zero: the provider did not say (an OpenAI-compatible stream without
-                # stream_options.include_usage...). Counted in cachewatch_usage_unreported_total.
-                extra["usage_reported"] = False
-            if parsed.provider_miss_reason:
-                extra["provider_miss_reason"] = parsed.provider_miss_reason
-                if parsed.provider_missed_tokens is not None:
-                    extra["provider_missed_input_tokens"] = parsed.provider_missed_tokens
-            if self.diag is not None:  # cache-miss diagnosis
-                self._diagnose(parsed, outcome)
-            cost: Cost | None = None
-            usage = parsed.usage
-            if usage is not None:
-                cache_type = parsed.cache_type
-                implicit = cache_type == "implicit" or (cache_type is None and self.marked is False)
-                if self.marked is not None and (usage.cache_read or usage.cache_write):
-                    extra["cache_mode"] = "implicit" if implicit else "explicit"
-                try:
-                    cost = engine.prices.cost(
-                        info.request_model or parsed.response_model, usage, implicit=implicit
-                    )
-                except Exception as exc:
-                    engine.fault("pricing", exc)
-            ttft = None
-            if self.stream and self.first_chunk_at is not None:
-                ttft = self.first_chunk_at - self.started_at
-            record = new_usage_record(
-                info,  # request
-                outcome,
-                self.status_code,
-                self.stream,
-                parsed.usage,
-                parsed.response_model,
-                parsed.response_id,
-                parsed.finish_reasons,
-                error_type or parsed.error_type,
-                max(0.0, now - self.started_at),  # duration
-                ttft,  # time_to_first_token
-                cost,
-                extra,
-            )
-            if self.plan is not None:
-                self._planner_feedback("finished", parsed.usage)
-                # Usage calibrates the estimator; the request's shape teaches the policy
-                # even where the endpoint reports no usage (a 2xx without it).
-                if engine.planner is not None and (
-                    parsed.usage is not None or 200 <= (self.status_code or 0) < 300
-                ):
-                    try:
-                        engine.planner.observe(self.plan, parsed.usage)
-                    except Exception as exc:
-                        engine.fault("planner_feedback", exc)
-        except Exception as exc:
-            engine.fault("record", exc)
-            # The planner's claims must end with the exchange, record or not (a second
-            # ``finished`` after the one above is a no-op).
-            self._planner_feedback("finished")
-            return
-        engine.finish_sinks(self.sink_states, record)
-
-    # -- cache-miss diagnosis (begin) ---------------------------------------------------
-
-    def _diagnose(self, parsed: ParsedResponse, outcome: Outcome) -> None:
-        """Run the diagnoser on the billed usage; the verdict goes into ``extra`` (fail-open)."""
-        engine = self.engine
-        diagnoser = engine.diagnoser
-        state, self.diag = self.diag, None
-        if diagnoser is None:
-            return
-        try:
-            if parsed.usage is None or outcome is not Outcome.OK:
-                diagnoser.discard(state)
-                return
-            verdict = diagnoser.after(state, parsed.usage, engine.wall_clock(), parsed.provider_miss_reason)
-            if verdict is not None:
-                self.extra.update(verdict.as_extra())
-            if self.conversation is not None and parsed.response_id:
-                diagnoser.remember_message(self.conversation, parsed.response_id)
-        except Exception as exc:
-            engine.fault("diagnosis", exc)
-
-    # -- cache-miss diagnosis (end) -----------------------------------------------------

@@ -1,4 +1,4 @@
-"""The planner's answer for one request: the body to send and every marker decision.
+"""The engine <-> planner contract: the :class:`Plan` and the :class:`PlannerProtocol`.
 
 Data flow: planner -> **plan** -> engine (the body to send, breakpoint counts, span
 and log attributes) -> planner again (``started``/``finished``/``observe`` feedback).
@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
-from ..accounting._records import slot_factory
+from ..accounting._records import TokenUsage, slot_factory
 from ._layout import Layout, Location
 from ._learning import Advice
 
-__all__ = ["ACTIONS", "Placement", "Plan", "Ticket", "new_placement", "new_plan"]
+__all__ = ["ACTIONS", "Placement", "Plan", "PlannerProtocol", "Ticket", "new_placement", "new_plan"]
 
 #: Every ``action`` a :class:`Placement` can have (the ``action`` label of
 #: ``cachewatch_breakpoints_total``).
@@ -107,7 +107,7 @@ class Plan:
     #: Estimated tokens up to the static (tools + system) prefix end.
     static_tokens: int = 0
     #: Why the body was left alone when it was: ``unsupported``, ``not_json``, ``invalid_shape``,
-    #: ``internal_error:<ExceptionType>``; None otherwise.
+    #: ``internal_error`` (see :attr:`fault`); None otherwise.
     error: str | None = None
     api: str | None = None
     provider: str = "other"
@@ -118,6 +118,8 @@ class Plan:
     layout: Layout | None = field(default=None, repr=False, compare=False)
     #: A volatile block that cuts this request's family's cacheable prefix short, if any.
     advice: Advice | None = None
+    #: The fault the planner contained (``error == "internal_error"``), for the engine to count.
+    fault: Exception | None = field(default=None, repr=False, compare=False)
 
     @property
     def inserted(self) -> tuple[Placement, ...]:
@@ -130,3 +132,23 @@ new_placement: Final[
     Callable[[Location, str, str | None, tuple[int, ...], str, int, int, str], Placement]
 ] = slot_factory(Placement)
 new_plan: Final[Callable[..., Plan]] = slot_factory(Plan)
+
+
+class PlannerProtocol(Protocol):
+    """What the engine asks of a planner (:class:`~cachewatch.planning._planner.Planner` is one).
+
+    ``plan`` never raises for a body it cannot plan: it returns a plan with ``body=None``
+    and an ``error`` (a fault it contained in :attr:`Plan.fault`). The feedback hooks are
+    called for plans that carry a ``ticket`` (in-flight claims): ``started`` when the
+    response's headers arrive, ``finished`` exactly once when the exchange ends (whatever
+    its outcome, with the billed usage when known); ``observe`` after a response that
+    reported usage or succeeded, for every plan.
+    """
+
+    def plan(self, *, api: str, host: str, path: str, body: bytes, scope: str = "") -> Plan: ...
+
+    def started(self, plan: Plan, status_code: int = 200) -> None: ...
+
+    def finished(self, plan: Plan, usage: TokenUsage | None = None) -> None: ...
+
+    def observe(self, plan: Plan, usage: TokenUsage | None) -> None: ...

@@ -7,7 +7,7 @@ Data flow: request -> **planner** -> transport -> stream observer -> usage recor
 tools -> system -> messages order with their prefix digests), asks the learner
 (``_learning``) what it knows of each candidate prefix, decides, inserts the markers
 and serialises once; when it adds nothing it returns ``body=None`` and the original
-bytes go out untouched. It never raises: a fault yields ``Plan(body=None, error=...)``.
+bytes go out untouched. It never raises: a fault yields ``Plan(body=None, error="internal_error", fault=exc)``.
 
 Candidates (research A.1-A.6, B.2, E), each a prefix ending at one block:
 
@@ -174,9 +174,7 @@ class Planner:
             profile_name = profile.name
             return self._plan(api, profile, body, host, scope)
         except Exception as exc:  # fail open: the original bytes go out
-            return Plan(
-                body=None, profile=profile_name, api=api, error=f"internal_error:{type(exc).__name__}"
-            )
+            return Plan(body=None, profile=profile_name, api=api, error="internal_error", fault=exc)
 
     def started(self, plan: Plan, status_code: int = 200) -> None:
         """The response to a planned request has started: what it marked is readable now.
@@ -317,6 +315,7 @@ class Planner:
             ticket,
             layout,
             advice,
+            None,  # fault
         )
 
     def _min_tokens(self, profile: Profile, model: str | None) -> int:

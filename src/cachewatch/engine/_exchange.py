@@ -1,0 +1,324 @@
+"""One request/response pair in flight: the :class:`Exchange`. Sans-IO, fail-open.
+
+Data flow: request -> planner -> transport -> stream observer -> usage record -> sinks.
+
+The shells (``transport/``, ``proxy/``) only move bytes; they call into an exchange at
+each step (request built, headers received, chunk seen, body ended or closed, transport
+failed). The exchange feeds the response observer, calls the stages back (planner
+feedback, miss diagnosis), builds the :class:`~cachewatch.UsageRecord` and hands it to
+the sinks. Every method is fail-open: a fault is counted and logged by the engine's
+:class:`~cachewatch.engine._faults.FaultRecorder` and the exchange degrades to "observe
+less", never to "change the traffic".
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any, Protocol
+
+from ..accounting._pricing import PriceTable
+from ..accounting._records import (
+    Breakpoints,
+    Cost,
+    Outcome,
+    ParsedResponse,
+    RequestInfo,
+    TokenUsage,
+    UsageRecord,
+    new_usage_record,
+)
+from ..diagnosis._stage import DiagnosisRequest, DiagnosisStage
+from ..observing._observer import ResponseObserver
+from ..planning._hygiene import UsageChunkFilter
+from ..planning._plan import Plan, PlannerProtocol
+from ._endpoints import LabelCap
+
+__all__ = ["Exchange", "ExchangeHost", "release_plan"]
+
+#: What an exchange without a body observer learned from the body: nothing.
+_NOTHING_PARSED = ParsedResponse()
+
+
+class ExchangeHost(Protocol):
+    """What an exchange needs from its engine (:class:`~cachewatch.engine._engine.Engine` is one)."""
+
+    planner: PlannerProtocol | None
+    diagnosis: DiagnosisStage | None
+    prices: PriceTable
+    model_cap: LabelCap
+    clock: Callable[[], float]
+    max_json_bytes: int
+    max_event_bytes: int
+    max_decoded_bytes: int
+    #: Index in the sink list of the OTel span sink (its state is the span), if any.
+    span_sink: int | None
+
+    def fault(self, stage: str, exc: BaseException | str) -> None: ...
+
+    def observation_truncated(self, reason: str) -> None: ...
+
+    def start_sinks(self, info: RequestInfo) -> list[object | None]: ...
+
+    def finish_sinks(self, states: list[object | None], record: UsageRecord) -> None: ...
+
+
+def release_plan(host: ExchangeHost, plan: Plan | None, usage: TokenUsage | None = None) -> None:
+    """Tell the planner a planned exchange is over (its claims end); a fault is counted, never raised.
+
+    Only plans holding in-flight claims (a ``ticket``) need it. A second call for the same
+    plan is a no-op (the planner ignores it).
+    """
+    planner = host.planner
+    if plan is None or plan.ticket is None or planner is None:
+        return
+    try:
+        planner.finished(plan, usage)
+    except Exception as exc:
+        host.fault("planner_feedback", exc)
+
+
+class Exchange:
+    """One request/response pair, from the moment it is sent to the end of its body."""
+
+    __slots__ = (
+        "_done",
+        "_lock",
+        "body_override",
+        "diag",
+        "engine",
+        "filter",
+        "first_chunk_at",
+        "header_update",
+        "info",
+        "marked",
+        "observer",
+        "plan",
+        "sink_states",
+        "started_at",
+        "status_code",
+        "stream",
+    )
+
+    def __init__(self, engine: ExchangeHost, info: RequestInfo, plan: Plan | None) -> None:
+        self.engine = engine
+        self.info = info
+        self.plan = plan
+        self.observer: ResponseObserver | None = None
+        #: Hides the usage-only chunk when cachewatch added ``include_usage`` itself.
+        self.filter: UsageChunkFilter | None = None
+        self.status_code: int | None = None
+        self.stream = False
+        self.started_at = 0.0
+        self.first_chunk_at: float | None = None
+        self.sink_states: list[object | None] = []
+        self._done = False
+        self._lock = threading.Lock()
+        #: The miss diagnosis of this request (None: not diagnosed).
+        self.diag: DiagnosisRequest | None = None
+        #: A body and headers to send instead of the planned body (the diagnosis's
+        #: cache-diagnostics beta); None: the plan's body, or the original bytes.
+        self.body_override: bytes | None = None
+        self.header_update: dict[str, str] | None = None
+        #: Whether the request carried cache markers; None: not needed (one price for every mode).
+        self.marked: bool | None = None
+
+    @property
+    def done(self) -> bool:
+        """The exchange was finished (its record went to the sinks, or was given up)."""
+        return self._done
+
+    @property
+    def new_body(self) -> bytes | None:
+        """The planned request body, or None to send the original bytes."""
+        if self.body_override is not None:
+            return self.body_override
+        return self.plan.body if self.plan is not None else None
+
+    @property
+    def new_headers(self) -> dict[str, str] | None:
+        """Headers to set on the rebuilt request (only together with :attr:`new_body`), or None."""
+        return self.header_update
+
+    def drop_plan(self) -> None:
+        """The planned body could not be applied: the original request goes out."""
+        release_plan(self.engine, self.plan)
+        self.plan = None
+        self.body_override = None
+        self.header_update = None
+
+    def sent(self) -> None:
+        """The request is about to go to the inner transport."""
+        engine = self.engine
+        self.sink_states = engine.start_sinks(self.info)
+        self.started_at = engine.clock()
+
+    def span(self) -> Any:
+        """The OTel span of this exchange (to make it current around the inner call), if any."""
+        index = self.engine.span_sink
+        states = self.sink_states
+        if index is None or index >= len(states):
+            return None
+        return states[index]
+
+    def response(self, status_code: int, headers: Mapping[str, str]) -> None:
+        """Headers arrived: prepare the body observer.
+
+        ``headers`` needs only ``content-type`` and ``content-encoding`` (lower-case keys).
+        """
+        engine = self.engine
+        self.status_code = status_code
+        plan = self.plan
+        if plan is not None and plan.ticket is not None and engine.planner is not None:
+            try:
+                engine.planner.started(plan, status_code)
+            except Exception as exc:
+                engine.fault("planner_feedback", exc)
+        if self.diag is not None and engine.diagnosis is not None:
+            engine.diagnosis.started(self.diag)  # this request's writes are readable now
+        try:
+            content_type = headers.get("content-type")
+            self.stream = content_type is not None and "event-stream" in content_type.lower()
+            if self.stream and plan is not None and plan.added_include_usage:
+                self.filter = UsageChunkFilter(headers.get("content-encoding"))
+            self.observer = ResponseObserver(
+                self.info.api,
+                content_type=content_type,
+                content_encoding=headers.get("content-encoding"),
+                max_json_bytes=engine.max_json_bytes,
+                max_event_bytes=engine.max_event_bytes,
+                max_decoded_bytes=engine.max_decoded_bytes,
+            )
+        except Exception as exc:
+            engine.fault("observe", exc)
+            self.observer = None
+
+    def feed(self, chunk: bytes) -> None:
+        """One body chunk, exactly as the caller receives it."""
+        if self.first_chunk_at is None:
+            self.first_chunk_at = self.engine.clock()
+        observer = self.observer
+        if observer is not None:
+            try:
+                observer.feed(chunk)
+            except Exception as exc:
+                self.engine.fault("observe", exc)
+                self.observer = None
+
+    def end(self) -> None:
+        """The body was read to its end."""
+        self._finish(None, None)
+
+    def close(self) -> None:
+        """The body was closed; if it had not ended, the caller abandoned it.
+
+        A caller that stops reading right after the protocol's terminal event (the
+        openai SDK stops at ``data: [DONE]``) did not abandon anything: that is ``ok``.
+        """
+        self._finish(Outcome.ABORTED, None)
+
+    def transport_error(self, exc: BaseException) -> None:
+        """The inner transport raised (before or during the body); it is re-raised unchanged."""
+        self._finish(Outcome.TRANSPORT_ERROR, type(exc).__name__)
+
+    def _finish(self, outcome: Outcome | None, error_type: str | None) -> None:
+        if self._done:  # the usual second call (the body ended, then it was closed)
+            return
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        engine = self.engine
+        try:
+            now = engine.clock()
+            parsed = _NOTHING_PARSED
+            truncated: str | None = None
+            observer = self.observer
+            if observer is not None:
+                try:
+                    parsed = observer.result()
+                except Exception as exc:
+                    engine.fault("parse", exc)
+                truncated = observer.truncated
+                if truncated is not None:
+                    engine.observation_truncated(truncated)
+            if outcome is None or (outcome is Outcome.ABORTED and parsed.complete):
+                outcome = Outcome.from_status(self.status_code or 0)
+                if outcome is Outcome.OK and parsed.error_type:
+                    # An error event inside a 200 stream (e.g. overloaded_error).
+                    outcome = Outcome.SERVER_ERROR
+            info = self.info
+            if info.request_model is None and parsed.response_model:
+                info = replace(info, model=engine.model_cap(parsed.response_model))
+            verdict = None
+            diag = self.diag
+            if diag is not None and engine.diagnosis is not None:
+                self.diag = None
+                verdict = engine.diagnosis.finish(diag, parsed, outcome)
+            cost: Cost | None = None
+            cache_mode: str | None = None
+            usage = parsed.usage
+            if usage is not None:
+                cache_type = parsed.cache_type
+                implicit = cache_type == "implicit" or (cache_type is None and self.marked is False)
+                if self.marked is not None and (usage.cache_read or usage.cache_write):
+                    cache_mode = "implicit" if implicit else "explicit"
+                try:
+                    cost = engine.prices.cost(
+                        info.request_model or parsed.response_model, usage, implicit=implicit
+                    )
+                except Exception as exc:
+                    engine.fault("pricing", exc)
+            ttft = None
+            if self.stream and self.first_chunk_at is not None:
+                ttft = self.first_chunk_at - self.started_at
+            plan = self.plan
+            record = new_usage_record(
+                info,  # request
+                outcome,
+                self.status_code,
+                self.stream,
+                usage,
+                parsed.response_model,
+                parsed.response_id,
+                parsed.finish_reasons,
+                error_type or parsed.error_type,
+                max(0.0, now - self.started_at),  # duration
+                ttft,  # time_to_first_token
+                cost,
+                _breakpoints(plan) if plan is not None else None,
+                verdict,  # miss
+                parsed.provider_miss_reason or None,
+                parsed.provider_missed_tokens if parsed.provider_miss_reason else None,
+                plan.advice if plan is not None else None,
+                cache_mode,
+                # Not a zero: the provider did not say (an OpenAI-compatible stream without
+                # stream_options.include_usage...). Counted in cachewatch_usage_unreported_total.
+                not (usage is None and outcome is Outcome.OK),  # usage_reported
+                parsed.unparsed,
+                truncated,  # observation_truncated
+            )
+            if plan is not None:
+                release_plan(engine, plan, usage)
+                # Usage calibrates the estimator; the request's shape teaches the policy
+                # even where the endpoint reports no usage (a 2xx without it).
+                if engine.planner is not None and (
+                    usage is not None or 200 <= (self.status_code or 0) < 300
+                ):
+                    try:
+                        engine.planner.observe(plan, usage)
+                    except Exception as exc:
+                        engine.fault("planner_feedback", exc)
+        except Exception as exc:
+            engine.fault("record", exc)
+            # The planner's claims must end with the exchange, record or not (a second
+            # ``finished`` after the one above is a no-op).
+            release_plan(engine, self.plan)
+            return
+        engine.finish_sinks(self.sink_states, record)
+
+
+def _breakpoints(plan: Plan) -> Breakpoints:
+    """The plan's decisions as the record carries them."""
+    return Breakpoints(plan.profile, tuple([(p.location, p.action) for p in plan.placements]))
