@@ -53,6 +53,13 @@ def _exposition() -> str:
     miss.labels("anthropic", "claude-sonnet-4-6", "ttl_expired").inc(2)
     miss.labels("anthropic", "claude-sonnet-4-6", "evicted").inc(1)
     waste.labels("anthropic", "claude-sonnet-4-6", "team-b").inc(2000)
+    volatile = Counter(
+        "cachewatch_volatile_prefix_tokens",
+        "v",
+        ("provider", "model", "workspace", "block"),
+        registry=registry,
+    )
+    volatile.labels("anthropic", "claude-sonnet-4-6", "team-a", "system:first_line").inc(6000)
     return generate_latest(registry).decode()
 
 
@@ -72,6 +79,9 @@ def test_summarise_groups_and_ratios() -> None:
     assert m["requests"] == 4
     assert m["miss_reasons"] == [("ttl_expired", 2), ("evicted", 1)]
     assert s["total"]["wasted_write_tokens"] == 2000
+    # 6,000 tokens over the model's 4 requests; qwen-plus had no volatile block.
+    assert m["prefix_advice"] == [{"block": "system:first_line", "tokens": 6000, "tokens_per_request": 1500}]
+    assert s["models"]["qwen-plus"]["prefix_advice"] == []
 
 
 def test_summarise_ignores_other_metrics_and_empty_text() -> None:
@@ -91,6 +101,11 @@ def test_report_prints_tables(capsys: pytest.CaptureFixture[str]) -> None:
     assert "qwen-plus" in out
     assert "ttl_expired (2)" in out
     assert "90.5%" in out or "85.7%" in out
+    advice = out[out.index("Prompt advice") :]
+    row = next(line for line in advice.splitlines() if "system:first_line" in line)
+    assert "claude-sonnet-4-6" in row
+    assert "1,500" in row
+    assert "6,000" in row
 
 
 def test_report_reads_a_metrics_url() -> None:

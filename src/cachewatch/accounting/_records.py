@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
-from typing import Final, NamedTuple, TypeVar
+from dataclasses import dataclass, fields
+from typing import Final, NamedTuple, Protocol, TypeVar
 
 __all__ = [
     "API_LABELS",
+    "Breakpoints",
     "Cost",
+    "MissVerdict",
     "TOKEN_TYPES",
     "Outcome",
+    "PrefixAdvice",
     "ParsedResponse",
     "RequestInfo",
     "TokenUsage",
@@ -146,11 +149,86 @@ class RequestInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Breakpoints:
+    """The planner's marker decisions for one request: where (location) and what (action).
+
+    ``decisions`` holds one ``(location, action)`` pair per decision, in the planner's
+    order (``location``: ``tools``, ``system``, ``messages``, ``top_level``; ``action``:
+    ``inserted``, ``kept``, ``skipped_*``, ``removed_invalid``); ``profile`` is the
+    endpoint profile that planned them. No positions, no content.
+    """
+
+    profile: str
+    decisions: tuple[tuple[str, str], ...] = ()
+
+    def counts(self) -> dict[str, int]:
+        """Decisions per action, in action order."""
+        counts: dict[str, int] = {}
+        for _, action in self.decisions:
+            counts[action] = counts.get(action, 0) + 1
+        return dict(sorted(counts.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class MissVerdict:
+    """Why a request read less from the cache than its prefix allowed (the miss diagnosis)."""
+
+    reason: str
+    #: Position (in this request) of the prefix it could have read, or of the first changed block.
+    position: int | None = None
+    #: Dotted path of that position (``messages.3.0``) and the block's kind; never content.
+    block: str | None = None
+    kind: str | None = None
+    #: Estimated tokens it could have read, and what it read.
+    expected_tokens: int = 0
+    read_tokens: int = 0
+    #: Provider reason (``provider_reported``), or a short numeric detail.
+    detail: str | None = None
+    #: The local verdict when the provider's reason won.
+    local_reason: str | None = None
+
+    def as_extra(self) -> dict[str, object]:
+        """The span/log attributes of this verdict (part of :attr:`UsageRecord.extra`)."""
+        out: dict[str, object] = {"miss_reason": self.reason}
+        if self.reason.startswith("prefix_changed") and self.block is not None:
+            out["miss_changed_block"] = self.block
+            out["miss_changed_position"] = self.position if self.position is not None else -1
+            if self.kind is not None:
+                out["miss_changed_kind"] = self.kind
+        elif self.block is not None:
+            out["miss_block"] = self.block
+        if self.expected_tokens:
+            out["miss_expected_tokens"] = self.expected_tokens
+        if self.detail is not None:
+            out["miss_detail"] = self.detail
+        if self.local_reason is not None:
+            out["miss_local_reason"] = self.local_reason
+        return out
+
+
+class PrefixAdvice(Protocol):
+    """A volatile block that cuts a family's cacheable prefix short (the planner's advice).
+
+    Position and kind, never content: ``block`` is its dotted path (``system.0``; with
+    ``:first_line`` when only its first line changes), ``tokens`` the estimated tokens
+    that would become cacheable if it moved after the stable part.
+    """
+
+    @property
+    def block(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def tokens(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
 class UsageRecord:
     """Everything cachewatch knows about one exchange once its body has ended.
 
-    This is what every sink receives. It holds no prompt or completion text and no
-    credential: only labels, counts, timings and identifiers.
+    This is what every sink receives, the bundled ones and custom ones alike. It holds
+    no prompt or completion text and no credential: only labels, counts, timings,
+    identifiers and block positions.
     """
 
     request: RequestInfo
@@ -170,9 +248,62 @@ class UsageRecord:
     time_to_first_token: float | None = None
     #: Money of this request, when its model has a price.
     cost: Cost | None = None
-    #: Stage-specific details for spans and logs (breakpoints placed, miss reason, cost...).
-    #: Values are numbers, short identifiers or tuples of them, never request text.
-    extra: dict[str, object] = field(default_factory=dict)
+    #: The planner's marker decisions (``breakpoints="auto"``), None when it did not plan.
+    breakpoints: Breakpoints | None = None
+    #: Why the cache missed, when the miss diagnosis found a miss.
+    miss: MissVerdict | None = None
+    #: The miss reason the provider reported (Anthropic cache diagnostics), passed through,
+    #: and the ``cache_missed_input_tokens`` it gave with it.
+    provider_miss_reason: str | None = None
+    provider_missed_tokens: int | None = None
+    #: A volatile block that cuts this request's cacheable prefix short, when the planner saw one.
+    advice: PrefixAdvice | None = None
+    #: ``explicit`` or ``implicit``: which cache served a request priced apart per mode (DashScope).
+    cache_mode: str | None = None
+    #: False when a successful response did not report usage (counted apart, never a silent 0).
+    usage_reported: bool = True
+    #: The body could not be parsed (bad encoding, not JSON...).
+    unparsed: bool = False
+    #: The observation cap the response crossed (it was relayed unchanged, no longer observed).
+    observation_truncated: str | None = None
+
+    @property
+    def extra(self) -> dict[str, object]:
+        """The stage fields above as flat span/log attributes (names without ``cachewatch.``).
+
+        ``breakpoints.<action>`` counts and ``breakpoints.profile``, ``observation_truncated``,
+        ``unparsed``, ``usage_reported`` (only when False), ``provider_miss_reason``,
+        ``provider_missed_input_tokens``, the verdict's ``miss_*`` keys, ``cache_mode`` and
+        ``prefix_advice.block`` / ``.kind`` / ``.tokens``. Values are numbers and short
+        identifiers, never request text. Built on each access.
+        """
+        out: dict[str, object] = {}
+        bp = self.breakpoints
+        if bp is not None:
+            for action, n in bp.counts().items():
+                out[f"breakpoints.{action}"] = n
+            if bp.profile:
+                out["breakpoints.profile"] = bp.profile
+        if self.observation_truncated is not None:
+            out["observation_truncated"] = self.observation_truncated
+        if self.unparsed:
+            out["unparsed"] = True
+        if not self.usage_reported:
+            out["usage_reported"] = False
+        if self.provider_miss_reason:
+            out["provider_miss_reason"] = self.provider_miss_reason
+            if self.provider_missed_tokens is not None:
+                out["provider_missed_input_tokens"] = self.provider_missed_tokens
+        if self.miss is not None:
+            out.update(self.miss.as_extra())
+        if self.cache_mode is not None:
+            out["cache_mode"] = self.cache_mode
+        advice = self.advice
+        if advice is not None:
+            out["prefix_advice.block"] = advice.block
+            out["prefix_advice.kind"] = advice.kind
+            out["prefix_advice.tokens"] = advice.tokens
+        return out
 
 
 # -- fast constructors -------------------------------------------------------------------

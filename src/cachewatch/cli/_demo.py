@@ -7,7 +7,9 @@ openai SDKs wrapped by :func:`cachewatch.wrap`:
 - a multi-turn support chat with a long system prompt (Anthropic Messages, JSON);
 - an agent tool loop with large tool results (Anthropic Messages, streaming);
 - questions over one shared document (DashScope Anthropic-compatible endpoint, streaming);
-- a multi-turn chat on DashScope's OpenAI-compatible mode (openai SDK, streaming).
+- a multi-turn chat on DashScope's OpenAI-compatible mode (openai SDK, streaming);
+- one-shot questions under a system prompt whose first line is the current time (Anthropic
+  Messages, JSON): the anti-pattern the prompt advice points at (``system:first_line``).
 
 The workload runs twice, with ``breakpoints="off"`` and with ``"auto"``, under two API
 keys mapped to the workspaces ``caching-off`` and ``caching-auto`` (the emulator keeps
@@ -98,8 +100,8 @@ class Totals:
 
     def add(self, record: UsageRecord) -> None:
         self.requests += 1
-        reason = record.extra.get("miss_reason")
-        if isinstance(reason, str):
+        if record.miss is not None:
+            reason = record.miss.reason
             self.misses[reason] = self.misses.get(reason, 0) + 1
         if record.outcome.value != "ok":
             self.errors += 1
@@ -152,9 +154,15 @@ class DemoResult:
     seconds: float = 0.0
 
 
-WORKLOADS = ("support chat", "agent tool loop", "document Q&A", "DashScope chat")
+WORKLOADS = ("support chat", "agent tool loop", "document Q&A", "DashScope chat", "timestamped prompt")
 #: Requests per workload per phase.
-WORKLOAD_REQUESTS = {"support chat": 8, "agent tool loop": 10, "document Q&A": 8, "DashScope chat": 8}
+WORKLOAD_REQUESTS = {
+    "support chat": 8,
+    "agent tool loop": 10,
+    "document Q&A": 8,
+    "DashScope chat": 8,
+    "timestamped prompt": 5,
+}
 
 
 def _support_chat(client: Any, run: str) -> None:
@@ -245,11 +253,27 @@ def _dashscope_chat(client: Any, run: str) -> None:
         messages.append({"role": "assistant", "content": text})
 
 
+def _timestamped_prompt(client: Any, run: str) -> None:
+    # The current time on the first line of the system prompt: nothing after it can be read
+    # from the cache. From the third request on, cachewatch says which block changes and
+    # how many tokens moving it after the stable part would make cacheable.
+    handbook = "You answer questions about the staff handbook. " + _text("handbook", 1500)
+    for q in range(WORKLOAD_REQUESTS["timestamped prompt"]):
+        now = f"Current time: 2026-05-04 09:{q:02d}:{len(run):02d} UTC ({run})."
+        client.messages.create(
+            model="claude-sonnet-4-6",
+            max_tokens=128,
+            system=now + "\n" + handbook,
+            messages=[{"role": "user", "content": f"[{run}] Question {q}: " + _text(f"{run}-hb{q}", 30)}],
+        )
+
+
 _RUNNERS: dict[str, Callable[[Any, str], None]] = {
     "support chat": _support_chat,
     "agent tool loop": _agent_loop,
     "document Q&A": _document_qa,
     "DashScope chat": _dashscope_chat,
+    "timestamped prompt": _timestamped_prompt,
 }
 
 
@@ -299,6 +323,11 @@ def _clients(
         "DashScope chat": cachewatch.wrap(
             openai.OpenAI(api_key=key, base_url=dashscope_url + "/compatible-mode/v1", max_retries=0),
             sinks=[sinks["DashScope chat"]],
+            **common,
+        ),
+        "timestamped prompt": cachewatch.wrap(
+            anthropic.Anthropic(api_key=key, base_url=anthropic_url, max_retries=0),
+            sinks=[sinks["timestamped prompt"]],
             **common,
         ),
     }

@@ -14,7 +14,10 @@ counters over every other label:
   (the extra paid to write) and net savings = savings - write premium;
 * wasted-write tokens (``cachewatch_cache_wasted_write_tokens_total``, writes never read
   within their TTL) and the top miss reasons (``cachewatch_cache_misses_total``; that
-  counter has no workspace label, so reasons appear per model and overall).
+  counter has no workspace label, so reasons appear per model and overall);
+* the prompt advice (``cachewatch_volatile_prefix_tokens_total``): per model, the block that
+  changes on every request while the blocks after it stay the same, and the tokens per
+  request that would become cacheable if it moved after the stable part.
 
 :func:`summarise` is pure (text in, dict out); :func:`report` prints it as rich tables
 (``format="table"``: on a terminal at its width, and when piped at the tables' natural
@@ -37,6 +40,7 @@ _MONEY = {
 }
 _WASTED = "cachewatch_cache_wasted_write_tokens_total"
 _UNREPORTED = "cachewatch_usage_unreported_total"
+_VOLATILE = "cachewatch_volatile_prefix_tokens_total"
 
 
 def _group() -> dict[str, Any]:
@@ -49,6 +53,7 @@ def _group() -> dict[str, Any]:
         "write_premium": {},
         "wasted_write_tokens": 0.0,
         "miss_reasons": Tally(),
+        "volatile_prefix_tokens": Tally(),
     }
 
 
@@ -58,7 +63,10 @@ def summarise(text: str) -> dict[str, Any]:
     Returns ``{"workspaces": {name: group}, "models": {name: group}, "total": group}``
     where a group has ``requests``, ``usage_unreported`` (requests without usage), ``tokens`` (by type), ``hit_ratio``, ``cost``,
     ``savings``, ``write_premium`` and ``net_savings`` (each ``{currency: amount}``),
-    ``wasted_write_tokens`` and ``miss_reasons`` (``[(reason, count)]``, most first).
+    ``wasted_write_tokens``, ``miss_reasons`` (``[(reason, count)]``, most first) and
+    ``prefix_advice`` (``[{"block", "tokens", "tokens_per_request"}]``, most tokens first:
+    the volatile blocks and what moving each after the stable part would make cacheable,
+    in total and on average over the group's requests).
     """
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -101,6 +109,9 @@ def summarise(text: str) -> dict[str, Any]:
             elif name == "cachewatch_cache_misses_total":
                 for g in groups(labels):
                     g["miss_reasons"][labels.get("reason", "other")] += value
+            elif name == _VOLATILE:
+                for g in groups(labels):
+                    g["volatile_prefix_tokens"][labels.get("block", "other")] += value
 
     def finish(g: dict[str, Any]) -> dict[str, Any]:
         tokens = g["tokens"]
@@ -111,6 +122,12 @@ def summarise(text: str) -> dict[str, Any]:
             c: g["savings"].get(c, 0.0) - g["write_premium"].get(c, 0.0) for c in sorted(currencies)
         }
         g["miss_reasons"] = [(r, n) for r, n in g["miss_reasons"].most_common() if n > 0]
+        requests = g["requests"]
+        g["prefix_advice"] = [
+            {"block": block, "tokens": n, "tokens_per_request": n / requests if requests else 0.0}
+            for block, n in g.pop("volatile_prefix_tokens").most_common()
+            if n > 0
+        ]
         return g
 
     return {
@@ -190,6 +207,24 @@ def _table(title: str, key: str, rows: dict[str, dict[str, Any]], reasons: bool)
     return table
 
 
+def _advice_table(advice: dict[str, list[dict[str, Any]]]) -> Any:
+    from rich.table import Table
+
+    table = Table(
+        title="Prompt advice: a block that changes on every request cuts the cacheable prefix short; "
+        "move it after the stable part",
+        title_justify="left",
+    )
+    table.add_column("model")
+    table.add_column("volatile block")
+    table.add_column("cacheable tok/request", justify="right")
+    table.add_column("cacheable tok (total)", justify="right")
+    for model, rows in advice.items():
+        for row in rows:
+            table.add_row(model, row["block"], _tokens(row["tokens_per_request"]), _tokens(row["tokens"]))
+    return table
+
+
 def report(
     url_or_text: str,
     *,
@@ -234,6 +269,9 @@ def report(
             "are unknown, not zero. Ask for usage: stream_options.include_usage, "
             "wrap(client, include_usage=True) or cachewatch proxy --include-usage."
         )
+    advice = {model: g["prefix_advice"] for model, g in summary["models"].items() if g["prefix_advice"]}
+    if advice:
+        out.print(_advice_table(advice))
     top = summary["total"]["miss_reasons"]
     if top:
         out.print("Top miss reasons: " + ", ".join(f"{r} ({int(n)})" for r, n in top[:5]))

@@ -55,6 +55,7 @@ MISS = "cachewatch_cache_misses_total"
 ERR = "cachewatch_internal_errors_total"
 UNREP = "cachewatch_usage_unreported_total"
 TRUNCATED = "cachewatch_observation_truncated_total"
+VOLATILE = "cachewatch_volatile_prefix_tokens_total"
 
 PER_HOUR = " * 3600"
 
@@ -800,6 +801,20 @@ def build_cost_dashboard() -> dict[str, Any]:
     )
     if has_metric(WASTED_WRITES_METRIC):
         lay.add(_wasted_writes_panel())
+    lay.add(
+        Panel(
+            "bargauge",
+            "Tokens a volatile block kept from the cache (range)",
+            "Prompt tokens that would have been cacheable had the block that changes on every request "
+            "(by position: tools.N, system.N, :first_line when only its first line changes) come after "
+            "the stable part of the prompt, per model and block, over the selected range. Move that "
+            "block (a timestamp, a request id) to the end of the prompt.",
+            [Target(sum_increase(VOLATILE, ("model", "block")), "{{model}} {{block}}", instant=True)],
+            "short",
+            w=8,
+            decimals=0,
+        )
+    )
 
     lay.row("Breakdown")
     by = ("workspace", "provider", "model")

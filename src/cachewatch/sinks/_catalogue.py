@@ -116,6 +116,15 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "Cache-write tokens never read within their TTL (writes that expired unread).",
     ),
     MetricSpec(
+        "cachewatch_volatile_prefix_tokens_total",
+        "counter",
+        ("provider", "model", "workspace", "block"),
+        "Prompt tokens that would have been cacheable had a block that changes on every request "
+        "come after the stable part of the prompt (the planner's advice; position, never content). "
+        "block: its path (tools.N, system.N or system, :first_line when only its first line "
+        "changes) for the first 16 tools/system positions, else other.",
+    ),
+    MetricSpec(
         "cachewatch_internal_errors_total",
         "counter",
         ("stage",),

@@ -141,6 +141,5 @@ def log_fields(record: UsageRecord) -> dict[str, Any]:
         fields["cache_savings"] = round(cost.savings * 1e9) / 1e9
         fields["cache_write_premium"] = round(cost.write_premium * 1e9) / 1e9
         fields["currency"] = cost.currency
-    if record.extra:
-        fields.update(record.extra)
+    fields.update(record.extra)  # the stage fields (breakpoints, miss verdict, advice...), flat
     return fields

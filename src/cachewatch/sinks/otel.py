@@ -142,7 +142,7 @@ def span_attributes(record: UsageRecord) -> dict[str, Any]:
         attrs["cachewatch.cache_savings"] = record.cost.savings
         attrs["cachewatch.cache_write_premium"] = record.cost.write_premium
         attrs["cachewatch.currency"] = record.cost.currency
-    for key, value in record.extra.items():
+    for key, value in record.extra.items():  # the stage fields, flat (see UsageRecord.extra)
         if isinstance(value, (str, bool, int, float)):
             attrs[f"cachewatch.{key}"] = value
         elif isinstance(value, (tuple, list)) and all(isinstance(v, (str, int, float, bool)) for v in value):

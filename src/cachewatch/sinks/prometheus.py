@@ -1,7 +1,10 @@
 """Prometheus sink: the fixed ``cachewatch_*`` counters and histograms of SPEC section 5.
 
 Besides them, ``cachewatch_usage_unreported_total`` counts requests that ended ok
-without usage, so that "the provider did not say" never reads as zero tokens.
+without usage, so that "the provider did not say" never reads as zero tokens, and
+``cachewatch_volatile_prefix_tokens_total`` the tokens the planner's prefix advice says
+a volatile block keeps from being cached. Everything comes from the record: breakpoint
+decisions, the miss verdict and the advice included.
 
 Collectors are built from the metric catalogue once per registry (registering a name
 twice raises in prometheus_client), and only Counter and Histogram are used so that
@@ -24,11 +27,34 @@ from ..accounting._records import TOKEN_TYPES, Outcome, RequestInfo, UsageRecord
 from ..diagnosis import MISS_REASONS
 from ._catalogue import CATALOGUE, MetricSpec
 
-__all__ = ["WASTED_WRITE_TOKENS", "PrometheusMetrics", "PrometheusSink", "Series", "metrics_for"]
+__all__ = [
+    "WASTED_WRITE_TOKENS",
+    "PrometheusMetrics",
+    "PrometheusSink",
+    "Series",
+    "advice_block_label",
+    "metrics_for",
+]
 
 #: Write tokens never read within their TTL; counted only once the catalogue defines it.
 WASTED_WRITE_TOKENS = "cachewatch_cache_wasted_write_tokens_total"
 _MISS_REASONS = frozenset(MISS_REASONS)
+#: Positions of the tools and system regions whose advice gets a ``block`` label of its own.
+_ADVICE_POSITIONS = 16
+
+
+def advice_block_label(block: str) -> str:
+    """The ``block`` label of an advice: its path for ``tools.N``/``system.N`` (N < 16) and
+    ``system`` (``:first_line`` kept), else ``other``: a bounded set."""
+    path, _, suffix = block.partition(":")
+    if suffix not in ("", "first_line"):
+        return "other"
+    if path == "system":
+        return block
+    region, _, index = path.partition(".")
+    if region in ("tools", "system") and index.isdigit() and int(index) < _ADVICE_POSITIONS:
+        return block
+    return "other"
 
 
 class PrometheusMetrics:
@@ -58,6 +84,7 @@ class PrometheusMetrics:
         self.misses: Counter = self.collectors["cachewatch_cache_misses_total"]
         self.internal_errors: Counter = self.collectors["cachewatch_internal_errors_total"]
         self.observation_truncated: Counter = self.collectors["cachewatch_observation_truncated_total"]
+        self.volatile_prefix_tokens: Counter = self.collectors["cachewatch_volatile_prefix_tokens_total"]
         #: None until the catalogue has the metric (then wasted writes are not exported).
         self.wasted_write_tokens: Counter | None = self.collectors.get(WASTED_WRITE_TOKENS)
         self._series: dict[tuple[str, str, str, str], Series] = {}
@@ -252,6 +279,14 @@ class PrometheusSink:
                     if amount < 0:  # as Counter.inc: a fault, counted for this sink
                         raise ValueError("Counters can only be incremented by non-negative amounts.")
                     add(amount)
-        reason = record.extra.get("miss_reason") if record.extra else None
-        if reason is not None and reason in _MISS_REASONS:
-            m.child(m.misses, (info.provider, info.model, str(reason))).inc()
+        breakpoints = record.breakpoints
+        if breakpoints is not None:
+            for location, action in breakpoints.decisions:
+                m.child(m.breakpoints, (info.provider, location, action)).inc()
+        miss = record.miss
+        if miss is not None and miss.reason in _MISS_REASONS:
+            m.child(m.misses, (info.provider, info.model, miss.reason)).inc()
+        advice = record.advice
+        if advice is not None and advice.tokens > 0:
+            labels = (info.provider, info.model, info.workspace, advice_block_label(advice.block))
+            m.child(m.volatile_prefix_tokens, labels).inc(advice.tokens)
