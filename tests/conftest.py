@@ -1,7 +1,10 @@
-"""Shared fixtures: a fresh Prometheus registry, an in-memory span exporter, captured log events."""
+"""Shared fixtures: a fresh Prometheus registry, an in-memory span exporter, captured log events,
+a real redis-server, and the learned-state implementations the shared learning cases run against."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +14,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
+
+from _redis import redis_server
+from cachewatch.planning._learning import LearningState, MemoryLearner
 
 
 @dataclass
@@ -50,3 +56,46 @@ def telemetry() -> Telemetry:
     log = structlog.testing.CapturingLogger()
     logger = structlog.wrap_logger(log, processors=[])
     return Telemetry(CollectorRegistry(), exporter, provider, log, logger)
+
+
+@pytest.fixture(scope="session")
+def redis_port() -> Iterator[int]:
+    """A real ``redis-server`` on a free loopback port, shared by the session's tests."""
+    with redis_server() as port:
+        yield port
+
+
+@pytest.fixture(params=["memory", "redis"])
+def new_learner(request: pytest.FixtureRequest) -> Iterator[Callable[..., LearningState]]:
+    """Makes learned states of one implementation: the shared cases run against both.
+
+    ``memory``: :class:`MemoryLearner`; ``redis``: :class:`RedisLearner` on a real
+    redis-server, each in its own key namespace, with a timeout generous enough for a
+    loaded machine. A Redis learner that fell back to its local state fails the test.
+    """
+    if request.param == "memory":
+        yield lambda **options: MemoryLearner(**options)
+        return
+    import redis
+
+    from cachewatch.planning._learning_redis import RedisLearner
+
+    port = request.getfixturevalue("redis_port")
+    made: list[RedisLearner] = []
+    faults: list[str] = []
+
+    def make(**options: Any) -> LearningState:
+        options.setdefault("key_prefix", f"test:{time.monotonic_ns()}:")
+        learner = RedisLearner(
+            redis.Redis(port=port),
+            timeout=10.0,
+            on_fault=lambda stage, exc: faults.append(f"{stage}: {exc!r}"),
+            **options,
+        )
+        made.append(learner)
+        return learner
+
+    yield make
+    for learner in made:
+        learner.clear()
+    assert faults == []

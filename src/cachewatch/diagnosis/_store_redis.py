@@ -18,15 +18,23 @@ diagnoser, whose caller (the engine) counts them and fails open.
 
 Times are the diagnoser's wall clock (``time.time`` by default), so every process
 sharing a store must use the same clock.
+
+The same Redis also holds the planner's learned state (``<prefix>learn:...``), unless
+``learning=False``: :meth:`RedisStore.learner` gives the engine a
+:class:`~cachewatch.planning._learning_redis.RedisLearner` on it, so the processes behind
+one application learn together and do not write the same prefix at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._store import Entry
+
+if TYPE_CHECKING:
+    from ..planning._learning_redis import RedisLearner
 
 __all__ = ["RedisStore"]
 
@@ -39,6 +47,10 @@ class RedisStore:
         url: a Redis URL (``redis://host:6379/0``), used when ``client`` is None.
         key_prefix: namespace of every key.
         retain: seconds an entry is kept past its expiry.
+        learning: also share the planner's learned state (write-read statistics, stability,
+            conversations, in-flight writes) under ``<key_prefix>learn:``.
+        learning_timeout: socket timeout (seconds) of the learned state's calls, which are
+            on each request's path; past it the planner goes on with local state.
 
     Example::
 
@@ -53,6 +65,8 @@ class RedisStore:
         url: str | None = None,
         key_prefix: str = "cachewatch:fp:",
         retain: float = 3_600.0,
+        learning: bool = True,
+        learning_timeout: float = 0.05,
     ) -> None:
         if client is None:
             from .._extras import require
@@ -64,7 +78,26 @@ class RedisStore:
         self.client = client
         self.prefix = key_prefix.encode()
         self.retain = retain
+        self.learning = learning
+        self.learning_timeout = learning_timeout
         self._index = self.prefix + b"expiry"
+
+    def learner(self, *, fault: Callable[[str, BaseException], object] | None = None) -> RedisLearner | None:
+        """The planner's learned state in this Redis (None with ``learning=False``).
+
+        ``fault`` is called as ``fault("learner", exc)`` for each Redis fault the planner
+        survives (the engine passes its ``cachewatch_internal_errors_total`` recorder).
+        """
+        if not self.learning:
+            return None
+        from ..planning._learning_redis import RedisLearner
+
+        return RedisLearner(
+            self.client,
+            key_prefix=self.prefix.decode() + "learn:",
+            timeout=self.learning_timeout,
+            on_fault=fault,
+        )
 
     def _key(self, key: bytes) -> bytes:
         return self.prefix + b"e:" + key.hex().encode()

@@ -80,7 +80,8 @@ class Engine:
             built from ``planner_options``).
         diagnosis: diagnose cache misses and count wasted writes (``diagnosis/``; default True).
         store: the :class:`~cachewatch.FingerprintStore` of the diagnosis (default:
-            in memory; ``cachewatch.diagnosis._store_redis.RedisStore`` shares it across processes).
+            in memory; ``cachewatch.diagnosis._store_redis.RedisStore`` shares it across processes,
+            and with it the planner's learned state unless ``learner`` is given).
         wall_clock: wall clock in seconds for cache TTLs (default ``time.time``; shared by
             every process of a shared store).
         cache_diagnostics: opt in to Anthropic's cache-diagnostics beta on the Anthropic
@@ -162,7 +163,7 @@ class Engine:
         )
         self.planner: PlannerProtocol | None = planner
         if self.planner is None and breakpoints == "auto":
-            self.planner = _default_planner({"clock": wall_clock, **planner_options}, self.fault)
+            self.planner = _default_planner({"clock": wall_clock, **planner_options}, self.fault, store)
         self.wall_clock = wall_clock
         self.diagnosis: DiagnosisStage | None = None
         if diagnosis:
@@ -353,7 +354,16 @@ def _asks_stream(body: bytes) -> bool:
     return rest.startswith(b":") and rest[1:].lstrip().startswith(b"true")
 
 
-def _default_planner(options: Mapping[str, Any], fault: FaultRecorder) -> Planner | None:
+def _default_planner(
+    options: Mapping[str, Any], fault: FaultRecorder, store: FingerprintStore | None = None
+) -> Planner | None:
+    make_learner = getattr(store, "learner", None)
+    if make_learner is not None and "learner" not in options:
+        # A shared store (RedisStore) also shares what the planner learns; its faults are counted.
+        try:
+            options = {**options, "learner": make_learner(fault=fault)}
+        except Exception as exc:
+            fault("config", exc)  # the planner learns in memory
     try:
         return Planner(**options)
     except TypeError:

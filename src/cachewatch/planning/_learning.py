@@ -223,6 +223,9 @@ class MemoryLearner:
         prior: Beta prior (recurred, not recurred) of a new prefix's first run.
         max_prefixes: ledger size (LRU).
         max_families: families kept (the oldest is dropped past this).
+        max_age: a prefix or conversation not seen for longer than this (seconds) is
+            forgotten, as if never seen (None: kept until the LRU drops it). A shared
+            learner expires its entries, and sets this to the same age.
     """
 
     def __init__(
@@ -232,8 +235,10 @@ class MemoryLearner:
         prior: tuple[float, float] = (1.0, 2.0),
         max_prefixes: int = 50_000,
         max_families: int = 4_096,
+        max_age: float | None = None,
     ) -> None:
         self.forget = forget
+        self.max_age = max_age
         self.prior = prior
         #: Per-kind priors of run 1 (a continued conversation usually goes on).
         self.priors: dict[str, tuple[float, float]] = {"tail": (2.0, 1.0)}
@@ -264,6 +269,9 @@ class MemoryLearner:
             reliability = self._reliability_of(family)
             for s in sightings:
                 prefix = self._prefixes.get(s.key)
+                if prefix is not None and self.max_age is not None and now - prefix.last > self.max_age:
+                    del self._prefixes[s.key]
+                    prefix = None
                 run = 1
                 cached = writing = late = False
                 if prefix is not None:
@@ -407,6 +415,8 @@ class MemoryLearner:
         static_id = static if static is not None else -1
         with self._lock:
             found = self._conversations.get(key)
+            if found is not None and self.max_age is not None and now - found[2] > self.max_age:
+                found = None
             steady = found is not None and (found[3] or (found[0] == static_id and history_known))
             self._conversations[key] = (static_id, reply, now, steady)
             self._conversations.move_to_end(key)

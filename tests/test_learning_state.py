@@ -1,0 +1,425 @@
+"""The learned state's behaviour, the same cases against MemoryLearner and RedisLearner.
+
+Every ``new_learner`` test runs twice (conftest): on the in-process :class:`MemoryLearner`
+and on :class:`RedisLearner` against a real redis-server. A replay of random call sequences
+then checks that both give exactly the same answers (the same floats) call for call, and
+the Redis-only cases check what a shared state adds: bounded keys, no content, one claim
+across instances, and failing open when Redis is down or silent.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from _redis import free_port, redis_server
+from cachewatch.planning._learning import CLAIM_TIMEOUT, TTL_1H, LearningState, MemoryLearner, Sighting
+from cachewatch.planning._learning_redis import MAX_AGE, RedisLearner
+
+Make = Callable[..., LearningState]
+FAMILY = 7
+#: The planner's write threshold for a 5-minute marker (0.25 premium / 0.9 saving).
+THRESHOLD = 0.28
+
+
+def static(key: int) -> list[Sighting]:
+    return [Sighting(key, "static", True)]
+
+
+def test_a_new_prefix_is_worth_one_write_and_a_family_that_never_reuses_stops(new_learner: Make) -> None:
+    learner = new_learner()
+    first = learner.sight(FAMILY, static(1), 100.0, 1)[0]
+    assert (first.run, first.known, first.cached, first.writing) == (1, False, False, False)
+    assert first.p == pytest.approx(1 / 3)  # Beta(1, 2): the first opportunity is written
+    second = learner.sight(FAMILY, static(2), 101.0, 2)[0]
+    assert second.p == pytest.approx(0.25)  # one opportunity, not reused: below 0.28
+    assert second.p < THRESHOLD
+
+
+def test_a_prefix_seen_again_within_its_ttl_is_credited_and_its_run_grows(new_learner: Make) -> None:
+    learner = new_learner()
+    learner.sight(FAMILY, static(1), 100.0, 1)
+    again = learner.sight(FAMILY, static(1), 200.0, 2)[0]
+    assert (again.run, again.known) == (2, True)
+    third = learner.sight(FAMILY, static(1), 450.0, 3)[0]
+    assert third.run == 3
+    # The run-1 opportunity recurred: a new prefix of this family is now worth writing.
+    fresh = learner.sight(FAMILY, static(9), 460.0, 4)[0]
+    assert fresh.p > 1 / 3
+    # Past the 5-minute TTL the run starts again, and the prefix counts as "late".
+    late = learner.sight(FAMILY, static(1), 450.0 + 301.0, 5)[0]
+    assert (late.run, late.late) == (1, True)
+    assert late.p_late > 0.0
+
+
+def test_a_continued_conversation_starts_from_the_tail_prior(new_learner: Make) -> None:
+    learner = new_learner()
+    tail = learner.sight(FAMILY, [Sighting(5, "tail")], 100.0, 1)[0]
+    assert tail.p == pytest.approx(2 / 3)  # Beta(2, 1): a continued conversation usually goes on
+
+
+def test_a_new_family_starts_from_the_reuse_other_families_showed(new_learner: Make) -> None:
+    learner = new_learner()
+    for n in range(4):
+        learner.sight(1, static(10), 100.0 + n, n + 1)
+    other = learner.sight(2, static(20), 110.0, 9)[0]
+    assert other.p > 1 / 3
+
+
+def test_a_shared_prefix_is_claimed_until_its_response_starts(new_learner: Make) -> None:
+    learner = new_learner()
+    writer = learner.sight(FAMILY, static(1), 100.0, 1)[0]
+    assert not writer.writing
+    assert learner.claims() == 1  # type: ignore[attr-defined]
+    sibling = learner.sight(FAMILY, static(1), 100.5, 2)[0]
+    assert sibling.writing
+    assert not sibling.cached
+    assert learner.claims() == 1  # type: ignore[attr-defined]  # the sibling did not claim
+    # The same request sighting again does not see its own claim.
+    assert not learner.sight(FAMILY, static(1), 100.6, 1)[0].writing
+    learner.started([(1, 300.0)], 1, 101.0)
+    assert learner.claims() == 0  # type: ignore[attr-defined]
+    after = learner.sight(FAMILY, static(1), 102.0, 3)[0]
+    assert after.cached
+    assert not after.writing
+    # The provider did not keep it after all.
+    learner.not_cached([1])
+    assert not learner.sight(FAMILY, static(1), 103.0, 4)[0].cached
+
+
+def test_a_released_claim_frees_the_prefix(new_learner: Make) -> None:
+    learner = new_learner()
+    learner.sight(FAMILY, static(1), 100.0, 1)
+    learner.release([1], 1)
+    assert learner.claims() == 0  # type: ignore[attr-defined]
+    assert not learner.sight(FAMILY, static(1), 100.5, 2)[0].writing
+
+
+def test_a_claim_expires_by_itself(new_learner: Make) -> None:
+    # A process that died mid-request never releases: its claim stops counting.
+    learner = new_learner()
+    learner.sight(FAMILY, static(1), 100.0, 1)
+    assert learner.sight(FAMILY, static(1), 100.0 + CLAIM_TIMEOUT - 1, 2)[0].writing
+    assert not learner.sight(FAMILY, static(1), 100.0 + CLAIM_TIMEOUT + 1, 3)[0].writing
+
+
+def test_a_failed_request_is_taken_back_and_its_retry_is_not_a_reuse(new_learner: Make) -> None:
+    learner = new_learner()
+    learner.sight(FAMILY, static(1), 100.0, 1)
+    learner.void([1], 1)
+    assert learner.claims() == 0  # type: ignore[attr-defined]
+    retry = learner.sight(FAMILY, static(1), 101.0, 2)[0]
+    assert retry.run == 1  # the same sighting again, not a second one
+    # The voided opportunity was taken back: the family has one, not two.
+    assert retry.p == pytest.approx(1 / 3)
+    assert learner.sight(FAMILY, static(2), 102.0, 3)[0].p == pytest.approx(0.25)
+    # Only the request that made the sighting can void it.
+    learner.void([2], 99)
+    assert learner.sight(FAMILY, static(3), 103.0, 4)[0].p < 0.25
+
+
+def test_reads_that_do_not_happen_lower_the_familys_reliability(new_learner: Make) -> None:
+    learner = new_learner()
+    before = learner.sight(FAMILY, static(1), 100.0, 1)[0]
+    assert before.reliability == 1.0
+    for _ in range(5):
+        learner.feedback(FAMILY, 1, 0)
+    after = learner.sight(FAMILY, static(2), 101.0, 2)[0]
+    assert after.reliability < 0.3
+    assert after.p == pytest.approx(0.25 * after.reliability)
+    learner.feedback(FAMILY, 0, 0)  # nothing expected: nothing learnt
+    assert learner.sight(FAMILY, static(3), 102.0, 3)[0].reliability == pytest.approx(after.reliability)
+
+
+def test_learned_minimums_move_through_the_tiers_and_are_forgotten(new_learner: Make) -> None:
+    learner = new_learner()
+    assert learner.learned_minimum("anthropic\x00m") == 0
+    learner.raise_minimum("anthropic\x00m", 1_500.0)
+    assert learner.learned_minimum("anthropic\x00m") == 2_048
+    learner.raise_minimum("anthropic\x00m", 900.0)  # never lowered by a smaller prefix
+    assert learner.learned_minimum("anthropic\x00m") == 2_048
+    learner.raise_minimum("anthropic\x00m", 3_000.0)
+    assert learner.learned_minimum("anthropic\x00m") == 4_096
+    assert learner.learned_minimum("anthropic\x00other") == 0
+    learner.lower_minimum("anthropic\x00m")
+    assert learner.learned_minimum("anthropic\x00m") == 0
+
+
+def test_a_block_that_changes_every_time_is_found_and_a_first_line_told_apart(new_learner: Make) -> None:
+    learner = new_learner()
+    stable = b"s" * 16
+    assert learner.stability(FAMILY, [b"a" * 16, stable], {}) == (None, False)
+    assert learner.stability(FAMILY, [b"b" * 16, stable], {}) == (None, False)
+    assert learner.volatile_candidates(FAMILY) == {0}  # type: ignore[attr-defined]
+    # Seen changing in 3 observations of 4 (forgotten): volatile.
+    assert learner.stability(FAMILY, [b"c" * 16, stable], {0: (b"head1", b"rest")}) == (None, False)
+    # Its first line keeps changing, the rest of the block does not.
+    assert learner.stability(FAMILY, [b"d" * 16, stable], {0: (b"head2", b"rest")}) == (0, True)
+    assert learner.stability(FAMILY, [b"e" * 16, stable], {0: (b"head3", b"other")}) == (0, False)
+    # Another family knows nothing of it.
+    assert learner.stability(FAMILY + 1, [b"a" * 16, stable], {}) == (None, False)
+    # The prompt settles: the block is stable again after a few requests.
+    settled = [learner.stability(FAMILY, [b"f" * 16, stable], {})[0] for _ in range(8)]
+    assert settled[0] == 0
+    assert settled[-1] is None
+
+
+def test_a_conversation_is_linked_to_its_previous_request(new_learner: Make) -> None:
+    learner = new_learner()
+    assert learner.conversation(42, 1, None, False, 100.0) is None
+    assert learner.conversation(42, 1, b"reply", True, 110.0) == (1, None, False)
+    assert learner.conversation(42, 1, b"reply", True, 120.0) == (1, b"reply", True)
+    # No static prefix is recorded as -1.
+    assert learner.conversation(43, None, None, False, 120.0) is None
+    assert learner.conversation(43, 5, None, False, 121.0) == (-1, None, False)
+    # An hour later it is no longer the same conversation (but steadiness carries on).
+    assert learner.conversation(42, 1, b"reply", True, 120.0 + TTL_1H + 1) is None
+
+
+def test_what_was_not_seen_for_max_age_is_forgotten(new_learner: Make) -> None:
+    learner = new_learner(max_age=MAX_AGE)
+    learner.sight(FAMILY, static(1), 100.0, 1)
+    learner.conversation(42, 1, None, False, 100.0)
+    assert learner.sight(FAMILY, static(1), 100.0 + MAX_AGE - 1, 2)[0].known
+    later = 100.0 + 2 * MAX_AGE
+    assert not learner.sight(FAMILY, static(1), later, 3)[0].known
+    assert learner.conversation(42, 1, None, False, later) is None
+    assert learner.conversation(42, 1, None, False, later + 1) == (1, None, False)
+
+
+# -- both implementations give the same answers, call for call ---------------------------
+
+
+def _replay(learner: LearningState, seed: int, steps: int) -> list[Any]:
+    """A random but reproducible sequence of planner calls; returns every answer."""
+    rng = random.Random(seed)
+    kinds = ("static", "tail_first", "tail", "document", "previous_turn")
+    now = 1_000.0
+    ticket = 0
+    open_tickets: list[tuple[int, list[int]]] = []
+    out: list[Any] = []
+    for _ in range(steps):
+        now += rng.choice((0.0, 0.5, 3.0, 40.0, 200.0, 299.0, 301.0, 900.0, 3_000.0, 3_700.0, 8_000.0))
+        op = rng.random()
+        family = rng.randint(1, 3)
+        if op < 0.45:
+            ticket += 1
+            n = rng.randint(1, 4)
+            keys = rng.sample(range(1, 25), n)
+            sightings = [Sighting(k, rng.choice(kinds), rng.random() < 0.5) for k in keys]
+            out.append(learner.sight(family, sightings, now, ticket))
+            open_tickets.append((ticket, keys))
+        elif op < 0.60 and open_tickets:
+            t, keys = open_tickets.pop(rng.randrange(len(open_tickets)))
+            marked = [(k, rng.choice((300.0, 3_600.0))) for k in keys if rng.random() < 0.6]
+            learner.started(marked, t, now)
+            out.append(("started", t))
+        elif op < 0.66 and open_tickets:
+            t, keys = open_tickets.pop()  # the latest request failed (its retry may follow)
+            learner.void(keys, t)
+        elif op < 0.70 and open_tickets:
+            t, keys = open_tickets[rng.randrange(len(open_tickets))]
+            learner.release(keys[:1], t)
+        elif op < 0.74:
+            learner.not_cached(rng.sample(range(1, 25), 2))
+        elif op < 0.80:
+            expected = rng.randint(0, 3)
+            learner.feedback(family, expected, rng.randint(0, expected))
+        elif op < 0.84:
+            key = f"p\x00m{rng.randint(1, 2)}"
+            choice = rng.random()
+            if choice < 0.4:
+                learner.raise_minimum(key, rng.uniform(300, 9_000))
+            elif choice < 0.6:
+                learner.lower_minimum(key)
+            out.append(learner.learned_minimum(key))
+        elif op < 0.93:
+            blocks = [bytes([rng.randint(0, 2)]) * 16 for _ in range(rng.randint(1, 4))]
+            lines = {i: (bytes([rng.randint(0, 3)]), bytes([rng.randint(0, 1)])) for i in range(len(blocks))}
+            out.append(learner.volatile_candidates(family))  # type: ignore[attr-defined]
+            out.append(learner.stability(family, blocks, lines if rng.random() < 0.5 else {}))
+        else:
+            reply = rng.choice((None, b"r1", b"r2"))
+            out.append(
+                learner.conversation(
+                    rng.randint(1, 4), rng.choice((None, 1, 2)), reply, rng.random() < 0.5, now
+                )
+            )
+        if rng.random() < 0.05:
+            out.append(("claims", learner.claims()))  # type: ignore[attr-defined]
+    for family in (1, 2, 3):
+        out += [learner.recurrence(family, k, run, now) for k in kinds for run in (1, 2, 3)]  # type: ignore[attr-defined]
+        out.append(learner.reliability(family))  # type: ignore[attr-defined]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_redis_and_memory_give_the_same_answers_to_the_same_calls(redis_port: int, seed: int) -> None:
+    memory = MemoryLearner(max_age=MAX_AGE)
+    shared = RedisLearner(
+        redis.Redis(port=redis_port), key_prefix=f"replay:{seed}:{time.monotonic_ns()}:", timeout=10.0
+    )
+    try:
+        expected = _replay(memory, seed, 400)
+        got = _replay(shared, seed, 400)
+        assert shared.faults == 0
+        for n, (a, b) in enumerate(zip(expected, got, strict=True)):
+            assert a == b, f"call {n}: {a!r} != {b!r}"  # exact: the same floats
+    finally:
+        shared.clear()
+
+
+# -- what only a shared state does --------------------------------------------------------
+
+
+@pytest.fixture
+def shared(redis_port: int) -> Iterator[Callable[..., RedisLearner]]:
+    prefix = f"shared:{time.monotonic_ns()}:"
+    made: list[RedisLearner] = []
+
+    def make(**options: Any) -> RedisLearner:
+        learner = RedisLearner(redis.Redis(port=redis_port), key_prefix=prefix, timeout=10.0, **options)
+        made.append(learner)
+        return learner
+
+    yield make
+    made[0].clear()
+    assert all(learner.faults == 0 for learner in made)
+
+
+def test_two_instances_claim_a_prefix_once_whatever_their_ticket_numbers(
+    shared: Callable[..., RedisLearner],
+) -> None:
+    # Two processes number their requests from 1: the same ticket number is not the same request.
+    a, b = shared(), shared()
+    assert not a.sight(FAMILY, static(1), 100.0, 1)[0].writing
+    assert b.sight(FAMILY, static(1), 100.1, 1)[0].writing
+    b.started([(1, 300.0)], 1, 100.2)  # b did not claim it: a's claim stays
+    assert a.claims() == 1
+    a.started([(1, 300.0)], 1, 100.3)
+    assert b.sight(FAMILY, static(1), 100.4, 2)[0].cached
+
+
+def test_of_many_threads_sighting_a_cold_prefix_at_once_exactly_one_claims_it(
+    shared: Callable[..., RedisLearner],
+) -> None:
+    learners = [shared() for _ in range(8)]
+    barrier = threading.Barrier(len(learners))
+    writers: list[bool] = []
+    lock = threading.Lock()
+
+    def plan(learner: RedisLearner) -> None:
+        barrier.wait(30)
+        sight = learner.sight(FAMILY, static(77), 100.0, 1)[0]
+        with lock:
+            writers.append(not sight.writing and not sight.cached)
+
+    threads = [threading.Thread(target=plan, args=(learner,)) for learner in learners]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(writers) == [False] * 7 + [True]
+
+
+def test_a_learned_minimum_reaches_other_instances_with_their_next_sight(
+    shared: Callable[..., RedisLearner],
+) -> None:
+    a, b = shared(), shared()
+    assert b.learned_minimum("m") == 0  # read once, then held locally
+    a.raise_minimum("m", 1_500.0)
+    b.sight(FAMILY, static(1), 100.0, 1)  # the minimums' version rides on the sight
+    assert b.learned_minimum("m") == 2_048
+
+
+def test_the_shared_state_is_bounded_and_holds_no_content(shared: Callable[..., RedisLearner]) -> None:
+    learner = shared(max_families=3)
+    client = learner.client
+    for family in range(10):
+        learner.sight(
+            family, [Sighting(1000 + family, "static", True), Sighting(2000 + family, "tail")], 100.0, family
+        )
+        learner.stability(family, [b"\x01" * 16], {})
+        learner.feedback(family, 1, 1)
+    learner.conversation(5, 1000, b"\x02" * 16, True, 100.0)
+    names = sorted(n.decode() for n in client.scan_iter(match=learner.prefix + "*"))
+    families = [n for n in names if n.startswith(learner.prefix + "f:")]
+    assert families == [learner.prefix + f"f:{n}" for n in (7, 8, 9)]  # the 3 most recent
+    assert client.zcard(learner.prefix + "fams") == 3
+    for name in names:
+        kind = name[len(learner.prefix) :].partition(":")[0]
+        # Every key is a digest or a fixed name.
+        assert name[len(learner.prefix) :].replace(":", "").isalnum(), name
+        if kind in ("p", "c"):  # the ledger and conversations expire after max_age (plus a margin)
+            assert 0 < client.ttl(name) <= MAX_AGE + 60
+        if kind == "f":
+            assert client.ttl(name) > 0
+
+
+def _learner_on(
+    port: int, *, timeout: float = 0.05, retry_after: float = 60.0
+) -> tuple[RedisLearner, list[str]]:
+    faults: list[str] = []
+    learner = RedisLearner(
+        redis.Redis(port=port),
+        key_prefix="down:",
+        timeout=timeout,
+        retry_after=retry_after,
+        on_fault=lambda stage, exc: faults.append(f"{stage}:{type(exc).__name__}"),
+    )
+    return learner, faults
+
+
+def _exercise(learner: LearningState) -> list[Any]:
+    out: list[Any] = [learner.sight(FAMILY, static(1), 100.0, 1), learner.sight(FAMILY, static(1), 100.5, 2)]
+    learner.started([(1, 300.0)], 1, 101.0)
+    learner.release([1], 2)
+    learner.void([1], 2)
+    learner.not_cached([3])
+    learner.feedback(FAMILY, 1, 0)
+    learner.raise_minimum("m", 1_500.0)
+    out += [
+        learner.sight(FAMILY, static(1), 102.0, 3),
+        learner.learned_minimum("m"),
+        learner.stability(FAMILY, [b"a"], {}),
+        learner.conversation(4, 1, None, False, 103.0),
+    ]
+    return out
+
+
+def test_with_redis_down_every_call_is_answered_locally_and_the_fault_counted() -> None:
+    learner, faults = _learner_on(free_port())  # nothing listens there
+    got = _exercise(learner)
+    assert got == _exercise(MemoryLearner(max_age=MAX_AGE))  # the local state, the same answers
+    # One fault, then Redis is left alone for retry_after: no call waits on it meanwhile.
+    assert faults == ["learner:ConnectionError"]
+    assert learner.faults == 1
+
+
+def test_a_redis_that_stops_answering_times_out_and_is_used_again_once_it_answers() -> None:
+    with redis_server() as port:
+        learner, faults = _learner_on(port, retry_after=0.0)
+        learner.sight(FAMILY, static(1), 100.0, 1)  # in Redis
+        admin = redis.Redis(port=port, socket_timeout=30.0)
+        admin.execute_command("CLIENT", "PAUSE", 3_000, "ALL")  # a hung Redis, for 3 s
+        paused = learner.sight(FAMILY, static(1), 101.0, 2)[0]
+        assert not paused.known  # answered by the local state
+        assert faults == ["learner:TimeoutError"]
+        assert admin.ping()  # returns once the pause is over
+        back = learner.sight(FAMILY, static(1), 102.0, 3)[0]
+        assert back.known  # from Redis again
+        assert faults == ["learner:TimeoutError"]
+
+
+def test_a_fault_callback_that_raises_does_not_reach_the_planner() -> None:
+    def broken(stage: str, exc: BaseException) -> None:
+        raise RuntimeError("callback")
+
+    learner = RedisLearner(redis.Redis(port=free_port()), key_prefix="x:", timeout=0.05, on_fault=broken)
+    assert learner.sight(FAMILY, static(1), 100.0, 1)[0].run == 1
