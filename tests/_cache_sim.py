@@ -6,6 +6,8 @@
 once (sequential traffic: each response starts before the next request). Strategies
 (``none``, ``system``, ``sys+last``, ``top-level``, ``litellm``, ``auto``) are the ones
 of ``benchmarks/savings.py``; ``auto`` runs a real :class:`Planner` with its feedback.
+``shadow`` sends every body unchanged (as ``none``) and runs the shadow estimate beside
+it: ``Run.shadow_cost`` is what it says ``auto`` would have cost.
 
 Cost is in token units: uncached input 1, 5m write 1.25, 1h write 2, read 0.1.
 """
@@ -24,6 +26,7 @@ from cachewatch.emulator._anthropic import render
 from cachewatch.emulator._cache import resolve_breakpoints
 from cachewatch.emulator._profiles import PROFILES
 from cachewatch.planning._planner import Planner
+from cachewatch.simulation._shadow import Shadow
 
 __all__ = ["FIXED", "Provider", "Run", "apply_strategy", "cost_of"]
 
@@ -105,18 +108,31 @@ class Run:
     planner: Planner | None
     cost: float = 0.0
     writes_unread: int = 0
+    shadow: Shadow | None = None
+    #: ``shadow``: what the shadow estimate says ``auto`` would have cost.
+    shadow_cost: float = 0.0
 
     @classmethod
     def start(cls, strategy: str) -> Run:
         clock = ManualClock(start=1_000_000.0)
         planner = Planner(clock=clock) if strategy == "auto" else None
-        return cls(strategy, clock, Provider(clock), planner)
+        shadow = Shadow(clock=clock) if strategy == "shadow" else None
+        return cls(strategy, clock, Provider(clock), planner, shadow=shadow)
 
     def wait(self, seconds: float) -> None:
         self.clock.advance(seconds)
 
     def send(self, body: dict[str, Any]) -> TokenUsage:
-        if self.planner is None:
+        if self.shadow is not None:
+            raw = orjson.dumps(body)
+            ticket = self.shadow.begin(body=raw, **_WHERE, scope="k")
+            usage = self.provider.send(orjson.loads(raw))
+            outcome = None
+            if ticket is not None:
+                self.shadow.started(ticket)
+                outcome = self.shadow.finish(ticket, usage)
+            self.shadow_cost += cost_of(outcome.usage if outcome is not None else usage)
+        elif self.planner is None:
             usage = self.provider.send(apply_strategy(self.strategy, body))
         else:
             raw = orjson.dumps(body)

@@ -36,7 +36,7 @@ def test_exported_names() -> None:
     # The stage subpackages are importable but not part of the curated surface.
     modules = {
         "accounting", "cli", "dashboards", "diagnosis", "emulator", "engine",
-        "integrations", "observing", "planning", "proxy", "sinks", "transport",
+        "integrations", "observing", "planning", "proxy", "simulation", "sinks", "transport",
     }  # fmt: skip
     assert public - modules <= EXPECTED
 

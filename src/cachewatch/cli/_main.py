@@ -8,6 +8,7 @@ Usage::
     cachewatch emulator [--port 8790] [--profile auto|anthropic|dashscope]
     cachewatch dashboards --out DIR
     cachewatch report [--url http://127.0.0.1:9464/metrics] [--format table|json]
+    cachewatch replay FILE [--format table|json] [--prices FILE]
 """
 
 from __future__ import annotations
@@ -192,6 +193,17 @@ def _parser() -> argparse.ArgumentParser:
         help="tables (default; full width when piped) or one JSON document",
     )
 
+    replay = sub.add_parser(
+        "replay",
+        help="run a recorded traffic shape through every marker strategy (off, auto, the fixed ones)",
+        description="Replays a traffic shape recorded with `cachewatch proxy --record FILE` or "
+        "wrap(client, record=FILE) through the emulator's cache model under every strategy, and "
+        "prints what each would have been billed.",
+    )
+    replay.add_argument("file", help="a traffic-shape file (JSON lines)")
+    replay.add_argument("--format", choices=("table", "json"), default="table")
+    replay.add_argument("--prices", help="price file (TOML, YAML or JSON) merged over the defaults")
+
     dashboards = sub.add_parser(
         "dashboards", help="write the Grafana dashboards, provisioning files and alert rules"
     )
@@ -214,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "emulator": _emulator,
         "dashboards": _dashboards,
         "report": _report,
+        "replay": _replay,
     }[args.command]
     try:
         return command(args)
@@ -442,6 +455,25 @@ def _report(args: argparse.Namespace) -> int:
     except (OSError, httpx.HTTPError) as exc:
         print(f"cachewatch report: cannot fetch {args.url}: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from ..accounting._pricing import PriceTable
+    from ..simulation._replay import replay
+    from ..simulation._shape import ShapeError, read_shapes
+    from ._replay import render_json, render_table
+
+    try:
+        prices = PriceTable.from_file(args.prices) if args.prices else PriceTable()
+        result = replay(read_shapes(args.file), prices=prices)
+    except OSError as exc:
+        print(f"cachewatch replay: cannot read {exc.filename or args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except (ShapeError, ValueError) as exc:
+        print(f"cachewatch replay: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    (render_json if args.format == "json" else render_table)(result, sys.stdout)
     return 0
 
 
