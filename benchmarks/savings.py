@@ -45,6 +45,7 @@ import random
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -193,6 +194,9 @@ class Result:
     bill: Bill
     steps: list[Step] = field(default_factory=list)
     seconds: float = 0.0
+    #: ``auto`` only: the planner's decisions and advice over the run (see :class:`_Recorder`).
+    actions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    advice: Counter[tuple[str, str, int]] = field(default_factory=Counter)
 
 
 # -- fixed strategies ---------------------------------------------------------------------
@@ -299,6 +303,9 @@ class _Recorder:
     def __init__(self, planner: Any) -> None:
         self._planner = planner
         self.decisions: dict[int, tuple[str, ...]] = {}
+        #: What the policy did over the whole run: (action, reason) counts and the advice it gave.
+        self.actions: Counter[tuple[str, str]] = Counter()
+        self.advice: Counter[tuple[str, str, int]] = Counter()
         self._local = threading.local()
         self._lock = threading.Lock()
 
@@ -307,6 +314,11 @@ class _Recorder:
 
     def plan(self, **kwargs: Any) -> Any:
         plan = self._planner.plan(**kwargs)
+        with self._lock:
+            for p in plan.placements:
+                self.actions[(p.action, p.reason)] += 1
+            if plan.advice is not None:
+                self.advice[(plan.advice.block, plan.advice.kind, plan.advice.tokens)] += 1
         step = getattr(self._local, "step", None)
         if step is not None:
             marks = tuple(
@@ -422,7 +434,7 @@ def run_workload(
         )
         recorder = None
         engine = getattr(getattr(client._client, "_transport", None), "engine", None)
-        if strategy == "auto" and getattr(engine, "planner", None) is not None:
+        if strategy == "auto" and engine is not None and engine.planner is not None:
             # Same planner, observed: its decisions go in the per-request trace.
             recorder = engine.planner = _Recorder(engine.planner)
         run = Run(client, clock, strategy, gate, recorder)
@@ -433,7 +445,10 @@ def run_workload(
     bill = Bill()
     for step in steps:
         bill.add(step.bill)
-    return Result(workload.name, strategy, bill, steps, time.perf_counter() - started)
+    result = Result(workload.name, strategy, bill, steps, time.perf_counter() - started)
+    if recorder is not None:
+        result.actions, result.advice = recorder.actions, recorder.advice
+    return result
 
 
 # -- workloads ----------------------------------------------------------------------------
@@ -923,9 +938,41 @@ def report(all_results: dict[str, dict[str, Result]], trace: bool = False) -> bo
             print(f"  !! prompt totals differ between strategies: {sorted(totals)}")
     print()
 
+    print_learned(all_results)
+
     for name, best in losses if not trace else [(n, best_fixed(r)) for n, r in all_results.items()]:
         print_trace(all_results[name], best)
     return ok
+
+
+def print_learned(all_results: dict[str, dict[str, Result]]) -> None:
+    """What auto's policy did on each workload: markers by kind, what it declined, its advice."""
+    print("What auto learned: markers placed per kind, and markers declined (with why)\n")
+    print(f"{'workload':<20}{'placed':<44}{'declined':<44}advice")
+    for name, results in all_results.items():
+        auto = results.get("auto")
+        if auto is None:
+            continue
+        placed = Counter({r: n for (a, r), n in auto.actions.items() if a in ("inserted", "kept")})
+        declined: Counter[str] = Counter()
+        for (action, _reason), n in auto.actions.items():
+            if action.startswith("skipped_"):
+                declined[action.removeprefix("skipped_")] += n
+        advice = ""
+        if auto.advice:
+            by_block: Counter[tuple[str, str]] = Counter()
+            most: dict[tuple[str, str], int] = {}
+            for (block, kind, tokens), n in auto.advice.items():
+                by_block[(block, kind)] += n
+                most[(block, kind)] = max(most.get((block, kind), 0), tokens)
+            (block, kind), n = by_block.most_common(1)[0]
+            advice = f"{block} ({kind}) is volatile: up to {most[(block, kind)]:,} tokens cacheable if moved ({n} req.)"
+
+        def cell(c: Counter[str]) -> str:
+            return ", ".join(f"{k} {v}" for k, v in c.most_common(3)) or "-"
+
+        print(f"{name:<20}{cell(placed):<44}{cell(declined):<44}{advice or '-'}")
+    print()
 
 
 def print_trace(results: dict[str, Result], best: str, limit: int = 40) -> None:
