@@ -97,12 +97,17 @@ class Totals:
     write_premium: float = 0.0
     #: Diagnosed cache-miss reasons and how often each occurred.
     misses: dict[str, int] = field(default_factory=dict)
+    #: The planner's prompt advice: (block, kind) -> the most tokens it said moving would free.
+    advice: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def add(self, record: UsageRecord) -> None:
         self.requests += 1
         if record.miss is not None:
             reason = record.miss.reason
             self.misses[reason] = self.misses.get(reason, 0) + 1
+        if record.advice is not None:
+            key = (record.advice.block, record.advice.kind)
+            self.advice[key] = max(self.advice.get(key, 0), record.advice.tokens)
         if record.outcome.value != "ok":
             self.errors += 1
         usage = record.usage
