@@ -1,4 +1,4 @@
-"""The package's shape: no import cycle between the modules of ``src/cachewatch``.
+"""The package's shape: no import cycle, a docstring on every module, ``__all__`` on every public package.
 
 The import graph is read from the source, not from ``sys.modules``: every module is
 parsed, relative imports are resolved, and an edge is drawn for each import that runs
@@ -6,11 +6,15 @@ when the module is imported (module level, including the bodies of module-level
 ``if``/``try``/``with``/``class`` statements). Imports under ``if TYPE_CHECKING:`` and
 inside functions are not edges: they never run at import time. ``from pkg import name``
 is an edge to ``pkg.name`` when that is a module, else to ``pkg``.
+
+A public package is one whose dotted name has no part starting with ``_``; its
+``__all__`` must be a list of names it defines (possibly empty: nothing public there).
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,3 +170,38 @@ def test_type_checking_and_function_imports_are_not_edges(tmp_path: Path) -> Non
     assert graph["pkg.a"] == {"pkg.b"}
     assert graph["pkg.b"] == {"pkg.c"}
     assert find_cycle(graph) is None
+
+
+def test_every_module_has_a_docstring() -> None:
+    modules = _modules(PACKAGE_ROOT)
+    assert len(modules) > 50
+    missing = [
+        name
+        for name, (path, _) in modules.items()
+        if not (ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or "").strip()
+    ]
+    assert missing == [], f"modules without a docstring: {missing}"
+
+
+def _public_packages() -> list[str]:
+    return sorted(
+        name
+        for name, (_, is_package) in _modules(PACKAGE_ROOT).items()
+        if is_package and not any(part.startswith("_") for part in name.split("."))
+    )
+
+
+def test_public_packages_are_found() -> None:
+    packages = _public_packages()
+    assert {"cachewatch", "cachewatch.proxy", "cachewatch.planning", "cachewatch.sinks"} <= set(packages)
+
+
+@pytest.mark.parametrize("name", _public_packages())
+def test_every_public_package_declares_all(name: str) -> None:
+    package = importlib.import_module(name)
+    exported = package.__dict__.get("__all__")
+    assert isinstance(exported, list), f"{name} has no __all__ list"
+    assert all(isinstance(item, str) for item in exported)
+    assert len(set(exported)) == len(exported), f"{name}.__all__ repeats a name"
+    undefined = [item for item in exported if not hasattr(package, item)]
+    assert undefined == [], f"{name}.__all__ names what it does not define: {undefined}"
