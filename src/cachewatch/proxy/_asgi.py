@@ -1,9 +1,9 @@
 """What the app, the relay and the client protocol share: ASGI types, scope keys, the proxy's own answers.
 
-The proxy answers on its own account only when it refuses a request or the upstream
-failed before its response could start; those answers are JSON errors of one shape
-(:func:`error_body`), and an upstream failure maps to 502 or 504 naming its cause
-(:func:`send_upstream_failure`).
+Besides ``/metrics``, the proxy answers on its own account only when it refuses a request
+or the upstream failed before its response could start; those answers are JSON errors of
+one shape (:func:`error_body`; a 405 is plain text), and an upstream failure maps to 502
+or 504 naming its cause (:func:`send_upstream_failure`).
 """
 
 from __future__ import annotations
