@@ -137,7 +137,7 @@ def thread_servers(log: bool) -> Iterator[tuple[str, str]]:
     from prometheus_client import CollectorRegistry
 
     from cachewatch.emulator import create_app, run_in_thread
-    from cachewatch.proxy._proxy import create_proxy_app
+    from cachewatch.proxy import create_proxy_app
 
     options: dict[str, Any] = {"breakpoints": SETTINGS["breakpoints"], "registry": CollectorRegistry()}
     if log:

@@ -168,7 +168,7 @@ def emulated(**options: Any) -> Iterator[tuple[Ledger, str]]:
 @contextlib.contextmanager
 def proxied(upstream: str, registry: CollectorRegistry, **options: Any) -> Iterator[str]:
     """``cachewatch proxy``'s app forwarding to ``upstream``, reporting to ``registry``; yields its URL."""
-    from cachewatch.proxy._proxy import create_proxy_app
+    from cachewatch.proxy import create_proxy_app
 
     # Served with lifespan: the app closes its upstream client on its own loop at shutdown.
     with run_in_thread(create_proxy_app(upstream, registry=registry, **options)) as url:

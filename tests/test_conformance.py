@@ -33,8 +33,8 @@ from cachewatch.cli._report import report, summarise
 from cachewatch.emulator import Emulator, ManualClock, create_app, run_in_thread
 from cachewatch.emulator._dashscope import parse as parse_native
 from cachewatch.emulator._openai import parse as parse_chat
-from cachewatch.proxy import _proxy
-from cachewatch.proxy._proxy import create_proxy_app
+from cachewatch.proxy import _config as _proxy
+from cachewatch.proxy import create_proxy_app
 
 #: LiteLLM's own pydantic models and imports warn; the suite turns warnings into errors.
 pytestmark = [

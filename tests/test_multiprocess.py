@@ -231,6 +231,14 @@ def test_proxy_workers_serve_one_aggregated_metrics_view(tmp_path):
                         break
             pids = {p.name.split("_")[1] for p in metrics_dir.glob("counter_*.db")}
             assert len(pids) >= 2, "every request went to one worker"
+            # A JSON reply reaches the client before its exchange is recorded (the proxy
+            # answers first, then ends the stream): wait, bounded, for the last records.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                exposition = _proxy_get(port, "/metrics")[1].decode()
+                if _total(exposition, "cachewatch_requests_total", outcome="ok") >= sent:
+                    break
+                time.sleep(0.05)
             for _ in range(6):  # new connections: whichever worker answers
                 status, body = _proxy_get(port, "/metrics")
                 assert status == 200

@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import Receive, Scope, Send
 
 from cachewatch.emulator import create_app, run_in_thread
-from cachewatch.proxy._proxy import create_proxy_app
+from cachewatch.proxy import create_proxy_app
 
 NODE_DIR = Path(__file__).parent / "node"
 SCRIPT = NODE_DIR / "messages.mjs"

@@ -1,8 +1,8 @@
 """``cachewatch proxy`` in front of the emulator, both served for real by uvicorn (SPEC 2, 8, 10).
 
-The proxy app (:func:`cachewatch.proxy._proxy.create_proxy_app`) and the emulator each run in
+The proxy app (:func:`cachewatch.proxy.create_proxy_app`) and the emulator each run in
 a uvicorn thread on an ephemeral 127.0.0.1 port; the proxy with the uvicorn settings of
-``cachewatch proxy`` (:func:`cachewatch.proxy._proxy.server_options`: httptools, uvloop). The emulator sits behind
+``cachewatch proxy`` (:func:`cachewatch.proxy.server_options`: httptools, uvloop). The emulator sits behind
 :class:`Upstream`, a small ASGI wrapper that records every request it receives (path,
 raw headers) and whether each response ran to its end, so the tests can prove what did
 and did not reach the upstream.
@@ -38,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cachewatch.cli import _main as cli
 from cachewatch.emulator import Emulator, create_app, run_in_thread
-from cachewatch.proxy._proxy import create_proxy_app, server_options
+from cachewatch.proxy import create_proxy_app, server_options
 
 MODEL = "claude-sonnet-4-6"
 CC: dict[str, Any] = {"type": "ephemeral"}
@@ -692,7 +692,7 @@ def test_proxy_binds_loopback_by_default() -> None:
 def test_cli_limit_and_timeout_defaults_are_the_proxy_defaults() -> None:
     from dataclasses import asdict
 
-    from cachewatch.proxy._proxy import ClientLimits, UpstreamTimeouts
+    from cachewatch.proxy import ClientLimits, UpstreamTimeouts
 
     args = cli._parser().parse_args(["proxy", "--upstream", "https://api.anthropic.com"])
     assert (

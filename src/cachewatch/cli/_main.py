@@ -24,7 +24,7 @@ from .._extras import MissingExtraError, require
 __all__ = ["main"]
 
 
-#: The proxy's limit and timeout defaults (``cachewatch.proxy._proxy``'s dataclasses; kept here so
+#: The proxy's limit and timeout defaults (``cachewatch.proxy``'s dataclasses; kept here so
 #: that ``--help`` needs no import of the proxy's dependencies).
 UPSTREAM_DEFAULTS: dict[str, float] = {"connect": 10.0, "headers": 600.0, "idle": 300.0}
 CLIENT_DEFAULTS: dict[str, Any] = {
@@ -381,14 +381,8 @@ def _serve_proxy(args: argparse.Namespace, host: str, port: int) -> int:
     import orjson
     import uvicorn
 
-    from ..proxy._proxy import (
-        CONFIG_ENV,
-        ClientLimits,
-        UpstreamTimeouts,
-        app_from_config,
-        proxy_config,
-        server_options,
-    )
+    from ..proxy import CONFIG_ENV, ClientLimits, UpstreamTimeouts, app_from_config, server_options
+    from ..proxy._config import proxy_config
 
     limits = ClientLimits(
         head_timeout=args.client_head_timeout,
@@ -433,7 +427,7 @@ def _serve_proxy(args: argparse.Namespace, host: str, port: int) -> int:
     if args.workers > 1:
         os.environ[CONFIG_ENV] = orjson.dumps(config).decode()
         uvicorn.run(
-            "cachewatch.proxy._proxy:app_from_environment",
+            "cachewatch.proxy:app_from_environment",
             factory=True,
             workers=args.workers,
             host=host,

@@ -1,0 +1,267 @@
+"""The client side: uvicorn's httptools protocol with the raw request target and the client limits.
+
+:class:`TargetCheckingHttpToolsProtocol` hands the app the request target byte for byte,
+enforces :class:`ClientLimits` (head size and header count: 431; slow heads and bodies:
+408) with one timer per connection, cancels a request's task when its client goes away,
+and sends a response head together with a body that follows in the same event-loop step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ._asgi import ABORT_KEY, TASK_KEY, error_body
+from ._settings import ClientLimits
+
+__all__ = ["TargetCheckingHttpToolsProtocol"]
+
+_HEAD, _BODY, _APP = 0, 1, 2
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a request that breaks a limit."""
+
+
+class _OneTickWriter:
+    """A cycle's transport that sends the response head with whatever follows in the same tick.
+
+    uvicorn writes a response head and its body in two ``transport.write`` calls, which
+    are two ``send`` system calls and two segments for the client to wake up for. A JSON
+    reply's head and body are sent back to back, in one event-loop step: held until
+    the end of that step (``call_soon``), they leave together. A streamed response's head
+    leaves at the end of the step too, so its first byte is not delayed.
+    """
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 100 "):
+            self._held = data
+            self._loop.call_soon(self._flush)
+        else:
+            self._transport.write(data)
+
+    def _flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+
+class TargetCheckingHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with the raw request target and the client limits.
+
+    - ``raw_path`` is the target up to ``?``, byte for byte, as uvicorn's h11 protocol
+      gives it (stock httptools gives only the parsed path, so ``POST
+      http://elsewhere/v1/messages`` would look like ``/v1/messages``);
+    - :class:`ClientLimits` (the class attribute ``client_limits``): head size and header
+      count (431, counted on the bytes received, before httptools buffers them), head,
+      body and whole-request timeouts (408), with one timer per connection;
+    - when the connection is lost before the response completed, the request's task
+      (registered by the app under ``scope["cachewatch.task"]``) is cancelled, so that
+      whatever it waits for upstream is released at once;
+    - ``scope["cachewatch.abort"]`` closes the connection, to end a response that cannot
+      be completed (the client sees it incomplete).
+    """
+
+    client_limits: ClientLimits = ClientLimits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._phase = _HEAD
+        #: The bytes received belong to a request head not yet complete.
+        self._counting_head = True
+        self._head_bytes = 0
+        self._head_tail = b""
+        self._header_count = 0
+        self._expect_body = False
+        self._refusal: tuple[int, str] | None = None
+        self._deadline = 0.0
+        self._request_deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    # -- timers (one per connection; a later deadline is picked up when the timer fires)
+
+    def _after(self, seconds: float) -> float:
+        """The deadline ``seconds`` from now (a timeout of 0 is off: never)."""
+        return self.loop.time() + seconds if seconds else math.inf
+
+    def _arm(self, deadline: float) -> None:
+        self._deadline = deadline
+        timer = self._timer
+        if deadline == math.inf:
+            return  # no deadline: a pending timer re-arms itself to nothing when it fires
+        if timer is None or deadline < self._timer_at:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self.loop.call_at(deadline, self._on_deadline)
+            self._timer_at = deadline
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_deadline(self) -> None:
+        self._timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        limits = self.client_limits
+        now = self.loop.time()
+        if now < self._deadline:
+            self._arm(self._deadline)
+            return
+        cycle = self.cycle
+        if self._phase == _HEAD:
+            if cycle is not None and not cycle.response_complete:
+                # A pipelined head while a response is still going out: not the client's wait.
+                self._arm(self._after(limits.head_timeout))
+            elif self._head_bytes:
+                self._refuse(408, f"request head not received within {limits.head_timeout:g} s")
+            else:
+                transport.close()  # an idle new connection: nothing to answer
+        elif self._phase == _BODY:
+            if self.flow is not None and self.flow.read_paused:
+                self._arm(self._after(limits.body_timeout))  # the app is not reading: our wait
+            else:
+                self._refuse(408, "request body not received in time")
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` when no response is under way, and close the connection."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or (self._phase == _BODY and not cycle.response_started):
+            body = error_body(message)
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n%s" % (status, _REASONS.get(status, b""), len(body), body)
+            )
+        self.transport.close()
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._request_deadline = self._after(self.client_limits.request_timeout)
+        self._arm(self._after(self.client_limits.head_timeout))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        super().connection_lost(exc)
+        self._disarm()
+        if cycle is not None and not cycle.response_complete:
+            task: asyncio.Task[Any] | None = cycle.scope.get(TASK_KEY)  # type: ignore[assignment]
+            if task is not None and not task.done():
+                task.cancel()  # the client is gone: stop waiting on its behalf
+
+    def data_received(self, data: bytes) -> None:
+        if self._counting_head:
+            self._head_bytes += len(data)
+            limit = self.client_limits.max_head_bytes
+            if self._head_bytes > limit and not self._head_ends_within(data, limit):
+                self._refuse(431, f"request head over the {limit}-byte limit")
+                return
+            self._head_tail = data[-3:]
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError:
+            if self._refusal is not None:
+                self._refuse(*self._refusal)
+                return
+            self.logger.warning("Invalid HTTP request received.")
+            self.send_400_response("Invalid HTTP request received.")
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError:
+            self.logger.warning("Invalid HTTP request received.")
+            self.send_400_response("Invalid HTTP request received.")
+
+    def _head_ends_within(self, data: bytes, limit: int) -> bool:
+        """Whether the head being counted ends in ``data`` (or just before) within ``limit`` bytes."""
+        probe = self._head_tail + data
+        before = self._head_bytes - len(probe)
+        ends = [i + 4 for i in (probe.find(b"\r\n\r\n"),) if i != -1]
+        ends += [i + 2 for i in (probe.find(b"\n\n"),) if i != -1]
+        return bool(ends) and before + min(ends) <= limit
+
+    # -- parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_count = 0
+        self._expect_body = False
+        self._phase = _HEAD
+        if self._timer is None:  # on a kept-alive connection: the head starts now
+            self._request_deadline = self._after(self.client_limits.request_timeout)
+            self._arm(self._after(self.client_limits.head_timeout))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self.client_limits.max_headers:
+            self._refusal = (431, f"more than {self.client_limits.max_headers} request header fields")
+            raise _Refused
+        super().on_header(name, value)
+        lower = name.lower()
+        if lower == b"transfer-encoding" or (lower == b"content-length" and value.strip(b" \t0")):
+            self._expect_body = True
+
+    def on_headers_complete(self) -> None:
+        self._counting_head = False
+        super().on_headers_complete()
+        # The request's task has been created above but has not run yet: it sees this.
+        scope: Any = self.scope
+        if "raw_path" in scope:
+            scope["raw_path"] = self.url.partition(b"?")[0]
+        cycle: Any = self.cycle
+        if cycle is not None and cycle.scope is scope:
+            cycle.transport = writer = _OneTickWriter(self.transport, self.loop)
+            scope[ABORT_KEY] = writer.close
+        else:
+            scope[ABORT_KEY] = self.transport.close
+        if self._expect_body:
+            self._phase = _BODY
+            self._arm(min(self._after(self.client_limits.body_timeout), self._request_deadline))
+        else:
+            self._phase = _APP
+            self._disarm()
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        if self._phase == _BODY:
+            # Pushed back lazily: the timer re-arms itself when it fires early.
+            self._deadline = min(self._after(self.client_limits.body_timeout), self._request_deadline)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._phase = _APP
+        self._disarm()
+        self._counting_head = True  # what follows is the next request's head
+        self._head_bytes = 0
+        self._head_tail = b""

@@ -1,0 +1,107 @@
+"""The response relay: upstream response -> client, whole or chunk by chunk as it arrives.
+
+A response that is not an event stream and declares a small ``Content-Length`` (a JSON
+reply) is read whole and sent in one message, before the stream ends (so the accounting
+happens after the client has its answer); every other response is relayed chunk by
+chunk. An upstream that fails mid-body leaves the client a visibly incomplete response.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import httpx
+
+from ._asgi import ABORT_KEY, HOP_BY_HOP, Scope, Send, send_upstream_failure
+from ._settings import BUFFERED_RESPONSE_LIMIT
+
+__all__ = ["relay"]
+
+
+async def relay(response: httpx.Response, scope: Scope, send: Send) -> None:
+    """Send ``response`` to the client, then end its stream (which records the exchange)."""
+    stream: Any = response.stream
+    relayed: list[tuple[bytes, bytes]] = []
+    length: bytes | None = None
+    event_stream = False
+    for name, value in response.headers.raw:
+        lower = name.lower()
+        if lower in HOP_BY_HOP:
+            if lower == b"content-length":
+                length = value
+            continue
+        if lower == b"content-type" and value.lower().startswith(b"text/event-stream"):
+            event_stream = True
+        relayed.append((name, value))
+
+    iterator = stream.__aiter__()
+    try:
+        if (
+            length is not None
+            and not event_stream
+            and length.isdigit()
+            and int(length) <= BUFFERED_RESPONSE_LIMIT
+            and scope["method"] != "HEAD"  # HEAD and 304 declare the length of a body they lack
+            and response.status_code != 304
+        ):
+            await _relay_whole(response, int(length), relayed, iterator, send)
+            return
+        if length is not None:
+            relayed.append((b"content-length", length))
+        await send({"type": "http.response.start", "status": response.status_code, "headers": relayed})
+        try:
+            async for chunk in iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (httpx.TransportError, aiohttp.ClientError):
+            # The upstream failed mid-body (closed early, went silent past its idle
+            # timeout...); the exchange recorded it. The client must see an incomplete
+            # response, not a clean end: its connection is closed without one.
+            abort = scope.get(ABORT_KEY)
+            if abort is None:
+                raise  # another server: it closes the connection of a failed app
+            abort()
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        await stream.aclose()
+
+
+async def _relay_whole(
+    response: httpx.Response,
+    expected: int,
+    relayed: list[tuple[bytes, bytes]],
+    iterator: Any,
+    send: Send,
+) -> None:
+    """A JSON reply (or an error page): read it, answer in one piece, then end the stream.
+
+    Only then does the stream end, so the accounting, the log line and the
+    connection's return to the pool happen after the client has its answer.
+    """
+    chunks: list[bytes] = []
+    try:
+        received = 0
+        while received < expected:
+            chunk = await iterator.__anext__()
+            chunks.append(chunk)
+            received += len(chunk)
+    except StopAsyncIteration:
+        pass
+    except (httpx.TransportError, aiohttp.ClientError) as exc:
+        # Nothing was sent yet: a clean 502/504 naming the cause (a body cut short
+        # is not "unreachable").
+        await send_upstream_failure(send, exc)
+        return
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    relayed.append((b"content-length", b"%d" % len(body)))
+    await send({"type": "http.response.start", "status": response.status_code, "headers": relayed})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+    try:
+        async for _ in iterator:  # the end of the body: records the exchange
+            pass
+    except (httpx.TransportError, aiohttp.ClientError):
+        pass  # already answered; the exchange recorded the error

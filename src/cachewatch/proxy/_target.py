@@ -1,0 +1,69 @@
+"""Confinement: the proxy forwards only to its upstream, only under its base path.
+
+The checks on what a client asks for, before anything is forwarded: the method, the
+bytes of the request target, dot segments in any encoding that would climb above the
+upstream's base path, and the ``Host`` the request was sent to (the proxy is never an
+open relay). The request target itself is forwarded exactly as received.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote_to_bytes
+
+__all__ = ["ALLOW", "METHODS", "bad_target_bytes", "host_allowed", "leaves_base"]
+
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"})
+ALLOW = b", ".join(sorted(m.encode() for m in METHODS))
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
+
+#: What the dot-segment check reads as a dot or a separator once percent-decoding is
+#: undone: overlong UTF-8 and IIS ``%u`` forms, full-width dot and solidus, backslash.
+_DOT_FORMS = (b"\xc0\xae", b"\xe0\x80\xae", b"\xef\xbc\x8e", b"%u002e")
+_SLASH_FORMS = (b"\xc0\xaf", b"\xe0\x80\xaf", b"\xef\xbc\x8f", b"%u002f", b"%u005c", b"%u2215", b"\\")
+
+
+def leaves_base(raw_path: bytes) -> bool:
+    """Whether ``raw_path``'s dot segments, in any encoding, climb above its first segment.
+
+    Percent-encoding is undone up to three times (double and triple encoding), then the
+    overlong, ``%u`` and full-width forms of ``.`` and ``/`` and the backslash are read as
+    such; ``;params`` after a segment are ignored (``..;x`` is ``..`` to some servers), and
+    empty segments do not count as depth (some servers merge slashes).
+    """
+    path = raw_path
+    if b"%" not in path and b"." not in path and b"\\" not in path:
+        return False  # the common case: no dot can be hidden in it
+    lowered = path.lower()
+    for _ in range(3):
+        if b"%" not in lowered:
+            break
+        decoded = unquote_to_bytes(lowered).lower()
+        if decoded == lowered:
+            break
+        lowered = decoded
+    for form in _DOT_FORMS:
+        lowered = lowered.replace(form, b".")
+    for form in _SLASH_FORMS:
+        lowered = lowered.replace(form, b"/")
+    depth = 0
+    for segment in lowered.split(b"/"):
+        segment = segment.partition(b";")[0]
+        if segment == b"..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif segment and segment != b".":
+            depth += 1
+    return False
+
+
+def bad_target_bytes(target: bytes) -> bool:
+    """Bytes no origin-form request target may hold: controls, space, non-ASCII, ``#``."""
+    return not target.isascii() or b"#" in target or any(b <= 0x20 or b == 0x7F for b in target)
+
+
+def host_allowed(host_header: bytes, extra: frozenset[str]) -> bool:
+    """Whether a request's ``Host`` names the proxy itself: a loopback name or one of ``extra``."""
+    host = host_header.decode("latin-1").lower()
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return name in LOOPBACK_NAMES or host in extra or name in extra
