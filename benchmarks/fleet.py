@@ -31,7 +31,9 @@ read 0.1, from the usage the emulator billed), the cache-write tokens, the waste
 tokens (``cachewatch_cache_wasted_write_tokens_total``: writes never read within their
 TTL, counted by the workers' own diagnosis once the workers' wall clock is moved an hour
 on), the time spent in learned-state calls per request (median, µs; in ``shared`` these
-are Redis round trips) and the request latency as the client saw it (median).
+are Redis round trips), a bare Redis ``PING`` from the same worker right after each
+request (median, µs: the yardstick for a round trip in the same conditions) and the
+request latency as the client saw it (median).
 
 ``tests/test_fleet.py`` drives the same harness (:class:`Fleet`, :class:`Workloads`,
 :func:`serve_emulator`) with its own assertions.
@@ -356,6 +358,7 @@ class Result:
     learner_us: float = 0.0
     learner_calls: int = 0
     latency_us: float = 0.0
+    ping_us: float = 0.0
 
     @property
     def written(self) -> int:
@@ -484,6 +487,7 @@ class Fleet:
                 r.learner_us = a.get("learner_us", 0.0)
                 r.learner_calls = a.get("learner_calls", 0)
                 r.latency_us = a.get("latency_us", 0.0)
+                r.ping_us = a.get("ping_us", 0.0)
                 out.append(r)
         self._pending = []
         return out
@@ -588,6 +592,7 @@ def worker_main(argv: Sequence[str]) -> None:
     os.dup2(2, 1)
     emulator_url, redis_url, mode, prefix, learning_timeout = argv
     import anthropic
+    import redis
     from prometheus_client import CollectorRegistry
 
     import cachewatch
@@ -611,6 +616,7 @@ def worker_main(argv: Sequence[str]) -> None:
         registry=registry,
         wall_clock=wall_clock,
     )
+    ping = redis.Redis.from_url(redis_url, socket_timeout=1.0)
     transport: Any = client._client._transport
     engine = transport.engine
     planner = engine.planner
@@ -665,6 +671,11 @@ def worker_main(argv: Sequence[str]) -> None:
                 out["latency_us"] = (time.perf_counter() - t0) * 1e6
                 out["learner_us"] = timed.seconds * 1e6
                 out["learner_calls"] = timed.calls
+                # One bare round trip to the same Redis, in the same conditions: the yardstick.
+                t0 = time.perf_counter()
+                with contextlib.suppress(Exception):
+                    ping.ping()
+                out["ping_us"] = (time.perf_counter() - t0) * 1e6
                 results.append(out)
             reply({"results": results})
     proto.close()
@@ -751,7 +762,9 @@ def run_mode(
             # Every write has expired an hour later: one request on worker 0 sweeps them all
             # out of the shared fingerprint store into its wasted-write counter.
             fleet.shift_clock(3_700.0)
-            fleet.round({0: [("sweep", {"model": FAQ_MODEL, "max_tokens": 8, "messages": [_ping()]})]})
+            fleet.round(
+                {0: [("sweep", {"model": FAQ_MODEL, "max_tokens": 8, "messages": [_sweep_message()]})]}
+            )
             swept = fleet.metrics()
     wasted = sum(m["wasted_write_tokens"] for m in swept)
     failed = [r for r in results if r.error or r.status != 200]
@@ -760,7 +773,7 @@ def run_mode(
     return Run("shared" if shared else "local", results, metrics, wasted, seconds)
 
 
-def _ping() -> dict[str, Any]:
+def _sweep_message() -> dict[str, Any]:
     # A caller's marker (below the minimum: nothing is cached), so the diagnosis sees it.
     return {"role": "user", "content": [{**_block("ping"), "cache_control": {"type": "ephemeral"}}]}
 
@@ -786,7 +799,7 @@ def report(runs: Sequence[Run], workers: int) -> str:
     lines += [
         "",
         f"{'mode':<8}{'cost (units)':>14}{'cost ($)':>10}{'wasted-write tokens':>21}"
-        f"{'learner µs/req':>16}{'calls/req':>11}{'latency µs':>12}{'faults':>8}",
+        f"{'learner µs/req':>16}{'calls/req':>11}{'PING µs':>9}{'latency µs':>12}{'faults':>8}",
     ]
     for run in runs:
         t = run.total()
@@ -796,6 +809,7 @@ def report(runs: Sequence[Run], workers: int) -> str:
             f"{run.mode:<8}{t['units']:>14,.0f}{dollars:>10.4f}{run.wasted:>21,.0f}"
             f"{_median([r.learner_us for r in run.results]):>16.0f}"
             f"{statistics.mean(r.learner_calls for r in run.results):>11.1f}"
+            f"{_median([r.ping_us for r in run.results]):>9.0f}"
             f"{_median([r.latency_us for r in run.results]):>12.0f}{faults:>8.0f}"
         )
     if len(runs) == 2:
