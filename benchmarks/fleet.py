@@ -383,7 +383,7 @@ class Fleet:
         redis_url: the Redis of every worker's ``RedisStore``.
         shared: share the planner's learned state (``RedisStore(learning=True)``).
         key_prefix: the ``RedisStore`` namespace (one per run).
-        learning_timeout: the ``RedisStore``'s ``learning_timeout``.
+        learning_timeout: the ``RedisStore``'s ``learning_timeout`` (and ``timeout``).
         log_dir: where each worker's stderr goes (``worker-<i>.log``).
         timeout: the longest wait for any one answer of a worker (seconds).
     """
@@ -609,6 +609,7 @@ def worker_main(argv: Sequence[str]) -> None:
         key_prefix=prefix,
         learning=mode == "shared",
         learning_timeout=float(learning_timeout),
+        timeout=float(learning_timeout),
     )
     client = cachewatch.wrap(
         anthropic.Anthropic(api_key=API_KEY, base_url=emulator_url, max_retries=0),
