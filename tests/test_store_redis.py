@@ -177,7 +177,7 @@ def test_a_broken_redis_costs_one_attempt_then_is_left_alone() -> None:
     try:
         # The caller's client retries (redis-py's default: 10 times, with back-off); the
         # store's own request-path client does not.
-        store = RedisStore(redis.Redis(port=broken.port), retry_after=60.0)
+        store = RedisStore(redis.Redis(port=broken.port), timeout=5.0, retry_after=60.0)
         with pytest.raises(redis.ConnectionError):
             store.get_many([b"k" * 16])
         assert broken.accepted == 1
@@ -196,7 +196,8 @@ def test_a_broken_redis_costs_one_attempt_then_is_left_alone() -> None:
 
 def test_a_hung_redis_times_out_and_is_used_again_once_it_answers() -> None:
     with redis_server() as port:
-        store = RedisStore(redis.Redis(port=port), key_prefix="hung:", timeout=0.05, retry_after=0.0)
+        # A timeout well under the pause, and generous enough for a loaded machine.
+        store = RedisStore(redis.Redis(port=port), key_prefix="hung:", timeout=1.0, retry_after=0.0)
         store.put_many([(b"a" * 16, _entry())])
         admin = redis.Redis(port=port, socket_timeout=30.0)
         admin.execute_command("CLIENT", "PAUSE", 3_000, "ALL")  # a hung Redis, for 3 s
