@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,14 +14,16 @@ from pathlib import Path
 import pytest
 import redis
 
+from _redis import redis_server
 from cachewatch.diagnosis import Entry
-from cachewatch.diagnosis._store_redis import RedisStore
+from cachewatch.diagnosis._store_redis import RedisStore, StoreUnavailable
 from cachewatch.emulator import create_app, run_in_thread
 
 
 @pytest.fixture
 def store(redis_port: int) -> Iterator[RedisStore]:
-    s = RedisStore(redis.Redis(port=redis_port), key_prefix=f"test:{time.monotonic_ns()}:")
+    # A generous timeout: on a loaded machine a slow answer is not the fault under test.
+    s = RedisStore(redis.Redis(port=redis_port), key_prefix=f"test:{time.monotonic_ns()}:", timeout=10.0)
     yield s
     s.clear()
 
@@ -86,7 +90,7 @@ class Capture:
     def start(self, info): return None
     def finish(self, state, record): records.append(record)
 
-store = RedisStore(redis.Redis(port=port), key_prefix=prefix)
+store = RedisStore(redis.Redis(port=port), key_prefix=prefix, timeout=10.0, learning_timeout=10.0)
 transport = cachewatch.CacheWatchTransport(
     registry=CollectorRegistry(), sinks=[Capture()], store=store, breakpoints="off"
 )
@@ -141,3 +145,63 @@ def test_two_processes_diagnose_each_others_writes(redis_port: int, tmp_path: Pa
             assert third["reason"] == "evicted"
     finally:
         RedisStore(redis.Redis(port=redis_port), key_prefix=prefix).clear()
+
+
+class _BrokenRedis:
+    """A TCP listener that accepts connections and closes them at once, counting them."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_broken_redis_costs_one_attempt_then_is_left_alone() -> None:
+    broken = _BrokenRedis()
+    try:
+        # The caller's client retries (redis-py's default: 10 times, with back-off); the
+        # store's own request-path client does not.
+        store = RedisStore(redis.Redis(port=broken.port), timeout=5.0, retry_after=60.0)
+        with pytest.raises(redis.ConnectionError):
+            store.get_many([b"k" * 16])
+        assert broken.accepted == 1
+        # Left alone: every call fails at once without touching the network.
+        for call in (
+            lambda: store.get_many([b"k" * 16]),
+            lambda: store.put_many([(b"k" * 16, _entry())]),
+            lambda: store.claim_expired(1e12),
+        ):
+            with pytest.raises(StoreUnavailable):
+                call()
+        assert broken.accepted == 1
+    finally:
+        broken.close()
+
+
+def test_a_hung_redis_times_out_and_is_used_again_once_it_answers() -> None:
+    with redis_server() as port:
+        # A timeout well under the pause, and generous enough for a loaded machine.
+        store = RedisStore(redis.Redis(port=port), key_prefix="hung:", timeout=1.0, retry_after=0.0)
+        store.put_many([(b"a" * 16, _entry())])
+        admin = redis.Redis(port=port, socket_timeout=30.0)
+        admin.execute_command("CLIENT", "PAUSE", 3_000, "ALL")  # a hung Redis, for 3 s
+        with pytest.raises(redis.TimeoutError):
+            store.get_many([b"a" * 16])
+        assert admin.ping()  # returns once the pause is over
+        assert store.get_many([b"a" * 16]) == [_entry()]

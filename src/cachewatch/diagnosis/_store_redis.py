@@ -16,6 +16,13 @@ Reads and writes are pipelined (one round trip for a whole request's lookups, on
 its updates). Keys are hashes; values hold no content. Faults propagate to the
 diagnoser, whose caller (the engine) counts them and fails open.
 
+Every call is on a request's path, so it goes through a client of the store's own (the
+given client's server, credentials and options) with a socket timeout (``timeout``,
+50 ms) and no retries: a dead Redis costs a refused connection, a hung one ``timeout``.
+After a fault, Redis is left alone for ``retry_after`` seconds (doubling while faults go
+on, up to 30 s): meanwhile every call raises :class:`StoreUnavailable` at once, the
+request goes undiagnosed and the fault is counted (``stage="diagnosis"``).
+
 Times are the diagnoser's wall clock (``time.time`` by default), so every process
 sharing a store must use the same clock.
 
@@ -27,16 +34,25 @@ one application learn together and do not write the same prefix at once.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ._store import Entry
 
 if TYPE_CHECKING:
     from ..planning._learning_redis import RedisLearner
 
-__all__ = ["RedisStore"]
+__all__ = ["RedisStore", "StoreUnavailable"]
+
+_T = TypeVar("_T")
+_MAX_BACKOFF: Final = 30.0
+
+
+class StoreUnavailable(ConnectionError):
+    """Redis failed a moment ago and is left alone until its back-off ends."""
 
 
 class RedisStore:
@@ -51,6 +67,10 @@ class RedisStore:
             conversations, in-flight writes) under ``<key_prefix>learn:``.
         learning_timeout: socket timeout (seconds) of the learned state's calls, which are
             on each request's path; past it the planner goes on with local state.
+        timeout: socket (and connect) timeout of the fingerprint calls, also on each
+            request's path; past it the request goes undiagnosed.
+        retry_after: after a fault, the fingerprint calls leave Redis alone this long
+            (doubling while faults go on, at most 30 s).
 
     Example::
 
@@ -67,6 +87,8 @@ class RedisStore:
         retain: float = 3_600.0,
         learning: bool = True,
         learning_timeout: float = 0.05,
+        timeout: float = 0.05,
+        retry_after: float = 1.0,
     ) -> None:
         if client is None:
             from .._extras import require
@@ -75,7 +97,17 @@ class RedisStore:
             import redis
 
             client = redis.Redis.from_url(url or "redis://127.0.0.1:6379/0")
+        from ..planning._learning_redis import client_with_timeout
+
+        #: The client given (or made from ``url``): maintenance calls and the learner's server.
         self.client = client
+        #: The request-path client: ``timeout``, no retries, a pool of its own.
+        self._io = client_with_timeout(client, timeout)
+        self.timeout = timeout
+        self.retry_after = retry_after
+        self._down_until = 0.0
+        self._backoff = retry_after
+        self._lock = threading.Lock()
         self.prefix = key_prefix.encode()
         self.retain = retain
         self.learning = learning
@@ -99,6 +131,23 @@ class RedisStore:
             on_fault=fault,
         )
 
+    def _call(self, call: Callable[[], _T]) -> _T:
+        """``call`` against Redis, unless it failed a moment ago (then :class:`StoreUnavailable`)."""
+        if self._down_until and time.monotonic() < self._down_until:
+            raise StoreUnavailable("Redis failed a moment ago; left alone until its back-off ends")
+        try:
+            result = call()
+        except Exception:
+            with self._lock:
+                self._down_until = time.monotonic() + self._backoff
+                self._backoff = min(_MAX_BACKOFF, self._backoff * 2.0)
+            raise
+        if self._down_until:
+            with self._lock:
+                self._down_until = 0.0
+                self._backoff = self.retry_after
+        return result
+
     def _key(self, key: bytes) -> bytes:
         return self.prefix + b"e:" + key.hex().encode()
 
@@ -108,7 +157,8 @@ class RedisStore:
     def get_many(self, keys: Sequence[bytes]) -> list[Entry | None]:
         if not keys:
             return []
-        raw = self.client.mget([self._key(k) for k in keys])
+        names = [self._key(k) for k in keys]
+        raw = self._call(lambda: self._io.mget(names))
         return [Entry.from_json(v) if v is not None else None for v in raw]
 
     def put(self, key: bytes, entry: Entry) -> None:
@@ -117,28 +167,32 @@ class RedisStore:
     def put_many(self, items: Sequence[tuple[bytes, Entry]]) -> None:
         if not items:
             return
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._io.pipeline(transaction=False)
         for key, entry in items:
             name = self._key(key)
             seconds = max(1, int(entry.ttl + self.retain + 0.999))
             pipe.set(name, entry.to_json(), ex=seconds)
             if entry.pending_waste:
                 pipe.zadd(self._index, {name: entry.expires_at})
-        pipe.execute()
+        self._call(pipe.execute)
 
     def claim_expired(self, now: float, limit: int = 1_000) -> list[Entry]:
-        due: list[Any] = list(self.client.zrangebyscore(self._index, "-inf", now, start=0, num=limit))
+        return self._call(lambda: self._claim_expired(now, limit))
+
+    def _claim_expired(self, now: float, limit: int) -> list[Entry]:
+        io = self._io
+        due: list[Any] = list(io.zrangebyscore(self._index, "-inf", now, start=0, num=limit))
         if not due:
             return []
-        pipe = self.client.pipeline(transaction=False)
+        pipe = io.pipeline(transaction=False)
         for name in due:
             pipe.zrem(self._index, name)
         won = [name for name, removed in zip(due, pipe.execute(), strict=True) if removed]
         if not won:
             return []
         out: list[Entry] = []
-        pipe = self.client.pipeline(transaction=False)
-        for name, raw in zip(won, self.client.mget(won), strict=True):
+        pipe = io.pipeline(transaction=False)
+        for name, raw in zip(won, io.mget(won), strict=True):
             if raw is None:
                 continue
             entry = Entry.from_json(raw)
