@@ -1,0 +1,400 @@
+"""``breakpoints="shadow"`` and ``record=FILE`` through the real transports, against the emulator.
+
+Shadow mode sends exactly what ``"off"`` sends (every request byte compared, through the
+real anthropic SDK and through httpx/httpx2 clients, sync and async) and estimates what
+``"auto"`` would have been billed: ``record.shadow``, ``cachewatch_shadow_tokens_total``,
+``cachewatch_shadow_cost_total``, ``cachewatch.shadow.*`` span attributes and log fields.
+A fault in the estimate is counted and changes nothing on the wire. The traffic-shape
+recorder writes no text and no key, and ``cachewatch replay`` reads what it wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx2
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+import cachewatch
+from _helpers import COMBOS, fam
+from cachewatch.accounting._records import RequestInfo, UsageRecord
+from cachewatch.emulator import ManualClock, create_app, run_in_thread
+from cachewatch.simulation import _shadow
+from cachewatch.simulation._replay import replay
+from cachewatch.simulation._shape import read_shapes
+
+MODEL = "claude-sonnet-4-6"
+SECRET = "Quetzal-4417-private"
+KEY = "sk-ant-shadow-test-key-0123456789"
+_WORDS = ["refund", "invoice", "policy", "order", "the", "a", "cache", "region"]
+TYPES = ("input", "cache_read", "cache_write_5m", "cache_write_1h", "output")
+
+
+def words(seed: str, n: int) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(_WORDS) for _ in range(n))
+
+
+SYSTEM = f"You are the assistant of {SECRET}. " + words("system", 3_000)
+
+
+class Records:
+    """A custom sink: keeps every record."""
+
+    name = "records"
+
+    def __init__(self) -> None:
+        self.records: list[UsageRecord] = []
+
+    def start(self, info: RequestInfo) -> None:
+        return None
+
+    def finish(self, state: object | None, record: UsageRecord) -> None:
+        self.records.append(record)
+
+
+class Forward:
+    """An inner transport that records every request's bytes, then sends it for real."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.seen: list[tuple[str, str, tuple[tuple[bytes, bytes], ...], bytes]] = []
+
+    def _keep(self, request: Any) -> None:
+        self.seen.append(
+            (request.method, str(request.url), tuple(request.headers.raw), bytes(request.content))
+        )
+
+    def handle_request(self, request: Any) -> Any:
+        self._keep(request)
+        return self.inner.handle_request(request)
+
+    async def handle_async_request(self, request: Any) -> Any:
+        self._keep(request)
+        return await self.inner.handle_async_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def __enter__(self) -> Forward:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.inner.close()
+
+    async def __aenter__(self) -> Forward:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.inner.aclose()
+
+
+@pytest.fixture
+def emulator() -> Iterator[tuple[str, ManualClock]]:
+    clock = ManualClock(start=1_000_000.0)
+    with run_in_thread(create_app(clock=clock)) as url:
+        yield url, clock
+
+
+def _chat(client: Any, clock: ManualClock, turns: int = 5) -> None:
+    messages: list[dict[str, Any]] = []
+    for t in range(turns):
+        messages.append({"role": "user", "content": f"{SECRET} question {t}: " + words(f"q{t}", 60)})
+        reply = client.messages.create(model=MODEL, max_tokens=32, system=SYSTEM, messages=messages)
+        messages.append({"role": "assistant", "content": reply.content[0].text})
+        clock.advance(20)
+
+
+def _sdk_run(url: str, clock: ManualClock, mode: str, **options: Any) -> tuple[Forward, Records]:
+    forward, records = Forward(httpx2.HTTPTransport()), Records()
+    sdk = anthropic.Anthropic(
+        api_key=KEY, base_url=url, max_retries=0, http_client=httpx2.Client(transport=forward)
+    )
+    client = cachewatch.wrap(
+        sdk,
+        breakpoints=mode,
+        registry=options.pop("registry", CollectorRegistry()),
+        sinks=[records],
+        wall_clock=clock,
+        **options,
+    )
+    _chat(client, clock)
+    client.close()
+    return forward, records
+
+
+def _series(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    value = registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def _sum(registry: CollectorRegistry, name: str, **match: str) -> float:
+    """``name`` summed over every series whose labels include ``match``."""
+    return sum(
+        s.value
+        for m in registry.collect()
+        for s in m.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in match.items())
+    )
+
+
+# -- the wire ------------------------------------------------------------------------------
+
+
+def test_shadow_sends_through_the_anthropic_sdk_exactly_what_off_sends() -> None:
+    sent = {}
+    estimates = {}
+    for mode in ("off", "shadow", "auto"):
+        clock = ManualClock(start=1_000_000.0)
+        with run_in_thread(create_app(clock=clock)) as url:
+            forward, records = _sdk_run(url, clock, mode)
+        # The base URL's port differs from run to run: compare paths and everything else.
+        sent[mode] = [(m, u.split("/", 3)[3], h, b) for m, u, h, b in forward.seen]
+        estimates[mode] = records.records
+    assert len(sent["off"]) == 5
+    for off, shadow in zip(sent["off"], sent["shadow"], strict=True):
+        assert shadow[3] == off[3]  # the body, byte for byte
+        headers = {(k, v) for k, v in shadow[2] if k.lower() != b"host"}
+        assert headers == {(k, v) for k, v in off[2] if k.lower() != b"host"}
+        assert shadow[:2] == off[:2]
+    assert any(a[3] != o[3] for a, o in zip(sent["auto"], sent["off"], strict=True))  # auto does change it
+    assert all(r.shadow is None for r in estimates["off"] + estimates["auto"])
+    shadow_records = estimates["shadow"]
+    assert all(r.shadow is not None and r.shadow.simulated for r in shadow_records)
+    # The estimate keeps what was billed in total and says the later turns would read.
+    for r in shadow_records:
+        assert r.usage is not None
+        assert r.shadow is not None
+        assert r.shadow.usage.prompt_total == r.usage.prompt_total
+        assert r.shadow.usage.output == r.usage.output
+        assert r.usage.cache_read == 0  # off: nothing marked, nothing read
+    assert all(r.shadow.usage.cache_read > 3_000 for r in shadow_records[1:] if r.shadow)
+
+
+@pytest.mark.parametrize(("family", "mode"), COMBOS)
+def test_shadow_is_byte_identical_to_off_on_both_client_families(
+    family: str, mode: str, emulator: tuple[str, ManualClock]
+) -> None:
+    url, clock = emulator
+    module = fam(family)
+    bodies = [
+        orjson.dumps(
+            {
+                "model": MODEL,
+                "max_tokens": 16,
+                "system": SYSTEM,
+                "stream": t % 2 == 1,
+                "messages": [{"role": "user", "content": f"q{t} " + words(f"f{t}", 40)}],
+            }
+        )
+        for t in range(3)
+    ]
+    headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01", "content-type": "application/json"}
+
+    def run(breakpoints: str) -> tuple[list[Any], Records, CollectorRegistry]:
+        records, registry = Records(), CollectorRegistry()
+        options = {"breakpoints": breakpoints, "registry": registry, "sinks": [records], "wall_clock": clock}
+        if mode == "sync":
+            forward = Forward(module.HTTPTransport())
+            with module.Client(transport=cachewatch.CacheWatchTransport(forward, **options)) as client:
+                for body in bodies:
+                    client.post(f"{url}/v1/messages", content=body, headers=headers).read()
+        else:
+            forward = Forward(module.AsyncHTTPTransport())
+
+            async def go() -> None:
+                transport = cachewatch.AsyncCacheWatchTransport(forward, **options)
+                async with module.AsyncClient(transport=transport) as client:
+                    for body in bodies:
+                        response = await client.post(f"{url}/v1/messages", content=body, headers=headers)
+                        await response.aread()
+
+            asyncio.run(go())
+        return forward.seen, records, registry
+
+    off, _, _ = run("off")
+    shadow, records, registry = run("shadow")
+    assert shadow == off
+    assert [r.outcome.label for r in records.records] == ["ok"] * 3
+    assert all(r.shadow is not None for r in records.records)
+    real = sum(_sum(registry, "cachewatch_tokens_total", type=t) for t in TYPES[:4])
+    estimated = sum(_sum(registry, "cachewatch_shadow_tokens_total", type=t) for t in TYPES[:4])
+    assert real == estimated > 3 * 3_000
+
+
+# -- telemetry ----------------------------------------------------------------------------
+
+
+def test_shadow_metrics_spans_and_log_fields(telemetry: Any, emulator: tuple[str, ManualClock]) -> None:
+    url, clock = emulator
+    _, records = _sdk_run(url, clock, "shadow", **telemetry.kwargs)
+    reg = telemetry.registry
+    labels = {"provider": "other", "model": MODEL, "workspace": "default"}
+    real_cost = _series(reg, "cachewatch_cost_total", currency="USD", **labels)
+    shadow_cost = _series(reg, "cachewatch_shadow_cost_total", currency="USD", **labels)
+    assert 0 < shadow_cost < 0.5 * real_cost  # a long stable system prompt: auto saves most of it
+    expected = sum(r.shadow.cost.total for r in records.records if r.shadow and r.shadow.cost)
+    assert shadow_cost == pytest.approx(expected)
+    shadow_tokens = {
+        t: _series(reg, "cachewatch_shadow_tokens_total", api="messages", type=t, **labels) for t in TYPES
+    }
+    real_tokens = {
+        t: _series(reg, "cachewatch_tokens_total", api="messages", type=t, **labels) for t in TYPES
+    }
+    assert sum(shadow_tokens[t] for t in TYPES[:4]) == sum(real_tokens[t] for t in TYPES[:4])
+    assert shadow_tokens["output"] == real_tokens["output"]
+    assert shadow_tokens["cache_read"] > 0 == real_tokens["cache_read"]
+
+    spans = telemetry.spans()
+    assert len(spans) == 5
+    for span, record in zip(spans, records.records, strict=True):
+        attrs = dict(span.attributes)
+        assert record.shadow is not None
+        assert record.shadow.cost is not None
+        assert attrs["cachewatch.shadow.simulated"] is True
+        assert attrs["cachewatch.shadow.cost"] == pytest.approx(record.shadow.cost.total, abs=1e-9)
+        assert attrs["cachewatch.shadow.currency"] == "USD"
+        assert attrs["cachewatch.shadow.usage.cache_read.input_tokens"] == record.shadow.usage.cache_read
+    events = telemetry.events()
+    assert len(events) == 5
+    assert events[-1]["shadow.usage.cache_read.input_tokens"] == records.records[-1].shadow.usage.cache_read  # type: ignore[union-attr]
+    text = repr([dict(s.attributes) for s in spans]) + repr(events)
+    assert SECRET not in text
+    assert KEY not in text
+
+
+def test_off_and_auto_export_no_shadow_series(emulator: tuple[str, ManualClock]) -> None:
+    url, clock = emulator
+    for mode in ("off", "auto"):
+        registry = CollectorRegistry()
+        _sdk_run(url, clock, mode, registry=registry)
+        names = {
+            m.name for m in registry.collect() for s in m.samples if s.name.startswith("cachewatch_shadow")
+        }
+        assert names == set(), mode
+
+
+def test_traffic_auto_would_leave_alone_keeps_its_real_usage(emulator: tuple[str, ManualClock]) -> None:
+    url, clock = emulator
+    records, registry = Records(), CollectorRegistry()
+    import openai
+
+    client = cachewatch.wrap(
+        openai.OpenAI(api_key=KEY, base_url=f"{url}/v1", max_retries=0),
+        breakpoints="shadow",
+        registry=registry,
+        sinks=[records],
+        wall_clock=clock,
+    )
+    for t in range(3):
+        client.chat.completions.create(
+            model="gpt-4.1",
+            messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"q{t}"}],
+        )
+    assert len(records.records) == 3
+    for record in records.records:
+        assert record.shadow is not None
+        assert not record.shadow.simulated
+        assert record.shadow.usage == record.usage  # OpenAI caches by itself: auto adds nothing
+        assert record.shadow.cost == record.cost
+
+
+# -- fail open ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["begin", "started", "finish"])
+def test_a_fault_in_the_shadow_is_counted_and_changes_nothing(
+    where: str, monkeypatch: pytest.MonkeyPatch, emulator: tuple[str, ManualClock]
+) -> None:
+    url, clock = emulator
+    off, _ = _sdk_run(url, clock, "off")
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"shadow {where} exploded")
+
+    monkeypatch.setattr(_shadow.Shadow, where, boom)
+    registry = CollectorRegistry()
+    clock.advance(3_600)  # the emulator's cache from the first run has expired
+    shadow, records = _sdk_run(url, clock, "shadow", registry=registry)
+    assert [b for *_, b in shadow.seen] == [b for *_, b in off.seen]
+    assert _series(registry, "cachewatch_internal_errors_total", stage="shadow") == 5
+    assert [r.outcome.label for r in records.records] == ["ok"] * 5
+    for record in records.records:
+        # The projected saving is never inflated by a fault: the real usage stands in.
+        assert record.shadow is not None
+        if where in ("begin", "finish"):
+            assert not record.shadow.simulated
+            assert record.shadow.usage == record.usage
+
+
+def test_unknown_breakpoints_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="shadow"):
+        cachewatch.CacheWatchTransport(breakpoints="pretend")
+
+
+# -- recording ----------------------------------------------------------------------------
+
+
+def test_a_transport_records_the_shape_without_text_or_key_and_replay_reads_it(
+    tmp_path: Path, emulator: tuple[str, ManualClock]
+) -> None:
+    url, clock = emulator
+    path = tmp_path / "traffic.jsonl"
+    _sdk_run(url, clock, "off", record=str(path))
+    raw = path.read_bytes()
+    assert SECRET.encode() not in raw
+    assert KEY.encode() not in raw
+    assert b"refund" not in raw
+    assert b"invoice" not in raw
+    shapes = list(read_shapes(path))
+    assert len(shapes) == 5
+    assert [s.usage.prompt_total for s in shapes if s.usage] == sorted(s.prompt_tokens for s in shapes)
+    result = replay(shapes)
+    off, auto = result.strategies["off"], result.strategies["auto"]
+    assert off.cache_read == 0
+    assert auto.units < 0.5 * off.units
+    assert result.misaligned == 0
+
+
+def test_recording_to_a_stream_and_in_auto_mode_records_the_callers_request(
+    emulator: tuple[str, ManualClock],
+) -> None:
+    url, clock = emulator
+    stream = io.StringIO()
+    _sdk_run(url, clock, "auto", record=stream)
+    shapes = list(read_shapes(io.StringIO(stream.getvalue())))
+    assert len(shapes) == 5
+    # The caller placed no marker: auto's markers are not part of the recorded request.
+    assert all(b.marker is None for s in shapes for b in s.blocks)
+    assert sum(s.usage.cache_read for s in shapes if s.usage) > 0  # what was billed (with auto)
+
+
+def test_a_recording_fault_is_counted_and_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emulator: tuple[str, ManualClock]
+) -> None:
+    from cachewatch.simulation import _shape
+
+    url, clock = emulator
+    off, _ = _sdk_run(url, clock, "off")
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_shape.ShapeRecorder, "finish", boom)
+    registry = CollectorRegistry()
+    clock.advance(3_600)
+    recorded, records = _sdk_run(url, clock, "off", registry=registry, record=str(tmp_path / "t.jsonl"))
+    assert [b for *_, b in recorded.seen] == [b for *_, b in off.seen]
+    assert _series(registry, "cachewatch_internal_errors_total", stage="recording") == 5
+    assert len(records.records) == 5
