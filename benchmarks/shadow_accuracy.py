@@ -64,9 +64,7 @@ def savings_rows(only: list[str] | None = None, **overrides: Any) -> list[tuple[
 
 def units(usage: Any) -> float:
     """Net input cost in token units (input 1, 5m write 1.25, 1h write 2, read 0.1)."""
-    return (
-        usage.input + 1.25 * usage.cache_write_5m + 2.0 * usage.cache_write_1h + 0.1 * usage.cache_read
-    )
+    return usage.input + 1.25 * usage.cache_write_5m + 2.0 * usage.cache_write_1h + 0.1 * usage.cache_read
 
 
 class _Money:
@@ -143,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     usd, tokens = demo_rows(args.only)
     ok &= print_table(usd, "Demo workloads: cost in USD (output included)", money=True)
     ok &= print_table(tokens, "Demo workloads: net input cost, token units")
-    print(f"overall: {'PASS' if ok else 'FAIL'} (bar: |error| <= {BAR:.0%}; {time.perf_counter() - started:.1f} s)")
+    print(
+        f"overall: {'PASS' if ok else 'FAIL'} (bar: |error| <= {BAR:.0%}; {time.perf_counter() - started:.1f} s)"
+    )
     return 0
 
 
