@@ -270,7 +270,9 @@ def _demo(args: argparse.Namespace) -> int:
         _demo.run_demo(
             registry=REGISTRY,
             tick=lambda: progress.advance(task),
-            on_phase=lambda phase: progress.update(task, description=f"breakpoints={phase}"),
+            on_phase=lambda phase: progress.update(
+                task, description=f"breakpoints={_demo.MODES.get(phase, phase)}"
+            ),
             then=then,
         )
     server.shutdown()
@@ -309,7 +311,7 @@ def _print_summary(console: Any, result: Any, metrics_url: str) -> None:
     off, auto = result.phases["off"], result.phases["auto"]
     table = Table(title=f"cachewatch demo: {off.requests + auto.requests} requests in {result.seconds:.1f}s")
     table.add_column("")
-    table.add_column("breakpoints=off", justify="right")
+    table.add_column("breakpoints=off (shadow)", justify="right")
     table.add_column("breakpoints=auto", justify="right")
     rows: list[tuple[str, str, str]] = [
         ("requests", f"{off.requests}", f"{auto.requests}"),
@@ -319,6 +321,7 @@ def _print_summary(console: Any, result: Any, metrics_url: str) -> None:
         ("output tokens", f"{off.output:,}", f"{auto.output:,}"),
         ("cache hit ratio", f"{off.hit_ratio:.1%}", f"{auto.hit_ratio:.1%}"),
         ("cost", _money(off.cost), _money(auto.cost)),
+        ("cost with auto, shadow estimate", _money(off.shadow_cost) if off.shadowed else "-", "-"),
         ("cache savings", _money(off.savings), _money(auto.savings)),
         ("cache write premium", _money(off.write_premium), _money(auto.write_premium)),
         ("cache misses (reason)", _misses(off.misses), _misses(auto.misses)),
@@ -328,7 +331,7 @@ def _print_summary(console: Any, result: Any, metrics_url: str) -> None:
     console.print(table)
 
     per = Table(title="breakpoints=auto by workload")
-    for col in ("workload", "requests", "hit ratio", "cost off", "cost auto", "saved"):
+    for col in ("workload", "requests", "hit ratio", "cost off", "cost auto", "shadow estimate", "saved"):
         per.add_column(col, justify="right" if col != "workload" else "left")
     for name in _demo.WORKLOADS:
         w_off, w_auto = result.workloads[("off", name)], result.workloads[("auto", name)]
@@ -339,6 +342,7 @@ def _print_summary(console: Any, result: Any, metrics_url: str) -> None:
             f"{w_auto.hit_ratio:.1%}",
             _money(w_off.cost),
             _money(w_auto.cost),
+            _money(w_off.shadow_cost) if w_off.shadowed else "-",
             f"{saved:.1%}",
         )
     console.print(per)
@@ -352,6 +356,12 @@ def _print_summary(console: Any, result: Any, metrics_url: str) -> None:
         console.print(
             f"With breakpoints=auto the same workload cost {_money(auto.cost)} instead of {_money(off.cost)}: "
             f"[bold green]{1 - auto.cost / off.cost:.1%} less[/]."
+        )
+    if off.shadowed and auto.cost:
+        console.print(
+            f"The run without caching was in shadow mode (requests unchanged): it estimated auto at "
+            f"{_money(off.shadow_cost)}; auto then cost {_money(auto.cost)} "
+            f"(the estimate was off by {abs(off.shadow_cost / auto.cost - 1):.1%})."
         )
     console.print(f"Metrics: {metrics_url} (workspaces caching-off and caching-auto)")
 
