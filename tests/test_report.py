@@ -233,7 +233,7 @@ def test_report_prints_the_shadow_comparison_and_its_note(tmp_path: Any) -> None
     assert "0.0300 USD" in row
     assert "0.0120 USD" in row
     assert "0.0180 USD" in row
-    assert "60.0%" in row
+    assert "60.0% USD" in row
     assert "team-auto" not in table.split("Shadow estimate")[0]
     assert "no eviction" in out
     data = json.loads(

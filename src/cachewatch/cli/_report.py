@@ -320,7 +320,7 @@ def _shadow_table(summary: dict[str, Any]) -> Any:
             sh = g["shadow"]
             if sh is None:
                 continue
-            share = ", ".join(f"{v:.1%}" for _, v in sorted(sh["saving_share"].items())) or "-"
+            share = ", ".join(f"{v:.1%} {c}" for c, v in sorted(sh["saving_share"].items())) or "-"
             table.add_row(
                 kind,
                 name,
