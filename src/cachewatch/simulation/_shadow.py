@@ -155,7 +155,10 @@ class Shadow:
         **planner_options: Any,
     ) -> None:
         self.clock = clock
-        self.planner = planner if planner is not None else Planner(clock=clock, **planner_options)
+        # The plan is never sent: its decisions are made, its body is not serialised.
+        self.planner = (
+            planner if planner is not None else Planner(clock=clock, **{"render": False, **planner_options})
+        )
         self.cache = CacheStore(clock, max_entries=max_entries)
         self._lock = threading.Lock()
 
