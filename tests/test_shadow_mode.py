@@ -11,6 +11,7 @@ recorder writes no text and no key, and ``cachewatch replay`` reads what it wrot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import random
 from collections.abc import Iterator
@@ -398,3 +399,146 @@ def test_a_recording_fault_is_counted_and_changes_nothing(
     assert [b for *_, b in recorded.seen] == [b for *_, b in off.seen]
     assert _series(registry, "cachewatch_internal_errors_total", stage="recording") == 5
     assert len(records.records) == 5
+
+
+# -- the proxy ----------------------------------------------------------------------------
+
+
+class BodyRecorder:
+    """ASGI wrapper around the emulator: keeps every request body that reaches it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.bodies: list[bytes] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        self.bodies.append(body)
+        sent = False
+
+        async def replay() -> Any:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _proxy(upstream: str, *args: str) -> Iterator[str]:
+    """``cachewatch proxy`` as a subprocess, on a free port; yields its base URL."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cachewatch.cli",
+            "proxy",
+            "--upstream",
+            upstream,
+            "--listen",
+            f"127.0.0.1:{port}",
+            *args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+            try:
+                httpx.get(f"{url}/metrics", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the proxy did not come up"
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+def test_the_proxy_in_shadow_mode_forwards_what_off_forwards_and_records_the_shape(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    record = tmp_path / "proxy.jsonl"
+    forwarded = {}
+    metrics = ""
+    for mode in ("off", "shadow"):
+        clock = ManualClock(start=1_000_000.0)
+        upstream = BodyRecorder(create_app(clock=clock))
+        with run_in_thread(upstream) as emulator_url:
+            extra = ("--record", str(record)) if mode == "shadow" else ()
+            with _proxy(emulator_url, "--breakpoints", mode, *extra) as url:
+                client = anthropic.Anthropic(api_key=KEY, base_url=url, max_retries=0)
+                _chat(client, clock)
+                if mode == "shadow":
+                    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        forwarded[mode] = upstream.bodies
+    assert len(forwarded["off"]) == 5
+    assert forwarded["shadow"] == forwarded["off"]
+
+    samples = [s for f in text_string_to_metric_families(metrics) for s in f.samples]
+    shadow_cost = sum(s.value for s in samples if s.name == "cachewatch_shadow_cost_total")
+    real_cost = sum(s.value for s in samples if s.name == "cachewatch_cost_total")
+    reads = sum(
+        s.value
+        for s in samples
+        if s.name == "cachewatch_shadow_tokens_total" and s.labels["type"] == "cache_read"
+    )
+    assert 0 < shadow_cost < real_cost
+    assert reads > 3_000
+
+    raw = record.read_bytes()
+    assert SECRET.encode() not in raw
+    assert KEY.encode() not in raw
+    shapes = list(read_shapes(record))
+    assert len(shapes) == 5
+    assert {s.profile for s in shapes} == {"anthropic"}
+    result = subprocess.run(
+        [sys.executable, "-m", "cachewatch.cli", "replay", str(record), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    rows = {row["strategy"]: row for row in orjson.loads(result.stdout)["rows"]}
+    assert rows["recorded"]["cache_read"] == 0
+    assert rows["auto"]["units"] < 0.5 * rows["off"]["units"]

@@ -3,8 +3,8 @@
 Usage::
 
     cachewatch demo [--serve] [--metrics-port 9464]
-    cachewatch proxy --upstream URL [--listen 127.0.0.1:8787] [--include-usage] [--workers N]
-                     [limits and timeouts]
+    cachewatch proxy --upstream URL [--listen 127.0.0.1:8787] [--breakpoints auto|off|shadow]
+                     [--record FILE] [--include-usage] [--workers N] [limits and timeouts]
     cachewatch emulator [--port 8790] [--profile auto|anthropic|dashscope]
     cachewatch dashboards --out DIR
     cachewatch report [--url http://127.0.0.1:9464/metrics] [--format table|json]
@@ -98,7 +98,19 @@ def _parser() -> argparse.ArgumentParser:
         default=("127.0.0.1", 8787),
         help="HOST:PORT to bind (default 127.0.0.1:8787)",
     )
-    proxy.add_argument("--breakpoints", choices=("auto", "off"), default="auto")
+    proxy.add_argument(
+        "--breakpoints",
+        choices=("auto", "off", "shadow"),
+        default="auto",
+        help="auto: add cache_control breakpoints; off: only observe; shadow: only observe, and "
+        "estimate what auto would have cost (cachewatch_shadow_* metrics) [auto]",
+    )
+    proxy.add_argument(
+        "--record",
+        metavar="FILE",
+        help="append every request's traffic shape (structure, digests, token counts, timings; no "
+        "text, no key) to FILE, for `cachewatch replay FILE`",
+    )
     proxy.add_argument("--provider", help="provider label for the upstream (default: from its host)")
     proxy.add_argument(
         "--allow-host", action="append", default=[], help="extra Host header value to accept (repeatable)"
@@ -424,6 +436,7 @@ def _serve_proxy(args: argparse.Namespace, host: str, port: int) -> int:
         max_event_bytes=args.max_event_bytes,
         max_decoded_bytes=args.max_decoded_bytes,
         include_usage=args.include_usage,
+        record=args.record,
     )
     try:
         # Built here in every mode, so that a bad --upstream or --prices fails at once
