@@ -542,3 +542,43 @@ def test_the_proxy_in_shadow_mode_forwards_what_off_forwards_and_records_the_sha
     rows = {row["strategy"]: row for row in orjson.loads(result.stdout)["rows"]}
     assert rows["recorded"]["cache_read"] == 0
     assert rows["auto"]["units"] < 0.5 * rows["off"]["units"]
+
+
+def test_the_shadow_mode_example_runs_and_report_and_replay_read_its_files(tmp_path: Path) -> None:
+    """``examples/shadow_mode.py``, whose output the README shows."""
+    import subprocess
+    import sys
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "shadow_mode.py"
+    subprocess.run(
+        [sys.executable, str(example), str(tmp_path)], check=True, timeout=120, capture_output=True
+    )
+    report = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cachewatch.cli",
+            "report",
+            "--url",
+            str(tmp_path / "metrics.txt"),
+            "--format",
+            "json",
+        ],
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )
+    summary = orjson.loads(report.stdout)
+    assert set(summary["workspaces"]) == {"agents", "legal", "support"}
+    for group in summary["workspaces"].values():
+        shadow = group["shadow"]
+        assert 0 < shadow["shadow_cost"]["USD"] < shadow["real_cost"]["USD"] == group["cost"]["USD"]
+    replayed = subprocess.run(
+        [sys.executable, "-m", "cachewatch.cli", "replay", str(tmp_path / "traffic.jsonl")],
+        check=True,
+        timeout=60,
+        capture_output=True,
+        text=True,
+    )
+    assert "best fixed strategy" in replayed.stdout
+    assert b"sk-example" not in (tmp_path / "traffic.jsonl").read_bytes()
