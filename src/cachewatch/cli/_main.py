@@ -323,7 +323,7 @@ def _print_summary(console: Any, result: Any, metrics_url: str) -> None:
     off, auto = result.phases["off"], result.phases["auto"]
     table = Table(title=f"cachewatch demo: {off.requests + auto.requests} requests in {result.seconds:.1f}s")
     table.add_column("")
-    table.add_column("breakpoints=off (shadow)", justify="right")
+    table.add_column("breakpoints=off", justify="right")
     table.add_column("breakpoints=auto", justify="right")
     rows: list[tuple[str, str, str]] = [
         ("requests", f"{off.requests}", f"{auto.requests}"),
@@ -333,7 +333,7 @@ def _print_summary(console: Any, result: Any, metrics_url: str) -> None:
         ("output tokens", f"{off.output:,}", f"{auto.output:,}"),
         ("cache hit ratio", f"{off.hit_ratio:.1%}", f"{auto.hit_ratio:.1%}"),
         ("cost", _money(off.cost), _money(auto.cost)),
-        ("cost with auto, shadow estimate", _money(off.shadow_cost) if off.shadowed else "-", "-"),
+        ("auto, shadow estimate", _money(off.shadow_cost) if off.shadowed else "-", "-"),
         ("cache savings", _money(off.savings), _money(auto.savings)),
         ("cache write premium", _money(off.write_premium), _money(auto.write_premium)),
         ("cache misses (reason)", _misses(off.misses), _misses(auto.misses)),
@@ -343,7 +343,7 @@ def _print_summary(console: Any, result: Any, metrics_url: str) -> None:
     console.print(table)
 
     per = Table(title="breakpoints=auto by workload")
-    for col in ("workload", "requests", "hit ratio", "cost off", "cost auto", "shadow estimate", "saved"):
+    for col in ("workload", "requests", "hit ratio", "cost off", "cost auto", "saved"):
         per.add_column(col, justify="right" if col != "workload" else "left")
     for name in _demo.WORKLOADS:
         w_off, w_auto = result.workloads[("off", name)], result.workloads[("auto", name)]
@@ -354,7 +354,6 @@ def _print_summary(console: Any, result: Any, metrics_url: str) -> None:
             f"{w_auto.hit_ratio:.1%}",
             _money(w_off.cost),
             _money(w_auto.cost),
-            _money(w_off.shadow_cost) if w_off.shadowed else "-",
             f"{saved:.1%}",
         )
     console.print(per)
@@ -371,7 +370,7 @@ def _print_summary(console: Any, result: Any, metrics_url: str) -> None:
         )
     if off.shadowed and auto.cost:
         console.print(
-            f"The run without caching was in shadow mode (requests unchanged): it estimated auto at "
+            f"The breakpoints=off run was in shadow mode (requests unchanged): it estimated auto at "
             f"{_money(off.shadow_cost)}; auto then cost {_money(auto.cost)} "
             f"(the estimate was off by {abs(off.shadow_cost / auto.cost - 1):.1%})."
         )
