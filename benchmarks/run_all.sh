@@ -12,3 +12,5 @@ echo; echo "== proxy added latency on loopback =="; $PY benchmarks/proxy_latency
 echo; echo "== proxy soak: RSS and open fds under mixed good and hostile load =="; $PY benchmarks/proxy_soak.py --seconds 60
 echo; echo "== savings of auto against fixed strategies =="; $PY benchmarks/savings.py
 echo; echo "== token estimator error on the recorded corpus =="; $PY benchmarks/estimator_error.py
+echo; echo "== shadow mode: its estimate of auto against auto's real cost =="; $PY benchmarks/shadow_accuracy.py
+echo; echo "== shadow mode and record=FILE: added time per request vs off =="; $PY benchmarks/shadow_overhead.py

@@ -339,6 +339,19 @@ def test_a_fault_in_the_shadow_is_counted_and_changes_nothing(
             assert record.shadow.usage == record.usage
 
 
+def test_a_planner_given_in_shadow_mode_plans_only_the_shadow(emulator: tuple[str, ManualClock]) -> None:
+    from cachewatch.planning._planner import Planner
+
+    url, clock = emulator
+    off, _ = _sdk_run(url, clock, "off")
+    clock.advance(3_600)
+    planner = Planner(clock=clock)
+    shadow, records = _sdk_run(url, clock, "shadow", planner=planner)
+    assert [b for *_, b in shadow.seen] == [b for *_, b in off.seen]
+    assert all(r.shadow is not None and r.shadow.simulated for r in records.records)
+    assert all(r.breakpoints is None for r in records.records)  # no real plan
+
+
 def test_unknown_breakpoints_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="shadow"):
         cachewatch.CacheWatchTransport(breakpoints="pretend")

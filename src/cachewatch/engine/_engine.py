@@ -81,7 +81,9 @@ class Engine:
         sinks: extra sinks that receive every record.
         planner: the breakpoint planner (any :class:`~cachewatch.planning._plan.PlannerProtocol`;
             default with ``breakpoints="auto"``: a :class:`~cachewatch.planning._planner.Planner`
-            built from ``planner_options``).
+            built from ``planner_options``). With ``breakpoints="shadow"`` a
+            :class:`~cachewatch.planning._planner.Planner` given is the shadow's own (it plans
+            what auto would do; the real requests are never planned).
         diagnosis: diagnose cache misses and count wasted writes (``diagnosis/``; default True).
         store: the :class:`~cachewatch.FingerprintStore` of the diagnosis (default:
             in memory; ``cachewatch.diagnosis._store_redis.RedisStore`` shares it across processes,
@@ -170,7 +172,8 @@ class Engine:
         self.span_sink: int | None = next(
             (i for i, sink in enumerate(self.sinks) if isinstance(sink, OTelSpanSink)), None
         )
-        self.planner: PlannerProtocol | None = planner
+        # Shadow mode never plans the real request: a planner given is the shadow's own.
+        self.planner: PlannerProtocol | None = planner if breakpoints != "shadow" else None
         if self.planner is None and breakpoints == "auto":
             self.planner = _default_planner({"clock": wall_clock, **planner_options}, self.fault, store)
         self.wall_clock = wall_clock
@@ -183,6 +186,7 @@ class Engine:
                     fault=self.fault,
                     prices=self.prices,
                     wall_clock=wall_clock,
+                    planner=planner if isinstance(planner, Planner) else None,
                     planner_options=dict(planner_options),
                 )
             except TypeError:

@@ -27,6 +27,7 @@ from typing import IO, Any
 
 from ..accounting._pricing import PriceTable
 from ..accounting._records import Cost, RequestInfo, ShadowEstimate, TokenUsage
+from ..planning._planner import Planner
 from ..planning._profiles import ProfileRegistry
 from ._shadow import Shadow, ShadowTicket
 from ._shape import ShapeRecorder, _Pending
@@ -43,6 +44,7 @@ class ShadowStage:
         fault: records a fault survived (``fault(stage, exc)``).
         prices: the engine's price table (the estimate is priced as explicit-cache usage).
         wall_clock: wall clock in seconds (cache TTLs).
+        planner: the shadow's own planner (default: one built from ``planner_options``).
         planner_options: the options ``auto`` would plan with (``static_ttl``, ``threshold``...),
             for the shadow's own planner.
     """
@@ -53,9 +55,10 @@ class ShadowStage:
         fault: Fault,
         prices: PriceTable,
         wall_clock: Callable[[], float],
+        planner: Planner | None = None,
         planner_options: dict[str, Any] | None = None,
     ) -> None:
-        self.shadow = Shadow(clock=wall_clock, **(planner_options or {}))
+        self.shadow = Shadow(planner, clock=wall_clock, **(planner_options or {}))
         self.fault = fault
         self.prices = prices
 
