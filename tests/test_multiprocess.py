@@ -231,6 +231,15 @@ def test_proxy_workers_serve_one_aggregated_metrics_view(tmp_path):
                         break
             pids = {p.name.split("_")[1] for p in metrics_dir.glob("counter_*.db")}
             assert len(pids) >= 2, "every request went to one worker"
+            # The proxy records an exchange once its client has the whole answer, so the last
+            # requests may still be being counted: wait (bounded) until every one is.
+            deadline = time.monotonic() + 30
+            while True:
+                status, body = _proxy_get(port, "/metrics")
+                counted = _total(body.decode(), "cachewatch_requests_total", outcome="ok")
+                if counted >= sent or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
             for _ in range(6):  # new connections: whichever worker answers
                 status, body = _proxy_get(port, "/metrics")
                 assert status == 200
