@@ -13,3 +13,5 @@ echo; echo "== proxy soak: RSS and open fds under mixed good and hostile load ==
 echo; echo "== savings of auto against fixed strategies =="; $PY benchmarks/savings.py
 echo; echo "== token estimator error on the recorded corpus =="; $PY benchmarks/estimator_error.py
 echo; echo "== a fleet of processes: per-process learning vs the shared state in Redis =="; $PY benchmarks/fleet.py
+echo; echo "== shadow mode: its estimate of auto against auto's real cost =="; $PY benchmarks/shadow_accuracy.py
+echo; echo "== shadow mode and record=FILE: added time per request vs off =="; $PY benchmarks/shadow_overhead.py

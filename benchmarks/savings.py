@@ -28,6 +28,11 @@ Every (workload, strategy) pair runs against a **fresh emulator** with its own
 * ``auto`` is the transport with ``breakpoints="auto"`` and no caller marker; one
   wrapped client (one learning :class:`~cachewatch.planning._planner.Planner`) per run.
 
+``run_workload(workload, "shadow")`` (not part of the table; ``benchmarks/shadow_accuracy.py``
+uses it) sends the requests unchanged with ``breakpoints="shadow"``: its ``bill`` is what
+was billed without markers, and ``Result.shadow`` what the shadow estimate says ``auto``
+would have been billed.
+
 Cost is in token units from the usage the emulator billed:
 ``input x 1 + 5m writes x 1.25 + 1h writes x 2 + reads x 0.1``. The output is a
 table (workload x strategy, in thousands of units), the hindsight-best fixed strategy
@@ -197,6 +202,29 @@ class Result:
     #: ``auto`` only: the planner's decisions and advice over the run (see :class:`_Recorder`).
     actions: Counter[tuple[str, str]] = field(default_factory=Counter)
     advice: Counter[tuple[str, str, int]] = field(default_factory=Counter)
+    #: ``shadow`` runs: what the shadow estimate says ``auto`` would have been billed.
+    shadow: Bill | None = None
+
+
+class _ShadowBills:
+    """A sink that adds up the shadow estimates of a ``shadow`` run."""
+
+    name = "shadow_bills"
+
+    def __init__(self) -> None:
+        self.bill = Bill()
+        self._lock = threading.Lock()
+
+    def start(self, info: Any) -> None:
+        return None
+
+    def finish(self, state: object | None, record: Any) -> None:
+        estimate = record.shadow
+        if estimate is None:
+            return
+        u = estimate.usage
+        with self._lock:
+            self.bill.add(Bill(1, u.input, u.cache_read, u.cache_write_5m, u.cache_write_1h))
 
 
 # -- fixed strategies ---------------------------------------------------------------------
@@ -240,7 +268,7 @@ def _is_user_turn(message: dict[str, Any]) -> bool:
 def apply_strategy(strategy: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The request of a fixed strategy: a deep copy of ``kwargs`` with its markers."""
     out = copy.deepcopy(kwargs)
-    if strategy in ("none", "auto"):
+    if strategy in ("none", "auto", "shadow"):
         return out
     if strategy == "top-level":
         out["cache_control"] = dict(_EPHEMERAL)
@@ -421,16 +449,18 @@ def run_workload(
     gate = Gate()
     app = create_app(profile=workload.profile, clock=clock, before_response=gate)
     started = time.perf_counter()
+    shadow = _ShadowBills() if strategy == "shadow" else None
     with run_in_thread(app) as url:
         base = url + ("/apps/anthropic" if workload.profile == "dashscope" else "")
         sdk = anthropic.Anthropic(api_key=f"bench-{strategy}", base_url=base, max_retries=0, timeout=30.0)
         client = cachewatch.wrap(
             sdk,
-            breakpoints="auto" if strategy == "auto" else "off",
+            breakpoints=strategy if strategy in ("auto", "shadow") else "off",
             registry=CollectorRegistry(),
             logger=_Silent(),
             wall_clock=clock,
-            **((auto_options or {}) if strategy == "auto" else {}),
+            sinks=[shadow] if shadow is not None else None,
+            **((auto_options or {}) if strategy in ("auto", "shadow") else {}),
         )
         recorder = None
         engine = getattr(getattr(client._client, "_transport", None), "engine", None)
@@ -446,6 +476,8 @@ def run_workload(
     for step in steps:
         bill.add(step.bill)
     result = Result(workload.name, strategy, bill, steps, time.perf_counter() - started)
+    if shadow is not None:
+        result.shadow = shadow.bill
     if recorder is not None:
         result.actions, result.advice = recorder.actions, recorder.advice
     return result

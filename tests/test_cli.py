@@ -111,6 +111,15 @@ def test_demo_auto_reads_the_cache_and_saves(demo_output: str) -> None:
     assert auto_cost < off_cost
 
 
+def test_demo_shadow_estimate_is_close_to_what_auto_then_costs(demo_output: str) -> None:
+    """The run without caching is in shadow mode: its estimate of auto's cost is within 10 %."""
+    rows = table_rows(demo_output)
+    estimate = number(rows["auto, shadow estimate"][0])
+    auto_cost = number(rows["cost"][1])
+    assert abs(estimate - auto_cost) <= 0.10 * auto_cost, demo_output
+    assert "shadow mode (requests unchanged)" in demo_output
+
+
 # -- cachewatch demo --serve --------------------------------------------------------------------
 
 

@@ -160,6 +160,7 @@ def test_factories_build_the_same_frozen_values() -> None:
         "usage_reported": True,
         "unparsed": False,
         "observation_truncated": "sse_event",
+        "shadow": None,
     }
     assert new_usage_record(*args.values()) == UsageRecord(**args)
     with pytest.raises(AttributeError):
@@ -217,6 +218,7 @@ def test_log_rounding_matches_round(value: float) -> None:
         None,
         True,
         False,
+        None,
         None,
     )
     fields = log_fields(record)

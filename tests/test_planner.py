@@ -117,6 +117,19 @@ def test_static_prefix_and_tail_on_first_turn() -> None:
     assert {(p.reason, p.action) for p in result.placements} == {("static", "inserted"), ("tail", "inserted")}
 
 
+def test_render_false_makes_the_same_decisions_without_a_body() -> None:
+    # The shadow estimate plans so: it needs the decisions, never the bytes.
+    raw = orjson.dumps(chat([{"type": "text", "text": LONG}], "Answer.", "And now?"))
+    rendered = Planner().plan(body=raw, **ANTHROPIC)
+    bare = Planner(render=False).plan(body=raw, **ANTHROPIC)
+    assert rendered.body is not None
+    assert bare.body is None
+    assert bare.placements == rendered.placements
+    assert bare.layout is not None
+    assert rendered.layout is not None
+    assert bare.layout.digests == rendered.layout.digests
+
+
 def test_top_level_automatic_for_a_string_tail_on_anthropic_only() -> None:
     result = plan(chat("hello " * 10))
     body = out(result)

@@ -5,6 +5,11 @@ substituted the way Grafana would (All = ``.*``; a second pass picks one provide
 model and workspace), ``$__rate_interval`` becomes 30s and ``$__range`` 5m. The
 generated alert rules are loaded too, and every rule must evaluate without error.
 
+The demo's run without caching is in shadow mode (workspace ``caching-off``), so the
+shadow panels (``cachewatch_shadow_*``, real against shadow cost) have data for that
+workspace: in the one-value pass they pick ``caching-off``, as a user looking at a
+shadowed workspace would, and every other panel ``caching-auto``.
+
 The ``prometheus`` binary (Debian package ``prometheus``) is required: without it this
 test fails and says to run ``scripts/test.sh``, which installs it.
 """
@@ -55,6 +60,15 @@ PASSES: dict[str, dict[str, str]] = {
         "currency": "USD",
     },
 }
+#: The workspace of the one-value pass for the shadow panels: the demo's shadowed run.
+SHADOW_WORKSPACE = "caching-off"
+
+
+def _values(pass_name: str, expr: str) -> dict[str, str]:
+    values = PASSES[pass_name]
+    if pass_name == "one" and "cachewatch_shadow_" in expr:
+        return {**values, "workspace": SHADOW_WORKSPACE}
+    return values
 
 
 def _free_port() -> int:
@@ -173,9 +187,9 @@ def test_every_panel_query_returns_data_on_a_real_prometheus(tmp_path: Path) -> 
             try:
                 empty = [
                     f"{pass_name}: {board} / {title}"
-                    for pass_name, values in PASSES.items()
+                    for pass_name in PASSES
                     for board, title, expr in panel_queries
-                    if not _query(base, _substitute(expr, values))
+                    if not _query(base, _substitute(expr, _values(pass_name, expr)))
                 ]
             except (urllib.error.URLError, ConnectionError):
                 empty = ["prometheus not answering yet"]
@@ -199,6 +213,15 @@ def test_every_panel_query_returns_data_on_a_real_prometheus(tmp_path: Path) -> 
         print(f"{total - len(fallback_only)}/{total} backed by real series; zero fallback only:")
         for line in fallback_only:
             print(f"  {line}")
+
+        # The shadow comparison says something: auto would have cost less than the real traffic.
+        from cachewatch.dashboards._grafana import projected_saving, shadowed_cost
+
+        saving = _query(base, _substitute(projected_saving(), PASSES["all"]))
+        real = _query(base, _substitute(shadowed_cost(), PASSES["all"]))
+        assert float(saving[0]["value"][1]) > 0, saving
+        assert float(saving[0]["value"][1]) < float(real[0]["value"][1]), (saving, real)
+        print(f"projected saving {float(saving[0]['value'][1]):.4f} of {float(real[0]['value'][1]):.4f} USD")
 
         # Template variables: every label_values() query has values.
         for var, label, selector in _variable_queries():

@@ -162,3 +162,88 @@ def test_report_json(tmp_path: Any) -> None:
     data = json.loads(result.stdout)
     assert data["workspaces"]["team-a"]["requests"] == 5
     assert data["models"]["claude-sonnet-4-6"]["miss_reasons"] == [["ttl_expired", 2.0], ["evicted", 1.0]]
+
+
+# -- shadow mode ------------------------------------------------------------------------------
+
+
+def _shadow_exposition() -> str:
+    """team-shadow ran in shadow mode (sonnet and qwen); team-auto ran auto on sonnet."""
+    registry = CollectorRegistry()
+    money = ("provider", "model", "workspace", "currency")
+    tokens = ("provider", "api", "model", "workspace", "type")
+    req = Counter(
+        "cachewatch_requests", "r", ("provider", "api", "model", "workspace", "outcome"), registry=registry
+    )
+    tok = Counter("cachewatch_tokens", "t", tokens, registry=registry)
+    cost = Counter("cachewatch_cost", "c", money, registry=registry)
+    shadow_cost = Counter("cachewatch_shadow_cost", "sc", money, registry=registry)
+    shadow_tok = Counter("cachewatch_shadow_tokens", "st", tokens, registry=registry)
+    req.labels("anthropic", "messages", "claude-sonnet-4-6", "team-shadow", "ok").inc(4)
+    req.labels("anthropic", "messages", "claude-sonnet-4-6", "team-auto", "ok").inc(4)
+    req.labels("dashscope", "messages", "qwen3.6-plus", "team-shadow", "ok").inc(2)
+    for ws, real in {"team-shadow": (10_000, 0, 0), "team-auto": (1_000, 8_000, 1_000)}.items():
+        for t, v in zip(("input", "cache_read", "cache_write_5m"), real, strict=True):
+            tok.labels("anthropic", "messages", "claude-sonnet-4-6", ws, t).inc(v)
+    for t, v in zip(("input", "cache_read", "cache_write_5m"), (1_000, 7_000, 2_000), strict=True):
+        shadow_tok.labels("anthropic", "messages", "claude-sonnet-4-6", "team-shadow", t).inc(v)
+    tok.labels("dashscope", "messages", "qwen3.6-plus", "team-shadow", "input").inc(3_000)
+    shadow_tok.labels("dashscope", "messages", "qwen3.6-plus", "team-shadow", "input").inc(3_000)
+    cost.labels("anthropic", "claude-sonnet-4-6", "team-shadow", "USD").inc(0.030)
+    shadow_cost.labels("anthropic", "claude-sonnet-4-6", "team-shadow", "USD").inc(0.012)
+    cost.labels("anthropic", "claude-sonnet-4-6", "team-auto", "USD").inc(0.0075)  # not shadowed
+    cost.labels("dashscope", "qwen3.6-plus", "team-shadow", "CNY").inc(0.9)
+    shadow_cost.labels("dashscope", "qwen3.6-plus", "team-shadow", "CNY").inc(0.9)
+    return generate_latest(registry).decode()
+
+
+def test_shadow_compares_only_the_series_it_shadowed() -> None:
+    s = summarise(_shadow_exposition())
+    assert s["workspaces"]["team-auto"]["shadow"] is None
+    team = s["workspaces"]["team-shadow"]["shadow"]
+    assert team["real_cost"] == {"CNY": pytest.approx(0.9), "USD": pytest.approx(0.030)}
+    assert team["shadow_cost"] == {"CNY": pytest.approx(0.9), "USD": pytest.approx(0.012)}
+    assert team["projected_saving"] == {"CNY": pytest.approx(0.0), "USD": pytest.approx(0.018)}
+    assert team["saving_share"]["USD"] == pytest.approx(0.6)
+    assert team["hit_ratio"] == 0.0
+    assert team["hit_ratio_auto"] == pytest.approx(7_000 / 13_000)
+    # Per model: sonnet's real cost is team-shadow's alone, not team-auto's auto traffic.
+    sonnet = s["models"]["claude-sonnet-4-6"]["shadow"]
+    assert sonnet["real_cost"] == {"USD": pytest.approx(0.030)}
+    assert sonnet["tokens"]["cache_read"] == 7_000
+    assert s["total"]["shadow"]["projected_saving"]["USD"] == pytest.approx(0.018)
+    assert s["shadow_note"].startswith("Shadow estimate")
+    assert summarise(_exposition())["shadow_note"] is None
+
+
+def test_report_prints_the_shadow_comparison_and_its_note(tmp_path: Any) -> None:
+    path = tmp_path / "metrics.txt"
+    path.write_text(_shadow_exposition())
+    result = subprocess.run(
+        [sys.executable, "-m", "cachewatch", "report", "--url", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    table = out[out.index("Shadow mode") :]
+    row = next(line for line in table.splitlines() if "team-shadow" in line)
+    assert "0.0300 USD" in row
+    assert "0.0120 USD" in row
+    assert "0.0180 USD" in row
+    assert "60.0% USD" in row
+    assert "team-auto" not in table.split("Shadow estimate")[0]
+    assert "no eviction" in out
+    data = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "cachewatch", "report", "--url", str(path), "--format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    )
+    assert data["workspaces"]["team-shadow"]["shadow"]["projected_saving"]["USD"] == pytest.approx(0.018)
+    assert "no eviction" in data["shadow_note"]

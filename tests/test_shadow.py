@@ -114,6 +114,21 @@ def test_a_later_request_reads_what_an_earlier_one_would_have_written() -> None:
     assert second.usage.prompt_total == 2_650
 
 
+def test_a_read_of_a_whole_earlier_prompt_counts_what_that_prompt_was_billed() -> None:
+    # The local estimate shares the billed total out by its own counts; a prefix that was a
+    # whole earlier prompt needs no estimate: it is as long as that prompt was billed.
+    sim = _Sim()
+    system = "Assistant. " + _words("s", 2_000)
+    first = sim.send(_body(system, "Question one?"), 2_600)
+    assert first.usage.cache_write_5m == 2_600  # written up to its last block
+    sim.clock.advance(30)
+    # The provider bills the next turn far above what the estimate shares would give it.
+    second = sim.send(_body(system, "Question one?", "Question two? " + _words("t", 30)), 4_100)
+    assert second.usage.cache_read == 2_600
+    assert second.usage.cache_write_5m == 1_500
+    assert second.usage.prompt_total == 4_100
+
+
 def test_entries_expire_after_their_ttl_and_a_hit_refreshes_them() -> None:
     sim = _Sim()
     system = "Assistant. " + _words("s", 2_000)

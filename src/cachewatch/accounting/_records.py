@@ -22,6 +22,7 @@ __all__ = [
     "PrefixAdvice",
     "ParsedResponse",
     "RequestInfo",
+    "ShadowEstimate",
     "TokenUsage",
     "UsageRecord",
 ]
@@ -206,6 +207,36 @@ class MissVerdict:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class ShadowEstimate:
+    """What ``breakpoints="auto"`` would have been billed for a request sent unchanged
+    (``breakpoints="shadow"``): the shadow estimate of ``cachewatch.simulation``."""
+
+    #: The partition ``auto`` would have been billed (the prompt total is the real one).
+    usage: TokenUsage
+    #: Its money, when the model has a price.
+    cost: Cost | None = None
+    #: False: ``auto`` would have sent this request as it was (nothing to mark, an endpoint
+    #: without markers, or a fault in the estimate), so ``usage`` is the real one.
+    simulated: bool = True
+
+    def as_extra(self) -> dict[str, object]:
+        """The span/log attributes of the estimate (part of :attr:`UsageRecord.extra`)."""
+        usage = self.usage
+        out: dict[str, object] = {
+            "shadow.simulated": self.simulated,
+            "shadow.usage.uncached_input_tokens": usage.input,
+            "shadow.usage.cache_read.input_tokens": usage.cache_read,
+            "shadow.usage.cache_creation.ephemeral_5m.input_tokens": usage.cache_write_5m,
+            "shadow.usage.cache_creation.ephemeral_1h.input_tokens": usage.cache_write_1h,
+        }
+        cost = self.cost
+        if cost is not None:
+            out["shadow.cost"] = round(cost.total * 1e9) / 1e9
+            out["shadow.currency"] = cost.currency
+        return out
+
+
 class PrefixAdvice(Protocol):
     """A volatile block that cuts a family's cacheable prefix short (the planner's advice).
 
@@ -266,6 +297,9 @@ class UsageRecord:
     unparsed: bool = False
     #: The observation cap the response crossed (it was relayed unchanged, no longer observed).
     observation_truncated: str | None = None
+    #: ``breakpoints="shadow"``: what ``auto`` would have been billed (None in other modes,
+    #: or when the provider reported no usage).
+    shadow: ShadowEstimate | None = None
 
     @property
     def extra(self) -> dict[str, object]:
@@ -274,8 +308,9 @@ class UsageRecord:
         ``breakpoints.<action>`` counts and ``breakpoints.profile``, ``observation_truncated``,
         ``unparsed``, ``usage_reported`` (only when False), ``provider_miss_reason``,
         ``provider_missed_input_tokens``, the verdict's ``miss_*`` keys, ``cache_mode`` and
-        ``prefix_advice.block`` / ``.kind`` / ``.tokens``. Values are numbers and short
-        identifiers, never request text. Built on each access.
+        ``prefix_advice.block`` / ``.kind`` / ``.tokens`` and the shadow estimate's
+        ``shadow.*`` keys. Values are numbers and short identifiers, never request text.
+        Built on each access.
         """
         out: dict[str, object] = {}
         bp = self.breakpoints
@@ -303,6 +338,8 @@ class UsageRecord:
             out["prefix_advice.block"] = advice.block
             out["prefix_advice.kind"] = advice.kind
             out["prefix_advice.tokens"] = advice.tokens
+        if self.shadow is not None:
+            out.update(self.shadow.as_extra())
         return out
 
 

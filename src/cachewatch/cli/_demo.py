@@ -11,9 +11,12 @@ openai SDKs wrapped by :func:`cachewatch.wrap`:
 - one-shot questions under a system prompt whose first line is the current time (Anthropic
   Messages, JSON): the anti-pattern the prompt advice points at (``system:first_line``).
 
-The workload runs twice, with ``breakpoints="off"`` and with ``"auto"``, under two API
+The workload runs twice, with caching off and with ``breakpoints="auto"``, under two API
 keys mapped to the workspaces ``caching-off`` and ``caching-auto`` (the emulator keeps
-a separate cache per key), and prints what each run billed and what caching saved.
+a separate cache per key), and prints what each run billed and what caching saved. The
+run without caching uses ``breakpoints="shadow"``: its requests go out exactly as with
+``"off"``, and cachewatch estimates what ``auto`` would have cost on them, which the
+second run then shows for real.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from ..accounting._records import RequestInfo, UsageRecord
 __all__ = ["DemoResult", "Totals", "run_demo"]
 
 PHASES = ("off", "auto")
+#: The ``breakpoints`` mode of each phase: the run without caching is shadowed.
+MODES = {"off": "shadow", "auto": "auto"}
 WORKSPACES = {f"demo-key-caching-{phase}": f"caching-{phase}" for phase in PHASES}
 
 _WORDS = [
@@ -99,6 +104,10 @@ class Totals:
     misses: dict[str, int] = field(default_factory=dict)
     #: The planner's prompt advice: (block, kind) -> the most tokens it said moving would free.
     advice: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: ``breakpoints="shadow"``: what the same requests would have cost with ``auto``.
+    shadow_cost: float = 0.0
+    #: Requests that carried a shadow estimate.
+    shadowed: int = 0
 
     def add(self, record: UsageRecord) -> None:
         self.requests += 1
@@ -120,6 +129,11 @@ class Totals:
             self.cost += record.cost.total
             self.savings += record.cost.savings
             self.write_premium += record.cost.write_premium
+        shadow = record.shadow
+        if shadow is not None:
+            self.shadowed += 1
+            if shadow.cost is not None:
+                self.shadow_cost += shadow.cost.total
 
     @property
     def prompt(self) -> int:
@@ -294,7 +308,12 @@ def _emulators() -> Iterator[tuple[str, str]]:
 
 
 def _clients(
-    phase: str, anthropic_url: str, dashscope_url: str, registry: Any, sinks: dict[str, Any]
+    phase: str,
+    anthropic_url: str,
+    dashscope_url: str,
+    registry: Any,
+    sinks: dict[str, Any],
+    breakpoints: str | None = None,
 ) -> dict[str, Any]:
     import anthropic
     import openai
@@ -304,7 +323,7 @@ def _clients(
     key = f"demo-key-caching-{phase}"
     providers = {_hostport(anthropic_url): "anthropic", _hostport(dashscope_url): "dashscope"}
     common = {
-        "breakpoints": phase,
+        "breakpoints": breakpoints or MODES.get(phase, phase),
         "registry": registry,
         "providers": providers,
         "workspaces": WORKSPACES,

@@ -3,8 +3,8 @@
 Usage::
 
     cachewatch demo [--serve] [--metrics-port 9464]
-    cachewatch proxy --upstream URL [--listen 127.0.0.1:8787] [--include-usage] [--workers N]
-                     [limits and timeouts]
+    cachewatch proxy --upstream URL [--listen 127.0.0.1:8787] [--breakpoints auto|off|shadow]
+                     [--record FILE] [--include-usage] [--workers N] [limits and timeouts]
     cachewatch emulator [--port 8790] [--profile auto|anthropic|dashscope]
     cachewatch dashboards --out DIR
     cachewatch report [--url http://127.0.0.1:9464/metrics] [--format table|json]
@@ -98,7 +98,19 @@ def _parser() -> argparse.ArgumentParser:
         default=("127.0.0.1", 8787),
         help="HOST:PORT to bind (default 127.0.0.1:8787)",
     )
-    proxy.add_argument("--breakpoints", choices=("auto", "off"), default="auto")
+    proxy.add_argument(
+        "--breakpoints",
+        choices=("auto", "off", "shadow"),
+        default="auto",
+        help="auto: add cache_control breakpoints; off: only observe; shadow: only observe, and "
+        "estimate what auto would have cost (cachewatch_shadow_* metrics) [auto]",
+    )
+    proxy.add_argument(
+        "--record",
+        metavar="FILE",
+        help="append every request's traffic shape (structure, digests, token counts, timings; no "
+        "text, no key) to FILE, for `cachewatch replay FILE`",
+    )
     proxy.add_argument("--provider", help="provider label for the upstream (default: from its host)")
     proxy.add_argument(
         "--allow-host", action="append", default=[], help="extra Host header value to accept (repeatable)"
@@ -270,7 +282,9 @@ def _demo(args: argparse.Namespace) -> int:
         _demo.run_demo(
             registry=REGISTRY,
             tick=lambda: progress.advance(task),
-            on_phase=lambda phase: progress.update(task, description=f"breakpoints={phase}"),
+            on_phase=lambda phase: progress.update(
+                task, description=f"breakpoints={_demo.MODES.get(phase, phase)}"
+            ),
             then=then,
         )
     server.shutdown()
@@ -319,6 +333,7 @@ def _print_summary(console: Any, result: Any, metrics_url: str) -> None:
         ("output tokens", f"{off.output:,}", f"{auto.output:,}"),
         ("cache hit ratio", f"{off.hit_ratio:.1%}", f"{auto.hit_ratio:.1%}"),
         ("cost", _money(off.cost), _money(auto.cost)),
+        ("auto, shadow estimate", _money(off.shadow_cost) if off.shadowed else "-", "-"),
         ("cache savings", _money(off.savings), _money(auto.savings)),
         ("cache write premium", _money(off.write_premium), _money(auto.write_premium)),
         ("cache misses (reason)", _misses(off.misses), _misses(auto.misses)),
@@ -352,6 +367,12 @@ def _print_summary(console: Any, result: Any, metrics_url: str) -> None:
         console.print(
             f"With breakpoints=auto the same workload cost {_money(auto.cost)} instead of {_money(off.cost)}: "
             f"[bold green]{1 - auto.cost / off.cost:.1%} less[/]."
+        )
+    if off.shadowed and auto.cost:
+        console.print(
+            f"The breakpoints=off run was in shadow mode (requests unchanged): it estimated auto at "
+            f"{_money(off.shadow_cost)}; auto then cost {_money(auto.cost)} "
+            f"(the estimate was off by {abs(off.shadow_cost / auto.cost - 1):.1%})."
         )
     console.print(f"Metrics: {metrics_url} (workspaces caching-off and caching-auto)")
 
@@ -408,6 +429,7 @@ def _serve_proxy(args: argparse.Namespace, host: str, port: int) -> int:
         max_event_bytes=args.max_event_bytes,
         max_decoded_bytes=args.max_decoded_bytes,
         include_usage=args.include_usage,
+        record=args.record,
     )
     try:
         # Built here in every mode, so that a bad --upstream or --prices fails at once

@@ -17,7 +17,12 @@ counters over every other label:
   counter has no workspace label, so reasons appear per model and overall);
 * the prompt advice (``cachewatch_volatile_prefix_tokens_total``): per model, the block that
   changes on every request while the blocks after it stay the same, and the tokens per
-  request that would become cacheable if it moved after the stable part.
+  request that would become cacheable if it moved after the stable part;
+* shadow mode (``cachewatch_shadow_cost_total``, ``cachewatch_shadow_tokens_total``, from
+  ``breakpoints="shadow"``): per workspace and model, the real cost of the shadowed traffic
+  (``cachewatch_cost_total`` of the same provider, model and workspace series), what it
+  would have cost with ``breakpoints="auto"``, the projected saving and the hit ratio each
+  way, with :data:`SHADOW_NOTE` saying what the estimate assumes.
 
 :func:`summarise` is pure (text in, dict out); :func:`report` prints it as rich tables
 (``format="table"``: on a terminal at its width, and when piped at the tables' natural
@@ -30,7 +35,7 @@ from __future__ import annotations
 from collections import Counter as Tally
 from typing import Any
 
-__all__ = ["report", "summarise"]
+__all__ = ["SHADOW_NOTE", "report", "summarise"]
 
 TOKEN_TYPES = ("input", "cache_read", "cache_write_5m", "cache_write_1h", "output")
 _MONEY = {
@@ -41,6 +46,16 @@ _MONEY = {
 _WASTED = "cachewatch_cache_wasted_write_tokens_total"
 _UNREPORTED = "cachewatch_usage_unreported_total"
 _VOLATILE = "cachewatch_volatile_prefix_tokens_total"
+_SHADOW_COST = "cachewatch_shadow_cost_total"
+_SHADOW_TOKENS = "cachewatch_shadow_tokens_total"
+
+#: What the shadow estimate assumes, printed under its table (and in the JSON document).
+SHADOW_NOTE = (
+    "Shadow estimate: these requests went out unchanged; 'with auto' is cachewatch's simulation of "
+    "the provider's cache for the markers auto would have placed, at the same times, calibrated to the "
+    "prompt totals really billed. It assumes the provider honours every marker and keeps each entry "
+    "for its whole TTL (no eviction), and each process simulates only its own traffic."
+)
 
 
 def _group() -> dict[str, Any]:
@@ -57,6 +72,20 @@ def _group() -> dict[str, Any]:
     }
 
 
+def _shadow_group() -> dict[str, Any]:
+    return {
+        "real_cost": {},
+        "shadow_cost": {},
+        "tokens": dict.fromkeys(TOKEN_TYPES, 0.0),
+        "real_tokens": dict.fromkeys(TOKEN_TYPES, 0.0),
+    }
+
+
+def _hit_ratio(tokens: dict[str, float]) -> float:
+    prompt = sum(tokens[t] for t in TOKEN_TYPES if t != "output")
+    return tokens["cache_read"] / prompt if prompt else 0.0
+
+
 def summarise(text: str) -> dict[str, Any]:
     """Totals per workspace, per model and overall from an exposition text.
 
@@ -66,7 +95,11 @@ def summarise(text: str) -> dict[str, Any]:
     ``wasted_write_tokens``, ``miss_reasons`` (``[(reason, count)]``, most first) and
     ``prefix_advice`` (``[{"block", "tokens", "tokens_per_request"}]``, most tokens first:
     the volatile blocks and what moving each after the stable part would make cacheable,
-    in total and on average over the group's requests).
+    in total and on average over the group's requests), and ``shadow``: None without shadow
+    mode, else ``{"real_cost", "shadow_cost", "projected_saving"}`` (each ``{currency: amount}``:
+    the real cost of the shadowed series, what ``auto`` would have cost, their difference),
+    ``saving_share`` (``{currency: share of the real cost}``), ``tokens`` (what ``auto`` would
+    have been billed, by type), ``hit_ratio`` (real) and ``hit_ratio_auto`` (estimated).
     """
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -82,10 +115,27 @@ def summarise(text: str) -> dict[str, Any]:
             out.append(models.setdefault(labels["model"], _group()))
         return out
 
+    # Shadow mode is compared series by series: the real cost and tokens of exactly the
+    # (provider, model, workspace) and (provider, api, model, workspace) series it shadowed.
+    costs: dict[tuple[str, ...], float] = {}
+    shadow_costs: dict[tuple[str, ...], float] = {}
+    real_tokens: dict[tuple[str, ...], float] = {}
+    shadow_tokens: dict[tuple[str, ...], float] = {}
+
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             name, labels, value = sample.name, sample.labels, float(sample.value)
             if not name.endswith("_total"):
+                continue
+            if name in ("cachewatch_cost_total", _SHADOW_COST):
+                series = tuple(labels.get(k, "") for k in ("provider", "model", "workspace", "currency"))
+                found = costs if name == "cachewatch_cost_total" else shadow_costs
+                found[series] = found.get(series, 0.0) + value
+            elif name in ("cachewatch_tokens_total", _SHADOW_TOKENS):
+                series = tuple(labels.get(k, "") for k in ("provider", "api", "model", "workspace", "type"))
+                found = real_tokens if name == "cachewatch_tokens_total" else shadow_tokens
+                found[series] = found.get(series, 0.0) + value
+            if name in (_SHADOW_COST, _SHADOW_TOKENS):
                 continue
             if name == "cachewatch_requests_total":
                 for g in groups(labels):
@@ -113,10 +163,49 @@ def summarise(text: str) -> dict[str, Any]:
                 for g in groups(labels):
                     g["volatile_prefix_tokens"][labels.get("block", "other")] += value
 
+    shadows: dict[int, dict[str, Any]] = {}
+
+    def shadow_groups(workspace: str, model: str) -> list[dict[str, Any]]:
+        out = [total]
+        if workspace in workspaces:
+            out.append(workspaces[workspace])
+        if model in models:
+            out.append(models[model])
+        return [shadows.setdefault(id(g), _shadow_group()) for g in out]
+
+    for (provider, model, workspace, currency), amount in shadow_costs.items():
+        real = costs.get((provider, model, workspace, currency), 0.0)
+        for sg in shadow_groups(workspace, model):
+            sg["shadow_cost"][currency] = sg["shadow_cost"].get(currency, 0.0) + amount
+            sg["real_cost"][currency] = sg["real_cost"].get(currency, 0.0) + real
+    for (provider, api, model, workspace, kind), n in shadow_tokens.items():
+        if kind not in TOKEN_TYPES:
+            continue
+        real_n = real_tokens.get((provider, api, model, workspace, kind), 0.0)
+        for sg in shadow_groups(workspace, model):
+            sg["tokens"][kind] += n
+            sg["real_tokens"][kind] += real_n
+
+    def finish_shadow(g: dict[str, Any]) -> dict[str, Any] | None:
+        sg = shadows.get(id(g))
+        if sg is None:
+            return None
+        real, est = sg["real_cost"], sg["shadow_cost"]
+        saving = {c: real.get(c, 0.0) - est.get(c, 0.0) for c in sorted(set(real) | set(est))}
+        return {
+            "real_cost": dict(sorted(real.items())),
+            "shadow_cost": dict(sorted(est.items())),
+            "projected_saving": saving,
+            "saving_share": {c: saving[c] / real[c] for c in saving if real.get(c)},
+            "tokens": sg["tokens"],
+            "hit_ratio": _hit_ratio(sg["real_tokens"]),
+            "hit_ratio_auto": _hit_ratio(sg["tokens"]),
+        }
+
     def finish(g: dict[str, Any]) -> dict[str, Any]:
+        g["shadow"] = finish_shadow(g)
         tokens = g["tokens"]
-        prompt = sum(tokens[t] for t in TOKEN_TYPES if t != "output")
-        g["hit_ratio"] = tokens["cache_read"] / prompt if prompt else 0.0
+        g["hit_ratio"] = _hit_ratio(tokens)
         currencies = set(g["savings"]) | set(g["write_premium"])
         g["net_savings"] = {
             c: g["savings"].get(c, 0.0) - g["write_premium"].get(c, 0.0) for c in sorted(currencies)
@@ -134,6 +223,7 @@ def summarise(text: str) -> dict[str, Any]:
         "workspaces": {k: finish(v) for k, v in sorted(workspaces.items())},
         "models": {k: finish(v) for k, v in sorted(models.items())},
         "total": finish(total),
+        "shadow_note": SHADOW_NOTE if shadows else None,
     }
 
 
@@ -207,6 +297,43 @@ def _table(title: str, key: str, rows: dict[str, dict[str, Any]], reasons: bool)
     return table
 
 
+def _shadow_table(summary: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(
+        title="Shadow mode: what breakpoints=auto would have cost on the same requests",
+        title_justify="left",
+    )
+    table.add_column("")
+    table.add_column("name")
+    for column in (
+        "real cost",
+        "with auto (estimate)",
+        "projected saving",
+        "saving",
+        "hit ratio",
+        "hit ratio with auto",
+    ):
+        table.add_column(column, justify="right")
+    for kind, rows in (("workspace", summary["workspaces"]), ("model", summary["models"])):
+        for name, g in rows.items():
+            sh = g["shadow"]
+            if sh is None:
+                continue
+            share = ", ".join(f"{v:.1%} {c}" for c, v in sorted(sh["saving_share"].items())) or "-"
+            table.add_row(
+                kind,
+                name,
+                _money(sh["real_cost"]),
+                _money(sh["shadow_cost"]),
+                _money(sh["projected_saving"]),
+                share,
+                f"{sh['hit_ratio']:.1%}",
+                f"{sh['hit_ratio_auto']:.1%}",
+            )
+    return table
+
+
 def _advice_table(advice: dict[str, list[dict[str, Any]]]) -> Any:
     from rich.table import Table
 
@@ -269,6 +396,9 @@ def report(
             "are unknown, not zero. Ask for usage: stream_options.include_usage, "
             "wrap(client, include_usage=True) or cachewatch proxy --include-usage."
         )
+    if summary["shadow_note"] is not None:
+        out.print(_shadow_table(summary))
+        out.print(summary["shadow_note"])
     advice = {model: g["prefix_advice"] for model, g in summary["models"].items() if g["prefix_advice"]}
     if advice:
         out.print(_advice_table(advice))

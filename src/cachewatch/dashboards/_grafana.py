@@ -6,7 +6,8 @@ Two dashboards share one set of template variables (``datasource``, ``provider``
 - ``cachewatch-overview``: traffic, errors, tokens, requests without usage, hit ratio,
   latency, breakpoints, miss reasons, internal errors, and per-workspace / per-model tables;
 - ``cachewatch-cost-caching``: cost, cache savings, write premium and net savings per
-  workspace and model, and what caching changed.
+  workspace and model, what caching changed, and (``breakpoints="shadow"``) real cost
+  against what ``auto`` would have cost on the same requests.
 
 Every expression is assembled by :mod:`._promql`, which looks each metric up in the
 catalogue and refuses label matchers and groupings the metric does not have.
@@ -56,6 +57,10 @@ ERR = "cachewatch_internal_errors_total"
 UNREP = "cachewatch_usage_unreported_total"
 TRUNCATED = "cachewatch_observation_truncated_total"
 VOLATILE = "cachewatch_volatile_prefix_tokens_total"
+SHADOW_COST = "cachewatch_shadow_cost_total"
+SHADOW_TOK = "cachewatch_shadow_tokens_total"
+#: The labels a cost series and its shadow share: real cost is compared only where shadowed.
+_MONEY_LABELS = ("provider", "model", "workspace", "currency")
 
 PER_HOUR = " * 3600"
 
@@ -99,6 +104,23 @@ def net_saved_share(by: tuple[str, ...] = (), window: str = RANGE) -> str:
     """
     net = f"({sum_increase(SAV, by, window)} - {sum_increase(PREM, by, window)})"
     return f"{net}\n/\n({sum_increase(COST, by, window)} + {net})"
+
+
+def shadowed_cost(by: tuple[str, ...] = (), window: str = RANGE, *, per_hour: bool = False) -> str:
+    """The real cost of the series shadow mode estimated (the same provider, model, workspace
+    and currency), so that it compares with :data:`SHADOW_COST` request for request."""
+    fn = "rate" if per_hour else "increase"
+    grouping = _by(by)
+    expr = (
+        f"sum{grouping} (\n  {fn}({sel(COST)}[{window}])\n"
+        f"  and on ({', '.join(_MONEY_LABELS)}) {fn}({sel(SHADOW_COST)}[{window}])\n)"
+    )
+    return expr + PER_HOUR if per_hour else expr
+
+
+def projected_saving(by: tuple[str, ...] = (), window: str = RANGE) -> str:
+    """Real cost of the shadowed traffic minus what it would have cost with ``auto``."""
+    return f"(\n  {shadowed_cost(by, window)}\n-\n  {sum_increase(SHADOW_COST, by, window)}\n)"
 
 
 @dataclass
@@ -659,6 +681,83 @@ def _model_table(money: str) -> Panel:
     )
 
 
+def _shadow_panels(lay: _Layout, money: str) -> None:
+    """Real vs shadow: what ``breakpoints="auto"`` would have cost the traffic sent in shadow mode."""
+    note = (
+        ' The shadow estimate simulates the provider\'s cache for the markers breakpoints="auto" '
+        "would have placed, on requests sent unchanged (breakpoints=\"shadow\"), calibrated to the "
+        "billed prompt totals; it assumes every marker is honoured and no entry is evicted before its TTL."
+    )
+    lay.row('Shadow mode: what breakpoints="auto" would save')
+    for title, description, expr, unit in (
+        (
+            "Real cost (shadowed traffic)",
+            "What the requests sent in shadow mode cost, over the selected range." + note,
+            shadowed_cost(),
+            money,
+        ),
+        (
+            "With auto (shadow estimate)",
+            "What the same requests would have cost with breakpoints=auto." + note,
+            sum_increase(SHADOW_COST),
+            money,
+        ),
+        (
+            "Projected saving",
+            "Real cost minus the shadow estimate: what turning breakpoints=auto on would have saved." + note,
+            projected_saving(),
+            money,
+        ),
+        (
+            "Projected saving share",
+            "Projected saving / real cost of the shadowed traffic." + note,
+            f"{projected_saving()}\n/\n{shadowed_cost()}",
+            "percentunit",
+        ),
+        (
+            "Hit ratio with auto (estimate)",
+            "cache_read / prompt tokens the shadowed traffic would have had with breakpoints=auto." + note,
+            hit_ratio(RANGE, name=SHADOW_TOK),
+            "percentunit",
+        ),
+    ):
+        lay.add(Panel("stat", title, description, [Target(expr, instant=True)], unit, w=4, h=4))
+    lay.add(
+        Panel(
+            "timeseries",
+            "Real vs with auto, cost per hour by workspace",
+            "Per workspace in shadow mode: its real billing rate and the rate the shadow estimate "
+            "gives for breakpoints=auto, extrapolated to an hour." + note,
+            [
+                Target(shadowed_cost(("workspace",), RATE, per_hour=True), "{{workspace}} real"),
+                Target(sum_rate(SHADOW_COST, ("workspace",)) + PER_HOUR, "{{workspace}} with auto"),
+            ],
+            money,
+        )
+    )
+    by = ("workspace", "provider", "model")
+    lay.add(
+        Panel(
+            "table",
+            "Real vs with auto per workspace and model (range)",
+            "Per workspace, provider and model in shadow mode: real cost, the shadow estimate for "
+            "breakpoints=auto, the projected saving and the hit ratio auto would have had." + note,
+            [
+                Target(shadowed_cost(by), instant=True, table=True),
+                Target(sum_increase(SHADOW_COST, by), instant=True, table=True),
+                Target(projected_saving(by), instant=True, table=True),
+                Target(hit_ratio(RANGE, by, name=SHADOW_TOK), instant=True, table=True),
+            ],
+            columns={
+                "A": ("Real cost", money),
+                "B": ("With auto (estimate)", money),
+                "C": ("Projected saving", money),
+                "D": ("Hit ratio with auto", "percentunit"),
+            },
+        )
+    )
+
+
 def build_cost_dashboard() -> dict[str, Any]:
     """Cost, savings, write premium and net savings per workspace and model."""
     money = _money_unit()
@@ -815,6 +914,8 @@ def build_cost_dashboard() -> dict[str, Any]:
             decimals=0,
         )
     )
+
+    _shadow_panels(lay, money)
 
     lay.row("Breakdown")
     by = ("workspace", "provider", "model")

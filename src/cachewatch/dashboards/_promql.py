@@ -78,9 +78,11 @@ def _check_by(name: str, by: tuple[str, ...]) -> None:
             raise KeyError(f"{name} has no label {label!r} to group by")
 
 
-def hit_ratio(window: str, by: tuple[str, ...] = (), *, templated: bool = True) -> str:
-    """``cache_read / (input + cache_read + cache_write_5m + cache_write_1h)`` from the token counter."""
-    name = "cachewatch_tokens_total"
+def hit_ratio(
+    window: str, by: tuple[str, ...] = (), *, templated: bool = True, name: str = "cachewatch_tokens_total"
+) -> str:
+    """``cache_read / (input + cache_read + cache_write_5m + cache_write_1h)`` from a token counter
+    (``cachewatch_tokens_total``, or ``cachewatch_shadow_tokens_total`` for what auto would have had)."""
     _check_by(name, by)
     grouping = f" by ({', '.join(by)})" if by else ""
     read = sel(name, {"type": '="cache_read"'}, templated=templated)

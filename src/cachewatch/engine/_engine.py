@@ -3,8 +3,9 @@
 Data flow: request -> planner -> transport -> stream observer -> usage record -> sinks.
 
 The engine holds the configuration and the stages (the planner, the miss diagnosis, the
-sinks). :meth:`Engine.begin` classifies a request (API, provider, workspace, model),
-asks the planner for a body, registers the request with the diagnosis and returns the
+shadow estimate, the traffic-shape recording, the sinks). :meth:`Engine.begin` classifies
+a request (API, provider, workspace, model), asks the planner for a body, registers the
+request with the diagnosis (and the shadow and the recorder, when on) and returns the
 :class:`~cachewatch.engine._exchange.Exchange` that follows it to the end of its body.
 Construction and ``begin`` are fail-open: a fault is counted and the request passes
 through untouched.
@@ -28,6 +29,7 @@ from ..diagnosis._store import FingerprintStore
 from ..observing._observer import DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_EVENT_BYTES
 from ..planning._plan import Plan, PlannerProtocol
 from ..planning._planner import Planner
+from ..simulation._stage import RecordingStage, ShadowStage
 from ..sinks import Sink
 from ..sinks.logs import LogSink
 from ..sinks.otel import OTelMetricsSink, OTelSpanSink
@@ -47,7 +49,7 @@ __all__ = ["Engine", "Exchange"]
 
 _log = logging.getLogger("cachewatch")
 
-_BREAKPOINT_MODES = ("auto", "off")
+_BREAKPOINT_MODES = ("auto", "off", "shadow")
 
 #: Request headers whose presence means the body is not plain JSON we may rewrite.
 _NO_REWRITE_HEADERS = ("content-encoding",)
@@ -58,7 +60,9 @@ class Engine:
 
     Args:
         breakpoints: ``"auto"`` inserts ``cache_control`` breakpoints; ``"off"`` only
-            observes and sends every request body byte-identical.
+            observes and sends every request body byte-identical; ``"shadow"`` sends every
+            body byte-identical too, and estimates what ``"auto"`` would have been billed
+            (``cachewatch_shadow_*`` metrics, ``record.shadow``; see ``simulation/_shadow``).
         registry: ``prometheus_client.CollectorRegistry`` (default: the global one).
         tracer_provider: OTel tracer provider (default: the global one).
         meter_provider: OTel meter provider; GenAI client metrics are emitted only when given.
@@ -77,7 +81,9 @@ class Engine:
         sinks: extra sinks that receive every record.
         planner: the breakpoint planner (any :class:`~cachewatch.planning._plan.PlannerProtocol`;
             default with ``breakpoints="auto"``: a :class:`~cachewatch.planning._planner.Planner`
-            built from ``planner_options``).
+            built from ``planner_options``). With ``breakpoints="shadow"`` a
+            :class:`~cachewatch.planning._planner.Planner` given is the shadow's own (it plans
+            what auto would do; the real requests are never planned).
         diagnosis: diagnose cache misses and count wasted writes (``diagnosis/``; default True).
         store: the :class:`~cachewatch.FingerprintStore` of the diagnosis (default:
             in memory; ``cachewatch.diagnosis._store_redis.RedisStore`` shares it across processes,
@@ -87,6 +93,10 @@ class Engine:
         cache_diagnostics: opt in to Anthropic's cache-diagnostics beta on the Anthropic
             first-party profile: threads ``diagnostics.previous_message_id`` per conversation
             and adds the ``anthropic-beta`` header; the provider's reason becomes ``provider_reported``.
+        record: append the traffic shape of every request (structure, block digests and token
+            counts, timings; no text, no key) to this file (a path, an open text stream or a
+            :class:`~cachewatch.simulation._shape.ShapeRecorder`), for ``cachewatch replay``.
+            The shape is the request as the caller made it, before any planned marker.
     """
 
     def __init__(
@@ -113,6 +123,7 @@ class Engine:
         wall_clock: Callable[[], float] = time.time,
         cache_diagnostics: bool = False,
         otel_token_counters: bool = False,
+        record: Any | None = None,
         **planner_options: Any,
     ) -> None:
         if breakpoints not in _BREAKPOINT_MODES:
@@ -161,13 +172,41 @@ class Engine:
         self.span_sink: int | None = next(
             (i for i, sink in enumerate(self.sinks) if isinstance(sink, OTelSpanSink)), None
         )
-        self.planner: PlannerProtocol | None = planner
+        # Shadow mode never plans the real request: a planner given is the shadow's own.
+        self.planner: PlannerProtocol | None = planner if breakpoints != "shadow" else None
         if self.planner is None and breakpoints == "auto":
             self.planner = _default_planner({"clock": wall_clock, **planner_options}, self.fault, store)
         self.wall_clock = wall_clock
+        self.shadow: ShadowStage | None = None
+        if breakpoints == "shadow":
+            # Its own planner, learning from what auto would have got; a bad planner option
+            # is the caller's error (as with auto), anything else is counted and done without.
+            try:
+                self.shadow = ShadowStage(
+                    fault=self.fault,
+                    prices=self.prices,
+                    wall_clock=wall_clock,
+                    planner=planner if isinstance(planner, Planner) else None,
+                    planner_options=dict(planner_options),
+                )
+            except TypeError:
+                raise
+            except Exception as exc:
+                self.fault("config", exc)  # no shadow estimate
+        shared = self.planner if isinstance(self.planner, Planner) else None
+        if shared is None and self.shadow is not None:
+            shared = self.shadow.shadow.planner  # the same profiles and calibrated estimator
+        self.recording: RecordingStage | None = None
+        if record is not None:
+            # A file that cannot be opened is the caller's error, reported at once.
+            self.recording = RecordingStage(
+                record,
+                fault=self.fault,
+                wall_clock=wall_clock,
+                registry=shared.registry if shared is not None else None,
+            )
         self.diagnosis: DiagnosisStage | None = None
         if diagnosis:
-            shared = self.planner if isinstance(self.planner, Planner) else None
             try:
                 self.diagnosis = DiagnosisStage(
                     store,
@@ -220,6 +259,8 @@ class Engine:
                 host, port, api, request_model, body is not None and _asks_stream(body), headers
             )
             exchange = Exchange(self, info, plan)
+            if body and (self.shadow is not None or self.recording is not None):
+                self._begin_stages(exchange, host, path, headers, body)
             if body and self.prices.prices_implicit_apart(request_model):
                 # DashScope: explicit and implicit cache are exclusive per request and priced
                 # apart; a response that does not name its cache_type is priced by the markers.
@@ -235,6 +276,20 @@ class Engine:
             self.fault("begin", exc)
             release_plan(self, plan)  # the original request goes out
             return None
+
+    def _begin_stages(
+        self, exchange: Exchange, host: str, path: str, headers: Mapping[str, str], body: bytes
+    ) -> None:
+        """Register the request with the shadow estimate and the recorder (each fail-open)."""
+        scope = _credential_scope(headers)
+        api = exchange.info.api
+        rewritable = not any(h in headers for h in _NO_REWRITE_HEADERS)
+        if self.shadow is not None:
+            exchange.shadowed = True
+            if rewritable:  # auto would leave an encoded body alone: its real usage stands
+                exchange.shadow = self.shadow.begin(api=api, host=host, path=path, body=body, scope=scope)
+        if self.recording is not None and rewritable:
+            exchange.shape = self.recording.begin(exchange.info, host=host, path=path, body=body, scope=scope)
 
     def _request_info(
         self,
@@ -371,4 +426,3 @@ def _default_planner(
     except Exception as exc:  # pragma: no cover
         fault("config", exc)
         return None
-

@@ -6,7 +6,8 @@ The shells (``transport/``, ``proxy/``) only move bytes; they call into an excha
 each step (request built, headers received, chunk seen, body ended or closed, transport
 failed). The exchange feeds the response observer, calls the stages back (planner
 feedback, miss diagnosis), builds the :class:`~cachewatch.UsageRecord` and hands it to
-the sinks. Every method is fail-open: a fault is counted and logged by the engine's
+the sinks (and, when on, the shadow estimate and the traffic-shape recorder, whose hooks
+mirror the diagnosis's: begin, started, finish). Every method is fail-open: a fault is counted and logged by the engine's
 :class:`~cachewatch.engine._faults.FaultRecorder` and the exchange degrades to "observe
 less", never to "change the traffic".
 """
@@ -33,6 +34,9 @@ from ..diagnosis._stage import DiagnosisRequest, DiagnosisStage
 from ..observing._observer import ResponseObserver
 from ..planning._hygiene import UsageChunkFilter
 from ..planning._plan import Plan, PlannerProtocol
+from ..simulation._shadow import ShadowTicket
+from ..simulation._shape import _Pending as ShapePending
+from ..simulation._stage import RecordingStage, ShadowStage
 from ._endpoints import LabelCap
 
 __all__ = ["Exchange", "ExchangeHost", "release_plan"]
@@ -46,6 +50,8 @@ class ExchangeHost(Protocol):
 
     planner: PlannerProtocol | None
     diagnosis: DiagnosisStage | None
+    shadow: ShadowStage | None
+    recording: RecordingStage | None
     prices: PriceTable
     model_cap: LabelCap
     clock: Callable[[], float]
@@ -95,6 +101,9 @@ class Exchange:
         "marked",
         "observer",
         "plan",
+        "shadow",
+        "shadowed",
+        "shape",
         "sink_states",
         "started_at",
         "status_code",
@@ -123,6 +132,12 @@ class Exchange:
         self.header_update: dict[str, str] | None = None
         #: Whether the request carried cache markers; None: not needed (one price for every mode).
         self.marked: bool | None = None
+        #: ``breakpoints="shadow"``: the record gets an estimate (the request's own, or its
+        #: real usage when ``shadow`` is None), and the shadow's state for this request.
+        self.shadowed = False
+        self.shadow: ShadowTicket | None = None
+        #: The recorder's state for this request (``record=FILE``), None: not recorded.
+        self.shape: ShapePending | None = None
 
     @property
     def done(self) -> bool:
@@ -177,6 +192,10 @@ class Exchange:
                 engine.fault("planner_feedback", exc)
         if self.diag is not None and engine.diagnosis is not None:
             engine.diagnosis.started(self.diag)  # this request's writes are readable now
+        if self.shadow is not None and engine.shadow is not None:
+            engine.shadow.started(self.shadow, status_code)  # so are auto's, in the simulation
+        if self.shape is not None and engine.recording is not None:
+            engine.recording.started(self.shape)
         try:
             content_type = headers.get("content-type")
             self.stream = content_type is not None and "event-stream" in content_type.lower()
@@ -270,6 +289,18 @@ class Exchange:
                     )
                 except Exception as exc:
                     engine.fault("pricing", exc)
+            advice = self.plan.advice if self.plan is not None else None
+            shadow = None
+            if self.shadowed and engine.shadow is not None:
+                ticket, self.shadow = self.shadow, None
+                if advice is None and ticket is not None:
+                    advice = ticket.plan.advice  # the shadow planner's prompt advice
+                shadow = engine.shadow.finish(
+                    ticket, usage, self.status_code or 0, info.request_model or parsed.response_model, cost
+                )
+            if self.shape is not None and engine.recording is not None:
+                shape, self.shape = self.shape, None
+                engine.recording.finish(shape, usage, self.status_code)
             ttft = None
             if self.stream and self.first_chunk_at is not None:
                 ttft = self.first_chunk_at - self.started_at
@@ -291,21 +322,20 @@ class Exchange:
                 verdict,  # miss
                 parsed.provider_miss_reason or None,
                 parsed.provider_missed_tokens if parsed.provider_miss_reason else None,
-                plan.advice if plan is not None else None,
+                advice,
                 cache_mode,
                 # Not a zero: the provider did not say (an OpenAI-compatible stream without
                 # stream_options.include_usage...). Counted in cachewatch_usage_unreported_total.
                 not (usage is None and outcome is Outcome.OK),  # usage_reported
                 parsed.unparsed,
                 truncated,  # observation_truncated
+                shadow,
             )
             if plan is not None:
                 release_plan(engine, plan, usage)
                 # Usage calibrates the estimator; the request's shape teaches the policy
                 # even where the endpoint reports no usage (a 2xx without it).
-                if engine.planner is not None and (
-                    usage is not None or 200 <= (self.status_code or 0) < 300
-                ):
+                if engine.planner is not None and (usage is not None or 200 <= (self.status_code or 0) < 300):
                     try:
                         engine.planner.observe(plan, usage)
                     except Exception as exc:
@@ -313,8 +343,12 @@ class Exchange:
         except Exception as exc:
             engine.fault("record", exc)
             # The planner's claims must end with the exchange, record or not (a second
-            # ``finished`` after the one above is a no-op).
+            # ``finished`` after the one above is a no-op); so must the shadow planner's.
             release_plan(engine, self.plan)
+            if self.shadow is not None and engine.shadow is not None:
+                ticket, self.shadow = self.shadow, None
+                engine.shadow.finish(ticket, None, 0, None, None)
+            self.shape = None
             return
         engine.finish_sinks(self.sink_states, record)
 

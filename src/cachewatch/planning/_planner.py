@@ -111,6 +111,8 @@ class Planner:
             replay a workload on a simulated clock).
         profiles: alias of ``registry``, for callers (the transports) whose ``registry``
             keyword already means a Prometheus registry.
+        render: serialise the planned body (``False``: ``Plan.body`` stays None and only the
+            decisions are made; the shadow estimate, which never sends them, plans so).
 
     Example::
 
@@ -137,6 +139,7 @@ class Planner:
         probe_every: int = 64,
         clock: Callable[[], float] = time.time,
         profiles: ProfileRegistry | None = None,
+        render: bool = True,
     ) -> None:
         if registry is None:
             registry = profiles
@@ -154,6 +157,7 @@ class Planner:
         self.learner: LearningState = learner if learner is not None else MemoryLearner()
         self.probe_every = probe_every
         self.clock = clock
+        self.render = render
         self._tickets = itertools.count(1)
         self._probes: dict[str, int] = {}
         self._min_cache: dict[tuple[str, str | None], int] = {}
@@ -298,7 +302,7 @@ class Planner:
         ratio = counter.ratio
         static_raw = layout.positions[layout.first_message - 1][CUM] if layout.first_message else 0.0
         return new_plan(
-            orjson.dumps(obj) if (changed or added_usage) else None,  # body
+            orjson.dumps(obj) if (changed or added_usage) and self.render else None,  # body
             placements,
             profile.name,
             model,

@@ -32,10 +32,12 @@ def proxy_config(
     max_event_bytes: int | None = None,
     max_decoded_bytes: int | None = None,
     include_usage: bool = False,
+    record: str | None = None,
 ) -> dict[str, Any]:
     """The proxy's settings as a JSON-able dict (what :func:`app_from_config` takes).
 
     ``max_event_bytes`` / ``max_decoded_bytes``: the observation caps (None: the engine's).
+    ``record``: a file to append every request's traffic shape to (``cachewatch replay``).
     """
     return {
         "max_event_bytes": max_event_bytes,
@@ -49,6 +51,7 @@ def proxy_config(
         "timeouts": asdict(timeouts or UpstreamTimeouts()),
         "limits": asdict(limits or ClientLimits()),
         "include_usage": include_usage,
+        "record": record,
     }
 
 
@@ -64,6 +67,8 @@ def app_from_config(config: Mapping[str, Any], *, logger: Any | None = None) -> 
         log_json_lines()
     if config.get("include_usage"):
         options["include_usage"] = True
+    if config.get("record"):
+        options["record"] = config["record"]
     upstream: str = config["upstream"]
     if config.get("provider"):
         options["providers"] = {urlsplit(upstream).hostname or "": config["provider"]}

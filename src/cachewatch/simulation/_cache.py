@@ -216,6 +216,8 @@ class _Entry:
     expires_at: float
     #: The reservation that created it, until anything reads or rewrites it.
     owner: object = None
+    #: ``tokens`` is the prefix's billed size (see :meth:`Reservation.measure`), not an estimate.
+    exact: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +225,7 @@ class _PendingWrite:
     key: tuple[str, bytes]
     tokens: int
     ttl: float
+    exact: bool = False
 
 
 @dataclass(slots=True)
@@ -238,6 +241,8 @@ class Reservation:
     hit: int = -1
     #: The breakpoints that write, in the order given (their position and TTL).
     written: tuple[Breakpoint, ...] = ()
+    #: The measured size of the prefix read at ``hit`` (see :meth:`measure`), None: not measured.
+    hit_tokens: int | None = None
 
     @property
     def pending_writes(self) -> int:
@@ -250,6 +255,23 @@ class Reservation:
         self.committed = True
         if self._store is not None:
             self._store._commit(self)
+
+    def measure(self, index: int, tokens: int) -> None:
+        """The prefix this request writes at ``index`` is known to be ``tokens`` long.
+
+        The shadow estimate knows a prefix's size exactly when it is a whole billed prompt
+        (a write on the request's last position): a later request that reads that entry is
+        told its size (:attr:`hit_tokens`) instead of estimating it again. A prefix always
+        has the same tokens, so the measure holds for whichever request wrote the entry.
+        The emulator, whose sizes are exact already, never calls this.
+        """
+        for bp, write in zip(self.written, self._writes, strict=True):
+            if bp.index == index:
+                measured = _PendingWrite(write.key, tokens, write.ttl, True)
+                self._writes = tuple(measured if w is write else w for w in self._writes)
+                if self.committed and self._store is not None:
+                    self._store._measure(write.key, tokens)
+                return
 
     def withdraw(self, indices: Collection[int]) -> None:
         """Take back the writes at ``indices`` (the provider did not make them after all).
@@ -347,6 +369,7 @@ class CacheStore:
         with self._lock:
             now = self._clock()
             hit = -1
+            hit_tokens: int | None = None
             for bp in breakpoints:
                 stop = max(-1, bp.index - lookback)
                 for index in range(bp.index, stop, -1):
@@ -354,7 +377,8 @@ class CacheStore:
                     if entry is not None:
                         entry.expires_at = max(entry.expires_at, now + entry.ttl)
                         entry.owner = None
-                        hit = max(hit, index)
+                        if index > hit:
+                            hit, hit_tokens = index, entry.tokens if entry.exact else None
                         break
             writes = [
                 bp for bp in breakpoints if bp.index > hit and _through(cumulative, bp.index) >= min_tokens
@@ -368,7 +392,13 @@ class CacheStore:
                 for bp in writes
             )
             return Reservation(
-                usage=usage, started_at=now, _store=self, _writes=pending, hit=hit, written=tuple(writes)
+                usage=usage,
+                started_at=now,
+                _store=self,
+                _writes=pending,
+                hit=hit,
+                written=tuple(writes),
+                hit_tokens=hit_tokens,
             )
 
     def _get(self, key: tuple[str, bytes], now: float) -> _Entry | None:
@@ -387,14 +417,24 @@ class CacheStore:
                 expires = reservation.started_at + write.ttl
                 entry = self._entries.get(write.key)
                 if entry is None:
-                    self._entries[write.key] = _Entry(write.tokens, write.ttl, expires, reservation)
+                    self._entries[write.key] = _Entry(
+                        write.tokens, write.ttl, expires, reservation, write.exact
+                    )
                 else:
                     entry.ttl = max(entry.ttl, write.ttl)
                     entry.expires_at = max(entry.expires_at, expires)
                     entry.owner = None
+                    if write.exact:
+                        entry.tokens, entry.exact = write.tokens, True
                 self._entries.move_to_end(write.key)
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)
+
+    def _measure(self, key: tuple[str, bytes], tokens: int) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                entry.tokens, entry.exact = tokens, True
 
     def _withdraw(self, reservation: Reservation, writes: Sequence[_PendingWrite]) -> None:
         with self._lock:

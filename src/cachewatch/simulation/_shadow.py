@@ -16,7 +16,10 @@ Data flow (``breakpoints="shadow"``)::
   response that made it has started; a failed request writes nothing).
 * :meth:`Shadow.finish`: the prompt total the provider really billed rescales the
   estimates, so the partition (reads up to the deepest hit, 1h then 5m writes up to
-  the last breakpoint written, the rest uncached) adds up to what was billed. A write
+  the last breakpoint written, the rest uncached) adds up to what was billed. A prefix
+  that was a whole earlier prompt has a known size (that prompt's billed total): a read
+  of it counts that size, and only the rest is shared out by estimate (so a large tool
+  result the local estimate undercounts does not shift tokens into the read). A write
   whose rescaled prefix is below the model's minimum is withdrawn. The result is fed
   back to the shadow planner as its own outcome, so it learns from what it would have
   got, exactly as ``auto`` learns from what it gets.
@@ -34,7 +37,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +103,31 @@ def breakpoints_of(plan: Plan, profile: Profile) -> list[Breakpoint]:
     return out[len(out) - limit :] if len(out) > limit else out
 
 
+def _calibrated(
+    positions: Sequence[Any], needed: int, raw: float, total: int, reservation: Reservation
+) -> list[int]:
+    """Tokens through each position ``0..needed``, adding up to the billed ``total``.
+
+    The planner's raw estimates are rescaled to the billed total. When the prefix read was
+    measured (a whole earlier prompt, :meth:`Reservation.measure`), that prefix counts its
+    measured size and only the rest of the prompt is shared out by the estimates.
+    """
+    hit, measured = reservation.hit, reservation.hit_tokens
+    if hit >= 0 and measured is not None and 0 < measured <= total:
+        base = positions[hit][CUM]
+        rest = raw - base
+        if rest > 0:
+            scale = (total - measured) / rest
+            return [
+                min(measured, round(measured * positions[i][CUM] / base))
+                if i < hit
+                else min(total, measured + round((positions[i][CUM] - base) * scale))
+                for i in range(needed + 1)
+            ]
+    scale = total / raw
+    return [min(total, round(positions[i][CUM] * scale)) for i in range(needed + 1)]
+
+
 class Shadow:
     """Plans what ``auto`` would place and simulates the provider's cache for it. Thread-safe.
 
@@ -127,7 +155,10 @@ class Shadow:
         **planner_options: Any,
     ) -> None:
         self.clock = clock
-        self.planner = planner if planner is not None else Planner(clock=clock, **planner_options)
+        # The plan is never sent: its decisions are made, its body is not serialised.
+        self.planner = (
+            planner if planner is not None else Planner(clock=clock, **{"render": False, **planner_options})
+        )
         self.cache = CacheStore(clock, max_entries=max_entries)
         self._lock = threading.Lock()
 
@@ -187,12 +218,15 @@ class Shadow:
                 if not ticket.started or status_code >= 400:
                     reservation.withdraw([bp.index for bp in reservation.written])
                 positions = plan.layout.positions
-                scale = total / raw
                 needed = max([reservation.hit, *(bp.index for bp in reservation.written)], default=-1)
-                cumulative = [min(total, round(positions[i][CUM] * scale)) for i in range(needed + 1)]
+                cumulative = _calibrated(positions, needed, raw, total, reservation)
                 small = [bp.index for bp in reservation.written if cumulative[bp.index] < ticket.min_tokens]
                 if small:
                     reservation.withdraw(small)
+                last = len(positions) - 1
+                if any(bp.index == last for bp in reservation.written):
+                    # A whole billed prompt: its size is known, not estimated.
+                    reservation.measure(last, cumulative[last])
                 split = bill(cumulative, reservation.hit, reservation.written, total)
                 outcome = ShadowOutcome(
                     TokenUsage(

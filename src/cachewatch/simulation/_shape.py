@@ -164,8 +164,8 @@ class ShapeRecorder:
     """Appends the shape of every exchange to a JSON-lines file. Thread-safe, content-free.
 
     Args:
-        target: a path (opened for appending; a header is written when it is empty) or an
-            open text stream.
+        target: a path (opened for appending, each line written with one ``write()``; a
+            header is written when it is empty) or an open text stream.
         clock: wall clock in seconds (the engine's ``wall_clock``).
         registry: endpoint profiles (to record which profile a request was planned under).
         estimator: token estimator for the blocks' shares of the billed total.
@@ -186,11 +186,13 @@ class ShapeRecorder:
         self._seq = 0
         self._writer = secrets.randbits(31)
         self._salt = secrets.token_bytes(16)
-        self._owned = isinstance(target, (str, os.PathLike))
+        self._file: IO[bytes] | None = None
+        self._stream: IO[str] | None = None
         if isinstance(target, (str, os.PathLike)):
-            path = Path(os.fspath(target))
-            self._stream: IO[str] = path.open("a", encoding="utf-8")  # closed by close()
-            empty = path.stat().st_size == 0
+            # Unbuffered append: each line is one write() at the end of the file, so several
+            # processes (proxy workers) can record into the same file line by line.
+            self._file = Path(os.fspath(target)).open("ab", buffering=0)  # noqa: SIM115 (closed by close())
+            empty = os.fstat(self._file.fileno()).st_size == 0
         else:
             self._stream = target
             empty = True
@@ -200,8 +202,8 @@ class ShapeRecorder:
     def close(self) -> None:
         """Close the file (when the recorder opened it)."""
         with self._lock:
-            if self._owned and not self._stream.closed:
-                self._stream.close()
+            if self._file is not None and not self._file.closed:
+                self._file.close()
 
     def _next(self) -> int:
         with self._lock:
@@ -209,10 +211,13 @@ class ShapeRecorder:
             return self._seq
 
     def _write(self, line: Mapping[str, Any]) -> None:
-        data = orjson.dumps(line).decode() + "\n"
+        data = orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
         with self._lock:
-            if not self._stream.closed:
-                self._stream.write(data)
+            if self._file is not None:
+                if not self._file.closed:
+                    self._file.write(data)
+            elif self._stream is not None and not self._stream.closed:
+                self._stream.write(data.decode())
                 self._stream.flush()
 
     def begin(

@@ -104,6 +104,21 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         "Extra money paid for cache writes above the base input price.",
     ),
     MetricSpec(
+        "cachewatch_shadow_cost_total",
+        "counter",
+        ("provider", "model", "workspace", "currency"),
+        'breakpoints="shadow": what the same requests would have cost with breakpoints="auto" '
+        "(the shadow estimate: the provider's cache simulated for auto's markers, calibrated with the "
+        "billed prompt totals), beside the real cachewatch_cost_total.",
+    ),
+    MetricSpec(
+        "cachewatch_shadow_tokens_total",
+        "counter",
+        ("provider", "api", "model", "workspace", "type"),
+        'breakpoints="shadow": the tokens the same requests would have been billed with '
+        'breakpoints="auto", by the type values of cachewatch_tokens_total.',
+    ),
+    MetricSpec(
         "cachewatch_cache_misses_total",
         "counter",
         ("provider", "model", "reason"),

@@ -3,8 +3,10 @@
 Besides them, ``cachewatch_usage_unreported_total`` counts requests that ended ok
 without usage, so that "the provider did not say" never reads as zero tokens, and
 ``cachewatch_volatile_prefix_tokens_total`` the tokens the planner's prefix advice says
-a volatile block keeps from being cached. Everything comes from the record: breakpoint
-decisions, the miss verdict and the advice included.
+a volatile block keeps from being cached. With ``breakpoints="shadow"``,
+``cachewatch_shadow_tokens_total`` and ``cachewatch_shadow_cost_total`` count what the
+same requests would have been billed with ``auto`` (``record.shadow``). Everything comes
+from the record: breakpoint decisions, the miss verdict, the advice and the estimate included.
 
 Collectors are built from the metric catalogue once per registry (registering a name
 twice raises in prometheus_client), and only Counter and Histogram are used so that
@@ -23,7 +25,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
-from ..accounting._records import TOKEN_TYPES, Outcome, RequestInfo, UsageRecord
+from ..accounting._records import TOKEN_TYPES, Outcome, RequestInfo, ShadowEstimate, UsageRecord
 from ..diagnosis import MISS_REASONS
 from ._catalogue import CATALOGUE, MetricSpec
 
@@ -85,6 +87,8 @@ class PrometheusMetrics:
         self.internal_errors: Counter = self.collectors["cachewatch_internal_errors_total"]
         self.observation_truncated: Counter = self.collectors["cachewatch_observation_truncated_total"]
         self.volatile_prefix_tokens: Counter = self.collectors["cachewatch_volatile_prefix_tokens_total"]
+        self.shadow_tokens: Counter = self.collectors["cachewatch_shadow_tokens_total"]
+        self.shadow_cost: Counter = self.collectors["cachewatch_shadow_cost_total"]
         #: None until the catalogue has the metric (then wasted writes are not exported).
         self.wasted_write_tokens: Counter | None = self.collectors.get(WASTED_WRITE_TOKENS)
         self._series: dict[tuple[str, str, str, str], Series] = {}
@@ -143,6 +147,8 @@ class Series:
         "labels",
         "money",
         "requests",
+        "shadow_money",
+        "shadow_tokens",
         "tokens",
         "ttft",
         "unreported",
@@ -166,6 +172,10 @@ class Series:
         self.money: dict[str, tuple[Callable[[float], None], ...]] = {}
         #: The wasted-write series exists (it is created at the first cache write).
         self.wasted = False
+        #: ``breakpoints="shadow"``: adders of the five shadow token children (TOKEN_TYPES
+        #: order) and, per currency, of the shadow cost child; created at the first estimate.
+        self.shadow_tokens: tuple[Callable[[float], None], ...] | None = None
+        self.shadow_money: dict[str, Callable[[float], None]] = {}
 
     def request(self, outcome: str) -> Callable[[float], None]:
         add = self.requests.get(outcome)
@@ -199,6 +209,24 @@ class Series:
                 _adder(m.child(collector, labels)) for collector in (m.cost, m.savings, m.write_premium)
             )
         return adders
+
+    def shadow_token_children(self) -> tuple[Callable[[float], None], ...]:
+        """Created together, at 0, as the real token children are."""
+        adders = self.shadow_tokens
+        if adders is None:
+            tokens = self._metrics.shadow_tokens
+            adders = self.shadow_tokens = tuple(_adder(tokens.labels(*self.labels, t)) for t in TOKEN_TYPES)
+        return adders
+
+    def shadow_cost_child(self, currency: str) -> Callable[[float], None]:
+        add = self.shadow_money.get(currency)
+        if add is None:
+            m = self._metrics
+            provider, _, model, workspace = self.labels
+            add = self.shadow_money[currency] = _adder(
+                m.child(m.shadow_cost, (provider, model, workspace, currency))
+            )
+        return add
 
     def touch_wasted(self) -> None:
         """Create the wasted-write series at 0 (wasted tokens are counted minutes later)."""
@@ -290,3 +318,25 @@ class PrometheusSink:
         if advice is not None and advice.tokens > 0:
             labels = (info.provider, info.model, info.workspace, advice_block_label(advice.block))
             m.child(m.volatile_prefix_tokens, labels).inc(advice.tokens)
+        shadow = record.shadow
+        if shadow is not None:
+            _count_shadow(series, shadow)
+
+
+def _count_shadow(series: Series, shadow: ShadowEstimate) -> None:
+    """The shadow estimate's tokens and money (``breakpoints="shadow"``)."""
+    u = shadow.usage
+    for add, value in zip(
+        series.shadow_token_children(),
+        (u.input, u.cache_read, u.cache_write_5m, u.cache_write_1h, u.output),
+        strict=True,
+    ):
+        if value:
+            add(value)
+    cost = shadow.cost
+    if cost is not None:
+        add_cost = series.shadow_cost_child(cost.currency)
+        if cost.total:
+            if cost.total < 0:
+                raise ValueError("Counters can only be incremented by non-negative amounts.")
+            add_cost(cost.total)

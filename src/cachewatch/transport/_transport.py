@@ -213,14 +213,17 @@ class CacheWatchTransport(_Base):
         transport: the inner transport; None creates the default HTTP transport of the
             request's family (httpx or httpx2) on first use.
         breakpoints: ``"auto"`` (default) inserts ``cache_control`` breakpoints where
-            they pay off; ``"off"`` only observes: request bodies go out byte-identical.
+            they pay off; ``"off"`` only observes: request bodies go out byte-identical;
+            ``"shadow"`` sends them byte-identical too and estimates what ``"auto"`` would
+            have been billed (``cachewatch_shadow_cost_total``, ``cachewatch_shadow_tokens_total``).
         registry: ``prometheus_client.CollectorRegistry`` (default: the global registry).
         tracer_provider / meter_provider: OpenTelemetry providers (default: global tracer; no metrics).
         logger: where the per-request event goes: a stdlib or structlog logger (default: the
             stdlib logger ``cachewatch``, silent until logging is configured, or structlog's
             once the application configured structlog).
         prices: price table for cost and savings.
-        **options: ``providers``, ``workspaces``, ``max_models``, ``clock``, ``sinks``,
+        **options: ``record`` (a file to append the traffic shape to, for ``cachewatch
+            replay``), ``providers``, ``workspaces``, ``max_models``, ``clock``, ``sinks``,
             ``otel_token_counters`` (the draft ``gen_ai.client.inference.usage.*`` counters
             on ``meter_provider``) and planner options.
 
