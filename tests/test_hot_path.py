@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 import httpx
+import httpx2
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -36,6 +37,7 @@ from cachewatch.observing._observer import ResponseObserver
 from cachewatch.observing._sse import SSEDecoder
 from cachewatch.sinks.logs import log_fields
 from cachewatch.sinks.prometheus import _adder, metrics_for
+from cachewatch.transport._transport import _ENGINE_HEADERS, _engine_headers
 
 # -- model sniffing --------------------------------------------------------------------
 
@@ -253,6 +255,30 @@ def test_adder_falls_back_to_the_public_inc() -> None:
     child = Child()
     _adder(child)(2.5)
     assert math.isclose(child.total, 2.5)
+
+
+# -- request headers ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", [httpx, httpx2])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [(b"X-Api-Key", b"sk-1"), (b"Content-Type", b"application/json")],
+        [(b"authorization", b"Bearer abc"), (b"AUTHORIZATION", b"Bearer def")],
+        [(b"anthropic-beta", b"a"), (b"x-stainless-os", b"Linux"), (b"Anthropic-Beta", b"b,c")],
+        [(b"api-key", b"k"), (b"Content-Encoding", b"gzip"), (b"x-api-key", b"")],
+        [(b"x-api-key", "s\u00e9".encode()), (b"authorization", b"Bearer x")],
+        [(b"x-api-key", "s\u00e9".encode("latin-1"))],
+        [],
+    ],
+)
+def test_engine_headers_read_as_headers_get_does(family: Any, raw: list[tuple[bytes, bytes]]) -> None:
+    headers = family.Headers(raw)
+    found = _engine_headers(headers)
+    for name in _ENGINE_HEADERS.values():
+        assert found.get(name) == headers.get(name), name
+        assert (name in found) == (name in headers), name
 
 
 # -- response wrapping ------------------------------------------------------------------------
