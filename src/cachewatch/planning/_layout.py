@@ -484,6 +484,7 @@ def _walk_anthropic(
     per_message = counter.per_message
     add_text = counter.add_text
     add_block = counter.add_block
+    dumps = orjson.dumps
     first_input: Any = None
     first_reply: Any = None
     for m, message in enumerate(messages):
@@ -501,7 +502,7 @@ def _walk_anthropic(
         elif role_s == "assistant" and layout.first_reply_anchor is None and first_reply is None:
             first_reply = anchor_h = _new_hasher(_SEED)
         counter.raw += per_message  # counter.add_message()
-        update(_role(role_s))
+        update(_ROLES.get(role_s) or _role(role_s))
         content = message.get("content")
         start = len(positions)
         if type(content) is str:
@@ -534,9 +535,10 @@ def _walk_anthropic(
                 else:
                     ok = kind in _ANTHROPIC_TARGETS
                     raw = add_block(block)
-                    if "content" in block or "source" in block:
+                    if type(block.get("content")) is list or "source" in block:
                         _nested_markers(block, layout, len(positions))
-                    d = _digest(block)
+                    # Without a "text" key, _digest goes straight to the JSON record.
+                    d = _digest(block) if "text" in block else _json_digest(block, dumps(block))
                 ttl = None
                 if "cache_control" in block:
                     has, ttl = _marker_of(block)
@@ -615,7 +617,7 @@ def _walk_openai(
         name = message.get("name")
         call_id = message.get("tool_call_id")
         if name is None and call_id is None:
-            head = _role(role_s)
+            head = _ROLES.get(role_s) or _role(role_s)
         else:
             head = _tagged(b"m", orjson.dumps([role_s, name, call_id]))
         update(head)
