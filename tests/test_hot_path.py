@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 import httpx
+import httpx2
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -34,8 +35,11 @@ from cachewatch.accounting._records import (
 from cachewatch.engine._endpoints import _MODEL_RE, _unescape, sniff_model
 from cachewatch.observing._observer import ResponseObserver
 from cachewatch.observing._sse import SSEDecoder
+from cachewatch.planning._learning import Advice
 from cachewatch.sinks.logs import log_fields
+from cachewatch.sinks.otel import span_attributes
 from cachewatch.sinks.prometheus import _adder, metrics_for
+from cachewatch.transport._transport import _ENGINE_HEADERS, _engine_headers
 
 # -- model sniffing --------------------------------------------------------------------
 
@@ -255,6 +259,88 @@ def test_adder_falls_back_to_the_public_inc() -> None:
     child = Child()
     _adder(child)(2.5)
     assert math.isclose(child.total, 2.5)
+
+
+# -- span attributes ------------------------------------------------------------------------
+
+
+def _reference_span_stage_attributes(record: UsageRecord) -> dict[str, Any]:
+    """The stage attributes as ``span_attributes`` first built them: from ``record.extra``."""
+    attrs: dict[str, Any] = {}
+    for key, value in record.extra.items():
+        if isinstance(value, (str, bool, int, float)):
+            attrs[f"cachewatch.{key}"] = value
+        elif isinstance(value, (tuple, list)) and all(isinstance(v, (str, int, float, bool)) for v in value):
+            attrs[f"cachewatch.{key}"] = list(value)
+    return attrs
+
+
+_INFO = RequestInfo("anthropic", "messages", "m", "default", "m", "api.anthropic.com", 443)
+_DECISIONS = (
+    ("system", "inserted"),
+    ("messages", "skipped_below_minimum"),
+    ("messages", "inserted"),
+    ("tools", "kept"),
+)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"breakpoints": Breakpoints("anthropic", _DECISIONS)},
+        {"breakpoints": Breakpoints("", _DECISIONS[:1])},
+        {"breakpoints": Breakpoints("anthropic", ())},
+        {"breakpoints": Breakpoints("anthropic", _DECISIONS), "unparsed": True},
+        {"breakpoints": Breakpoints("relay", _DECISIONS), "usage_reported": False, "cache_mode": "implicit"},
+        {"observation_truncated": "json_body"},
+        {"provider_miss_reason": "model_changed", "provider_missed_tokens": 40},
+        {"miss": MissVerdict("prefix_changed_system", 0, "system.0", "text", 1200, 0, None, "ttl_expired")},
+        {
+            "breakpoints": Breakpoints("anthropic", _DECISIONS),
+            "advice": Advice("system.0:first_line", "text", 900),
+        },
+    ],
+)
+def test_span_stage_attributes_are_those_of_extra(fields: dict[str, Any]) -> None:
+    record = UsageRecord(_INFO, Outcome.OK, 200, usage=TokenUsage(1, 2, 3, 0, 4), **fields)
+    attrs = span_attributes(record)
+    stage = {k: v for k, v in attrs.items() if k.startswith("cachewatch.") and k not in _FIXED_SPAN_KEYS}
+    reference = _reference_span_stage_attributes(record)
+    assert stage == reference
+    assert list(stage) == list(reference)  # same order
+
+
+_FIXED_SPAN_KEYS = {
+    "cachewatch.outcome",
+    "cachewatch.usage.uncached_input_tokens",
+    "cachewatch.usage.cache_creation.ephemeral_5m.input_tokens",
+    "cachewatch.usage.cache_creation.ephemeral_1h.input_tokens",
+}
+
+
+# -- request headers ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", [httpx, httpx2])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [(b"X-Api-Key", b"sk-1"), (b"Content-Type", b"application/json")],
+        [(b"authorization", b"Bearer abc"), (b"AUTHORIZATION", b"Bearer def")],
+        [(b"anthropic-beta", b"a"), (b"x-stainless-os", b"Linux"), (b"Anthropic-Beta", b"b,c")],
+        [(b"api-key", b"k"), (b"Content-Encoding", b"gzip"), (b"x-api-key", b"")],
+        [(b"x-api-key", "s\u00e9".encode()), (b"authorization", b"Bearer x")],
+        [(b"x-api-key", "s\u00e9".encode("latin-1"))],
+        [],
+    ],
+)
+def test_engine_headers_read_as_headers_get_does(family: Any, raw: list[tuple[bytes, bytes]]) -> None:
+    headers = family.Headers(raw)
+    found = _engine_headers(headers)
+    for name in _ENGINE_HEADERS.values():
+        assert found.get(name) == headers.get(name), name
+        assert (name in found) == (name in headers), name
 
 
 # -- response wrapping ------------------------------------------------------------------------

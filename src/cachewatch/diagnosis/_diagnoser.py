@@ -273,7 +273,9 @@ class Diagnoser:
                 if (
                     body
                     and len(body) <= self.max_bytes
-                    and (state.has_markers or (state.has_markers is None and b"cache_control" in body))
+                    and (
+                        state.has_markers or (state.has_markers is None and body.find(b"cache_control") != -1)
+                    )
                 ):
                     parsed = orjson.loads(body)
                     obj = parsed if isinstance(parsed, dict) else None

@@ -224,7 +224,7 @@ def sniff_model(body: bytes) -> str | None:
 
 
 def _unescape(raw: bytes) -> str | None:
-    if b"\\" not in raw:
+    if raw.find(b"\\") == -1:
         return raw.decode("utf-8", "replace")
     import orjson
 

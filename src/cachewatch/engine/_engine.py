@@ -240,10 +240,11 @@ class Engine:
             api = classify_api(path)
             if api is None:
                 return None
+            credential = credential_from_headers(headers)
             if self.planner is not None and body and not any(h in headers for h in _NO_REWRITE_HEADERS):
                 try:
                     plan = self.planner.plan(
-                        api=api, host=host, path=path, body=body, scope=_credential_scope(headers)
+                        api=api, host=host, path=path, body=body, scope=_credential_scope(credential)
                     )
                 except Exception as exc:
                     self.fault("plan", exc)
@@ -256,7 +257,7 @@ class Engine:
             if request_model is None and body:
                 request_model = sniff_model(body)
             info = self._request_info(
-                host, port, api, request_model, body is not None and _asks_stream(body), headers
+                host, port, api, request_model, body is not None and _asks_stream(body), credential
             )
             exchange = Exchange(self, info, plan)
             if body and (self.shadow is not None or self.recording is not None):
@@ -298,7 +299,7 @@ class Engine:
         api: str,
         request_model: str | None,
         stream: bool,
-        headers: Mapping[str, str],
+        credential: str | None,
     ) -> RequestInfo:
         """The labels of a request; cached, since a few label tuples carry all the traffic.
 
@@ -314,10 +315,8 @@ class Engine:
             if len(self._hosts) < 4096:
                 self._hosts[(host, port)] = labels
         provider, workspace = labels
-        if self.workspaces.has_mapping:
-            key = credential_from_headers(headers)
-            if key:
-                workspace = self.workspace_cap(self.workspaces.resolve(host, key))
+        if self.workspaces.has_mapping and credential:
+            workspace = self.workspace_cap(self.workspaces.resolve(host, credential))
         cache_key = (host, port, api, request_model, workspace, stream)
         info = self._infos.get(cache_key)
         if info is None:
@@ -382,13 +381,12 @@ def _price_table(prices: Any) -> PriceTable:
     raise TypeError("prices must be a PriceTable, a mapping or the path of a TOML/YAML/JSON price file")
 
 
-def _credential_scope(headers: Mapping[str, str]) -> str:
+def _credential_scope(key: str | None) -> str:
     """A digest of the request's API key: caches (and what is learnt of them) are per key.
 
     The planner never sees the key itself; the digest is not reversible and never leaves
     the process (it is not a label).
     """
-    key = credential_from_headers(headers)
     if not key:
         return ""
     return xxhash.xxh3_64_hexdigest(key.encode("utf-8", "surrogatepass"))

@@ -112,7 +112,7 @@ class SSEDecoder:
         else:
             body = buffer
             held = b""
-        if b"\r" in body:
+        if 0x0D in body:  # an int needle: `bytes in bytes` builds and clears a TypeError first
             body = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         last = body.rfind(b"\n")
         if last < 0:

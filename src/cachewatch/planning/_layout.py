@@ -224,11 +224,32 @@ def _digest(block: Any) -> bytes:
                 n -= 1
             if n == 1 or (n == 2 and block.get("type") == "text"):
                 return _text_digest(text.encode("utf-8", "surrogatepass"), _TEXT)
-        raw = orjson.dumps(block)
-        if _CC in raw:
-            raw = orjson.dumps(_strip(block))
-        return _text_digest(raw, _JSON)
+        return _json_digest(block, orjson.dumps(block))
     return _text_digest(orjson.dumps(block), _OTHER)
+
+
+def _json_digest(block: dict[str, Any], raw: bytes) -> bytes:
+    """The digest of a block that is not a plain text block, from its JSON ``raw``.
+
+    The canonical record is the JSON of :func:`_strip` of the block, which is ``raw``
+    itself when there is nothing to strip: checked on the dict (two key lookups for most
+    blocks) rather than by searching ``raw``.
+    """
+    if _has_markers(block):
+        raw = orjson.dumps(_strip(block))
+    return _text_digest(raw, _JSON)
+
+
+def _has_markers(block: dict[str, Any]) -> bool:
+    """Whether :func:`_strip` would remove anything from ``block``."""
+    if "cache_control" in block:
+        return True
+    content = block.get("content")
+    if type(content) is list:
+        for c in content:
+            if type(c) is dict and "cache_control" in c:
+                return True
+    return False
 
 
 def _kind(block: Any) -> str:
@@ -392,19 +413,24 @@ def _walk_anthropic(
         if not isinstance(tools, list):
             return None
         counter.add_tools(tools)
-        cums = counter.add_definitions(tools)
+        jsons: list[bytes | None] = []
+        cums = counter.add_definitions(tools, jsons)
         for t, tool in enumerate(tools):
             if not isinstance(tool, dict):
                 return None
             ok = on_tools
             ttl = None
+            # A plain definition (no text) is digested from the JSON it was measured by,
+            # unless it has a marker (which may be removed here).
+            serialised = jsons[t]
             if "cache_control" in tool:
+                serialised = None
                 has, ttl = _marker_of(tool)
                 if has and ttl is None:
                     ok = _drop_invalid(
                         tool, "tools", (t,), f"tools.{t}", len(positions), layout, remove_invalid
                     )
-            d = _digest(tool)
+            d = _digest(tool) if serialised is None else _json_digest(tool, serialised)
             update(d)
             positions.append(("tools", (t,), tools, t, ok, ttl, cums[t]))
             digests.append(digest())
@@ -458,6 +484,7 @@ def _walk_anthropic(
     per_message = counter.per_message
     add_text = counter.add_text
     add_block = counter.add_block
+    dumps = orjson.dumps
     first_input: Any = None
     first_reply: Any = None
     for m, message in enumerate(messages):
@@ -475,7 +502,7 @@ def _walk_anthropic(
         elif role_s == "assistant" and layout.first_reply_anchor is None and first_reply is None:
             first_reply = anchor_h = _new_hasher(_SEED)
         counter.raw += per_message  # counter.add_message()
-        update(_role(role_s))
+        update(_ROLES.get(role_s) or _role(role_s))
         content = message.get("content")
         start = len(positions)
         if type(content) is str:
@@ -508,9 +535,10 @@ def _walk_anthropic(
                 else:
                     ok = kind in _ANTHROPIC_TARGETS
                     raw = add_block(block)
-                    if "content" in block or "source" in block:
+                    if type(block.get("content")) is list or "source" in block:
                         _nested_markers(block, layout, len(positions))
-                    d = _digest(block)
+                    # Without a "text" key, _digest goes straight to the JSON record.
+                    d = _digest(block) if "text" in block else _json_digest(block, dumps(block))
                 ttl = None
                 if "cache_control" in block:
                     has, ttl = _marker_of(block)
@@ -589,7 +617,7 @@ def _walk_openai(
         name = message.get("name")
         call_id = message.get("tool_call_id")
         if name is None and call_id is None:
-            head = _role(role_s)
+            head = _ROLES.get(role_s) or _role(role_s)
         else:
             head = _tagged(b"m", orjson.dumps([role_s, name, call_id]))
         update(head)

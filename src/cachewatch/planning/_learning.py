@@ -54,9 +54,11 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol, runtime_checkable
+
+from ..accounting._records import slot_factory
 
 __all__ = [
     "KINDS",
@@ -127,6 +129,14 @@ class Sight:
     known: bool = False
     #: The family's reliability (already in ``p`` and ``p_late``).
     reliability: float = 1.0
+
+
+#: ``Sight(...)`` and ``Sighting(...)`` with every field, positionally (the planner builds a
+#: few per request; see ``accounting._records.slot_factory``).
+new_sight: Final[Callable[[int, str, int, bool, bool, bool, float, float, bool, float], Sight]] = (
+    slot_factory(Sight)
+)
+new_sighting: Final[Callable[[int, str, bool], Sighting]] = slot_factory(Sighting)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,20 +275,24 @@ class MemoryLearner:
         is writing (released by :meth:`release`, or by :meth:`started`).
         """
         out: list[Sight] = []
+        prefixes = self._prefixes
+        max_age = self.max_age
         with self._lock:
             reliability = self._reliability_of(family)
             for s in sightings:
-                prefix = self._prefixes.get(s.key)
-                if prefix is not None and self.max_age is not None and now - prefix.last > self.max_age:
-                    del self._prefixes[s.key]
+                key = s.key
+                kind = s.kind
+                prefix = prefixes.get(key)
+                if prefix is not None and max_age is not None and now - prefix.last > max_age:
+                    del prefixes[key]
                     prefix = None
                 run = 1
                 cached = writing = late = False
                 if prefix is not None:
-                    self._prefixes.move_to_end(s.key)
+                    prefixes.move_to_end(key)
                     gap = now - prefix.last
                     if prefix.late_pending and not prefix.void and gap <= TTL_1H:
-                        self._credit(prefix.family, prefix.kind, _LATE, s.key, now)
+                        self._credit(prefix.family, prefix.kind, _LATE)
                     prefix.late_pending = False
                     if prefix.void:
                         # A retry of a failed request: the same sighting again (its
@@ -286,37 +300,41 @@ class MemoryLearner:
                         run = prefix.run
                     elif gap <= prefix.ttl:
                         run = prefix.run + 1
-                        self._credit(prefix.family, prefix.kind, _bucket(prefix.run), s.key, now)
+                        self._credit(prefix.family, prefix.kind, 3 if prefix.run >= 3 else prefix.run)
                     elif gap <= TTL_1H:
                         prefix.late += 1
                         prefix.previous_run = prefix.run
                     late = prefix.late > 0
                     cached = prefix.cached_until > now
-                    live = [(t, at) for t, at in prefix.writers if now - at < CLAIM_TIMEOUT and t != ticket]
-                    prefix.writers = live
-                    writing = bool(live) and not cached
-                p = self._p(family, s.kind, _bucket(run), now) * reliability
+                    if prefix.writers:
+                        live = [
+                            (t, at) for t, at in prefix.writers if now - at < CLAIM_TIMEOUT and t != ticket
+                        ]
+                        prefix.writers = live
+                        writing = bool(live) and not cached
+                bucket_id = 3 if run >= 3 else run
+                p = self._p(family, kind, bucket_id, now) * reliability
                 p_late = 0.0
                 if late and prefix is not None:
-                    p_late = self._p_late(family, s.kind, prefix.previous_run, now) * reliability
+                    p_late = self._p_late(family, kind, prefix.previous_run, now) * reliability
                 out.append(
-                    Sight(
-                        s.key, s.kind, run, cached, writing, late, p, p_late, prefix is not None, reliability
+                    new_sight(
+                        key, kind, run, cached, writing, late, p, p_late, prefix is not None, reliability
                     )
                 )
-                self._opportunity(family, s.kind, _bucket(run), s.key, now)
+                self._opportunity(family, kind, bucket_id)
                 if late:
-                    self._opportunity(family, s.kind, _LATE, s.key, now)
+                    self._opportunity(family, kind, _LATE)
                 if prefix is None:
-                    prefix = _Prefix(now, run, family, s.kind)
-                    self._prefixes[s.key] = prefix
-                    if len(self._prefixes) > self.max_prefixes:
-                        self._prefixes.popitem(last=False)
+                    prefix = _Prefix(now, run, family, kind)
+                    prefixes[key] = prefix
+                    if len(prefixes) > self.max_prefixes:
+                        prefixes.popitem(last=False)
                 else:
                     prefix.last = now
                     prefix.run = run
                     prefix.family = family
-                    prefix.kind = s.kind
+                    prefix.kind = kind
                     prefix.void = False
                 prefix.ticket = ticket
                 prefix.late_pending = late
@@ -324,30 +342,34 @@ class MemoryLearner:
                     prefix.writers.append((ticket, now))
         return out
 
-    def _credit(self, family: int, kind: str, bucket_id: int, key: int, now: float) -> None:
-        """The prefix ``key`` came back: its opportunity in that bucket recurred."""
+    def _credit(self, family: int, kind: str, bucket_id: int) -> None:
+        """A prefix came back: its opportunity in that bucket recurred."""
         bucket = self._stats.get((family, kind, bucket_id))
         if bucket is not None:
-            bucket.recurred = min(bucket.seen, bucket.recurred + 1.0)
+            recurred = bucket.recurred + 1.0
+            bucket.recurred = recurred if recurred < bucket.seen else bucket.seen  # min(seen, recurred)
         pool = self._pool.get((kind, bucket_id))
         if pool is not None:
-            pool.recurred = min(pool.seen, pool.recurred + 1.0)
+            recurred = pool.recurred + 1.0
+            pool.recurred = recurred if recurred < pool.seen else pool.seen
 
-    def _opportunity(self, family: int, kind: str, bucket_id: int, key: int, now: float) -> None:
+    def _opportunity(self, family: int, kind: str, bucket_id: int) -> None:
+        stats = self._stats
         stats_key = (family, kind, bucket_id)
-        bucket = self._stats.get(stats_key)
+        bucket = stats.get(stats_key)
         if bucket is None:
-            bucket = self._stats[stats_key] = _Bucket()
-            if len(self._stats) > self.max_families * 8:
-                self._stats.popitem(last=False)
+            bucket = stats[stats_key] = _Bucket()
+            if len(stats) > self.max_families * 8:
+                stats.popitem(last=False)
         else:
-            self._stats.move_to_end(stats_key)
+            stats.move_to_end(stats_key)
         f = self.forget
         bucket.recurred *= f
         bucket.seen = bucket.seen * f + 1.0
-        pool = self._pool.get((kind, bucket_id))
+        pool_key = (kind, bucket_id)
+        pool = self._pool.get(pool_key)
         if pool is None:
-            pool = self._pool[(kind, bucket_id)] = _Bucket()
+            pool = self._pool[pool_key] = _Bucket()
         pool.recurred *= f
         pool.seen = pool.seen * f + 1.0
 
@@ -359,23 +381,39 @@ class MemoryLearner:
         family (weight 3) when that is higher. A longer run's prior has the estimate of the run before it as its mean
         (weight 3): a prefix that came back once is at least as likely to come back again
         as a new one was to come back at all.
+
+        Computed from run 1 up: the operations of that recursive definition, in its order
+        (``min``/``max`` written as the comparisons they make).
         """
-        if bucket_id > 1:
-            mean = self._p(family, kind, bucket_id - 1, now)
+        stats = self._stats
+        # A new family starts from the reuse every family has shown for this kind (a
+        # tenant's first chat from the other tenants' chats), never below the prior:
+        # reuse seen elsewhere is evidence, another family's pending opportunities are not.
+        first = bucket_id if bucket_id < 1 else 1
+        a, b = self.priors.get(kind, self.prior)
+        pool = self._pool.get((kind, first))
+        if pool is not None and pool.recurred > 0.0:
+            prior_mean = a / (a + b)
+            pooled = (pool.recurred + a) / (pool.seen + a + b)
+            mean = pooled if pooled > prior_mean else prior_mean  # max(prior_mean, pooled)
             a, b = 3.0 * mean, 3.0 * (1.0 - mean)
-        else:
-            # A new family starts from the reuse every family has shown for this kind (a
-            # tenant's first chat from the other tenants' chats), never below the prior:
-            # reuse seen elsewhere is evidence, another family's pending opportunities are not.
-            a, b = self.priors.get(kind, self.prior)
-            pool = self._pool.get((kind, bucket_id))
-            if pool is not None and pool.recurred > 0.0:
-                mean = max(a / (a + b), (pool.recurred + a) / (pool.seen + a + b))
-                a, b = 3.0 * mean, 3.0 * (1.0 - mean)
-        bucket = self._stats.get((family, kind, bucket_id))
+        bucket = stats.get((family, kind, first))
         if bucket is None:
-            return a / (a + b)
-        return min(1.0, (bucket.recurred + a) / (bucket.seen + a + b))
+            p = a / (a + b)
+        else:
+            p = (bucket.recurred + a) / (bucket.seen + a + b)
+            if not p < 1.0:  # min(1.0, p)
+                p = 1.0
+        for i in range(first + 1, bucket_id + 1):
+            a, b = 3.0 * p, 3.0 * (1.0 - p)
+            bucket = stats.get((family, kind, i))
+            if bucket is None:
+                p = a / (a + b)
+            else:
+                p = (bucket.recurred + a) / (bucket.seen + a + b)
+                if not p < 1.0:
+                    p = 1.0
+        return p
 
     def _p_late(self, family: int, kind: str, previous_run: int, now: float) -> float:
         """P(a prefix that came back 5-60 minutes later comes back within the hour again).

@@ -16,7 +16,16 @@ from ..accounting._records import TokenUsage, slot_factory
 from ._layout import Layout, Location
 from ._learning import Advice
 
-__all__ = ["ACTIONS", "Placement", "Plan", "PlannerProtocol", "Ticket", "new_placement", "new_plan"]
+__all__ = [
+    "ACTIONS",
+    "Placement",
+    "Plan",
+    "PlannerProtocol",
+    "Ticket",
+    "new_placement",
+    "new_plan",
+    "new_ticket",
+]
 
 #: Every ``action`` a :class:`Placement` can have (the ``action`` label of
 #: ``cachewatch_breakpoints_total``).
@@ -132,6 +141,7 @@ new_placement: Final[
     Callable[[Location, str, str | None, tuple[int, ...], str, int, int, str], Placement]
 ] = slot_factory(Placement)
 new_plan: Final[Callable[..., Plan]] = slot_factory(Plan)
+new_ticket: Final[Callable[..., Ticket]] = slot_factory(Ticket)
 
 
 class PlannerProtocol(Protocol):

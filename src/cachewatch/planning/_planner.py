@@ -70,8 +70,8 @@ import xxhash
 from ..accounting._records import TokenUsage
 from ._layout import CONT, CUM, KEY, MARK, OK, Layout, Pos, position_path
 from ._layout import walk as walk_layout
-from ._learning import TTL_1H, TTL_5M, Advice, LearningState, MemoryLearner, Sight, Sighting
-from ._plan import Placement, Plan, Ticket, new_placement, new_plan
+from ._learning import TTL_1H, TTL_5M, Advice, LearningState, MemoryLearner, Sight, new_sight, new_sighting
+from ._plan import Placement, Plan, Ticket, new_placement, new_plan, new_ticket
 from ._profiles import Profile, ProfileRegistry
 from ._tokens import PrefixCounter, TokenEstimator
 
@@ -419,22 +419,25 @@ class Planner:
         model_key = f"{profile.name}\x00{model}"
         scope_tag = orjson.dumps([profile.name, host, model, scope])
         family = _h64(scope_tag + orjson.dumps([len(layout.tools or ()) or _count(positions, "tools"), fm]))
-        ticket = Ticket(next(self._tickets), family, model_key)
-        ticket.total_raw = counter.raw
+        # Ticket(id, family, model_key), total_raw set: its fields in order.
+        ticket = new_ticket(
+            next(self._tickets), family, model_key, [], [], [], 0.0, 0.0, counter.raw, False, False, False
+        )
         for index in caller:
             ticket.deepest_raw = max(ticket.deepest_raw, positions[index][CUM])
             ttl_s = TTL_1H if positions[index][MARK] == "1h" else TTL_5M
             ticket.marked.append((_h64(scope_tag + layout.digests[index]), ttl_s))
-        keys = [_h64(scope_tag + layout.digests[i]) for i, _ in candidates]
+        digests = layout.digests
+        keys = [_h64(scope_tag + digests[i]) for i, _ in candidates]
+        kinds = [kind for _, kind in candidates]
+        # candidates, kinds, keys and sights (below) are parallel lists of one length: their
+        # zips go without strict=True (a keyword argument costs zip() a second argument parse).
         sights: list[Sight] = []
         advice: Advice | None = None
         if self.learning and candidates:
             sights = self.learner.sight(
                 family,
-                [
-                    Sighting(key, kind, kind in _SHARED_KINDS)
-                    for key, (_, kind) in zip(keys, candidates, strict=True)
-                ],
+                [new_sighting(key, kind, kind in _SHARED_KINDS) for key, kind in zip(keys, kinds)],  # noqa: B905
                 self.clock(),
                 ticket.id,
             )
@@ -442,12 +445,14 @@ class Planner:
             advice = self._advice(layout, family, counter, profile, model)
         else:
             sights = [
-                Sight(key, kind, 1, False, False, False, 1.0)
-                for key, (_, kind) in zip(keys, candidates, strict=True)
+                new_sight(key, kind, 1, False, False, False, 1.0, 0.0, False, 1.0)
+                for key, kind in zip(keys, kinds)  # noqa: B905
             ]
+        if len(sights) != len(candidates):
+            raise ValueError("the learner answered for another number of prefixes than it was asked about")
         claimed = [
             s.key
-            for s, (_, kind) in zip(sights, candidates, strict=True)
+            for s, kind in zip(sights, kinds)  # noqa: B905
             if kind in _SHARED_KINDS and not s.cached and not s.writing
         ]
 
@@ -473,15 +478,15 @@ class Planner:
         # such as the first request of a new process, is no evidence either way.)
         unstable = False
         if self.learning and layout.first_input_anchor is not None:
-            static_key = next(
-                (s.key for (_, kind), s in zip(candidates, sights, strict=True) if kind == "static"), None
-            )
+            static_key: int | None = None
+            history_known = True
+            for kind, sight in zip(kinds, sights):  # noqa: B905
+                if kind == "static":
+                    if static_key is None:
+                        static_key = sight.key
+                elif kind == "previous_turn" and not sight.known:
+                    history_known = False
             conversation = _h64(scope_tag + b"conversation" + layout.first_input_anchor)
-            history_known = all(
-                sight.known
-                for (_, kind), sight in zip(candidates, sights, strict=True)
-                if kind == "previous_turn"
-            )
             before = self.learner.conversation(
                 conversation, static_key, layout.first_reply_anchor, history_known, self.clock()
             )
@@ -501,7 +506,7 @@ class Planner:
             taken.add(automatic)
         # Roles: "read" (believed cached), "write" (worth writing), None (only if free).
         entries: list[tuple[int, str, Sight, str | None]] = []
-        for (index, kind), sight in zip(candidates, sights, strict=True):
+        for (index, kind), sight in zip(candidates, sights):  # noqa: B905
             if index in taken:
                 continue
             taken.add(index)
@@ -533,8 +538,13 @@ class Planner:
                 entries.append((index, kind, sight, "write"))
             else:
                 entries.append((index, kind, sight, None))
-        extent = max((i for i, _, _, role in entries if role == "write"), default=-1)
-        read_point = max((i for i, _, _, role in entries if role == "read"), default=-1)
+        extent = read_point = -1
+        for i, _, _, role in entries:
+            if role == "write":
+                if i > extent:
+                    extent = i
+            elif role == "read" and i > read_point:
+                read_point = i
 
         # Slots: the write extent, the deepest read, then the free ones before the extent.
         def priority(entry: tuple[int, str, Sight, str | None]) -> tuple[int, int]:

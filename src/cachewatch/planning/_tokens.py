@@ -540,13 +540,20 @@ class PrefixCounter:
         if tools:
             self.raw += self._c.tools_preamble
 
-    def add_definitions(self, tools: Sequence[object]) -> list[float]:
-        """Add each tool definition in turn (as :meth:`add_block`); returns the running raw totals."""
+    def add_definitions(
+        self, tools: Sequence[object], jsons: list[bytes | None] | None = None
+    ) -> list[float]:
+        """Add each tool definition in turn (as :meth:`add_block`); returns the running raw totals.
+
+        With ``jsons``, the JSON each plain definition was measured through is appended to
+        it (None for the others), for the caller to reuse instead of serialising again.
+        """
         out: list[float] = []
         dumps = orjson.dumps
         json_cpt = self._json_cpt
         raw = self.raw
         for tool in tools:
+            serialised: bytes | None = None
             if (
                 type(tool) is dict
                 and "type" not in tool
@@ -557,13 +564,16 @@ class PrefixCounter:
                 # A plain definition (name, description, schema): measured through its JSON,
                 # exactly as _block_cost would, without its chain of type tests.
                 try:
-                    raw += len(dumps(tool)) / json_cpt
+                    serialised = dumps(tool)
+                    raw += len(serialised) / json_cpt
                 except TypeError:
                     raw += 0.0
                 self.raw = raw
             else:
                 raw = self.add_block(tool)
             out.append(raw)
+            if jsons is not None:
+                jsons.append(serialised)
         return out
 
     def add_block(self, block: object) -> float:

@@ -30,6 +30,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .._version import __version__
 from ..accounting._records import Outcome, RequestInfo, UsageRecord
+from ..planning._plan import ACTIONS
 from ._catalogue import DURATION_BUCKETS
 
 __all__ = ["TOKEN_BUCKETS", "TOKEN_COUNTERS", "OTelMetricsSink", "OTelSpanSink"]
@@ -137,17 +138,51 @@ def span_attributes(record: UsageRecord) -> dict[str, Any]:
         attrs["cachewatch.usage.cache_creation.ephemeral_1h.input_tokens"] = usage.cache_write_1h
         if usage.reasoning is not None:
             attrs["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning
-    if record.cost is not None:
-        attrs["cachewatch.cost"] = record.cost.total
-        attrs["cachewatch.cache_savings"] = record.cost.savings
-        attrs["cachewatch.cache_write_premium"] = record.cost.write_premium
-        attrs["cachewatch.currency"] = record.cost.currency
+    cost = record.cost
+    if cost is not None:
+        attrs["cachewatch.cost"] = cost.total
+        attrs["cachewatch.cache_savings"] = cost.savings
+        attrs["cachewatch.cache_write_premium"] = cost.write_premium
+        attrs["cachewatch.currency"] = cost.currency
+    _stage_attributes(record, attrs)
+    return attrs
+
+
+def _stage_attributes(record: UsageRecord, attrs: dict[str, Any]) -> None:
+    """:attr:`UsageRecord.extra` as ``cachewatch.*`` attributes, in its order, without building it.
+
+    The common records (breakpoints, nothing else) take one pass over the decisions; any
+    other stage field goes through ``extra`` itself, so that both always agree.
+    """
+    bp = record.breakpoints
+    if (
+        record.observation_truncated is None
+        and not record.unparsed
+        and record.usage_reported
+        and not record.provider_miss_reason
+        and record.miss is None
+        and record.cache_mode is None
+        and record.advice is None
+        and (bp is None or type(bp.profile) is str)
+    ):
+        if bp is not None:
+            counts: dict[str, int] = {}
+            for _, action in bp.decisions:
+                counts[action] = counts.get(action, 0) + 1
+            for action in sorted(counts):
+                attrs[_BREAKPOINT_KEYS.get(action) or f"cachewatch.breakpoints.{action}"] = counts[action]
+            if bp.profile:
+                attrs["cachewatch.breakpoints.profile"] = bp.profile
+        return
     for key, value in record.extra.items():  # the stage fields, flat (see UsageRecord.extra)
         if isinstance(value, (str, bool, int, float)):
             attrs[f"cachewatch.{key}"] = value
         elif isinstance(value, (tuple, list)) and all(isinstance(v, (str, int, float, bool)) for v in value):
             attrs[f"cachewatch.{key}"] = list(value)
-    return attrs
+
+
+#: ``cachewatch.breakpoints.<action>`` of every action the planner takes.
+_BREAKPOINT_KEYS = {action: f"cachewatch.breakpoints.{action}" for action in ACTIONS}
 
 
 class OTelMetricsSink:

@@ -51,6 +51,36 @@ def _request_body(request: Any) -> bytes | None:
     return body if isinstance(body, bytes) else None
 
 
+#: The request headers the engine reads (credential, body encoding, the Anthropic beta
+#: list), by their lower-case raw names.
+_ENGINE_HEADERS = {
+    b"authorization": "authorization",
+    b"x-api-key": "x-api-key",
+    b"api-key": "api-key",
+    b"content-encoding": "content-encoding",
+    b"anthropic-beta": "anthropic-beta",
+}
+
+
+def _engine_headers(headers: Any) -> Any:
+    """The request headers the engine reads, in one pass over the raw headers.
+
+    Each ``Headers.get`` (and ``in``) scans every header and decodes: the engine would
+    make four or five such lookups per request. Repeated fields are joined with ``", "``,
+    as ``Headers.get`` does. A non-ASCII value is decoded by the ``Headers`` object itself
+    (its encoding depends on every value), so then the object itself is returned.
+    """
+    found: dict[str, str] = {}
+    for name, value in headers.raw:
+        key = _ENGINE_HEADERS.get(name.lower())
+        if key is not None:
+            if not value.isascii():
+                return headers
+            text = value.decode("ascii")
+            found[key] = f"{found[key]}, {text}" if key in found else text
+    return found
+
+
 def _begin(engine: Engine, request: Any) -> Exchange | None:
     if _ACTIVE.get():
         return None
@@ -61,7 +91,7 @@ def _begin(engine: Engine, request: Any) -> Exchange | None:
             host=url.host,
             port=url.port or _DEFAULT_PORTS.get(url.scheme),
             path=url.path,
-            headers=request.headers,
+            headers=_engine_headers(request.headers),
             body=_request_body(request),
         )
     except Exception as exc:
