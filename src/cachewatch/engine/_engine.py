@@ -261,7 +261,7 @@ class Engine:
             )
             exchange = Exchange(self, info, plan)
             if body and (self.shadow is not None or self.recording is not None):
-                self._begin_stages(exchange, host, path, headers, body)
+                self._begin_stages(exchange, host, path, headers, body, credential)
             if body and self.prices.prices_implicit_apart(request_model):
                 # DashScope: explicit and implicit cache are exclusive per request and priced
                 # apart; a response that does not name its cache_type is priced by the markers.
@@ -279,10 +279,16 @@ class Engine:
             return None
 
     def _begin_stages(
-        self, exchange: Exchange, host: str, path: str, headers: Mapping[str, str], body: bytes
+        self,
+        exchange: Exchange,
+        host: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        credential: str | None,
     ) -> None:
         """Register the request with the shadow estimate and the recorder (each fail-open)."""
-        scope = _credential_scope(headers)
+        scope = _credential_scope(credential)
         api = exchange.info.api
         rewritable = not any(h in headers for h in _NO_REWRITE_HEADERS)
         if self.shadow is not None:
