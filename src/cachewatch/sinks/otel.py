@@ -163,6 +163,7 @@ def _stage_attributes(record: UsageRecord, attrs: dict[str, Any]) -> None:
         and record.miss is None
         and record.cache_mode is None
         and record.advice is None
+        and record.shadow is None
         and (bp is None or type(bp.profile) is str)
     ):
         if bp is not None:
