@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from cachewatch.engine._endpoints import provider_for_host
-from cachewatch.planning._tokens import TokenEstimator, model_family
+from cachewatch.planning._costs import model_family
+from cachewatch.planning._tokens import TokenEstimator
 
 
 def corpus_path() -> Path:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cachewatch.planning import _tokens
-from cachewatch.planning._tokens import TokenEstimator, model_family
+from cachewatch.planning import _qwen, _tokens
+from cachewatch.planning._costs import model_family
+from cachewatch.planning._tokens import TokenEstimator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -83,20 +84,20 @@ def test_calibration_is_bounded_ewma() -> None:
 
 
 def test_qwen_tokenizer_absent_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_tokens, "_qwen_cache", [])
-    monkeypatch.setattr(_tokens, "_find_qwen_table", lambda: None)
-    assert _tokens.load_qwen_tokenizer() is None or _tokens.importlib.util.find_spec("tiktoken") is not None
+    monkeypatch.setattr(_qwen, "_qwen_cache", [])
+    monkeypatch.setattr(_qwen, "_find_qwen_table", lambda: None)
+    assert _qwen.load_qwen_tokenizer() is None or _qwen.importlib.util.find_spec("tiktoken") is not None
     est = TokenEstimator()
     monkeypatch.setattr(_tokens, "load_qwen_tokenizer", lambda: None)
     assert est.tokenizer("qwen") is None
 
 
 @pytest.mark.skipif(
-    _tokens.importlib.util.find_spec("tiktoken") is None or _tokens._find_qwen_table() is None,
+    _qwen.importlib.util.find_spec("tiktoken") is None or _qwen._find_qwen_table() is None,
     reason="optional extra: tiktoken + dashscope not installed",
 )
 def test_real_qwen_tokenizer() -> None:  # pragma: no cover - depends on optional packages
-    count = _tokens.load_qwen_tokenizer()
+    count = _qwen.load_qwen_tokenizer()
     assert count is not None
     assert 5 < count("Hello, world! This is a test of the Qwen tokenizer.") < 20
 

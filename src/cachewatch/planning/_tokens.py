@@ -6,15 +6,10 @@ Data flow: request -> planner (asks "does the prefix up to block i reach N token
 The planner must never tokenize a whole request on the hot path, so estimation is
 two-tiered:
 
-* **cheap** (always): a block costs its character count divided by a per-family
-  characters-per-token figure. ``str.isascii()`` and ``len(str.encode())`` are C
-  loops, so a 1 MB body costs microseconds. Wide characters (CJK and the like) are
-  weighted separately because they carry far more tokens per character.
-  Structured values (tool schemas, ``tool_use`` input) are measured through their
-  ``orjson`` serialisation. Images and binary documents get a flat cost.
+* **cheap** (always): each block costs its characters over a per-family
+  characters-per-token figure (``_costs``);
 * **precise** (only near a threshold): when a real tokenizer is available (the Qwen
-  BPE table ``qwen.tiktoken`` shipped in the ``dashscope`` package, read through
-  ``tiktoken``; both optional, never downloaded) and the cheap estimate falls inside
+  BPE table, ``_qwen``; optional, never downloaded) and the cheap estimate falls inside
   an uncertainty band around the threshold, the prefix's text is tokenized once.
   Outside the band, or with no tokenizer, the cheap estimate settles the question.
 
@@ -25,284 +20,27 @@ clamped to ``[min_ratio, max_ratio]``. The ratio multiplies every later estimate
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
 
-__all__ = [
-    "FamilyCosts",
-    "PrefixCounter",
-    "TokenEstimator",
-    "load_qwen_tokenizer",
-    "model_family",
-]
-
-#: Prefix of a (lower-cased, vendor-prefix stripped) model id -> tokenizer family.
-_FAMILY_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("claude", "claude"),
-    ("anthropic.claude", "claude"),
-    ("qwen", "qwen"),
-    ("qwq", "qwen"),
-    ("qvq", "qwen"),
-    ("gpt", "gpt"),
-    ("chatgpt", "gpt"),
-    ("o1", "gpt"),
-    ("o3", "gpt"),
-    ("o4", "gpt"),
-    ("text-", "gpt"),
-    ("deepseek", "deepseek"),
-    ("kimi", "kimi"),
-    ("moonshot", "kimi"),
-    ("glm", "glm"),
-    ("minimax", "minimax"),
-    ("abab", "minimax"),
-    ("llama", "llama"),
-    ("meta-llama", "llama"),
-    ("mistral", "mistral"),
-    ("mixtral", "mistral"),
-    ("codestral", "mistral"),
-    ("gemini", "gemini"),
-    ("gemma", "gemini"),
+from ._costs import (
+    DEFAULT_FAMILY_COSTS,
+    FamilyCosts,
+    block_cost,
+    content_cost,
+    json_cost,
+    message_cost,
+    model_family,
+    responses_item_cost,
+    text_cost,
 )
+from ._qwen import load_qwen_tokenizer
 
-
-#: model id -> family, memoised (the planner asks once per request; ids repeat).
-_family_cache: dict[str, str] = {}
-
-
-def model_family(model: str | None) -> str:
-    """The tokenizer family of a model id (``claude``, ``gpt``, ``qwen``...), ``other`` if unknown.
-
-    Vendor prefixes such as ``anthropic/`` (OpenRouter) or ``us.anthropic.`` (Bedrock)
-    are ignored.
-    """
-    if not model:
-        return "other"
-    found = _family_cache.get(model)
-    if found is None:
-        found = _model_family(model)
-        if len(_family_cache) >= 4096:
-            _family_cache.clear()
-        _family_cache[model] = found
-    return found
-
-
-def _model_family(model: str) -> str:
-    m = model.lower()
-    slash = m.rfind("/")
-    if slash != -1:
-        m = m[slash + 1 :]
-    for prefix, family in _FAMILY_PREFIXES:
-        if m.startswith(prefix):
-            return family
-    # Bedrock-style "us.anthropic.claude-..." or "global.anthropic.claude-...".
-    if ".claude" in m:
-        return "claude"
-    return "other"
-
-
-@dataclass(frozen=True, slots=True)
-class FamilyCosts:
-    """The cheap estimator's constants for one tokenizer family (fitted on the corpus)."""
-
-    #: Characters per token for ASCII text.
-    ascii_cpt: float = 4.0
-    #: Characters per token for wide (non-ASCII) characters.
-    wide_cpt: float = 1.2
-    #: Characters per token for serialised JSON (tool schemas, tool inputs).
-    json_cpt: float = 3.2
-    #: Tokens added per message (role and turn markers).
-    per_message: float = 4.0
-    #: Tokens added per content block.
-    per_block: float = 1.0
-    #: Tokens added once when tools are present (the provider's tool-use preamble).
-    tools_preamble: float = 0.0
-    #: Tokens added once per request.
-    per_request: float = 3.0
-    #: Flat cost of one image.
-    image: float = 1_000.0
-    #: Flat cost of one binary (PDF...) document.
-    document: float = 1_500.0
-
-
-#: Fitted on the recorded-exchange corpus (``tests/data/``) (see ``benchmarks/estimator_error.py``).
-DEFAULT_FAMILY_COSTS: Mapping[str, FamilyCosts] = {
-    "claude": FamilyCosts(
-        ascii_cpt=4.6,
-        wide_cpt=1.0,
-        json_cpt=4.5,
-        per_message=5.0,
-        per_block=3.0,
-        tools_preamble=550.0,
-        per_request=3.0,
-    ),
-    "gpt": FamilyCosts(ascii_cpt=4.8, json_cpt=5.0, per_message=4.0, per_block=1.0, per_request=3.0),
-    "qwen": FamilyCosts(ascii_cpt=4.0, wide_cpt=1.4, json_cpt=4.0, per_message=4.0, tools_preamble=150.0),
-    "other": FamilyCosts(ascii_cpt=4.6, json_cpt=5.0, per_message=3.0, per_block=2.0, per_request=5.0),
-}
-
-_IMAGE_TYPES = frozenset({"image", "image_url", "input_image", "video", "video_url", "input_audio", "audio"})
-
-
-def _text_cost(text: str, costs: FamilyCosts) -> float:
-    n = len(text)
-    if n == 0:
-        return 0.0
-    if text.isascii():
-        return n / costs.ascii_cpt
-    # UTF-8 bytes beyond one per character: ~2 per CJK character, 1 per accented letter.
-    extra = len(text.encode("utf-8", "surrogatepass")) - n
-    wide = min(n, extra / 2.0)
-    return (n - wide) / costs.ascii_cpt + wide / costs.wide_cpt
-
-
-def _json_cost(value: object, costs: FamilyCosts) -> float:
-    if isinstance(value, str):
-        return _text_cost(value, costs)
-    try:
-        raw = orjson.dumps(value)
-    except TypeError:
-        return 0.0
-    return len(raw) / costs.json_cpt
-
-
-def _block_cost(block: object, costs: FamilyCosts) -> float:
-    """Cheap token estimate of one content block / content part / tool definition."""
-    if isinstance(block, str):
-        return _text_cost(block, costs)
-    if not isinstance(block, dict):
-        return _json_cost(block, costs)
-    kind = block.get("type")
-    text = block.get("text")
-    if isinstance(text, str) and (kind is None or kind in ("text", "input_text", "output_text")):
-        return _text_cost(text, costs) + costs.per_block
-    if kind in _IMAGE_TYPES or (kind is None and ("image" in block or "video" in block)):
-        return costs.image
-    if kind == "tool_result":
-        content = block.get("content")
-        inner = 0.0
-        if isinstance(content, str):
-            inner = _text_cost(content, costs)
-        elif isinstance(content, list):
-            for part in content:
-                inner += _block_cost(part, costs)
-        return inner + 3 * costs.per_block
-    if kind == "tool_use":
-        return (
-            _json_cost(block.get("input"), costs)
-            + _text_cost(str(block.get("name", "")), costs)
-            + 3 * costs.per_block
-        )
-    if kind in ("thinking", "redacted_thinking"):
-        # Thinking from earlier turns is not billed as input (research A.9); count nothing,
-        # which errs towards fewer markers, never a wasted one.
-        return 0.0
-    if kind == "document":
-        source = block.get("source")
-        if isinstance(source, dict):
-            data = source.get("data")
-            if source.get("type") == "text" and isinstance(data, str):
-                return _text_cost(data, costs) + costs.per_block
-            if source.get("type") == "content":
-                inner_content = source.get("content")
-                if isinstance(inner_content, list):
-                    return sum(_block_cost(part, costs) for part in inner_content)
-                if isinstance(inner_content, str):
-                    return _text_cost(inner_content, costs)
-        return costs.document
-    return _json_cost(block, costs)
-
-
-def _content_cost(content: object, costs: FamilyCosts) -> float:
-    if isinstance(content, str):
-        return _text_cost(content, costs)
-    if isinstance(content, list):
-        total = 0.0
-        for block in content:
-            total += _block_cost(block, costs)
-        return total
-    if content is None:
-        return 0.0
-    return _json_cost(content, costs)
-
-
-# -- optional real tokenizer ----------------------------------------------------------
-
-#: The pre-tokenisation pattern of the Qwen BPE (as published with the tokenizer).
-_QWEN_PAT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-
-_qwen_lock = threading.Lock()
-_qwen_cache: list[Callable[[str], int] | None] = []
-
-
-def _find_qwen_table() -> Path | None:
-    try:
-        spec = importlib.util.find_spec("dashscope")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for root in spec.submodule_search_locations:
-        for rel in ("resources/qwen.tiktoken", "tokenizers/qwen.tiktoken"):
-            candidate = Path(root) / rel
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-def load_qwen_tokenizer() -> Callable[[str], int] | None:
-    """A ``text -> token count`` function for Qwen models, or None.
-
-    Needs ``tiktoken`` and the ``qwen.tiktoken`` table that ships inside the
-    ``dashscope`` package (found without importing ``dashscope``). Nothing is
-    downloaded. The result is cached for the life of the process.
-    """
-    with _qwen_lock:
-        if _qwen_cache:
-            return _qwen_cache[0]
-        counter: Callable[[str], int] | None = None
-        try:
-            if importlib.util.find_spec("tiktoken") is not None:
-                table = _find_qwen_table()
-                if table is not None:
-                    counter = _build_qwen(table)
-        except Exception:  # an unusable optional extra must never break planning
-            counter = None
-        _qwen_cache.append(counter)
-        return counter
-
-
-def _build_qwen(table: Path) -> Callable[[str], int]:
-    import base64
-
-    import tiktoken
-
-    ranks: dict[bytes, int] = {}
-    for line in table.read_bytes().splitlines():
-        if line:
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
-    specials = {"<|endoftext|>": len(ranks), "<|im_start|>": len(ranks) + 1, "<|im_end|>": len(ranks) + 2}
-    enc: Any = tiktoken.Encoding(
-        "cachewatch-qwen", pat_str=_QWEN_PAT, mergeable_ranks=ranks, special_tokens=specials
-    )
-
-    def count(text: str) -> int:
-        return len(enc.encode_ordinary(text))
-
-    return count
-
-
-# -- the estimator ----------------------------------------------------------------------
+__all__ = ["PrefixCounter", "TokenEstimator"]
 
 
 class TokenEstimator:
@@ -405,11 +143,11 @@ class TokenEstimator:
 
     def text(self, text: str, *, family: str = "other") -> float:
         """Raw (uncalibrated) cheap estimate of a piece of text."""
-        return _text_cost(text, self.costs(family))
+        return text_cost(text, self.costs(family))
 
     def block(self, block: object, *, family: str = "other") -> float:
         """Raw (uncalibrated) cheap estimate of one content block or tool definition."""
-        return _block_cost(block, self.costs(family))
+        return block_cost(block, self.costs(family))
 
     def raw_request(self, api: str, body: Mapping[str, Any], *, family: str) -> float:
         """Uncalibrated whole-request estimate (benchmarks, diagnostics; walks every block)."""
@@ -419,60 +157,32 @@ class TokenEstimator:
         if isinstance(tools, list) and tools:
             total += c.tools_preamble
             for tool in tools:
-                total += _json_cost(tool, c)
+                total += json_cost(tool, c)
         if api == "messages":
             system = body.get("system")
             if system:
-                total += _content_cost(system, c) + c.per_message
+                total += content_cost(system, c) + c.per_message
         elif api == "responses":
             instructions = body.get("instructions")
             if isinstance(instructions, str):
-                total += _text_cost(instructions, c) + c.per_message
+                total += text_cost(instructions, c) + c.per_message
             items = body.get("input")
             if isinstance(items, str):
-                return total + _text_cost(items, c) + c.per_message
+                return total + text_cost(items, c) + c.per_message
             messages = items if isinstance(items, list) else []
             for item in messages:
-                total += _responses_item_cost(item, c)
+                total += responses_item_cost(item, c)
             return total
         elif api == "dashscope_generation":
             inp = body.get("input")
             messages_obj = inp.get("messages") if isinstance(inp, dict) else None
             for message in messages_obj if isinstance(messages_obj, list) else ():
-                total += _message_cost(message, c)
+                total += message_cost(message, c)
             return total
         messages_list = body.get("messages")
         for message in messages_list if isinstance(messages_list, list) else ():
-            total += _message_cost(message, c)
+            total += message_cost(message, c)
         return total
-
-
-def _message_cost(message: object, c: FamilyCosts) -> float:
-    if not isinstance(message, dict):
-        return 0.0
-    total = c.per_message + _content_cost(message.get("content"), c)
-    tool_calls = message.get("tool_calls")
-    if isinstance(tool_calls, list):
-        for call in tool_calls:
-            total += _json_cost(call.get("function") if isinstance(call, dict) else call, c) + 3 * c.per_block
-    return total
-
-
-def _responses_item_cost(item: object, c: FamilyCosts) -> float:
-    if not isinstance(item, dict):
-        return 0.0
-    kind = item.get("type")
-    if kind in (None, "message"):
-        return c.per_message + _content_cost(item.get("content"), c)
-    if kind == "function_call":
-        return (
-            _json_cost(item.get("arguments"), c) + _text_cost(str(item.get("name", "")), c) + 4 * c.per_block
-        )
-    if kind == "function_call_output":
-        return _json_cost(item.get("output"), c) + 4 * c.per_block
-    if kind == "reasoning":
-        return 0.0
-    return _json_cost(item, c)
 
 
 class PrefixCounter:
@@ -562,7 +272,7 @@ class PrefixCounter:
                 and "video" not in tool
             ):
                 # A plain definition (name, description, schema): measured through its JSON,
-                # exactly as _block_cost would, without its chain of type tests.
+                # exactly as block_cost would, without its chain of type tests.
                 try:
                     serialised = dumps(tool)
                     raw += len(serialised) / json_cpt
@@ -585,12 +295,12 @@ class PrefixCounter:
             if type(text) is str and (kind == "text" or kind is None):
                 # Fast path for the commonest block: a text part.
                 cost = (
-                    len(text) / self._ascii_cpt if text.isascii() else _text_cost(text, self._c)
+                    len(text) / self._ascii_cpt if text.isascii() else text_cost(text, self._c)
                 ) + self._per_block
             elif kind == "tool_result" and type(content := block.get("content")) is str:
-                # Fast paths for the agent-loop blocks; same arithmetic as _block_cost.
+                # Fast paths for the agent-loop blocks; same arithmetic as block_cost.
                 cost = (
-                    len(content) / self._ascii_cpt if content.isascii() else _text_cost(content, self._c)
+                    len(content) / self._ascii_cpt if content.isascii() else text_cost(content, self._c)
                 ) + 3 * self._per_block
             elif kind == "tool_use":
                 inp = block.get("input")
@@ -600,19 +310,19 @@ class PrefixCounter:
                     except TypeError:
                         args = 0.0
                 else:
-                    args = _json_cost(inp, self._c)
+                    args = json_cost(inp, self._c)
                 name = block.get("name", "")
                 if type(name) is str and name.isascii():
                     cost = args + len(name) / self._ascii_cpt + 3 * self._per_block
                 else:
-                    cost = args + _text_cost(str(name), self._c) + 3 * self._per_block
+                    cost = args + text_cost(str(name), self._c) + 3 * self._per_block
             else:
-                cost = _block_cost(block, self._c)
+                cost = block_cost(block, self._c)
         elif type(block) is str:
             text = block
-            cost = len(block) / self._ascii_cpt if block.isascii() else _text_cost(block, self._c)
+            cost = len(block) / self._ascii_cpt if block.isascii() else text_cost(block, self._c)
         else:
-            cost = _block_cost(block, self._c)
+            cost = block_cost(block, self._c)
         self.raw += cost
         if self._track and type(text) is str and cost > 0:
             self._parts.append(text)
@@ -622,9 +332,7 @@ class PrefixCounter:
 
     def add_text(self, text: str) -> float:
         """Add the text of a text block; returns the running raw total."""
-        cost = (
-            len(text) / self._ascii_cpt if text.isascii() else _text_cost(text, self._c)
-        ) + self._per_block
+        cost = (len(text) / self._ascii_cpt if text.isascii() else text_cost(text, self._c)) + self._per_block
         self.raw += cost
         if self._track and cost > 0:
             self._parts.append(text)
@@ -634,7 +342,7 @@ class PrefixCounter:
 
     def add_json(self, value: object) -> float:
         """Add a structured value (tool schema, tool call) measured through its JSON."""
-        self.raw += _json_cost(value, self._c)
+        self.raw += json_cost(value, self._c)
         return self.raw
 
     def add_message(self) -> float:
