@@ -4,7 +4,7 @@ Place in the flow: request -> planner (its :class:`~cachewatch.planning._layout.
 -> ... -> **fingerprints** -> diagnoser.
 
 The positions and their cumulative digests come from the planner's layout walker
-(``planning/_layout.py``), so the diagnosis and the planner agree on every position by
+(``planning/_walk.py``), so the diagnosis and the planner agree on every position by
 construction: one per tool definition, system block and message content block, in
 tools -> system -> messages order, digests model-free and blind to ``cache_control``
 (a plain string is a one-text-block list). With ``breakpoints="auto"`` the planner's
@@ -26,8 +26,9 @@ from typing import Any, Final
 
 import xxhash
 
-from ..planning._layout import CUM, IDX, LOC, MARK, OK, Layout, walk
+from ..planning._layout import CUM, IDX, LOC, MARK, OK, Layout
 from ..planning._tokens import TokenEstimator
+from ..planning._walk import walk
 
 __all__ = ["Fingerprints", "conversation_key", "fingerprint", "fingerprints_of"]
 

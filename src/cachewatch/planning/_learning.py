@@ -10,7 +10,7 @@ read again within its TTL with probability above 0.25 / 0.9 = 0.28 (the
 ``threshold``).
 
 **Full information.** Every candidate prefix of every request has an identity (its
-digest from ``_layout``, bound to a *scope*: profile, host, model, credential and
+digest from ``_canonical``, bound to a *scope*: profile, host, model, credential and
 workspace). The learner keeps a bounded ledger of the prefixes it has seen and
 when. A prefix seen again within its TTL *recurred*: a write of it would have been
 read. This is observed whether or not a marker was placed, so what the learner

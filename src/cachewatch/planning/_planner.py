@@ -3,7 +3,7 @@
 Data flow: request -> **planner** -> transport -> stream observer -> usage record -> sinks
 -> ``Planner.started`` / ``finished`` / ``observe`` (feedback).
 
-:meth:`Planner.plan` parses the body once, lays it out once (``_layout``: positions in
+:meth:`Planner.plan` parses the body once, lays it out once (``_walk``: positions in
 tools -> system -> messages order with their prefix digests), asks the learner
 (``_learning``) what it knows of each candidate prefix, decides, inserts the markers
 and serialises once; when it adds nothing it returns ``body=None`` and the original
@@ -69,11 +69,11 @@ import xxhash
 
 from ..accounting._records import TokenUsage
 from ._layout import CONT, CUM, KEY, MARK, OK, Layout, Pos, position_path
-from ._layout import walk as walk_layout
 from ._learning import TTL_1H, TTL_5M, Advice, LearningState, MemoryLearner, Sight, new_sight, new_sighting
 from ._plan import Placement, Plan, Ticket, new_placement, new_plan, new_ticket
 from ._profiles import Profile, ProfileRegistry
 from ._tokens import PrefixCounter, TokenEstimator
+from ._walk import walk as walk_layout
 
 __all__ = ["Placement", "Plan", "Planner"]
 

@@ -39,11 +39,11 @@ import orjson
 
 from ..accounting._pricing import PriceTable
 from ..accounting._records import TokenUsage
-from ..planning._layout import walk
 from ..planning._plan import Plan
 from ..planning._planner import Planner
 from ..planning._profiles import Profile, ProfileRegistry
 from ..planning._tokens import TokenEstimator
+from ..planning._walk import walk
 from ._cache import Breakpoint, CacheStore, Reservation, Ttl, bill
 from ._shadow import breakpoints_of
 from ._shape import Block, ExchangeShape

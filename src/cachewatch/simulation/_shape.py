@@ -55,10 +55,11 @@ import orjson
 import xxhash
 
 from ..accounting._records import TokenUsage
-from ..planning._layout import CONT, CUM, IDX, KEY, LOC, MARK, OK, Layout, walk
-from ..planning._layout import _digest as _block_digest
+from ..planning._canonical import block_digest
+from ..planning._layout import CONT, CUM, IDX, KEY, LOC, MARK, OK, Layout
 from ..planning._profiles import ProfileRegistry
 from ..planning._tokens import TokenEstimator
+from ..planning._walk import walk
 
 __all__ = [
     "FORMAT",
@@ -345,7 +346,7 @@ def _blocks(layout: Layout, head: float) -> list[list[Any]]:
     for i, pos in enumerate(layout.positions):
         block = pos[CONT][pos[KEY]]
         plain = type(block) is str
-        digest = xxhash.xxh3_64_hexdigest(_block_digest(block))
+        digest = xxhash.xxh3_64_hexdigest(block_digest(block))
         out.append(
             [pos[LOC], pos[IDX][0], layout.kind(i), digest, pos[CUM] - before, pos[OK], plain, pos[MARK]]
         )
