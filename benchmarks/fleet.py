@@ -9,7 +9,7 @@ with the same API key, so they share the provider's cache as the processes of on
 deployment do. The same traffic runs twice:
 
 * ``local``: ``RedisStore(url=..., learning=False)``: the miss diagnosis is shared, but
-  every process learns alone (its own :class:`~cachewatch.planning._learning.MemoryLearner`);
+  every process learns alone (its own :class:`~cachewatch.planning._learning_memory.MemoryLearner`);
 * ``shared``: ``RedisStore(url=...)``: the planner's learned state is in Redis too
   (:class:`~cachewatch.planning._learning_redis.RedisLearner`).
 

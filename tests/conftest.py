@@ -16,7 +16,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry
 
 from _redis import redis_server
-from cachewatch.planning._learning import LearningState, MemoryLearner
+from cachewatch.planning._learning import LearningState
+from cachewatch.planning._learning_memory import MemoryLearner
 
 
 @dataclass

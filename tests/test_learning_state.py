@@ -19,7 +19,8 @@ import pytest
 import redis
 
 from _redis import free_port, redis_server
-from cachewatch.planning._learning import CLAIM_TIMEOUT, TTL_1H, LearningState, MemoryLearner, Sighting
+from cachewatch.planning._learning import CLAIM_TIMEOUT, TTL_1H, LearningState, Sighting
+from cachewatch.planning._learning_memory import MemoryLearner
 from cachewatch.planning._learning_redis import MAX_AGE, RedisLearner
 
 Make = Callable[..., LearningState]

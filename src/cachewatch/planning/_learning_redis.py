@@ -54,7 +54,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, TypeVar
 
-from ._learning import CLAIM_TIMEOUT, TTL_1H, TTL_5M, MemoryLearner, Sight, Sighting, min_tier_above
+from ._learning import CLAIM_TIMEOUT, TTL_1H, TTL_5M, Sight, Sighting, min_tier_above
+from ._learning_memory import MemoryLearner
 
 __all__ = ["RedisLearner"]
 

@@ -69,7 +69,8 @@ import xxhash
 
 from ..accounting._records import TokenUsage
 from ._layout import CONT, CUM, KEY, MARK, OK, Layout, Pos, position_path
-from ._learning import TTL_1H, TTL_5M, Advice, LearningState, MemoryLearner, Sight, new_sight, new_sighting
+from ._learning import TTL_1H, TTL_5M, Advice, LearningState, Sight, new_sight, new_sighting
+from ._learning_memory import MemoryLearner
 from ._plan import Placement, Plan, Ticket, new_placement, new_plan, new_ticket
 from ._profiles import Profile, ProfileRegistry
 from ._tokens import PrefixCounter, TokenEstimator

@@ -1,0 +1,469 @@
+"""The in-process learned state: :class:`MemoryLearner`, the planner's default learner.
+
+Data flow: planner -> :meth:`MemoryLearner.sight` (what is known of each candidate
+prefix) ... response -> ``started`` / ``not_cached`` / ``feedback`` / minimums -> the
+next request's sightings.
+
+It implements :class:`~cachewatch.planning._learning.LearningState` with bounded,
+lock-guarded tables: the LRU ledger of prefixes, the recurrence statistics per
+(family, kind, run) bucket and their pool over every family, the provider's
+reliability per family, the learned minimums and the stability of each family's
+static region. ``_learning`` states what is learnt and why.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from ._learning import CLAIM_TIMEOUT, TTL_1H, TTL_5M, Sight, Sighting, min_tier_above, new_sight
+
+__all__ = ["MemoryLearner"]
+
+#: The statistic of prefixes that came back 5-60 minutes after a sighting (not a run length).
+_LATE: Final = 0
+
+
+def _bucket(run: int) -> int:
+    return 3 if run >= 3 else run
+
+
+@dataclass(slots=True)
+class _Bucket:
+    """Recurrence counts of one (family, kind, run) bucket, exponentially forgotten.
+
+    ``seen`` counts opportunities when they are sighted, ``recurred`` when their prefix
+    comes back. Counting is pessimistic: until its prefix comes back an opportunity
+    weighs as one that will not, so traffic that never reuses a prefix stops being
+    written after one opportunity, and a burst of new prefixes is not all written on the
+    strength of the prior. In steady traffic the ratio is unbiased (both counts are
+    forgotten at the same pace; the credits only arrive later).
+    """
+
+    recurred: float = 0.0
+    seen: float = 0.0
+
+
+@dataclass(slots=True)
+class _Prefix:
+    last: float
+    run: int
+    family: int
+    kind: str
+    ttl: float = TTL_5M
+    cached_until: float = 0.0
+    late: int = 0
+    writers: list[tuple[int, float]] = field(default_factory=list)
+    #: The request that saw it last, and whether that request failed (a retry that
+    #: follows is the same request again, not a reuse).
+    ticket: int = 0
+    void: bool = False
+    #: Its last sighting counted as an opportunity of the family's "late" statistic.
+    late_pending: bool = False
+    #: Length of its run before the last time it came back late.
+    previous_run: int = 0
+
+
+@dataclass(slots=True)
+class _Stability:
+    #: Per static position: (last block digest, changes, observations), forgotten.
+    blocks: list[tuple[bytes, float, float]] = field(default_factory=list)
+    #: Per static position: (last first-line digest, last rest digest, rest changes).
+    lines: dict[int, tuple[bytes, bytes, float]] = field(default_factory=dict)
+
+
+class MemoryLearner:
+    """The in-process learned state. Thread-safe; every table is bounded.
+
+    Args:
+        forget: per-opportunity forgetting of the recurrence counts (0.85: ~7 opportunities).
+        prior: Beta prior (recurred, not recurred) of a new prefix's first run.
+        max_prefixes: ledger size (LRU).
+        max_families: families kept (the oldest is dropped past this).
+        max_age: a prefix or conversation not seen for longer than this (seconds) is
+            forgotten, as if never seen (None: kept until the LRU drops it). A shared
+            learner expires its entries, and sets this to the same age.
+    """
+
+    def __init__(
+        self,
+        *,
+        forget: float = 0.85,
+        prior: tuple[float, float] = (1.0, 2.0),
+        max_prefixes: int = 50_000,
+        max_families: int = 4_096,
+        max_age: float | None = None,
+    ) -> None:
+        self.forget = forget
+        self.max_age = max_age
+        self.prior = prior
+        #: Per-kind priors of run 1 (a continued conversation usually goes on).
+        self.priors: dict[str, tuple[float, float]] = {"tail": (2.0, 1.0)}
+        #: The same counts, pooled over every family: the prior of a new family.
+        self._pool: dict[tuple[str, int], _Bucket] = {}
+        #: Conversation key -> (its static prefix key, or -1; last seen).
+        self._conversations: OrderedDict[int, tuple[int, bytes | None, float, bool]] = OrderedDict()
+        self.max_prefixes = max_prefixes
+        self.max_families = max_families
+        self._prefixes: OrderedDict[int, _Prefix] = OrderedDict()
+        self._stats: OrderedDict[tuple[int, str, int], _Bucket] = OrderedDict()
+        #: family -> (expected reads, confirmed reads), forgotten.
+        self._reliability: dict[int, tuple[float, float]] = {}
+        self._minimums: dict[str, int] = {}
+        self._stability: OrderedDict[int, _Stability] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # -- recurrence -------------------------------------------------------------------
+
+    def sight(self, family: int, sightings: Sequence[Sighting], now: float, ticket: int) -> list[Sight]:
+        """Count this request's candidate prefixes; returns what was known before it.
+
+        ``ticket`` identifies the request: it claims the shared prefixes that nobody else
+        is writing (released by :meth:`release`, or by :meth:`started`).
+        """
+        out: list[Sight] = []
+        prefixes = self._prefixes
+        max_age = self.max_age
+        with self._lock:
+            reliability = self._reliability_of(family)
+            for s in sightings:
+                key = s.key
+                kind = s.kind
+                prefix = prefixes.get(key)
+                if prefix is not None and max_age is not None and now - prefix.last > max_age:
+                    del prefixes[key]
+                    prefix = None
+                run = 1
+                cached = writing = late = False
+                if prefix is not None:
+                    prefixes.move_to_end(key)
+                    gap = now - prefix.last
+                    if prefix.late_pending and not prefix.void and gap <= TTL_1H:
+                        self._credit(prefix.family, prefix.kind, _LATE)
+                    prefix.late_pending = False
+                    if prefix.void:
+                        # A retry of a failed request: the same sighting again (its
+                        # opportunity was taken back; this one counts instead).
+                        run = prefix.run
+                    elif gap <= prefix.ttl:
+                        run = prefix.run + 1
+                        self._credit(prefix.family, prefix.kind, 3 if prefix.run >= 3 else prefix.run)
+                    elif gap <= TTL_1H:
+                        prefix.late += 1
+                        prefix.previous_run = prefix.run
+                    late = prefix.late > 0
+                    cached = prefix.cached_until > now
+                    if prefix.writers:
+                        live = [
+                            (t, at) for t, at in prefix.writers if now - at < CLAIM_TIMEOUT and t != ticket
+                        ]
+                        prefix.writers = live
+                        writing = bool(live) and not cached
+                bucket_id = 3 if run >= 3 else run
+                p = self._p(family, kind, bucket_id, now) * reliability
+                p_late = 0.0
+                if late and prefix is not None:
+                    p_late = self._p_late(family, kind, prefix.previous_run, now) * reliability
+                out.append(
+                    new_sight(
+                        key, kind, run, cached, writing, late, p, p_late, prefix is not None, reliability
+                    )
+                )
+                self._opportunity(family, kind, bucket_id)
+                if late:
+                    self._opportunity(family, kind, _LATE)
+                if prefix is None:
+                    prefix = _Prefix(now, run, family, kind)
+                    prefixes[key] = prefix
+                    if len(prefixes) > self.max_prefixes:
+                        prefixes.popitem(last=False)
+                else:
+                    prefix.last = now
+                    prefix.run = run
+                    prefix.family = family
+                    prefix.kind = kind
+                    prefix.void = False
+                prefix.ticket = ticket
+                prefix.late_pending = late
+                if s.shared and not cached and not writing:
+                    prefix.writers.append((ticket, now))
+        return out
+
+    def _credit(self, family: int, kind: str, bucket_id: int) -> None:
+        """A prefix came back: its opportunity in that bucket recurred."""
+        bucket = self._stats.get((family, kind, bucket_id))
+        if bucket is not None:
+            recurred = bucket.recurred + 1.0
+            bucket.recurred = recurred if recurred < bucket.seen else bucket.seen  # min(seen, recurred)
+        pool = self._pool.get((kind, bucket_id))
+        if pool is not None:
+            recurred = pool.recurred + 1.0
+            pool.recurred = recurred if recurred < pool.seen else pool.seen
+
+    def _opportunity(self, family: int, kind: str, bucket_id: int) -> None:
+        stats = self._stats
+        stats_key = (family, kind, bucket_id)
+        bucket = stats.get(stats_key)
+        if bucket is None:
+            bucket = stats[stats_key] = _Bucket()
+            if len(stats) > self.max_families * 8:
+                stats.popitem(last=False)
+        else:
+            stats.move_to_end(stats_key)
+        f = self.forget
+        bucket.recurred *= f
+        bucket.seen = bucket.seen * f + 1.0
+        pool_key = (kind, bucket_id)
+        pool = self._pool.get(pool_key)
+        if pool is None:
+            pool = self._pool[pool_key] = _Bucket()
+        pool.recurred *= f
+        pool.seen = pool.seen * f + 1.0
+
+    def _p(self, family: int, kind: str, bucket_id: int, now: float) -> float:
+        """P(recurs within TTL) of a bucket: its counts over a prior.
+
+        The prior of run 1 is Beta(1, 2) (``prior``; Beta(2, 1) for a continued
+        conversation's tail, which usually goes on), raised to the kind's rate over every
+        family (weight 3) when that is higher. A longer run's prior has the estimate of the run before it as its mean
+        (weight 3): a prefix that came back once is at least as likely to come back again
+        as a new one was to come back at all.
+
+        Computed from run 1 up: the operations of that recursive definition, in its order
+        (``min``/``max`` written as the comparisons they make).
+        """
+        stats = self._stats
+        # A new family starts from the reuse every family has shown for this kind (a
+        # tenant's first chat from the other tenants' chats), never below the prior:
+        # reuse seen elsewhere is evidence, another family's pending opportunities are not.
+        first = bucket_id if bucket_id < 1 else 1
+        a, b = self.priors.get(kind, self.prior)
+        pool = self._pool.get((kind, first))
+        if pool is not None and pool.recurred > 0.0:
+            prior_mean = a / (a + b)
+            pooled = (pool.recurred + a) / (pool.seen + a + b)
+            mean = pooled if pooled > prior_mean else prior_mean  # max(prior_mean, pooled)
+            a, b = 3.0 * mean, 3.0 * (1.0 - mean)
+        bucket = stats.get((family, kind, first))
+        if bucket is None:
+            p = a / (a + b)
+        else:
+            p = (bucket.recurred + a) / (bucket.seen + a + b)
+            if not p < 1.0:  # min(1.0, p)
+                p = 1.0
+        for i in range(first + 1, bucket_id + 1):
+            a, b = 3.0 * p, 3.0 * (1.0 - p)
+            bucket = stats.get((family, kind, i))
+            if bucket is None:
+                p = a / (a + b)
+            else:
+                p = (bucket.recurred + a) / (bucket.seen + a + b)
+                if not p < 1.0:
+                    p = 1.0
+        return p
+
+    def _p_late(self, family: int, kind: str, previous_run: int, now: float) -> float:
+        """P(a prefix that came back 5-60 minutes later comes back within the hour again).
+
+        Its prior mean is the chance that a prefix with the run it had before the gap
+        would have gone on (a document asked about five times, then after a coffee break,
+        is likely to be asked about again; a coincidence seen once is not).
+        """
+        mean = self._p(family, kind, _bucket(previous_run + 1), now)
+        a, b = 3.0 * mean, 3.0 * (1.0 - mean)
+        bucket = self._stats.get((family, kind, _LATE))
+        if bucket is None:
+            return a / (a + b)
+        return min(1.0, (bucket.recurred + a) / (bucket.seen + a + b))
+
+    def recurrence(self, family: int, kind: str, run: int, now: float) -> float:
+        """The current estimate of P(recurs within TTL) for a bucket (reliability excluded)."""
+        with self._lock:
+            return self._p(family, kind, _bucket(run), now)
+
+    # -- conversations ------------------------------------------------------------------
+
+    def conversation(
+        self, key: int, static: int | None, reply: bytes | None, history_known: bool, now: float
+    ) -> tuple[int, bytes | None, bool] | None:
+        """Remember a conversation's static prefix and first reply; returns what it had before.
+
+        ``key`` identifies a conversation by its first input message (and scope), so its
+        turns are linked even when something before them changes on every request; the
+        first reply (None on a first turn) tells two conversations that opened with the
+        same message apart. ``history_known``: this request's previous turn was seen.
+        Returns ``(static key or -1, first reply, steady)`` of the previous request with that
+        key within the hour, or None; *steady*: once, from one request to the next, its
+        static prefix stayed the same and its previous turn was found (a later change is
+        then a one-time edit, not something that changes on every request).
+        """
+        static_id = static if static is not None else -1
+        with self._lock:
+            found = self._conversations.get(key)
+            if found is not None and self.max_age is not None and now - found[2] > self.max_age:
+                found = None
+            steady = found is not None and (found[3] or (found[0] == static_id and history_known))
+            self._conversations[key] = (static_id, reply, now, steady)
+            self._conversations.move_to_end(key)
+            if len(self._conversations) > self.max_prefixes // 4:
+                self._conversations.popitem(last=False)
+        if found is None or now - found[2] > TTL_1H:
+            return None
+        return found[0], found[1], found[3]
+
+    # -- the provider's cache, as believed ---------------------------------------------
+
+    def void(self, keys: Iterable[int], ticket: int) -> None:
+        """The request ``ticket`` failed before its response: its sightings will be seen again."""
+        with self._lock:
+            for key in keys:
+                prefix = self._prefixes.get(key)
+                if prefix is not None and prefix.ticket == ticket and not prefix.void:
+                    prefix.void = True
+                    # Its opportunity says nothing about reuse: take it back.
+                    bucket = self._stats.get((prefix.family, prefix.kind, _bucket(prefix.run)))
+                    if bucket is not None:
+                        bucket.seen = max(0.0, bucket.seen - 1.0)
+                        bucket.recurred = min(bucket.recurred, bucket.seen)
+                    if prefix.writers:
+                        prefix.writers = [(t, at) for t, at in prefix.writers if t != ticket]
+
+    def release(self, keys: Iterable[int], ticket: int) -> None:
+        """The request ``ticket`` does not (or no longer) write these prefixes."""
+        with self._lock:
+            for key in keys:
+                prefix = self._prefixes.get(key)
+                if prefix is not None and prefix.writers:
+                    prefix.writers = [(t, at) for t, at in prefix.writers if t != ticket]
+
+    def started(self, keys: Iterable[tuple[int, float]], ticket: int, now: float) -> None:
+        """A response that marked these prefixes (key, TTL) started: readable from now on."""
+        with self._lock:
+            for key, ttl in keys:
+                prefix = self._prefixes.get(key)
+                if prefix is None:
+                    continue
+                prefix.cached_until = max(prefix.cached_until, now + ttl)
+                prefix.ttl = max(prefix.ttl, ttl)
+                if prefix.writers:
+                    prefix.writers = [(t, at) for t, at in prefix.writers if t != ticket]
+
+    def claims(self) -> int:
+        """How many in-flight write claims are held (introspection, tests)."""
+        with self._lock:
+            return sum(len(prefix.writers) for prefix in self._prefixes.values())
+
+    def not_cached(self, keys: Iterable[int]) -> None:
+        """The provider read and wrote nothing for a request that marked these prefixes."""
+        with self._lock:
+            for key in keys:
+                prefix = self._prefixes.get(key)
+                if prefix is not None:
+                    prefix.cached_until = 0.0
+
+    def feedback(self, family: int, expected: int, confirmed: int) -> None:
+        """``expected`` prefixes believed cached were marked; the provider read ``confirmed``."""
+        if expected <= 0:
+            return
+        with self._lock:
+            e, c = self._reliability.get(family, (0.0, 0.0))
+            f = self.forget
+            for _ in range(expected):
+                e = e * f + 1.0
+                c = c * f
+            c += min(confirmed, expected)
+            if len(self._reliability) >= self.max_families and family not in self._reliability:
+                self._reliability.clear()
+            self._reliability[family] = (e, c)
+
+    def _reliability_of(self, family: int) -> float:
+        found = self._reliability.get(family)
+        if found is None:
+            return 1.0
+        e, c = found
+        return min(1.0, (c + 1.0) / (e + 1.0))
+
+    def reliability(self, family: int) -> float:
+        with self._lock:
+            return self._reliability_of(family)
+
+    # -- learned minimums -------------------------------------------------------------
+
+    def learned_minimum(self, model_key: str) -> int:
+        """The learned minimum for a (profile, model) key; 0 when nothing was learned."""
+        return self._minimums.get(model_key, 0)
+
+    def raise_minimum(self, model_key: str, tokens: float) -> None:
+        """A marked prefix of ``tokens`` was neither written nor read: the minimum is above it."""
+        with self._lock:
+            tier = min_tier_above(tokens)
+            if tier > self._minimums.get(model_key, 0):
+                if len(self._minimums) >= 4_096:
+                    self._minimums.clear()
+                self._minimums[model_key] = tier
+
+    def lower_minimum(self, model_key: str) -> None:
+        """A probe below the learned minimum was cached: forget the learned minimum."""
+        with self._lock:
+            self._minimums.pop(model_key, None)
+
+    # -- stability of the static region ----------------------------------------------
+
+    def stability(
+        self, family: int, blocks: Sequence[bytes], lines: dict[int, tuple[bytes, bytes]]
+    ) -> tuple[int | None, bool]:
+        """Record the static region's block digests; returns (first volatile position, rest stable).
+
+        A position is volatile when it changed in at least 80% of at least 3 observations
+        (forgotten). ``lines`` holds, for volatile text blocks, the digests of their first
+        line and of the rest; the second value says whether the rest of the first volatile
+        block stays the same (only its first line changes).
+        """
+        f = self.forget
+        with self._lock:
+            state = self._stability.get(family)
+            if state is None:
+                state = self._stability[family] = _Stability()
+                if len(self._stability) > self.max_families:
+                    self._stability.popitem(last=False)
+            else:
+                self._stability.move_to_end(family)
+            old = state.blocks
+            new: list[tuple[bytes, float, float]] = []
+            first_volatile: int | None = None
+            for i, digest in enumerate(blocks):
+                if i < len(old):
+                    last, changes, seen = old[i]
+                    changed = 1.0 if digest != last else 0.0
+                    changes = changes * f + changed
+                    seen = seen * f + 1.0
+                else:
+                    changes, seen = 0.0, 0.0
+                new.append((digest, changes, seen))
+                if first_volatile is None and seen >= 2.0 and changes >= 0.8 * seen:
+                    first_volatile = i
+            state.blocks = new
+            rest_stable = False
+            for i, (head, rest) in lines.items():
+                found = state.lines.get(i)
+                rest_changes = 0.0
+                if found is not None:
+                    _, last_rest, rest_changes = found
+                    rest_changes = rest_changes * f + (1.0 if rest != last_rest else 0.0)
+                state.lines[i] = (head, rest, rest_changes)
+                if i == first_volatile and found is not None and rest_changes < 0.5:
+                    rest_stable = True
+            if len(state.lines) > 64:
+                state.lines.clear()
+        return first_volatile, rest_stable
+
+    def volatile_candidates(self, family: int) -> set[int]:
+        """Static positions that changed on their last observation (worth a line split)."""
+        with self._lock:
+            state = self._stability.get(family)
+            if state is None:
+                return set()
+            return {i for i, (_, changes, seen) in enumerate(state.blocks) if seen >= 1.0 and changes > 0.5}
