@@ -1,0 +1,91 @@
+"""Prompt advice: where a block that changes on every request cuts the cacheable prefix short.
+
+Data flow: planner -> learner (which static blocks keep changing, ``_learning``) ->
+**advice** -> :attr:`Plan.advice <cachewatch.planning._plan.Plan.advice>` -> the
+``cachewatch_volatile_prefix_tokens_total`` metric and the record.
+
+Only positions, block kinds and token counts: never content. When only the first line
+of the volatile block changes, the advice names ``:first_line`` and counts the rest of
+the block as movable too.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import xxhash
+
+from ._layout import CONT, CUM, KEY, Layout, Pos, position_path
+from ._learning import Advice
+from ._profiles import Profile
+from ._tokens import PrefixCounter, TokenEstimator
+
+if TYPE_CHECKING:
+    from ._planner import Planner
+
+__all__ = ["volatile_advice"]
+
+
+def volatile_advice(
+    planner: Planner,
+    layout: Layout,
+    family: int,
+    counter: PrefixCounter,
+    profile: Profile,
+    model: str | None,
+) -> Advice | None:
+    """Where a volatile block cuts the static prefix short, and what moving it would win."""
+    blocks = layout.block_digests
+    if not blocks:
+        return None
+    positions = layout.positions
+    lines: dict[int, tuple[bytes, bytes]] = {}
+    candidates = getattr(planner.learner, "volatile_candidates", None)
+    if candidates is not None:
+        for i in candidates(family):
+            if i < len(blocks):
+                split = _line_split(positions[i])
+                if split is not None:
+                    lines[i] = split
+    volatile, rest_stable = planner.learner.stability(family, blocks, lines)
+    if volatile is None:
+        return None
+    ratio = counter.ratio
+    end = positions[len(blocks) - 1][CUM]
+    before = positions[volatile - 1][CUM] if volatile > 0 else 0.0
+    movable = end - positions[volatile][CUM]
+    block = position_path(positions[volatile])
+    if rest_stable:
+        head = _first_line_raw(positions[volatile], planner.estimator, counter.family)
+        movable += max(0.0, positions[volatile][CUM] - before - head)
+        block += ":first_line"
+    tokens = int(movable * ratio)
+    if tokens < planner.min_tokens(profile, model):
+        return None
+    return Advice(block, layout.kind(volatile), tokens)
+
+
+def _line_split(pos: Pos) -> tuple[bytes, bytes] | None:
+    """Digests of a text block's first line and of the rest (None when it is not text)."""
+    block = pos[CONT][pos[KEY]]
+    if type(block) is list and len(block) == 1:
+        block = block[0]
+    text = block if type(block) is str else block.get("text") if type(block) is dict else None
+    if type(text) is not str:
+        return None
+    head, newline, rest = text.partition("\n")
+    if not newline or not rest.strip():
+        return None  # one line: the block as a whole is what changes
+    return (
+        xxhash.xxh3_128_digest(head.encode("utf-8", "surrogatepass")),
+        xxhash.xxh3_128_digest(rest.encode("utf-8", "surrogatepass")),
+    )
+
+
+def _first_line_raw(pos: Pos, estimator: TokenEstimator, family: str) -> float:
+    block = pos[CONT][pos[KEY]]
+    if type(block) is list and len(block) == 1:
+        block = block[0]
+    text = block if type(block) is str else block.get("text", "") if type(block) is dict else ""
+    head = text.partition("\n")[0] if type(text) is str else ""
+    return estimator.text(head, family=family)

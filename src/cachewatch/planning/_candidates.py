@@ -1,0 +1,115 @@
+"""Candidate prefixes of a request: where a ``cache_control`` marker could pay off.
+
+Data flow: layout (``_walk``) -> **candidates** -> placement policy (``_policy``).
+
+Candidates (research A.1-A.6, B.2, E), each a prefix ending at one block:
+
+* ``static``: the last eligible tools/system block (everything every conversation with
+  these tools and this system prompt shares);
+* ``tail_first`` / ``tail``: the last eligible block of the last user message, on a first
+  turn / a continued conversation (the next turn, or the next agent-loop step, reads it);
+* ``previous_turn``: where the previous turn's tail was (turn N+1 re-marks the position
+  turn N wrote, so the lookback still finds it);
+* ``document``: the latest large block before the tail (a document asked about again).
+"""
+
+from __future__ import annotations
+
+from ._layout import CUM, MARK, OK, Layout, Pos
+
+__all__ = ["document_candidate", "find_candidates", "last_eligible"]
+
+_INPUT_ROLES = frozenset({"user", "tool", "function"})
+
+
+def find_candidates(
+    layout: Layout, ratio: float, lookback: int, document_tokens: int, top_ttl: str | None
+) -> list[tuple[int, str]]:
+    """The candidate prefixes of a request, as (position, kind), in prompt order.
+
+    ``top_ttl``: the TTL of the caller's top-level ``cache_control`` (no ``tail`` then).
+    """
+    positions = layout.positions
+    roles = layout.roles
+    fm = layout.first_message
+    candidates: list[tuple[int, str]] = []
+    static = last_eligible(positions, 0, fm)
+    if static is not None:
+        candidates.append((static, "static"))
+    last_user = _last_input(roles, len(roles))
+    tail = _tail_position(positions, layout.spans, last_user, fm) if last_user is not None else None
+    if tail is not None and last_user is not None:
+        prev_user = _previous_input(roles, last_user)
+        if prev_user is not None:
+            prev = _tail_position(positions, layout.spans, prev_user, fm)
+            if prev is not None and prev != tail:
+                candidates.append((prev, "previous_turn"))
+        document = document_candidate(positions, fm, tail, ratio, lookback, document_tokens)
+        if document is not None:
+            candidates.append((document, "document"))
+        if top_ttl is None:
+            candidates.append((tail, "tail_first" if layout.first_turn else "tail"))
+    candidates.sort()
+    return candidates
+
+
+def document_candidate(
+    positions: list[Pos],
+    fm: int,
+    tail: int,
+    ratio: float,
+    lookback: int,
+    document_tokens: int,
+) -> int | None:
+    """The latest large eligible block in the lookback window before the tail."""
+    lo = max(fm, tail - lookback)
+    for i in range(tail - 1, lo - 1, -1):
+        pos = positions[i]
+        if not pos[OK]:
+            continue
+        before = positions[i - 1][CUM] if i > 0 else 0.0
+        if (pos[CUM] - before) * ratio >= document_tokens:
+            return i
+    return None
+
+
+def _last_input(roles: list[str], before: int) -> int | None:
+    """The last message before ``before`` sent by the caller's side (user or tool results)."""
+    for i in range(before - 1, -1, -1):
+        if roles[i] in _INPUT_ROLES:
+            return i
+    return None
+
+
+def _previous_input(roles: list[str], last: int) -> int | None:
+    """The last input message of the previous turn: before the assistant turn preceding ``last``."""
+    for i in range(last - 1, -1, -1):
+        if roles[i] == "assistant":
+            return _last_input(roles, i)
+    return None
+
+
+def last_eligible(positions: list[Pos], lo: int, hi: int) -> int | None:
+    for i in range(hi - 1, lo - 1, -1):
+        pos = positions[i]
+        if pos[OK] or pos[MARK] is not None:
+            return i
+    return None
+
+
+def _tail_position(positions: list[Pos], spans: dict[int, tuple[int, int]], msg: int, fm: int) -> int | None:
+    """The last eligible position at or before the end of message ``msg`` (the tail rule)."""
+    span = spans.get(msg)
+    end = span[1] if span is not None else None
+    if end is None:
+        # The message has no positions: take the last position of the closest earlier message.
+        end = fm
+        for m in range(msg - 1, -1, -1):
+            s = spans.get(m)
+            if s is not None:
+                end = s[1]
+                break
+    for i in range(end - 1, fm - 1, -1):
+        if positions[i][OK] or positions[i][MARK] is not None:
+            return i
+    return None

@@ -1,0 +1,369 @@
+"""The placement policy: which candidate prefixes get a marker, and with which TTL.
+
+Data flow: planner -> candidates (``_candidates``) -> what the learner knows of each
+(``_learning``) -> **policy** -> markers inserted (``_rewrite``) -> planner.
+
+The policy: a write costs 0.25x its tokens more than sending them unmarked (1x for a
+1h write), a read saves 0.9x. For each candidate the learner gives P(the prefix is
+read again within its TTL), learnt per family, kind and run from whether prefixes
+really recur (see ``_learning``), times the provider's reliability. Then:
+
+* a prefix believed **cached** is marked: a read (and a refresh);
+* a prefix another in-flight request is **writing** is not (``skipped_in_flight``);
+* a prefix whose P reaches ``threshold`` (0.28 = 0.25 / 0.9) is **worth writing**; the
+  deepest such candidate sets how far this request writes;
+* any other candidate before that write extent is free to mark (Anthropic and
+  DashScope bill only up to the last marker, so intermediate markers cost nothing)
+  and is marked when a slot is left, so other requests can read it;
+* the rest are ``skipped_not_reused``: nothing past the last candidate worth writing
+  is written. A block that changes on every request never recurs, so a prefix that
+  ends after it is never worth writing.
+
+A marker goes only where the estimated prefix reaches the model's minimum (the
+documented table, raised by what was learnt). Slots: the profile's maximum minus
+reserved relay slots, the caller's markers and a top-level ``cache_control``;
+priority: the write extent, the deepest read, then static, document, previous turn.
+TTLs: ``5m``; ``1h`` (profiles that honour it) for a shared prefix that came back
+5-60 minutes after its last use, and for every marker before it, or for the static
+marker with ``static_ttl="1h"``; every ``1h`` marker precedes every ``5m`` one
+(``skipped_ttl_order``). Top-level automatic mode (Anthropic first-party) marks the
+tail when it is the request's last block and its content a plain string. The
+caller's markers are kept and counted; markers the provider would reject are removed
+(``removed_invalid``) unless ``remove_invalid=False``.
+
+Regret: per (family, kind, run) the policy is the better of "always write" and
+"never write" for the recurrence rate it observes, which it observes for every
+request whatever it marked. On traffic that never reuses a prefix it makes one write
+per (family, kind, run) before the estimate falls under the threshold, and after a
+change from reused to unreused traffic at most ``ceil(log(0.28 / p) / log(1 / 0.85))``
+more (p: the rate before the change; 8 from p = 1). README "The adaptive policy" and
+``tests/test_regret.py`` state and check the bound.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+import xxhash
+
+from ._advice import volatile_advice
+from ._candidates import find_candidates, last_eligible
+from ._layout import CONT, CUM, KEY, MARK, Layout, Pos
+from ._learning import TTL_1H, TTL_5M, Advice, LearningState, Sight, new_sight, new_sighting
+from ._plan import Placement, Ticket, new_placement, new_ticket
+from ._profiles import Profile
+from ._rewrite import insert_marker, last_is_cacheable, placement, tok
+from ._tokens import PrefixCounter
+
+if TYPE_CHECKING:
+    from ._planner import Planner
+
+__all__ = ["place"]
+
+_EPHEMERAL: dict[str, str] = {"type": "ephemeral"}
+_h64 = xxhash.xxh3_64_intdigest
+#: Priority of the candidates that only compete for spare slots.
+_SPARE_PRIORITY: Final = {"static": 0, "document": 1, "previous_turn": 2, "tail": 3, "tail_first": 3}
+_SHARED_KINDS: Final = frozenset({"static", "document"})
+
+
+def place(
+    planner: Planner,
+    obj: dict[str, Any],
+    profile: Profile,
+    model: str | None,
+    counter: PrefixCounter,
+    layout: Layout,
+    host: str,
+    scope: str,
+) -> tuple[tuple[Placement, ...], bool, Ticket | None, Advice | None]:
+    positions = layout.positions
+    ratio = counter.ratio
+    out: list[Placement] = [
+        Placement(r.location, "removed_invalid", None, r.index, r.path, r.position, 0, "caller")
+        for r in layout.removed
+    ]
+    changed = bool(layout.removed)
+
+    # The caller's markers and the top-level one.
+    caller: list[int] = []
+    for i, pos in enumerate(positions):
+        if pos[MARK] is not None:
+            caller.append(i)
+            out.append(placement(pos, i, "kept", pos[MARK], "caller", ratio))
+    top = obj.get("cache_control")
+    top_ttl: str | None = None
+    if isinstance(top, dict):
+        top_ttl = "1h" if top.get("ttl") == "1h" else "5m"
+        out.append(
+            Placement(
+                "top_level", "kept", top_ttl, (), "cache_control", -1, int(counter.raw * ratio), "caller"
+            )
+        )
+    used = len(caller) + len(layout.nested) + (1 if top_ttl else 0)
+    budget = profile.slots - used
+    ordered: list[tuple[float, str]] = (
+        sorted([(float(i), positions[i][MARK] or "5m") for i in caller] + layout.nested)
+        if caller or layout.nested
+        else []
+    )
+    automatic: int | None = None  # the block the caller's top-level marker lands on
+    if top_ttl is not None:
+        # Automatic caching marks the last cacheable block: its TTL sits there, and no
+        # marker of ours may go on that block (two TTLs on one block are a 400).
+        automatic = last_eligible(positions, 0, len(positions))
+        ordered.append((float(len(positions) if automatic is None else automatic), top_ttl))
+
+    # Candidates: (position, kind), in prompt order.
+    fm = layout.first_message
+    candidates = find_candidates(layout, ratio, profile.lookback, planner.document_tokens, top_ttl)
+
+    # What the learner knows of each candidate prefix (and this request counts).
+    model_key = f"{profile.name}\x00{model}"
+    scope_tag = orjson.dumps([profile.name, host, model, scope])
+    family = _h64(scope_tag + orjson.dumps([len(layout.tools or ()) or _count(positions, "tools"), fm]))
+    # Ticket(id, family, model_key), total_raw set: its fields in order.
+    ticket = new_ticket(
+        next(planner.tickets), family, model_key, [], [], [], 0.0, 0.0, counter.raw, False, False, False
+    )
+    for index in caller:
+        ticket.deepest_raw = max(ticket.deepest_raw, positions[index][CUM])
+        ttl_s = TTL_1H if positions[index][MARK] == "1h" else TTL_5M
+        ticket.marked.append((_h64(scope_tag + layout.digests[index]), ttl_s))
+    digests = layout.digests
+    keys = [_h64(scope_tag + digests[i]) for i, _ in candidates]
+    kinds = [kind for _, kind in candidates]
+    # candidates, kinds, keys and sights (below) are parallel lists of one length: their
+    # zips go without strict=True (a keyword argument costs zip() a second argument parse).
+    sights: list[Sight] = []
+    advice: Advice | None = None
+    if planner.learning and candidates:
+        sights = planner.learner.sight(
+            family,
+            [new_sighting(key, kind, kind in _SHARED_KINDS) for key, kind in zip(keys, kinds)],  # noqa: B905
+            planner.clock(),
+            ticket.id,
+        )
+        ticket.sighted = keys
+        advice = volatile_advice(planner, layout, family, counter, profile, model)
+    else:
+        sights = [
+            new_sight(key, kind, 1, False, False, False, 1.0, 0.0, False, 1.0)
+            for key, kind in zip(keys, kinds)  # noqa: B905
+        ]
+    if len(sights) != len(candidates):
+        raise ValueError("the learner answered for another number of prefixes than it was asked about")
+    claimed = [
+        s.key
+        for s, kind in zip(sights, kinds)  # noqa: B905
+        if kind in _SHARED_KINDS and not s.cached and not s.writing
+    ]
+
+    if budget <= 0 or (ordered and _disordered(ordered)) or not candidates:
+        _release_unused(planner.learner, ticket, claimed, set())
+        return tuple(out), changed, (ticket if ticket.marked or ticket.sighted else None), advice
+
+    documented = planner.min_tokens(profile, model)
+    learned = planner.learner.learned_minimum(model_key) if planner.learning else 0
+    minimum = documented
+    if learned > documented:
+        minimum = learned
+        if planner.probe(model_key):
+            minimum = documented
+            ticket.probe = True
+    threshold_tokens = minimum * (1.0 + planner.min_margin)
+
+    # A continued conversation seen before whose previous turn's prefix was never seen:
+    # something before it changed since that turn (a timestamp at the top of the system
+    # prompt, an edited message). Its own tail will not be found by the next turn either;
+    # and if its static prefix changed since the conversation's last request, the static
+    # prefix is the culprit: neither is worth writing. (A conversation not seen before,
+    # such as the first request of a new process, is no evidence either way.)
+    unstable = False
+    if planner.learning and layout.first_input_anchor is not None:
+        static_key: int | None = None
+        history_known = True
+        for kind, sight in zip(kinds, sights):  # noqa: B905
+            if kind == "static":
+                if static_key is None:
+                    static_key = sight.key
+            elif kind == "previous_turn" and not sight.known:
+                history_known = False
+        conversation = _h64(scope_tag + b"conversation" + layout.first_input_anchor)
+        before = planner.learner.conversation(
+            conversation, static_key, layout.first_reply_anchor, history_known, planner.clock()
+        )
+        if before is not None and not layout.first_turn:
+            old_static, old_reply, steady = before
+            # A conversation that never kept its prefix from one request to the next
+            # (a one-time edit of a steady one is not this): its static prefix changed
+            # again, or, surely the same conversation (same first reply), its previous
+            # turn was never seen.
+            if not steady:
+                unstable = old_static != (static_key if static_key is not None else -1) or (
+                    old_reply == layout.first_reply_anchor and not history_known
+                )
+
+    taken: set[int] = set(caller)
+    if automatic is not None:
+        taken.add(automatic)
+    # Roles: "read" (believed cached), "write" (worth writing), None (only if free).
+    entries: list[tuple[int, str, Sight, str | None]] = []
+    for (index, kind), sight in zip(candidates, sights):  # noqa: B905
+        if index in taken:
+            continue
+        taken.add(index)
+        pos = positions[index]
+        reason = "tail" if kind == "tail_first" else kind
+        if not counter.reaches_at(pos[CUM], threshold_tokens):
+            out.append(placement(pos, index, "skipped_below_minimum", None, reason, ratio))
+            continue
+        if sight.cached:
+            entries.append((index, kind, sight, "read"))
+        elif sight.writing:
+            out.append(placement(pos, index, "skipped_in_flight", None, reason, ratio))
+        elif kind == "previous_turn" or (
+            unstable and (kind == "tail" or (kind == "static" and not sight.known))
+        ):
+            # A previous turn is marked to be read, never written (the tail covers it).
+            entries.append((index, kind, sight, None))
+        elif sight.p >= planner.threshold or (
+            sight.late and profile.honours_1h and sight.p_late >= planner.threshold_1h
+        ):
+            entries.append((index, kind, sight, "write"))
+        elif (
+            sight.reliability < 1.0
+            and sight.p >= planner.threshold * sight.reliability
+            and planner.probe(f"reliability\x00{family}")
+        ):
+            # Only the provider's reliability holds this write back: one in probe_every
+            # is made anyway, so a provider that serves its cache again is found again.
+            entries.append((index, kind, sight, "write"))
+        else:
+            entries.append((index, kind, sight, None))
+    extent = read_point = -1
+    for i, _, _, role in entries:
+        if role == "write":
+            if i > extent:
+                extent = i
+        elif role == "read" and i > read_point:
+            read_point = i
+
+    # Slots: the write extent, the deepest read, then the free ones before the extent.
+    def priority(entry: tuple[int, str, Sight, str | None]) -> tuple[int, int]:
+        index, kind, _, role = entry
+        if index == extent:
+            return (0, 0)
+        if index == read_point:
+            return (1, 0)
+        if role is not None:
+            return (2, -index)
+        return (3, _SPARE_PRIORITY.get(kind, 9))
+
+    wanted = [e for e in entries if e[3] is not None or e[0] < extent]
+    wanted.sort(key=priority)
+    chosen: list[tuple[int, str, Sight]] = []
+    for index, kind, sight, _ in wanted:
+        pos = positions[index]
+        reason = "tail" if kind == "tail_first" else kind
+        if len(chosen) >= budget:
+            out.append(placement(pos, index, "skipped_no_slot", None, reason, ratio))
+            continue
+        chosen.append((index, kind, sight))
+    chosen_at = {index for index, _, _ in chosen}
+    for index, kind, _, role in entries:
+        if index not in chosen_at and role is None and index >= extent:
+            reason = "tail" if kind == "tail_first" else kind
+            out.append(placement(positions[index], index, "skipped_not_reused", None, reason, ratio))
+    if not chosen:
+        _release_unused(planner.learner, ticket, claimed, set())
+        return tuple(out), changed, (ticket if ticket.marked or ticket.sighted else None), advice
+
+    # TTLs, in prompt order: 1h markers must precede every 5m marker.
+    chosen.sort()
+    one_hour_upto = -1
+    if profile.honours_1h and planner.learning:
+        for index, kind, sight in chosen:
+            if kind in _SHARED_KINDS and sight.late and sight.p_late >= planner.threshold_1h:
+                one_hour_upto = max(one_hour_upto, index)
+    last_1h = -1.0
+    first_5m = float(len(positions) + 1)
+    if ordered:
+        last_1h = max((at for at, ttl in ordered if ttl == "1h"), default=-1.0)
+        first_5m = min((at for at, ttl in ordered if ttl == "5m"), default=first_5m)
+    honours_1h = profile.honours_1h
+    marked_keys: set[int] = set()
+    key_at = {index: key for (index, _), key in zip(candidates, keys, strict=True)}
+    for index, kind, sight in chosen:
+        pos = positions[index]
+        reason = "tail" if kind == "tail_first" else kind
+        forced_1h = index < last_1h
+        allowed_1h = index < first_5m and honours_1h
+        if forced_1h and not allowed_1h:
+            out.append(placement(pos, index, "skipped_ttl_order", None, reason, ratio))
+            continue
+        ttl = (
+            "1h"
+            if forced_1h
+            or (allowed_1h and (index <= one_hour_upto or (kind == "static" and planner.static_ttl == "1h")))
+            else "5m"
+        )
+        if ttl == "5m":
+            first_5m = min(first_5m, float(index))
+        key = key_at[index]
+        marked_keys.add(key)
+        ticket.marked.append((key, TTL_1H if ttl == "1h" else TTL_5M))
+        ticket.deepest_raw = max(ticket.deepest_raw, pos[CUM])
+        if sight.cached:
+            ticket.expected_read_raw = max(ticket.expected_read_raw, pos[CUM])
+        if (
+            kind in ("tail", "tail_first")
+            and profile.top_level_automatic
+            and planner.automatic != "never"
+            and ttl == "5m"
+            and index == len(positions) - 1
+            and (planner.automatic == "prefer" or isinstance(pos[CONT][pos[KEY]], str))
+            and last_is_cacheable(positions)
+        ):
+            obj["cache_control"] = dict(_EPHEMERAL)
+            out.append(
+                new_placement(
+                    "top_level", "inserted", "5m", (), "cache_control", -1, tok(pos[CUM], ratio), reason
+                )
+            )
+            changed = True
+            continue
+        insert_marker(pos, ttl, profile)
+        out.append(placement(pos, index, "inserted", ttl, reason, ratio))
+        changed = True
+    _release_unused(planner.learner, ticket, claimed, marked_keys)
+    return tuple(out), changed, ticket, advice
+
+
+def _release_unused(learner: LearningState, ticket: Ticket, claimed: list[int], marked: set[int]) -> None:
+    """Keep the claims this request writes; release the others at once."""
+    unused = [key for key in claimed if key not in marked]
+    ticket.claimed = [key for key in claimed if key in marked]
+    if unused:
+        learner.release(unused, ticket.id)
+
+
+def _count(positions: list[Pos], location: str) -> int:
+    n = 0
+    for pos in positions:
+        if pos[0] != location:
+            break
+        n += 1
+    return n
+
+
+def _disordered(ordered: list[tuple[float, str]]) -> bool:
+    """Whether a ``1h`` marker comes after a ``5m`` one (the caller's own mistake: add nothing)."""
+    seen_5m = False
+    for _, ttl in ordered:
+        if ttl == "5m":
+            seen_5m = True
+        elif seen_5m:
+            return True
+    return False
