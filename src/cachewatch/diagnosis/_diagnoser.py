@@ -35,6 +35,9 @@ The store hands each such entry out once (:meth:`FingerprintStore.claim_expired`
 periodic sweep and whenever a lookup meets an expired entry) and ``on_wasted`` is called
 with its labels and write tokens. A fan-out that writes the same prefix twice counts
 both writes. Entries the bounded store drops before they expire are not counted.
+
+The reasons, the calibration of estimates and the anchor verdict are ``_verdicts``';
+what a diagnosed request leaves in the store is ``_entries``'.
 """
 
 from __future__ import annotations
@@ -43,7 +46,6 @@ import itertools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Any, Final
 
 import orjson
@@ -51,28 +53,13 @@ import xxhash
 
 from ..accounting._records import MissVerdict, TokenUsage
 from ..planning._tokens import TokenEstimator
+from ._entries import store_entries
 from ._fingerprints import Fingerprints, fingerprint
-from ._store import TTL_SECONDS, Entry, FingerprintStore, MemoryStore
+from ._store import Entry, FingerprintStore, MemoryStore
+from ._verdicts import UNINFORMATIVE_PROVIDER, anchor_verdict, calibrated
 
-__all__ = ["MISS_REASONS", "Diagnoser", "MissVerdict", "RequestState"]
+__all__ = ["Diagnoser", "RequestState"]
 
-#: The closed set of ``reason`` label values of ``cachewatch_cache_misses_total``.
-MISS_REASONS = (
-    "ttl_expired",
-    "prefix_changed_tools",
-    "prefix_changed_system",
-    "prefix_changed_messages",
-    "model_changed",
-    "below_minimum",
-    "write_in_flight",
-    "lookback_exceeded",
-    "evicted",
-    "provider_reported",
-)
-
-#: Provider reasons that say nothing about the miss: the local verdict is used instead.
-_UNINFORMATIVE_PROVIDER = frozenset({"previous_message_not_found", "unavailable", "none", "no_miss"})
-_ANCHOR_HASH = 4
 _h: Final[Callable[[bytes], bytes]] = xxhash.xxh3_128_digest
 
 
@@ -127,31 +114,6 @@ class RequestState:
 
 
 _DEFAULT_ESTIMATOR = TokenEstimator(use_qwen_tokenizer=False)
-
-
-def _calibrated(raw: tuple[float, ...], total_raw: float, usage: TokenUsage, last_marker: int) -> list[float]:
-    """Per-position token estimates rescaled to what the provider billed.
-
-    The billing says exactly how many tokens lie up to the last breakpoint: reads A plus
-    writes C - A, the uncached rest coming after it. So the prefix through the last
-    marker is scaled to ``cache_read + cache_write`` and what follows to the uncached
-    input, instead of scaling the whole prompt by one ratio: uncached text after the last
-    marker (a system reminder after the caller's marker) then no longer shifts the
-    estimate of the cached part.
-    """
-    prompt = usage.prompt_total
-    if prompt <= 0 or total_raw <= 0:
-        return list(raw)
-    cached = usage.cache_read + usage.cache_write
-    head = raw[last_marker] if 0 <= last_marker < len(raw) else 0.0
-    if cached <= 0 or head <= 0 or head >= total_raw:
-        ratio = min(5.0, max(0.2, prompt / total_raw))
-        return [t * ratio for t in raw]
-    r1 = min(5.0, max(0.2, cached / head))
-    rest = max(0, prompt - cached)
-    r2 = min(5.0, max(0.2, rest / (total_raw - head))) if rest > 0 else 0.0
-    base = head * r1
-    return [t * r1 if i <= last_marker else base + (t - head) * r2 for i, t in enumerate(raw)]
 
 
 class Diagnoser:
@@ -307,7 +269,7 @@ class Diagnoser:
         fp = self.fingerprints(state)
         if fp is not None:
             verdict, _expired_seen = self._diagnose(state, fp, usage, now)
-        if provider_reason and provider_reason not in _UNINFORMATIVE_PROVIDER:
+        if provider_reason and provider_reason not in UNINFORMATIVE_PROVIDER:
             verdict = MissVerdict(
                 "provider_reported",
                 detail=provider_reason,
@@ -359,7 +321,7 @@ class Diagnoser:
         total_raw = fp.tokens[-1] if fp.tokens else 0.0
         read = usage.cache_read
         marker_positions = [m for m, _ in fp.markers if m < n]
-        tokens = _calibrated(fp.tokens[:n], total_raw, usage, max(marker_positions, default=-1))
+        tokens = calibrated(fp.tokens[:n], total_raw, usage, max(marker_positions, default=-1))
 
         def reachable(i: int) -> bool:
             return any(0 <= m - i < self.lookback for m in marker_positions)
@@ -421,7 +383,7 @@ class Diagnoser:
 
         anchor: Entry | None = next((e for e in found[n:] if e is not None and e.written_at <= sent), None)
         if verdict is None and anchor is not None and anchor.cached and anchor.tokens - read > slack:
-            verdict = self._anchor_verdict(fp, anchor, n, tokens, read, sent)
+            verdict = anchor_verdict(fp, anchor, n, tokens, read, sent)
 
         if (
             verdict is None
@@ -447,7 +409,20 @@ class Diagnoser:
         if expired_seen:
             # Count expired unread writes before this request's own entries replace them.
             self.sweep(max(now, sent))
-        self._update(state, fp, usage, n, keys, found, cands, read_pos, tokens, anchor_keys)
+        store_entries(
+            self.store,
+            self.max_anchor_positions,
+            state,
+            fp,
+            usage,
+            n,
+            keys,
+            found,
+            cands,
+            read_pos,
+            tokens,
+            anchor_keys,
+        )
         return verdict, expired_seen
 
     def _inflight_candidates(
@@ -473,138 +448,3 @@ class Diagnoser:
                     else:
                         out.append((m, "live" if reachable(m) else "far", None))
         return out
-
-    def _anchor_verdict(
-        self, fp: Fingerprints, anchor: Entry, n: int, tokens: list[float], read: int, sent: float
-    ) -> MissVerdict | None:
-        if anchor.model != fp.model:
-            return MissVerdict("model_changed", expected_tokens=anchor.tokens, read_tokens=read)
-        tools = fp.tools[:_ANCHOR_HASH] if fp.tools is not None else b""
-        if (
-            anchor.tools != tools
-            and (not fp.locations or fp.locations[0] != "tools")
-            and anchor.expires_at > sent
-        ):
-            # Tool definitions that are not positions (chat completions) changed, or went away.
-            return MissVerdict(
-                "prefix_changed_tools", block="tools", kind="tool", expected_tokens=anchor.tokens,
-                read_tokens=read,
-            )  # fmt: skip
-        h = anchor.hashes
-        stored = len(h) // _ANCHOR_HASH
-        d: int | None = None
-        for i in range(min(stored, n)):
-            if h[i * _ANCHOR_HASH : (i + 1) * _ANCHOR_HASH] != fp.hashes[i][:_ANCHOR_HASH]:
-                d = i
-                break
-        if d is None:
-            # Identical through what both hold: unchanged, a shorter request, or beyond the kept hashes.
-            return None
-        if d > anchor.position:
-            return None
-        location = fp.locations[d]
-        if location == "messages" and (d == 0 or fp.locations[d - 1] != "messages"):
-            # The very first message differs: another conversation on the same tools and
-            # system prompt, whose own prefix was never written. Not a miss.
-            return None
-        if anchor.expires_at <= sent:
-            return MissVerdict("ttl_expired", expected_tokens=anchor.tokens, read_tokens=read)
-        return MissVerdict(
-            f"prefix_changed_{location}",
-            position=d,
-            block=fp.path(d),
-            kind=fp.kinds[d],
-            expected_tokens=anchor.tokens,
-            read_tokens=read,
-        )
-
-    def _update(
-        self,
-        state: RequestState,
-        fp: Fingerprints,
-        usage: TokenUsage,
-        n: int,
-        keys: list[bytes],
-        found: list[Entry | None],
-        cands: list[tuple[int, str, Entry | None]],
-        read_pos: int,
-        tokens: list[float],
-        anchor_keys: list[bytes],
-    ) -> None:
-        sent = state.sent_at
-        readable = state.response_at if state.response_at is not None else sent
-        provider, model_label, workspace = state.labels
-        items: dict[bytes, Entry] = {}
-        # Entries this request read: refreshed (the TTL restarts at this request's start).
-        for i, st, e in cands:
-            if e is not None and st == "live" and i <= read_pos:
-                items[keys[i]] = replace(e, refreshed_at=max(e.refreshed_at, sent), read=True)
-        # This request's own breakpoints; its write tokens are attributed to the ones past the read.
-        markers = [(m, ttl) for m, ttl in fp.markers if m < n]
-        read_tokens = float(usage.cache_read)
-        fresh = [(m, ttl) for m, ttl in markers if m > read_pos and tokens[m] > read_tokens]
-        shares: dict[int, int] = {}
-        write = usage.cache_write
-        if fresh and write > 0:
-            incs: list[float] = []
-            prev = read_tokens
-            for m, _ in fresh:
-                incs.append(max(tokens[m] - prev, 1.0))
-                prev = max(prev, tokens[m])
-            scale = write / sum(incs)
-            given = 0
-            for k, (m, _) in enumerate(fresh):
-                share = write - given if k == len(fresh) - 1 else int(incs[k] * scale)
-                shares[m] = share
-                given += share
-        deepest: Entry | None = None
-        for m, ttl_name in markers:
-            ttl = min(TTL_SECONDS[ttl_name], state.max_ttl)
-            key = keys[m]
-            existing = items.get(key) or found[m]
-            live = existing is not None and existing.cached and existing.expires_at > sent
-            if m in shares or (write == 0 and m > read_pos and tokens[m] > read_tokens):
-                share = shares.get(m, 0)
-                cached = share > 0
-                entry = Entry(
-                    written_at=sent, refreshed_at=sent, ttl=ttl, model=fp.model, tokens=int(tokens[m]),
-                    position=m, readable_at=readable, cached=cached, written_tokens=share,
-                    provider=provider, model_label=model_label, workspace=workspace,
-                )  # fmt: skip
-                if existing is not None and live and cached and existing.pending_waste:
-                    # A fan-out wrote the same prefix again: both writes are waste unless read.
-                    entry = replace(
-                        entry,
-                        written_at=min(existing.written_at, sent),
-                        readable_at=min(existing.readable_at, readable),
-                        written_tokens=existing.written_tokens + share,
-                    )
-                elif existing is not None and live and not cached:
-                    entry = existing
-            elif existing is not None and live:
-                entry = replace(
-                    existing, refreshed_at=max(existing.refreshed_at, sent), ttl=max(existing.ttl, ttl)
-                )
-            else:
-                entry = Entry(
-                    written_at=sent, refreshed_at=sent, ttl=ttl, model=fp.model, tokens=int(tokens[m]),
-                    position=m, readable_at=readable, cached=True, written_tokens=0,
-                    provider=provider, model_label=model_label, workspace=workspace,
-                )  # fmt: skip
-            items[key] = entry
-            deepest = entry
-        if deepest is not None and anchor_keys:
-            limit = min(deepest.position + 1, self.max_anchor_positions)
-            hashes = b"".join(fp.hashes[i][:_ANCHOR_HASH] for i in range(limit))
-            anchor = replace(
-                deepest,
-                hashes=hashes,
-                tools=fp.tools[:_ANCHOR_HASH] if fp.tools is not None else b"",
-                written_tokens=0,
-                read=False,
-                wasted=False,
-            )
-            for key in anchor_keys:
-                items[key] = anchor
-        if items:
-            self.store.put_many(list(items.items()))

@@ -128,7 +128,9 @@ class DiagnosisStage:
             has_markers: bool | None = None
             if plan is not None and plan.error is None:
                 has_markers = any(p.action in ("kept", "inserted") for p in plan.placements)
-            outgoing: bytes | Mapping[str, Any] = plan.body if plan is not None and plan.body is not None else body
+            outgoing: bytes | Mapping[str, Any] = (
+                plan.body if plan is not None and plan.body is not None else body
+            )
             model = info.request_model
             threaded: _Threaded | None = None
             if self.cache_diagnostics and info.api == "messages" and profile.name == "anthropic":
@@ -164,7 +166,9 @@ class DiagnosisStage:
         except Exception as exc:
             self.fault("diagnosis", exc)
 
-    def finish(self, request: DiagnosisRequest, parsed: ParsedResponse, outcome: Outcome) -> MissVerdict | None:
+    def finish(
+        self, request: DiagnosisRequest, parsed: ParsedResponse, outcome: Outcome
+    ) -> MissVerdict | None:
         """The response ended: the verdict on the billed usage (None: no miss, or not diagnosable)."""
         diagnoser = self.diagnoser
         try:
