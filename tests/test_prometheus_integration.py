@@ -215,7 +215,7 @@ def test_every_panel_query_returns_data_on_a_real_prometheus(tmp_path: Path) -> 
             print(f"  {line}")
 
         # The shadow comparison says something: auto would have cost less than the real traffic.
-        from cachewatch.dashboards._grafana import projected_saving, shadowed_cost
+        from cachewatch.dashboards._queries import projected_saving, shadowed_cost
 
         saving = _query(base, _substitute(projected_saving(), PASSES["all"]))
         real = _query(base, _substitute(shadowed_cost(), PASSES["all"]))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ._alerts import AlertSettings, build_alert_rules, build_alert_tests
+from ._cost_caching import build_cost_dashboard
 from ._deploy import (
     ALERTS_HEADER,
     ALERTS_TEST_HEADER,
@@ -34,7 +35,8 @@ from ._deploy import (
     build_datasource,
     build_prometheus_config,
 )
-from ._grafana import ZERO_FALLBACK, build_cost_dashboard, build_overview_dashboard
+from ._overview import build_overview_dashboard
+from ._queries import ZERO_FALLBACK
 from ._yaml import dump_yaml
 
 __all__ = [

@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._grafana import WASTED_WRITES_METRIC
 from ._promql import PROMPT_TOKEN_TYPES, hit_ratio, sel, sum_increase, sum_rate
+from ._queries import WASTED_WRITES_METRIC
 
 __all__ = ["AlertSettings", "build_alert_rules", "build_alert_tests"]
 
