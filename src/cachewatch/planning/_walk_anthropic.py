@@ -116,6 +116,9 @@ def walk_anthropic(
         update(tagged(b"c", orjson.dumps(ctx)))
     roles = layout.roles
     per_message = counter.per_message
+    # A local: CPython 3.11 compiles a method call on a name bound by an import without
+    # LOAD_METHOD (a bound method per call), and ROLE_RECORDS is imported.
+    role_records = ROLE_RECORDS
     add_text = counter.add_text
     add_block = counter.add_block
     dumps = orjson.dumps
@@ -136,7 +139,7 @@ def walk_anthropic(
         elif role_s == "assistant" and layout.first_reply_anchor is None and first_reply is None:
             first_reply = anchor_h = new_hasher(SEED)
         counter.raw += per_message  # counter.add_message()
-        update(ROLE_RECORDS.get(role_s) or role_record(role_s))
+        update(role_records.get(role_s) or role_record(role_s))
         content = message.get("content")
         start = len(positions)
         if type(content) is str:

@@ -54,6 +54,9 @@ def walk_openai(
     first_input: Any = None
     first_reply: Any = None
     per_message = counter.per_message
+    # A local: CPython 3.11 compiles a method call on a name bound by an import without
+    # LOAD_METHOD (a bound method per call), and ROLE_RECORDS is imported.
+    role_records = ROLE_RECORDS
     for m, message in enumerate(messages):
         if type(message) is not dict:
             return None
@@ -79,7 +82,7 @@ def walk_openai(
         name = message.get("name")
         call_id = message.get("tool_call_id")
         if name is None and call_id is None:
-            head = ROLE_RECORDS.get(role_s) or role_record(role_s)
+            head = role_records.get(role_s) or role_record(role_s)
         else:
             head = tagged(b"m", orjson.dumps([role_s, name, call_id]))
         update(head)
