@@ -46,7 +46,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
@@ -62,6 +62,7 @@ from ..planning._tokens import TokenEstimator
 
 __all__ = [
     "FORMAT",
+    "MAX_PROMPT_TOKENS",
     "VERSION",
     "Block",
     "ExchangeShape",
@@ -73,6 +74,9 @@ __all__ = [
 
 FORMAT: Final = "cachewatch-traffic-shape"
 VERSION: Final = 1
+#: The largest prompt a line may describe (no context window comes near it): past it the
+#: line is corrupt, and refused rather than rebuilt.
+MAX_PROMPT_TOKENS: Final = 10_000_000
 _ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
@@ -361,15 +365,21 @@ class ShapeError(ValueError):
 
 
 def read_shapes(source: str | os.PathLike[str] | IO[str]) -> Iterator[ExchangeShape]:
-    """The exchanges of a shape file, in file order; :class:`ShapeError` on a malformed line."""
+    """The exchanges of a shape file, in file order; :class:`ShapeError` on a malformed line.
+
+    The file must open with the header line (every recorder writes it first): an empty
+    file, or one of some other kind, is refused at its first line.
+    """
     if isinstance(source, (str, os.PathLike)):
-        with Path(os.fspath(source)).open(encoding="utf-8") as stream:
+        # Read as bytes: a line that is not UTF-8 is a malformed line like any other.
+        with Path(os.fspath(source)).open("rb") as stream:
             yield from _lines(stream)
     else:
         yield from _lines(source)
 
 
-def _lines(stream: IO[str]) -> Iterator[ExchangeShape]:
+def _lines(stream: Iterable[str | bytes]) -> Iterator[ExchangeShape]:
+    header = False
     for n, line in enumerate(stream, 1):
         if not line.strip():
             continue
@@ -382,11 +392,16 @@ def _lines(stream: IO[str]) -> Iterator[ExchangeShape]:
         if "format" in data:
             if data.get("format") != FORMAT or data.get("version") != VERSION:
                 raise ShapeError(f"line {n}: not a {FORMAT} version {VERSION} file")
+            header = True
             continue
+        if not header:
+            raise ShapeError(f"line {n}: not a {FORMAT} file (it opens without the header line)")
         try:
             yield _exchange(data)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ShapeError(f"line {n}: {type(exc).__name__}: {exc}") from exc
+    if not header:
+        raise ShapeError(f"empty: not a {FORMAT} file")
 
 
 def _exchange(data: Mapping[str, Any]) -> ExchangeShape:
@@ -394,6 +409,12 @@ def _exchange(data: Mapping[str, Any]) -> ExchangeShape:
     seq = data["seq"]
     usage = data.get("usage")
     tools = data.get("tools")
+    blocks = tuple(_block(b) for b in data["blocks"])
+    tools_shape = None if tools is None else (_digest(tools[0]), int(tools[1]))
+    prompt = sum(b.tokens for b in blocks) + (tools_shape[1] if tools_shape else 0)
+    if not 0 <= prompt <= MAX_PROMPT_TOKENS:
+        # Replay rebuilds each request at its size: a corrupt count must not make it hang.
+        raise ValueError(f"a prompt of {prompt:,} tokens is not a recorded request")
     return ExchangeShape(
         api=str(data["api"]),
         profile=str(data["profile"]),
@@ -411,9 +432,9 @@ def _exchange(data: Mapping[str, Any]) -> ExchangeShape:
         usage=None if usage is None else TokenUsage(*(int(x) for x in usage[:5])),
         top_level=_ttl(data.get("top")),
         context=None if data.get("ctx") is None else str(data["ctx"]),
-        tools=None if tools is None else (str(tools[0]), int(tools[1])),
+        tools=tools_shape,
         messages=tuple(Message(str(m[0]), _opt(m[1]), _opt(m[2])) for m in data.get("messages", ())),
-        blocks=tuple(_block(b) for b in data["blocks"]),
+        blocks=blocks,
     )
 
 
@@ -422,8 +443,16 @@ def _block(b: Sequence[Any]) -> Block:
     if location not in ("tools", "system", "messages"):
         raise ValueError(f"unknown location {location!r}")
     return Block(
-        location, int(b[1]), str(b[2]), str(b[3]), max(0, int(b[4])), bool(b[5]), bool(b[6]), _ttl(b[7])
+        location, int(b[1]), str(b[2]), _digest(b[3]), max(0, int(b[4])), bool(b[5]), bool(b[6]), _ttl(b[7])
     )
+
+
+def _digest(value: object) -> str:
+    """A recorded digest: hexadecimal (replay seeds each block's synthetic text with it)."""
+    digest = str(value)
+    if not 0 < len(digest) <= 32 or any(c not in "0123456789abcdefABCDEF" for c in digest):
+        raise ValueError(f"{digest[:40]!r} is not a block digest")
+    return digest
 
 
 def _ttl(value: object) -> str | None:
