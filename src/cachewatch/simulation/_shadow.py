@@ -35,7 +35,6 @@ same times as the real ones. Only digests, indices and counts are kept: no promp
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -129,7 +128,10 @@ def _calibrated(
 
 
 class Shadow:
-    """Plans what ``auto`` would place and simulates the provider's cache for it. Thread-safe.
+    """Plans what ``auto`` would place and simulates the provider's cache for it.
+
+    Thread-safe through its parts (the planner and the cache store lock their own state; a
+    ticket belongs to one exchange).
 
     Args:
         planner: the shadow's own planner (default: a new :class:`Planner` on ``clock``
@@ -160,11 +162,16 @@ class Shadow:
             planner if planner is not None else Planner(clock=clock, **{"render": False, **planner_options})
         )
         self.cache = CacheStore(clock, max_entries=max_entries)
-        self._lock = threading.Lock()
 
     def begin(self, *, api: str, host: str, path: str, body: bytes, scope: str = "") -> ShadowTicket | None:
-        """Plan ``body`` as ``auto`` would and look its breakpoints up; None: nothing to follow."""
+        """Plan ``body`` as ``auto`` would and look its breakpoints up; None: nothing to follow.
+
+        A fault the planner contained (``plan.fault``) is raised here, for the caller to
+        count: the shadow planner's faults are the shadow's.
+        """
         plan = self.planner.plan(api=api, host=host, path=path, body=body, scope=scope)
+        if plan.fault is not None:
+            raise plan.fault
         if plan.ticket is None and (plan.layout is None or plan.error is not None):
             return None
         ticket = ShadowTicket(plan)
