@@ -293,3 +293,34 @@ def test_corrupt_lines_are_refused_with_their_line_not_rebuilt(
         err = capsys.readouterr().err
         assert where in err, (name, err)
         assert err.count("\n") == 1, (name, err)  # one line, no traceback
+
+
+def test_digests_are_shared_by_a_sessions_recorders_and_guesses_cannot_be_checked() -> None:
+    """Two recorders of one process (two wrapped clients, one file) give a key and a block the
+    same digests; a different salt gives others; and a guess of a short block's text (a
+    yes, a PIN) cannot be confirmed by digesting it."""
+    import xxhash
+
+    from cachewatch.planning._layout import _digest as block_bytes
+
+    answer = "PIN 4071"
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 8, "system": "policy " * 1_500,
+            "messages": [{"role": "user", "content": answer, "name": "Ada"}]}  # fmt: skip
+
+    def record(**options: Any) -> dict[str, Any]:
+        out = io.StringIO()
+        recorder = ShapeRecorder(out, clock=ManualClock(start=5.0), **options)
+        pending = recorder.begin(body=orjson.dumps(body), scope=KEY, **ANTHROPIC)
+        recorder.started(pending)
+        recorder.finish(pending, TokenUsage(input=2_000, output=3), 200)
+        line: dict[str, Any] = json.loads(out.getvalue().splitlines()[1])
+        return line
+
+    first, second, other = record(), record(), record(salt=b"another session!")
+    assert first["scope"] == second["scope"]
+    assert first["blocks"] == second["blocks"]
+    assert first["scope"] != other["scope"]
+    assert [b[3] for b in first["blocks"]] != [b[3] for b in other["blocks"]]
+    text = json.dumps(first)
+    assert xxhash.xxh3_64_hexdigest(block_bytes(answer)) not in text  # was the block's digest
+    assert xxhash.xxh3_64_hexdigest(KEY.encode()) not in text

@@ -15,7 +15,7 @@ field          what it holds
 ``profile``    the endpoint profile it was planned under (``anthropic``, ``dashscope``...)
 ``provider``   the provider label; ``workspace`` the workspace label
 ``model``      the model id the request named
-``scope``      a salted digest of the credential (equal keys, equal scopes; never the key)
+``scope``      a digest of the credential (equal keys, equal scopes; never the key)
 ``t``          wall-clock times of the request, its response start and its end (seconds;
                ``null`` for a response that never started)
 ``seq``        the same three events' order within this writer, and ``w`` the writer,
@@ -31,17 +31,24 @@ field          what it holds
                kind, digest, tokens, eligible, plain, marker TTL or null]``
 =============  =====================================================================
 
-A block's ``digest`` is 64 bits of the XXH3 digest of that block alone, with markers
-ignored and a plain string equal to a one-text-block list, as the layout reads it;
+A block's ``digest`` identifies that block alone, with markers ignored and a plain string
+equal to a one-text-block list, as the layout reads it;
 ``tokens`` is its share of the billed prompt (the planner's estimates, rescaled to the
 total the provider billed); ``kind`` is from a closed set; ``index`` is the block's
 message (tools and Anthropic system blocks: their own index); ``plain`` says the content
 was a plain string. Roles outside the usual ones are recorded as ``other``. No text, no
 key, no header value is ever written.
+
+Every digest (blocks, tools, messages' headers and calls, ``ctx``, ``scope``) is 64 bits of
+a BLAKE2b keyed with a random salt that is never written, over the XXH3-128 digest of the
+data: equal data, equal digests within one recording session (one process, or one
+``cachewatch proxy --workers N``, whose workers share their parent's salt), and a guess of
+a block's text (a short answer, a name, a number) cannot be checked against the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import threading
@@ -65,10 +72,12 @@ __all__ = [
     "MAX_PROMPT_TOKENS",
     "VERSION",
     "Block",
+    "Digest",
     "ExchangeShape",
     "Message",
     "ShapeError",
     "ShapeRecorder",
+    "keyed_digest",
     "read_shapes",
 ]
 
@@ -78,6 +87,8 @@ VERSION: Final = 1
 #: line is corrupt, and refused rather than rebuilt.
 MAX_PROMPT_TOKENS: Final = 10_000_000
 _ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+#: The salt of every recorder of this process that is not given one (module docstring).
+_PROCESS_SALT: Final = secrets.token_bytes(16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +146,19 @@ class ExchangeShape:
         return sum(b.tokens for b in self.blocks) + (self.tools[1] if self.tools else 0)
 
 
-def _hex(data: bytes) -> str:
-    return xxhash.xxh3_64_hexdigest(data)
+Digest = Callable[[bytes], str]
+
+
+def keyed_digest(salt: bytes) -> Digest:
+    """The recordings' digest under ``salt`` (module docstring): 16 hexadecimal digits."""
+    mac = hashlib.blake2b(key=salt, digest_size=8)
+
+    def digest(data: bytes) -> str:
+        h = mac.copy()
+        h.update(xxhash.xxh3_128_digest(data))
+        return h.hexdigest()
+
+    return digest
 
 
 @dataclass(slots=True, eq=False)
@@ -173,6 +195,8 @@ class ShapeRecorder:
         clock: wall clock in seconds (the engine's ``wall_clock``).
         registry: endpoint profiles (to record which profile a request was planned under).
         estimator: token estimator for the blocks' shares of the billed total.
+        salt: the key of the digests (default: this process's, shared by its recorders);
+            the recorders of one recording session must share it (module docstring).
     """
 
     def __init__(
@@ -182,6 +206,7 @@ class ShapeRecorder:
         clock: Callable[[], float] = time.time,
         registry: ProfileRegistry | None = None,
         estimator: TokenEstimator | None = None,
+        salt: bytes | None = None,
     ) -> None:
         self.clock = clock
         self.registry = registry if registry is not None else ProfileRegistry()
@@ -189,7 +214,7 @@ class ShapeRecorder:
         self._lock = threading.Lock()
         self._seq = 0
         self._writer = secrets.randbits(31)
-        self._salt = secrets.token_bytes(16)
+        self._digest = keyed_digest(salt if salt is not None else _PROCESS_SALT)
         self._file: IO[bytes] | None = None
         self._stream: IO[str] | None = None
         if isinstance(target, (str, os.PathLike)):
@@ -252,21 +277,21 @@ class ShapeRecorder:
         top_ttl = None if not isinstance(top, dict) else ("1h" if top.get("ttl") == "1h" else "5m")
         context = None
         if api == "messages" and (obj.get("tool_choice"), obj.get("thinking")) != (None, None):
-            context = _hex(orjson.dumps([obj.get("tool_choice"), obj.get("thinking")]))
+            context = self._digest(orjson.dumps([obj.get("tool_choice"), obj.get("thinking")]))
         tools: tuple[str, float] | None = None
         if layout.tools:
             head = self.estimator.prefix(model=model, provider=provider)
             head.add_tools(layout.tools)
             for tool in layout.tools:
                 head.add_json(tool)
-            tools = (_hex(orjson.dumps(layout.tools)), head.raw)
+            tools = (self._digest(orjson.dumps(layout.tools)), head.raw)
         return _Pending(
             api=api,
             profile=profile,
             provider=provider,
             model=model,
             workspace=workspace,
-            scope=_hex(self._salt + scope.encode("utf-8", "surrogatepass")) if scope else "",
+            scope=self._digest(scope.encode("utf-8", "surrogatepass")) if scope else "",
             begin=self.clock(),
             seq_begin=self._next(),
             stream=stream,
@@ -274,8 +299,8 @@ class ShapeRecorder:
             top_level=top_ttl,
             context=context,
             tools=tools,
-            messages=[_message(m) for m in messages_of],
-            blocks=_blocks(layout, tools[1] if tools else 0.0),
+            messages=[_message(m, self._digest) for m in messages_of],
+            blocks=_blocks(layout, tools[1] if tools else 0.0, self._digest),
         )
 
     def started(self, pending: _Pending) -> None:
@@ -332,24 +357,24 @@ def _messages(api: str, obj: Mapping[str, Any]) -> list[Any]:
     return found if isinstance(found, list) else []
 
 
-def _message(message: Any) -> list[Any]:
+def _message(message: Any, digest: Digest) -> list[Any]:
     if not isinstance(message, dict):
         return ["other", None, None]
     role = message.get("role")
     role_s = role if isinstance(role, str) and role in _ROLES else "other"
     name, call_id = message.get("name"), message.get("tool_call_id")
-    header = None if name is None and call_id is None else _hex(orjson.dumps([role_s, name, call_id]))
+    header = None if name is None and call_id is None else digest(orjson.dumps([role_s, name, call_id]))
     calls = message.get("tool_calls")
-    return [role_s, header, _hex(orjson.dumps(calls)) if isinstance(calls, list) and calls else None]
+    return [role_s, header, digest(orjson.dumps(calls)) if isinstance(calls, list) and calls else None]
 
 
-def _blocks(layout: Layout, head: float) -> list[list[Any]]:
+def _blocks(layout: Layout, head: float, digest_of: Digest) -> list[list[Any]]:
     out: list[list[Any]] = []
     before = head
     for i, pos in enumerate(layout.positions):
         block = pos[CONT][pos[KEY]]
         plain = type(block) is str
-        digest = xxhash.xxh3_64_hexdigest(_block_digest(block))
+        digest = digest_of(_block_digest(block))
         out.append(
             [pos[LOC], pos[IDX][0], layout.kind(i), digest, pos[CUM] - before, pos[OK], plain, pos[MARK]]
         )
