@@ -180,6 +180,25 @@ def test_a_write_the_billed_total_puts_below_the_minimum_is_withdrawn() -> None:
     assert after.usage.cache_read == 0  # nothing was written to read
 
 
+def test_a_read_of_a_prefix_the_billed_total_puts_below_the_minimum_is_undone() -> None:
+    """B starts while A (which reserved a write on its estimate) is still running, and
+    reads that entry; both prompts are billed below the model's minimum: the provider never
+    wrote it, so B read nothing, and nobody reads it later."""
+    sim = _Sim()
+    system = "Assistant. " + _words("s", 1_400)  # estimated above 1,024
+    a = sim.begin(_body(system, "A?"))
+    sim.shadow.started(a)  # A's reserved write is readable...
+    b = sim.begin(_body(system, "B?"))  # ...and B, sent now, finds it
+    first = sim.shadow.finish(a, _usage(900))  # the provider counted 900 tokens
+    sim.shadow.started(b)
+    second = sim.shadow.finish(b, _usage(900))
+    assert first.usage.cache_write_5m == first.usage.cache_read == 0
+    assert second.usage.cache_read == 0
+    assert second.usage.input == 900
+    sim.clock.advance(10)
+    assert sim.send(_body(system, "C?"), 900).usage.cache_read == 0
+
+
 def test_requests_auto_would_leave_alone_keep_their_real_usage() -> None:
     sim = _Sim()
     tiny = sim.send(_body("Be brief.", "Hi?"), 40)  # below every minimum: no marker

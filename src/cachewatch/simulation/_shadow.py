@@ -20,7 +20,9 @@ Data flow (``breakpoints="shadow"``)::
   that was a whole earlier prompt has a known size (that prompt's billed total): a read
   of it counts that size, and only the rest is shared out by estimate (so a large tool
   result the local estimate undercounts does not shift tokens into the read). A write
-  whose rescaled prefix is below the model's minimum is withdrawn. The result is fed
+  whose rescaled prefix is below the model's minimum is withdrawn, and a read of such a
+  prefix (an entry reserved on an estimate, read while its writer was still running) is
+  undone and the entry dropped. The result is fed
   back to the shadow planner as its own outcome, so it learns from what it would have
   got, exactly as ``auto`` learns from what it gets.
 
@@ -71,6 +73,8 @@ class ShadowTicket:
     plan: Plan
     reservation: Reservation | None = None
     min_tokens: int = 0
+    #: The simulated cache's namespace of this request (scope, profile, model).
+    namespace: str = ""
     started: bool = False
     ended: bool = False
 
@@ -188,13 +192,14 @@ class Shadow:
         positions = layout.positions
         last = breakpoints[-1].index
         estimate = [int(positions[i][CUM] * ratio / _MIN_SLACK) for i in range(last + 1)]
+        ticket.namespace = f"{scope}\x00{plan.profile}\x00{plan.model}"
         ticket.reservation = self.cache.reserve(
             layout.digests,
             estimate,
             breakpoints,
             lookback=profile.lookback,
             min_tokens=ticket.min_tokens,
-            namespace=f"{scope}\x00{plan.profile}\x00{plan.model}",
+            namespace=ticket.namespace,
         )
         return ticket
 
@@ -227,6 +232,13 @@ class Shadow:
                 positions = plan.layout.positions
                 needed = max([reservation.hit, *(bp.index for bp in reservation.written)], default=-1)
                 cumulative = _calibrated(positions, needed, raw, total, reservation)
+                hit = reservation.hit
+                if hit >= 0 and cumulative[hit] < ticket.min_tokens:
+                    # It read an entry reserved on an estimate while its writer was still
+                    # running; this prompt's billed size shows that prefix below the model's
+                    # minimum: the provider never wrote it, and nobody reads it again.
+                    self.cache.discard((ticket.namespace, plan.layout.digests[hit]))
+                    hit = -1
                 small = [bp.index for bp in reservation.written if cumulative[bp.index] < ticket.min_tokens]
                 if small:
                     reservation.withdraw(small)
@@ -234,7 +246,7 @@ class Shadow:
                 if any(bp.index == last for bp in reservation.written):
                     # A whole billed prompt: its size is known, not estimated.
                     reservation.measure(last, cumulative[last])
-                split = bill(cumulative, reservation.hit, reservation.written, total)
+                split = bill(cumulative, hit, reservation.written, total)
                 outcome = ShadowOutcome(
                     TokenUsage(
                         split.input_tokens,
