@@ -15,6 +15,7 @@ import types
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -197,6 +198,23 @@ def test_a_read_of_a_prefix_the_billed_total_puts_below_the_minimum_is_undone() 
     assert second.usage.input == 900
     sim.clock.advance(10)
     assert sim.send(_body(system, "C?"), 900).usage.cache_read == 0
+
+
+def test_a_fault_after_planning_ends_the_shadow_plans_claims(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planner claimed the prefixes this request writes (others wait for it); a fault in
+    the simulation must end those claims, as the engine ends auto's on a fault."""
+    from cachewatch.simulation._cache import CacheStore
+
+    sim = _Sim()
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the simulated cache exploded")
+
+    monkeypatch.setattr(CacheStore, "reserve", boom)
+    system = "Assistant. " + _words("s", 2_000)
+    with pytest.raises(RuntimeError):  # the caller's to count
+        sim.begin(_body(system, "A?"))
+    assert sim.shadow.planner.learner.claims() == 0
 
 
 def test_requests_auto_would_leave_alone_keep_their_real_usage() -> None:

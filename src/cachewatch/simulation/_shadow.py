@@ -179,14 +179,24 @@ class Shadow:
         if plan.ticket is None and (plan.layout is None or plan.error is not None):
             return None
         ticket = ShadowTicket(plan)
+        try:
+            self._reserve(ticket, scope)
+        except BaseException:
+            self.planner.finished(plan)  # its claims end with it, as auto's do on a fault
+            raise
+        return ticket
+
+    def _reserve(self, ticket: ShadowTicket, scope: str) -> None:
+        """Look the breakpoints ``auto`` would have placed up in the simulated cache."""
+        plan = ticket.plan
         layout = plan.layout
         raw = plan.raw_estimate
         if layout is None or plan.error is not None or not raw:
-            return ticket
+            return
         profile = self.planner.registry.get(plan.profile)
         breakpoints = breakpoints_of(plan, profile)
         if not breakpoints:
-            return ticket
+            return
         ticket.min_tokens = profile.min_tokens_for(plan.model)
         ratio = (plan.estimated_tokens or raw) / raw
         positions = layout.positions
@@ -201,7 +211,6 @@ class Shadow:
             min_tokens=ticket.min_tokens,
             namespace=ticket.namespace,
         )
-        return ticket
 
     def started(self, ticket: ShadowTicket, status_code: int = 200) -> None:
         """The real response started: what the request would have written is readable now."""
