@@ -21,6 +21,7 @@ processes, and whichever worker answers ``/metrics`` shows all of them.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -193,7 +194,12 @@ def _proxy_post(port: int) -> int:
 
 
 def test_proxy_workers_serve_one_aggregated_metrics_view(tmp_path):
-    """``cachewatch proxy --workers 2``: requests land on both processes; any /metrics shows them all."""
+    """``cachewatch proxy --workers 2``: requests land on both processes; any /metrics shows them all.
+
+    With ``--record FILE`` both workers append to the file, and one key, one request have
+    one digest there whichever worker served them (``cachewatch replay`` keys its caches
+    on them).
+    """
     metrics_dir = tmp_path / "prom"
     metrics_dir.mkdir()
     env = {k: v for k, v in os.environ.items() if k.lower() != "prometheus_multiproc_dir"}
@@ -206,6 +212,7 @@ def test_proxy_workers_serve_one_aggregated_metrics_view(tmp_path):
             [
                 sys.executable, "-m", "cachewatch.cli", "proxy", "--upstream", upstream,
                 "--listen", f"127.0.0.1:{port}", "--workers", "2", "--breakpoints", "off",
+                "--record", str(tmp_path / "traffic.jsonl"),
             ],
             env=env,
             stdout=subprocess.DEVNULL,
@@ -253,3 +260,9 @@ def test_proxy_workers_serve_one_aggregated_metrics_view(tmp_path):
                 process.kill()
                 process.wait(timeout=10)
     assert "Traceback" not in (tmp_path / "proxy.err").read_text()
+    lines = [json.loads(line) for line in (tmp_path / "traffic.jsonl").read_text().splitlines()]
+    exchanges = [line for line in lines if "format" not in line]
+    assert len(exchanges) == sent
+    assert len({x["w"] for x in exchanges}) == 2  # both workers recorded
+    assert len({x["scope"] for x in exchanges}) == 1  # one key, one scope
+    assert len({json.dumps(x["blocks"]) for x in exchanges}) == 1  # one request, one shape

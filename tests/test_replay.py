@@ -23,7 +23,15 @@ from cachewatch.accounting._records import TokenUsage
 from cachewatch.cli import main
 from cachewatch.emulator import ManualClock
 from cachewatch.simulation._replay import STRATEGIES, replay
-from cachewatch.simulation._shape import FORMAT, ShapeError, ShapeRecorder, read_shapes
+from cachewatch.simulation._shape import (
+    FORMAT,
+    Block,
+    ExchangeShape,
+    Message,
+    ShapeError,
+    ShapeRecorder,
+    read_shapes,
+)
 
 ANTHROPIC = {"api": "messages", "host": "api.anthropic.com", "path": "/v1/messages"}
 SECRET = "Quetzal-4471-internal"
@@ -186,3 +194,133 @@ def test_a_malformed_file_is_refused_with_its_line(
     wrong.write_text(json.dumps({"format": "something-else", "version": 1}) + "\n")
     with pytest.raises(ShapeError, match="not a cachewatch-traffic-shape"):
         list(read_shapes(wrong))
+
+
+# -- long recordings and corrupt files ----------------------------------------------------
+
+
+def _shape(t: float, blocks: list[Block], roles: list[str]) -> ExchangeShape:
+    """One recorded Anthropic exchange at ``t``, billed (uncached) what its blocks add up to."""
+    total = sum(b.tokens for b in blocks)
+    return ExchangeShape(
+        api="messages", profile="anthropic", provider="anthropic", model="claude-sonnet-4-6",
+        workspace="default", scope="s", begin=t, started=t + 0.1, ended=t + 0.2, order=(0, 0, 0),
+        writer=1, status=200, stream=False, usage=TokenUsage(input=total, output=5), top_level=None,
+        context=None, tools=None, messages=tuple(Message(r) for r in roles), blocks=tuple(blocks),
+    )  # fmt: skip
+
+
+def _conversation(t: float, chat: int, turns: int, system_tokens: list[int]) -> list[ExchangeShape]:
+    """A chat under one system prompt; each turn's recorded shares move a little, as billed."""
+    out = []
+    for turn in range(turns):
+        blocks = [Block("system", 0, "text", "5e" * 8, system_tokens[turn % len(system_tokens)], True, True)]
+        blocks += [
+            Block("messages", k, "text", f"{chat:08x}{k:08x}", 40 + turn % 3, True, True)
+            for k in range(turn + 1)
+        ]
+        out.append(_shape(t + 5 * turn, blocks, ["user"] * (turn + 1)))
+    return out
+
+
+def test_equal_blocks_stay_equal_after_many_distinct_blocks() -> None:
+    """A day of traffic holds far more distinct blocks than any cache of texts: a block seen
+    late must still be rebuilt the same way every time, whatever its recorded share."""
+    chat = _conversation(10_000.0, 1, 4, [5_000, 5_003, 4_998, 5_001])
+    alone = replay(chat, strategies=["system"]).strategies["system"].cache_read
+    assert alone > 3 * 4_900
+    filler = [
+        _shape(float(e), [Block("messages", i, "text", f"{e:06x}{i:010x}", 2, True, True) for i in range(1_000)],
+                ["user"] * 1_000)
+        for e in range(70)
+    ]  # fmt: skip
+    assert replay([*filler, *chat], strategies=["system"]).strategies["system"].cache_read == alone
+
+
+def test_replay_memory_follows_the_exchanges_in_flight_not_the_recording() -> None:
+    import tracemalloc
+
+    def peak(chats: int) -> int:
+        shapes = [x for c in range(chats) for x in _conversation(20.0 * c, c, 4, [20_000])]
+        tracemalloc.start()
+        try:
+            replay(shapes, strategies=["system"])
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    # Each request rebuilds a 20,000-token system prompt: kept for the whole recording,
+    # 800 requests' bodies would take hundreds of megabytes.
+    assert peak(200) < 20_000_000
+
+
+def test_corrupt_lines_are_refused_with_their_line_not_rebuilt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = io.StringIO()
+    recorder = ShapeRecorder(out, clock=ManualClock(start=5.0))
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 8, "system": "policy " * 1_500,
+            "messages": [{"role": "user", "content": "Where is my refund?"}]}  # fmt: skip
+    pending = recorder.begin(body=orjson.dumps(body), scope="k", **ANTHROPIC)
+    recorder.started(pending)
+    recorder.finish(pending, TokenUsage(input=2_000, output=3), 200)
+    header, recorded = out.getvalue().splitlines()
+    header += "\n"
+    line = json.loads(recorded)
+    assert len(list(read_shapes(io.StringIO(header + recorded)))) == 1
+
+    def corrupt(**change: Any) -> str:
+        data = {**line, **change}
+        return header + json.dumps(data) + "\n"
+
+    huge = [list(b) for b in line["blocks"]]
+    huge[-1][4] = 10**12  # would be rebuilt as a text of 10**12 tokens
+    not_hex = [list(b) for b in line["blocks"]]
+    not_hex[0][3] = "zz-not-a-digest"
+    cases = {
+        "huge.jsonl": (corrupt(blocks=huge).encode(), "line 2"),
+        "digest.jsonl": (corrupt(blocks=not_hex).encode(), "line 2"),
+        "binary.jsonl": (header.encode() + b"\xff\xfe garbage\n", "line 2"),
+        "empty.jsonl": (b"", "empty"),
+        "other.jsonl": (b'{"level": "info", "event": "request"}\n', "line 1"),
+    }
+    for name, (content, where) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ShapeError, match=where):
+            list(read_shapes(path))
+        assert main(["replay", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert where in err, (name, err)
+        assert err.count("\n") == 1, (name, err)  # one line, no traceback
+
+
+def test_digests_are_shared_by_a_sessions_recorders_and_guesses_cannot_be_checked() -> None:
+    """Two recorders of one process (two wrapped clients, one file) give a key and a block the
+    same digests; a different salt gives others; and a guess of a short block's text (a
+    yes, a PIN) cannot be confirmed by digesting it."""
+    import xxhash
+
+    from cachewatch.planning._layout import _digest as block_bytes
+
+    answer = "PIN 4071"
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 8, "system": "policy " * 1_500,
+            "messages": [{"role": "user", "content": answer, "name": "Ada"}]}  # fmt: skip
+
+    def record(**options: Any) -> dict[str, Any]:
+        out = io.StringIO()
+        recorder = ShapeRecorder(out, clock=ManualClock(start=5.0), **options)
+        pending = recorder.begin(body=orjson.dumps(body), scope=KEY, **ANTHROPIC)
+        recorder.started(pending)
+        recorder.finish(pending, TokenUsage(input=2_000, output=3), 200)
+        line: dict[str, Any] = json.loads(out.getvalue().splitlines()[1])
+        return line
+
+    first, second, other = record(), record(), record(salt=b"another session!")
+    assert first["scope"] == second["scope"]
+    assert first["blocks"] == second["blocks"]
+    assert first["scope"] != other["scope"]
+    assert [b[3] for b in first["blocks"]] != [b[3] for b in other["blocks"]]
+    text = json.dumps(first)
+    assert xxhash.xxh3_64_hexdigest(block_bytes(answer)) not in text  # was the block's digest
+    assert xxhash.xxh3_64_hexdigest(KEY.encode()) not in text

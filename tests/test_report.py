@@ -247,3 +247,7 @@ def test_report_prints_the_shadow_comparison_and_its_note(tmp_path: Any) -> None
     )
     assert data["workspaces"]["team-shadow"]["shadow"]["projected_saving"]["USD"] == pytest.approx(0.018)
     assert "no eviction" in data["shadow_note"]
+    # Every assumption the README names: markers honoured, no eviction, local block sizes,
+    # one process's traffic (and which way that last one errs).
+    for assumption in ("honours every marker", "local estimate", "only its own traffic", "underestimated"):
+        assert assumption in data["shadow_note"], assumption

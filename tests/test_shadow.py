@@ -15,6 +15,7 @@ import types
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -178,6 +179,42 @@ def test_a_write_the_billed_total_puts_below_the_minimum_is_withdrawn() -> None:
     sim.clock.advance(10)
     after = sim.send(_body(system, "B?"), 900)
     assert after.usage.cache_read == 0  # nothing was written to read
+
+
+def test_a_read_of_a_prefix_the_billed_total_puts_below_the_minimum_is_undone() -> None:
+    """B starts while A (which reserved a write on its estimate) is still running, and
+    reads that entry; both prompts are billed below the model's minimum: the provider never
+    wrote it, so B read nothing, and nobody reads it later."""
+    sim = _Sim()
+    system = "Assistant. " + _words("s", 1_400)  # estimated above 1,024
+    a = sim.begin(_body(system, "A?"))
+    sim.shadow.started(a)  # A's reserved write is readable...
+    b = sim.begin(_body(system, "B?"))  # ...and B, sent now, finds it
+    first = sim.shadow.finish(a, _usage(900))  # the provider counted 900 tokens
+    sim.shadow.started(b)
+    second = sim.shadow.finish(b, _usage(900))
+    assert first.usage.cache_write_5m == first.usage.cache_read == 0
+    assert second.usage.cache_read == 0
+    assert second.usage.input == 900
+    sim.clock.advance(10)
+    assert sim.send(_body(system, "C?"), 900).usage.cache_read == 0
+
+
+def test_a_fault_after_planning_ends_the_shadow_plans_claims(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planner claimed the prefixes this request writes (others wait for it); a fault in
+    the simulation must end those claims, as the engine ends auto's on a fault."""
+    from cachewatch.simulation._cache import CacheStore
+
+    sim = _Sim()
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the simulated cache exploded")
+
+    monkeypatch.setattr(CacheStore, "reserve", boom)
+    system = "Assistant. " + _words("s", 2_000)
+    with pytest.raises(RuntimeError):  # the caller's to count
+        sim.begin(_body(system, "A?"))
+    assert sim.shadow.planner.learner.claims() == 0
 
 
 def test_requests_auto_would_leave_alone_keep_their_real_usage() -> None:

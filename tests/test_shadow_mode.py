@@ -339,6 +339,31 @@ def test_a_fault_in_the_shadow_is_counted_and_changes_nothing(
             assert record.shadow.usage == record.usage
 
 
+def test_a_fault_the_shadow_planner_contains_is_counted_as_the_shadows(
+    monkeypatch: pytest.MonkeyPatch, emulator: tuple[str, ManualClock]
+) -> None:
+    """The planner never raises (it returns ``Plan(fault=...)``): in shadow mode nobody else
+    would count that fault, so the shadow does."""
+    from cachewatch.planning._planner import Planner
+
+    url, clock = emulator
+    off, _ = _sdk_run(url, clock, "off")
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the planner's layout exploded")
+
+    monkeypatch.setattr(Planner, "_plan", boom)
+    registry = CollectorRegistry()
+    clock.advance(3_600)
+    shadow, records = _sdk_run(url, clock, "shadow", registry=registry)
+    assert [b for *_, b in shadow.seen] == [b for *_, b in off.seen]
+    assert _series(registry, "cachewatch_internal_errors_total", stage="shadow") == 5
+    for record in records.records:
+        assert record.shadow is not None
+        assert not record.shadow.simulated  # the real usage stands in
+        assert record.shadow.usage == record.usage
+
+
 def test_a_planner_given_in_shadow_mode_plans_only_the_shadow(emulator: tuple[str, ManualClock]) -> None:
     from cachewatch.planning._planner import Planner
 

@@ -54,7 +54,9 @@ SHADOW_NOTE = (
     "Shadow estimate: these requests went out unchanged; 'with auto' is cachewatch's simulation of "
     "the provider's cache for the markers auto would have placed, at the same times, calibrated to the "
     "prompt totals really billed. It assumes the provider honours every marker and keeps each entry "
-    "for its whole TTL (no eviction), and each process simulates only its own traffic."
+    "for its whole TTL (no eviction); a block's share of its prompt is a local estimate (exact where "
+    "the prefix was a whole earlier prompt); and each process simulates only its own traffic (several "
+    "processes share one provider cache, so there the saving is underestimated)."
 )
 
 

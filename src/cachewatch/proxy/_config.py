@@ -7,11 +7,13 @@ each ``--workers`` process.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..simulation._shape import ShapeRecorder
 from ._app import ProxyApp, create_proxy_app
 from ._logging import log_json_lines
 from ._settings import DEFAULT_MAX_BODY, ClientLimits, UpstreamTimeouts
@@ -37,7 +39,9 @@ def proxy_config(
     """The proxy's settings as a JSON-able dict (what :func:`app_from_config` takes).
 
     ``max_event_bytes`` / ``max_decoded_bytes``: the observation caps (None: the engine's).
-    ``record``: a file to append every request's traffic shape to (``cachewatch replay``).
+    ``record``: a file to append every request's traffic shape to (``cachewatch replay``);
+    the dict then carries the salt of its digests, one for every ``--workers`` process, so
+    that a key, a block or a prefix has one digest in the file whichever worker served it.
     """
     return {
         "max_event_bytes": max_event_bytes,
@@ -52,6 +56,7 @@ def proxy_config(
         "limits": asdict(limits or ClientLimits()),
         "include_usage": include_usage,
         "record": record,
+        "record_salt": secrets.token_hex(16) if record else None,
     }
 
 
@@ -68,7 +73,10 @@ def app_from_config(config: Mapping[str, Any], *, logger: Any | None = None) -> 
     if config.get("include_usage"):
         options["include_usage"] = True
     if config.get("record"):
-        options["record"] = config["record"]
+        salt = config.get("record_salt")
+        options["record"] = (
+            ShapeRecorder(config["record"], salt=bytes.fromhex(salt)) if salt else config["record"]
+        )
     upstream: str = config["upstream"]
     if config.get("provider"):
         options["providers"] = {urlsplit(upstream).hostname or "": config["provider"]}

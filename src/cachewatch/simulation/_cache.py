@@ -317,6 +317,15 @@ class CacheStore:
         with self._lock:
             self._entries.clear()
 
+    def discard(self, key: tuple[str, bytes]) -> None:
+        """Drop the entry ``(namespace, prefix hash)``, if any (an entry that cannot exist).
+
+        The emulator never calls this; the shadow estimate does, when a billed prompt shows
+        that an entry reserved on an estimate is below the model's minimum.
+        """
+        with self._lock:
+            self._entries.pop(key, None)
+
     def begin(
         self,
         prompt: Prompt,

@@ -31,6 +31,7 @@ know keeps its recorded usage under every strategy. Money is priced with a
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -186,8 +187,10 @@ def replay(
     prices = prices if prices is not None else PriceTable()
     registry = ProfileRegistry()
     items = list(exchanges)
-    texts: dict[str, str] = {}
-    prepared = [_prepare(x, registry, texts) for x in items]
+    texts = _Texts()
+    # Each exchange is prepared (its synthetic body built) when it begins and dropped when it
+    # ends: memory follows the exchanges in flight, not the length of the recording.
+    prepared: dict[int, _Prepared] = {}
     events: list[tuple[float, int, int, int, int]] = []
     for i, x in enumerate(items):
         events.append((x.begin, x.writer, x.order[0], 0, i))
@@ -201,7 +204,10 @@ def replay(
     result = ReplayResult({w.strategy: w.totals for w in worlds}, recorded)
     for when, _, _, kind, i in events:
         clock.now = max(clock.now, when)
-        x, prep = items[i], prepared[i]
+        x = items[i]
+        prep = prepared.get(i)
+        if prep is None:
+            prep = prepared[i] = _prepare(x, registry, texts)
         for world in worlds:
             if kind == 0:
                 world.begin(i, x, prep)
@@ -209,7 +215,10 @@ def replay(
                 world.started(i, x)
             else:
                 world.end(i, x, prep)
-        if kind == 2:
+        if kind == 0:
+            prep.body = b""  # only the planners read it, at the start
+        elif kind == 2:
+            del prepared[i]
             recorded.add(_recorded(x), x.model, prices)
             if prep.profile is None:
                 result.as_recorded += 1
@@ -292,7 +301,7 @@ class _World:
 # -- preparing an exchange ----------------------------------------------------------------
 
 
-def _prepare(x: ExchangeShape, registry: ProfileRegistry, texts: dict[str, str]) -> _Prepared:
+def _prepare(x: ExchangeShape, registry: ProfileRegistry, texts: _Texts) -> _Prepared:
     profile = registry.get(x.profile) if x.profile in _ENDPOINTS else None
     if profile is None or not profile.supports_markers or not x.blocks:
         return _Prepared(None)
@@ -377,19 +386,35 @@ def _caller_breakpoints(x: ExchangeShape, profile: Profile) -> list[Breakpoint]:
 # -- synthetic bodies ---------------------------------------------------------------------
 
 
-def _text(digest: str, tokens: int, texts: dict[str, str]) -> str:
-    """A deterministic text for a block: the same digest, the same text (sized at its first sight).
+class _Texts:
+    """Deterministic synthetic texts by block digest; bounded in memory.
 
     A block's recorded tokens are its share of each request's billed total, which moves a
-    little from request to request; its text must not, or equal prefixes would differ.
+    little from request to request; its text must not, or equal prefixes would differ. So a
+    digest's size is fixed at its first sight (kept for every digest: a few bytes each) and
+    its text is a function of the digest and that size alone. The texts themselves are kept
+    up to ``budget`` characters (least recently used first out) and rebuilt when needed.
     """
-    found = texts.get(digest)
-    if found is None:
+
+    def __init__(self, budget: int = 64_000_000) -> None:
+        self.budget = budget
+        self._sizes: dict[str, int] = {}
+        self._texts: OrderedDict[str, str] = OrderedDict()
+        self._chars = 0
+
+    def __call__(self, digest: str, tokens: int) -> str:
+        found = self._texts.get(digest)
+        if found is not None:
+            self._texts.move_to_end(digest)
+            return found
+        size = self._sizes.setdefault(digest, tokens)
         rng = random.Random(int(digest, 16) if digest else 0)
-        found = digest + " " + " ".join(rng.choices(_VOCAB, k=max(1, tokens * 2 // 3)))
-        if len(texts) < 65_536:
-            texts[digest] = found
-    return found
+        text = digest + " " + " ".join(rng.choices(_VOCAB, k=max(1, size * 2 // 3)))
+        self._texts[digest] = text
+        self._chars += len(text)
+        while self._chars > self.budget and len(self._texts) > 1:
+            self._chars -= len(self._texts.popitem(last=False)[1])
+        return text
 
 
 def _marker(b: Block) -> dict[str, str] | None:
@@ -434,14 +459,14 @@ def _content(parts: list[tuple[Block, Any]]) -> Any:
     return [p for _, p in parts]
 
 
-def _synthesize(x: ExchangeShape, texts: dict[str, str]) -> bytes:
+def _synthesize(x: ExchangeShape, texts: _Texts) -> bytes:
     """A body of ``x.api`` with the recorded structure and synthetic texts (see the module docstring)."""
     by_message: dict[int, list[tuple[Block, Any]]] = {}
     system: list[tuple[Block, Any]] = []
     tools: list[Any] = []
     native = x.api == "dashscope_generation"
     for b in x.blocks:
-        text = _text(b.digest, b.tokens, texts)
+        text = texts(b.digest, b.tokens)
         if b.location == "tools":
             tool: dict[str, Any] = {"name": f"tool_{b.digest}", "description": text, "input_schema": {}}
             if b.marker is not None:
@@ -489,7 +514,7 @@ def _synthesize(x: ExchangeShape, texts: dict[str, str]) -> bytes:
         defined = [
             {
                 "type": "function",
-                "function": {"name": f"t{digest}", "description": _text(digest, tokens, texts)},
+                "function": {"name": f"t{digest}", "description": texts(digest, tokens)},
             }
         ]
     if native:

@@ -20,7 +20,9 @@ Data flow (``breakpoints="shadow"``)::
   that was a whole earlier prompt has a known size (that prompt's billed total): a read
   of it counts that size, and only the rest is shared out by estimate (so a large tool
   result the local estimate undercounts does not shift tokens into the read). A write
-  whose rescaled prefix is below the model's minimum is withdrawn. The result is fed
+  whose rescaled prefix is below the model's minimum is withdrawn, and a read of such a
+  prefix (an entry reserved on an estimate, read while its writer was still running) is
+  undone and the entry dropped. The result is fed
   back to the shadow planner as its own outcome, so it learns from what it would have
   got, exactly as ``auto`` learns from what it gets.
 
@@ -35,7 +37,6 @@ same times as the real ones. Only digests, indices and counts are kept: no promp
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -72,6 +73,8 @@ class ShadowTicket:
     plan: Plan
     reservation: Reservation | None = None
     min_tokens: int = 0
+    #: The simulated cache's namespace of this request (scope, profile, model).
+    namespace: str = ""
     started: bool = False
     ended: bool = False
 
@@ -129,7 +132,10 @@ def _calibrated(
 
 
 class Shadow:
-    """Plans what ``auto`` would place and simulates the provider's cache for it. Thread-safe.
+    """Plans what ``auto`` would place and simulates the provider's cache for it.
+
+    Thread-safe through its parts (the planner and the cache store lock their own state; a
+    ticket belongs to one exchange).
 
     Args:
         planner: the shadow's own planner (default: a new :class:`Planner` on ``clock``
@@ -160,36 +166,51 @@ class Shadow:
             planner if planner is not None else Planner(clock=clock, **{"render": False, **planner_options})
         )
         self.cache = CacheStore(clock, max_entries=max_entries)
-        self._lock = threading.Lock()
 
     def begin(self, *, api: str, host: str, path: str, body: bytes, scope: str = "") -> ShadowTicket | None:
-        """Plan ``body`` as ``auto`` would and look its breakpoints up; None: nothing to follow."""
+        """Plan ``body`` as ``auto`` would and look its breakpoints up; None: nothing to follow.
+
+        A fault the planner contained (``plan.fault``) is raised here, for the caller to
+        count: the shadow planner's faults are the shadow's.
+        """
         plan = self.planner.plan(api=api, host=host, path=path, body=body, scope=scope)
+        if plan.fault is not None:
+            raise plan.fault
         if plan.ticket is None and (plan.layout is None or plan.error is not None):
             return None
         ticket = ShadowTicket(plan)
+        try:
+            self._reserve(ticket, scope)
+        except BaseException:
+            self.planner.finished(plan)  # its claims end with it, as auto's do on a fault
+            raise
+        return ticket
+
+    def _reserve(self, ticket: ShadowTicket, scope: str) -> None:
+        """Look the breakpoints ``auto`` would have placed up in the simulated cache."""
+        plan = ticket.plan
         layout = plan.layout
         raw = plan.raw_estimate
         if layout is None or plan.error is not None or not raw:
-            return ticket
+            return
         profile = self.planner.registry.get(plan.profile)
         breakpoints = breakpoints_of(plan, profile)
         if not breakpoints:
-            return ticket
+            return
         ticket.min_tokens = profile.min_tokens_for(plan.model)
         ratio = (plan.estimated_tokens or raw) / raw
         positions = layout.positions
         last = breakpoints[-1].index
         estimate = [int(positions[i][CUM] * ratio / _MIN_SLACK) for i in range(last + 1)]
+        ticket.namespace = f"{scope}\x00{plan.profile}\x00{plan.model}"
         ticket.reservation = self.cache.reserve(
             layout.digests,
             estimate,
             breakpoints,
             lookback=profile.lookback,
             min_tokens=ticket.min_tokens,
-            namespace=f"{scope}\x00{plan.profile}\x00{plan.model}",
+            namespace=ticket.namespace,
         )
-        return ticket
 
     def started(self, ticket: ShadowTicket, status_code: int = 200) -> None:
         """The real response started: what the request would have written is readable now."""
@@ -220,6 +241,13 @@ class Shadow:
                 positions = plan.layout.positions
                 needed = max([reservation.hit, *(bp.index for bp in reservation.written)], default=-1)
                 cumulative = _calibrated(positions, needed, raw, total, reservation)
+                hit = reservation.hit
+                if hit >= 0 and cumulative[hit] < ticket.min_tokens:
+                    # It read an entry reserved on an estimate while its writer was still
+                    # running; this prompt's billed size shows that prefix below the model's
+                    # minimum: the provider never wrote it, and nobody reads it again.
+                    self.cache.discard((ticket.namespace, plan.layout.digests[hit]))
+                    hit = -1
                 small = [bp.index for bp in reservation.written if cumulative[bp.index] < ticket.min_tokens]
                 if small:
                     reservation.withdraw(small)
@@ -227,7 +255,7 @@ class Shadow:
                 if any(bp.index == last for bp in reservation.written):
                     # A whole billed prompt: its size is known, not estimated.
                     reservation.measure(last, cumulative[last])
-                split = bill(cumulative, reservation.hit, reservation.written, total)
+                split = bill(cumulative, hit, reservation.written, total)
                 outcome = ShadowOutcome(
                     TokenUsage(
                         split.input_tokens,

@@ -15,7 +15,7 @@ field          what it holds
 ``profile``    the endpoint profile it was planned under (``anthropic``, ``dashscope``...)
 ``provider``   the provider label; ``workspace`` the workspace label
 ``model``      the model id the request named
-``scope``      a salted digest of the credential (equal keys, equal scopes; never the key)
+``scope``      a digest of the credential (equal keys, equal scopes; never the key)
 ``t``          wall-clock times of the request, its response start and its end (seconds;
                ``null`` for a response that never started)
 ``seq``        the same three events' order within this writer, and ``w`` the writer,
@@ -31,22 +31,29 @@ field          what it holds
                kind, digest, tokens, eligible, plain, marker TTL or null]``
 =============  =====================================================================
 
-A block's ``digest`` is 64 bits of the XXH3 digest of that block alone, with markers
-ignored and a plain string equal to a one-text-block list, as the layout reads it;
+A block's ``digest`` identifies that block alone, with markers ignored and a plain string
+equal to a one-text-block list, as the layout reads it;
 ``tokens`` is its share of the billed prompt (the planner's estimates, rescaled to the
 total the provider billed); ``kind`` is from a closed set; ``index`` is the block's
 message (tools and Anthropic system blocks: their own index); ``plain`` says the content
 was a plain string. Roles outside the usual ones are recorded as ``other``. No text, no
 key, no header value is ever written.
+
+Every digest (blocks, tools, messages' headers and calls, ``ctx``, ``scope``) is 64 bits of
+a BLAKE2b keyed with a random salt that is never written, over the XXH3-128 digest of the
+data: equal data, equal digests within one recording session (one process, or one
+``cachewatch proxy --workers N``, whose workers share their parent's salt), and a guess of
+a block's text (a short answer, a name, a number) cannot be checked against the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
@@ -63,18 +70,26 @@ from ..planning._walk import walk
 
 __all__ = [
     "FORMAT",
+    "MAX_PROMPT_TOKENS",
     "VERSION",
     "Block",
+    "Digest",
     "ExchangeShape",
     "Message",
     "ShapeError",
     "ShapeRecorder",
+    "keyed_digest",
     "read_shapes",
 ]
 
 FORMAT: Final = "cachewatch-traffic-shape"
 VERSION: Final = 1
+#: The largest prompt a line may describe (no context window comes near it): past it the
+#: line is corrupt, and refused rather than rebuilt.
+MAX_PROMPT_TOKENS: Final = 10_000_000
 _ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+#: The salt of every recorder of this process that is not given one (module docstring).
+_PROCESS_SALT: Final = secrets.token_bytes(16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +147,19 @@ class ExchangeShape:
         return sum(b.tokens for b in self.blocks) + (self.tools[1] if self.tools else 0)
 
 
-def _hex(data: bytes) -> str:
-    return xxhash.xxh3_64_hexdigest(data)
+Digest = Callable[[bytes], str]
+
+
+def keyed_digest(salt: bytes) -> Digest:
+    """The recordings' digest under ``salt`` (module docstring): 16 hexadecimal digits."""
+    mac = hashlib.blake2b(key=salt, digest_size=8)
+
+    def digest(data: bytes) -> str:
+        h = mac.copy()
+        h.update(xxhash.xxh3_128_digest(data))
+        return h.hexdigest()
+
+    return digest
 
 
 @dataclass(slots=True, eq=False)
@@ -170,6 +196,8 @@ class ShapeRecorder:
         clock: wall clock in seconds (the engine's ``wall_clock``).
         registry: endpoint profiles (to record which profile a request was planned under).
         estimator: token estimator for the blocks' shares of the billed total.
+        salt: the key of the digests (default: this process's, shared by its recorders);
+            the recorders of one recording session must share it (module docstring).
     """
 
     def __init__(
@@ -179,6 +207,7 @@ class ShapeRecorder:
         clock: Callable[[], float] = time.time,
         registry: ProfileRegistry | None = None,
         estimator: TokenEstimator | None = None,
+        salt: bytes | None = None,
     ) -> None:
         self.clock = clock
         self.registry = registry if registry is not None else ProfileRegistry()
@@ -186,7 +215,7 @@ class ShapeRecorder:
         self._lock = threading.Lock()
         self._seq = 0
         self._writer = secrets.randbits(31)
-        self._salt = secrets.token_bytes(16)
+        self._digest = keyed_digest(salt if salt is not None else _PROCESS_SALT)
         self._file: IO[bytes] | None = None
         self._stream: IO[str] | None = None
         if isinstance(target, (str, os.PathLike)):
@@ -249,21 +278,21 @@ class ShapeRecorder:
         top_ttl = None if not isinstance(top, dict) else ("1h" if top.get("ttl") == "1h" else "5m")
         context = None
         if api == "messages" and (obj.get("tool_choice"), obj.get("thinking")) != (None, None):
-            context = _hex(orjson.dumps([obj.get("tool_choice"), obj.get("thinking")]))
+            context = self._digest(orjson.dumps([obj.get("tool_choice"), obj.get("thinking")]))
         tools: tuple[str, float] | None = None
         if layout.tools:
             head = self.estimator.prefix(model=model, provider=provider)
             head.add_tools(layout.tools)
             for tool in layout.tools:
                 head.add_json(tool)
-            tools = (_hex(orjson.dumps(layout.tools)), head.raw)
+            tools = (self._digest(orjson.dumps(layout.tools)), head.raw)
         return _Pending(
             api=api,
             profile=profile,
             provider=provider,
             model=model,
             workspace=workspace,
-            scope=_hex(self._salt + scope.encode("utf-8", "surrogatepass")) if scope else "",
+            scope=self._digest(scope.encode("utf-8", "surrogatepass")) if scope else "",
             begin=self.clock(),
             seq_begin=self._next(),
             stream=stream,
@@ -271,8 +300,8 @@ class ShapeRecorder:
             top_level=top_ttl,
             context=context,
             tools=tools,
-            messages=[_message(m) for m in messages_of],
-            blocks=_blocks(layout, tools[1] if tools else 0.0),
+            messages=[_message(m, self._digest) for m in messages_of],
+            blocks=_blocks(layout, tools[1] if tools else 0.0, self._digest),
         )
 
     def started(self, pending: _Pending) -> None:
@@ -329,24 +358,24 @@ def _messages(api: str, obj: Mapping[str, Any]) -> list[Any]:
     return found if isinstance(found, list) else []
 
 
-def _message(message: Any) -> list[Any]:
+def _message(message: Any, digest: Digest) -> list[Any]:
     if not isinstance(message, dict):
         return ["other", None, None]
     role = message.get("role")
     role_s = role if isinstance(role, str) and role in _ROLES else "other"
     name, call_id = message.get("name"), message.get("tool_call_id")
-    header = None if name is None and call_id is None else _hex(orjson.dumps([role_s, name, call_id]))
+    header = None if name is None and call_id is None else digest(orjson.dumps([role_s, name, call_id]))
     calls = message.get("tool_calls")
-    return [role_s, header, _hex(orjson.dumps(calls)) if isinstance(calls, list) and calls else None]
+    return [role_s, header, digest(orjson.dumps(calls)) if isinstance(calls, list) and calls else None]
 
 
-def _blocks(layout: Layout, head: float) -> list[list[Any]]:
+def _blocks(layout: Layout, head: float, digest_of: Digest) -> list[list[Any]]:
     out: list[list[Any]] = []
     before = head
     for i, pos in enumerate(layout.positions):
         block = pos[CONT][pos[KEY]]
         plain = type(block) is str
-        digest = xxhash.xxh3_64_hexdigest(block_digest(block))
+        digest = digest_of(block_digest(block))
         out.append(
             [pos[LOC], pos[IDX][0], layout.kind(i), digest, pos[CUM] - before, pos[OK], plain, pos[MARK]]
         )
@@ -362,15 +391,21 @@ class ShapeError(ValueError):
 
 
 def read_shapes(source: str | os.PathLike[str] | IO[str]) -> Iterator[ExchangeShape]:
-    """The exchanges of a shape file, in file order; :class:`ShapeError` on a malformed line."""
+    """The exchanges of a shape file, in file order; :class:`ShapeError` on a malformed line.
+
+    The file must open with the header line (every recorder writes it first): an empty
+    file, or one of some other kind, is refused at its first line.
+    """
     if isinstance(source, (str, os.PathLike)):
-        with Path(os.fspath(source)).open(encoding="utf-8") as stream:
+        # Read as bytes: a line that is not UTF-8 is a malformed line like any other.
+        with Path(os.fspath(source)).open("rb") as stream:
             yield from _lines(stream)
     else:
         yield from _lines(source)
 
 
-def _lines(stream: IO[str]) -> Iterator[ExchangeShape]:
+def _lines(stream: Iterable[str | bytes]) -> Iterator[ExchangeShape]:
+    header = False
     for n, line in enumerate(stream, 1):
         if not line.strip():
             continue
@@ -383,11 +418,16 @@ def _lines(stream: IO[str]) -> Iterator[ExchangeShape]:
         if "format" in data:
             if data.get("format") != FORMAT or data.get("version") != VERSION:
                 raise ShapeError(f"line {n}: not a {FORMAT} version {VERSION} file")
+            header = True
             continue
+        if not header:
+            raise ShapeError(f"line {n}: not a {FORMAT} file (it opens without the header line)")
         try:
             yield _exchange(data)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ShapeError(f"line {n}: {type(exc).__name__}: {exc}") from exc
+    if not header:
+        raise ShapeError(f"empty: not a {FORMAT} file")
 
 
 def _exchange(data: Mapping[str, Any]) -> ExchangeShape:
@@ -395,6 +435,12 @@ def _exchange(data: Mapping[str, Any]) -> ExchangeShape:
     seq = data["seq"]
     usage = data.get("usage")
     tools = data.get("tools")
+    blocks = tuple(_block(b) for b in data["blocks"])
+    tools_shape = None if tools is None else (_digest(tools[0]), int(tools[1]))
+    prompt = sum(b.tokens for b in blocks) + (tools_shape[1] if tools_shape else 0)
+    if not 0 <= prompt <= MAX_PROMPT_TOKENS:
+        # Replay rebuilds each request at its size: a corrupt count must not make it hang.
+        raise ValueError(f"a prompt of {prompt:,} tokens is not a recorded request")
     return ExchangeShape(
         api=str(data["api"]),
         profile=str(data["profile"]),
@@ -412,9 +458,9 @@ def _exchange(data: Mapping[str, Any]) -> ExchangeShape:
         usage=None if usage is None else TokenUsage(*(int(x) for x in usage[:5])),
         top_level=_ttl(data.get("top")),
         context=None if data.get("ctx") is None else str(data["ctx"]),
-        tools=None if tools is None else (str(tools[0]), int(tools[1])),
+        tools=tools_shape,
         messages=tuple(Message(str(m[0]), _opt(m[1]), _opt(m[2])) for m in data.get("messages", ())),
-        blocks=tuple(_block(b) for b in data["blocks"]),
+        blocks=blocks,
     )
 
 
@@ -423,8 +469,16 @@ def _block(b: Sequence[Any]) -> Block:
     if location not in ("tools", "system", "messages"):
         raise ValueError(f"unknown location {location!r}")
     return Block(
-        location, int(b[1]), str(b[2]), str(b[3]), max(0, int(b[4])), bool(b[5]), bool(b[6]), _ttl(b[7])
+        location, int(b[1]), str(b[2]), _digest(b[3]), max(0, int(b[4])), bool(b[5]), bool(b[6]), _ttl(b[7])
     )
+
+
+def _digest(value: object) -> str:
+    """A recorded digest: hexadecimal (replay seeds each block's synthetic text with it)."""
+    digest = str(value)
+    if not 0 < len(digest) <= 32 or any(c not in "0123456789abcdefABCDEF" for c in digest):
+        raise ValueError(f"{digest[:40]!r} is not a block digest")
+    return digest
 
 
 def _ttl(value: object) -> str | None:
