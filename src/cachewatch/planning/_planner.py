@@ -61,13 +61,14 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Final, Literal
 
 import orjson
 import xxhash
 
 from ..accounting._records import TokenUsage
+from ._decision import ask
 from ._layout import CONT, CUM, KEY, MARK, OK, Layout, Pos, position_path
 from ._layout import walk as walk_layout
 from ._learning import TTL_1H, TTL_5M, Advice, LearningState, MemoryLearner, Sight, new_sight, new_sighting
@@ -434,15 +435,33 @@ class Planner:
         # zips go without strict=True (a keyword argument costs zip() a second argument parse).
         sights: list[Sight] = []
         advice: Advice | None = None
+        before: tuple[int, bytes | None, bool] | None = None
         if self.learning and candidates:
-            sights = self.learner.sight(
+            # One question to the learner (one round trip to a shared one): the sightings,
+            # the static region's stability, and the conversation when planning goes on.
+            conversation = None
+            if (
+                layout.first_input_anchor is not None
+                and budget > 0
+                and not (ordered and _disordered(ordered))
+            ):
+                conversation = (
+                    _h64(scope_tag + b"conversation" + layout.first_input_anchor),
+                    layout.first_reply_anchor,
+                )
+            sights, stable, before = ask(
+                self.learner,
                 family,
                 [new_sighting(key, kind, kind in _SHARED_KINDS) for key, kind in zip(keys, kinds)],  # noqa: B905
-                self.clock(),
+                self.clock,
                 ticket.id,
+                model_key=model_key,
+                blocks=layout.block_digests,
+                lines_for=lambda volatile: _lines(layout, volatile),
+                conversation=conversation,
             )
             ticket.sighted = keys
-            advice = self._advice(layout, family, counter, profile, model)
+            advice = self._advice(layout, stable, counter, profile, model)
         else:
             sights = [
                 new_sight(key, kind, 1, False, False, False, 1.0, 0.0, False, 1.0)
@@ -486,10 +505,6 @@ class Planner:
                         static_key = sight.key
                 elif kind == "previous_turn" and not sight.known:
                     history_known = False
-            conversation = _h64(scope_tag + b"conversation" + layout.first_input_anchor)
-            before = self.learner.conversation(
-                conversation, static_key, layout.first_reply_anchor, history_known, self.clock()
-            )
             if before is not None and not layout.first_turn:
                 old_static, old_reply, steady = before
                 # A conversation that never kept its prefix from one request to the next
@@ -644,24 +659,21 @@ class Planner:
             self.learner.release(unused, ticket.id)
 
     def _advice(
-        self, layout: Layout, family: int, counter: PrefixCounter, profile: Profile, model: str | None
+        self,
+        layout: Layout,
+        stable: tuple[int | None, bool] | None,
+        counter: PrefixCounter,
+        profile: Profile,
+        model: str | None,
     ) -> Advice | None:
         """Where a volatile block cuts the static prefix short, and what moving it would win."""
         blocks = layout.block_digests
-        if not blocks:
+        if not blocks or stable is None:
             return None
-        positions = layout.positions
-        lines: dict[int, tuple[bytes, bytes]] = {}
-        candidates = getattr(self.learner, "volatile_candidates", None)
-        if candidates is not None:
-            for i in candidates(family):
-                if i < len(blocks):
-                    split = _line_split(positions[i])
-                    if split is not None:
-                        lines[i] = split
-        volatile, rest_stable = self.learner.stability(family, blocks, lines)
+        volatile, rest_stable = stable
         if volatile is None:
             return None
+        positions = layout.positions
         ratio = counter.ratio
         end = positions[len(blocks) - 1][CUM]
         before = positions[volatile - 1][CUM] if volatile > 0 else 0.0
@@ -704,6 +716,17 @@ def _count(positions: list[Pos], location: str) -> int:
             break
         n += 1
     return n
+
+
+def _lines(layout: Layout, volatile: Collection[int]) -> dict[int, tuple[bytes, bytes]]:
+    """Digests of the first line and of the rest of the static blocks at ``volatile`` positions."""
+    lines: dict[int, tuple[bytes, bytes]] = {}
+    for i in volatile:
+        if i < len(layout.block_digests):
+            split = _line_split(layout.positions[i])
+            if split is not None:
+                lines[i] = split
+    return lines
 
 
 def _line_split(pos: Pos) -> tuple[bytes, bytes] | None:
