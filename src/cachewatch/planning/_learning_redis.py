@@ -10,28 +10,25 @@ same cases against both, and replays random call sequences through both): the sa
 ledger of prefix sightings, recurrence counts per (family, kind, run) with forgetting,
 the pool across families, reliability, learned minimums, static-region stability,
 conversation records and in-flight write claims. The Lua is in
-``_learning_redis_scripts``: one script that runs a batch of ops atomically, so
-:meth:`~RedisLearner.sight` checks and claims a shared prefix atomically: of several
+``_learning_redis_scripts``: one script that runs a batch of ops atomically, so a sight
+checks and claims a shared prefix atomically: of several
 processes planning the same cold prefix at once, one writes it and the others see it in
 flight. A claim carries the time it was made and is ignored after ``CLAIM_TIMEOUT``
 (120 s), so a process that dies mid-request blocks nobody. Tickets are made unique
 across processes (pid and a random instance tag).
 
-Round trips. A request costs one: :meth:`~RedisLearner.decide` (the planner's
+Round trips. :meth:`~RedisLearner.decide` (the planner's
 :func:`~cachewatch.planning._decision.ask`) sends the sightings, the static region's
-stability, the conversation and a read of the learned minimum as one batch. What the
-learner is told without having to answer (:meth:`~RedisLearner.release`,
-:meth:`~RedisLearner.started`, :meth:`~RedisLearner.void`,
-:meth:`~RedisLearner.not_cached`, :meth:`~RedisLearner.feedback`, the minimum's
-:meth:`~RedisLearner.raise_minimum` / :meth:`~RedisLearner.lower_minimum`) goes out at
-once, when it happens, behind ``CLIENT REPLY SKIP``: Redis applies it in order and sends
-nothing back, so nobody waits for it. (A server or proxy that refuses ``CLIENT REPLY``
-gets those as ordinary round trips; the learner finds out on its first one.) Such a
-message is applied before anything sent after it on the same connection, and the
-learner's pool hands a thread back the connection it last used. Only the volatile
-positions can need a second round trip: the stability lines are sent for the positions
-this process last saw volatile, and when another process changed them meanwhile the
-batch says so and the lines of the current ones follow.
+stability, the conversation and a read of the learned minimum as one batch: a planning
+decision is one round trip. (Only the volatile positions can take a second: the
+stability lines are sent for the positions this process last saw volatile, and when
+another process changed them meanwhile the batch says so and the lines of the current
+ones follow.) Every other call is one round trip when it happens: the claims a plan does
+not use (:meth:`~RedisLearner.release`), the response's start
+(:meth:`~RedisLearner.started`, so that other processes read what it wrote from then on),
+and what the provider billed (:meth:`~RedisLearner.feedback`, and rarely
+:meth:`~RedisLearner.not_cached`, :meth:`~RedisLearner.void` or a learned minimum). Every
+call waits for its reply, so what it changed is there for every process when it returns.
 
 Layout (every key under ``key_prefix``; keys are 64-bit digests in decimal, values
 are counts, times and digests, never content):
@@ -55,15 +52,12 @@ forgets. Every process sharing the state must use the same wall clock. The scrip
 its key names from ``key_prefix``: use a single Redis (or a key prefix with a hash tag,
 ``{cw}:learn:``, on a cluster).
 
-Failing open: every call has a socket timeout (``timeout``, 50 ms), for sending as for
-waiting. A fault (Redis down, slow, a script error) is reported to
-``on_fault("learner", exc)`` (the engine's
+Failing open: every call has a socket timeout (``timeout``, 50 ms). A fault (Redis down,
+slow, a script error) is reported to ``on_fault("learner", exc)`` (the engine's
 ``cachewatch_internal_errors_total{stage="learner"}``), and that call, and every call
 for ``retry_after`` seconds after it (doubling while faults go on, up to 30 s), is
 answered by a local :class:`MemoryLearner`: the planner keeps planning, learning from
-this process's traffic alone, and never sees an exception. A message sent without a
-reply cannot report a script error, and one sent to a Redis that hangs is only found
-out by the next round trip (which times out and counts the fault).
+this process's traffic alone, and never sees an exception (``_learning_redis_link``).
 """
 
 from __future__ import annotations
@@ -411,18 +405,20 @@ class RedisLearner(RedisLink):
             lambda: self.fallback.learned_minimum(model_key),
         )
 
-    def _change_minimum(self, model_key: str, tier: str, local: Callable[[], object]) -> None:
-        with self._lock:
-            self._minimums.pop(model_key, None)  # read again (with the next decision) once changed
-        self._tell(op("minimum", model_key, tier), local)
+    def _change_minimum(self, model_key: str, tier: str) -> int:
+        return self._minimum_seen(model_key, self._eval(op("minimum", model_key, tier))[0])
 
     def raise_minimum(self, model_key: str, tokens: float) -> None:
-        self._change_minimum(
-            model_key, str(min_tier_above(tokens)), lambda: self.fallback.raise_minimum(model_key, tokens)
+        tier = str(min_tier_above(tokens))
+        self._run(
+            lambda: self._change_minimum(model_key, tier),
+            lambda: self.fallback.raise_minimum(model_key, tokens),
         )
 
     def lower_minimum(self, model_key: str) -> None:
-        self._change_minimum(model_key, "-", lambda: self.fallback.lower_minimum(model_key))
+        self._run(
+            lambda: self._change_minimum(model_key, "-"), lambda: self.fallback.lower_minimum(model_key)
+        )
 
     # -- stability --------------------------------------------------------------------
 

@@ -1,24 +1,15 @@
-"""How the shared learned state talks to Redis: batches with or without a reply, failing open.
+"""How the shared learned state talks to Redis: one script per batch of ops, failing open.
 
 Place in the flow: ``RedisLearner`` -> **RedisLink** (one ``EVALSHA`` of the learner's
-script per batch) -> Redis; on a fault -> the learner's local fallback.
+script per batch, one round trip) -> Redis; on a fault -> the learner's local fallback.
 
-* :meth:`RedisLink._eval`: a batch whose replies are needed (one round trip);
-* :meth:`RedisLink._tell`: a batch nobody waits for. It is sent at once behind
-  ``CLIENT REPLY SKIP``: Redis applies it, in order with what the connection sends next,
-  and answers nothing, so the caller does not wait. The first such batch goes as an
-  ordinary round trip, followed by one that checks that the server honours
-  ``CLIENT REPLY`` (a proxy or a server that refuses it keeps getting round trips);
-* :meth:`RedisLink._run`: failing open. Every socket operation has ``timeout`` and no
-  retries; a fault is counted (``faults``), reported to ``on_fault("learner", exc)`` and
-  the call is answered by ``local``, as is every call for ``retry_after`` seconds after it
-  (doubling while faults go on, up to 30 s). A batch sent without a reply proves nothing
-  about a Redis that hangs, so it does not end a back-off (the next round trip does).
-
-Sending without a reply keeps the order of one connection, and redis-py's pool hands a
-thread back the connection it used last; a message that fails to go out is a fault like
-any other. What is lost is the report of an error *inside* such a batch (a script error,
-a server out of memory), and a batch sent to a Redis that then hangs or dies.
+:meth:`RedisLink._run` fails open: every socket operation has ``timeout`` and no retries;
+a fault is counted (``faults``), reported to ``on_fault("learner", exc)`` and the call is
+answered by ``local``, as is every call for ``retry_after`` seconds after it (doubling
+while faults go on, up to 30 s). Every call waits for its reply: what the learner is told
+is applied in Redis, for every process, by the time the call returns. (Messages sent
+without waiting, behind ``CLIENT REPLY SKIP``, were tried: two connections do not keep
+their order, so another process could plan on state from before such a message.)
 """
 
 from __future__ import annotations
@@ -66,9 +57,6 @@ class RedisLink:
         self._logged = False
         self._lock = threading.Lock()
         self._script = client.register_script(script)
-        #: Batches without a reply: None until the first one finds out whether the server
-        #: takes them; False for a client without a connection pool.
-        self._one_way: bool | None = None if hasattr(client, "connection_pool") else False
 
     @property
     def _down(self) -> bool:
@@ -117,66 +105,8 @@ class RedisLink:
         return replies
 
     def _tell(self, ops: list[object], local: Callable[[], object]) -> None:
-        """A batch nobody waits for; while Redis is left alone or on a fault, ``local``."""
-        if self._down:
-            local()
-            return
-        try:
-            if self._one_way:
-                self._send_without_reply(ops)
-                return
-            self._eval(ops)
-        except Exception as exc:
-            self._fault(exc)
-            local()
-            return
-        self._recovered()
-        if self._one_way is None:
-            self._one_way = self._takes_one_way()
-
-    def _send_without_reply(self, ops: list[object]) -> None:
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
-        try:
-            conn.send_packed_command(
-                conn.pack_commands(
-                    [("CLIENT", "REPLY", "SKIP"), ("EVALSHA", self._script.sha, 0, self.prefix, *ops)]
-                )
-            )
-        finally:
-            pool.release(conn)
-
-    def _takes_one_way(self) -> bool | None:
-        """Whether the server honours ``CLIENT REPLY SKIP`` (None: could not tell, ask again)."""
-        pool = self.client.connection_pool
-        try:
-            conn = pool.get_connection()
-        except Exception:
-            return None
-        try:
-            conn.send_packed_command(
-                conn.pack_commands([("CLIENT", "REPLY", "SKIP"), ("ECHO", "a"), ("ECHO", "b")])
-            )
-            if _reply(conn) == b"b":
-                return True  # "a" was skipped
-            _reply(conn)  # refused: every reply comes back ("a", then "b")
-            _reply(conn)
-            return False
-        except Exception:
-            conn.disconnect()  # a reply may be left unread: this connection starts afresh
-            return None
-        finally:
-            pool.release(conn)
-
-
-def _reply(conn: Any) -> Any:
-    """One reply off ``conn``; an error reply as the exception object (not raised)."""
-    import redis
-
-    try:
-        return conn.read_response()
-    except redis.ResponseError as exc:
-        return exc
+        """A batch whose replies are not needed; while Redis is left alone or on a fault, ``local``."""
+        self._run(lambda: self._eval(ops), local)
 
 
 def client_from_url(url: str, timeout: float) -> Any:
