@@ -145,7 +145,7 @@ class RedisLearner(RedisLink):
         self._tag = os.urandom(4).hex()
         #: Learned minimums read from Redis, valid while the version is ``_min_version``.
         self._minimums: dict[str, int] = {}
-        self._min_version = b""
+        self._min_version = ""
         #: family -> static positions that changed last time (from the last sight/stability).
         self._volatile: dict[int, set[int]] = {}
 
@@ -155,7 +155,9 @@ class RedisLearner(RedisLink):
 
     # -- a planning decision: one round trip --------------------------------------------
 
-    def _sight_op(self, family: int, sightings: Sequence[Sighting], now: float, ticket: int) -> list[object]:
+    def _sight_op(
+        self, family: int, sightings: Sequence[Sighting], now: float, ticket: int
+    ) -> list[list[object]]:
         args: list[object] = [
             str(family),
             _f(now),
@@ -197,7 +199,7 @@ class RedisLearner(RedisLink):
         blocks: Sequence[bytes],
         lines: dict[int, tuple[bytes, bytes]],
         asked: Sequence[int] | None,
-    ) -> list[object]:
+    ) -> list[list[object]]:
         args: list[object] = [
             str(family),
             _f(self.forget),
@@ -225,7 +227,7 @@ class RedisLearner(RedisLink):
 
     def _conversation_op(
         self, key: int, static: int | str | None, reply: bytes | None, known: bool | str, now: float
-    ) -> list[object]:
+    ) -> list[list[object]]:
         return op(
             "conversation",
             str(key),
@@ -239,10 +241,10 @@ class RedisLearner(RedisLink):
         )
 
     @staticmethod
-    def _before(raw: list[Any], now: float) -> tuple[int, bytes | None, bool] | None:
-        if not raw or now - float(raw[3]) > TTL_1H:
+    def _before(raw: list[Any], blobs: list[bytes], now: float) -> tuple[int, bytes | None, bool] | None:
+        if not raw or now - float(raw[2]) > TTL_1H:
             return None
-        return int(raw[0]), (bytes(raw[2]) if raw[1] == 1 else None), raw[4] == b"1"
+        return int(raw[0]), (bytes(blobs[raw[1] - 1]) if raw[1] else None), raw[3] == "1"
 
     def decide(
         self,
@@ -274,14 +276,15 @@ class RedisLearner(RedisLink):
                 ops += self._conversation_op(conversation[0], "=", conversation[1], "=", now)
             if model_key is not None:
                 ops += op("minimum", model_key, "")
-            raw = iter(self._eval(ops))
+            replies, blobs = self._eval_blobs(ops)
+            raw = iter(replies)
             sights = self._sights(family, sightings, next(raw))
             stable: tuple[int | None, bool] | None = None
             if blocks:
                 stable = self._stable(family, next(raw))
                 if stable is None:  # another process changed the volatile positions meanwhile
                     stable = self.stability(family, blocks, lines_at(self._volatile.get(family, ())))
-            before = self._before(next(raw), now) if conversation is not None else None
+            before = self._before(next(raw), blobs, now) if conversation is not None else None
             if model_key is not None:
                 self._minimum_seen(model_key, next(raw))
             return sights, stable, before
@@ -324,10 +327,12 @@ class RedisLearner(RedisLink):
     def conversation(
         self, key: int, static: int | None, reply: bytes | None, history_known: bool, now: float
     ) -> tuple[int, bytes | None, bool] | None:
+        def call() -> tuple[int, bytes | None, bool] | None:
+            replies, blobs = self._eval_blobs(self._conversation_op(key, static, reply, history_known, now))
+            return self._before(replies[0], blobs, now)
+
         return self._run(
-            lambda: self._before(
-                self._eval(self._conversation_op(key, static, reply, history_known, now))[0], now
-            ),
+            call,
             lambda: self.fallback.conversation(key, static, reply, history_known, now),
         )
 
@@ -379,7 +384,7 @@ class RedisLearner(RedisLink):
 
     # -- learned minimums: a local copy, checked against the version each sight brings --
 
-    def _seen_version(self, version: bytes) -> None:
+    def _seen_version(self, version: str) -> None:
         if version != self._min_version:
             with self._lock:
                 self._minimums = {}
@@ -466,5 +471,5 @@ class RedisLearner(RedisLink):
             self.client.delete(*names)
         with self._lock:
             self._minimums = {}
-            self._min_version = b""
+            self._min_version = ""
             self._volatile = {}

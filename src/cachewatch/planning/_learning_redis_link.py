@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
+from ._learning_redis_scripts import decode, encode
+
 __all__ = ["RedisLink", "client_from_url", "client_with_timeout"]
 
 _log = logging.getLogger("cachewatch")
@@ -99,12 +101,15 @@ class RedisLink:
         except Exception:  # pragma: no cover - a fault callback must not break planning
             pass
 
-    def _eval(self, ops: list[object]) -> list[Any]:
-        """One batch of ops, one round trip; their replies in order."""
-        replies: list[Any] = self._script(args=[self.prefix, *ops], client=self.client)
-        return replies
+    def _eval(self, ops: list[list[object]]) -> list[Any]:
+        """One batch of ops, one round trip; their replies in order (see :meth:`_eval_blobs`)."""
+        return self._eval_blobs(ops)[0]
 
-    def _tell(self, ops: list[object], local: Callable[[], object]) -> None:
+    def _eval_blobs(self, ops: list[list[object]]) -> tuple[list[Any], list[bytes]]:
+        """One batch of ops, one round trip: (their replies, the binary values they name)."""
+        return decode(self._script(args=[self.prefix, *encode(ops)], client=self.client))
+
+    def _tell(self, ops: list[list[object]], local: Callable[[], object]) -> None:
         """A batch whose replies are not needed; while Redis is left alone or on a fault, ``local``."""
         self._run(lambda: self._eval(ops), local)
 

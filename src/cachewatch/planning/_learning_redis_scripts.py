@@ -4,8 +4,11 @@ Place in the flow: ``RedisLearner`` -> **SCRIPT** (one ``EVALSHA``) -> Redis.
 
 :data:`SCRIPT` runs a *batch*: a sequence of ops, each the Lua port of one
 :class:`~cachewatch.planning._learning.MemoryLearner` method, executed in order and
-atomically, with one reply per op. ``ARGV`` is the key prefix, then per op its name, its
-argument count and its arguments (:func:`op`). So a planning decision (the sightings,
+atomically, with one reply per op. ``ARGV`` is the key prefix, the ops as one JSON array
+of ``[name, args...]`` and the binary arguments (digests), which the JSON names by place
+(:func:`encode`); the reply is the ops' replies as one JSON array, then the binary values
+it names (:func:`decode`): two bulk strings to parse, not one element per value (redis-py
+parses replies in Python unless hiredis is installed). So a planning decision (the sightings,
 the static region's stability, the conversation and the learned minimum) is one round
 trip, and so is anything else the learner has to say at once.
 
@@ -23,7 +26,9 @@ Ops and their arguments (``''`` for "none"; floats as ``repr`` strings, exact):
   positions in a second call. Returns (first volatile or -1, rest stable, volatile
   positions, stale);
 * ``conversation``: key, static (``=``: this batch's sighting), has_reply, reply,
-  history_known (``=``: this batch's sighting), now, max_age, ttl;
+  history_known (``=``: this batch's sighting), now, max_age, ttl. Returns nothing (no
+  previous request) or (static, the reply's place among the binary values or 0, time,
+  steady);
 * ``minimum``: model key, tier (``''`` to read, ``-`` to forget). Returns (value, version
   before, version after);
 * ``void``: ticket, family_ttl, keys...; ``release``: ticket, keys...; ``started``: ticket,
@@ -31,23 +36,50 @@ Ops and their arguments (``''`` for "none"; floats as ``repr`` strings, exact):
   forget, max_families, family_ttl; ``peek``: family, kind, run, prior_a, prior_b.
 
 Numbers are Lua doubles: the arithmetic is MemoryLearner's, operation for operation, so
-both give the same floats. Floats cross into Redis and back as ``%.17g`` strings (exact).
+both give the same floats. Floats cross into Redis and back as ``%.17g`` strings (exact),
+inside the JSON too; its numbers are small integers.
 64-bit keys, families and tickets stay strings (a double cannot hold them). Family
 hashes and the pool are loaded once per batch and written back after each op.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
+
+import orjson
 
 from ._learning import CLAIM_TIMEOUT, TTL_1H, TTL_5M
 
-__all__ = ["SCRIPT", "op"]
+__all__ = ["SCRIPT", "decode", "encode", "op"]
 
 
-def op(name: str, *args: object) -> list[object]:
-    """One op of a batch, as it goes into ``ARGV``."""
-    return [name, len(args), *args]
+def op(name: str, *args: object) -> list[list[object]]:
+    """A batch of one op (batches concatenate: ``op(...) + op(...)``)."""
+    return [[name, *args]]
+
+
+def encode(ops: list[list[object]]) -> list[object]:
+    """``ARGV`` after the key prefix: the ops as one JSON array, then the binary arguments.
+
+    A ``bytes`` argument goes as its own ``ARGV`` entry and is named in the JSON by its
+    place (``[i]``: the i-th after the JSON).
+    """
+    blobs: list[bytes] = []
+    plain: list[list[object]] = []
+    for one in ops:
+        args: list[object] = []
+        for value in one:
+            if isinstance(value, bytes):
+                blobs.append(value)
+                value = [len(blobs)]
+            args.append(value)
+        plain.append(args)
+    return [orjson.dumps(plain), *blobs]
+
+
+def decode(reply: list[Any]) -> tuple[list[Any], list[bytes]]:
+    """(each op's reply, the binary values they name by place: ``blobs[i - 1]``)."""
+    return orjson.loads(reply[0]), reply[1:]
 
 
 _COMMON: Final = r"""
@@ -162,6 +194,12 @@ local function drop_writer(w, ticket)
     if t ~= ticket then live[#live + 1] = t .. '=' .. at end
   end
   return table.concat(live, ';')
+end
+-- Binary values of the reply, named in its JSON by place (blob(v) returns the place).
+local blobs = {}
+local function blob(v)
+  blobs[#blobs + 1] = v
+  return #blobs
 end
 -- What the last sight of this batch saw, for a conversation after it.
 local seen = {static = '-1', history = true}
@@ -343,7 +381,7 @@ OPS.conversation = function(a)
   if has_reply then redis.call('HSET', name, 'r', reply) else redis.call('HDEL', name, 'r') end
   redis.call('EXPIRE', name, tonumber(a[8]))
   if h == nil then return {} end
-  return {h['s'], h['r'] and 1 or 0, h['r'] or '', h['t'], h['y']}
+  return {h['s'], h['r'] and blob(h['r']) or 0, h['t'], h['y']}
 end
 """
 
@@ -442,15 +480,18 @@ end
 
 _BATCH: Final = r"""
 local out = {}
-local i = 2
-while i <= #ARGV do
-  local name, n = ARGV[i], tonumber(ARGV[i + 1])
+for _, o in ipairs(cjson.decode(ARGV[2])) do
   local a = {}
-  for j = 1, n do a[j] = ARGV[i + 1 + j] end
-  out[#out + 1] = OPS[name](a)
-  i = i + 2 + n
+  for j = 2, #o do
+    local v = o[j]
+    if type(v) == 'table' then v = ARGV[2 + v[1]] end
+    a[j - 1] = v
+  end
+  out[#out + 1] = OPS[o[1]](a)
 end
-return out
+local reply = {cjson.encode(out)}
+for _, b in ipairs(blobs) do reply[#reply + 1] = b end
+return reply
 """
 
 #: The whole script: helpers, every op, the batch loop.
