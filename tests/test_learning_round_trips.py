@@ -5,11 +5,12 @@ connection class that counts ``send_packed_command``, the one call that puts a c
 a pipeline on the socket; each is one round trip). Requests go through the real anthropic
 SDK, wrapped with ``cachewatch.wrap(client, store=RedisStore(...))``, to the emulator. Then:
 
-* planning a request costs the learned state one round trip, JSON or streamed, and the
-  whole request at most three: the decision, the response's start (when it marked
-  something), what it billed (when it expected a read), or, for a plan that leaves a
-  claimed prefix unwritten, its release. Before: five (sight, stability and conversation,
-  then the same two). The miss diagnosis's fingerprints cost two (read, write);
+* planning a request costs the learned state one round trip, JSON or streamed, and each
+  request of this traffic at most three: the decision, the response's start (when it
+  marked something), what it billed (when it expected a read), or, for a plan that leaves
+  a claimed prefix unwritten, its release; a conversation's turn that read the cache
+  exactly three. Before: five (sight, stability and conversation, then the same two). The
+  miss diagnosis's fingerprints cost two (read, write);
 * :meth:`RedisLearner.decide` gives exactly the answers, and leaves exactly the state, of
   the calls it stands for made one by one (:func:`ask_in_turn`, as the in-process
   :class:`MemoryLearner` answers them), replayed over random decisions;
