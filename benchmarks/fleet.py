@@ -31,7 +31,9 @@ read 0.1, from the usage the emulator billed), the cache-write tokens, the waste
 tokens (``cachewatch_cache_wasted_write_tokens_total``: writes never read within their
 TTL, counted by the workers' own diagnosis once the workers' wall clock is moved an hour
 on), the time spent in learned-state calls per request (median, µs; in ``shared`` these
-are Redis round trips), a bare Redis ``PING`` from the same worker right after each
+are Redis round trips), the learned state's round trips per request (mean: its ``EVALSHA``
+messages, counted on the wire by the worker's Redis connections), a bare Redis ``PING``
+from the same worker right after each
 request (median, µs: the yardstick for a round trip in the same conditions) and the
 request latency as the client saw it (median).
 
@@ -357,6 +359,7 @@ class Result:
     w1h: int = 0
     learner_us: float = 0.0
     learner_calls: int = 0
+    learner_round_trips: int = 0
     latency_us: float = 0.0
     ping_us: float = 0.0
 
@@ -486,6 +489,7 @@ class Fleet:
                     setattr(r, name, a.get(name, getattr(r, name)))
                 r.learner_us = a.get("learner_us", 0.0)
                 r.learner_calls = a.get("learner_calls", 0)
+                r.learner_round_trips = a.get("learner_round_trips", 0)
                 r.latency_us = a.get("latency_us", 0.0)
                 r.ping_us = a.get("ping_us", 0.0)
                 out.append(r)
@@ -585,6 +589,29 @@ def _counters(registry: Any) -> dict[str, Any]:
     return out
 
 
+class _Wire:
+    """Counts the learned state's messages to Redis (each an ``EVALSHA``: one round trip)."""
+
+    def __init__(self) -> None:
+        self.learner = 0
+
+
+def _counted_client(redis_url: str, wire: _Wire) -> Any:
+    """A client whose connections (and those of the pools made from it) count ``EVALSHA``s."""
+    import redis
+
+    class Counting(redis.Connection):
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            data = b"".join(command) if isinstance(command, list) else bytes(command)
+            if b"EVALSHA" in data:
+                wire.learner += 1
+            super().send_packed_command(command, check_health)
+
+    if not redis_url.startswith("redis://"):
+        return redis.Redis.from_url(redis_url)  # a unix socket or TLS: not counted
+    return redis.Redis(connection_pool=redis.ConnectionPool.from_url(redis_url, connection_class=Counting))
+
+
 def worker_main(argv: Sequence[str]) -> None:
     """One process of the fleet: ``worker <emulator url> <redis url> <shared|local> <prefix> <timeout>``."""
     # The protocol owns the real stdout; anything else printed goes to stderr.
@@ -604,8 +631,9 @@ def worker_main(argv: Sequence[str]) -> None:
         return time.time() + offset[0]
 
     registry = CollectorRegistry()
+    wire = _Wire()
     store = RedisStore(
-        url=redis_url,
+        _counted_client(redis_url, wire),
         key_prefix=prefix,
         learning=mode == "shared",
         learning_timeout=float(learning_timeout),
@@ -646,6 +674,7 @@ def worker_main(argv: Sequence[str]) -> None:
             results = []
             for request in command["requests"]:
                 timed.reset()
+                wire.learner = 0
                 out: dict[str, Any] = {"id": request["id"]}
                 t0 = time.perf_counter()
                 try:
@@ -672,6 +701,7 @@ def worker_main(argv: Sequence[str]) -> None:
                 out["latency_us"] = (time.perf_counter() - t0) * 1e6
                 out["learner_us"] = timed.seconds * 1e6
                 out["learner_calls"] = timed.calls
+                out["learner_round_trips"] = wire.learner
                 # One bare round trip to the same Redis, in the same conditions: the yardstick.
                 t0 = time.perf_counter()
                 with contextlib.suppress(Exception):
@@ -800,7 +830,7 @@ def report(runs: Sequence[Run], workers: int) -> str:
     lines += [
         "",
         f"{'mode':<8}{'cost (units)':>14}{'cost ($)':>10}{'wasted-write tokens':>21}"
-        f"{'learner µs/req':>16}{'calls/req':>11}{'PING µs':>9}{'latency µs':>12}{'faults':>8}",
+        f"{'learner µs/req':>16}{'calls/req':>11}{'RTT/req':>9}{'PING µs':>9}{'latency µs':>12}{'faults':>8}",
     ]
     for run in runs:
         t = run.total()
@@ -810,6 +840,7 @@ def report(runs: Sequence[Run], workers: int) -> str:
             f"{run.mode:<8}{t['units']:>14,.0f}{dollars:>10.4f}{run.wasted:>21,.0f}"
             f"{_median([r.learner_us for r in run.results]):>16.0f}"
             f"{statistics.mean(r.learner_calls for r in run.results):>11.1f}"
+            f"{statistics.mean(r.learner_round_trips for r in run.results):>9.2f}"
             f"{_median([r.ping_us for r in run.results]):>9.0f}"
             f"{_median([r.latency_us for r in run.results]):>12.0f}{faults:>8.0f}"
         )

@@ -301,7 +301,7 @@ def test_digests_are_shared_by_a_sessions_recorders_and_guesses_cannot_be_checke
     yes, a PIN) cannot be confirmed by digesting it."""
     import xxhash
 
-    from cachewatch.planning._layout import _digest as block_bytes
+    from cachewatch.planning._canonical import block_digest as block_bytes
 
     answer = "PIN 4071"
     body = {"model": "claude-sonnet-4-6", "max_tokens": 8, "system": "policy " * 1_500,

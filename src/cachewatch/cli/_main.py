@@ -4,7 +4,8 @@ Usage::
 
     cachewatch demo [--serve] [--metrics-port 9464]
     cachewatch proxy --upstream URL [--listen 127.0.0.1:8787] [--breakpoints auto|off|shadow]
-                     [--record FILE] [--include-usage] [--workers N] [limits and timeouts]
+                     [--record FILE] [--include-usage] [--workers N] [--redis URL]
+                     [limits and timeouts]
     cachewatch emulator [--port 8790] [--profile auto|anthropic|dashscope]
     cachewatch dashboards --out DIR
     cachewatch report [--url http://127.0.0.1:9464/metrics] [--format table|json]
@@ -50,6 +51,13 @@ def _seconds(value: str) -> float:
         seconds = -1.0
     if not seconds >= 0 or seconds == float("inf"):
         raise argparse.ArgumentTypeError(f"expected seconds (0 turns it off), got {value!r}")
+    return seconds
+
+
+def _positive_seconds(value: str) -> float:
+    seconds = _seconds(value)
+    if seconds == 0:
+        raise argparse.ArgumentTypeError("expected seconds above 0")
     return seconds
 
 
@@ -128,6 +136,21 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         help="processes serving the port; metrics are aggregated through PROMETHEUS_MULTIPROC_DIR "
         "(a temporary directory unless set) [1]",
+    )
+    proxy.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share the breakpoint planner's learned state and the miss diagnosis with every process "
+        "(workers, other proxies, wrapped clients) using this Redis, e.g. redis://127.0.0.1:6379/0; "
+        "needs cachewatch[redis]. When Redis is down or slow each process goes on alone and counts "
+        "the fault [off: each process learns alone]",
+    )
+    proxy.add_argument(
+        "--redis-timeout",
+        type=_positive_seconds,
+        default=0.05,
+        metavar="SECONDS",
+        help="with --redis: longest wait for Redis on a request's path, without retries [%(default)s]",
     )
     limits = proxy.add_argument_group("limits (bytes) and timeouts (seconds; 0 turns a timeout off)")
     upstream_defaults = UPSTREAM_DEFAULTS
@@ -383,6 +406,8 @@ def _proxy(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
+    if args.redis:
+        require("cachewatch proxy --redis", "redis", "redis")
     host, port = args.listen
     multiproc_dir: str | None = None
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -430,6 +455,8 @@ def _serve_proxy(args: argparse.Namespace, host: str, port: int) -> int:
         max_decoded_bytes=args.max_decoded_bytes,
         include_usage=args.include_usage,
         record=args.record,
+        redis=args.redis,
+        redis_timeout=args.redis_timeout,
     )
     try:
         # Built here in every mode, so that a bad --upstream or --prices fails at once
@@ -440,6 +467,8 @@ def _serve_proxy(args: argparse.Namespace, host: str, port: int) -> int:
         return 2
 
     workers = f", {args.workers} workers" if args.workers > 1 else ""
+    if args.redis:
+        workers += ", learning shared through Redis"  # not the URL: it may hold a password
     print(
         f"cachewatch proxy: http://{host}:{port} -> {args.upstream}  (/metrics on the same port{workers})",
         file=sys.stderr,

@@ -97,7 +97,7 @@ class RedisStore:
             import redis
 
             client = redis.Redis.from_url(url or "redis://127.0.0.1:6379/0")
-        from ..planning._learning_redis import client_with_timeout
+        from ..planning._learning_redis_link import client_with_timeout
 
         #: The client given (or made from ``url``): maintenance calls and the learner's server.
         self.client = client

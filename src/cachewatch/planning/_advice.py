@@ -11,6 +11,7 @@ the block as movable too.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 import xxhash
@@ -23,33 +24,29 @@ from ._tokens import PrefixCounter, TokenEstimator
 if TYPE_CHECKING:
     from ._planner import Planner
 
-__all__ = ["volatile_advice"]
+__all__ = ["line_splits", "volatile_advice"]
 
 
 def volatile_advice(
     planner: Planner,
     layout: Layout,
-    family: int,
+    stable: tuple[int | None, bool] | None,
     counter: PrefixCounter,
     profile: Profile,
     model: str | None,
 ) -> Advice | None:
-    """Where a volatile block cuts the static prefix short, and what moving it would win."""
+    """Where a volatile block cuts the static prefix short, and what moving it would win.
+
+    ``stable`` is the learner's answer for the static blocks: the first volatile position
+    (None: none) and whether only its first line changes.
+    """
     blocks = layout.block_digests
-    if not blocks:
+    if not blocks or stable is None:
         return None
-    positions = layout.positions
-    lines: dict[int, tuple[bytes, bytes]] = {}
-    candidates = getattr(planner.learner, "volatile_candidates", None)
-    if candidates is not None:
-        for i in candidates(family):
-            if i < len(blocks):
-                split = _line_split(positions[i])
-                if split is not None:
-                    lines[i] = split
-    volatile, rest_stable = planner.learner.stability(family, blocks, lines)
+    volatile, rest_stable = stable
     if volatile is None:
         return None
+    positions = layout.positions
     ratio = counter.ratio
     end = positions[len(blocks) - 1][CUM]
     before = positions[volatile - 1][CUM] if volatile > 0 else 0.0
@@ -89,3 +86,14 @@ def _first_line_raw(pos: Pos, estimator: TokenEstimator, family: str) -> float:
     text = block if type(block) is str else block.get("text", "") if type(block) is dict else ""
     head = text.partition("\n")[0] if type(text) is str else ""
     return estimator.text(head, family=family)
+
+
+def line_splits(layout: Layout, volatile: Collection[int]) -> dict[int, tuple[bytes, bytes]]:
+    """Digests of the first line and of the rest of the static blocks at ``volatile`` positions."""
+    lines: dict[int, tuple[bytes, bytes]] = {}
+    for i in volatile:
+        if i < len(layout.block_digests):
+            split = _line_split(layout.positions[i])
+            if split is not None:
+                lines[i] = split
+    return lines

@@ -47,8 +47,9 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 import xxhash
 
-from ._advice import volatile_advice
+from ._advice import line_splits, volatile_advice
 from ._candidates import find_candidates, last_eligible
+from ._decision import ask
 from ._layout import CONT, CUM, KEY, MARK, Layout, Pos
 from ._learning import TTL_1H, TTL_5M, Advice, LearningState, Sight, new_sight, new_sighting
 from ._plan import Placement, Ticket, new_placement, new_ticket
@@ -138,15 +139,29 @@ def place(
     # zips go without strict=True (a keyword argument costs zip() a second argument parse).
     sights: list[Sight] = []
     advice: Advice | None = None
+    before: tuple[int, bytes | None, bool] | None = None
     if planner.learning and candidates:
-        sights = planner.learner.sight(
+        # One question to the learner (one round trip to a shared one): the sightings,
+        # the static region's stability, and the conversation when planning goes on.
+        conversation = None
+        if layout.first_input_anchor is not None and budget > 0 and not (ordered and _disordered(ordered)):
+            conversation = (
+                _h64(scope_tag + b"conversation" + layout.first_input_anchor),
+                layout.first_reply_anchor,
+            )
+        sights, stable, before = ask(
+            planner.learner,
             family,
             [new_sighting(key, kind, kind in _SHARED_KINDS) for key, kind in zip(keys, kinds)],  # noqa: B905
-            planner.clock(),
+            planner.clock,
             ticket.id,
+            model_key=model_key,
+            blocks=layout.block_digests,
+            lines_for=lambda volatile: line_splits(layout, volatile),
+            conversation=conversation,
         )
         ticket.sighted = keys
-        advice = volatile_advice(planner, layout, family, counter, profile, model)
+        advice = volatile_advice(planner, layout, stable, counter, profile, model)
     else:
         sights = [
             new_sight(key, kind, 1, False, False, False, 1.0, 0.0, False, 1.0)
@@ -190,10 +205,6 @@ def place(
                     static_key = sight.key
             elif kind == "previous_turn" and not sight.known:
                 history_known = False
-        conversation = _h64(scope_tag + b"conversation" + layout.first_input_anchor)
-        before = planner.learner.conversation(
-            conversation, static_key, layout.first_reply_anchor, history_known, planner.clock()
-        )
         if before is not None and not layout.first_turn:
             old_static, old_reply, steady = before
             # A conversation that never kept its prefix from one request to the next

@@ -43,7 +43,9 @@ message; every other response is relayed chunk by chunk as it arrives.
 
 ``cachewatch proxy --workers N`` runs N processes (uvicorn's supervisor) configured
 through :data:`CONFIG_ENV` (:func:`app_from_environment`); their metrics are aggregated
-through ``PROMETHEUS_MULTIPROC_DIR``.
+through ``PROMETHEUS_MULTIPROC_DIR``. With ``--redis URL`` their engines (and those of any
+other proxy or wrapped client on that Redis) share the planner's learned state and the
+miss diagnosis's fingerprints through a :class:`~cachewatch.RedisStore`.
 
 Modules, in the order a request meets them:
 

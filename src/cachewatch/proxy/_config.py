@@ -2,7 +2,9 @@
 
 The CLI turns its flags into :func:`proxy_config`; :func:`app_from_config` builds the
 app in the CLI's process and, through :data:`~cachewatch.proxy._server.CONFIG_ENV`, in
-each ``--workers`` process.
+each ``--workers`` process. With ``--redis URL`` every process's engine gets a
+:class:`~cachewatch.RedisStore` on that Redis: the processes (and any other proxy or
+wrapped client using it) share the planner's learned state and the miss diagnosis.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from urllib.parse import urlsplit
 from ..simulation._shape import ShapeRecorder
 from ._app import ProxyApp, create_proxy_app
 from ._logging import log_json_lines
-from ._settings import DEFAULT_MAX_BODY, ClientLimits, UpstreamTimeouts
+from ._settings import DEFAULT_MAX_BODY, DEFAULT_REDIS_TIMEOUT, ClientLimits, UpstreamTimeouts
 
 __all__ = ["app_from_config", "proxy_config"]
 
@@ -35,6 +37,8 @@ def proxy_config(
     max_decoded_bytes: int | None = None,
     include_usage: bool = False,
     record: str | None = None,
+    redis: str | None = None,
+    redis_timeout: float = DEFAULT_REDIS_TIMEOUT,
 ) -> dict[str, Any]:
     """The proxy's settings as a JSON-able dict (what :func:`app_from_config` takes).
 
@@ -42,6 +46,11 @@ def proxy_config(
     ``record``: a file to append every request's traffic shape to (``cachewatch replay``);
     the dict then carries the salt of its digests, one for every ``--workers`` process, so
     that a key, a block or a prefix has one digest in the file whichever worker served it.
+    ``redis``: a Redis URL; the planner's learned state and the miss diagnosis's
+    fingerprints are kept there (:class:`~cachewatch.RedisStore`), shared by every process
+    using it; each call to it times out after ``redis_timeout`` seconds (then the process
+    goes on alone, the fault counted).
+>>>>>>> fleet3
     """
     return {
         "max_event_bytes": max_event_bytes,
@@ -57,6 +66,8 @@ def proxy_config(
         "include_usage": include_usage,
         "record": record,
         "record_salt": secrets.token_hex(16) if record else None,
+        "redis": redis,
+        "redis_timeout": redis_timeout,
     }
 
 
@@ -85,6 +96,8 @@ def app_from_config(config: Mapping[str, Any], *, logger: Any | None = None) -> 
     for cap in ("max_event_bytes", "max_decoded_bytes"):
         if config.get(cap):
             options[cap] = config[cap]
+    if config.get("redis"):
+        options["store"] = _redis_store(config["redis"], config.get("redis_timeout", DEFAULT_REDIS_TIMEOUT))
     return create_proxy_app(
         upstream,
         allowed_hosts=config.get("allowed_hosts", ()),
@@ -92,3 +105,13 @@ def app_from_config(config: Mapping[str, Any], *, logger: Any | None = None) -> 
         timeouts=UpstreamTimeouts(**config.get("timeouts", {})),
         **options,
     )
+
+
+def _redis_store(url: str, timeout: float) -> Any:
+    """The shared store and learned state (``--redis``); ``redis`` is the ``[redis]`` extra."""
+    from .._extras import require
+
+    require("cachewatch proxy --redis", "redis", "redis")
+    from ..diagnosis._store_redis import RedisStore
+
+    return RedisStore(url=url, timeout=timeout, learning_timeout=timeout)

@@ -1,4 +1,4 @@
-"""The proxy's limits and timeouts: what a client may send, how long the upstream may take.
+"""The proxy's limits and timeouts: what a client may send, how long the upstream (and Redis) may take.
 
 :class:`ClientLimits` is enforced on the client side by
 :class:`~cachewatch.proxy._protocol.TargetCheckingHttpToolsProtocol`;
@@ -14,12 +14,16 @@ from dataclasses import dataclass
 __all__ = [
     "BUFFERED_RESPONSE_LIMIT",
     "DEFAULT_MAX_BODY",
+    "DEFAULT_REDIS_TIMEOUT",
     "URL_CACHE_SIZE",
     "ClientLimits",
     "UpstreamTimeouts",
 ]
 
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
+
+#: ``--redis``: seconds each call to the shared Redis may take (RedisStore's default).
+DEFAULT_REDIS_TIMEOUT = 0.05
 
 #: Non-streaming upstream responses up to this declared ``Content-Length`` are read whole
 #: and sent in one piece; bigger ones, chunked ones and event streams are streamed.

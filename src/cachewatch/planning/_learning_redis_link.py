@@ -1,0 +1,144 @@
+"""How the shared learned state talks to Redis: one script per batch of ops, failing open.
+
+Place in the flow: ``RedisLearner`` -> **RedisLink** (one ``EVALSHA`` of the learner's
+script per batch, one round trip) -> Redis; on a fault -> the learner's local fallback.
+
+:meth:`RedisLink._run` fails open: every socket operation has ``timeout`` and no retries;
+a fault is counted (``faults``), reported to ``on_fault("learner", exc)`` and the call is
+answered by ``local``, as is every call for ``retry_after`` seconds after it (doubling
+while faults go on, up to 30 s). Every call waits for its reply: what the learner is told
+is applied in Redis, for every process, by the time the call returns. (Messages sent
+without waiting, behind ``CLIENT REPLY SKIP``, were tried: two connections do not keep
+their order, so another process could plan on state from before such a message.)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
+
+from ._learning_redis_scripts import decode, encode
+
+__all__ = ["RedisLink", "client_from_url", "client_with_timeout"]
+
+_log = logging.getLogger("cachewatch")
+_T = TypeVar("_T")
+_MAX_BACKOFF: Final = 30.0
+
+
+class RedisLink:
+    """The Redis side of :class:`~cachewatch.planning._learning_redis.RedisLearner`.
+
+    Args:
+        client: the learner's client (its own pool, ``timeout``, no retries).
+        key_prefix: namespace of every key (the script's first argument).
+        script: the Lua of every batch.
+        on_fault / retry_after: as :class:`~cachewatch.planning._learning_redis.RedisLearner`.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        key_prefix: str,
+        script: str,
+        on_fault: Callable[[str, BaseException], object] | None,
+        retry_after: float,
+    ) -> None:
+        self.client = client
+        self.prefix = key_prefix
+        self.on_fault = on_fault
+        self.retry_after = retry_after
+        #: Faults survived (also reported to ``on_fault``).
+        self.faults = 0
+        self._down_until = 0.0
+        self._backoff = retry_after
+        self._logged = False
+        self._lock = threading.Lock()
+        self._script = client.register_script(script)
+
+    @property
+    def _down(self) -> bool:
+        """Redis failed a moment ago and is left alone."""
+        return bool(self._down_until) and time.monotonic() < self._down_until
+
+    def _run(self, call: Callable[[], _T], local: Callable[[], _T]) -> _T:
+        """``call`` against Redis; on a fault (or while Redis is left alone) ``local``."""
+        if self._down:
+            return local()
+        try:
+            result = call()
+        except Exception as exc:
+            self._fault(exc)
+            return local()
+        self._recovered()
+        return result
+
+    def _recovered(self) -> None:
+        if self._down_until:
+            with self._lock:
+                self._down_until = 0.0
+                self._backoff = self.retry_after
+
+    def _fault(self, exc: BaseException) -> None:
+        with self._lock:
+            self.faults += 1
+            self._down_until = time.monotonic() + self._backoff
+            self._backoff = min(_MAX_BACKOFF, self._backoff * 2.0)
+            first = not self._logged
+            self._logged = True
+        try:
+            if self.on_fault is not None:
+                self.on_fault("learner", exc)
+            elif first:
+                _log.warning(
+                    "cachewatch: the shared learned state is unreachable (%s); planning on local state.",
+                    type(exc).__name__,
+                )
+        except Exception:  # pragma: no cover - a fault callback must not break planning
+            pass
+
+    def _eval(self, ops: list[list[object]]) -> list[Any]:
+        """One batch of ops, one round trip; their replies in order (see :meth:`_eval_blobs`)."""
+        return self._eval_blobs(ops)[0]
+
+    def _eval_blobs(self, ops: list[list[object]]) -> tuple[list[Any], list[bytes]]:
+        """One batch of ops, one round trip: (their replies, the binary values they name)."""
+        return decode(self._script(args=[self.prefix, *encode(ops)], client=self.client))
+
+    def _tell(self, ops: list[list[object]], local: Callable[[], object]) -> None:
+        """A batch whose replies are not needed; while Redis is left alone or on a fault, ``local``."""
+        self._run(lambda: self._eval(ops), local)
+
+
+def client_from_url(url: str, timeout: float) -> Any:
+    """A client for ``url`` with ``timeout`` and no retries (``redis`` is the ``[redis]`` extra)."""
+    from .._extras import require
+
+    require("RedisLearner", "redis", "redis")
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
+    )
+
+
+def client_with_timeout(client: Any, timeout: float) -> Any:
+    """A client to the same server as ``client``, with ``timeout`` and no retries (own pool)."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    pool = getattr(client, "connection_pool", None)
+    if pool is None or not hasattr(pool, "connection_kwargs"):
+        return client  # not a plain redis.Redis: used as it is
+    kwargs = dict(pool.connection_kwargs)
+    kwargs.update(socket_timeout=timeout, retry=Retry(NoBackoff(), 0), decode_responses=False)
+    if "path" not in kwargs:  # TCP (a unix socket connects at once)
+        kwargs["socket_connect_timeout"] = timeout
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))

@@ -1,0 +1,503 @@
+"""The Lua behind :class:`~cachewatch.planning._learning_redis.RedisLearner`: one script, many ops.
+
+Place in the flow: ``RedisLearner`` -> **SCRIPT** (one ``EVALSHA``) -> Redis.
+
+:data:`SCRIPT` runs a *batch*: a sequence of ops, each the Lua port of one
+:class:`~cachewatch.planning._learning.MemoryLearner` method, executed in order and
+atomically, with one reply per op. ``ARGV`` is the key prefix, the ops as one JSON array
+of ``[name, args...]`` and the binary arguments (digests), which the JSON names by place
+(:func:`encode`); the reply is the ops' replies as one JSON array, then the binary values
+it names (:func:`decode`): two bulk strings to parse, not one element per value (redis-py
+parses replies in Python unless hiredis is installed). So a planning decision (the sightings,
+the static region's stability, the conversation and the learned minimum) is one round
+trip, and so is anything else the learner has to say at once.
+
+Ops and their arguments (``''`` for "none"; floats as ``repr`` strings, exact):
+
+* ``sight``: family, now, ticket, forget, max_age, max_families, family_ttl, prefix_ttl,
+  then per sighting (key, kind, shared, prior_a, prior_b). Returns reliability, the
+  minimums' version, the family's volatile positions, then per sighting (run, cached,
+  writing, late, p, p_late, known). Remembers, for a ``conversation`` later in the batch,
+  the first static key and whether every previous turn was known;
+* ``stability``: family, forget, max_families, family_ttl, n, n digests, m, m x (index,
+  head, rest), then k and the k positions whose lines were sent (``asked``; k = -1: no
+  check). With ``asked``, when the family's volatile positions (below n) are not those, nothing is
+  recorded and the reply says so (``stale``): the caller sends the lines of the current
+  positions in a second call. Returns (first volatile or -1, rest stable, volatile
+  positions, stale);
+* ``conversation``: key, static (``=``: this batch's sighting), has_reply, reply,
+  history_known (``=``: this batch's sighting), now, max_age, ttl. Returns nothing (no
+  previous request) or (static, the reply's place among the binary values or 0, time,
+  steady);
+* ``minimum``: model key, tier (``''`` to read, ``-`` to forget). Returns (value, version
+  before, version after);
+* ``void``: ticket, family_ttl, keys...; ``release``: ticket, keys...; ``started``: ticket,
+  now, (key, ttl)...; ``not_cached``: keys...; ``feedback``: family, expected, confirmed,
+  forget, max_families, family_ttl; ``peek``: family, kind, run, prior_a, prior_b.
+
+Numbers are Lua doubles: the arithmetic is MemoryLearner's, operation for operation, so
+both give the same floats. Floats cross into Redis and back as ``%.17g`` strings (exact),
+inside the JSON too; its numbers are small integers.
+64-bit keys, families and tickets stay strings (a double cannot hold them). Family
+hashes and the pool are loaded once per batch and written back after each op.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+
+from ._learning import CLAIM_TIMEOUT, TTL_1H, TTL_5M
+
+__all__ = ["SCRIPT", "decode", "encode", "op"]
+
+
+def op(name: str, *args: object) -> list[list[object]]:
+    """A batch of one op (batches concatenate: ``op(...) + op(...)``)."""
+    return [[name, *args]]
+
+
+def encode(ops: list[list[object]]) -> list[object]:
+    """``ARGV`` after the key prefix: the ops as one JSON array, then the binary arguments.
+
+    A ``bytes`` argument goes as its own ``ARGV`` entry and is named in the JSON by its
+    place (``[i]``: the i-th after the JSON).
+    """
+    blobs: list[bytes] = []
+    plain: list[list[object]] = []
+    for one in ops:
+        args: list[object] = []
+        for value in one:
+            if isinstance(value, bytes):
+                blobs.append(value)
+                value = [len(blobs)]
+            args.append(value)
+        plain.append(args)
+    return [orjson.dumps(plain), *blobs]
+
+
+def decode(reply: list[Any]) -> tuple[list[Any], list[bytes]]:
+    """(each op's reply, the binary values they name by place: ``blobs[i - 1]``)."""
+    return orjson.loads(reply[0]), reply[1:]
+
+
+_COMMON: Final = r"""
+local P = ARGV[1]
+local TTL_1H = @TTL_1H@
+local TTL_5M = @TTL_5M@
+local CLAIM_TIMEOUT = @CLAIM_TIMEOUT@
+local function fmt(x) return string.format('%.17g', x) end
+local function bucket_of(run) if run >= 3 then return 3 end return run end
+local function load(name)
+  local raw = redis.call('HGETALL', name)
+  if #raw == 0 then return nil end
+  local h = {}
+  for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
+  return h
+end
+-- Family hashes and the pool, loaded once per batch and written back by flush().
+local tables = {}
+local function tbl(name)
+  local t = tables[name]
+  if t == nil then
+    t = {h = load(name) or {}, dirty = {}}
+    tables[name] = t
+  end
+  return t
+end
+local function fam(id) return tbl(P .. 'f:' .. id) end
+local function pool() return tbl(P .. 'pool') end
+local function stat_get(t, field)
+  local v = t.h[field]
+  if v == nil then return nil, nil end
+  local r, s = string.match(v, '^(%S+) (%S+)$')
+  return tonumber(r), tonumber(s)
+end
+local function put(t, field, value)
+  t.h[field] = value
+  t.dirty[field] = true
+end
+local function flush(family_ttl)
+  for name, t in pairs(tables) do
+    local args = {}
+    for field, _ in pairs(t.dirty) do
+      args[#args + 1] = field
+      args[#args + 1] = t.h[field]
+    end
+    if #args > 0 then
+      redis.call('HSET', name, unpack(args))
+      if name ~= P .. 'pool' then redis.call('EXPIRE', name, family_ttl) end
+    end
+    t.dirty = {}
+  end
+end
+-- Least recently used families beyond max_families are dropped.
+local function touch(id, max_families)
+  local seq = redis.call('INCR', P .. 'seq')
+  redis.call('ZADD', P .. 'fams', seq, id)
+  local extra = redis.call('ZCARD', P .. 'fams') - max_families
+  if extra > 0 then
+    local old = redis.call('ZPOPMIN', P .. 'fams', extra)
+    for i = 1, #old, 2 do
+      redis.call('DEL', P .. 'f:' .. old[i])
+      tables[P .. 'f:' .. old[i]] = nil
+    end
+  end
+end
+local function prob(fid, kind, b, pa, pb)
+  local a, bb
+  if b > 1 then
+    local mean = prob(fid, kind, b - 1, pa, pb)
+    a = 3.0 * mean
+    bb = 3.0 * (1.0 - mean)
+  else
+    a, bb = pa, pb
+    local pr, ps = stat_get(pool(), kind .. ':' .. b)
+    if pr ~= nil and pr > 0.0 then
+      local mean = math.max(a / (a + bb), (pr + a) / (ps + a + bb))
+      a = 3.0 * mean
+      bb = 3.0 * (1.0 - mean)
+    end
+  end
+  local r, s = stat_get(fam(fid), kind .. ':' .. b)
+  if r == nil then return a / (a + bb) end
+  return math.min(1.0, (r + a) / (s + a + bb))
+end
+local function prob_late(fid, kind, previous_run, pa, pb)
+  local mean = prob(fid, kind, bucket_of(previous_run + 1), pa, pb)
+  local a, bb = 3.0 * mean, 3.0 * (1.0 - mean)
+  local r, s = stat_get(fam(fid), kind .. ':0')
+  if r == nil then return a / (a + bb) end
+  return math.min(1.0, (r + a) / (s + a + bb))
+end
+local function reliability(fid)
+  local t = fam(fid)
+  if t.h['e'] == nil then return 1.0 end
+  local e, c = tonumber(t.h['e']), tonumber(t.h['c'])
+  return math.min(1.0, (c + 1.0) / (e + 1.0))
+end
+local function candidates(fid)
+  local out = {}
+  local blob = fam(fid).h['st']
+  if blob then
+    local blocks = cmsgpack.unpack(blob)[1]
+    for i, b in ipairs(blocks) do
+      if b[3] >= 1.0 and b[2] > 0.5 then out[#out + 1] = i - 1 end
+    end
+  end
+  return out
+end
+local function drop_writer(w, ticket)
+  local live = {}
+  for t, at in string.gmatch(w, '([^=;]+)=([^;]+)') do
+    if t ~= ticket then live[#live + 1] = t .. '=' .. at end
+  end
+  return table.concat(live, ';')
+end
+-- Binary values of the reply, named in its JSON by place (blob(v) returns the place).
+local blobs = {}
+local function blob(v)
+  blobs[#blobs + 1] = v
+  return #blobs
+end
+-- What the last sight of this batch saw, for a conversation after it.
+local seen = {static = '-1', history = true}
+local OPS = {}
+"""
+
+_SIGHT: Final = r"""
+OPS.sight = function(a)
+  local family, now, ticket = a[1], tonumber(a[2]), a[3]
+  local f, max_age = tonumber(a[4]), tonumber(a[5])
+  local max_families, family_ttl, prefix_ttl = tonumber(a[6]), tonumber(a[7]), tonumber(a[8])
+  local function credit(fid, kind, b)
+    local field = kind .. ':' .. b
+    local t = fam(fid)
+    local r, s = stat_get(t, field)
+    if r ~= nil then put(t, field, fmt(math.min(s, r + 1.0)) .. ' ' .. fmt(s)) end
+    local pl = pool()
+    r, s = stat_get(pl, field)
+    if r ~= nil then put(pl, field, fmt(math.min(s, r + 1.0)) .. ' ' .. fmt(s)) end
+  end
+  local function opportunity(fid, kind, b)
+    local field = kind .. ':' .. b
+    local t = fam(fid)
+    local r, s = stat_get(t, field)
+    if r == nil then r, s = 0.0, 0.0 end
+    put(t, field, fmt(r * f) .. ' ' .. fmt(s * f + 1.0))
+    local pl = pool()
+    r, s = stat_get(pl, field)
+    if r == nil then r, s = 0.0, 0.0 end
+    put(pl, field, fmt(r * f) .. ' ' .. fmt(s * f + 1.0))
+  end
+  local rel = reliability(family)
+  local out = {fmt(rel), redis.call('GET', P .. 'minv') or '0', candidates(family)}
+  seen = {static = '-1', history = true}
+  local static_found = false
+  for base = 9, #a, 5 do
+    local key, kind, shared = a[base], a[base + 1], a[base + 2] == '1'
+    local pa, pb = tonumber(a[base + 3]), tonumber(a[base + 4])
+    local name = P .. 'p:' .. key
+    local h = load(name)
+    if h and max_age and now - tonumber(h['l']) > max_age then h = nil end
+    if kind == 'static' and not static_found then
+      seen.static = key
+      static_found = true
+    elseif kind == 'previous_turn' and not h then
+      seen.history = false
+    end
+    local run = 1
+    local cached, writing, late = false, false, false
+    local late_count, previous_run, ttl, cu = 0, 0, TTL_5M, 0.0
+    local live = {}
+    if h then
+      local last, prun = tonumber(h['l']), tonumber(h['r'])
+      ttl, cu = tonumber(h['t']), tonumber(h['cu'])
+      late_count, previous_run = tonumber(h['la']), tonumber(h['pr'])
+      local void = h['v'] == '1'
+      local gap = now - last
+      if h['lp'] == '1' and not void and gap <= TTL_1H then credit(h['f'], h['k'], 0) end
+      if void then
+        run = prun
+      elseif gap <= ttl then
+        run = prun + 1
+        credit(h['f'], h['k'], bucket_of(prun))
+      elseif gap <= TTL_1H then
+        late_count = late_count + 1
+        previous_run = prun
+      end
+      late = late_count > 0
+      cached = cu > now
+      for t, at in string.gmatch(h['w'] or '', '([^=;]+)=([^;]+)') do
+        if now - tonumber(at) < CLAIM_TIMEOUT and t ~= ticket then live[#live + 1] = t .. '=' .. at end
+      end
+      writing = #live > 0 and not cached
+    end
+    local p = prob(family, kind, bucket_of(run), pa, pb) * rel
+    local p_late = 0.0
+    if late and h then p_late = prob_late(family, kind, previous_run, pa, pb) * rel end
+    out[#out + 1] = {
+      run, cached and 1 or 0, writing and 1 or 0, late and 1 or 0, fmt(p), fmt(p_late), h and 1 or 0
+    }
+    opportunity(family, kind, bucket_of(run))
+    if late then opportunity(family, kind, 0) end
+    if shared and not cached and not writing then live[#live + 1] = ticket .. '=' .. fmt(now) end
+    redis.call('HSET', name, 'l', fmt(now), 'r', run, 'f', family, 'k', kind, 't', fmt(ttl),
+      'cu', fmt(cu), 'la', late_count, 'w', table.concat(live, ';'), 'tk', ticket, 'v', '0',
+      'lp', late and '1' or '0', 'pr', previous_run)
+    redis.call('EXPIRE', name, prefix_ttl)
+  end
+  touch(family, max_families)
+  flush(family_ttl)
+  return out
+end
+"""
+
+_STABILITY: Final = r"""
+OPS.stability = function(a)
+  local family, f = a[1], tonumber(a[2])
+  local n = tonumber(a[5])
+  local m = tonumber(a[6 + n])
+  local k = tonumber(a[7 + n + 3 * m])
+  if k >= 0 then
+    -- The lines were sent for the positions the caller believed volatile: still so?
+    local now_volatile = {}
+    for _, i in ipairs(candidates(family)) do
+      if i < n then now_volatile[#now_volatile + 1] = i end
+    end
+    local same = #now_volatile == k
+    if same then
+      for j, i in ipairs(now_volatile) do
+        if tonumber(a[7 + n + 3 * m + j]) ~= i then same = false end
+      end
+    end
+    if not same then return {-1, 0, candidates(family), 1} end
+  end
+  local t = fam(family)
+  local old, oldlines = {}, {}
+  if t.h['st'] then
+    local st = cmsgpack.unpack(t.h['st'])
+    old, oldlines = st[1], st[2]
+  end
+  local new = {}
+  local first = -1
+  for i = 0, n - 1 do
+    local digest = a[6 + i]
+    local changes, seen_ = 0.0, 0.0
+    if i < #old then
+      local o = old[i + 1]
+      local changed = 0.0
+      if digest ~= o[1] then changed = 1.0 end
+      changes = o[2] * f + changed
+      seen_ = o[3] * f + 1.0
+    end
+    new[i + 1] = {digest, changes, seen_}
+    if first < 0 and seen_ >= 2.0 and changes >= 0.8 * seen_ then first = i end
+  end
+  local lines, order = {}, {}
+  for _, e in ipairs(oldlines) do
+    lines[e[1]] = e
+    order[#order + 1] = e[1]
+  end
+  local rest_stable = 0
+  for j = 0, m - 1 do
+    local base = 7 + n + 3 * j
+    local i, head, rest = tonumber(a[base]), a[base + 1], a[base + 2]
+    local found = lines[i]
+    local rc = 0.0
+    if found then
+      local changed = 0.0
+      if rest ~= found[3] then changed = 1.0 end
+      rc = found[4] * f + changed
+    else
+      order[#order + 1] = i
+    end
+    lines[i] = {i, head, rest, rc}
+    if i == first and found and rc < 0.5 then rest_stable = 1 end
+  end
+  local kept = {}
+  if #order <= 64 then
+    for _, i in ipairs(order) do kept[#kept + 1] = lines[i] end
+  end
+  put(t, 'st', cmsgpack.pack({new, kept}))
+  touch(family, tonumber(a[3]))
+  flush(tonumber(a[4]))
+  return {first, rest_stable, candidates(family), 0}
+end
+"""
+
+_CONVERSATION: Final = r"""
+OPS.conversation = function(a)
+  local name = P .. 'c:' .. a[1]
+  local static, has_reply, reply, known = a[2], a[3] == '1', a[4], a[5] == '1'
+  if static == '=' then static = seen.static end
+  if a[5] == '=' then known = seen.history end
+  local now, max_age = tonumber(a[6]), tonumber(a[7])
+  local h = load(name)
+  if h and max_age and now - tonumber(h['t']) > max_age then h = nil end
+  local steady = h ~= nil and (h['y'] == '1' or (h['s'] == static and known))
+  redis.call('HSET', name, 's', static, 't', fmt(now), 'y', steady and '1' or '0')
+  if has_reply then redis.call('HSET', name, 'r', reply) else redis.call('HDEL', name, 'r') end
+  redis.call('EXPIRE', name, tonumber(a[8]))
+  if h == nil then return {} end
+  return {h['s'], h['r'] and blob(h['r']) or 0, h['t'], h['y']}
+end
+"""
+
+_MINIMUM: Final = r"""
+OPS.minimum = function(a)
+  local before = redis.call('GET', P .. 'minv') or '0'
+  local key, tier = a[1], a[2]
+  if tier == '-' then
+    if redis.call('HDEL', P .. 'min', key) == 1 then redis.call('INCR', P .. 'minv') end
+  elseif tier ~= '' then
+    local now = tonumber(redis.call('HGET', P .. 'min', key) or '0')
+    if tonumber(tier) > now then
+      if redis.call('HEXISTS', P .. 'min', key) == 0 and redis.call('HLEN', P .. 'min') >= 4096 then
+        redis.call('DEL', P .. 'min')
+      end
+      redis.call('HSET', P .. 'min', key, tier)
+      redis.call('INCR', P .. 'minv')
+    end
+  end
+  return {redis.call('HGET', P .. 'min', key) or '0', before, redis.call('GET', P .. 'minv') or '0'}
+end
+"""
+
+_WRITES: Final = r"""
+OPS.void = function(a)
+  local ticket, family_ttl = a[1], tonumber(a[2])
+  for i = 3, #a do
+    local name = P .. 'p:' .. a[i]
+    local h = load(name)
+    if h and h['tk'] == ticket and h['v'] ~= '1' then
+      local t = fam(h['f'])
+      local field = h['k'] .. ':' .. bucket_of(tonumber(h['r']))
+      local r, s = stat_get(t, field)
+      if r ~= nil then
+        s = math.max(0.0, s - 1.0)
+        put(t, field, fmt(math.min(r, s)) .. ' ' .. fmt(s))
+      end
+      redis.call('HSET', name, 'v', '1', 'w', drop_writer(h['w'] or '', ticket))
+    end
+  end
+  flush(family_ttl)
+  return 1
+end
+OPS.release = function(a)
+  local ticket = a[1]
+  for i = 2, #a do
+    local name = P .. 'p:' .. a[i]
+    local w = redis.call('HGET', name, 'w')
+    if w and w ~= '' then redis.call('HSET', name, 'w', drop_writer(w, ticket)) end
+  end
+  return 1
+end
+OPS.started = function(a)
+  local ticket, now = a[1], tonumber(a[2])
+  for i = 3, #a, 2 do
+    local name = P .. 'p:' .. a[i]
+    local ttl = tonumber(a[i + 1])
+    local h = load(name)
+    if h then
+      redis.call('HSET', name, 'cu', fmt(math.max(tonumber(h['cu']), now + ttl)),
+        't', fmt(math.max(tonumber(h['t']), ttl)), 'w', drop_writer(h['w'] or '', ticket))
+    end
+  end
+  return 1
+end
+OPS.not_cached = function(a)
+  for i = 1, #a do
+    local name = P .. 'p:' .. a[i]
+    if redis.call('EXISTS', name) == 1 then redis.call('HSET', name, 'cu', '0') end
+  end
+  return 1
+end
+OPS.feedback = function(a)
+  local family, expected, confirmed = a[1], tonumber(a[2]), tonumber(a[3])
+  local f = tonumber(a[4])
+  local t = fam(family)
+  local e, c = 0.0, 0.0
+  if t.h['e'] ~= nil then e, c = tonumber(t.h['e']), tonumber(t.h['c']) end
+  for _ = 1, expected do
+    e = e * f + 1.0
+    c = c * f
+  end
+  c = c + math.min(confirmed, expected)
+  put(t, 'e', fmt(e))
+  put(t, 'c', fmt(c))
+  touch(family, tonumber(a[5]))
+  flush(tonumber(a[6]))
+  return 1
+end
+OPS.peek = function(a)
+  local b = tonumber(a[3])
+  if b >= 3 then b = 3 end
+  return {fmt(prob(a[1], a[2], b, tonumber(a[4]), tonumber(a[5]))), fmt(reliability(a[1]))}
+end
+"""
+
+_BATCH: Final = r"""
+local out = {}
+for _, o in ipairs(cjson.decode(ARGV[2])) do
+  local a = {}
+  for j = 2, #o do
+    local v = o[j]
+    if type(v) == 'table' then v = ARGV[2 + v[1]] end
+    a[j - 1] = v
+  end
+  out[#out + 1] = OPS[o[1]](a)
+end
+local reply = {cjson.encode(out)}
+for _, b in ipairs(blobs) do reply[#reply + 1] = b end
+return reply
+"""
+
+#: The whole script: helpers, every op, the batch loop.
+SCRIPT: Final = (
+    (_COMMON + _SIGHT + _STABILITY + _CONVERSATION + _MINIMUM + _WRITES + _BATCH)
+    .replace("@TTL_1H@", repr(TTL_1H))
+    .replace("@TTL_5M@", repr(TTL_5M))
+    .replace("@CLAIM_TIMEOUT@", repr(CLAIM_TIMEOUT))
+)
