@@ -25,8 +25,6 @@ there every process pays for its own first profile and every process writes the 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,22 +37,16 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from _bench import load_benchmark
 from _redis import redis_server
 
-_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "fleet.py"
 N = 3
 FAQ_TOKENS = 3_000
 
 
 @pytest.fixture(scope="module")
 def fleet() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cachewatch_fleet_benchmark", _PATH)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("fleet", "cachewatch_fleet_benchmark")
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ provider's cache as the processes of one deployment do.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import signal
 import socket
 import subprocess
@@ -42,21 +41,15 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from _bench import load_benchmark
 from _redis import redis_server
 
-_FLEET = Path(__file__).resolve().parent.parent / "benchmarks" / "fleet.py"
 FAQ_TOKENS = 3_000
 
 
 @pytest.fixture(scope="module")
 def fleet() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cachewatch_fleet_benchmark_proxy", _FLEET)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("fleet", "cachewatch_fleet_benchmark_proxy")
 
 
 def _free_port() -> int:

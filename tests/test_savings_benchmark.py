@@ -7,26 +7,17 @@ that is the benchmark's job.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "savings.py"
+from _bench import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def savings() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cachewatch_savings_benchmark", _PATH)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("savings", "cachewatch_savings_benchmark")
 
 
 def test_chat_with_a_long_system_prompt(savings: ModuleType) -> None:
