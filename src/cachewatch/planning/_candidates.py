@@ -45,7 +45,9 @@ def find_candidates(
             if prev is not None and prev != tail:
                 candidates.append((prev, "previous_turn"))
         document = document_candidate(positions, fm, tail, ratio, lookback, document_tokens)
-        if document is not None:
+        # One position is one prefix: a document that is also the previous turn's tail is
+        # that turn's write (sighting it twice would count it as its own recurrence).
+        if document is not None and (not candidates or candidates[-1][0] != document):
             candidates.append((document, "document"))
         if top_ttl is None:
             candidates.append((tail, "tail_first" if layout.first_turn else "tail"))
