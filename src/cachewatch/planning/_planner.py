@@ -51,6 +51,10 @@ class Planner:
             the tail is the last block.
         document_tokens: a block this large (estimated) is a shared-document candidate.
         min_margin: a prefix must be estimated at ``min * (1 + min_margin)`` to be marked.
+            Negative by default (-0.25, the estimate's uncertainty): a marker on a prefix
+            below the model's minimum costs nothing (the provider neither writes nor
+            bills it), one left off a prefix that reaches it costs its reads, so a prefix
+            that plausibly reaches the minimum is marked.
         remove_invalid: remove the caller's markers the provider would reject.
         include_usage: add ``stream_options.include_usage`` to chat-completions streams
             that lack it (the response side hides the extra usage-only chunk).
@@ -84,7 +88,7 @@ class Planner:
         static_ttl: Literal["5m", "1h"] = "5m",
         automatic: Literal["auto", "never", "prefer"] = "auto",
         document_tokens: int = 1_024,
-        min_margin: float = 0.0,
+        min_margin: float = -0.25,
         remove_invalid: bool = True,
         include_usage: bool = False,
         threshold: float = 0.28,
