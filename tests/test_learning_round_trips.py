@@ -177,7 +177,11 @@ def _replay_decisions(learner: LearningState, seed: int, steps: int, *, decide: 
         keys = rng.sample(range(1, 30), rng.randint(1, 4))
         sightings = [Sighting(k, rng.choice(_KINDS), rng.random() < 0.5) for k in keys]
         blocks = [bytes([rng.randint(0, 2), rng.randint(0, 3)]) * 8 for _ in range(rng.randint(0, 3))]
-        conversation = (rng.randint(1, 5), rng.choice((None, b"r1", b"r2"))) if rng.random() < 0.7 else None
+        conversation = (
+            (rng.randint(1, 5), rng.choice((None, b"r1", b"r2")), rng.choice((0, 7)))
+            if rng.random() < 0.7
+            else None
+        )
         model_key = f"p\x00m{rng.randint(1, 2)}"
         if decide:
             assert isinstance(learner, RedisLearner)
@@ -306,7 +310,7 @@ def test_with_redis_down_a_decision_is_answered_locally_and_the_fault_counted() 
         kwargs: dict[str, Any] = {
             "blocks": blocks,
             "lines_for": _lines_for(blocks),
-            "conversation": (9, None),
+            "conversation": (9, None, 0),
         }
         sightings = [Sighting(1, "static", True), Sighting(2, "tail")]
         clock = partial(float, 100.0 + ticket)

@@ -39,7 +39,7 @@ def test_a_new_prefix_is_worth_one_write_and_a_family_that_never_reuses_stops(ne
     assert (first.run, first.known, first.cached, first.writing) == (1, False, False, False)
     assert first.p == pytest.approx(1 / 3)  # Beta(1, 2): the first opportunity is written
     second = learner.sight(FAMILY, static(2), 101.0, 2)[0]
-    assert second.p == pytest.approx(0.25)  # one opportunity, not reused: below 0.28
+    assert second.p == pytest.approx(1 / 6)  # one opportunity, not reused: below 0.28
     assert second.p < THRESHOLD
 
 
@@ -119,7 +119,7 @@ def test_a_failed_request_is_taken_back_and_its_retry_is_not_a_reuse(new_learner
     assert retry.run == 1  # the same sighting again, not a second one
     # The voided opportunity was taken back: the family has one, not two.
     assert retry.p == pytest.approx(1 / 3)
-    assert learner.sight(FAMILY, static(2), 102.0, 3)[0].p == pytest.approx(0.25)
+    assert learner.sight(FAMILY, static(2), 102.0, 3)[0].p == pytest.approx(1 / 6)
     # Only the request that made the sighting can void it.
     learner.void([2], 99)
     assert learner.sight(FAMILY, static(3), 103.0, 4)[0].p < 0.25
@@ -133,7 +133,7 @@ def test_reads_that_do_not_happen_lower_the_familys_reliability(new_learner: Mak
         learner.feedback(FAMILY, 1, 0)
     after = learner.sight(FAMILY, static(2), 101.0, 2)[0]
     assert after.reliability < 0.3
-    assert after.p == pytest.approx(0.25 * after.reliability)
+    assert after.p == pytest.approx(after.reliability / 6)
     learner.feedback(FAMILY, 0, 0)  # nothing expected: nothing learnt
     assert learner.sight(FAMILY, static(3), 102.0, 3)[0].reliability == pytest.approx(after.reliability)
 

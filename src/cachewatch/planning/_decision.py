@@ -21,8 +21,9 @@ from ._learning import LearningState, Sight, Sighting
 
 __all__ = ["Answers", "ConversationQuery", "LinesFor", "ask", "ask_in_turn"]
 
-#: A conversation to look up and record: (its key, the first reply's anchor or None).
-ConversationQuery = tuple[int, bytes | None]
+#: A conversation to look up and record: (its key, the first reply's anchor or None, the
+#: model's tag).
+ConversationQuery = tuple[int, bytes | None, int]
 #: The first-line and rest digests of the static blocks at some positions (the planner's).
 LinesFor = Callable[[Collection[int]], dict[int, tuple[bytes, bytes]]]
 #: (sights, (first volatile position, rest stable) or None, the conversation's previous
@@ -93,8 +94,8 @@ def ask_in_turn(
     before: tuple[int, bytes | None, bool] | None = None
     if conversation is not None:
         static_key, history_known = conversation_context(sightings, sights)
-        key, reply = conversation
-        before = learner.conversation(key, static_key, reply, history_known, clock())
+        key, reply, model = conversation
+        before = learner.conversation(key, static_key, reply, history_known, clock(), model)
     return sights, stable, before
 
 

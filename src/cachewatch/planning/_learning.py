@@ -24,8 +24,12 @@ many times this exact prefix was seen in a row: 1, 2, 3+), the learner estimates
 P(recurs within TTL). Counting is pessimistic and immediate: a sighting counts as an
 opportunity at once, and as recurred when the prefix is seen again; counts are
 exponentially forgotten (``forget``, a window of about 7 opportunities) and start
-from a Beta(1, 2) prior, so the first opportunity of an unknown family writes (1/3)
-and one that is not reused stops the next (1/4).
+from a prior of weight 1 (``PRIOR_WEIGHT``; mean 1/3, 2/3 for a continued
+conversation's tail), so the first opportunity of an unknown family writes (1/3)
+and one that is not reused stops the next (1/6). The prior weighs one opportunity
+against the window's ~7, so however high it is (a prior borrowed from other
+families can have mean 1), a family's own evidence takes it under the threshold:
+at worst 1 / (1 + 1/(1 - forget)) = 0.13.
 
 **Provider feedback.** A prefix believed cached (a response that marked it has
 started, within its TTL) that the provider did not read lowers the family's
@@ -62,6 +66,7 @@ from typing import Final, Protocol, runtime_checkable
 from ..accounting._records import slot_factory
 
 __all__ = [
+    "PRIOR_WEIGHT",
     "CLAIM_TIMEOUT",
     "KINDS",
     "TTL_1H",
@@ -77,6 +82,11 @@ __all__ = [
 
 #: Marker kinds, each with its own statistics.
 KINDS: Final = ("static", "tail_first", "tail", "document", "previous_turn")
+
+#: Weight (in opportunities) of every prior: the first run's, one borrowed from the other
+#: families, the estimate of the run before as the next run's, the pre-gap estimate as a
+#: late one's. Less than the threshold x the window, so evidence always outweighs it.
+PRIOR_WEIGHT: Final = 1.0
 
 TTL_5M: Final = 300.0
 TTL_1H: Final = 3_600.0
@@ -156,7 +166,13 @@ class LearningState(Protocol):
     def release(self, keys: Iterable[int], ticket: int) -> None: ...
 
     def conversation(
-        self, key: int, static: int | None, reply: bytes | None, history_known: bool, now: float
+        self,
+        key: int,
+        static: int | None,
+        reply: bytes | None,
+        history_known: bool,
+        now: float,
+        model: int = 0,
     ) -> tuple[int, bytes | None, bool] | None: ...
 
     def void(self, keys: Iterable[int], ticket: int) -> None: ...

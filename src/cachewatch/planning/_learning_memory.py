@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from ._learning import CLAIM_TIMEOUT, TTL_1H, TTL_5M, Sight, Sighting, min_tier_above, new_sight
+from ._learning import CLAIM_TIMEOUT, PRIOR_WEIGHT, TTL_1H, TTL_5M, Sight, Sighting, min_tier_above, new_sight
 
 __all__ = ["MemoryLearner"]
 
@@ -92,7 +92,7 @@ class MemoryLearner:
         self,
         *,
         forget: float = 0.85,
-        prior: tuple[float, float] = (1.0, 2.0),
+        prior: tuple[float, float] = (1.0 / 3.0, 2.0 / 3.0),
         max_prefixes: int = 50_000,
         max_families: int = 4_096,
         max_age: float | None = None,
@@ -101,11 +101,11 @@ class MemoryLearner:
         self.max_age = max_age
         self.prior = prior
         #: Per-kind priors of run 1 (a continued conversation usually goes on).
-        self.priors: dict[str, tuple[float, float]] = {"tail": (2.0, 1.0)}
+        self.priors: dict[str, tuple[float, float]] = {"tail": (2.0 / 3.0, 1.0 / 3.0)}
         #: The same counts, pooled over every family: the prior of a new family.
         self._pool: dict[tuple[str, int], _Bucket] = {}
-        #: Conversation key -> (its static prefix key, or -1; last seen).
-        self._conversations: OrderedDict[int, tuple[int, bytes | None, float, bool]] = OrderedDict()
+        #: Conversation key -> (its static prefix key or -1, first reply, last seen, steady, model).
+        self._conversations: OrderedDict[int, tuple[int, bytes | None, float, bool, int]] = OrderedDict()
         self.max_prefixes = max_prefixes
         self.max_families = max_families
         self._prefixes: OrderedDict[int, _Prefix] = OrderedDict()
@@ -226,11 +226,12 @@ class MemoryLearner:
     def _p(self, family: int, kind: str, bucket_id: int, now: float) -> float:
         """P(recurs within TTL) of a bucket: its counts over a prior.
 
-        The prior of run 1 is Beta(1, 2) (``prior``; Beta(2, 1) for a continued
-        conversation's tail, which usually goes on), raised to the kind's rate over every
-        family (weight 3) when that is higher. A longer run's prior has the estimate of the run before it as its mean
-        (weight 3): a prefix that came back once is at least as likely to come back again
-        as a new one was to come back at all.
+        The prior of run 1 has mean 1/3 (``prior``; 2/3 for a continued conversation's
+        tail, which usually goes on), raised to the kind's rate over every family when
+        that is higher. A longer run's prior has the estimate of the run before it as its
+        mean: a prefix that came back once is at least as likely to come back again as a
+        new one was to come back at all. Every prior weighs ``PRIOR_WEIGHT`` (one
+        opportunity), so a family's own evidence always decides.
 
         Computed from run 1 up: the operations of that recursive definition, in its order
         (``min``/``max`` written as the comparisons they make).
@@ -246,7 +247,7 @@ class MemoryLearner:
             prior_mean = a / (a + b)
             pooled = (pool.recurred + a) / (pool.seen + a + b)
             mean = pooled if pooled > prior_mean else prior_mean  # max(prior_mean, pooled)
-            a, b = 3.0 * mean, 3.0 * (1.0 - mean)
+            a, b = PRIOR_WEIGHT * mean, PRIOR_WEIGHT * (1.0 - mean)
         bucket = stats.get((family, kind, first))
         if bucket is None:
             p = a / (a + b)
@@ -255,7 +256,7 @@ class MemoryLearner:
             if not p < 1.0:  # min(1.0, p)
                 p = 1.0
         for i in range(first + 1, bucket_id + 1):
-            a, b = 3.0 * p, 3.0 * (1.0 - p)
+            a, b = PRIOR_WEIGHT * p, PRIOR_WEIGHT * (1.0 - p)
             bucket = stats.get((family, kind, i))
             if bucket is None:
                 p = a / (a + b)
@@ -273,7 +274,7 @@ class MemoryLearner:
         is likely to be asked about again; a coincidence seen once is not).
         """
         mean = self._p(family, kind, _bucket(previous_run + 1), now)
-        a, b = 3.0 * mean, 3.0 * (1.0 - mean)
+        a, b = PRIOR_WEIGHT * mean, PRIOR_WEIGHT * (1.0 - mean)
         bucket = self._stats.get((family, kind, _LATE))
         if bucket is None:
             return a / (a + b)
@@ -287,7 +288,13 @@ class MemoryLearner:
     # -- conversations ------------------------------------------------------------------
 
     def conversation(
-        self, key: int, static: int | None, reply: bytes | None, history_known: bool, now: float
+        self,
+        key: int,
+        static: int | None,
+        reply: bytes | None,
+        history_known: bool,
+        now: float,
+        model: int = 0,
     ) -> tuple[int, bytes | None, bool] | None:
         """Remember a conversation's static prefix and first reply; returns what it had before.
 
@@ -295,18 +302,26 @@ class MemoryLearner:
         turns are linked even when something before them changes on every request; the
         first reply (None on a first turn) tells two conversations that opened with the
         same message apart. ``history_known``: this request's previous turn was seen.
+        ``model`` tags the model the request goes to: after a switch of model (a router,
+        an escalation) the conversation's previous request says nothing of its prompt
+        (caches are per model, so its static prefix and previous turn are new to this
+        one's), and it counts as not seen.
         Returns ``(static key or -1, first reply, steady)`` of the previous request with that
-        key within the hour, or None; *steady*: once, from one request to the next, its
-        static prefix stayed the same and its previous turn was found (a later change is
-        then a one-time edit, not something that changes on every request).
+        key within the hour, or None; *steady*: from the request before it to that one, its
+        static prefix stayed the same and its previous turn was found (a change after a
+        steady step is a one-time edit; two changes in a row, something that changes on
+        every request). It is judged again at every step: a conversation that kept its
+        prefix once and then broke it on every request is unstable again.
         """
         static_id = static if static is not None else -1
         with self._lock:
             found = self._conversations.get(key)
-            if found is not None and self.max_age is not None and now - found[2] > self.max_age:
+            if found is not None and (
+                (self.max_age is not None and now - found[2] > self.max_age) or found[4] != model
+            ):
                 found = None
-            steady = found is not None and (found[3] or (found[0] == static_id and history_known))
-            self._conversations[key] = (static_id, reply, now, steady)
+            steady = found is not None and found[0] == static_id and history_known
+            self._conversations[key] = (static_id, reply, now, steady, model)
             self._conversations.move_to_end(key)
             if len(self._conversations) > self.max_prefixes // 4:
                 self._conversations.popitem(last=False)

@@ -121,7 +121,7 @@ class RedisLearner(RedisLink):
         on_fault: Callable[[str, BaseException], object] | None = None,
         retry_after: float = 1.0,
         forget: float = 0.85,
-        prior: tuple[float, float] = (1.0, 2.0),
+        prior: tuple[float, float] = (1.0 / 3.0, 2.0 / 3.0),
         max_families: int = 4_096,
         max_age: float = MAX_AGE,
         family_ttl: float = FAMILY_TTL,
@@ -136,7 +136,7 @@ class RedisLearner(RedisLink):
         self.forget = forget
         self.prior = prior
         #: Per-kind priors of run 1 (as :class:`MemoryLearner`).
-        self.priors: dict[str, tuple[float, float]] = {"tail": (2.0, 1.0)}
+        self.priors: dict[str, tuple[float, float]] = {"tail": (2.0 / 3.0, 1.0 / 3.0)}
         self.max_families = max_families
         self.max_age = max_age
         self.family_ttl = family_ttl
@@ -227,7 +227,13 @@ class RedisLearner(RedisLink):
         return (None if first < 0 else int(first)), rest_stable == 1
 
     def _conversation_op(
-        self, key: int, static: int | str | None, reply: bytes | None, known: bool | str, now: float
+        self,
+        key: int,
+        static: int | str | None,
+        reply: bytes | None,
+        known: bool | str,
+        now: float,
+        model: int,
     ) -> list[list[object]]:
         return op(
             "conversation",
@@ -239,6 +245,7 @@ class RedisLearner(RedisLink):
             _f(now),
             _f(self.max_age),
             max(1, int(self.max_age) + 60),
+            str(model),
         )
 
     @staticmethod
@@ -274,7 +281,7 @@ class RedisLearner(RedisLink):
             now = 0.0
             if conversation is not None:
                 now = clock()
-                ops += self._conversation_op(conversation[0], "=", conversation[1], "=", now)
+                ops += self._conversation_op(conversation[0], "=", conversation[1], "=", now, conversation[2])
             if model_key is not None:
                 ops += op("minimum", model_key, "")
             replies, blobs = self._eval_blobs(ops)
@@ -326,15 +333,23 @@ class RedisLearner(RedisLink):
         return self._run(call, lambda: self.fallback.stability(family, blocks, lines))
 
     def conversation(
-        self, key: int, static: int | None, reply: bytes | None, history_known: bool, now: float
+        self,
+        key: int,
+        static: int | None,
+        reply: bytes | None,
+        history_known: bool,
+        now: float,
+        model: int = 0,
     ) -> tuple[int, bytes | None, bool] | None:
         def call() -> tuple[int, bytes | None, bool] | None:
-            replies, blobs = self._eval_blobs(self._conversation_op(key, static, reply, history_known, now))
+            replies, blobs = self._eval_blobs(
+                self._conversation_op(key, static, reply, history_known, now, model)
+            )
             return self._before(replies[0], blobs, now)
 
         return self._run(
             call,
-            lambda: self.fallback.conversation(key, static, reply, history_known, now),
+            lambda: self.fallback.conversation(key, static, reply, history_known, now, model),
         )
 
     def release(self, keys: Iterable[int], ticket: int) -> None:

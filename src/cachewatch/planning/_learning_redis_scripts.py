@@ -26,9 +26,9 @@ Ops and their arguments (``''`` for "none"; floats as ``repr`` strings, exact):
   positions in a second call. Returns (first volatile or -1, rest stable, volatile
   positions, stale);
 * ``conversation``: key, static (``=``: this batch's sighting), has_reply, reply,
-  history_known (``=``: this batch's sighting), now, max_age, ttl. Returns nothing (no
-  previous request) or (static, the reply's place among the binary values or 0, time,
-  steady);
+  history_known (``=``: this batch's sighting), now, max_age, ttl, model. Returns nothing
+  (no previous request to the same model) or (static, the reply's place among the binary
+  values or 0, time, steady);
 * ``minimum``: model key, tier (``''`` to read, ``-`` to forget). Returns (value, version
   before, version after);
 * ``void``: ticket, family_ttl, keys...; ``release``: ticket, keys...; ``started``: ticket,
@@ -149,15 +149,15 @@ local function prob(fid, kind, b, pa, pb)
   local a, bb
   if b > 1 then
     local mean = prob(fid, kind, b - 1, pa, pb)
-    a = 3.0 * mean
-    bb = 3.0 * (1.0 - mean)
+    a = 1.0 * mean
+    bb = 1.0 * (1.0 - mean)
   else
     a, bb = pa, pb
     local pr, ps = stat_get(pool(), kind .. ':' .. b)
     if pr ~= nil and pr > 0.0 then
       local mean = math.max(a / (a + bb), (pr + a) / (ps + a + bb))
-      a = 3.0 * mean
-      bb = 3.0 * (1.0 - mean)
+      a = 1.0 * mean
+      bb = 1.0 * (1.0 - mean)
     end
   end
   local r, s = stat_get(fam(fid), kind .. ':' .. b)
@@ -166,7 +166,7 @@ local function prob(fid, kind, b, pa, pb)
 end
 local function prob_late(fid, kind, previous_run, pa, pb)
   local mean = prob(fid, kind, bucket_of(previous_run + 1), pa, pb)
-  local a, bb = 3.0 * mean, 3.0 * (1.0 - mean)
+  local a, bb = 1.0 * mean, 1.0 * (1.0 - mean)
   local r, s = stat_get(fam(fid), kind .. ':0')
   if r == nil then return a / (a + bb) end
   return math.min(1.0, (r + a) / (s + a + bb))
@@ -374,10 +374,11 @@ OPS.conversation = function(a)
   if static == '=' then static = seen.static end
   if a[5] == '=' then known = seen.history end
   local now, max_age = tonumber(a[6]), tonumber(a[7])
+  local model = a[9]
   local h = load(name)
-  if h and max_age and now - tonumber(h['t']) > max_age then h = nil end
-  local steady = h ~= nil and (h['y'] == '1' or (h['s'] == static and known))
-  redis.call('HSET', name, 's', static, 't', fmt(now), 'y', steady and '1' or '0')
+  if h and ((max_age and now - tonumber(h['t']) > max_age) or h['m'] ~= model) then h = nil end
+  local steady = h ~= nil and h['s'] == static and known
+  redis.call('HSET', name, 's', static, 't', fmt(now), 'y', steady and '1' or '0', 'm', model)
   if has_reply then redis.call('HSET', name, 'r', reply) else redis.call('HDEL', name, 'r') end
   redis.call('EXPIRE', name, tonumber(a[8]))
   if h == nil then return {} end

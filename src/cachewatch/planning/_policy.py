@@ -145,9 +145,12 @@ def place(
         # the static region's stability, and the conversation when planning goes on.
         conversation = None
         if layout.first_input_anchor is not None and budget > 0 and not (ordered and _disordered(ordered)):
+            # A conversation is one whatever model each of its requests goes to (a router,
+            # an escalation); its record tags the model, so a switch is no evidence.
             conversation = (
-                _h64(scope_tag + b"conversation" + layout.first_input_anchor),
+                _h64(orjson.dumps([profile.name, host, scope]) + b"conversation" + layout.first_input_anchor),
                 layout.first_reply_anchor,
+                _h64(model.encode()) if model else 0,
             )
         sights, stable, before = ask(
             planner.learner,
