@@ -66,6 +66,7 @@ from typing import Final, Protocol, runtime_checkable
 from ..accounting._records import slot_factory
 
 __all__ = [
+    "LATE_PRIOR_WEIGHT",
     "PRIOR_WEIGHT",
     "CLAIM_TIMEOUT",
     "KINDS",
@@ -87,6 +88,11 @@ KINDS: Final = ("static", "tail_first", "tail", "document", "previous_turn")
 #: families, the estimate of the run before as the next run's, the pre-gap estimate as a
 #: late one's. Less than the threshold x the window, so evidence always outweighs it.
 PRIOR_WEIGHT: Final = 1.0
+#: Weight of the late statistic's prior, whose mean (at most 1/3) is under the 1h threshold:
+#: a 1h write that is not read wastes as much as four 5m writes, so a family bets on one
+#: only after two of its late returns in a row were followed by another within the hour.
+#: (A prior under the threshold can weigh more: evidence of no reuse only confirms it.)
+LATE_PRIOR_WEIGHT: Final = 3.0
 
 TTL_5M: Final = 300.0
 TTL_1H: Final = 3_600.0

@@ -19,7 +19,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from ._learning import CLAIM_TIMEOUT, PRIOR_WEIGHT, TTL_1H, TTL_5M, Sight, Sighting, min_tier_above, new_sight
+from ._learning import (
+    CLAIM_TIMEOUT,
+    LATE_PRIOR_WEIGHT,
+    PRIOR_WEIGHT,
+    TTL_1H,
+    TTL_5M,
+    Sight,
+    Sighting,
+    min_tier_above,
+    new_sight,
+)
 
 __all__ = ["MemoryLearner"]
 
@@ -61,7 +71,10 @@ class _Prefix:
     #: follows is the same request again, not a reuse).
     ticket: int = 0
     void: bool = False
-    #: Its last sighting counted as an opportunity of the family's "late" statistic.
+    #: An opportunity of the family's "late" statistic is open: it counted at a sighting of
+    #: this prefix (one that came back late before) and is settled by the next idle gap
+    #: past 5 minutes, as recurred if that gap ends within the hour. Uses within 5 minutes
+    #: leave it open: what a 1h write pays for is the return after the idle gap.
     late_pending: bool = False
     #: Length of its run before the last time it came back late.
     previous_run: int = 0
@@ -137,13 +150,16 @@ class MemoryLearner:
                     del prefixes[key]
                     prefix = None
                 run = 1
-                cached = writing = late = False
+                cached = writing = late = pending = False
                 if prefix is not None:
                     prefixes.move_to_end(key)
                     gap = now - prefix.last
-                    if prefix.late_pending and not prefix.void and gap <= TTL_1H:
-                        self._credit(prefix.family, prefix.kind, _LATE)
-                    prefix.late_pending = False
+                    pending = prefix.late_pending
+                    if pending and not prefix.void and gap > TTL_5M:
+                        # The idle gap after a late return ended: within the hour or not.
+                        if gap <= TTL_1H:
+                            self._credit(prefix.family, prefix.kind, _LATE)
+                        pending = False
                     if prefix.void:
                         # A retry of a failed request: the same sighting again (its
                         # opportunity was taken back; this one counts instead).
@@ -173,8 +189,9 @@ class MemoryLearner:
                     )
                 )
                 self._opportunity(family, kind, bucket_id)
-                if late:
+                if late and not pending:
                     self._opportunity(family, kind, _LATE)
+                    pending = True
                 if prefix is None:
                     prefix = _Prefix(now, run, family, kind)
                     prefixes[key] = prefix
@@ -187,7 +204,7 @@ class MemoryLearner:
                     prefix.kind = kind
                     prefix.void = False
                 prefix.ticket = ticket
-                prefix.late_pending = late
+                prefix.late_pending = pending
                 if s.shared and not cached and not writing:
                     prefix.writers.append((ticket, now))
         return out
@@ -269,12 +286,21 @@ class MemoryLearner:
     def _p_late(self, family: int, kind: str, previous_run: int, now: float) -> float:
         """P(a prefix that came back 5-60 minutes later comes back within the hour again).
 
-        Its prior mean is the chance that a prefix with the run it had before the gap
-        would have gone on (a document asked about five times, then after a coffee break,
-        is likely to be asked about again; a coincidence seen once is not).
+        A 1h write costs 4 wasted 5m writes when it is not read, so only the family's own
+        evidence bets on it: the prior is the kind's first-run prior (mean 1/3, under the
+        1h threshold, weight ``LATE_PRIOR_WEIGHT``), so a family bets after two of its late
+        returns in a row were followed by another within the hour. Other families are no evidence here (in a gateway the
+        rare tenants, whose gaps are long, are the ones that come back late), nor is one
+        late return (a gap of 55 minutes says little of the next). The prior is capped by
+        the chance that a prefix with the run it had before the gap would have gone on (a
+        coincidence seen once is not a document asked about five times).
         """
-        mean = self._p(family, kind, _bucket(previous_run + 1), now)
-        a, b = PRIOR_WEIGHT * mean, PRIOR_WEIGHT * (1.0 - mean)
+        a, b = self.priors.get(kind, self.prior)
+        mean = a / (a + b)
+        before = self._p(family, kind, _bucket(previous_run + 1), now)
+        if before < mean:
+            mean = before
+        a, b = LATE_PRIOR_WEIGHT * mean, LATE_PRIOR_WEIGHT * (1.0 - mean)
         bucket = self._stats.get((family, kind, _LATE))
         if bucket is None:
             return a / (a + b)

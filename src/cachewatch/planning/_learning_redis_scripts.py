@@ -48,7 +48,7 @@ from typing import Any, Final
 
 import orjson
 
-from ._learning import CLAIM_TIMEOUT, TTL_1H, TTL_5M
+from ._learning import CLAIM_TIMEOUT, LATE_PRIOR_WEIGHT, PRIOR_WEIGHT, TTL_1H, TTL_5M
 
 __all__ = ["SCRIPT", "decode", "encode", "op"]
 
@@ -87,6 +87,8 @@ local P = ARGV[1]
 local TTL_1H = @TTL_1H@
 local TTL_5M = @TTL_5M@
 local CLAIM_TIMEOUT = @CLAIM_TIMEOUT@
+local PRIOR_WEIGHT = @PRIOR_WEIGHT@
+local LATE_PRIOR_WEIGHT = @LATE_PRIOR_WEIGHT@
 local function fmt(x) return string.format('%.17g', x) end
 local function bucket_of(run) if run >= 3 then return 3 end return run end
 local function load(name)
@@ -149,15 +151,15 @@ local function prob(fid, kind, b, pa, pb)
   local a, bb
   if b > 1 then
     local mean = prob(fid, kind, b - 1, pa, pb)
-    a = 1.0 * mean
-    bb = 1.0 * (1.0 - mean)
+    a = PRIOR_WEIGHT * mean
+    bb = PRIOR_WEIGHT * (1.0 - mean)
   else
     a, bb = pa, pb
     local pr, ps = stat_get(pool(), kind .. ':' .. b)
     if pr ~= nil and pr > 0.0 then
       local mean = math.max(a / (a + bb), (pr + a) / (ps + a + bb))
-      a = 1.0 * mean
-      bb = 1.0 * (1.0 - mean)
+      a = PRIOR_WEIGHT * mean
+      bb = PRIOR_WEIGHT * (1.0 - mean)
     end
   end
   local r, s = stat_get(fam(fid), kind .. ':' .. b)
@@ -165,8 +167,10 @@ local function prob(fid, kind, b, pa, pb)
   return math.min(1.0, (r + a) / (s + a + bb))
 end
 local function prob_late(fid, kind, previous_run, pa, pb)
-  local mean = prob(fid, kind, bucket_of(previous_run + 1), pa, pb)
-  local a, bb = 1.0 * mean, 1.0 * (1.0 - mean)
+  local mean = pa / (pa + pb)
+  local before = prob(fid, kind, bucket_of(previous_run + 1), pa, pb)
+  if before < mean then mean = before end
+  local a, bb = LATE_PRIOR_WEIGHT * mean, LATE_PRIOR_WEIGHT * (1.0 - mean)
   local r, s = stat_get(fam(fid), kind .. ':0')
   if r == nil then return a / (a + bb) end
   return math.min(1.0, (r + a) / (s + a + bb))
@@ -250,6 +254,7 @@ OPS.sight = function(a)
     local run = 1
     local cached, writing, late = false, false, false
     local late_count, previous_run, ttl, cu = 0, 0, TTL_5M, 0.0
+    local pending = false
     local live = {}
     if h then
       local last, prun = tonumber(h['l']), tonumber(h['r'])
@@ -257,7 +262,11 @@ OPS.sight = function(a)
       late_count, previous_run = tonumber(h['la']), tonumber(h['pr'])
       local void = h['v'] == '1'
       local gap = now - last
-      if h['lp'] == '1' and not void and gap <= TTL_1H then credit(h['f'], h['k'], 0) end
+      pending = h['lp'] == '1'
+      if pending and not void and gap > TTL_5M then
+        if gap <= TTL_1H then credit(h['f'], h['k'], 0) end
+        pending = false
+      end
       if void then
         run = prun
       elseif gap <= ttl then
@@ -281,11 +290,14 @@ OPS.sight = function(a)
       run, cached and 1 or 0, writing and 1 or 0, late and 1 or 0, fmt(p), fmt(p_late), h and 1 or 0
     }
     opportunity(family, kind, bucket_of(run))
-    if late then opportunity(family, kind, 0) end
+    if late and not pending then
+      opportunity(family, kind, 0)
+      pending = true
+    end
     if shared and not cached and not writing then live[#live + 1] = ticket .. '=' .. fmt(now) end
     redis.call('HSET', name, 'l', fmt(now), 'r', run, 'f', family, 'k', kind, 't', fmt(ttl),
       'cu', fmt(cu), 'la', late_count, 'w', table.concat(live, ';'), 'tk', ticket, 'v', '0',
-      'lp', late and '1' or '0', 'pr', previous_run)
+      'lp', pending and '1' or '0', 'pr', previous_run)
     redis.call('EXPIRE', name, prefix_ttl)
   end
   touch(family, max_families)
@@ -501,4 +513,6 @@ SCRIPT: Final = (
     .replace("@TTL_1H@", repr(TTL_1H))
     .replace("@TTL_5M@", repr(TTL_5M))
     .replace("@CLAIM_TIMEOUT@", repr(CLAIM_TIMEOUT))
+    .replace("@PRIOR_WEIGHT@", repr(PRIOR_WEIGHT))
+    .replace("@LATE_PRIOR_WEIGHT@", repr(LATE_PRIOR_WEIGHT))
 )

@@ -243,7 +243,11 @@ def place(
             # A previous turn is marked to be read, never written (the tail covers it).
             entries.append((index, kind, sight, None))
         elif sight.p >= planner.threshold or (
-            sight.late and profile.honours_1h and sight.p_late >= planner.threshold_1h
+            # Worth a write for its late return only where it would get a 1h TTL.
+            sight.late
+            and profile.honours_1h
+            and kind in _SHARED_KINDS
+            and sight.p_late >= planner.threshold_1h
         ):
             entries.append((index, kind, sight, "write"))
         elif (
