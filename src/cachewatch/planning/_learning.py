@@ -142,11 +142,13 @@ class Sight:
     known: bool = False
     #: The family's reliability (already in ``p`` and ``p_late``).
     reliability: float = 1.0
+    #: Believed cached with a 1h TTL (a read marked 1h keeps what that write paid for).
+    cached_1h: bool = False
 
 
 #: ``Sight(...)`` and ``Sighting(...)`` with every field, positionally (the planner builds a
 #: few per request; see ``accounting._records.slot_factory``).
-new_sight: Final[Callable[[int, str, int, bool, bool, bool, float, float, bool, float], Sight]] = (
+new_sight: Final[Callable[[int, str, int, bool, bool, bool, float, float, bool, float, bool], Sight]] = (
     slot_factory(Sight)
 )
 new_sighting: Final[Callable[[int, str, bool], Sighting]] = slot_factory(Sighting)

@@ -185,7 +185,17 @@ class MemoryLearner:
                     p_late = self._p_late(family, kind, prefix.previous_run, now) * reliability
                 out.append(
                     new_sight(
-                        key, kind, run, cached, writing, late, p, p_late, prefix is not None, reliability
+                        key,
+                        kind,
+                        run,
+                        cached,
+                        writing,
+                        late,
+                        p,
+                        p_late,
+                        prefix is not None,
+                        reliability,
+                        cached and prefix is not None and prefix.ttl >= TTL_1H,
                     )
                 )
                 self._opportunity(family, kind, bucket_id)

@@ -190,6 +190,7 @@ class RedisLearner(RedisLink):
                 float(r[5]),
                 r[6] == 1,
                 reliability,
+                r[7] == 1,
             )
             for s, r in zip(sightings, raw[3:], strict=True)
         ]

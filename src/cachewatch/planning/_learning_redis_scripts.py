@@ -17,8 +17,8 @@ Ops and their arguments (``''`` for "none"; floats as ``repr`` strings, exact):
 * ``sight``: family, now, ticket, forget, max_age, max_families, family_ttl, prefix_ttl,
   then per sighting (key, kind, shared, prior_a, prior_b). Returns reliability, the
   minimums' version, the family's volatile positions, then per sighting (run, cached,
-  writing, late, p, p_late, known). Remembers, for a ``conversation`` later in the batch,
-  the first static key and whether every previous turn was known;
+  writing, late, p, p_late, known, cached at 1h). Remembers, for a ``conversation`` later
+  in the batch, the first static key and whether every previous turn was known;
 * ``stability``: family, forget, max_families, family_ttl, n, n digests, m, m x (index,
   head, rest), then k and the k positions whose lines were sent (``asked``; k = -1: no
   check). With ``asked``, when the family's volatile positions (below n) are not those, nothing is
@@ -287,7 +287,8 @@ OPS.sight = function(a)
     local p_late = 0.0
     if late and h then p_late = prob_late(family, kind, previous_run, pa, pb) * rel end
     out[#out + 1] = {
-      run, cached and 1 or 0, writing and 1 or 0, late and 1 or 0, fmt(p), fmt(p_late), h and 1 or 0
+      run, cached and 1 or 0, writing and 1 or 0, late and 1 or 0, fmt(p), fmt(p_late), h and 1 or 0,
+      (cached and ttl >= TTL_1H) and 1 or 0
     }
     opportunity(family, kind, bucket_of(run))
     if late and not pending then

@@ -67,6 +67,9 @@ _h64 = xxhash.xxh3_64_intdigest
 #: Priority of the candidates that only compete for spare slots.
 _SPARE_PRIORITY: Final = {"static": 0, "document": 1, "previous_turn": 2, "tail": 3, "tail_first": 3}
 _SHARED_KINDS: Final = frozenset({"static", "document"})
+#: A 1h write instead of a 5m one costs 2.0 - 1.25 = 0.75x its tokens; a later return that
+#: reads it (0.1x) instead of writing again (1.25x) saves 1.15x.
+_UPGRADE_ODDS: Final = 0.75 / 1.15
 
 
 def place(
@@ -167,7 +170,7 @@ def place(
         advice = volatile_advice(planner, layout, stable, counter, profile, model)
     else:
         sights = [
-            new_sight(key, kind, 1, False, False, False, 1.0, 0.0, False, 1.0)
+            new_sight(key, kind, 1, False, False, False, 1.0, 0.0, False, 1.0, False)
             for key, kind in zip(keys, kinds)  # noqa: B905
         ]
     if len(sights) != len(candidates):
@@ -244,10 +247,7 @@ def place(
             entries.append((index, kind, sight, None))
         elif sight.p >= planner.threshold or (
             # Worth a write for its late return only where it would get a 1h TTL.
-            sight.late
-            and profile.honours_1h
-            and kind in _SHARED_KINDS
-            and sight.p_late >= planner.threshold_1h
+            sight.late and profile.honours_1h and kind in _SHARED_KINDS and _bets_1h(planner, sight)
         ):
             entries.append((index, kind, sight, "write"))
         elif (
@@ -303,7 +303,7 @@ def place(
     one_hour_upto = -1
     if profile.honours_1h and planner.learning:
         for index, kind, sight in chosen:
-            if kind in _SHARED_KINDS and sight.late and sight.p_late >= planner.threshold_1h:
+            if kind in _SHARED_KINDS and (sight.cached_1h or (sight.late and _bets_1h(planner, sight))):
                 one_hour_upto = max(one_hour_upto, index)
     last_1h = -1.0
     first_5m = float(len(positions) + 1)
@@ -357,6 +357,27 @@ def place(
         changed = True
     _release_unused(planner.learner, ticket, claimed, marked_keys)
     return tuple(out), changed, ticket, advice
+
+
+def _bets_1h(planner: Planner, sight: Sight) -> bool:
+    """Whether a 1h write of a prefix that came back late pays, against what else is done.
+
+    A late return that finds the 1h entry reads it and refreshes it, so the chain of
+    returns that read is worth ``odds = p_late / (1 - p_late)`` of them. Against a 5m write
+    the request makes anyway (its 5m estimate reaches the threshold), a 1h write costs
+    0.75x its tokens more and each such return reads (0.1x) instead of writing again
+    (1.25x): ``odds * 1.15 >= 0.75``. Against no write, it costs 1.0x more and each return
+    reads, with the uses that follow it within 5 minutes (``1 / (1 - p)`` of them, p the
+    5m estimate): ``odds * 0.9 / (1 - p) >= 1.0``, the ``threshold_1h`` odds when p = 0.
+    """
+    p_late = sight.p_late
+    if p_late >= 1.0:
+        return True
+    odds = p_late / (1.0 - p_late)
+    if sight.p >= planner.threshold:
+        return odds >= _UPGRADE_ODDS
+    t1 = planner.threshold_1h
+    return t1 < 1.0 and odds >= t1 / (1.0 - t1) * (1.0 - sight.p)
 
 
 def _release_unused(learner: LearningState, ticket: Ticket, claimed: list[int], marked: set[int]) -> None:
