@@ -424,3 +424,80 @@ def test_a_fault_callback_that_raises_does_not_reach_the_planner() -> None:
 
     learner = RedisLearner(redis.Redis(port=free_port()), key_prefix="x:", timeout=0.05, on_fault=broken)
     assert learner.sight(FAMILY, static(1), 100.0, 1)[0].run == 1
+
+
+# -- what each policy rule learns from (each case failed before its fix) ------------------------
+
+
+def test_a_family_that_never_reuses_stops_whatever_the_other_families_reuse(new_learner: Make) -> None:
+    # A busy family whose every new prefix comes back raises the kind's pooled rate to ~1;
+    # a prior borrowed from it at weight 3 held a never-reusing family over the threshold
+    # (11 static, 34 tail writes in 120 opportunities). At weight 1 its own evidence decides.
+    for kind in ("static", "tail"):
+        learner = new_learner()
+        now, ticket, written = 100.0, 1, 0
+        for i in range(120):
+            for j in range(10):
+                for _ in range(2):
+                    learner.sight(1, [Sighting(10_000 + i * 100 + j, kind)], now, ticket)
+                    learner.release([10_000 + i * 100 + j], ticket)
+                    ticket += 1
+                    now += 0.1
+            sight = learner.sight(2, [Sighting(900_000 + i, kind)], now, ticket)[0]
+            learner.release([900_000 + i], ticket)
+            ticket += 1
+            written += sight.p >= THRESHOLD
+        assert written <= 3, kind
+
+
+def test_a_conversation_steady_once_that_then_changes_on_every_request_is_unstable_again(
+    new_learner: Make,
+) -> None:
+    learner = new_learner()
+    learner.conversation(42, 1, None, False, 100.0)
+    learner.conversation(42, 1, b"r", True, 110.0)  # kept its prefix: a steady step
+    assert learner.conversation(42, 2, b"r", False, 120.0) == (1, b"r", True)  # a one-time edit
+    # From then on its static prefix changes on every request: no longer steady.
+    assert learner.conversation(42, 3, b"r", False, 130.0) == (2, b"r", False)
+    assert learner.conversation(42, 4, b"r", False, 140.0) == (3, b"r", False)
+
+
+def test_a_switch_of_model_is_no_evidence_about_a_conversation(new_learner: Make) -> None:
+    learner = new_learner()
+    learner.conversation(42, 1, None, False, 100.0, 7)
+    # The next turn goes to another model: its static prefix and previous turn are new
+    # to that model's cache, which says nothing of the prompt.
+    assert learner.conversation(42, 2, b"r", False, 110.0, 8) is None
+    assert learner.conversation(42, 2, b"r", True, 120.0, 8) == (2, b"r", False)
+
+
+def test_the_late_statistic_is_settled_by_the_next_idle_gap_not_by_uses_within_minutes(
+    new_learner: Make,
+) -> None:
+    learner = new_learner()
+    key = [Sighting(5, "static", True)]
+
+    def use(at: float, ticket: int) -> float:
+        sight = learner.sight(FAMILY, key, at, ticket)[0]
+        learner.release([5], ticket)
+        return sight.p_late
+
+    use(100.0, 1)
+    first = use(100.0 + 420, 2)  # back after 7 minutes: late, the prior (1/3 at most)
+    assert 0.0 < first <= 1 / 3
+    # Uses within minutes of that return say nothing of the next idle gap: the open
+    # opportunity stays unsettled (at most the prior of mean 1/3, weight 3, over it).
+    assert use(530.0, 3) <= 0.25
+    assert use(540.0, 4) <= 0.25
+    # Back again 7 minutes later: that gap ended within the hour.
+    assert use(540.0 + 420, 5) > 0.25
+    assert learner.sight(FAMILY, key, 960.0 + TTL_1H + 60, 6)[0].p_late < 0.53
+
+
+def test_a_prefix_cached_at_1h_is_reported_so(new_learner: Make) -> None:
+    learner = new_learner()
+    key = [Sighting(5, "static", True)]
+    learner.sight(FAMILY, key, 100.0, 1)
+    learner.started([(5, TTL_1H)], 1, 101.0)
+    sight = learner.sight(FAMILY, key, 1_000.0, 2)[0]
+    assert (sight.cached, sight.cached_1h) == (True, True)

@@ -599,3 +599,46 @@ def test_a_prefix_that_comes_back_after_its_5m_entry_expired_is_marked_1h() -> N
         ds.finished(result)
         clock.now += 420
     assert {p.ttl for p in result.inserted} == {"5m"}
+
+
+# -- what the policy rules learned from unseen traffic (each case failed before its fix) -----
+
+
+def test_a_document_that_ends_the_previous_turn_is_one_prefix_sighted_once() -> None:
+    from cachewatch.planning._learning_memory import MemoryLearner
+
+    asked: list[list[int]] = []
+
+    class Spy(MemoryLearner):
+        def sight(self, family: int, sightings: Any, now: float, ticket: int) -> Any:
+            asked.append([s.key for s in sightings])
+            return super().sight(family, sightings, now, ticket)
+
+    planner = Planner(learner=Spy())
+    document = "contract clause liability payment term notice " * 400  # a large block
+    body = chat(document, "It is a services contract.", "Who pays the fees?")
+    result = planner.plan(body=orjson.dumps(body), **ANTHROPIC)
+    # The previous turn ended with the document: sighting it twice would count it as its
+    # own recurrence (gap 0) and inflate its statistics.
+    assert asked
+    assert len(asked[-1]) == len(set(asked[-1]))
+    assert [p.reason for p in result.inserted].count("previous_turn") == 1
+    assert "document" not in [p.reason for p in result.placements]
+
+
+def test_a_prefix_estimated_just_under_the_minimum_is_marked_and_its_miss_raises_nothing() -> None:
+    planner = Planner()
+    system = "cache prompt token model request stream usage system tool result " * 58  # ~870
+    body = chat("hi", system=system)
+    result = planner.plan(body=orjson.dumps(body), **ANTHROPIC)
+    estimate = result.raw_estimate
+    assert estimate is not None
+    assert 0.75 * 1024 < estimate < 1024
+    # A marker under the minimum costs nothing; one left off a prefix that reaches it
+    # (the estimate is off by up to a quarter) costs its reads.
+    assert "static" in [p.reason for p in result.inserted]
+    planner.started(result)
+    usage = TokenUsage(input=900)  # the provider wrote and read nothing: it was under
+    planner.finished(result, usage)
+    planner.observe(result, usage)
+    assert planner.learner.learned_minimum("anthropic\x00claude-sonnet-4-5") == 0
