@@ -501,3 +501,28 @@ def test_a_prefix_cached_at_1h_is_reported_so(new_learner: Make) -> None:
     learner.started([(5, TTL_1H)], 1, 101.0)
     sight = learner.sight(FAMILY, key, 1_000.0, 2)[0]
     assert (sight.cached, sight.cached_1h) == (True, True)
+
+
+@pytest.mark.parametrize(("kind", "bound"), [("static", 9), ("tail", 10)])
+def test_after_reused_traffic_turns_unreused_writes_stop_within_the_documented_bound(
+    new_learner: Make, kind: str, bound: int
+) -> None:
+    # README "Regret bound": (S f^k + m) / (S + 1) < 0.28 with S = 1 / (1 - f), f = 0.85,
+    # m the prior mean (1/3 static, 2/3 a continued tail): k = 9 and 10.
+    learner = new_learner()
+    now, ticket = 100.0, 1
+    for i in range(60):  # steady: every new prefix comes back once
+        for _ in range(2):
+            learner.sight(FAMILY, [Sighting(i, kind)], now, ticket)
+            learner.release([i], ticket)
+            ticket += 1
+            now += 1.0
+    written = 0
+    for i in range(40):  # then none ever does
+        sight = learner.sight(FAMILY, [Sighting(1_000 + i, kind)], now, ticket)[0]
+        learner.release([1_000 + i], ticket)
+        ticket += 1
+        now += 1.0
+        written += sight.p >= THRESHOLD
+    assert written <= bound
+    assert written >= bound - 1  # the bound is tight, not loose

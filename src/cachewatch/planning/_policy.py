@@ -19,25 +19,30 @@ really recur (see ``_learning``), times the provider's reliability. Then:
   is written. A block that changes on every request never recurs, so a prefix that
   ends after it is never worth writing.
 
-A marker goes only where the estimated prefix reaches the model's minimum (the
-documented table, raised by what was learnt). Slots: the profile's maximum minus
-reserved relay slots, the caller's markers and a top-level ``cache_control``;
-priority: the write extent, the deepest read, then static, document, previous turn.
-TTLs: ``5m``; ``1h`` (profiles that honour it) for a shared prefix that came back
-5-60 minutes after its last use, and for every marker before it, or for the static
-marker with ``static_ttl="1h"``; every ``1h`` marker precedes every ``5m`` one
+A marker goes only where the estimated prefix plausibly reaches the model's minimum
+(the documented table, raised by what was learnt; ``min_margin``: 25% under it, as a
+marker below the minimum costs nothing and one left off costs the reads). Slots: the
+profile's maximum minus reserved relay slots, the caller's markers and a top-level
+``cache_control``; priority: the write extent, the deepest read, then static,
+document, previous turn. TTLs: ``5m``; ``1h`` (profiles that honour it) for a shared
+prefix believed cached at 1h, or one that came back 5-60 minutes after its last use
+when the chain of late returns that would read it pays the 1h premium against what the
+request would otherwise do (``_bets_1h``), and for every marker before it, or for the
+static marker with ``static_ttl="1h"``; every ``1h`` marker precedes every ``5m`` one
 (``skipped_ttl_order``). Top-level automatic mode (Anthropic first-party) marks the
-tail when it is the request's last block and its content a plain string. The
-caller's markers are kept and counted; markers the provider would reject are removed
+tail when it is the request's last block and its content a plain string. The caller's
+markers are kept and counted; markers the provider would reject are removed
 (``removed_invalid``) unless ``remove_invalid=False``.
 
 Regret: per (family, kind, run) the policy is the better of "always write" and
 "never write" for the recurrence rate it observes, which it observes for every
-request whatever it marked. On traffic that never reuses a prefix it makes one write
-per (family, kind, run) before the estimate falls under the threshold, and after a
-change from reused to unreused traffic at most ``ceil(log(0.28 / p) / log(1 / 0.85))``
-more (p: the rate before the change; 8 from p = 1). README "The adaptive policy" and
-``tests/test_regret.py`` state and check the bound.
+request whatever it marked. Every prior weighs one opportunity against a window of
+about 7, so on traffic that never reuses a prefix a new family makes 1 write (2 for a
+continued tail) before the estimate falls under the threshold, and after a change
+from reused to unreused traffic at most 11 more (9 from the static prior, 10 from a
+continued tail's: (S f^k + m) / (S + 1) < 0.28 with S = 1 / (1 - f)). README "The
+adaptive policy", ``tests/test_regret.py`` and ``tests/test_learning_state.py`` state
+and check the bound.
 """
 
 from __future__ import annotations
