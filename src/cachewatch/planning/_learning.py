@@ -90,7 +90,8 @@ KINDS: Final = ("static", "tail_first", "tail", "document", "previous_turn")
 PRIOR_WEIGHT: Final = 1.0
 #: Weight of the late statistic's prior, whose mean (at most 1/3) is under the 1h threshold:
 #: a 1h write that is not read wastes as much as four 5m writes, so a family bets on one
-#: only after two of its late returns in a row were followed by another within the hour.
+#: only once a late return of its own was followed by another within the hour (at the
+#: second of two late returns in a row; one alone leaves the estimate at most 1/3).
 #: (A prior under the threshold can weigh more: evidence of no reuse only confirms it.)
 LATE_PRIOR_WEIGHT: Final = 3.0
 

@@ -298,10 +298,11 @@ class MemoryLearner:
 
         A 1h write costs 4 wasted 5m writes when it is not read, so only the family's own
         evidence bets on it: the prior is the kind's first-run prior (mean 1/3, under the
-        1h threshold, weight ``LATE_PRIOR_WEIGHT``), so a family bets after two of its late
-        returns in a row were followed by another within the hour. Other families are no evidence here (in a gateway the
-        rare tenants, whose gaps are long, are the ones that come back late), nor is one
-        late return (a gap of 55 minutes says little of the next). The prior is capped by
+        1h threshold, weight ``LATE_PRIOR_WEIGHT``), so a family bets only once one of its
+        late returns was followed by another within the hour (0.5 then). Other families are
+        no evidence here (in a gateway the rare tenants, whose gaps are long, are the ones
+        that come back late), nor is one late return (a gap of 55 minutes says little of
+        the next). The prior is capped by
         the chance that a prefix with the run it had before the gap would have gone on (a
         coincidence seen once is not a document asked about five times).
         """
