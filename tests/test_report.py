@@ -251,3 +251,21 @@ def test_report_prints_the_shadow_comparison_and_its_note(tmp_path: Any) -> None
     # one process's traffic (and which way that last one errs).
     for assumption in ("honours every marker", "local estimate", "only its own traffic", "underestimated"):
         assert assumption in data["shadow_note"], assumption
+
+
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_report_into_a_closed_pipe_ends_quietly(tmp_path: Any, fmt: str) -> None:
+    # ``cachewatch report | head -0``: the reader is gone before the report is written.
+    path = tmp_path / "metrics.txt"
+    path.write_text(_exposition())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cachewatch", "report", "--url", str(path), "--format", fmt],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) in (0, 1)  # 1: rich's own broken-pipe exit for tables
+    assert err == ""

@@ -15,6 +15,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -270,6 +271,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (``cachewatch report | head``): stop quietly, as a Unix
+        # tool does, and send the interpreter's last flush nowhere.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -505,6 +513,8 @@ def _report(args: argparse.Namespace) -> int:
 
     try:
         report(source, format=args.format)
+    except BrokenPipeError:
+        raise  # the reader went away: main() ends quietly
     except (OSError, httpx.HTTPError) as exc:
         print(f"cachewatch report: cannot fetch {args.url}: {exc}", file=sys.stderr)
         return 2
