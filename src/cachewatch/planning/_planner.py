@@ -173,7 +173,9 @@ class Planner:
             self.learner.not_cached(key for key, _ in ticket.marked)
         elif ticket.expected_read_raw > 0 and ticket.total_raw > 0 and usage.prompt_total > 0:
             expected = ticket.expected_read_raw * usage.prompt_total / ticket.total_raw
-            if usage.cache_read < 0.8 * expected:
+            # A read expected of a prefix under the minimum (marked on the estimate's
+            # margin, ``min_margin``) is no evidence: the provider caches nothing there.
+            if usage.cache_read < 0.8 * expected and self._reaches_minimum(plan, ticket.model_key, expected):
                 # What it marked to read was not served: it is not cached after all (the
                 # write it made instead is not trusted either: the provider does not keep them).
                 self.learner.not_cached(key for key, _ in ticket.marked)
@@ -197,7 +199,10 @@ class Planner:
         scale = total / ticket.total_raw  # raw estimates -> billed tokens, for this request
         if ticket.expected_read_raw > 0:
             expected = ticket.expected_read_raw * scale
-            self.learner.feedback(ticket.family, 1, 1 if usage.cache_read >= 0.8 * expected else 0)
+            # Only a read the provider could serve measures its reliability: a prefix
+            # under the minimum is never cached, whatever the family's provider does.
+            if self._reaches_minimum(plan, ticket.model_key, expected):
+                self.learner.feedback(ticket.family, 1, 1 if usage.cache_read >= 0.8 * expected else 0)
         if ticket.deepest_raw > 0:
             cached = usage.cache_read + usage.cache_write > 0
             if ticket.probe and cached:
@@ -296,6 +301,10 @@ class Planner:
     def _minimum_now(self, profile_name: str, model: str | None, model_key: str) -> int:
         profile = self.registry.get(profile_name)
         return max(self.min_tokens(profile, model), self.learner.learned_minimum(model_key))
+
+    def _reaches_minimum(self, plan: Plan, model_key: str, tokens: float) -> bool:
+        """Whether a prefix of ``tokens`` (billed) reaches the model's minimum as now known."""
+        return tokens >= self._minimum_now(plan.profile, plan.model, model_key)
 
     def probe(self, model_key: str) -> bool:
         """One plan in ``probe_every`` of a model with a learned minimum re-tests it."""
