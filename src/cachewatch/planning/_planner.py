@@ -59,8 +59,12 @@ class Planner:
         include_usage: add ``stream_options.include_usage`` to chat-completions streams
             that lack it (the response side hides the extra usage-only chunk).
         threshold: P(read within TTL) a 5m write must reach (0.25 premium / 0.9 saving).
-        threshold_1h: for a prefix that came back 5-60 minutes later, P(it comes back within
-            the hour again) a 1h write must reach (1.0 premium: about two reads, p/(1-p) > 1.1).
+        threshold_1h: for a shared prefix that came back 5-60 minutes later, P(it comes back
+            within the hour again) a 1h write must reach where the request would not write it
+            otherwise and it does not come back within 5 minutes (1.0 premium: about two
+            reads, p/(1-p) > 1.1); the bar's odds shrink with its 5m estimate, and a 1h
+            write instead of a 5m one the request makes anyway has its own bar (0.75
+            premium / 1.15 saving; ``_policy._bets_1h``).
         learning: learn from traffic (``False``: every candidate that reaches the minimum
             is written, a fixed policy).
         learner: the learned state (default: a new :class:`MemoryLearner`; a shared one
