@@ -206,7 +206,9 @@ def _replay(learner: LearningState, seed: int, steps: int) -> list[Any]:
     open_tickets: list[tuple[int, list[int]]] = []
     out: list[Any] = []
     for _ in range(steps):
-        now += rng.choice((0.0, 0.5, 3.0, 40.0, 200.0, 299.0, 301.0, 900.0, 3_000.0, 3_700.0, 8_000.0))
+        now += rng.choice(
+            (0.0, 0.5, 3.0, 40.0, 200.0, 299.0, 300.0, 301.0, 900.0, 3_000.0, 3_600.0, 3_700.0, 8_000.0)
+        )
         op = rng.random()
         family = rng.randint(1, 3)
         if op < 0.45:
@@ -247,9 +249,11 @@ def _replay(learner: LearningState, seed: int, steps: int) -> list[Any]:
             out.append(learner.stability(family, blocks, lines if rng.random() < 0.5 else {}))
         else:
             reply = rng.choice((None, b"r1", b"r2"))
+            # Model tags are 64-bit digests (0: no model).
+            model = rng.choice((0, 7, 2**64 - 3))
             out.append(
                 learner.conversation(
-                    rng.randint(1, 4), rng.choice((None, 1, 2)), reply, rng.random() < 0.5, now
+                    rng.randint(1, 4), rng.choice((None, 1, 2)), reply, rng.random() < 0.5, now, model
                 )
             )
         if rng.random() < 0.05:
