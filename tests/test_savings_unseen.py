@@ -68,3 +68,30 @@ def test_a_marked_prefix_under_the_minimum_costs_no_reliability(unseen: ModuleTy
     costs = {strategy: result.bill.cost for strategy, result in results.items()}
     assert costs["auto"] <= savings.BAR * costs["sys+last"], costs
     assert results["auto"].actions[("inserted", "static")] > 0  # marked: within the margin
+
+
+def test_a_marker_under_the_minimum_does_not_give_up_dashscopes_implicit_cache(unseen: ModuleType) -> None:
+    # Qwen sessions of a question and a follow-up over a 900-token system message: every
+    # prompt is under the 1,024 minimum, within ``min_margin`` of it. Unmarked, the
+    # follow-up reads the first turn from DashScope's implicit cache; a marker (which the
+    # explicit cache ignores, under the minimum) gave that up: auto cost 1.64x none.
+    savings = unseen.S
+
+    def sessions(run: Any, *, n: int = 12, seed: str = "qwen-short") -> None:
+        rng = random.Random(seed)
+        system = "You are the order-status assistant. " + savings.text(f"{seed}-system", 900)
+        for s in range(n):
+            run.wait(rng.uniform(5, 40))
+            messages = [
+                {"role": "system", "content": system},
+                unseen._user(f"{seed}-{s}", rng.randint(20, 60)),
+            ]
+            reply = run.send(model=savings.QWEN, messages=messages)
+            messages.append({"role": "assistant", "content": reply.choices[0].message.content or ""})
+            messages.append(unseen._user(f"{seed}-{s}-f", rng.randint(20, 60)))
+            run.wait(rng.uniform(10, 60))
+            run.send(model=savings.QWEN, messages=messages)
+
+    short = savings.Workload("qwen short", "dashscope_openai", sessions)
+    costs = {strategy: unseen.run_chat_workload(short, strategy).bill.cost for strategy in ("none", "auto")}
+    assert costs["auto"] <= savings.BAR * costs["none"], costs
