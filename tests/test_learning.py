@@ -146,3 +146,35 @@ def test_a_stable_prompt_gets_no_advice() -> None:
         clock.now += 20
         plan = serve(planner, body(stable, f"q{n}"), TokenUsage(input=3_500))
     assert plan.advice is None
+
+
+def test_a_read_expected_of_a_prefix_under_the_minimum_is_no_evidence() -> None:
+    # A system prompt of ~870 tokens: under Sonnet's 1,024 minimum, within ``min_margin``
+    # of it, so it is marked; once written it is believed cached, and the provider (which
+    # caches nothing under the minimum) never reads it: a new conversation's first turn
+    # reads nothing and writes its whole prompt (its tail's entry). That says nothing of
+    # the provider's reliability, nor of the tail that request wrote.
+    clock = Clock()
+    planner = Planner(clock=clock)
+    system = words("policy", 450)
+    for c in range(6):
+        history: list[dict[str, Any]] = []
+        read = 0  # the previous turn's prompt, cached by its tail's marker
+        for turn in range(3):
+            clock.now += 20
+            question = words(f"doc{c}-{turn}", 200 if turn else 2_000)
+            messages = [*history, {"role": "user", "content": question}]
+            raw = orjson.dumps({"model": SONNET, "max_tokens": 8, "system": system, "messages": messages})
+            plan = planner.plan(body=raw, **WHERE)
+            assert plan.ticket is not None
+            assert actions(plan, "static") == ["inserted"]
+            if turn:  # the previous turn's tail, written then, is believed cached
+                assert plan.ticket.expected_read_raw >= read - 1, (c, turn)
+            total = round(plan.ticket.total_raw)
+            usage = TokenUsage(cache_read=read, cache_write_5m=total - read)
+            planner.started(plan)
+            planner.finished(plan, usage)
+            planner.observe(plan, usage)
+            read = total
+            history = [*messages, {"role": "assistant", "content": "ok"}]
+        assert planner.learner.reliability(plan.ticket.family) == 1.0, c

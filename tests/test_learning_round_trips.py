@@ -178,7 +178,7 @@ def _replay_decisions(learner: LearningState, seed: int, steps: int, *, decide: 
         sightings = [Sighting(k, rng.choice(_KINDS), rng.random() < 0.5) for k in keys]
         blocks = [bytes([rng.randint(0, 2), rng.randint(0, 3)]) * 8 for _ in range(rng.randint(0, 3))]
         conversation = (
-            (rng.randint(1, 5), rng.choice((None, b"r1", b"r2")), rng.choice((0, 7)))
+            (rng.randint(1, 5), rng.choice((None, b"r1", b"r2")), rng.choice((0, 7, 2**64 - 3)))
             if rng.random() < 0.7
             else None
         )

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from _redis import free_port, redis_server
-from cachewatch.planning._learning import CLAIM_TIMEOUT, TTL_1H, LearningState, Sighting
+from cachewatch.planning._learning import CLAIM_TIMEOUT, TTL_1H, TTL_5M, LearningState, Sighting
 from cachewatch.planning._learning_memory import MemoryLearner
 from cachewatch.planning._learning_redis import MAX_AGE, RedisLearner
 
@@ -206,7 +206,9 @@ def _replay(learner: LearningState, seed: int, steps: int) -> list[Any]:
     open_tickets: list[tuple[int, list[int]]] = []
     out: list[Any] = []
     for _ in range(steps):
-        now += rng.choice((0.0, 0.5, 3.0, 40.0, 200.0, 299.0, 301.0, 900.0, 3_000.0, 3_700.0, 8_000.0))
+        now += rng.choice(
+            (0.0, 0.5, 3.0, 40.0, 200.0, 299.0, 300.0, 301.0, 900.0, 3_000.0, 3_600.0, 3_700.0, 8_000.0)
+        )
         op = rng.random()
         family = rng.randint(1, 3)
         if op < 0.45:
@@ -247,9 +249,11 @@ def _replay(learner: LearningState, seed: int, steps: int) -> list[Any]:
             out.append(learner.stability(family, blocks, lines if rng.random() < 0.5 else {}))
         else:
             reply = rng.choice((None, b"r1", b"r2"))
+            # Model tags are 64-bit digests (0: no model).
+            model = rng.choice((0, 7, 2**64 - 3))
             out.append(
                 learner.conversation(
-                    rng.randint(1, 4), rng.choice((None, 1, 2)), reply, rng.random() < 0.5, now
+                    rng.randint(1, 4), rng.choice((None, 1, 2)), reply, rng.random() < 0.5, now, model
                 )
             )
         if rng.random() < 0.05:
@@ -501,6 +505,23 @@ def test_a_prefix_cached_at_1h_is_reported_so(new_learner: Make) -> None:
     learner.started([(5, TTL_1H)], 1, 101.0)
     sight = learner.sight(FAMILY, key, 1_000.0, 2)[0]
     assert (sight.cached, sight.cached_1h) == (True, True)
+
+
+def test_a_prefix_written_at_5m_after_its_1h_entry_expired_is_cached_at_5m(new_learner: Make) -> None:
+    # The entry's TTL is that of the write that made it: one written 1h long ago says
+    # nothing of the 5m entry written since (believed 1h, it would be marked 1h, and its
+    # next return after 5 minutes expected to read what expired).
+    learner = new_learner()
+    key = [Sighting(5, "static", True)]
+    learner.sight(FAMILY, key, 100.0, 1)
+    learner.started([(5, TTL_1H)], 1, 101.0)
+    later = 101.0 + TTL_1H + 60  # the 1h entry expired
+    assert not learner.sight(FAMILY, key, later, 2)[0].cached
+    learner.started([(5, TTL_5M)], 2, later + 1)
+    sight = learner.sight(FAMILY, key, later + 60, 3)[0]
+    assert (sight.cached, sight.cached_1h) == (True, False)
+    sight = learner.sight(FAMILY, key, later + 60 + 2 * TTL_5M, 4)[0]
+    assert (sight.cached, sight.late, sight.run) == (False, True, 1)  # back after its 5m entry expired
 
 
 @pytest.mark.parametrize(("kind", "bound"), [("static", 9), ("tail", 10)])

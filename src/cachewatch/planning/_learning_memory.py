@@ -398,8 +398,9 @@ class MemoryLearner:
                 prefix = self._prefixes.get(key)
                 if prefix is None:
                     continue
+                # The entry's TTL: a write after the last entry expired starts a new one.
+                prefix.ttl = max(prefix.ttl, ttl) if prefix.cached_until > now else ttl
                 prefix.cached_until = max(prefix.cached_until, now + ttl)
-                prefix.ttl = max(prefix.ttl, ttl)
                 if prefix.writers:
                     prefix.writers = [(t, at) for t, at in prefix.writers if t != ticket]
 

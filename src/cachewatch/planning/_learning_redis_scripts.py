@@ -455,8 +455,11 @@ OPS.started = function(a)
     local ttl = tonumber(a[i + 1])
     local h = load(name)
     if h then
-      redis.call('HSET', name, 'cu', fmt(math.max(tonumber(h['cu']), now + ttl)),
-        't', fmt(math.max(tonumber(h['t']), ttl)), 'w', drop_writer(h['w'] or '', ticket))
+      local cu = tonumber(h['cu'])
+      local t = ttl
+      if cu > now then t = math.max(tonumber(h['t']), ttl) end
+      redis.call('HSET', name, 'cu', fmt(math.max(cu, now + ttl)), 't', fmt(t),
+        'w', drop_writer(h['w'] or '', ticket))
     end
   end
   return 1

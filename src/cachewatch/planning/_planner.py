@@ -54,13 +54,18 @@ class Planner:
             Negative by default (-0.25, the estimate's uncertainty): a marker on a prefix
             below the model's minimum costs nothing (the provider neither writes nor
             bills it), one left off a prefix that reaches it costs its reads, so a prefix
-            that plausibly reaches the minimum is marked.
+            that plausibly reaches the minimum is marked. Not below 0 on an endpoint with
+            an implicit cache (``Profile.implicit_cache``), which a marked request gives up.
         remove_invalid: remove the caller's markers the provider would reject.
         include_usage: add ``stream_options.include_usage`` to chat-completions streams
             that lack it (the response side hides the extra usage-only chunk).
         threshold: P(read within TTL) a 5m write must reach (0.25 premium / 0.9 saving).
-        threshold_1h: for a prefix that came back 5-60 minutes later, P(it comes back within
-            the hour again) a 1h write must reach (1.0 premium: about two reads, p/(1-p) > 1.1).
+        threshold_1h: for a shared prefix that came back 5-60 minutes later, P(it comes back
+            within the hour again) a 1h write must reach where the request would not write it
+            otherwise and it does not come back within 5 minutes (1.0 premium: about two
+            reads, p/(1-p) > 1.1); the bar's odds shrink with its 5m estimate, and a 1h
+            write instead of a 5m one the request makes anyway has its own bar (0.75
+            premium / 1.15 saving; ``_policy._bets_1h``).
         learning: learn from traffic (``False``: every candidate that reaches the minimum
             is written, a fixed policy).
         learner: the learned state (default: a new :class:`MemoryLearner`; a shared one
@@ -173,7 +178,9 @@ class Planner:
             self.learner.not_cached(key for key, _ in ticket.marked)
         elif ticket.expected_read_raw > 0 and ticket.total_raw > 0 and usage.prompt_total > 0:
             expected = ticket.expected_read_raw * usage.prompt_total / ticket.total_raw
-            if usage.cache_read < 0.8 * expected:
+            # A read expected of a prefix under the minimum (marked on the estimate's
+            # margin, ``min_margin``) is no evidence: the provider caches nothing there.
+            if usage.cache_read < 0.8 * expected and self._reaches_minimum(plan, ticket.model_key, expected):
                 # What it marked to read was not served: it is not cached after all (the
                 # write it made instead is not trusted either: the provider does not keep them).
                 self.learner.not_cached(key for key, _ in ticket.marked)
@@ -197,7 +204,10 @@ class Planner:
         scale = total / ticket.total_raw  # raw estimates -> billed tokens, for this request
         if ticket.expected_read_raw > 0:
             expected = ticket.expected_read_raw * scale
-            self.learner.feedback(ticket.family, 1, 1 if usage.cache_read >= 0.8 * expected else 0)
+            # Only a read the provider could serve measures its reliability: a prefix
+            # under the minimum is never cached, whatever the family's provider does.
+            if self._reaches_minimum(plan, ticket.model_key, expected):
+                self.learner.feedback(ticket.family, 1, 1 if usage.cache_read >= 0.8 * expected else 0)
         if ticket.deepest_raw > 0:
             cached = usage.cache_read + usage.cache_write > 0
             if ticket.probe and cached:
@@ -296,6 +306,10 @@ class Planner:
     def _minimum_now(self, profile_name: str, model: str | None, model_key: str) -> int:
         profile = self.registry.get(profile_name)
         return max(self.min_tokens(profile, model), self.learner.learned_minimum(model_key))
+
+    def _reaches_minimum(self, plan: Plan, model_key: str, tokens: float) -> bool:
+        """Whether a prefix of ``tokens`` (billed) reaches the model's minimum as now known."""
+        return tokens >= self._minimum_now(plan.profile, plan.model, model_key)
 
     def probe(self, model_key: str) -> bool:
         """One plan in ``probe_every`` of a model with a learned minimum re-tests it."""

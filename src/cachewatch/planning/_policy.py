@@ -21,7 +21,8 @@ really recur (see ``_learning``), times the provider's reliability. Then:
 
 A marker goes only where the estimated prefix plausibly reaches the model's minimum
 (the documented table, raised by what was learnt; ``min_margin``: 25% under it, as a
-marker below the minimum costs nothing and one left off costs the reads). Slots: the
+marker below the minimum costs nothing and one left off costs the reads; not under it
+on an endpoint with an implicit cache, which a marked request gives up). Slots: the
 profile's maximum minus reserved relay slots, the caller's markers and a top-level
 ``cache_control``; priority: the write extent, the deepest read, then static,
 document, previous turn. TTLs: ``5m``; ``1h`` (profiles that honour it) for a shared
@@ -198,7 +199,12 @@ def place(
         if planner.probe(model_key):
             minimum = documented
             ticket.probe = True
-    threshold_tokens = minimum * (1.0 + planner.min_margin)
+    # Under the minimum a marker costs nothing only where an unmarked request has no cache
+    # to lose: on an endpoint with an implicit cache, it gives that cache up.
+    margin = planner.min_margin
+    if profile.implicit_cache and margin < 0.0:
+        margin = 0.0
+    threshold_tokens = minimum * (1.0 + margin)
 
     # A continued conversation seen before whose previous turn's prefix was never seen:
     # something before it changed since that turn (a timestamp at the top of the system

@@ -28,7 +28,9 @@ profile                marker format         max    overflow   TTLs   ttl    top
 =====================  ====================  =====  =========  =====  =====  =========  ==========
 
 All have a lookback of 20 positions. Only ``anthropic`` marks tool definitions; the
-``relay`` keeps one slot free for the relay's own marker.
+``relay`` keeps one slot free for the relay's own marker. On ``dashscope_openai`` and
+``dashscope_native`` a request without markers uses DashScope's implicit cache
+(``implicit_cache``).
 
 Matching, first rule wins (user rules before the shipped ones):
 
@@ -165,6 +167,9 @@ class Profile:
         min_tokens: minimum cacheable prefix per model family (see :func:`min_tokens_lookup`).
         default_min_tokens: minimum for a model not in ``min_tokens``.
         provider: the provider this profile speaks for (calibration key).
+        implicit_cache: a request without any marker uses the endpoint's implicit cache
+            (DashScope's OpenAI-compatible and native endpoints): there a marker is not
+            free even where the provider caches nothing, since it gives up that cache.
     """
 
     name: str
@@ -181,6 +186,7 @@ class Profile:
     min_tokens: Mapping[str, int] = field(default_factory=dict)
     default_min_tokens: int = DEFAULT_MIN_TOKENS
     provider: str = "other"
+    implicit_cache: bool = False
 
     @property
     def honours_1h(self) -> bool:
@@ -212,10 +218,18 @@ ANTHROPIC = Profile(
 )
 DASHSCOPE = Profile(name="dashscope", overflow="last_wins", provider="dashscope")
 DASHSCOPE_OPENAI = Profile(
-    name="dashscope_openai", marker_format="openai_content_part", overflow="last_wins", provider="dashscope"
+    name="dashscope_openai",
+    marker_format="openai_content_part",
+    overflow="last_wins",
+    provider="dashscope",
+    implicit_cache=True,
 )
 DASHSCOPE_NATIVE = Profile(
-    name="dashscope_native", marker_format="dashscope_native", overflow="last_wins", provider="dashscope"
+    name="dashscope_native",
+    marker_format="dashscope_native",
+    overflow="last_wins",
+    provider="dashscope",
+    implicit_cache=True,
 )
 RELAY = Profile(name="relay", reserved_slots=1, min_tokens=ANTHROPIC_MIN_TOKENS, provider="other")
 OPENAI = Profile(name="openai", marker_format="none", supports_markers=False, provider="openai")
