@@ -42,15 +42,14 @@ def proxy_config(
 ) -> dict[str, Any]:
     """The proxy's settings as a JSON-able dict (what :func:`app_from_config` takes).
 
-        ``max_event_bytes`` / ``max_decoded_bytes``: the observation caps (None: the engine's).
-        ``record``: a file to append every request's traffic shape to (``cachewatch replay``);
-        the dict then carries the salt of its digests, one for every ``--workers`` process, so
-        that a key, a block or a prefix has one digest in the file whichever worker served it.
-        ``redis``: a Redis URL; the planner's learned state and the miss diagnosis's
-        fingerprints are kept there (:class:`~cachewatch.RedisStore`), shared by every process
-        using it; each call to it times out after ``redis_timeout`` seconds (then the process
-        goes on alone, the fault counted).
-    >>>>>>> fleet3
+    ``max_event_bytes`` / ``max_decoded_bytes``: the observation caps (None: the engine's).
+    ``record``: a file to append every request's traffic shape to (``cachewatch replay``);
+    the dict then carries the salt of its digests, one for every ``--workers`` process, so
+    that a key, a block or a prefix has one digest in the file whichever worker served it.
+    ``redis``: a Redis URL; the planner's learned state and the miss diagnosis's
+    fingerprints are kept there (:class:`~cachewatch.RedisStore`), shared by every process
+    using it; each call to it times out after ``redis_timeout`` seconds (then the process
+    goes on alone, the fault counted).
     """
     return {
         "max_event_bytes": max_event_bytes,
