@@ -205,3 +205,14 @@ def test_every_public_package_declares_all(name: str) -> None:
     assert len(set(exported)) == len(exported), f"{name}.__all__ repeats a name"
     undefined = [item for item in exported if not hasattr(package, item)]
     assert undefined == [], f"{name}.__all__ names what it does not define: {undefined}"
+
+
+def test_no_merge_conflict_marker_is_left_in_the_package() -> None:
+    markers = ("<<<<<<< ", ">>>>>>> ", "=======\n")
+    found = [
+        f"{path.relative_to(PACKAGE_ROOT)}:{n}"
+        for path in sorted(PACKAGE_ROOT.rglob("*.py"))
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(keepends=True), 1)
+        if line.lstrip().startswith(markers)
+    ]
+    assert found == []
