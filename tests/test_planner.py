@@ -642,3 +642,16 @@ def test_a_prefix_estimated_just_under_the_minimum_is_marked_and_its_miss_raises
     planner.finished(result, usage)
     planner.observe(result, usage)
     assert planner.learner.learned_minimum("anthropic\x00claude-sonnet-4-5") == 0
+
+
+def test_threshold_1h_of_one_turns_1h_bets_off() -> None:
+    clock = _Clock()
+    planner = Planner(clock=clock, threshold_1h=1.0)
+    ttls: set[str | None] = set()
+    for n in range(8):  # a prefix that comes back every 7 minutes: 1h would be bet on
+        result = planner.plan(body=orjson.dumps(chat(f"q{n}")), **ANTHROPIC)
+        planner.started(result)
+        planner.finished(result)
+        ttls |= {p.ttl for p in result.inserted}
+        clock.now += 420
+    assert ttls == {"5m"}

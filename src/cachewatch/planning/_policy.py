@@ -380,15 +380,18 @@ def _bets_1h(planner: Planner, sight: Sight) -> bool:
     (1.25x): ``odds * 1.15 >= 0.75``. Against no write, it costs 1.0x more and each return
     reads, with the uses that follow it within 5 minutes (``1 / (1 - p)`` of them, p the
     5m estimate): ``odds * 0.9 / (1 - p) >= 1.0``, the ``threshold_1h`` odds when p = 0.
+    ``threshold_1h >= 1`` turns 1h bets off.
     """
+    t1 = planner.threshold_1h
+    if t1 >= 1.0:
+        return False
     p_late = sight.p_late
     if p_late >= 1.0:
         return True
     odds = p_late / (1.0 - p_late)
     if sight.p >= planner.threshold:
         return odds >= _UPGRADE_ODDS
-    t1 = planner.threshold_1h
-    return t1 < 1.0 and odds >= t1 / (1.0 - t1) * (1.0 - sight.p)
+    return odds >= t1 / (1.0 - t1) * (1.0 - sight.p)
 
 
 def _release_unused(learner: LearningState, ticket: Ticket, claimed: list[int], marked: set[int]) -> None:
