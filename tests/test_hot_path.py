@@ -186,6 +186,56 @@ def test_the_planners_factories_follow_the_field_order() -> None:
             setattr(built, fields(cls)[0].name, "x")
 
 
+def test_slot_factories_build_what_the_constructor_builds_on_every_path() -> None:
+    # A frozen class is built through a same-layout builder whose __class__ becomes the
+    # class; a mutable one directly; a class whose layout no builder can share (a slotted
+    # base, a __weakref__ slot) through its slot setters. Each gives the constructor's object.
+    from dataclasses import dataclass, fields
+
+    from cachewatch.accounting._records import slot_factory
+
+    @dataclass(frozen=True, slots=True)
+    class Frozen:
+        a: int
+        b: str | None
+        c: tuple[int, ...]
+
+    @dataclass(slots=True)
+    class Mutable:
+        a: int
+        b: str | None
+        c: tuple[int, ...]
+
+    @dataclass(frozen=True, slots=True, weakref_slot=True)
+    class WithWeakref:
+        a: int
+        b: str | None
+        c: tuple[int, ...]
+
+    @dataclass(frozen=True, slots=True)
+    class Base:
+        a: int
+
+    @dataclass(frozen=True, slots=True)
+    class Derived(Base):
+        b: str | None
+        c: tuple[int, ...]
+
+    for cls in (Frozen, Mutable, WithWeakref, Derived):
+        make = slot_factory(cls)
+        built = make(1, None, (2, 3))
+        assert type(built) is cls
+        assert built == cls(1, None, (2, 3))  # type: ignore[call-arg]
+        assert [getattr(built, f.name) for f in fields(cls)] == [1, None, (2, 3)]
+        if cls is Mutable:
+            built.a = 5
+            assert built.a == 5
+        else:
+            assert hash(built) == hash(cls(1, None, (2, 3)))  # type: ignore[call-arg]
+            with pytest.raises(AttributeError):  # still frozen
+                built.a = 5  # type: ignore[misc]
+
+
 def test_parsed_response_is_immutable() -> None:
     parsed = ParsedResponse(response_id="x")
     with pytest.raises(AttributeError):

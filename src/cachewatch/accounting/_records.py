@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Final, NamedTuple, Protocol, TypeVar
+from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
 __all__ = [
     "API_LABELS",
@@ -346,31 +346,64 @@ class UsageRecord:
 # -- fast constructors -------------------------------------------------------------------
 #
 # A frozen dataclass's generated ``__init__`` sets each field through
-# ``object.__setattr__``, about twice the cost of the slot descriptor's own ``__set__``.
-# The values built once per request (usage, cost, the record, the planner's plan and
-# placements) are built through positional factories instead: same class, same values,
-# half the cost.
+# ``object.__setattr__``, about twice the cost of the slot descriptor's own ``__set__``,
+# itself several times the cost of a plain attribute store on a class that does not
+# forbid it. The values built once per request (usage, cost, the record, the planner's
+# plan, placements and sightings) are built through positional factories instead: same
+# class, same values, a fraction of the cost.
 
 _T = TypeVar("_T")
 
 
 def slot_factory(cls: type[_T]) -> Callable[..., _T]:
-    """A positional ``cls(...)`` taking every field, in field order, for a frozen slots dataclass.
+    """A positional ``cls(...)`` taking every field, in field order, for a slots dataclass.
 
-    The function is generated, as dataclasses generates ``__init__``: it allocates the
-    instance and calls each field's slot setter, without ``object.__setattr__``.
+    The function is generated, as dataclasses generates ``__init__``. For a class that
+    does not forbid attribute stores it allocates the instance and stores each field.
+    A frozen class forbids them, so the instance is allocated as a *builder*: a plain
+    class with the very same ``__slots__``, hence the same memory layout, whose stores
+    are plain attribute stores; once every field is set, the instance's ``__class__``
+    becomes ``cls`` (Python allows ``__class__`` assignment between classes of the same
+    layout, and checks it). The result is an ordinary, frozen ``cls`` instance. Where the
+    layouts differ (a base with slots, a ``__weakref__`` slot...) the check fails when the
+    factory is built and each field is set through its slot descriptor instead.
     """
     names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
     env: dict[str, object] = {"new": object.__new__, "cls": cls}
-    lines = [f"def make({', '.join(names)}):", "    o = new(cls)"]
-    for i, name in enumerate(names):
-        env[f"set{i}"] = cls.__dict__[name].__set__
-        lines.append(f"    set{i}(o, {name})")
+    lines = [f"def make({', '.join(names)}):"]
+    if cls.__setattr__ is object.__setattr__:
+        lines.append("    o = new(cls)")
+        lines.extend(f"    o.{name} = {name}" for name in names)
+    elif (builder := _builder(cls)) is not None:
+        env["builder"] = builder
+        lines.append("    o = new(builder)")
+        lines.extend(f"    o.{name} = {name}" for name in names)
+        lines.append("    o.__class__ = cls")
+    else:
+        lines.append("    o = new(cls)")
+        for i, name in enumerate(names):
+            slot = next(k.__dict__[name] for k in cls.__mro__ if name in k.__dict__)
+            env[f"set{i}"] = slot.__set__
+            lines.append(f"    set{i}(o, {name})")
     lines.append("    return o")
     exec("\n".join(lines), env)  # the field names of the class itself, nothing else
     make = env["make"]
     make.__doc__ = f"``{cls.__name__}(...)`` with every field given, positionally."
     return make  # type: ignore[return-value]
+
+
+def _builder(cls: type) -> type | None:
+    """A plain class with the layout of ``cls`` (see :func:`slot_factory`), or None if none fits."""
+    slots = cls.__dict__.get("__slots__")
+    if cls.__bases__ != (object,) or not isinstance(slots, tuple):
+        return None
+    builder = type(f"_{cls.__name__}Builder", (), {"__slots__": slots, "__module__": cls.__module__})
+    probe: Any = object.__new__(builder)
+    try:
+        probe.__class__ = cls  # raises TypeError unless the layouts are the same
+    except TypeError:
+        return None
+    return builder
 
 
 new_token_usage: Final[Callable[[int, int, int, int, int, int | None], TokenUsage]] = slot_factory(TokenUsage)
