@@ -143,6 +143,7 @@ class Series:
 
     __slots__ = (
         "_metrics",
+        "breakpoints",
         "duration",
         "labels",
         "money",
@@ -176,11 +177,21 @@ class Series:
         #: order) and, per currency, of the shadow cost child; created at the first estimate.
         self.shadow_tokens: tuple[Callable[[float], None], ...] | None = None
         self.shadow_money: dict[str, Callable[[float], None]] = {}
+        #: (location, action) -> adder of its ``cachewatch_breakpoints_total`` child.
+        self.breakpoints: dict[tuple[str, str], Callable[[float], None]] = {}
 
     def request(self, outcome: str) -> Callable[[float], None]:
         add = self.requests.get(outcome)
         if add is None:
             add = self.requests[outcome] = _adder(self._metrics.requests.labels(*self.labels, outcome))
+        return add
+
+    def breakpoint(self, decision: tuple[str, str]) -> Callable[[float], None]:
+        """The adder of ``cachewatch_breakpoints_total{provider, location, action}``."""
+        add = self.breakpoints.get(decision)
+        if add is None:
+            m = self._metrics
+            add = self.breakpoints[decision] = _adder(m.child(m.breakpoints, (self.labels[0], *decision)))
         return add
 
     def token_children(self) -> tuple[Callable[[float], None], ...]:
@@ -308,9 +319,19 @@ class PrometheusSink:
                         raise ValueError("Counters can only be incremented by non-negative amounts.")
                     add(amount)
         breakpoints = record.breakpoints
-        if breakpoints is not None:
-            for location, action in breakpoints.decisions:
-                m.child(m.breakpoints, (info.provider, location, action)).inc()
+        if breakpoints is not None and breakpoints.decisions:
+            decisions = breakpoints.decisions
+            adders = series.breakpoints
+            if len(decisions) == 1:
+                (adders.get(decisions[0]) or series.breakpoint(decisions[0]))(1)
+            else:
+                # One increment per distinct (location, action): several skipped candidates
+                # of one kind are one addition, as they are one label set.
+                counts: dict[tuple[str, str], int] = {}
+                for decision in decisions:
+                    counts[decision] = counts.get(decision, 0) + 1
+                for decision, n in counts.items():
+                    (adders.get(decision) or series.breakpoint(decision))(n)
         miss = record.miss
         if miss is not None and miss.reason in _MISS_REASONS:
             m.child(m.misses, (info.provider, info.model, miss.reason)).inc()
