@@ -62,6 +62,12 @@ _ENGINE_HEADERS = {
 }
 
 
+#: Raw header name (as sent, any case) -> its key in ``_ENGINE_HEADERS`` or None: a client
+#: sends the same few dozen names on every request, so each is lower-cased once.
+_NAME_KEYS: dict[bytes, str | None] = {}
+_UNSEEN: Any = object()
+
+
 def _engine_headers(headers: Any) -> Any:
     """The request headers the engine reads, in one pass over the raw headers.
 
@@ -71,8 +77,13 @@ def _engine_headers(headers: Any) -> Any:
     (its encoding depends on every value), so then the object itself is returned.
     """
     found: dict[str, str] = {}
+    names = _NAME_KEYS
     for name, value in headers.raw:
-        key = _ENGINE_HEADERS.get(name.lower())
+        key = names.get(name, _UNSEEN)
+        if key is _UNSEEN:
+            key = _ENGINE_HEADERS.get(name.lower())
+            if len(names) < 4096:
+                names[name] = key
         if key is not None:
             if not value.isascii():
                 return headers
