@@ -561,3 +561,58 @@ def test_no_text_is_kept() -> None:
         }
     )
     assert "SECRET" not in repr(acc.result())
+
+
+def _anthropic_reference(u: dict[str, Any]) -> TokenUsage:
+    """SPEC section 4 for an Anthropic usage object, written out plainly."""
+
+    def count(value: object) -> int:
+        if type(value) is int:
+            return max(value, 0)
+        if type(value) is float and value == value and abs(value) != float("inf"):
+            return max(int(value), 0)
+        return 0
+
+    write = count(u.get("cache_creation_input_tokens"))
+    m5, h1 = write, 0
+    detail = u.get("cache_creation")
+    if write and isinstance(detail, dict):
+        a, b = count(detail.get("ephemeral_5m_input_tokens")), count(detail.get("ephemeral_1h_input_tokens"))
+        if a + b == write:
+            m5, h1 = a, b
+    return TokenUsage(
+        input=count(u.get("input_tokens")),
+        cache_read=count(u.get("cache_read_input_tokens")),
+        cache_write_5m=m5,
+        cache_write_1h=h1,
+        output=count(u.get("output_tokens")),
+    )
+
+
+def test_anthropic_partition_is_the_same_on_its_fast_path_and_off_it() -> None:
+    # Plain counts take a fast path; negative, float, null or missing ones the general one.
+    values: list[object] = [0, 7, 3000, -4, 2.9, None, "12", True]
+    breakdowns: list[object] = [
+        None,
+        "x",
+        {"ephemeral_5m_input_tokens": 3000, "ephemeral_1h_input_tokens": 0},
+        {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 2000},
+        {"ephemeral_5m_input_tokens": 1, "ephemeral_1h_input_tokens": 1},
+        {"ephemeral_5m_input_tokens": -5, "ephemeral_1h_input_tokens": 3005},
+        {"ephemeral_5m_input_tokens": 3000.0, "ephemeral_1h_input_tokens": 0},
+        {"ephemeral_1h_input_tokens": 3000},
+    ]
+    for fresh in values:
+        for read in values:
+            for output in values:
+                for write in (3000, 0, None, -1):
+                    for breakdown in breakdowns:
+                        u: dict[str, Any] = {
+                            "input_tokens": fresh,
+                            "cache_read_input_tokens": read,
+                            "cache_creation_input_tokens": write,
+                            "output_tokens": output,
+                        }
+                        if breakdown is not None:
+                            u["cache_creation"] = breakdown
+                        assert partition_usage(u) == _anthropic_reference(u), u

@@ -136,12 +136,23 @@ class ResponseObserver:
         max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
     ) -> None:
         self._api = api
-        self._acc = UsageAccumulator(api)
-        self._needles = _NEEDLES.get(api)
-        self._chunk_needles = _CHUNK_NEEDLES.get(api)
+        ctype = content_type.lower() if content_type else ""
+        if "text/event-stream" in ctype:
+            self._mode = _SSE
+        elif "json" in ctype:
+            self._mode = _JSON
+        else:
+            self._mode = _UNDECIDED
+        if self._mode != _JSON:
+            # A JSON body never becomes a stream: only the other modes fold events into
+            # ``_acc`` through ``_sse`` (a JSON body is parsed whole, by ``_parse_json``),
+            # so only they get them.
+            self._acc = UsageAccumulator(api)
+            self._sse = SSEDecoder(max_event_bytes)
+            self._needles = _NEEDLES.get(api)
+            self._chunk_needles = _CHUNK_NEEDLES.get(api)
         #: None when the body is not content-encoded (the common case: nothing to decode).
         self._decoder = ContentDecoder(content_encoding) if content_encoding else None
-        self._sse = SSEDecoder(max_event_bytes)
         self._max_json_bytes = max_json_bytes
         self._decoded = 0
         self._max_decoded = max_decoded_bytes
@@ -153,13 +164,6 @@ class ResponseObserver:
         self._failed = self._decoder is not None and self._decoder.failed
         self._sniff = b""
         self._result: ParsedResponse | None = None
-        ctype = content_type.lower() if content_type else ""
-        if "text/event-stream" in ctype:
-            self._mode = _SSE
-        elif "json" in ctype:
-            self._mode = _JSON
-        else:
-            self._mode = _UNDECIDED
 
     def feed(self, chunk: bytes) -> None:
         """Observe the next raw (still content-encoded) body chunk. Never raises."""

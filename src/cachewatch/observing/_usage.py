@@ -152,9 +152,43 @@ def partition_usage(usage: object) -> TokenUsage | None:
     if not isinstance(usage, dict):
         return None
     u: dict[str, Any] = usage
+    fresh = u.get("input_tokens")
+    read = u.get("cache_read_input_tokens")
+    write = u.get("cache_creation_input_tokens")
+    output = u.get("output_tokens")
+    if (
+        type(fresh) is int
+        and type(read) is int
+        and type(write) is int
+        and type(output) is int
+        and fresh >= 0
+        and read >= 0
+        and write >= 0
+        and output >= 0
+        and "output_tokens_details" not in u
+        and "completion_tokens_details" not in u
+        and "prompt_cache_hit_tokens" not in u
+        and "prompt_cache_miss_tokens" not in u
+    ):
+        # The commonest shape, Anthropic's four counters as plain counts and nothing that
+        # the general path below would read first: its Anthropic branch, in one pass.
+        m5 = h1 = 0
+        if write:
+            # _split_writes, for its commonest input: both TTL counts as plain counts.
+            detail = u.get("cache_creation")
+            if type(detail) is dict:
+                a = detail.get("ephemeral_5m_input_tokens")
+                b = detail.get("ephemeral_1h_input_tokens")
+                if type(a) is int and type(b) is int and a >= 0 and b >= 0:
+                    m5, h1 = (a, b) if a + b == write else (write, 0)
+                else:
+                    m5, h1 = _split_writes(write, detail)
+            else:
+                m5 = write
+        return new_token_usage(fresh, read, m5, h1, output, None)
     # This runs once per response (and per usage-carrying event): absent fields are
     # skipped with a dict membership test rather than a _count(None) call.
-    output = _count(u.get("output_tokens"))
+    output = _count(output)
     if output is None:
         output = _count(u.get("completion_tokens"))
     reasoning = None
