@@ -236,6 +236,21 @@ def test_slot_factories_build_what_the_constructor_builds_on_every_path() -> Non
                 built.a = 5  # type: ignore[misc]
 
 
+def test_new_layout_is_the_constructors_layout() -> None:
+    # Every field set (an unset slot would raise here), each at the dataclass default,
+    # and no list or dict shared between two layouts.
+    from dataclasses import fields
+
+    from cachewatch.planning._layout import Layout, new_layout
+
+    built, other = new_layout("messages"), new_layout("messages")
+    assert built == Layout("messages")
+    for f in fields(Layout):
+        value = getattr(built, f.name)
+        if isinstance(value, (list, dict)):
+            assert value is not getattr(other, f.name)
+
+
 def test_parsed_response_is_immutable() -> None:
     parsed = ParsedResponse(response_id="x")
     with pytest.raises(AttributeError):

@@ -51,6 +51,9 @@ _log = logging.getLogger("cachewatch")
 
 _BREAKPOINT_MODES = ("auto", "off", "shadow")
 
+#: ``start`` methods of the bundled sinks that return None and do nothing else.
+_STATELESS_STARTS = (PrometheusSink.start, LogSink.start, OTelMetricsSink.start)
+
 #: Request headers whose presence means the body is not plain JSON we may rewrite.
 _NO_REWRITE_HEADERS = ("content-encoding",)
 
@@ -171,6 +174,11 @@ class Engine:
         #: Index of the OTel span sink, whose per-request state is the span (see ``Exchange.span``).
         self.span_sink: int | None = next(
             (i for i, sink in enumerate(self.sinks) if isinstance(sink, OTelSpanSink)), None
+        )
+        #: The sinks whose ``start`` does something, with their index (the bundled
+        #: Prometheus, log and OTel metrics sinks only act at ``finish``: their state is None).
+        self._starting = tuple(
+            (i, sink) for i, sink in enumerate(self.sinks) if type(sink).start not in _STATELESS_STARTS
         )
         # Shadow mode never plans the real request: a planner given is the shadow's own.
         self.planner: PlannerProtocol | None = planner if breakpoints != "shadow" else None
@@ -358,13 +366,12 @@ class Engine:
     # -- sinks ------------------------------------------------------------------------
 
     def start_sinks(self, info: RequestInfo) -> list[object | None]:
-        states: list[object | None] = []
-        for sink in self.sinks:
+        states: list[object | None] = [None] * len(self.sinks)
+        for i, sink in self._starting:
             try:
-                states.append(sink.start(info))
+                states[i] = sink.start(info)
             except Exception as exc:
                 self.fault(f"sink_{sink.name}", exc)
-                states.append(None)
         return states
 
     def finish_sinks(self, states: list[object | None], record: UsageRecord) -> None:

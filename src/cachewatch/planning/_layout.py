@@ -35,6 +35,7 @@ __all__ = [
     "Location",
     "Pos",
     "RemovedMarker",
+    "new_layout",
     "position_path",
 ]
 
@@ -142,6 +143,33 @@ class Layout:
         if type(block) is list and len(block) == 1:
             block = block[0]  # a string the planner turned into one marked block
         return _kind(block)
+
+
+def new_layout(api: str) -> Layout:
+    """``Layout(api)``: every other field at its default, without the generated ``__init__``'s
+    default-factory calls (a layout is built per planned request)."""
+    layout = _new(Layout)
+    layout.api = api
+    layout.positions = []
+    layout.digests = []
+    layout.first_message = 0
+    layout.spans = {}
+    layout.roles = []
+    layout.removed = []
+    layout.nested = []
+    layout.first_turn = True
+    layout.assistants = 0
+    layout.tools = None
+    layout.head = b""
+    layout.system_anchor = None
+    layout.first_input_anchor = None
+    layout.first_reply_anchor = None
+    layout.tools_digest = None
+    layout.block_digests = []
+    return layout
+
+
+_new = object.__new__
 
 
 def position_path(pos: Pos) -> str:

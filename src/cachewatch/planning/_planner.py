@@ -155,7 +155,8 @@ class Planner:
             return
         ticket.started = True
         if status_code < 400:
-            self.learner.started(ticket.marked, ticket.id, self.clock())
+            if ticket.marked:  # nothing marked: nothing became readable
+                self.learner.started(ticket.marked, ticket.id, self.clock())
         else:
             # A failed request (a 429 the SDK retries, a 5xx): a retry is not a reuse.
             self.learner.void(ticket.sighted, ticket.id)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ._layout import Layout
+from ._layout import Layout, new_layout
 from ._tokens import PrefixCounter
 from ._walk_anthropic import walk_anthropic
 from ._walk_openai import walk_openai
@@ -39,7 +39,7 @@ def walk(
     ``remove_invalid``, caller markers the provider would reject are deleted from
     ``obj`` and listed in ``Layout.removed``.
     """
-    layout = Layout(api)
+    layout = new_layout(api)
     if api == "messages":
         return walk_anthropic(obj, counter, markers_on_tools, remove_invalid, layout)
     if api == "chat_completions":
