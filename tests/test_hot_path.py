@@ -251,6 +251,34 @@ def test_new_layout_is_the_constructors_layout() -> None:
             assert value is not getattr(other, f.name)
 
 
+def test_placement_paths_and_tokens_are_position_path_and_tok() -> None:
+    # placement() inlines both for message positions (string content and content lists).
+    from cachewatch.planning._layout import CUM, position_path
+    from cachewatch.planning._rewrite import placement, tok
+    from cachewatch.planning._tokens import TokenEstimator
+    from cachewatch.planning._walk import walk
+
+    body = {
+        "model": "claude-sonnet-4-5",
+        "tools": [{"name": "t", "description": "d", "input_schema": {"type": "object"}}],
+        "system": [{"type": "text", "text": "s" * 300}],
+        "messages": [
+            {"role": "user", "content": "hello " * 50},
+            {"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {"role": "user", "content": [{"type": "text", "text": "c"}]},
+        ],
+    }
+    counter = TokenEstimator().prefix(model="claude-sonnet-4-5", provider="anthropic")
+    layout = walk("messages", body, counter)
+    assert layout is not None
+    for i, pos in enumerate(layout.positions):
+        for ratio in (1.0, 0.83, 1.37):
+            made = placement(pos, i, "inserted", "5m", "tail", ratio)
+            assert (made.location, made.index, made.position) == (pos[0], pos[1], i)
+            assert made.path == position_path(pos)
+            assert made.prefix_tokens == tok(pos[CUM], ratio)
+
+
 def test_parsed_response_is_immutable() -> None:
     parsed = ParsedResponse(response_id="x")
     with pytest.raises(AttributeError):

@@ -25,7 +25,14 @@ def tok(raw: float, ratio: float) -> int:
 
 
 def placement(pos: Pos, index: int, action: str, ttl: str | None, reason: str, ratio: float) -> Placement:
-    return new_placement(pos[0], action, ttl, pos[1], position_path(pos), index, tok(pos[CUM], ratio), reason)
+    location = pos[0]
+    at = pos[1]
+    if location == "messages":  # position_path and tok, inline for the commonest location
+        msg = at[0]
+        path = f"messages.{msg}.content" if isinstance(pos[CONT], dict) else f"messages.{msg}.content.{at[1]}"
+    else:
+        path = position_path(pos)
+    return new_placement(location, action, ttl, at, path, index, int(pos[CUM] * ratio + 0.5), reason)
 
 
 def insert_marker(pos: Pos, ttl: str, profile: Profile) -> None:
