@@ -409,3 +409,4 @@ def _builder(cls: type) -> type | None:
 new_token_usage: Final[Callable[[int, int, int, int, int, int | None], TokenUsage]] = slot_factory(TokenUsage)
 new_cost: Final[Callable[[float, float, float, str], Cost]] = slot_factory(Cost)
 new_usage_record: Final[Callable[..., UsageRecord]] = slot_factory(UsageRecord)
+new_breakpoints: Final[Callable[[str, tuple[tuple[str, str], ...]], Breakpoints]] = slot_factory(Breakpoints)

@@ -54,8 +54,8 @@ _BREAKPOINT_MODES = ("auto", "off", "shadow")
 #: ``start`` methods of the bundled sinks that return None and do nothing else.
 _STATELESS_STARTS = (PrometheusSink.start, LogSink.start, OTelMetricsSink.start)
 
-#: Request headers whose presence means the body is not plain JSON we may rewrite.
-_NO_REWRITE_HEADERS = ("content-encoding",)
+#: The request header whose presence means the body is not plain JSON we may rewrite.
+_NO_REWRITE_HEADER = "content-encoding"
 
 
 class Engine:
@@ -249,7 +249,7 @@ class Engine:
             if api is None:
                 return None
             credential = credential_from_headers(headers)
-            if self.planner is not None and body and not any(h in headers for h in _NO_REWRITE_HEADERS):
+            if self.planner is not None and body and _NO_REWRITE_HEADER not in headers:
                 try:
                     plan = self.planner.plan(
                         api=api, host=host, path=path, body=body, scope=_credential_scope(credential)
@@ -298,7 +298,7 @@ class Engine:
         """Register the request with the shadow estimate and the recorder (each fail-open)."""
         scope = _credential_scope(credential)
         api = exchange.info.api
-        rewritable = not any(h in headers for h in _NO_REWRITE_HEADERS)
+        rewritable = _NO_REWRITE_HEADER not in headers
         if self.shadow is not None:
             exchange.shadowed = True
             if rewritable:  # auto would leave an encoded body alone: its real usage stands

@@ -28,6 +28,7 @@ from ..accounting._records import (
     RequestInfo,
     TokenUsage,
     UsageRecord,
+    new_breakpoints,
     new_usage_record,
 )
 from ..diagnosis._stage import DiagnosisRequest, DiagnosisStage
@@ -355,4 +356,4 @@ class Exchange:
 
 def _breakpoints(plan: Plan) -> Breakpoints:
     """The plan's decisions as the record carries them."""
-    return Breakpoints(plan.profile, tuple([(p.location, p.action) for p in plan.placements]))
+    return new_breakpoints(plan.profile, tuple([(p.location, p.action) for p in plan.placements]))

@@ -207,6 +207,7 @@ class PrefixCounter:
         "_per_block",
         "_precise",
         "_ratio",
+        "_tok",
         "_track",
         "per_message",
         "raw",
@@ -225,7 +226,9 @@ class PrefixCounter:
         #: Raw (uncalibrated) cheap estimate so far.
         self.raw = self._c.per_request
         # Only remember texts when a precise tokenizer could be asked about them.
-        self._track = estimator.tokenizer(family) is not None
+        #: The family's precise counter (looked up once: reaches_at asks per candidate).
+        self._tok = estimator.tokenizer(family)
+        self._track = self._tok is not None
         self._parts: list[str] = []
         self._costs: list[float] = []
         self._cums: list[float] = []
@@ -360,7 +363,7 @@ class PrefixCounter:
         band = self._est.band
         if est >= threshold * (1.0 + band) or est < threshold * (1.0 - band):
             return est >= threshold
-        tok = self._est.tokenizer(self._family)
+        tok = self._tok
         if tok is None:
             return est >= threshold
         precise = raw_through
