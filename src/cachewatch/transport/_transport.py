@@ -155,6 +155,8 @@ def _deactivate(exchange: Exchange, token: Any) -> None:
 
 #: The response headers the body observer reads, by their lower-case raw names.
 _BODY_HEADERS = {b"content-type": "content-type", b"content-encoding": "content-encoding"}
+#: Raw response header name -> its key in ``_BODY_HEADERS`` or None (as ``_NAME_KEYS``).
+_BODY_NAME_KEYS: dict[bytes, str | None] = {}
 
 
 def _body_headers(headers: Any) -> dict[str, str]:
@@ -164,8 +166,13 @@ def _body_headers(headers: Any) -> dict[str, str]:
     cost several times this single pass).
     """
     found: dict[str, str] = {}
+    names = _BODY_NAME_KEYS
     for name, value in headers.raw:
-        key = _BODY_HEADERS.get(name.lower())
+        key = names.get(name, _UNSEEN)
+        if key is _UNSEEN:
+            key = _BODY_HEADERS.get(name.lower())
+            if len(names) < 4096:
+                names[name] = key
         if key is not None:
             text = value.decode("latin-1")
             found[key] = f"{found[key]}, {text}" if key in found else text
