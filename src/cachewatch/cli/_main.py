@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-import time
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -323,15 +324,33 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _serve_loop(console: Any, interval: float, one_round: Callable[[str], None]) -> None:
+    """Send a workload round on both workspaces every ``interval`` seconds until Ctrl-C.
+
+    Ctrl-C sets a flag checked between rounds instead of raising wherever the main thread
+    happens to be: a KeyboardInterrupt raised inside a stream's finalizer is swallowed by
+    the interpreter ("Exception ignored in ..."), and the loop would run on. A second
+    Ctrl-C interrupts at once.
+    """
+    stop = threading.Event()
+
+    def on_sigint(signum: int, frame: object) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     console.print(f"Serving: a workload round every {interval:g}s on both workspaces. Ctrl-C to stop.")
     rounds = 0
-    while True:
-        for phase in ("off", "auto"):
-            one_round(phase)
-        rounds += 1
-        if rounds % 10 == 0:
-            console.print(f"  {rounds} rounds sent")
-        time.sleep(interval)
+    try:
+        while not stop.is_set():
+            for phase in ("off", "auto"):
+                one_round(phase)
+            rounds += 1
+            if rounds % 10 == 0:
+                console.print(f"  {rounds} rounds sent")
+            stop.wait(interval)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    console.print(f"Stopped after {rounds} rounds.")
 
 
 def _misses(misses: dict[str, int]) -> str:
