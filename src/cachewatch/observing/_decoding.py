@@ -258,4 +258,3 @@ class ContentDecoder:
         if self.failed:
             return b""
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
-

@@ -18,6 +18,7 @@ __all__ = ["wrap"]
 
 T = TypeVar("T")
 
+
 def _http_client(client: Any) -> Any:
     """The httpx-like client inside ``client`` (or ``client`` itself)."""
     if _is_http_client(client):
