@@ -88,6 +88,51 @@ def test_a_probe_under_the_learned_minimum_that_is_cached_lowers_it_again() -> N
     assert all(a != ["skipped_below_minimum"] for _, a in after), seen
 
 
+def test_a_probe_whose_deeper_marker_is_cached_keeps_the_learned_minimum() -> None:
+    # The provider caches nothing under 2,048 tokens. A conversation grows past it: its
+    # tail is written and read, while the system prompt (about 1,360 tokens) is not.
+    # A probe marks the system prompt again; what the provider caches is the tail, above
+    # the learned minimum: no evidence that the minimum came down.
+    clock = Clock()
+    planner = Planner(clock=clock, probe_every=4)
+    system = words("policy", 700)
+    cache: set[int] = set()
+
+    def provider(plan: Plan) -> TokenUsage:
+        total = plan.estimated_tokens or 0
+        deep = max(
+            (p.prefix_tokens for p in plan.placements if p.action == "inserted" and p.prefix_tokens >= 2_048),
+            default=0,
+        )
+        read = max((c for c in cache if c <= deep), default=0)
+        if not deep:
+            return TokenUsage(input=total)
+        cache.add(deep)
+        return TokenUsage(input=total - deep, cache_read=read, cache_write_5m=deep - read)
+
+    def send(raw: bytes) -> Plan:
+        plan = planner.plan(body=raw, **WHERE)
+        usage = provider(plan)
+        planner.started(plan)
+        planner.finished(plan, usage)
+        planner.observe(plan, usage)
+        return plan
+
+    assert actions(send(body(system, "q")), "static") == ["inserted"]  # not cached: learns 2,048
+    messages: list[dict[str, str]] = []
+    seen = []
+    for n in range(12):
+        clock.now += 30
+        messages.append({"role": "user", "content": words(f"u{n}", 400)})
+        plan = send(orjson.dumps({"model": SONNET, "max_tokens": 8, "system": system, "messages": messages}))
+        messages.append({"role": "assistant", "content": words(f"a{n}", 200)})
+        seen.append((plan.ticket is not None and plan.ticket.probe, actions(plan, "static")))
+    probes = [i for i, (probe, _) in enumerate(seen) if probe]
+    assert probes, seen
+    assert all(seen[i][1] == ["inserted"] for i in probes), seen
+    assert all(a == ["skipped_below_minimum"] for probe, a in seen if not probe), seen
+
+
 def test_a_provider_that_never_serves_its_writes_stops_getting_them() -> None:
     # Every request marks a shared system prompt believed cached, and the provider never
     # reads it (a relay that drops markers, an evicting cache): reliability falls, and new

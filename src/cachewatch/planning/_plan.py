@@ -90,6 +90,8 @@ class Ticket:
     probe: bool = False
     started: bool = False
     ended: bool = False
+    #: The learned minimum a probe went below (0: no probe).
+    probed_minimum: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -210,10 +210,14 @@ class Planner:
             if self._reaches_minimum(plan, ticket.model_key, expected):
                 self.learner.feedback(ticket.family, 1, 1 if usage.cache_read >= 0.8 * expected else 0)
         if ticket.deepest_raw > 0:
-            cached = usage.cache_read + usage.cache_write > 0
-            if ticket.probe and cached:
+            # The provider's deepest cached position this request: what it read plus
+            # what it wrote after that.
+            cached_tokens = usage.cache_read + usage.cache_write
+            if ticket.probe and 0 < cached_tokens < ticket.probed_minimum:
+                # A prefix under the learned minimum was cached: the minimum came down.
+                # (A deeper marker's prefix, above it, says nothing about the minimum.)
                 self.learner.lower_minimum(ticket.model_key)
-            elif not cached:
+            elif cached_tokens <= 0:
                 deepest = ticket.deepest_raw * scale
                 if deepest >= self._minimum_now(plan.profile, plan.model, ticket.model_key):
                     self.learner.raise_minimum(ticket.model_key, deepest)

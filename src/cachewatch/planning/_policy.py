@@ -135,7 +135,7 @@ def place(
     family = _h64(scope_tag + orjson.dumps([len(layout.tools or ()) or _count(positions, "tools"), fm]))
     # Ticket(id, family, model_key), total_raw set: its fields in order.
     ticket = new_ticket(
-        next(planner.tickets), family, model_key, [], [], [], 0.0, 0.0, counter.raw, False, False, False
+        next(planner.tickets), family, model_key, [], [], [], 0.0, 0.0, counter.raw, False, False, False, 0
     )
     for index in caller:
         ticket.deepest_raw = max(ticket.deepest_raw, positions[index][CUM])
@@ -199,6 +199,7 @@ def place(
         if planner.probe(model_key):
             minimum = documented
             ticket.probe = True
+            ticket.probed_minimum = learned
     # Under the minimum a marker costs nothing only where an unmarked request has no cache
     # to lose: on an endpoint with an implicit cache, it gives that cache up.
     margin = planner.min_margin
