@@ -178,7 +178,12 @@ def _replay_decisions(learner: LearningState, seed: int, steps: int, *, decide: 
         sightings = [Sighting(k, rng.choice(_KINDS), rng.random() < 0.5) for k in keys]
         blocks = [bytes([rng.randint(0, 2), rng.randint(0, 3)]) * 8 for _ in range(rng.randint(0, 3))]
         conversation = (
-            (rng.randint(1, 5), rng.choice((None, b"r1", b"r2")), rng.choice((0, 7, 2**64 - 3)))
+            (
+                rng.randint(1, 5),
+                rng.choice((None, b"r1", b"r2")),
+                rng.choice((0, 7, 8, 9, 10, 2**64 - 3)),
+                rng.choice((-1, 3, 4)),
+            )
             if rng.random() < 0.7
             else None
         )
@@ -310,7 +315,7 @@ def test_with_redis_down_a_decision_is_answered_locally_and_the_fault_counted() 
         kwargs: dict[str, Any] = {
             "blocks": blocks,
             "lines_for": _lines_for(blocks),
-            "conversation": (9, None, 0),
+            "conversation": (9, None, 0, 2),
         }
         sightings = [Sighting(1, "static", True), Sighting(2, "tail")]
         clock = partial(float, 100.0 + ticket)

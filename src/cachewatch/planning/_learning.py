@@ -69,6 +69,7 @@ __all__ = [
     "LATE_PRIOR_WEIGHT",
     "PRIOR_WEIGHT",
     "CLAIM_TIMEOUT",
+    "CONVERSATION_MODELS",
     "KINDS",
     "TTL_1H",
     "TTL_5M",
@@ -99,6 +100,9 @@ TTL_5M: Final = 300.0
 TTL_1H: Final = 3_600.0
 #: A claim older than this is ignored (a request whose response never started or ended).
 CLAIM_TIMEOUT: Final = 120.0
+#: Models whose last tail a conversation's record keeps (a router's few): the tail of its last
+#: request to each, so that after a switch of model the request to one of them sights it.
+CONVERSATION_MODELS: Final = 4
 #: Minimum tiers a learned minimum moves through.
 _TIERS: Final = (512, 1_024, 2_048, 4_096, 8_192, 16_384, 32_768)
 
@@ -182,7 +186,8 @@ class LearningState(Protocol):
         history_known: bool,
         now: float,
         model: int = 0,
-    ) -> tuple[int, bytes | None, bool] | None: ...
+        tail: int = -1,
+    ) -> tuple[tuple[int, bytes | None, bool] | None, int]: ...
 
     def void(self, keys: Iterable[int], ticket: int) -> None: ...
 
