@@ -5,7 +5,8 @@ Place in the flow: planner -> **ask** -> learner -> planner (which then places m
 To plan a request the planner asks the learner three things: what it knows of each
 candidate prefix (:meth:`~cachewatch.planning._learning.LearningState.sight`, which also
 counts them), where the static region keeps changing (``stability``), and what the
-conversation's previous request looked like (``conversation``). :func:`ask` puts the
+conversation's previous request looked like (``conversation``; after a switch of model,
+also where its last request to this model ended, which the planner then sights). :func:`ask` puts the
 three to a learner that can answer them at once (``decide``: the
 :class:`~cachewatch.planning._learning_redis.RedisLearner` does it in one round trip to
 Redis) and otherwise calls them in turn (:func:`ask_in_turn`, the reference semantics:

@@ -15,7 +15,15 @@ workspace). The learner keeps a bounded ledger of the prefixes it has seen and
 when. A prefix seen again within its TTL *recurred*: a write of it would have been
 read. This is observed whether or not a marker was placed, so what the learner
 knows never depends on what it chose to write, and it needs no exploration to
-find out that a prefix became reusable.
+find out that a prefix became reusable. A request's tail is read by the next turn
+through the provider's lookback: the next request sights the previous turn's tail
+(``previous_turn``). After a switch of model (a router that draws the model per
+request, an escalation) the previous request wrote in another model's cache (caches
+are per model), so the conversation's record (keyed without the model) keeps where
+the last request to each of a few models ended (``CONVERSATION_MODELS``), and a
+request also sights the tail of the last request to its own model when it lies within
+the lookback of its tail: the write that tail made comes back there, whichever models
+the turns in between went to.
 
 **Statistics.** Per *family* (profile, host, model, scope, and a structural signature:
 the number of tools and of system blocks), per marker *kind* (``static``,

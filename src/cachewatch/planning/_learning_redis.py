@@ -20,11 +20,12 @@ across processes (pid and a random instance tag).
 Round trips. :meth:`~RedisLearner.decide` (the planner's
 :func:`~cachewatch.planning._decision.ask`) sends the sightings, the static region's
 stability, the conversation and a read of the learned minimum as one batch: a planning
-decision is one round trip. (Only the volatile positions can take a second: the
+decision is one round trip. (Two things take a second: the volatile positions, as the
 stability lines are sent for the positions this process last saw volatile, and when
 another process changed them meanwhile the batch says so and the lines of the current
-ones follow.) Every other call is one round trip when it happens: the claims a plan does
-not use (:meth:`~RedisLearner.release`), the response's start
+ones follow; and a switch of model, after which the planner sights where the
+conversation's last request to that model ended, which the decision's answer names.)
+Every other call is one round trip when it happens: the claims a plan does not use (:meth:`~RedisLearner.release`), the response's start
 (:meth:`~RedisLearner.started`, so that other processes read what it wrote from then on),
 and what the provider billed (:meth:`~RedisLearner.feedback`, and rarely
 :meth:`~RedisLearner.not_cached`, :meth:`~RedisLearner.void` or a learned minimum). Every
@@ -41,7 +42,8 @@ are counts, times and digests, never content):
   the families at ``max_families``, the least recently used dropped first; each family
   also expires ``family_ttl`` (7 days) after its last use.
 * ``pool``: the counts pooled over every family (at most 5 kinds x 4 buckets).
-* ``c:<conversation key>``: a conversation's last request, expiring with ``max_age``.
+* ``c:<conversation key>``: a conversation's last request, and where its last request to
+  each of a few other models ended, expiring with ``max_age``.
 * ``min`` / ``minv``: learned minimums per (profile, model) and a version that changes with
   them; the version rides on every sight, so :meth:`~RedisLearner.learned_minimum` is
   read from a local copy (refreshed by each decision) and costs no round trip.

@@ -3,6 +3,9 @@
 Data flow: planner -> candidates (``_candidates``) -> what the learner knows of each
 (``_learning``) -> **policy** -> markers inserted (``_rewrite``) -> planner.
 
+Besides the candidates, a request after a switch of model sights where the
+conversation's last request to its model ended (``_sight_earlier``, a previous turn).
+
 The policy: a write costs 0.25x its tokens more than sending them unmarked (1x for a
 1h write), a read saves 0.9x. For each candidate the learner gives P(the prefix is
 read again within its TTL), learnt per family, kind and run from whether prefixes
