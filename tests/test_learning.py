@@ -223,3 +223,33 @@ def test_a_read_expected_of_a_prefix_under_the_minimum_is_no_evidence() -> None:
             read = total
             history = [*messages, {"role": "assistant", "content": "ok"}]
         assert planner.learner.reliability(plan.ticket.family) == 1.0, c
+
+
+def test_a_tail_read_by_the_next_request_to_its_model_after_a_switch_keeps_being_written() -> None:
+    # A router sends each request of a conversation to one of two models; caches are per
+    # model, so the tail a request writes is read by the next request to that model, two
+    # turns later, through the lookback. Sighting only the previous turn's tail (written in
+    # the other model's cache) the learner once concluded that tails are never reused, and
+    # stopped writing them from the seventh turn on.
+    clock = Clock()
+    planner = Planner(clock=clock)
+    system = words("router", 1_500)
+    messages: list[dict[str, Any]] = []
+    plans: list[Plan] = []
+    for turn in range(12):
+        model = (SONNET, "claude-opus-4-1")[turn % 2]  # both cache from 1,024 tokens
+        messages.append({"role": "user", "content": words(f"q{turn}-", 60)})
+        raw = orjson.dumps({"model": model, "max_tokens": 8, "system": system, "messages": messages})
+        plan = planner.plan(body=raw, **WHERE)
+        planner.started(plan)
+        planner.finished(plan)
+        plans.append(plan)
+        messages.append({"role": "assistant", "content": words(f"a{turn}-", 60)})
+        clock.now += 30
+    assert all(actions(p, "tail") == ["inserted"] for p in plans)
+    for turn, p in enumerate(plans[2:], start=2):
+        # The tail of the last request to this model (turn - 2) is sighted and marked to be
+        # read, besides the previous turn's (the other model's, new to this model's cache).
+        positions = sorted(x.position for x in p.placements if x.reason == "previous_turn")
+        assert positions == [2 * turn - 3, 2 * turn - 1], turn
+        assert actions(p, "previous_turn") == ["inserted", "inserted"]

@@ -16,7 +16,10 @@ SDK, wrapped with ``cachewatch.wrap(client, store=RedisStore(...))``, to the emu
   :class:`MemoryLearner` answers them), replayed over random decisions;
 * when another process changed which static blocks are volatile, a decision takes a
   second round trip and gives the same answer as a single process would;
-* a Redis that is down answers every decision locally, the fault counted.
+* a Redis that is down answers every decision locally, the fault counted;
+* a conversation whose requests go to two models is planned alike on both learners, and
+  a request after a switch back to a model takes one more round trip, to sight where the
+  last request to that model ended.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from functools import partial
 from typing import Any
 
 import anthropic
+import orjson
 import pytest
 import redis
 
@@ -41,6 +45,7 @@ from cachewatch.planning._decision import Answers, ask_in_turn
 from cachewatch.planning._learning import LearningState, Sighting
 from cachewatch.planning._learning_memory import MemoryLearner
 from cachewatch.planning._learning_redis import MAX_AGE, RedisLearner
+from cachewatch.planning._planner import Planner
 
 _KINDS = ("static", "tail_first", "tail", "document", "previous_turn")
 
@@ -178,7 +183,12 @@ def _replay_decisions(learner: LearningState, seed: int, steps: int, *, decide: 
         sightings = [Sighting(k, rng.choice(_KINDS), rng.random() < 0.5) for k in keys]
         blocks = [bytes([rng.randint(0, 2), rng.randint(0, 3)]) * 8 for _ in range(rng.randint(0, 3))]
         conversation = (
-            (rng.randint(1, 5), rng.choice((None, b"r1", b"r2")), rng.choice((0, 7, 2**64 - 3)))
+            (
+                rng.randint(1, 5),
+                rng.choice((None, b"r1", b"r2")),
+                rng.choice((0, 7, 8, 9, 10, 2**64 - 3)),
+                rng.choice((-1, 3, 4)),
+            )
             if rng.random() < 0.7
             else None
         )
@@ -310,7 +320,7 @@ def test_with_redis_down_a_decision_is_answered_locally_and_the_fault_counted() 
         kwargs: dict[str, Any] = {
             "blocks": blocks,
             "lines_for": _lines_for(blocks),
-            "conversation": (9, None, 0),
+            "conversation": (9, None, 0, 2),
         }
         sightings = [Sighting(1, "static", True), Sighting(2, "tail")]
         clock = partial(float, 100.0 + ticket)
@@ -321,3 +331,59 @@ def test_with_redis_down_a_decision_is_answered_locally_and_the_fault_counted() 
         learner.feedback(7, 1, 0)
         memory.feedback(7, 1, 0)
     assert faults == ["learner:ConnectionError"]  # one fault, then Redis is left alone
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_router_conversation_is_planned_alike_on_both_learners_and_a_switch_costs_one_more_trip(
+    redis_port: int,
+) -> None:
+    # Each request of a conversation goes to one of two models. After a switch of model
+    # the conversation's record says where the last request to this model ended, and the
+    # planner sights that prefix: a second round trip, only then.
+    wire = Wire()
+    shared = RedisLearner(
+        _counting_client(redis_port, wire), key_prefix=f"router:{time.monotonic_ns()}:", timeout=10.0
+    )
+    where = {"api": "messages", "host": "api.anthropic.com", "path": "/v1/messages"}
+    models = ["claude-sonnet-4-5", "claude-opus-4-1"]
+    draws = random.Random("router")
+    route = [draws.choice(models) for _ in range(12)]
+    try:
+        planned: dict[str, list[Any]] = {}
+        trips: list[int] = []
+        for name, learner in (("memory", MemoryLearner(max_age=MAX_AGE)), ("redis", shared)):
+            clock = _Clock()
+            planner = Planner(learner=learner, clock=clock)
+            history: list[dict[str, Any]] = []
+            planned[name] = []
+            for turn, model in enumerate(route):
+                history.append({"role": "user", "content": _text(200 + turn, 60)})
+                body = {"model": model, "max_tokens": 8, "system": _text(2, 1_500), "messages": history}
+                wire.take()
+                plan = planner.plan(body=orjson.dumps(body), **where)
+                if name == "redis":
+                    trips.append(wire.take()["learner"])
+                planner.started(plan)
+                planner.finished(plan)
+                planned[name].append([(p.reason, p.action, p.position, p.ttl) for p in plan.placements])
+                history.append({"role": "assistant", "content": _text(300 + turn, 60)})
+                clock.now += 30.0
+        assert planned["redis"] == planned["memory"]
+        assert shared.faults == 0
+        # A request after a switch back to a model seen before: one more round trip.
+        back = [n > 0 and route[n] != route[n - 1] and route[n] in route[:n] for n in range(len(route))]
+        assert any(back)
+        assert trips[1:] == [2 if b else 1 for b in back[1:]]
+        # ... where the tail of the last request to that model was sighted, and marked.
+        for n in range(len(route)):
+            if back[n]:
+                assert [a for r, a, _, _ in planned["redis"][n] if r == "previous_turn"] == ["inserted"] * 2
+    finally:
+        shared.clear()

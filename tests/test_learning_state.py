@@ -173,14 +173,14 @@ def test_a_block_that_changes_every_time_is_found_and_a_first_line_told_apart(ne
 
 def test_a_conversation_is_linked_to_its_previous_request(new_learner: Make) -> None:
     learner = new_learner()
-    assert learner.conversation(42, 1, None, False, 100.0) is None
-    assert learner.conversation(42, 1, b"reply", True, 110.0) == (1, None, False)
-    assert learner.conversation(42, 1, b"reply", True, 120.0) == (1, b"reply", True)
+    assert learner.conversation(42, 1, None, False, 100.0)[0] is None
+    assert learner.conversation(42, 1, b"reply", True, 110.0)[0] == (1, None, False)
+    assert learner.conversation(42, 1, b"reply", True, 120.0)[0] == (1, b"reply", True)
     # No static prefix is recorded as -1.
-    assert learner.conversation(43, None, None, False, 120.0) is None
-    assert learner.conversation(43, 5, None, False, 121.0) == (-1, None, False)
+    assert learner.conversation(43, None, None, False, 120.0)[0] is None
+    assert learner.conversation(43, 5, None, False, 121.0)[0] == (-1, None, False)
     # An hour later it is no longer the same conversation (but steadiness carries on).
-    assert learner.conversation(42, 1, b"reply", True, 120.0 + TTL_1H + 1) is None
+    assert learner.conversation(42, 1, b"reply", True, 120.0 + TTL_1H + 1)[0] is None
 
 
 def test_what_was_not_seen_for_max_age_is_forgotten(new_learner: Make) -> None:
@@ -190,8 +190,8 @@ def test_what_was_not_seen_for_max_age_is_forgotten(new_learner: Make) -> None:
     assert learner.sight(FAMILY, static(1), 100.0 + MAX_AGE - 1, 2)[0].known
     later = 100.0 + 2 * MAX_AGE
     assert not learner.sight(FAMILY, static(1), later, 3)[0].known
-    assert learner.conversation(42, 1, None, False, later) is None
-    assert learner.conversation(42, 1, None, False, later + 1) == (1, None, False)
+    assert learner.conversation(42, 1, None, False, later)[0] is None
+    assert learner.conversation(42, 1, None, False, later + 1)[0] == (1, None, False)
 
 
 # -- both implementations give the same answers, call for call ---------------------------
@@ -248,14 +248,24 @@ def _replay(learner: LearningState, seed: int, steps: int) -> list[Any]:
             out.append(learner.volatile_candidates(family))  # type: ignore[attr-defined]
             out.append(learner.stability(family, blocks, lines if rng.random() < 0.5 else {}))
         else:
-            reply = rng.choice((None, b"r1", b"r2"))
-            # Model tags are 64-bit digests (0: no model).
-            model = rng.choice((0, 7, 2**64 - 3))
-            out.append(
-                learner.conversation(
-                    rng.randint(1, 4), rng.choice((None, 1, 2)), reply, rng.random() < 0.5, now, model
+            # A few requests of one conversation, minutes apart, each to one of a few models.
+            conversation = rng.randint(1, 4)
+            for _ in range(rng.randint(1, 6)):
+                now += rng.choice((0.0, 3.0, 40.0, 200.0))
+                reply = rng.choice((None, b"r1", b"r2"))
+                # Model tags are 64-bit digests (0: no model).
+                model = rng.choice((0, 7, 8, 9, 10, 2**64 - 3))
+                out.append(
+                    learner.conversation(
+                        conversation,
+                        rng.choice((None, 1, 2)),
+                        reply,
+                        rng.random() < 0.5,
+                        now,
+                        model,
+                        rng.choice((-1, 3, 4, 2**20)),
+                    )
                 )
-            )
         if rng.random() < 0.05:
             out.append(("claims", learner.claims()))  # type: ignore[attr-defined]
     for family in (1, 2, 3):
@@ -460,10 +470,10 @@ def test_a_conversation_steady_once_that_then_changes_on_every_request_is_unstab
     learner = new_learner()
     learner.conversation(42, 1, None, False, 100.0)
     learner.conversation(42, 1, b"r", True, 110.0)  # kept its prefix: a steady step
-    assert learner.conversation(42, 2, b"r", False, 120.0) == (1, b"r", True)  # a one-time edit
+    assert learner.conversation(42, 2, b"r", False, 120.0)[0] == (1, b"r", True)  # a one-time edit
     # From then on its static prefix changes on every request: no longer steady.
-    assert learner.conversation(42, 3, b"r", False, 130.0) == (2, b"r", False)
-    assert learner.conversation(42, 4, b"r", False, 140.0) == (3, b"r", False)
+    assert learner.conversation(42, 3, b"r", False, 130.0)[0] == (2, b"r", False)
+    assert learner.conversation(42, 4, b"r", False, 140.0)[0] == (3, b"r", False)
 
 
 def test_a_switch_of_model_is_no_evidence_about_a_conversation(new_learner: Make) -> None:
@@ -471,8 +481,32 @@ def test_a_switch_of_model_is_no_evidence_about_a_conversation(new_learner: Make
     learner.conversation(42, 1, None, False, 100.0, 7)
     # The next turn goes to another model: its static prefix and previous turn are new
     # to that model's cache, which says nothing of the prompt.
-    assert learner.conversation(42, 2, b"r", False, 110.0, 8) is None
-    assert learner.conversation(42, 2, b"r", True, 120.0, 8) == (2, b"r", False)
+    assert learner.conversation(42, 2, b"r", False, 110.0, 8)[0] is None
+    assert learner.conversation(42, 2, b"r", True, 120.0, 8)[0] == (2, b"r", False)
+
+
+def test_a_conversation_remembers_where_each_models_last_request_ended(new_learner: Make) -> None:
+    learner = new_learner()
+    assert learner.conversation(42, 1, None, False, 100.0, 7, 3) == (None, -1)
+    # The next request goes to model 8: model 7's tail is that of the previous request.
+    assert learner.conversation(42, 1, b"r", False, 110.0, 8, 5) == (None, -1)
+    # Back to model 7 after a switch: where its last request ended (position 3).
+    assert learner.conversation(42, 1, b"r", False, 120.0, 7, 7) == (None, 3)
+    # Staying on model 7: its previous turn is the previous request's tail, nothing earlier.
+    assert learner.conversation(42, 1, b"r", True, 130.0, 7, 9) == ((1, b"r", False), -1)
+    assert learner.conversation(42, 1, b"r", True, 140.0, 8, 11) == (None, 5)
+    # A request without a tail (-1) leaves none to find.
+    learner.conversation(42, 1, b"r", True, 150.0, 9, -1)
+    assert learner.conversation(42, 1, b"r", True, 160.0, 7, 13) == (None, 9)
+    assert learner.conversation(42, 1, b"r", True, 170.0, 9, 15) == (None, -1)
+    # The record keeps the tails of CONVERSATION_MODELS models: the least recent drops out.
+    for n, model in enumerate((10, 11, 12)):
+        learner.conversation(42, 1, b"r", True, 180.0 + n, model, 17 + n)
+    assert learner.conversation(42, 1, b"r", True, 190.0, 7, 21) == (None, -1)  # 7 dropped out
+    assert learner.conversation(42, 1, b"r", True, 191.0, 11, 23) == (None, 18)
+    # An hour after its last request to a model, its tail is no longer looked for.
+    assert learner.conversation(42, 1, b"r", True, 182.0 + TTL_1H, 12, 25) == (None, 19)
+    assert learner.conversation(42, 1, b"r", True, 183.0 + TTL_1H, 10, 27) == (None, -1)
 
 
 def test_the_late_statistic_is_settled_by_the_next_idle_gap_not_by_uses_within_minutes(

@@ -9,7 +9,8 @@ Candidates (research A.1-A.6, B.2, E), each a prefix ending at one block:
 * ``tail_first`` / ``tail``: the last eligible block of the last user message, on a first
   turn / a continued conversation (the next turn, or the next agent-loop step, reads it);
 * ``previous_turn``: where the previous turn's tail was (turn N+1 re-marks the position
-  turn N wrote, so the lookback still finds it);
+  turn N wrote, so the lookback still finds it); after a switch of model, ``_policy``
+  adds where the conversation's last request to this model ended (from its record);
 * ``document``: the latest large block before the tail (a document asked about again).
 """
 

@@ -5,7 +5,8 @@ Place in the flow: planner -> **ask** -> learner -> planner (which then places m
 To plan a request the planner asks the learner three things: what it knows of each
 candidate prefix (:meth:`~cachewatch.planning._learning.LearningState.sight`, which also
 counts them), where the static region keeps changing (``stability``), and what the
-conversation's previous request looked like (``conversation``). :func:`ask` puts the
+conversation's previous request looked like (``conversation``; after a switch of model,
+also where its last request to this model ended, which the planner then sights). :func:`ask` puts the
 three to a learner that can answer them at once (``decide``: the
 :class:`~cachewatch.planning._learning_redis.RedisLearner` does it in one round trip to
 Redis) and otherwise calls them in turn (:func:`ask_in_turn`, the reference semantics:
@@ -22,13 +23,14 @@ from ._learning import LearningState, Sight, Sighting
 __all__ = ["Answers", "ConversationQuery", "LinesFor", "ask", "ask_in_turn"]
 
 #: A conversation to look up and record: (its key, the first reply's anchor or None, the
-#: model's tag).
-ConversationQuery = tuple[int, bytes | None, int]
+#: model's tag, the position of the request's tail or -1).
+ConversationQuery = tuple[int, bytes | None, int, int]
 #: The first-line and rest digests of the static blocks at some positions (the planner's).
 LinesFor = Callable[[Collection[int]], dict[int, tuple[bytes, bytes]]]
 #: (sights, (first volatile position, rest stable) or None, the conversation's previous
-#: request or None).
-Answers = tuple[list[Sight], tuple[int | None, bool] | None, tuple[int, bytes | None, bool] | None]
+#: request or None, the tail position of its last request to this model after a switch of
+#: model or -1; see :meth:`~cachewatch.planning._learning.LearningState.conversation`).
+Answers = tuple[list[Sight], tuple[int | None, bool] | None, tuple[int, bytes | None, bool] | None, int]
 
 
 def ask(
@@ -92,11 +94,12 @@ def ask_in_turn(
         lines = lines_for(candidates(family) if candidates is not None else ())
         stable = learner.stability(family, blocks, lines)
     before: tuple[int, bytes | None, bool] | None = None
+    earlier = -1
     if conversation is not None:
         static_key, history_known = conversation_context(sightings, sights)
-        key, reply, model = conversation
-        before = learner.conversation(key, static_key, reply, history_known, clock(), model)
-    return sights, stable, before
+        key, reply, model, tail = conversation
+        before, earlier = learner.conversation(key, static_key, reply, history_known, clock(), model, tail)
+    return sights, stable, before, earlier
 
 
 def conversation_context(sightings: Sequence[Sighting], sights: Sequence[Sight]) -> tuple[int | None, bool]:

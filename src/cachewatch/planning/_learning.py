@@ -15,7 +15,15 @@ workspace). The learner keeps a bounded ledger of the prefixes it has seen and
 when. A prefix seen again within its TTL *recurred*: a write of it would have been
 read. This is observed whether or not a marker was placed, so what the learner
 knows never depends on what it chose to write, and it needs no exploration to
-find out that a prefix became reusable.
+find out that a prefix became reusable. A request's tail is read by the next turn
+through the provider's lookback: the next request sights the previous turn's tail
+(``previous_turn``). After a switch of model (a router that draws the model per
+request, an escalation) the previous request wrote in another model's cache (caches
+are per model), so the conversation's record (keyed without the model) keeps where
+the last request to each of a few models ended (``CONVERSATION_MODELS``), and a
+request also sights the tail of the last request to its own model when it lies within
+the lookback of its tail: the write that tail made comes back there, whichever models
+the turns in between went to.
 
 **Statistics.** Per *family* (profile, host, model, scope, and a structural signature:
 the number of tools and of system blocks), per marker *kind* (``static``,
@@ -69,6 +77,7 @@ __all__ = [
     "LATE_PRIOR_WEIGHT",
     "PRIOR_WEIGHT",
     "CLAIM_TIMEOUT",
+    "CONVERSATION_MODELS",
     "KINDS",
     "TTL_1H",
     "TTL_5M",
@@ -99,6 +108,9 @@ TTL_5M: Final = 300.0
 TTL_1H: Final = 3_600.0
 #: A claim older than this is ignored (a request whose response never started or ended).
 CLAIM_TIMEOUT: Final = 120.0
+#: Models whose last tail a conversation's record keeps (a router's few): the tail of its last
+#: request to each, so that after a switch of model the request to one of them sights it.
+CONVERSATION_MODELS: Final = 4
 #: Minimum tiers a learned minimum moves through.
 _TIERS: Final = (512, 1_024, 2_048, 4_096, 8_192, 16_384, 32_768)
 
@@ -182,7 +194,8 @@ class LearningState(Protocol):
         history_known: bool,
         now: float,
         model: int = 0,
-    ) -> tuple[int, bytes | None, bool] | None: ...
+        tail: int = -1,
+    ) -> tuple[tuple[int, bytes | None, bool] | None, int]: ...
 
     def void(self, keys: Iterable[int], ticket: int) -> None: ...
 

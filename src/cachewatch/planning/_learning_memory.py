@@ -21,6 +21,7 @@ from typing import Final
 
 from ._learning import (
     CLAIM_TIMEOUT,
+    CONVERSATION_MODELS,
     LATE_PRIOR_WEIGHT,
     PRIOR_WEIGHT,
     TTL_1H,
@@ -117,8 +118,12 @@ class MemoryLearner:
         self.priors: dict[str, tuple[float, float]] = {"tail": (2.0 / 3.0, 1.0 / 3.0)}
         #: The same counts, pooled over every family: the prior of a new family.
         self._pool: dict[tuple[str, int], _Bucket] = {}
-        #: Conversation key -> (its static prefix key or -1, first reply, last seen, steady, model).
-        self._conversations: OrderedDict[int, tuple[int, bytes | None, float, bool, int]] = OrderedDict()
+        #: Conversation key -> (its static prefix key or -1, first reply, last seen, steady,
+        #: model, tail position, then (model, tail position, last seen) of the last request
+        #: to each other model, most recent first).
+        self._conversations: OrderedDict[
+            int, tuple[int, bytes | None, float, bool, int, int, tuple[tuple[int, int, float], ...]]
+        ] = OrderedDict()
         self.max_prefixes = max_prefixes
         self.max_families = max_families
         self._prefixes: OrderedDict[int, _Prefix] = OrderedDict()
@@ -332,7 +337,8 @@ class MemoryLearner:
         history_known: bool,
         now: float,
         model: int = 0,
-    ) -> tuple[int, bytes | None, bool] | None:
+        tail: int = -1,
+    ) -> tuple[tuple[int, bytes | None, bool] | None, int]:
         """Remember a conversation's static prefix and first reply; returns what it had before.
 
         ``key`` identifies a conversation by its first input message (and scope), so its
@@ -342,29 +348,50 @@ class MemoryLearner:
         ``model`` tags the model the request goes to: after a switch of model (a router,
         an escalation) the conversation's previous request says nothing of its prompt
         (caches are per model, so its static prefix and previous turn are new to this
-        one's), and it counts as not seen.
-        Returns ``(static key or -1, first reply, steady)`` of the previous request with that
-        key within the hour, or None; *steady*: from the request before it to that one, its
-        static prefix stayed the same and its previous turn was found (a change after a
-        steady step is a one-time edit; two changes in a row, something that changes on
-        every request). It is judged again at every step: a conversation that kept its
-        prefix once and then broke it on every request is unstable again.
+        one's), and it counts as not seen. ``tail``: where this request's tail is (its
+        position, -1 for none), remembered for its model.
+
+        Returns ``(before, earlier)``. *before*: ``(static key or -1, first reply, steady)``
+        of the previous request with that key within the hour and to the same model, or
+        None; *steady*: from the request before it to that one, its static prefix stayed
+        the same and its previous turn was found (a change after a steady step is a
+        one-time edit; two changes in a row, something that changes on every request). It
+        is judged again at every step: a conversation that kept its prefix once and then
+        broke it on every request is unstable again. *earlier*: after a switch of model,
+        the tail position of the conversation's last request to this model within the
+        hour (-1: none, or the previous request went to this model, whose tail is this
+        one's previous turn). The record keeps the tails of ``CONVERSATION_MODELS`` models at most.
         """
         static_id = static if static is not None else -1
+        earlier = -1
         with self._lock:
             found = self._conversations.get(key)
-            if found is not None and (
-                (self.max_age is not None and now - found[2] > self.max_age) or found[4] != model
-            ):
+            if found is not None and self.max_age is not None and now - found[2] > self.max_age:
+                found = None
+            if found is None:
+                others: tuple[tuple[int, int, float], ...] = ()
+            elif found[4] == model:
+                others = found[6]
+            else:
+                # A switch of model: the previous request's tail joins the other models',
+                # this model's leaves them (it is the record's own tail from now on).
+                kept: list[tuple[int, int, float]] = [(found[4], found[5], found[2])]
+                for other in found[6]:
+                    if other[0] == model:
+                        if now - other[2] <= TTL_1H:
+                            earlier = other[1]
+                    elif len(kept) < CONVERSATION_MODELS - 1:
+                        kept.append(other)
+                others = tuple(kept)
                 found = None
             steady = found is not None and found[0] == static_id and history_known
-            self._conversations[key] = (static_id, reply, now, steady, model)
+            self._conversations[key] = (static_id, reply, now, steady, model, tail, others)
             self._conversations.move_to_end(key)
             if len(self._conversations) > self.max_prefixes // 4:
                 self._conversations.popitem(last=False)
         if found is None or now - found[2] > TTL_1H:
-            return None
-        return found[0], found[1], found[3]
+            return None, earlier
+        return (found[0], found[1], found[3]), earlier
 
     # -- the provider's cache, as believed ---------------------------------------------
 

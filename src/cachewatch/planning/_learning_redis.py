@@ -20,11 +20,12 @@ across processes (pid and a random instance tag).
 Round trips. :meth:`~RedisLearner.decide` (the planner's
 :func:`~cachewatch.planning._decision.ask`) sends the sightings, the static region's
 stability, the conversation and a read of the learned minimum as one batch: a planning
-decision is one round trip. (Only the volatile positions can take a second: the
+decision is one round trip. (Two things take a second: the volatile positions, as the
 stability lines are sent for the positions this process last saw volatile, and when
 another process changed them meanwhile the batch says so and the lines of the current
-ones follow.) Every other call is one round trip when it happens: the claims a plan does
-not use (:meth:`~RedisLearner.release`), the response's start
+ones follow; and a switch of model, after which the planner sights where the
+conversation's last request to that model ended, which the decision's answer names.)
+Every other call is one round trip when it happens: the claims a plan does not use (:meth:`~RedisLearner.release`), the response's start
 (:meth:`~RedisLearner.started`, so that other processes read what it wrote from then on),
 and what the provider billed (:meth:`~RedisLearner.feedback`, and rarely
 :meth:`~RedisLearner.not_cached`, :meth:`~RedisLearner.void` or a learned minimum). Every
@@ -41,7 +42,8 @@ are counts, times and digests, never content):
   the families at ``max_families``, the least recently used dropped first; each family
   also expires ``family_ttl`` (7 days) after its last use.
 * ``pool``: the counts pooled over every family (at most 5 kinds x 4 buckets).
-* ``c:<conversation key>``: a conversation's last request, expiring with ``max_age``.
+* ``c:<conversation key>``: a conversation's last request, and where its last request to
+  each of a few other models ended, expiring with ``max_age``.
 * ``min`` / ``minv``: learned minimums per (profile, model) and a version that changes with
   them; the version rides on every sight, so :meth:`~RedisLearner.learned_minimum` is
   read from a local copy (refreshed by each decision) and costs no round trip.
@@ -235,6 +237,7 @@ class RedisLearner(RedisLink):
         known: bool | str,
         now: float,
         model: int,
+        tail: int,
     ) -> list[list[object]]:
         return op(
             "conversation",
@@ -247,13 +250,18 @@ class RedisLearner(RedisLink):
             _f(self.max_age),
             max(1, int(self.max_age) + 60),
             str(model),
+            tail,
         )
 
     @staticmethod
-    def _before(raw: list[Any], blobs: list[bytes], now: float) -> tuple[int, bytes | None, bool] | None:
-        if not raw or now - float(raw[2]) > TTL_1H:
-            return None
-        return int(raw[0]), (bytes(blobs[raw[1] - 1]) if raw[1] else None), raw[3] == "1"
+    def _before(
+        raw: list[Any], blobs: list[bytes], now: float
+    ) -> tuple[tuple[int, bytes | None, bool] | None, int]:
+        """The conversation op's reply: (earlier tail, then the previous request if any)."""
+        earlier = int(raw[0])
+        if len(raw) == 1 or now - float(raw[3]) > TTL_1H:
+            return None, earlier
+        return (int(raw[1]), (bytes(blobs[raw[2] - 1]) if raw[2] else None), raw[4] == "1"), earlier
 
     def decide(
         self,
@@ -282,7 +290,8 @@ class RedisLearner(RedisLink):
             now = 0.0
             if conversation is not None:
                 now = clock()
-                ops += self._conversation_op(conversation[0], "=", conversation[1], "=", now, conversation[2])
+                key, reply, model, tail = conversation
+                ops += self._conversation_op(key, "=", reply, "=", now, model, tail)
             if model_key is not None:
                 ops += op("minimum", model_key, "")
             replies, blobs = self._eval_blobs(ops)
@@ -293,10 +302,13 @@ class RedisLearner(RedisLink):
                 stable = self._stable(family, next(raw))
                 if stable is None:  # another process changed the volatile positions meanwhile
                     stable = self.stability(family, blocks, lines_at(self._volatile.get(family, ())))
-            before = self._before(next(raw), blobs, now) if conversation is not None else None
+            before: tuple[int, bytes | None, bool] | None = None
+            earlier = -1
+            if conversation is not None:
+                before, earlier = self._before(next(raw), blobs, now)
             if model_key is not None:
                 self._minimum_seen(model_key, next(raw))
-            return sights, stable, before
+            return sights, stable, before, earlier
 
         return self._run(
             call,
@@ -341,16 +353,17 @@ class RedisLearner(RedisLink):
         history_known: bool,
         now: float,
         model: int = 0,
-    ) -> tuple[int, bytes | None, bool] | None:
-        def call() -> tuple[int, bytes | None, bool] | None:
+        tail: int = -1,
+    ) -> tuple[tuple[int, bytes | None, bool] | None, int]:
+        def call() -> tuple[tuple[int, bytes | None, bool] | None, int]:
             replies, blobs = self._eval_blobs(
-                self._conversation_op(key, static, reply, history_known, now, model)
+                self._conversation_op(key, static, reply, history_known, now, model, tail)
             )
             return self._before(replies[0], blobs, now)
 
         return self._run(
             call,
-            lambda: self.fallback.conversation(key, static, reply, history_known, now, model),
+            lambda: self.fallback.conversation(key, static, reply, history_known, now, model, tail),
         )
 
     def release(self, keys: Iterable[int], ticket: int) -> None:

@@ -26,9 +26,10 @@ Ops and their arguments (``''`` for "none"; floats as ``repr`` strings, exact):
   positions in a second call. Returns (first volatile or -1, rest stable, volatile
   positions, stale);
 * ``conversation``: key, static (``=``: this batch's sighting), has_reply, reply,
-  history_known (``=``: this batch's sighting), now, max_age, ttl, model. Returns nothing
-  (no previous request to the same model) or (static, the reply's place among the binary
-  values or 0, time, steady);
+  history_known (``=``: this batch's sighting), now, max_age, ttl, model, tail. Returns
+  the earlier tail (after a switch of model, where the last request to this model ended,
+  or -1), then, when the previous request went to the same model, (static, the reply's
+  place among the binary values or 0, time, steady);
 * ``minimum``: model key, tier (``''`` to read, ``-`` to forget). Returns (value, version
   before, version after);
 * ``void``: ticket, family_ttl, keys...; ``release``: ticket, keys...; ``started``: ticket,
@@ -48,7 +49,7 @@ from typing import Any, Final
 
 import orjson
 
-from ._learning import CLAIM_TIMEOUT, LATE_PRIOR_WEIGHT, PRIOR_WEIGHT, TTL_1H, TTL_5M
+from ._learning import CLAIM_TIMEOUT, CONVERSATION_MODELS, LATE_PRIOR_WEIGHT, PRIOR_WEIGHT, TTL_1H, TTL_5M
 
 __all__ = ["SCRIPT", "decode", "encode", "op"]
 
@@ -89,6 +90,7 @@ local TTL_5M = @TTL_5M@
 local CLAIM_TIMEOUT = @CLAIM_TIMEOUT@
 local PRIOR_WEIGHT = @PRIOR_WEIGHT@
 local LATE_PRIOR_WEIGHT = @LATE_PRIOR_WEIGHT@
+local CONVERSATION_MODELS = @CONVERSATION_MODELS@
 local function fmt(x) return string.format('%.17g', x) end
 local function bucket_of(run) if run >= 3 then return 3 end return run end
 local function load(name)
@@ -387,15 +389,32 @@ OPS.conversation = function(a)
   if static == '=' then static = seen.static end
   if a[5] == '=' then known = seen.history end
   local now, max_age = tonumber(a[6]), tonumber(a[7])
-  local model = a[9]
+  local model, tail = a[9], a[10]
   local h = load(name)
-  if h and ((max_age and now - tonumber(h['t']) > max_age) or h['m'] ~= model) then h = nil end
+  if h and max_age and now - tonumber(h['t']) > max_age then h = nil end
+  -- 'o': the tail of the last request to each other model, "model,tail,time;...".
+  local others, earlier = '', -1
+  if h and h['m'] == model then
+    others = h['o'] or ''
+  elseif h then
+    local kept = {h['m'] .. ',' .. (h['x'] or '-1') .. ',' .. h['t']}
+    for m, x, at in string.gmatch(h['o'] or '', '([^,;]+),([^,;]+),([^,;]+)') do
+      if m == model then
+        if now - tonumber(at) <= TTL_1H then earlier = tonumber(x) end
+      elseif #kept < CONVERSATION_MODELS - 1 then
+        kept[#kept + 1] = m .. ',' .. x .. ',' .. at
+      end
+    end
+    others = table.concat(kept, ';')
+    h = nil
+  end
   local steady = h ~= nil and h['s'] == static and known
-  redis.call('HSET', name, 's', static, 't', fmt(now), 'y', steady and '1' or '0', 'm', model)
+  redis.call('HSET', name, 's', static, 't', fmt(now), 'y', steady and '1' or '0', 'm', model,
+    'x', tail, 'o', others)
   if has_reply then redis.call('HSET', name, 'r', reply) else redis.call('HDEL', name, 'r') end
   redis.call('EXPIRE', name, tonumber(a[8]))
-  if h == nil then return {} end
-  return {h['s'], h['r'] and blob(h['r']) or 0, h['t'], h['y']}
+  if h == nil then return {earlier} end
+  return {earlier, h['s'], h['r'] and blob(h['r']) or 0, h['t'], h['y']}
 end
 """
 
@@ -519,4 +538,5 @@ SCRIPT: Final = (
     .replace("@CLAIM_TIMEOUT@", repr(CLAIM_TIMEOUT))
     .replace("@PRIOR_WEIGHT@", repr(PRIOR_WEIGHT))
     .replace("@LATE_PRIOR_WEIGHT@", repr(LATE_PRIOR_WEIGHT))
+    .replace("@CONVERSATION_MODELS@", repr(CONVERSATION_MODELS))
 )

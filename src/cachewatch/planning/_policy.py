@@ -3,6 +3,9 @@
 Data flow: planner -> candidates (``_candidates``) -> what the learner knows of each
 (``_learning``) -> **policy** -> markers inserted (``_rewrite``) -> planner.
 
+Besides the candidates, a request after a switch of model sights where the
+conversation's last request to its model ended (``_sight_earlier``, a previous turn).
+
 The policy: a write costs 0.25x its tokens more than sending them unmarked (1x for a
 1h write), a read saves 0.9x. For each candidate the learner gives P(the prefix is
 read again within its TTL), learnt per family, kind and run from whether prefixes
@@ -48,6 +51,7 @@ and check the bound.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -56,7 +60,7 @@ import xxhash
 from ._advice import line_splits, volatile_advice
 from ._candidates import find_candidates, last_eligible
 from ._decision import ask
-from ._layout import CONT, CUM, KEY, MARK, Layout, Pos
+from ._layout import CONT, CUM, KEY, MARK, OK, Layout, Pos
 from ._learning import TTL_1H, TTL_5M, Advice, LearningState, Sight, new_sight, new_sighting
 from ._plan import Placement, Ticket, new_placement, new_ticket
 from ._profiles import Profile
@@ -155,13 +159,15 @@ def place(
         conversation = None
         if layout.first_input_anchor is not None and budget > 0 and not (ordered and _disordered(ordered)):
             # A conversation is one whatever model each of its requests goes to (a router,
-            # an escalation); its record tags the model, so a switch is no evidence.
+            # an escalation); its record tags the model, so a switch is no evidence, and
+            # keeps where each model's last request ended (``earlier``, below).
             conversation = (
                 _h64(orjson.dumps([profile.name, host, scope]) + b"conversation" + layout.first_input_anchor),
                 layout.first_reply_anchor,
                 _h64(model.encode()) if model else 0,
+                candidates[-1][0] if kinds[-1] == "tail" or kinds[-1] == "tail_first" else -1,
             )
-        sights, stable, before = ask(
+        sights, stable, before, earlier = ask(
             planner.learner,
             family,
             [new_sighting(key, kind, kind in _SHARED_KINDS) for key, kind in zip(keys, kinds)],  # noqa: B905
@@ -172,6 +178,20 @@ def place(
             lines_for=lambda volatile: line_splits(layout, volatile),
             conversation=conversation,
         )
+        if earlier >= 0:
+            _sight_earlier(
+                planner,
+                layout,
+                profile.lookback,
+                candidates,
+                kinds,
+                keys,
+                sights,
+                earlier,
+                scope_tag,
+                family,
+                ticket,
+            )
         ticket.sighted = keys
         advice = volatile_advice(planner, layout, stable, counter, profile, model)
     else:
@@ -369,6 +389,49 @@ def place(
         changed = True
     _release_unused(planner.learner, ticket, claimed, marked_keys)
     return tuple(out), changed, ticket, advice
+
+
+def _sight_earlier(
+    planner: Planner,
+    layout: Layout,
+    lookback: int,
+    candidates: list[tuple[int, str]],
+    kinds: list[str],
+    keys: list[int],
+    sights: list[Sight],
+    earlier: int,
+    scope_tag: bytes,
+    family: int,
+    ticket: Ticket,
+) -> None:
+    """Sight the tail of the conversation's last request to this model, as a previous turn.
+
+    After a switch of model (a router, an escalation) the previous turn's tail was written
+    in another model's cache; the tail this model's last request wrote (``earlier``, its
+    position) is what this request's tail marker finds through the provider's lookback.
+    Sighting it credits that write's recurrence, as the previous turn's sighting does
+    for a conversation that stays on one model, and lets it be marked to be read. Only
+    within the lookback of the tail, and never a position already sighted.
+    """
+    tail = candidates[-1][0]
+    if kinds[-1] not in ("tail", "tail_first") or not 0 <= earlier < tail:
+        return
+    if tail - earlier >= lookback:
+        return
+    at = bisect_left(candidates, (earlier, ""))
+    if at < len(candidates) and candidates[at][0] == earlier:
+        return
+    pos = layout.positions[earlier]
+    if not (pos[OK] or pos[MARK] is not None):
+        return
+    key = _h64(scope_tag + layout.digests[earlier])
+    sight = planner.learner.sight(
+        family, [new_sighting(key, "previous_turn", False)], planner.clock(), ticket.id
+    )[0]
+    candidates.insert(at, (earlier, "previous_turn"))
+    kinds.insert(at, "previous_turn")
+    keys.insert(at, key)
+    sights.insert(at, sight)
 
 
 def _bets_1h(planner: Planner, sight: Sight) -> bool:
