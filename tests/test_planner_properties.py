@@ -252,3 +252,44 @@ def test_100k_generated_requests(request: pytest.FixtureRequest) -> None:
     planner, twin = Planner(), Planner()
     for seed in range(100_000):
         check(seed, planner, twin)
+
+
+def _document_by_scan(
+    positions: list[Any], fm: int, tail: int, ratio: float, lookback: int, bar: int
+) -> int | None:
+    """The document rule as a plain scan of the lookback window (the reference)."""
+    for i in range(tail - 1, max(fm, tail - lookback) - 1, -1):
+        before = positions[i - 1][6] if i > 0 else 0.0
+        if positions[i][4] and (positions[i][6] - before) * ratio >= bar:
+            return i
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sizes=st.lists(
+        st.tuples(st.floats(min_value=0.0, max_value=3000.0, allow_nan=False), st.booleans()),
+        min_size=1,
+        max_size=40,
+    ),
+    data=st.data(),
+    ratio=st.floats(min_value=0.5, max_value=2.0),
+    lookback=st.integers(min_value=1, max_value=25),
+    bar=st.integers(min_value=1, max_value=4000),
+)
+def test_document_candidate_is_the_scan_of_its_window(
+    sizes: list[tuple[float, bool]], data: Any, ratio: float, lookback: int, bar: int
+) -> None:
+    # The early exit (the whole window under the bar) must never hide a document.
+    from cachewatch.planning._candidates import document_candidate
+
+    positions: list[Any] = []
+    cum = 0.0
+    for size, ok in sizes:
+        cum += size
+        positions.append(("messages", (len(positions), 0), None, None, ok, None, cum))
+    tail = data.draw(st.integers(min_value=0, max_value=len(positions) - 1))
+    fm = data.draw(st.integers(min_value=0, max_value=tail))
+    assert document_candidate(positions, fm, tail, ratio, lookback, bar) == _document_by_scan(
+        positions, fm, tail, ratio, lookback, bar
+    )

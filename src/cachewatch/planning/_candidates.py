@@ -66,6 +66,13 @@ def document_candidate(
 ) -> int | None:
     """The latest large eligible block in the lookback window before the tail."""
     lo = max(fm, tail - lookback)
+    if lo >= tail:
+        return None
+    # The running totals never decrease, so no block of the window is larger than the
+    # whole window: when that is under the bar, no block is a document (the common case,
+    # a conversation of short turns, skips the scan).
+    if (positions[tail - 1][CUM] - (positions[lo - 1][CUM] if lo > 0 else 0.0)) * ratio < document_tokens:
+        return None
     for i in range(tail - 1, lo - 1, -1):
         pos = positions[i]
         if not pos[OK]:

@@ -124,7 +124,10 @@ class Planner:
         self.render = render
         #: Ticket ids, one per planned request.
         self.tickets = itertools.count(1)
-        self._probes: dict[str, int] = {}
+        self._probes: dict[str | tuple[str, int], int] = {}
+        #: (profile, host, model, scope, tools, system positions) -> the digests that bind a
+        #: request to them (``_policy._scope_of``).
+        self.scopes: dict[tuple[str, str, str | None, str, int, int], tuple[str, bytes, int, bytes, int]] = {}
         self._min_cache: dict[tuple[str, str | None], int] = {}
         self._lock = threading.Lock()
 
@@ -316,13 +319,14 @@ class Planner:
         """Whether a prefix of ``tokens`` (billed) reaches the model's minimum as now known."""
         return tokens >= self._minimum_now(plan.profile, plan.model, model_key)
 
-    def probe(self, model_key: str) -> bool:
-        """One plan in ``probe_every`` of a model with a learned minimum re-tests it."""
+    def probe(self, key: str | tuple[str, int]) -> bool:
+        """One plan in ``probe_every`` re-tests a model's learned minimum (``key``: its model key),
+        or a family's reliability (``("reliability", family)``)."""
         with self._lock:
-            n = self._probes.get(model_key, 0) + 1
+            n = self._probes.get(key, 0) + 1
             if len(self._probes) >= 4096:
                 self._probes.clear()
-            self._probes[model_key] = n
+            self._probes[key] = n
         return n % self.probe_every == 0
 
 

@@ -134,9 +134,9 @@ def place(
     candidates = find_candidates(layout, ratio, profile.lookback, planner.document_tokens, top_ttl)
 
     # What the learner knows of each candidate prefix (and this request counts).
-    model_key = f"{profile.name}\x00{model}"
-    scope_tag = orjson.dumps([profile.name, host, model, scope])
-    family = _h64(scope_tag + orjson.dumps([len(layout.tools or ()) or _count(positions, "tools"), fm]))
+    model_key, scope_tag, family, conversation_tag, model_tag = _scope_of(
+        planner, profile.name, host, model, scope, len(layout.tools or ()) or _count(positions, "tools"), fm
+    )
     # Ticket(id, family, model_key), total_raw set: its fields in order.
     ticket = new_ticket(
         next(planner.tickets), family, model_key, [], [], [], 0.0, 0.0, counter.raw, False, False, False, 0
@@ -162,9 +162,9 @@ def place(
             # an escalation); its record tags the model, so a switch is no evidence, and
             # keeps where each model's last request ended (``earlier``, below).
             conversation = (
-                _h64(orjson.dumps([profile.name, host, scope]) + b"conversation" + layout.first_input_anchor),
+                _h64(conversation_tag + layout.first_input_anchor),
                 layout.first_reply_anchor,
-                _h64(model.encode()) if model else 0,
+                model_tag,
                 candidates[-1][0] if kinds[-1] == "tail" or kinds[-1] == "tail_first" else -1,
             )
         sights, stable, before, earlier = ask(
@@ -234,31 +234,36 @@ def place(
     # prefix is the culprit: neither is worth writing. (A conversation not seen before,
     # such as the first request of a new process, is no evidence either way.)
     unstable = False
-    if planner.learning and layout.first_input_anchor is not None:
-        static_key: int | None = None
-        history_known = True
-        for kind, sight in zip(kinds, sights):  # noqa: B905
-            if kind == "static":
-                if static_key is None:
-                    static_key = sight.key
-            elif kind == "previous_turn" and not sight.known:
-                history_known = False
-        if before is not None and not layout.first_turn:
-            old_static, old_reply, steady = before
-            # A conversation that never kept its prefix from one request to the next
-            # (a one-time edit of a steady one is not this): its static prefix changed
-            # again, or, surely the same conversation (same first reply), its previous
-            # turn was never seen.
-            if not steady:
-                unstable = old_static != (static_key if static_key is not None else -1) or (
-                    old_reply == layout.first_reply_anchor and not history_known
-                )
+    if (
+        planner.learning
+        and layout.first_input_anchor is not None
+        and before is not None
+        and not layout.first_turn
+    ):
+        old_static, old_reply, steady = before
+        # A conversation that never kept its prefix from one request to the next
+        # (a one-time edit of a steady one is not this): its static prefix changed
+        # again, or, surely the same conversation (same first reply), its previous
+        # turn was never seen.
+        if not steady:
+            static_key: int | None = None
+            history_known = True
+            for kind, sight in zip(kinds, sights):  # noqa: B905
+                if kind == "static":
+                    if static_key is None:
+                        static_key = sight.key
+                elif kind == "previous_turn" and not sight.known:
+                    history_known = False
+            unstable = old_static != (static_key if static_key is not None else -1) or (
+                old_reply == layout.first_reply_anchor and not history_known
+            )
 
     taken: set[int] = set(caller)
     if automatic is not None:
         taken.add(automatic)
     # Roles: "read" (believed cached), "write" (worth writing), None (only if free).
     entries: list[tuple[int, str, Sight, str | None]] = []
+    reliability_key = ("reliability", family)  # the counter of this family's reliability probes
     for (index, kind), sight in zip(candidates, sights):  # noqa: B905
         if index in taken:
             continue
@@ -285,7 +290,7 @@ def place(
         elif (
             sight.reliability < 1.0
             and sight.p >= planner.threshold * sight.reliability
-            and planner.probe(f"reliability\x00{family}")
+            and planner.probe(reliability_key)
         ):
             # Only the provider's reliability holds this write back: one in probe_every
             # is made anyway, so a provider that serves its cache again is found again.
@@ -432,6 +437,38 @@ def _sight_earlier(
     kinds.insert(at, "previous_turn")
     keys.insert(at, key)
     sights.insert(at, sight)
+
+
+#: What ``_scope_of`` returns: (model key, scope tag, family, conversation tag, model tag).
+_Scope = tuple[str, bytes, int, bytes, int]
+
+
+def _scope_of(
+    planner: Planner, profile: str, host: str, model: str | None, scope: str, tools: int, first_message: int
+) -> _Scope:
+    """The digests that bind a request's prefixes to its scope, family and model.
+
+    The learned minimums' key, the tag of every prefix key (profile, host, model, scope),
+    the family (that tag and the structural signature: the number of tools and of system
+    positions), the tag of the conversation key (model-free) and the model's tag. Each is
+    a function of the arguments alone, so they are kept per argument tuple (a few tuples
+    carry all the traffic; bounded like the planner's other tables).
+    """
+    key = (profile, host, model, scope, tools, first_message)
+    found = planner.scopes.get(key)
+    if found is None:
+        scope_tag = orjson.dumps([profile, host, model, scope])
+        found = (
+            f"{profile}\x00{model}",
+            scope_tag,
+            _h64(scope_tag + orjson.dumps([tools, first_message])),
+            orjson.dumps([profile, host, scope]) + b"conversation",
+            _h64(model.encode()) if model else 0,
+        )
+        if len(planner.scopes) >= 4096:
+            planner.scopes.clear()
+        planner.scopes[key] = found
+    return found
 
 
 def _bets_1h(planner: Planner, sight: Sight) -> bool:
