@@ -6,7 +6,9 @@ from typing import Any
 
 import orjson
 
+from _cache_sim import Provider
 from cachewatch.accounting._records import TokenUsage
+from cachewatch.emulator import ManualClock
 from cachewatch.planning._planner import Plan, Planner
 
 WHERE = {"api": "messages", "host": "api.anthropic.com", "path": "/v1/messages"}
@@ -131,6 +133,45 @@ def test_a_probe_whose_deeper_marker_is_cached_keeps_the_learned_minimum() -> No
     assert probes, seen
     assert all(seen[i][1] == ["inserted"] for i in probes), seen
     assert all(a == ["skipped_below_minimum"] for probe, a in seen if not probe), seen
+
+
+def test_a_probe_that_reads_a_prefix_under_the_learned_minimum_lowers_it() -> None:
+    # The provider caches from 1,024 tokens, but the learned minimum is 4,096 (raised by a
+    # request that came back with neither a read nor a write). Conversations of two turns
+    # share a system prompt of about 1,200 tokens; each first turn marks its tail (above
+    # 4,096), a probe marks the system prompt too. Once a probe wrote the system prompt,
+    # every first turn reads it (the tail's lookback finds it) and writes its tail: what
+    # was read lies under the learned minimum, what was written above it. The read proves
+    # the minimum came down; the deeper write must not hide it.
+    clock = ManualClock(1_000.0)
+    provider = Provider(clock)
+    planner = Planner(clock=clock, probe_every=4)
+    model_key = f"anthropic\x00{SONNET}"
+    planner.learner.raise_minimum(model_key, 3_000)
+    assert planner.learner.learned_minimum(model_key) == 4_096
+    system = words("policy", 600)
+    conversations: dict[int, list[dict[str, str]]] = {}
+    order = [(0, 0)] + [step for k in range(1, 14) for step in ((k, 0), (k - 1, 1))]
+    seen = []
+    for k, turn in order:
+        clock.advance(20)
+        messages = conversations.setdefault(k, [])
+        messages.append({"role": "user", "content": words(f"u{k}x{turn}y", 1_500)})
+        raw = {"model": SONNET, "max_tokens": 8, "system": system, "messages": messages}
+        plan = planner.plan(body=orjson.dumps(raw), **WHERE)
+        usage = provider.send(orjson.loads(plan.body) if plan.body else raw)
+        planner.started(plan)
+        planner.finished(plan, usage)
+        planner.observe(plan, usage)
+        messages.append({"role": "assistant", "content": words(f"a{k}x{turn}y", 30)})
+        probe = plan.ticket is not None and plan.ticket.probe
+        seen.append((probe, actions(plan, "static"), usage.cache_read))
+    probes = [i for i, (probe, _, _) in enumerate(seen) if probe]
+    # A probe read the system prompt (under the learned minimum) ...
+    assert any(0 < seen[i][2] < 4_096 for i in probes), seen
+    # ... so the learned minimum was forgotten and the system prompt is marked for good.
+    assert planner.learner.learned_minimum(model_key) == 0, seen
+    assert all(static == ["inserted"] for _, static, _ in seen[-6:]), seen
 
 
 def test_a_provider_that_never_serves_its_writes_stops_getting_them() -> None:

@@ -216,9 +216,13 @@ class Planner:
             # The provider's deepest cached position this request: what it read plus
             # what it wrote after that.
             cached_tokens = usage.cache_read + usage.cache_write
-            if ticket.probe and 0 < cached_tokens < ticket.probed_minimum:
+            # Its shallowest: the prefix it read (an entry of that length exists), else
+            # the deepest it wrote.
+            shallowest = usage.cache_read if usage.cache_read > 0 else cached_tokens
+            if ticket.probe and 0 < shallowest < ticket.probed_minimum:
                 # A prefix under the learned minimum was cached: the minimum came down.
-                # (A deeper marker's prefix, above it, says nothing about the minimum.)
+                # (A deeper marker's prefix, above it, says nothing about the minimum;
+                # a read under it does, whatever was written after it.)
                 self.learner.lower_minimum(ticket.model_key)
             elif cached_tokens <= 0:
                 deepest = ticket.deepest_raw * scale
