@@ -73,6 +73,38 @@ def test_a_marked_prefix_under_the_minimum_costs_no_reliability(unseen: ModuleTy
     assert results["auto"].actions[("inserted", "static")] > 0  # marked: within the margin
 
 
+def test_a_prose_system_prompt_read_in_full_next_to_code_keeps_its_reliability(unseen: ModuleType) -> None:
+    # One-shot questions about pasted code under a 3,000-token prose system prompt. The
+    # cheap estimate undercounts code (every bracket is a token), so the whole prompt's
+    # billed/estimated ratio is well above 1 and the prose system prompt, read in full,
+    # looked short of what was expected: each read counted as one the provider did not
+    # serve, the family's reliability fell, and auto stopped marking the system prompt
+    # (1.51x system-only).
+    savings = unseen.S
+
+    def code(seed: str, lines: int) -> str:
+        rng = random.Random(seed)
+        out = []
+        for i in range(lines):
+            a, b = rng.choice(["x", "idx", "node"]), rng.choice(["y", "item", "ptr"])
+            out.append(f"    if ({a}[{i}] != {b}.get('{a}{i}', {{}})) {{ {a} = ({b} + {i}) * [{a}, {b}]; }}")
+        return "\n".join(out)
+
+    def questions(run: Any, *, n: int = 40, seed: str = "code-q") -> None:
+        rng = random.Random(seed)
+        system = "You are a helper. " + savings.text(f"{seed}-system", 3_000)
+        for i in range(n):
+            body = "Explain:\n" + code(f"{seed}-{i}", rng.randint(60, 200))
+            run.send(model=savings.SONNET, system=system, messages=[{"role": "user", "content": body}])
+            run.wait(rng.uniform(5, 60))
+
+    workload = savings.Workload("code questions", "anthropic", questions)
+    results = {strategy: savings.run_workload(workload, strategy) for strategy in ("system", "auto")}
+    costs = {strategy: result.bill.cost for strategy, result in results.items()}
+    assert costs["auto"] <= savings.BAR * costs["system"], costs
+    assert results["auto"].actions[("skipped_not_reused", "static")] == 0, results["auto"].actions
+
+
 def test_a_marker_under_the_minimum_does_not_give_up_dashscopes_implicit_cache(unseen: ModuleType) -> None:
     # Qwen sessions of a question and a follow-up over a 900-token system message: every
     # prompt is under the 1,024 minimum, within ``min_margin`` of it. Unmarked, the

@@ -184,7 +184,9 @@ class Planner:
             expected = ticket.expected_read_raw * usage.prompt_total / ticket.total_raw
             # A read expected of a prefix under the minimum (marked on the estimate's
             # margin, ``min_margin``) is no evidence: the provider caches nothing there.
-            if usage.cache_read < 0.8 * expected and self._reaches_minimum(plan, ticket.model_key, expected):
+            if not _read_served(
+                usage.cache_read, ticket.expected_read_raw, expected
+            ) and self._reaches_minimum(plan, ticket.model_key, expected):
                 # What it marked to read was not served: it is not cached after all (the
                 # write it made instead is not trusted either: the provider does not keep them).
                 self.learner.not_cached(key for key, _ in ticket.marked)
@@ -211,7 +213,8 @@ class Planner:
             # Only a read the provider could serve measures its reliability: a prefix
             # under the minimum is never cached, whatever the family's provider does.
             if self._reaches_minimum(plan, ticket.model_key, expected):
-                self.learner.feedback(ticket.family, 1, 1 if usage.cache_read >= 0.8 * expected else 0)
+                served = _read_served(usage.cache_read, ticket.expected_read_raw, expected)
+                self.learner.feedback(ticket.family, 1, 1 if served else 0)
         if ticket.deepest_raw > 0:
             # The provider's deepest cached position this request: what it read plus
             # what it wrote after that.
@@ -343,3 +346,16 @@ def _api_fits(api: str, profile: Profile) -> bool:
     if fmt == "dashscope_native":
         return api == "dashscope_generation"
     return False
+
+
+def _read_served(read: int, expected_raw: float, expected: float) -> bool:
+    """Whether the provider read the prefix a request expected to read.
+
+    ``expected`` is the prefix's raw estimate scaled by the whole prompt's billed/raw
+    ratio. That ratio is the prompt's, not the prefix's: a prose system prompt followed
+    by code, whose punctuation the cheap estimate undercounts, gets a ratio well above 1
+    that the prose does not share, and its read, served in full, would look short. So
+    the estimate is never scaled up for this comparison, only down: a read short of 80%
+    of both is one the provider did not serve (a shallower entry, or none).
+    """
+    return read >= 0.8 * min(expected, expected_raw)
