@@ -12,6 +12,7 @@ echo; echo "== proxy added latency on loopback =="; $PY benchmarks/proxy_latency
 echo; echo "== proxy soak: RSS and open fds under mixed good and hostile load =="; $PY benchmarks/proxy_soak.py --seconds 60
 echo; echo "== savings of auto against fixed strategies =="; $PY benchmarks/savings.py
 echo; echo "== savings on traffic shapes the policy was not tuned on =="; $PY benchmarks/savings_unseen.py
+echo; echo "== quick probes of everyday shapes (content next to a prefix, tool and prompt variants) =="; $PY benchmarks/savings_probes.py
 echo; echo "== the regret bound on generated traffic =="; $PY benchmarks/regret.py
 echo; echo "== token estimator error on the recorded corpus =="; $PY benchmarks/estimator_error.py
 echo; echo "== a fleet of processes: per-process learning vs the shared state in Redis =="; $PY benchmarks/fleet.py
