@@ -43,20 +43,46 @@ def test_a_new_prefix_is_worth_one_write_and_a_family_that_never_reuses_stops(ne
     assert second.p < THRESHOLD
 
 
+def seen(learner: LearningState, family: int, key: int, now: float, ticket: int) -> Any:
+    """A request that sights a static prefix, marks nothing, and whose response begins."""
+    sight = learner.sight(family, static(key), now, ticket)[0]
+    learner.release([key], ticket)
+    learner.started([(key, 0.0)], ticket, now + 0.5)
+    return sight
+
+
 def test_a_prefix_seen_again_within_its_ttl_is_credited_and_its_run_grows(new_learner: Make) -> None:
     learner = new_learner()
-    learner.sight(FAMILY, static(1), 100.0, 1)
-    again = learner.sight(FAMILY, static(1), 200.0, 2)[0]
+    seen(learner, FAMILY, 1, 100.0, 1)
+    again = seen(learner, FAMILY, 1, 200.0, 2)
     assert (again.run, again.known) == (2, True)
-    third = learner.sight(FAMILY, static(1), 450.0, 3)[0]
+    third = seen(learner, FAMILY, 1, 450.0, 3)
     assert third.run == 3
     # The run-1 opportunity recurred: a new prefix of this family is now worth writing.
-    fresh = learner.sight(FAMILY, static(9), 460.0, 4)[0]
+    fresh = seen(learner, FAMILY, 9, 460.0, 4)
     assert fresh.p > 1 / 3
     # Past the 5-minute TTL the run starts again, and the prefix counts as "late".
     late = learner.sight(FAMILY, static(1), 450.0 + 301.0, 5)[0]
     assert (late.run, late.late) == (1, True)
     assert late.p_late > 0.0
+
+
+def test_a_sighting_before_the_last_sighters_response_begins_is_no_recurrence(new_learner: Make) -> None:
+    learner = new_learner()
+    first = learner.sight(FAMILY, static(1), 100.0, 1)[0]
+    learner.release([1], 1)  # it does not write the prefix, and its response has not begun
+    sibling = learner.sight(FAMILY, static(1), 100.5, 2)[0]
+    # Not written by anyone (so not "writing"), and not a recurrence of the first sighting:
+    # whatever the first request wrote, this one could not have read it.
+    assert (sibling.run, sibling.writing) == (1, False)
+    assert first.p == pytest.approx(1 / 3)
+    assert sibling.p == pytest.approx(1 / 6)  # the first's opportunity is open, not credited
+    learner.release([1], 2)
+    learner.started([(1, 0.0)], 1, 101.0)
+    learner.started([(1, 0.0)], 2, 101.0)
+    after = learner.sight(FAMILY, static(1), 102.0, 3)[0]
+    assert after.run == 2  # once the responses began, a sighting is a recurrence again
+    assert not after.writing
 
 
 def test_a_continued_conversation_starts_from_the_tail_prior(new_learner: Make) -> None:
@@ -68,7 +94,7 @@ def test_a_continued_conversation_starts_from_the_tail_prior(new_learner: Make) 
 def test_a_new_family_starts_from_the_reuse_other_families_showed(new_learner: Make) -> None:
     learner = new_learner()
     for n in range(4):
-        learner.sight(1, static(10), 100.0 + n, n + 1)
+        seen(learner, 1, 10, 100.0 + n, n + 1)
     other = learner.sight(2, static(20), 110.0, 9)[0]
     assert other.p > 1 / 3
 
@@ -220,7 +246,8 @@ def _replay(learner: LearningState, seed: int, steps: int) -> list[Any]:
             open_tickets.append((ticket, keys))
         elif op < 0.60 and open_tickets:
             t, keys = open_tickets.pop(rng.randrange(len(open_tickets)))
-            marked = [(k, rng.choice((300.0, 3_600.0))) for k in keys if rng.random() < 0.6]
+            # A TTL of 0: sighted, not marked (its claim released, its sighting ends).
+            marked = [(k, rng.choice((300.0, 3_600.0, 0.0))) for k in keys if rng.random() < 0.8]
             learner.started(marked, t, now)
             out.append(("started", t))
         elif op < 0.66 and open_tickets:
@@ -228,7 +255,7 @@ def _replay(learner: LearningState, seed: int, steps: int) -> list[Any]:
             learner.void(keys, t)
         elif op < 0.70 and open_tickets:
             t, keys = open_tickets[rng.randrange(len(open_tickets))]
-            learner.release(keys[:1], t)
+            learner.release(keys[: rng.randint(1, len(keys))], t)
         elif op < 0.74:
             learner.not_cached(rng.sample(range(1, 25), 2))
         elif op < 0.80:
@@ -516,9 +543,7 @@ def test_the_late_statistic_is_settled_by_the_next_idle_gap_not_by_uses_within_m
     key = [Sighting(5, "static", True)]
 
     def use(at: float, ticket: int) -> float:
-        sight = learner.sight(FAMILY, key, at, ticket)[0]
-        learner.release([5], ticket)
-        return sight.p_late
+        return float(seen(learner, FAMILY, 5, at, ticket).p_late)
 
     use(100.0, 1)
     first = use(100.0 + 420, 2)  # back after 7 minutes: late, the prior (1/3 at most)
@@ -527,7 +552,8 @@ def test_the_late_statistic_is_settled_by_the_next_idle_gap_not_by_uses_within_m
     # opportunity stays unsettled (at most the prior of mean 1/3, weight 3, over it).
     assert use(530.0, 3) <= 0.25
     assert use(540.0, 4) <= 0.25
-    # Back again 7 minutes later: that gap ended within the hour.
+    # Back again 7 minutes later: that gap ended within the hour (the estimate is the
+    # posterior's lower bound).
     assert use(540.0 + 420, 5) > 0.25
     assert learner.sight(FAMILY, key, 960.0 + TTL_1H + 60, 6)[0].p_late < 0.53
 

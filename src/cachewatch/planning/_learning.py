@@ -13,7 +13,11 @@ read again within its TTL with probability above 0.25 / 0.9 = 0.28 (the
 digest from ``_canonical``, bound to a *scope*: profile, host, model, credential and
 workspace). The learner keeps a bounded ledger of the prefixes it has seen and
 when. A prefix seen again within its TTL *recurred*: a write of it would have been
-read. This is observed whether or not a marker was placed, so what the learner
+read. Not while the request that sighted it last has no response yet (a write is
+readable only from then on): a burst of concurrent requests sharing a prefix is one
+sighting, not a run of recurrences, so waves of them that start cold are not written
+again and again (a sighting then ends when its response begins; a claim or sighting
+that is never ended lapses after ``CLAIM_TIMEOUT``). This is observed whether or not a marker was placed, so what the learner
 knows never depends on what it chose to write, and it needs no exploration to
 find out that a prefix became reusable. A request's tail is read by the next turn
 through the provider's lookback: the next request sights the previous turn's tail
@@ -75,6 +79,7 @@ from ..accounting._records import slot_factory
 
 __all__ = [
     "LATE_PRIOR_WEIGHT",
+    "LATE_Z",
     "PRIOR_WEIGHT",
     "CLAIM_TIMEOUT",
     "CONVERSATION_MODELS",
@@ -103,6 +108,11 @@ PRIOR_WEIGHT: Final = 1.0
 #: second of two late returns in a row; one alone leaves the estimate at most 1/3).
 #: (A prior under the threshold can weigh more: evidence of no reuse only confirms it.)
 LATE_PRIOR_WEIGHT: Final = 3.0
+#: The late estimate is the lower bound of its posterior, mean - LATE_Z standard deviations
+#: (a one-sided 75% bound): a bet that wastes four writes when it loses is made on evidence
+#: that holds up, not on two or three returns that happened to come within the hour (a
+#: gateway's rare tenants, the last hour of any traffic). Evidence narrows the bound.
+LATE_Z: Final = 0.67
 
 TTL_5M: Final = 300.0
 TTL_1H: Final = 3_600.0

@@ -13,6 +13,7 @@ static region. ``_learning`` states what is learnt and why.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -23,6 +24,7 @@ from ._learning import (
     CLAIM_TIMEOUT,
     CONVERSATION_MODELS,
     LATE_PRIOR_WEIGHT,
+    LATE_Z,
     PRIOR_WEIGHT,
     TTL_1H,
     TTL_5M,
@@ -68,6 +70,10 @@ class _Prefix:
     cached_until: float = 0.0
     late: int = 0
     writers: list[tuple[int, float]] = field(default_factory=list)
+    #: Requests that sighted it uncached, do not write it and whose response has not
+    #: begun (ticket, when): a request sighting it meanwhile could not read what they
+    #: would have written.
+    sighters: list[tuple[int, float]] = field(default_factory=list)
     #: The request that saw it last, and whether that request failed (a retry that
     #: follows is the same request again, not a reuse).
     ticket: int = 0
@@ -155,27 +161,11 @@ class MemoryLearner:
                     del prefixes[key]
                     prefix = None
                 run = 1
-                cached = writing = late = pending = False
+                cached = writing = concurrent = late = pending = False
                 if prefix is not None:
                     prefixes.move_to_end(key)
                     gap = now - prefix.last
                     pending = prefix.late_pending
-                    if pending and not prefix.void and gap > TTL_5M:
-                        # The idle gap after a late return ended: within the hour or not.
-                        if gap <= TTL_1H:
-                            self._credit(prefix.family, prefix.kind, _LATE)
-                        pending = False
-                    if prefix.void:
-                        # A retry of a failed request: the same sighting again (its
-                        # opportunity was taken back; this one counts instead).
-                        run = prefix.run
-                    elif gap <= prefix.ttl:
-                        run = prefix.run + 1
-                        self._credit(prefix.family, prefix.kind, 3 if prefix.run >= 3 else prefix.run)
-                    elif gap <= TTL_1H:
-                        prefix.late += 1
-                        prefix.previous_run = prefix.run
-                    late = prefix.late > 0
                     cached = prefix.cached_until > now
                     if prefix.writers:
                         live = [
@@ -183,6 +173,33 @@ class MemoryLearner:
                         ]
                         prefix.writers = live
                         writing = bool(live) and not cached
+                    if prefix.sighters and not cached:
+                        others = [
+                            (t, at) for t, at in prefix.sighters if now - at < CLAIM_TIMEOUT and t != ticket
+                        ]
+                        prefix.sighters = others
+                        concurrent = bool(others)
+                    if prefix.void or writing or concurrent:
+                        # A retry of a failed request: the same sighting again (its
+                        # opportunity was taken back; this one counts instead). Or the
+                        # request that sighted it last has no response yet: this one could
+                        # not read what it wrote (or would have written), so it is no
+                        # recurrence (a burst of concurrent requests reads nothing); nor
+                        # is it an opportunity where another request is writing it.
+                        run = prefix.run
+                    else:
+                        if pending and gap > TTL_5M:
+                            # The idle gap after a late return ended: within the hour or not.
+                            if gap <= TTL_1H:
+                                self._credit(prefix.family, prefix.kind, _LATE)
+                            pending = False
+                        if gap <= prefix.ttl:
+                            run = prefix.run + 1
+                            self._credit(prefix.family, prefix.kind, 3 if prefix.run >= 3 else prefix.run)
+                        elif gap <= TTL_1H:
+                            prefix.late += 1
+                            prefix.previous_run = prefix.run
+                    late = prefix.late > 0
                 bucket_id = 3 if run >= 3 else run
                 p = self._p(family, kind, bucket_id, now) * reliability
                 p_late = 0.0
@@ -203,24 +220,27 @@ class MemoryLearner:
                         cached and prefix is not None and prefix.ttl >= TTL_1H,
                     )
                 )
-                self._opportunity(family, kind, bucket_id)
-                if late and not pending:
-                    self._opportunity(family, kind, _LATE)
-                    pending = True
+                if writing:
+                    continue
                 if prefix is None:
-                    prefix = _Prefix(now, run, family, kind)
+                    prefix = _Prefix(now, run, family, kind, ticket=ticket)
                     prefixes[key] = prefix
                     if len(prefixes) > self.max_prefixes:
                         prefixes.popitem(last=False)
-                else:
+                    self._opportunity(family, kind, bucket_id)
+                elif not concurrent:
+                    self._opportunity(family, kind, bucket_id)
+                    if late and not pending:
+                        self._opportunity(family, kind, _LATE)
+                        pending = True
                     prefix.last = now
                     prefix.run = run
                     prefix.family = family
                     prefix.kind = kind
                     prefix.void = False
-                prefix.ticket = ticket
-                prefix.late_pending = pending
-                if s.shared and not cached and not writing:
+                    prefix.ticket = ticket
+                    prefix.late_pending = pending
+                if s.shared and not cached:
                     prefix.writers.append((ticket, now))
         return out
 
@@ -303,13 +323,14 @@ class MemoryLearner:
 
         A 1h write costs 4 wasted 5m writes when it is not read, so only the family's own
         evidence bets on it: the prior is the kind's first-run prior (mean 1/3, under the
-        1h threshold, weight ``LATE_PRIOR_WEIGHT``), so a family bets only once one of its
-        late returns was followed by another within the hour (0.5 then). Other families are
-        no evidence here (in a gateway the rare tenants, whose gaps are long, are the ones
-        that come back late), nor is one late return (a gap of 55 minutes says little of
-        the next). The prior is capped by
-        the chance that a prefix with the run it had before the gap would have gone on (a
-        coincidence seen once is not a document asked about five times).
+        1h threshold, weight ``LATE_PRIOR_WEIGHT``). Other families are no evidence here
+        (in a gateway the rare tenants, whose gaps are long, are the ones that come back
+        late), nor is one late return (a gap of 55 minutes says little of the next). The
+        prior is capped by the chance that a prefix with the run it had before the gap
+        would have gone on (a coincidence seen once is not a document asked about five
+        times). What is returned is the posterior's lower bound (``LATE_Z`` standard
+        deviations under its mean), so a family bets once several of its late returns
+        were followed by another within the hour, not on the first two or three.
         """
         a, b = self.priors.get(kind, self.prior)
         mean = a / (a + b)
@@ -318,9 +339,15 @@ class MemoryLearner:
             mean = before
         a, b = LATE_PRIOR_WEIGHT * mean, LATE_PRIOR_WEIGHT * (1.0 - mean)
         bucket = self._stats.get((family, kind, _LATE))
-        if bucket is None:
-            return a / (a + b)
-        return min(1.0, (bucket.recurred + a) / (bucket.seen + a + b))
+        if bucket is not None:
+            a = a + bucket.recurred
+            b = b + (bucket.seen - bucket.recurred)
+        # The posterior's lower bound (``LATE_Z``), not its mean.
+        n = a + b
+        low = a / n - LATE_Z * math.sqrt(a * b / (n * n * (n + 1.0)))
+        if low < 0.0:
+            low = 0.0
+        return min(1.0, low)
 
     def recurrence(self, family: int, kind: str, run: int, now: float) -> float:
         """The current estimate of P(recurs within TTL) for a bucket (reliability excluded)."""
@@ -409,27 +436,44 @@ class MemoryLearner:
                         bucket.recurred = min(bucket.recurred, bucket.seen)
                     if prefix.writers:
                         prefix.writers = [(t, at) for t, at in prefix.writers if t != ticket]
+                if prefix is not None and prefix.sighters:
+                    prefix.sighters = [(t, at) for t, at in prefix.sighters if t != ticket]
 
     def release(self, keys: Iterable[int], ticket: int) -> None:
-        """The request ``ticket`` does not (or no longer) write these prefixes."""
+        """The request ``ticket`` does not write these prefixes: its claims become sightings.
+
+        (Until its response begins: :meth:`started` with a TTL of 0 ends them.)
+        """
         with self._lock:
             for key in keys:
                 prefix = self._prefixes.get(key)
                 if prefix is not None and prefix.writers:
-                    prefix.writers = [(t, at) for t, at in prefix.writers if t != ticket]
+                    kept = []
+                    for t, at in prefix.writers:
+                        if t == ticket:
+                            prefix.sighters.append((t, at))
+                        else:
+                            kept.append((t, at))
+                    prefix.writers = kept
 
     def started(self, keys: Iterable[tuple[int, float]], ticket: int, now: float) -> None:
-        """A response that marked these prefixes (key, TTL) started: readable from now on."""
+        """A response that marked these prefixes (key, TTL) started: readable from now on.
+
+        A TTL of 0: a prefix it sighted and did not mark (its sighting ends).
+        """
         with self._lock:
             for key, ttl in keys:
                 prefix = self._prefixes.get(key)
                 if prefix is None:
                     continue
-                # The entry's TTL: a write after the last entry expired starts a new one.
-                prefix.ttl = max(prefix.ttl, ttl) if prefix.cached_until > now else ttl
-                prefix.cached_until = max(prefix.cached_until, now + ttl)
+                if ttl > 0.0:
+                    # The entry's TTL: a write after the last entry expired starts a new one.
+                    prefix.ttl = max(prefix.ttl, ttl) if prefix.cached_until > now else ttl
+                    prefix.cached_until = max(prefix.cached_until, now + ttl)
                 if prefix.writers:
                     prefix.writers = [(t, at) for t, at in prefix.writers if t != ticket]
+                if prefix.sighters:
+                    prefix.sighters = [(t, at) for t, at in prefix.sighters if t != ticket]
 
     def claims(self) -> int:
         """How many in-flight write claims are held (introspection, tests)."""

@@ -25,8 +25,10 @@ stability lines are sent for the positions this process last saw volatile, and w
 another process changed them meanwhile the batch says so and the lines of the current
 ones follow; and a switch of model, after which the planner sights where the
 conversation's last request to that model ended, which the decision's answer names.)
-Every other call is one round trip when it happens: the claims a plan does not use (:meth:`~RedisLearner.release`), the response's start
-(:meth:`~RedisLearner.started`, so that other processes read what it wrote from then on),
+Every other call is one round trip when it happens: the claims a plan does not use
+(:meth:`~RedisLearner.release`: they become sightings, so that a concurrent request is no
+recurrence), the response's start (:meth:`~RedisLearner.started`, so that other processes
+read what it wrote from then on, and its sightings end),
 and what the provider billed (:meth:`~RedisLearner.feedback`, and rarely
 :meth:`~RedisLearner.not_cached`, :meth:`~RedisLearner.void` or a learned minimum). Every
 call waits for its reply, so what it changed is there for every process when it returns.

@@ -33,7 +33,7 @@ Ops and their arguments (``''`` for "none"; floats as ``repr`` strings, exact):
 * ``minimum``: model key, tier (``''`` to read, ``-`` to forget). Returns (value, version
   before, version after);
 * ``void``: ticket, family_ttl, keys...; ``release``: ticket, keys...; ``started``: ticket,
-  now, (key, ttl)...; ``not_cached``: keys...; ``feedback``: family, expected, confirmed,
+  now, (key, ttl)... (ttl 0: a sighting ends, nothing was written); ``not_cached``: keys...; ``feedback``: family, expected, confirmed,
   forget, max_families, family_ttl; ``peek``: family, kind, run, prior_a, prior_b.
 
 Numbers are Lua doubles: the arithmetic is MemoryLearner's, operation for operation, so
@@ -49,7 +49,15 @@ from typing import Any, Final
 
 import orjson
 
-from ._learning import CLAIM_TIMEOUT, CONVERSATION_MODELS, LATE_PRIOR_WEIGHT, PRIOR_WEIGHT, TTL_1H, TTL_5M
+from ._learning import (
+    CLAIM_TIMEOUT,
+    CONVERSATION_MODELS,
+    LATE_PRIOR_WEIGHT,
+    LATE_Z,
+    PRIOR_WEIGHT,
+    TTL_1H,
+    TTL_5M,
+)
 
 __all__ = ["SCRIPT", "decode", "encode", "op"]
 
@@ -90,6 +98,7 @@ local TTL_5M = @TTL_5M@
 local CLAIM_TIMEOUT = @CLAIM_TIMEOUT@
 local PRIOR_WEIGHT = @PRIOR_WEIGHT@
 local LATE_PRIOR_WEIGHT = @LATE_PRIOR_WEIGHT@
+local LATE_Z = @LATE_Z@
 local CONVERSATION_MODELS = @CONVERSATION_MODELS@
 local function fmt(x) return string.format('%.17g', x) end
 local function bucket_of(run) if run >= 3 then return 3 end return run end
@@ -174,8 +183,14 @@ local function prob_late(fid, kind, previous_run, pa, pb)
   if before < mean then mean = before end
   local a, bb = LATE_PRIOR_WEIGHT * mean, LATE_PRIOR_WEIGHT * (1.0 - mean)
   local r, s = stat_get(fam(fid), kind .. ':0')
-  if r == nil then return a / (a + bb) end
-  return math.min(1.0, (r + a) / (s + a + bb))
+  if r ~= nil then
+    a = a + r
+    bb = bb + (s - r)
+  end
+  local n = a + bb
+  local low = a / n - LATE_Z * math.sqrt(a * bb / (n * n * (n + 1.0)))
+  if low < 0.0 then low = 0.0 end
+  return math.min(1.0, low)
 end
 local function reliability(fid)
   local t = fam(fid)
@@ -254,10 +269,11 @@ OPS.sight = function(a)
       seen.history = false
     end
     local run = 1
-    local cached, writing, late = false, false, false
+    local cached, writing, concurrent, late = false, false, false, false
     local late_count, previous_run, ttl, cu = 0, 0, TTL_5M, 0.0
     local pending = false
     local live = {}
+    local sighters = ''
     if h then
       local last, prun = tonumber(h['l']), tonumber(h['r'])
       ttl, cu = tonumber(h['t']), tonumber(h['cu'])
@@ -265,25 +281,36 @@ OPS.sight = function(a)
       local void = h['v'] == '1'
       local gap = now - last
       pending = h['lp'] == '1'
-      if pending and not void and gap > TTL_5M then
-        if gap <= TTL_1H then credit(h['f'], h['k'], 0) end
-        pending = false
-      end
-      if void then
-        run = prun
-      elseif gap <= ttl then
-        run = prun + 1
-        credit(h['f'], h['k'], bucket_of(prun))
-      elseif gap <= TTL_1H then
-        late_count = late_count + 1
-        previous_run = prun
-      end
-      late = late_count > 0
       cached = cu > now
       for t, at in string.gmatch(h['w'] or '', '([^=;]+)=([^;]+)') do
         if now - tonumber(at) < CLAIM_TIMEOUT and t ~= ticket then live[#live + 1] = t .. '=' .. at end
       end
       writing = #live > 0 and not cached
+      sighters = h['s'] or ''
+      if sighters ~= '' and not cached then
+        local others = {}
+        for t, at in string.gmatch(sighters, '([^=;]+)=([^;]+)') do
+          if now - tonumber(at) < CLAIM_TIMEOUT and t ~= ticket then others[#others + 1] = t .. '=' .. at end
+        end
+        sighters = table.concat(others, ';')
+        concurrent = #others > 0
+      end
+      if void or writing or concurrent then
+        run = prun
+      else
+        if pending and gap > TTL_5M then
+          if gap <= TTL_1H then credit(h['f'], h['k'], 0) end
+          pending = false
+        end
+        if gap <= ttl then
+          run = prun + 1
+          credit(h['f'], h['k'], bucket_of(prun))
+        elseif gap <= TTL_1H then
+          late_count = late_count + 1
+          previous_run = prun
+        end
+      end
+      late = late_count > 0
     end
     local p = prob(family, kind, bucket_of(run), pa, pb) * rel
     local p_late = 0.0
@@ -292,15 +319,21 @@ OPS.sight = function(a)
       run, cached and 1 or 0, writing and 1 or 0, late and 1 or 0, fmt(p), fmt(p_late), h and 1 or 0,
       (cached and ttl >= TTL_1H) and 1 or 0
     }
-    opportunity(family, kind, bucket_of(run))
-    if late and not pending then
-      opportunity(family, kind, 0)
-      pending = true
+    if writing or concurrent then
+      -- Another request's response has not begun: not counted (MemoryLearner.sight).
+      if shared and not writing then live[#live + 1] = ticket .. '=' .. fmt(now) end
+      redis.call('HSET', name, 'w', table.concat(live, ';'), 's', sighters)
+    else
+      opportunity(family, kind, bucket_of(run))
+      if late and not pending then
+        opportunity(family, kind, 0)
+        pending = true
+      end
+      if shared and not cached then live[#live + 1] = ticket .. '=' .. fmt(now) end
+      redis.call('HSET', name, 'l', fmt(now), 'r', run, 'f', family, 'k', kind, 't', fmt(ttl),
+        'cu', fmt(cu), 'la', late_count, 'w', table.concat(live, ';'), 's', sighters, 'tk', ticket,
+        'v', '0', 'lp', pending and '1' or '0', 'pr', previous_run)
     end
-    if shared and not cached and not writing then live[#live + 1] = ticket .. '=' .. fmt(now) end
-    redis.call('HSET', name, 'l', fmt(now), 'r', run, 'f', family, 'k', kind, 't', fmt(ttl),
-      'cu', fmt(cu), 'la', late_count, 'w', table.concat(live, ';'), 'tk', ticket, 'v', '0',
-      'lp', pending and '1' or '0', 'pr', previous_run)
     redis.call('EXPIRE', name, prefix_ttl)
   end
   touch(family, max_families)
@@ -454,6 +487,7 @@ OPS.void = function(a)
       end
       redis.call('HSET', name, 'v', '1', 'w', drop_writer(h['w'] or '', ticket))
     end
+    if h and (h['s'] or '') ~= '' then redis.call('HSET', name, 's', drop_writer(h['s'], ticket)) end
   end
   flush(family_ttl)
   return 1
@@ -463,7 +497,18 @@ OPS.release = function(a)
   for i = 2, #a do
     local name = P .. 'p:' .. a[i]
     local w = redis.call('HGET', name, 'w')
-    if w and w ~= '' then redis.call('HSET', name, 'w', drop_writer(w, ticket)) end
+    if w and w ~= '' then
+      -- Its claims become sightings until its response begins (MemoryLearner.release).
+      local kept, moved = {}, {}
+      for t, at in string.gmatch(w, '([^=;]+)=([^;]+)') do
+        if t == ticket then moved[#moved + 1] = t .. '=' .. at else kept[#kept + 1] = t .. '=' .. at end
+      end
+      if #moved > 0 then
+        local sg = redis.call('HGET', name, 's') or ''
+        if sg ~= '' then moved[#moved + 1] = sg end
+        redis.call('HSET', name, 'w', table.concat(kept, ';'), 's', table.concat(moved, ';'))
+      end
+    end
   end
   return 1
 end
@@ -474,11 +519,15 @@ OPS.started = function(a)
     local ttl = tonumber(a[i + 1])
     local h = load(name)
     if h then
-      local cu = tonumber(h['cu'])
-      local t = ttl
-      if cu > now then t = math.max(tonumber(h['t']), ttl) end
-      redis.call('HSET', name, 'cu', fmt(math.max(cu, now + ttl)), 't', fmt(t),
-        'w', drop_writer(h['w'] or '', ticket))
+      local w, sg = drop_writer(h['w'] or '', ticket), drop_writer(h['s'] or '', ticket)
+      if ttl > 0 then
+        local cu = tonumber(h['cu'])
+        local t = ttl
+        if cu > now then t = math.max(tonumber(h['t']), ttl) end
+        redis.call('HSET', name, 'cu', fmt(math.max(cu, now + ttl)), 't', fmt(t), 'w', w, 's', sg)
+      else
+        redis.call('HSET', name, 'w', w, 's', sg)
+      end
     end
   end
   return 1
@@ -538,5 +587,6 @@ SCRIPT: Final = (
     .replace("@CLAIM_TIMEOUT@", repr(CLAIM_TIMEOUT))
     .replace("@PRIOR_WEIGHT@", repr(PRIOR_WEIGHT))
     .replace("@LATE_PRIOR_WEIGHT@", repr(LATE_PRIOR_WEIGHT))
+    .replace("@LATE_Z@", repr(LATE_Z))
     .replace("@CONVERSATION_MODELS@", repr(CONVERSATION_MODELS))
 )

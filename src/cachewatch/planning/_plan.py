@@ -92,6 +92,8 @@ class Ticket:
     ended: bool = False
     #: The learned minimum a probe went below (0: no probe).
     probed_minimum: int = 0
+    #: Shared prefix keys it claimed and does not write: sighted until its response begins.
+    released: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

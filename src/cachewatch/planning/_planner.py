@@ -26,6 +26,7 @@ from typing import Literal
 import orjson
 
 from ..accounting._records import TokenUsage
+from ._budget import OneHourBudget
 from ._layout import CUM
 from ._learning import LearningState
 from ._learning_memory import MemoryLearner
@@ -75,6 +76,9 @@ class Planner:
             replay a workload on a simulated clock).
         profiles: alias of ``registry``, for callers (the transports) whose ``registry``
             keyword already means a Prometheus registry.
+        budget_1h: 1h bets are placed only while they have paid for themselves, plus
+            this share of the bill (``_budget``): on any traffic they cost at most one
+            bet and this share more than placing none. ``None``: no budget.
         render: serialise the planned body (``False``: ``Plan.body`` stays None and only the
             decisions are made; the shadow estimate, which never sends them, plans so).
 
@@ -104,6 +108,7 @@ class Planner:
         clock: Callable[[], float] = time.time,
         profiles: ProfileRegistry | None = None,
         render: bool = True,
+        budget_1h: float | None = 0.005,
     ) -> None:
         if registry is None:
             registry = profiles
@@ -122,6 +127,8 @@ class Planner:
         self.probe_every = probe_every
         self.clock = clock
         self.render = render
+        #: The budget of 1h bets (None: bets wherever the estimates say).
+        self.budget = OneHourBudget(budget_1h) if budget_1h is not None else None
         #: Ticket ids, one per planned request.
         self.tickets = itertools.count(1)
         self._probes: dict[str | tuple[str, int], int] = {}
@@ -158,7 +165,11 @@ class Planner:
             return
         ticket.started = True
         if status_code < 400:
-            if ticket.marked:  # nothing marked: nothing became readable
+            if ticket.released:  # sighted, not marked: those sightings end (TTL 0)
+                self.learner.started(
+                    ticket.marked + [(key, 0.0) for key in ticket.released], ticket.id, self.clock()
+                )
+            elif ticket.marked:  # nothing marked: nothing became readable
                 self.learner.started(ticket.marked, ticket.id, self.clock())
         else:
             # A failed request (a 429 the SDK retries, a 5xx): a retry is not a reuse.
@@ -207,6 +218,13 @@ class Planner:
         ticket = plan.ticket
         if ticket is None or not self.learning or total <= 0 or ticket.total_raw <= 0:
             return
+        if self.budget is not None:
+            self.budget.billed(
+                usage.input
+                + 1.25 * usage.cache_write_5m
+                + 2.0 * usage.cache_write_1h
+                + 0.1 * usage.cache_read
+            )
         scale = total / ticket.total_raw  # raw estimates -> billed tokens, for this request
         if ticket.expected_read_raw > 0:
             expected = ticket.expected_read_raw * scale

@@ -31,7 +31,8 @@ profile's maximum minus reserved relay slots, the caller's markers and a top-lev
 document, previous turn. TTLs: ``5m``; ``1h`` (profiles that honour it) for a shared
 prefix believed cached at 1h, or one that came back 5-60 minutes after its last use
 when the chain of late returns that would read it pays the 1h premium against what the
-request would otherwise do (``_bets_1h``), and for every marker before it, or for the
+request would otherwise do (``_bets_1h``) while the 1h bets so far have paid for
+themselves (``_budget``), and for every marker before it, or for the
 static marker with ``static_ttl="1h"``; every ``1h`` marker precedes every ``5m`` one
 (``skipped_ttl_order``). Top-level automatic mode (Anthropic first-party) marks the
 tail when it is the request's last block and its content a plain string. The caller's
@@ -139,7 +140,20 @@ def place(
     )
     # Ticket(id, family, model_key), total_raw set: its fields in order.
     ticket = new_ticket(
-        next(planner.tickets), family, model_key, [], [], [], 0.0, 0.0, counter.raw, False, False, False, 0
+        next(planner.tickets),
+        family,
+        model_key,
+        [],
+        [],
+        [],
+        0.0,
+        0.0,
+        counter.raw,
+        False,
+        False,
+        False,
+        0,
+        [],
     )
     for index in caller:
         ticket.deepest_raw = max(ticket.deepest_raw, positions[index][CUM])
@@ -194,6 +208,11 @@ def place(
             )
         ticket.sighted = keys
         advice = volatile_advice(planner, layout, stable, counter, profile, model)
+        bets = planner.budget
+        if bets is not None and bets.has_bets():
+            # A bet's prefix found cached after a late return: what its 1h TTL saved.
+            t = planner.threshold
+            bets.sighted([(s.key, s.cached, 1.15 if s.p >= t else 0.9) for s in sights], planner.clock())
     else:
         sights = [
             new_sight(key, kind, 1, False, False, False, 1.0, 0.0, False, 1.0, False)
@@ -258,6 +277,8 @@ def place(
                 old_reply == layout.first_reply_anchor and not history_known
             )
 
+    # 1h bets are paid from what the 1h writes so far saved (``_budget``).
+    bets = planner.budget
     taken: set[int] = set(caller)
     if automatic is not None:
         taken.add(automatic)
@@ -284,7 +305,11 @@ def place(
             entries.append((index, kind, sight, None))
         elif sight.p >= planner.threshold or (
             # Worth a write for its late return only where it would get a 1h TTL.
-            sight.late and profile.honours_1h and kind in _SHARED_KINDS and _bets_1h(planner, sight)
+            sight.late
+            and profile.honours_1h
+            and kind in _SHARED_KINDS
+            and _bets_1h(planner, sight)
+            and (bets is None or bets.open())
         ):
             entries.append((index, kind, sight, "write"))
         elif (
@@ -337,11 +362,14 @@ def place(
 
     # TTLs, in prompt order: 1h markers must precede every 5m marker.
     chosen.sort()
-    one_hour_upto = -1
+    one_hour_upto = bet_upto = -1
     if profile.honours_1h and planner.learning:
         for index, kind, sight in chosen:
-            if kind in _SHARED_KINDS and (sight.cached_1h or (sight.late and _bets_1h(planner, sight))):
-                one_hour_upto = max(one_hour_upto, index)
+            if kind in _SHARED_KINDS:
+                if sight.cached_1h:
+                    one_hour_upto = max(one_hour_upto, index)
+                elif sight.late and _bets_1h(planner, sight) and (bets is None or bets.open()):
+                    one_hour_upto = bet_upto = max(one_hour_upto, index)
     last_1h = -1.0
     first_5m = float(len(positions) + 1)
     if ordered:
@@ -350,6 +378,11 @@ def place(
     honours_1h = profile.honours_1h
     marked_keys: set[int] = set()
     key_at = {index: key for (index, _), key in zip(candidates, keys, strict=True)}
+    # The keys this request writes at 1h (with their tokens) and the bet's premium: the
+    # deepest bet's prefix past what it reads (raw estimates; ``ratio`` below).
+    bet_keys: list[int] = []
+    bet_tokens: list[float] = []
+    bet_cost = read_below = 0.0
     for index, kind, sight in chosen:
         pos = positions[index]
         reason = "tail" if kind == "tail_first" else kind
@@ -367,6 +400,14 @@ def place(
         if ttl == "5m":
             first_5m = min(first_5m, float(index))
         key = key_at[index]
+        if bet_upto >= 0:
+            if ttl == "1h":
+                bet_keys.append(key)
+                bet_tokens.append(pos[CUM] * ratio)
+                if index == bet_upto:
+                    bet_cost = (0.75 if sight.p >= planner.threshold else 1.0) * (pos[CUM] - read_below)
+            if sight.cached and index < bet_upto:
+                read_below = pos[CUM]
         marked_keys.add(key)
         ticket.marked.append((key, TTL_1H if ttl == "1h" else TTL_5M))
         ticket.deepest_raw = max(ticket.deepest_raw, pos[CUM])
@@ -392,6 +433,8 @@ def place(
         insert_marker(pos, ttl, profile)
         out.append(placement(pos, index, "inserted", ttl, reason, ratio))
         changed = True
+    if bet_cost > 0.0 and planner.budget is not None:
+        planner.budget.placed(bet_keys, bet_tokens, bet_cost * ratio, planner.clock())
     _release_unused(planner.learner, ticket, claimed, marked_keys)
     return tuple(out), changed, ticket, advice
 
@@ -496,10 +539,11 @@ def _bets_1h(planner: Planner, sight: Sight) -> bool:
 
 
 def _release_unused(learner: LearningState, ticket: Ticket, claimed: list[int], marked: set[int]) -> None:
-    """Keep the claims this request writes; release the others at once."""
+    """Keep the claims this request writes; the others become sightings until it starts."""
     unused = [key for key in claimed if key not in marked]
     ticket.claimed = [key for key in claimed if key in marked]
     if unused:
+        ticket.released = unused
         learner.release(unused, ticket.id)
 
 
