@@ -49,15 +49,7 @@ from typing import Any, Final
 
 import orjson
 
-from ._learning import (
-    CLAIM_TIMEOUT,
-    CONVERSATION_MODELS,
-    LATE_PRIOR_WEIGHT,
-    LATE_Z,
-    PRIOR_WEIGHT,
-    TTL_1H,
-    TTL_5M,
-)
+from . import _learning
 
 __all__ = ["SCRIPT", "decode", "encode", "op"]
 
@@ -579,14 +571,24 @@ for _, b in ipairs(blobs) do reply[#reply + 1] = b end
 return reply
 """
 
-#: The whole script: helpers, every op, the batch loop.
-SCRIPT: Final = (
-    (_COMMON + _SIGHT + _STABILITY + _CONVERSATION + _MINIMUM + _WRITES + _BATCH)
-    .replace("@TTL_1H@", repr(TTL_1H))
-    .replace("@TTL_5M@", repr(TTL_5M))
-    .replace("@CLAIM_TIMEOUT@", repr(CLAIM_TIMEOUT))
-    .replace("@PRIOR_WEIGHT@", repr(PRIOR_WEIGHT))
-    .replace("@LATE_PRIOR_WEIGHT@", repr(LATE_PRIOR_WEIGHT))
-    .replace("@LATE_Z@", repr(LATE_Z))
-    .replace("@CONVERSATION_MODELS@", repr(CONVERSATION_MODELS))
+#: The constants the Lua shares with ``_learning`` (``@NAME@`` in its text).
+_CONSTANTS: Final = (
+    "TTL_1H",
+    "TTL_5M",
+    "CLAIM_TIMEOUT",
+    "PRIOR_WEIGHT",
+    "LATE_PRIOR_WEIGHT",
+    "LATE_Z",
+    "CONVERSATION_MODELS",
 )
+
+
+def _script() -> str:
+    text = _COMMON + _SIGHT + _STABILITY + _CONVERSATION + _MINIMUM + _WRITES + _BATCH
+    for name in _CONSTANTS:
+        text = text.replace(f"@{name}@", repr(getattr(_learning, name)))
+    return text
+
+
+#: The whole script: helpers, every op, the batch loop.
+SCRIPT: Final = _script()
