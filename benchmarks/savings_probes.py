@@ -1,6 +1,6 @@
 """Quick probes of ``breakpoints="auto"`` on more everyday traffic shapes, one line each.
 
-    .venv/bin/python benchmarks/savings_probes.py [--only NAME ...]
+    .venv/bin/python benchmarks/savings_probes.py [--only NAME ...] [--trace]
 
 Each shape is a short trace (40-80 requests) run through the harness of ``savings.py``
 (the real SDK against the emulator, under every fixed strategy; the OpenAI-compatible
@@ -276,6 +276,7 @@ PROBES: list[Workload] = [
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", help="run only probes whose name contains this")
+    parser.add_argument("--trace", action="store_true", help="the requests where auto and the best differ")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     print(f"{'probe':<32}{'best fixed':<12}{'auto/best':>10}  verdict")
@@ -293,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         bad = ratio > S.BAR + 1e-9
         failed += bad
         print(f"{workload.name:<32}{best:<12}{ratio:>9.3f}x  {'FAIL' if bad else 'PASS'}", flush=True)
+        if args.trace:
+            S.print_trace(results, best)
     print(f"\n{failed} probe(s) above the bar ({time.perf_counter() - started:.0f} s)")
     return 0
 

@@ -606,7 +606,7 @@ def test_a_prefix_that_comes_back_after_its_5m_entry_expired_is_marked_1h() -> N
 
 def test_1h_bets_are_paid_from_what_the_bets_before_them_saved() -> None:
     clock = _Clock()
-    planner = Planner(clock=clock)  # the default budget: bets while they paid, + 0.5% of the bill
+    planner = Planner(clock=clock)  # the default budget: what bets saved + 0.5% of the bill
     budget = planner.budget
     assert budget is not None
     other = "ledger invoice ticket refund policy customer account " * 150
@@ -628,18 +628,22 @@ def test_1h_bets_are_paid_from_what_the_bets_before_them_saved() -> None:
             clock.now += 420
         return out
 
-    # Nothing placed yet: the first bet is made where the estimate says (the third return).
-    assert steady_then_late(LONG, 3) == [["5m"], ["5m"], ["1h"]]
+    # The estimate bets at the third late return (see the test above); nothing billed
+    # yet pays for it.
+    assert steady_then_late(LONG, 3) == [["5m"], ["5m"], ["5m"]]
+    budget.billed(2_000_000)  # 0.5% of 2M tokens' worth billed: 10k, over its premium
+    balance = budget.balance
+    assert send("bet", LONG) == ["1h"]
     charged = budget.balance
-    assert charged < 0.0  # its premium, charged when it was placed
-    clock.now -= 420 - 600
+    assert charged < balance  # its premium, charged when it was placed
+    clock.now += 600
     assert send("read", LONG) == ["1h"]  # the late return reads the 1h entry
     assert budget.balance > charged  # what it saved is credited
     # Bets that did not pay (here: charged by hand) stop the next ones, however sure the
     # estimate is, until what the process is billed pays for them.
     budget.placed([], [], budget.balance + 1_000_000.0, clock.now)
     assert steady_then_late(other, 4) == [["5m"], ["5m"], ["5m"], ["5m"]]
-    budget.billed(1_000_000.0 / budget.share)
+    budget.billed(1_002_000.0 / budget.share)
     assert send("funded", other) == ["1h"]
 
 

@@ -1,4 +1,4 @@
-"""The budget of 1h bets: a 1h write is placed only while 1h writes have paid for themselves.
+"""The budget of 1h bets: a 1h write is placed only when what 1h writes saved can pay for it.
 
 Data flow: policy (a 1h bet placed, a late read of one found) -> **budget** <- planner
 ``observe`` (what each request billed).
@@ -9,13 +9,14 @@ last use, reads it: 0.9x its tokens saved (1.15x where the request would have wr
 it at 5m again). The learner's estimate that a family's late returns go on is a
 stationary model: traffic that stops (a tenant who does not come back, a job that
 ends, the last hour of any trace) turns every bet placed near its end into a loss,
-and a family's first late returns are little evidence. So bets are paid from a budget:
-what the process's 1h writes saved, minus what they cost (charged when placed), plus
-``share`` of everything the process was billed. A bet is placed only while the budget
-is not negative.
+whatever the evidence before it. So bets are paid from a budget: what the process's
+1h writes saved, minus what they cost (charged when placed), plus ``share`` of
+everything the process was billed. A bet is placed only when the budget covers its
+premium (estimated on the whole prefix, at least what is charged).
 
-Bound: on any traffic, 1h bets cost at most one bet (the premium of one prompt) plus
-``share`` of the bill more than placing none; where they pay, they fund the next ones.
+Bound: on any traffic, 1h bets cost at most ``share`` of the bill more than placing
+none. A process bets once it has been billed 1/``share`` prompts' worth (200 at 0.5%),
+and bets that pay fund the next ones.
 
 The budget is the process's own (a fleet sharing its learned state in Redis gives each
 process one); its table of the bets placed is bounded (the oldest are forgotten: a
@@ -52,9 +53,9 @@ class OneHourBudget:
         """Whether any bet is remembered (else a sighting has nothing to credit)."""
         return bool(self._bets)
 
-    def open(self) -> bool:
-        """Whether a new bet may be placed: the bets so far have paid for themselves."""
-        return self.balance >= 0.0
+    def affords(self, cost: float) -> bool:
+        """Whether a bet whose premium is at most ``cost`` may be placed."""
+        return self.balance >= cost
 
     def placed(self, keys: Iterable[int], tokens: Iterable[float], cost: float, now: float) -> None:
         """A request writes these prefixes (their billed tokens) at 1h; the premium is ``cost``."""

@@ -76,9 +76,9 @@ class Planner:
             replay a workload on a simulated clock).
         profiles: alias of ``registry``, for callers (the transports) whose ``registry``
             keyword already means a Prometheus registry.
-        budget_1h: 1h bets are placed only while they have paid for themselves, plus
-            this share of the bill (``_budget``): on any traffic they cost at most one
-            bet and this share more than placing none. ``None``: no budget.
+        budget_1h: 1h bets are paid from what they saved plus this share of the bill
+            (``_budget``): on any traffic they cost at most this share of the bill more
+            than placing none. ``None``: no budget (the estimate alone decides).
         render: serialise the planned body (``False``: ``Plan.body`` stays None and only the
             decisions are made; the shadow estimate, which never sends them, plans so).
 

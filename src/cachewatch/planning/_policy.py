@@ -31,8 +31,8 @@ profile's maximum minus reserved relay slots, the caller's markers and a top-lev
 document, previous turn. TTLs: ``5m``; ``1h`` (profiles that honour it) for a shared
 prefix believed cached at 1h, or one that came back 5-60 minutes after its last use
 when the chain of late returns that would read it pays the 1h premium against what the
-request would otherwise do (``_bets_1h``) while the 1h bets so far have paid for
-themselves (``_budget``), and for every marker before it, or for the
+request would otherwise do (``_bets_1h``) and what 1h bets saved (with a share of the
+bill) pays its premium (``_budget``), and for every marker before it, or for the
 static marker with ``static_ttl="1h"``; every ``1h`` marker precedes every ``5m`` one
 (``skipped_ttl_order``). Top-level automatic mode (Anthropic first-party) marks the
 tail when it is the request's last block and its content a plain string. The caller's
@@ -309,7 +309,7 @@ def place(
             and profile.honours_1h
             and kind in _SHARED_KINDS
             and _bets_1h(planner, sight)
-            and (bets is None or bets.open())
+            and (bets is None or bets.affords(pos[CUM] * ratio))
         ):
             entries.append((index, kind, sight, "write"))
         elif (
@@ -368,7 +368,13 @@ def place(
             if kind in _SHARED_KINDS:
                 if sight.cached_1h:
                     one_hour_upto = max(one_hour_upto, index)
-                elif sight.late and _bets_1h(planner, sight) and (bets is None or bets.open()):
+                elif (
+                    sight.late
+                    and _bets_1h(planner, sight)
+                    and (
+                        bets is None or bets.affords(_premium(planner, sight) * positions[index][CUM] * ratio)
+                    )
+                ):
                     one_hour_upto = bet_upto = max(one_hour_upto, index)
     last_1h = -1.0
     first_5m = float(len(positions) + 1)
@@ -405,7 +411,7 @@ def place(
                 bet_keys.append(key)
                 bet_tokens.append(pos[CUM] * ratio)
                 if index == bet_upto:
-                    bet_cost = (0.75 if sight.p >= planner.threshold else 1.0) * (pos[CUM] - read_below)
+                    bet_cost = _premium(planner, sight) * (pos[CUM] - read_below)
             if sight.cached and index < bet_upto:
                 read_below = pos[CUM]
         marked_keys.add(key)
@@ -536,6 +542,11 @@ def _bets_1h(planner: Planner, sight: Sight) -> bool:
     if sight.p >= planner.threshold:
         return odds >= _UPGRADE_ODDS
     return odds >= t1 / (1.0 - t1) * (1.0 - sight.p)
+
+
+def _premium(planner: Planner, sight: Sight) -> float:
+    """What a 1h write costs per token more than the request would pay otherwise."""
+    return 0.75 if sight.p >= planner.threshold else 1.0
 
 
 def _release_unused(learner: LearningState, ticket: Ticket, claimed: list[int], marked: set[int]) -> None:
