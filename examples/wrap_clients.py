@@ -55,7 +55,11 @@ with run_in_thread(create_app()) as base_url:
     http = httpx.Client(transport=cachewatch.CacheWatchTransport(**options), base_url=base_url)
     http.post(
         "/v1/messages",
-        json={"model": "claude-haiku-4-5", "max_tokens": 50, "messages": [{"role": "user", "content": "ping"}]},
+        json={
+            "model": "claude-haiku-4-5",
+            "max_tokens": 50,
+            "messages": [{"role": "user", "content": "ping"}],
+        },
     )
 
 print()
