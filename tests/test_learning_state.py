@@ -243,6 +243,15 @@ def _replay(learner: LearningState, seed: int, steps: int) -> list[Any]:
             keys = rng.sample(range(1, 25), n)
             sightings = [Sighting(k, rng.choice(kinds), rng.random() < 0.5) for k in keys]
             out.append(learner.sight(family, sightings, now, ticket))
+            if rng.random() < 0.5:
+                # The plan does not write some of what it claimed: they become sightings
+                # (the planner's release, at once; concurrent requests then find them).
+                learner.release(keys[: rng.randint(1, len(keys))], ticket)
+            if rng.random() < 0.1:
+                # A second sight by the same request (a previous model's tail, as a previous turn).
+                extra = rng.choice([k for k in range(1, 25) if k not in keys])
+                out.append(learner.sight(family, [Sighting(extra, "previous_turn")], now, ticket))
+                keys = [*keys, extra]
             open_tickets.append((ticket, keys))
         elif op < 0.60 and open_tickets:
             t, keys = open_tickets.pop(rng.randrange(len(open_tickets)))
