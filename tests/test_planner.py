@@ -641,7 +641,7 @@ def test_1h_bets_are_paid_from_what_the_bets_before_them_saved() -> None:
     assert budget.balance > charged  # what it saved is credited
     # Bets that did not pay (here: charged by hand) stop the next ones, however sure the
     # estimate is, until what the process is billed pays for them.
-    budget.placed([], [], budget.balance + 1_000_000.0, clock.now)
+    budget.placed([], budget.balance + 1_000_000.0, clock.now)
     assert steady_then_late(other, 4) == [["5m"], ["5m"], ["5m"], ["5m"]]
     budget.billed(1_002_000.0 / budget.share)
     assert send("funded", other) == ["1h"]

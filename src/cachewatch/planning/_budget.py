@@ -34,7 +34,7 @@ from ._learning import TTL_1H, TTL_5M
 
 __all__ = ["OneHourBudget"]
 
-#: The bets remembered (prefix key -> [billed tokens, last sighting]).
+#: The bets remembered (prefix key -> last sighting).
 MAX_BETS: Final = 4096
 
 
@@ -46,7 +46,7 @@ class OneHourBudget:
         self.max_bets = max_bets
         #: Saved minus spent by 1h writes, plus ``share`` of the bill.
         self.balance = 0.0
-        self._bets: OrderedDict[int, list[float]] = OrderedDict()
+        self._bets: OrderedDict[int, float] = OrderedDict()
         self._lock = threading.Lock()
 
     def has_bets(self) -> bool:
@@ -57,43 +57,46 @@ class OneHourBudget:
         """Whether a bet whose premium is at most ``cost`` may be placed."""
         return self.balance >= cost
 
-    def placed(self, keys: Iterable[int], tokens: Iterable[float], cost: float, now: float) -> None:
-        """A request writes these prefixes (their billed tokens) at 1h; the premium is ``cost``."""
+    def placed(self, keys: Iterable[int], cost: float, now: float) -> None:
+        """A request writes these prefixes at 1h; the premium is ``cost``."""
         with self._lock:
             self.balance -= cost
             bets = self._bets
-            for key, n in zip(keys, tokens, strict=True):
-                found = bets.get(key)
-                if found is None:
-                    bets[key] = [n, now]
-                    if len(bets) > self.max_bets:
-                        bets.popitem(last=False)
-                else:
-                    found[0] = n
-                    found[1] = now
+            for key in keys:
+                if key in bets:
                     bets.move_to_end(key)
+                bets[key] = now
+                if len(bets) > self.max_bets:
+                    bets.popitem(last=False)
 
-    def sighted(self, found: Iterable[tuple[int, bool, float]], now: float) -> None:
-        """A request sights these prefixes: ``(key, believed cached, saving per token)``.
+    def sighted(self, found: Iterable[tuple[int, bool, float, float]], now: float) -> None:
+        """A request sights these prefixes: ``(key, believed cached, saving per token, tokens)``.
 
         A bet's prefix found cached 5-60 minutes after its last sighting was kept by its
         1h TTL alone: its read saved ``saving`` (0.9, or 1.15 against a 5m write the
-        request would have made) of its tokens. One request's reads are nested prefixes:
-        only its largest saving is credited.
+        request would have made) of its tokens past the deepest prefix the request would
+        have read anyway (one cached that is no such bet: a live 5m entry, a caller's 1h
+        one). One request's reads are nested prefixes: only its largest saving is credited.
         """
         bets = self._bets
         if not bets:
             return
         with self._lock:
+            served = 0.0  # the deepest prefix cached without a bet's help
+            kept: list[tuple[float, float]] = []  # (saving, tokens) of the bets that kept theirs
+            for key, cached, saving, tokens in found:
+                last = bets.get(key)
+                if last is not None:
+                    bets[key] = now
+                    if cached and TTL_5M < now - last <= TTL_1H:
+                        kept.append((saving, tokens))
+                        continue
+                if cached and tokens > served:
+                    served = tokens
             best = 0.0
-            for key, cached, saving in found:
-                entry = bets.get(key)
-                if entry is None:
-                    continue
-                gap = now - entry[1]
-                entry[1] = now
-                if cached and TTL_5M < gap <= TTL_1H and saving * entry[0] > best:
-                    best = saving * entry[0]
+            for saving, tokens in kept:
+                if saving * (tokens - served) > best:
+                    best = saving * (tokens - served)
             self.balance += best
 
     def billed(self, units: float) -> None:

@@ -212,7 +212,13 @@ def place(
         if bets is not None and bets.has_bets():
             # A bet's prefix found cached after a late return: what its 1h TTL saved.
             t = planner.threshold
-            bets.sighted([(s.key, s.cached, 1.15 if s.p >= t else 0.9) for s in sights], planner.clock())
+            bets.sighted(
+                [
+                    (s.key, s.cached, 1.15 if s.p >= t else 0.9, positions[index][CUM] * ratio)
+                    for (index, _), s in zip(candidates, sights)  # noqa: B905
+                ],
+                planner.clock(),
+            )
     else:
         sights = [
             new_sight(key, kind, 1, False, False, False, 1.0, 0.0, False, 1.0, False)
@@ -384,10 +390,9 @@ def place(
     honours_1h = profile.honours_1h
     marked_keys: set[int] = set()
     key_at = {index: key for (index, _), key in zip(candidates, keys, strict=True)}
-    # The keys this request writes at 1h (with their tokens) and the bet's premium: the
-    # deepest bet's prefix past what it reads (raw estimates; ``ratio`` below).
+    # The keys this request writes at 1h and the bet's premium: the deepest bet's prefix
+    # past what it reads (raw estimates; ``ratio`` below).
     bet_keys: list[int] = []
-    bet_tokens: list[float] = []
     bet_cost = read_below = 0.0
     for index, kind, sight in chosen:
         pos = positions[index]
@@ -409,7 +414,6 @@ def place(
         if bet_upto >= 0:
             if ttl == "1h":
                 bet_keys.append(key)
-                bet_tokens.append(pos[CUM] * ratio)
                 if index == bet_upto:
                     bet_cost = _premium(planner, sight) * (pos[CUM] - read_below)
             if sight.cached and index < bet_upto:
@@ -440,7 +444,7 @@ def place(
         out.append(placement(pos, index, "inserted", ttl, reason, ratio))
         changed = True
     if bet_cost > 0.0 and planner.budget is not None:
-        planner.budget.placed(bet_keys, bet_tokens, bet_cost * ratio, planner.clock())
+        planner.budget.placed(bet_keys, bet_cost * ratio, planner.clock())
     _release_unused(planner.learner, ticket, claimed, marked_keys)
     return tuple(out), changed, ticket, advice
 
