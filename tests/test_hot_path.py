@@ -236,6 +236,37 @@ def test_slot_factories_build_what_the_constructor_builds_on_every_path() -> Non
                 built.a = 5  # type: ignore[misc]
 
 
+def test_slot_replace_is_dataclasses_replace_and_defaults_may_be_left_out() -> None:
+    # The diagnosis store's entries are built and refreshed through these.
+    from dataclasses import replace
+
+    from cachewatch.diagnosis._store import Entry, new_entry, replace_entry
+
+    given = {
+        "written_at": 1.0,
+        "refreshed_at": 2.0,
+        "ttl": 300.0,
+        "model": "m",
+        "tokens": 7,
+        "position": 3,
+        "readable_at": 1.5,
+    }
+    built = new_entry(**given, cached=False, written_tokens=4)
+    assert type(built) is Entry
+    assert built == Entry(**given, cached=False, written_tokens=4)  # type: ignore[arg-type]
+    assert new_entry(*given.values()) == Entry(**given)  # type: ignore[arg-type]
+    for changes in (
+        {},
+        {"read": True, "refreshed_at": 9.0},
+        {"hashes": b"ab", "tools": b"c", "wasted": True},
+    ):
+        assert replace_entry(built, **changes) == replace(built, **changes)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        replace_entry(built, no_such_field=1)
+    with pytest.raises(AttributeError):  # still frozen
+        replace_entry(built, read=True).read = False  # type: ignore[misc]
+
+
 def test_new_layout_is_the_constructors_layout() -> None:
     # Every field set (an unset slot would raise here), each at the dataclass default,
     # and no list or dict shared between two layouts.
