@@ -236,6 +236,37 @@ def test_slot_factories_build_what_the_constructor_builds_on_every_path() -> Non
                 built.a = 5  # type: ignore[misc]
 
 
+def test_slot_replace_is_dataclasses_replace_and_defaults_may_be_left_out() -> None:
+    # The diagnosis store's entries are built and refreshed through these.
+    from dataclasses import replace
+
+    from cachewatch.diagnosis._store import Entry, new_entry, replace_entry
+
+    given = {
+        "written_at": 1.0,
+        "refreshed_at": 2.0,
+        "ttl": 300.0,
+        "model": "m",
+        "tokens": 7,
+        "position": 3,
+        "readable_at": 1.5,
+    }
+    built = new_entry(**given, cached=False, written_tokens=4)
+    assert type(built) is Entry
+    assert built == Entry(**given, cached=False, written_tokens=4)  # type: ignore[arg-type]
+    assert new_entry(*given.values()) == Entry(**given)  # type: ignore[arg-type]
+    for changes in (
+        {},
+        {"read": True, "refreshed_at": 9.0},
+        {"hashes": b"ab", "tools": b"c", "wasted": True},
+    ):
+        assert replace_entry(built, **changes) == replace(built, **changes)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        replace_entry(built, no_such_field=1)
+    with pytest.raises(AttributeError):  # still frozen
+        replace_entry(built, read=True).read = False  # type: ignore[misc]
+
+
 def test_new_layout_is_the_constructors_layout() -> None:
     # Every field set (an unset slot would raise here), each at the dataclass default,
     # and no list or dict shared between two layouts.
@@ -469,3 +500,41 @@ def test_streamed_and_pre_read_responses_are_both_counted(streamed: bool) -> Non
         },
     )
     assert value == 6
+
+
+@pytest.mark.parametrize("family_name", ["httpx", "httpx2"])
+@pytest.mark.parametrize("with_host", [True, False])
+def test_the_rebuilt_request_is_the_one_content_would_build(family_name: str, with_host: bool) -> None:
+    # _outgoing gives the planned body as a stream when the Host header is there (the
+    # content= path would only re-normalise every header): the same request either way.
+    import importlib
+    from types import SimpleNamespace
+
+    from cachewatch.transport._transport import _outgoing
+
+    family = importlib.import_module(family_name)
+    headers = {"Content-Type": "application/json", "X-Custom": b"a\xe9", "Content-Length": "2"}
+    if with_host:
+        headers = {"Host": "api.example.com", **headers}
+    request = family.Request(
+        "post", "https://api.example.com/v1/messages", headers=headers, content=b"{}", extensions={"k": 1}
+    )
+    body = b'{"model":"m","messages":[]}'
+    exchange: Any = SimpleNamespace(new_body=body, new_headers={"anthropic-beta": "x"})
+    rebuilt = _outgoing(exchange, request)
+    expected_headers = request.headers.copy()
+    expected_headers["Content-Length"] = str(len(body))
+    expected_headers["anthropic-beta"] = "x"
+    expected = family.Request(
+        request.method, request.url, headers=expected_headers, content=body, extensions=request.extensions
+    )
+    assert type(rebuilt) is type(expected)
+    assert rebuilt.method == expected.method == "POST"
+    assert rebuilt.url == expected.url
+    assert rebuilt.headers.raw == expected.headers.raw
+    assert rebuilt.headers.encoding == expected.headers.encoding
+    assert rebuilt.content == expected.content == body
+    assert type(rebuilt.stream) is type(expected.stream)
+    assert list(rebuilt.stream) == list(expected.stream)
+    assert rebuilt.extensions == expected.extensions
+    assert rebuilt.extensions is not request.extensions

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, Final, NamedTuple, Protocol, TypeVar
 
 __all__ = [
@@ -356,7 +356,8 @@ _T = TypeVar("_T")
 
 
 def slot_factory(cls: type[_T]) -> Callable[..., _T]:
-    """A positional ``cls(...)`` taking every field, in field order, for a slots dataclass.
+    """A positional ``cls(...)`` taking every field, in field order, for a slots dataclass
+    (the trailing fields with a plain default may be left out).
 
     The function is generated, as dataclasses generates ``__init__``. For a class that
     does not forbid attribute stores it allocates the instance and stores each field.
@@ -370,7 +371,15 @@ def slot_factory(cls: type[_T]) -> Callable[..., _T]:
     """
     names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
     env: dict[str, object] = {"new": object.__new__, "cls": cls}
-    lines = [f"def make({', '.join(names)}):"]
+    # The plain defaults (not default factories) of the trailing fields are the
+    # parameters' defaults, so a call may leave those fields out as it may for the class.
+    params = list(names)
+    for i, f in reversed(list(enumerate(fields(cls)))):  # type: ignore[arg-type]
+        if f.default is MISSING:
+            break
+        env[f"default{i}"] = f.default
+        params[i] = f"{f.name}=default{i}"
+    lines = [f"def make({', '.join(params)}):"]
     if cls.__setattr__ is object.__setattr__:
         lines.append("    o = new(cls)")
         lines.extend(f"    o.{name} = {name}" for name in names)
@@ -388,8 +397,27 @@ def slot_factory(cls: type[_T]) -> Callable[..., _T]:
     lines.append("    return o")
     exec("\n".join(lines), env)  # the field names of the class itself, nothing else
     make = env["make"]
-    make.__doc__ = f"``{cls.__name__}(...)`` with every field given, positionally."
+    make.__doc__ = f"``{cls.__name__}(...)`` with the fields in field order."
     return make  # type: ignore[return-value]
+
+
+def slot_replace(cls: type[_T], make: Callable[..., _T]) -> Callable[..., _T]:
+    """``dataclasses.replace(obj, **changes)`` for a slots dataclass built by ``make``
+    (its :func:`slot_factory`), for a class without ``__post_init__`` or init-only fields.
+
+    ``dataclasses.replace`` walks ``fields()``, gathers every field into a keyword dict
+    and calls the frozen ``__init__``: about 15x the cost of this generated function,
+    which takes each field as an optional keyword and passes the others on from ``obj``.
+    """
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    keep = object()
+    env: dict[str, object] = {"make": make, "keep": keep}
+    head = ", ".join(f"{name}=keep" for name in names)
+    args = ", ".join(f"o.{name} if {name} is keep else {name}" for name in names)
+    exec(f"def replace(o, *, {head}):\n    return make({args})", env)  # field names only
+    replace = env["replace"]
+    replace.__doc__ = f"``dataclasses.replace`` of a ``{cls.__name__}``."
+    return replace  # type: ignore[return-value]
 
 
 def _builder(cls: type) -> type | None:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -323,8 +324,13 @@ class Diagnoser:
         marker_positions = [m for m, _ in fp.markers if m < n]
         tokens = calibrated(fp.tokens[:n], total_raw, usage, max(marker_positions, default=-1))
 
+        lookback = self.lookback
+
         def reachable(i: int) -> bool:
-            return any(0 <= m - i < self.lookback for m in marker_positions)
+            # Some breakpoint at or after i, within the lookback: the first one at or after
+            # i (the markers are in prompt order) is the nearest.
+            j = bisect_left(marker_positions, i)
+            return j < len(marker_positions) and marker_positions[j] - i < lookback
 
         # (position, state, entry) of every earlier write of one of this request's prefixes.
         cands: list[tuple[int, str, Entry | None]] = []
@@ -361,12 +367,15 @@ class Diagnoser:
 
         verdict: MissVerdict | None = None
         deeper = [c for c in cands if c[1] != "unwritten" and c[0] > read_pos and size(c) - read > slack]
+        # (Nothing deeper than the read, the common case: no state to look through.)
         for st, reason in (
             ("live", "evicted"),
             ("inflight", "write_in_flight"),
             ("expired", "ttl_expired"),
             ("far", "lookback_exceeded"),
         ):
+            if not deeper:
+                break
             hits = [c for c in deeper if c[1] == st]
             if hits:
                 c = max(hits, key=lambda cand: cand[0])  # entries themselves do not order

@@ -12,12 +12,11 @@ position's digest, so a later request can find the first position that changed.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..accounting._records import TokenUsage
 from ._fingerprints import Fingerprints
-from ._store import TTL_SECONDS, Entry, FingerprintStore
+from ._store import TTL_SECONDS, Entry, FingerprintStore, new_entry, replace_entry
 
 if TYPE_CHECKING:
     from ._diagnoser import RequestState
@@ -49,7 +48,7 @@ def store_entries(
     # Entries this request read: refreshed (the TTL restarts at this request's start).
     for i, st, e in cands:
         if e is not None and st == "live" and i <= read_pos:
-            items[keys[i]] = replace(e, refreshed_at=max(e.refreshed_at, sent), read=True)
+            items[keys[i]] = replace_entry(e, refreshed_at=max(e.refreshed_at, sent), read=True)
     # This request's own breakpoints; its write tokens are attributed to the ones past the read.
     markers = [(m, ttl) for m, ttl in fp.markers if m < n]
     read_tokens = float(usage.cache_read)
@@ -77,14 +76,14 @@ def store_entries(
         if m in shares or (write == 0 and m > read_pos and tokens[m] > read_tokens):
             share = shares.get(m, 0)
             cached = share > 0
-            entry = Entry(
+            entry = new_entry(
                 written_at=sent, refreshed_at=sent, ttl=ttl, model=fp.model, tokens=int(tokens[m]),
                 position=m, readable_at=readable, cached=cached, written_tokens=share,
                 provider=provider, model_label=model_label, workspace=workspace,
             )  # fmt: skip
             if existing is not None and live and cached and existing.pending_waste:
                 # A fan-out wrote the same prefix again: both writes are waste unless read.
-                entry = replace(
+                entry = replace_entry(
                     entry,
                     written_at=min(existing.written_at, sent),
                     readable_at=min(existing.readable_at, readable),
@@ -93,11 +92,11 @@ def store_entries(
             elif existing is not None and live and not cached:
                 entry = existing
         elif existing is not None and live:
-            entry = replace(
+            entry = replace_entry(
                 existing, refreshed_at=max(existing.refreshed_at, sent), ttl=max(existing.ttl, ttl)
             )
         else:
-            entry = Entry(
+            entry = new_entry(
                 written_at=sent, refreshed_at=sent, ttl=ttl, model=fp.model, tokens=int(tokens[m]),
                 position=m, readable_at=readable, cached=True, written_tokens=0,
                 provider=provider, model_label=model_label, workspace=workspace,
@@ -107,7 +106,7 @@ def store_entries(
     if deepest is not None and anchor_keys:
         limit = min(deepest.position + 1, max_anchor_positions)
         hashes = b"".join(fp.hashes[i][:ANCHOR_HASH] for i in range(limit))
-        anchor = replace(
+        anchor = replace_entry(
             deepest,
             hashes=hashes,
             tools=fp.tools[:ANCHOR_HASH] if fp.tools is not None else b"",

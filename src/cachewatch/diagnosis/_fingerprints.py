@@ -20,13 +20,15 @@ kept: never content.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import xxhash
 
-from ..planning._layout import CUM, IDX, LOC, MARK, OK, Layout
+from ..accounting._records import slot_factory
+from ..planning._layout import CONT, CUM, IDX, KEY, LOC, MARK, OK, Layout, block_kind
 from ..planning._tokens import TokenEstimator
 from ..planning._walk import walk
 
@@ -37,6 +39,7 @@ _NEVER_AUTOMATIC: Final = frozenset({"thinking", "redacted_thinking"})
 _DEFAULT_ESTIMATOR = TokenEstimator(use_qwen_tokenizer=False)
 
 
+@functools.lru_cache(maxsize=256)  # a few models carry the traffic; asked twice a diagnosis
 def _model_tag(model: str) -> int:
     return int.from_bytes(_h(b"p\x00" + model.encode("utf-8", "surrogatepass")), "big")
 
@@ -79,6 +82,11 @@ class Fingerprints:
         return ".".join((self.locations[index], *(str(i) for i in self.indices[index])))
 
 
+#: ``Fingerprints(...)``, every field given in field order (one per diagnosed request; see
+#: ``accounting._records.slot_factory``).
+new_fingerprints: Final[Callable[..., Fingerprints]] = slot_factory(Fingerprints)
+
+
 def fingerprints_of(
     layout: Layout,
     model: str,
@@ -100,7 +108,11 @@ def fingerprints_of(
         markers.setdefault(int(at + 0.5), ttl)
     for at, ttl in extra_markers:
         markers.setdefault(at, ttl)
-    kinds = [layout.kind(i) for i in range(len(positions))]
+    # Layout.kind, for every position in one loop.
+    kinds = [
+        block_kind(block[0] if type(block := pos[CONT][pos[KEY]]) is list and len(block) == 1 else block)
+        for pos in positions
+    ]
     if top_level is not None:
         target = next(
             (
@@ -115,18 +127,20 @@ def fingerprints_of(
     system = layout.system_anchor
     first = layout.first_input_anchor
     conversation = _h(b"conv\x00" + (system or b"") + first) if first is not None else None
-    return Fingerprints(
-        model=model,
-        hashes=tuple(layout.digests),
-        tokens=tuple(pos[CUM] for pos in positions),
-        locations=tuple(pos[LOC] for pos in positions),
-        indices=tuple(pos[IDX] for pos in positions),
-        kinds=tuple(kinds),
-        markers=tuple(sorted(markers.items())),
-        conversation=conversation,
-        first_message=first,
-        system=system,
-        tools=layout.tools_digest,
+    # The position tuples' columns, transposed at once: (locations, indices, ..., tokens).
+    columns = tuple(zip(*positions, strict=True)) if positions else ((),) * 7
+    return new_fingerprints(
+        model,
+        tuple(layout.digests),  # hashes
+        columns[CUM],  # tokens
+        columns[LOC],  # locations
+        columns[IDX],  # indices
+        tuple(kinds),
+        tuple(sorted(markers.items())),  # markers
+        conversation,
+        first,  # first_message
+        system,
+        layout.tools_digest,  # tools
     )
 
 

@@ -17,13 +17,15 @@ from __future__ import annotations
 import heapq
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol, runtime_checkable
 
 import orjson
 
-__all__ = ["TTL_SECONDS", "Entry", "FingerprintStore", "MemoryStore"]
+from ..accounting._records import slot_factory, slot_replace
+
+__all__ = ["TTL_SECONDS", "Entry", "FingerprintStore", "MemoryStore", "new_entry", "replace_entry"]
 
 TTL_SECONDS: Mapping[str, float] = {"5m": 300.0, "1h": 3_600.0}
 
@@ -115,6 +117,12 @@ class Entry:
         )
 
 
+#: ``Entry(...)`` and ``dataclasses.replace(entry, ...)`` without the frozen ``__init__``'s
+#: cost (a diagnosed request builds several; see ``accounting._records.slot_factory``).
+new_entry: Final[Callable[..., Entry]] = slot_factory(Entry)
+replace_entry: Final[Callable[..., Entry]] = slot_replace(Entry, new_entry)
+
+
 @runtime_checkable
 class FingerprintStore(Protocol):
     """Where fingerprint entries live: in memory (default) or shared (Redis) by a fleet.
@@ -200,7 +208,7 @@ class MemoryStore:
                 if entry.expires_at > now:
                     heapq.heappush(heap, (entry.expires_at, key))
                     continue
-                claimed = replace(entry, wasted=True)
+                claimed = replace_entry(entry, wasted=True)
                 self._data[key] = claimed
                 out.append(claimed)
         return out

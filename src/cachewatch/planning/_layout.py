@@ -35,6 +35,7 @@ __all__ = [
     "Location",
     "Pos",
     "RemovedMarker",
+    "block_kind",
     "new_layout",
     "position_path",
 ]
@@ -142,7 +143,7 @@ class Layout:
         block = pos[CONT][pos[KEY]]
         if type(block) is list and len(block) == 1:
             block = block[0]  # a string the planner turned into one marked block
-        return _kind(block)
+        return block_kind(block)
 
 
 def new_layout(api: str) -> Layout:
@@ -185,7 +186,8 @@ def position_path(pos: Pos) -> str:
     return f"messages.{msg}.content.{block}"
 
 
-def _kind(block: Any) -> str:
+def block_kind(block: Any) -> str:
+    """The kind of a block (:data:`BLOCK_KINDS` or ``other``; a string is ``text``)."""
     if type(block) is str:
         return "text"
     if type(block) is dict:

@@ -121,17 +121,37 @@ def _outgoing(exchange: Exchange, request: Any) -> Any:
         headers["Content-Length"] = str(len(body))
         for name, value in (exchange.new_headers or {}).items():
             headers[name] = value
-        return family.Request(
+        if not _has_host(headers):
+            return family.Request(
+                request.method,
+                request.url,
+                headers=headers,
+                content=body,
+                extensions=request.extensions,
+            )
+        # The same request as ``Request(..., content=body)``, which adds only the Host and
+        # Content-Length headers, both set here already; but that path also looks each of
+        # them up and normalises every header again (~14 us of ~18 with 19 headers). Given
+        # the body's stream instead, the headers are taken as they are, and ``read()``
+        # loads the content as the ``content=`` path does.
+        rebuilt = family.Request(
             request.method,
             request.url,
             headers=headers,
-            content=body,
+            stream=family.ByteStream(body),
             extensions=request.extensions,
         )
+        rebuilt.read()
+        return rebuilt
     except Exception as exc:
         exchange.engine.fault("request_rebuild", exc)
         exchange.drop_plan()
         return request
+
+
+def _has_host(headers: Any) -> bool:
+    """Whether ``headers`` (an httpx ``Headers``) has a Host field (first, as httpx's clients put it)."""
+    return any(name.lower() == b"host" for name, _ in headers.raw)
 
 
 def _activate(exchange: Exchange) -> Any:
