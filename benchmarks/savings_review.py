@@ -5,12 +5,13 @@
 Shapes the other savings benchmarks do not contain, run through ``savings.py``'s harness
 (the real anthropic SDK against the emulator, every fixed strategy, then ``auto``):
 conversations that fork into sub-agents from a shared point, an agent whose tool list grows
-as it discovers tools, a date at the top of the system prompt that changes once a day,
-streaming-only chats and agents, documents near the context limit, a gateway that sends
-Anthropic and DashScope traffic through one wrapped client, waves of streamed sub-agents
-sent at once over a new brief, and one-shot requests whose tool list is retrieved per
-request (never reused: also checked against no caching). ``--seed`` varies every shape's
-draws; ``--learned`` prints auto's decisions, its advice and every strategy's cost.
+as it discovers tools, chats whose system prompt ends with the memories saved so far, a
+date at the top of the system prompt that changes once a day, streaming-only chats and
+agents, documents near the context limit, a gateway that sends Anthropic and DashScope
+traffic through one wrapped client, waves of streamed sub-agents sent at once over a new
+brief, and one-shot requests whose tool list is retrieved per request (never reused: also
+checked against no caching). ``--seed`` varies every shape's draws; ``--learned`` prints
+auto's decisions, its advice and every strategy's cost.
 """
 
 from __future__ import annotations
@@ -71,6 +72,26 @@ def growing_tools(run: Run, *, seed: str = "grow", grow: float = 0.35, tasks: in
                 tools = [*tools, pool[len(tools)]]
             run.wait(rng.uniform(2, 25))
         run.wait(rng.uniform(30, 300))
+
+
+def memory_in_system(run: Run, *, seed: str = "mem", grow: float = 0.15) -> None:
+    """Chats whose system prompt ends with the memories saved so far: one more now and then."""
+    rng = random.Random(seed)
+    base = "You are a helper. " + text(f"{seed}-system", 2_500)
+    for c in range(12):
+        memories: list[str] = []
+        messages: list[dict[str, Any]] = [{"role": "user", "content": text(f"{seed}-{c}", 150)}]
+        for t in range(rng.randint(4, 9)):
+            system = base + "\n\nMemories:\n" + "\n".join(memories)
+            reply = run.send(model=SONNET, system=system, messages=messages)
+            messages += [
+                _reply(reply),
+                {"role": "user", "content": text(f"{seed}-{c}-{t}", rng.randint(30, 300))},
+            ]
+            if rng.random() < grow:
+                memories.append(text(f"{seed}-m{c}-{t}", 25))
+            run.wait(rng.uniform(5, 60))
+        run.wait(rng.uniform(10, 200))
 
 
 def daily_date(run: Run, *, seed: str = "daily") -> None:
@@ -202,6 +223,7 @@ def parallel_streams(run: Run, *, seed: str = "pstream") -> None:
 SHAPES: list[Workload] = [
     Workload("forked sub-agents", "anthropic", forked_subagents),
     Workload("growing tool list", "anthropic", growing_tools),
+    Workload("memory in system prompt", "anthropic", memory_in_system),
     Workload("daily date at top", "anthropic", daily_date),
     Workload("streaming only", "anthropic", streaming_only),
     Workload("huge documents", "anthropic", huge_documents),
