@@ -144,6 +144,23 @@ def test_ttl_expired_and_the_unread_write_is_wasted(rig: Rig) -> None:
     assert_no_content(second, SYSTEM)
 
 
+def test_an_unread_write_is_counted_when_only_unmarked_requests_follow(rig: Rig) -> None:
+    # A planner that learnt not to write (or a caller that marks one request in many) sends
+    # no diagnosed request afterwards: the write that expired unread is still counted.
+    marked = chat(SYSTEM, words("q", 80))
+    marked["system"] = [{"type": "text", "text": SYSTEM, "cache_control": {"type": "ephemeral"}}]
+    first = rig.send(marked)
+    assert first.usage is not None
+    assert first.usage.cache_write > 0
+    for n in range(3):
+        rig.clock.advance(200)
+        plain = rig.send(chat(words(f"other{n}", 40), words("q", 20)))  # under the minimum: unmarked
+        assert plain.usage is not None
+        assert plain.usage.cache_write == 0
+        assert not plain.extra.get("breakpoints.inserted")
+    assert rig.wasted() == first.usage.cache_write
+
+
 def test_read_writes_are_not_wasted(rig: Rig) -> None:
     question = words("q", 80)
     first = rig.send(chat(SYSTEM, question))

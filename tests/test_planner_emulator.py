@@ -7,7 +7,10 @@ its own: what is read comes from the markers cachewatch inserted.
 
 from __future__ import annotations
 
+import asyncio
 import random
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -182,3 +185,53 @@ def test_prefix_below_the_minimum_gets_no_marker(base_url: str) -> None:
         for loc in ("system", "messages", "top_level")
     )
     assert skipped >= 2
+
+
+def test_a_stream_whose_first_event_has_not_come_is_still_writing() -> None:
+    # A streamed response can begin (headers) well before its first event (a relay that
+    # flushes its headers at once, a long prefill): the provider's cache entry exists only
+    # from the first event on. A sibling planned in between must not believe it readable:
+    # marking it to read, it would pay for a write of its own, and the correction after
+    # that read failed would forget the entry (and send the next siblings unmarked).
+    arrived: list[int] = []
+    release = threading.Event()
+
+    async def hold() -> None:  # each response, before its first event (a stream's headers are out)
+        arrived.append(1)
+        while not release.is_set():
+            await asyncio.sleep(0.002)
+
+    with run_in_thread(create_app(before_response=hold)) as url:
+        client = claude(url, "planner-stream-start")
+        body: dict[str, Any] = {
+            "model": "claude-sonnet-4-6",
+            "max_tokens": 16,
+            "system": SYSTEM,
+            "messages": [{"role": "user", "content": words("sq0", 40)}],
+        }
+        second = {**body, "messages": [{"role": "user", "content": words("sq1", 40)}]}
+        done: list[Any] = []
+        headers_in = threading.Event()
+
+        def stream() -> None:
+            with client.messages.stream(**body) as s:  # entered once the headers are in
+                headers_in.set()
+                done.append(s.get_final_message())
+
+        writer = threading.Thread(target=stream)
+        writer.start()
+        assert headers_in.wait(10)
+        sibling = threading.Thread(target=lambda: done.append(client.messages.create(**second)))
+        sibling.start()
+        for _ in range(5_000):  # until the sibling was planned, sent and held too
+            if len(arrived) == 2:
+                break
+            time.sleep(0.002)
+        release.set()
+        writer.join(10)
+        sibling.join(10)
+    assert len(done) == 2
+    usages = sorted((m.usage for m in done), key=lambda u: u.cache_creation_input_tokens)
+    # One write of the shared system prompt: the stream's. The sibling sent it unmarked.
+    assert usages[0].cache_creation_input_tokens == 0, usages
+    assert usages[1].cache_creation_input_tokens > 0, usages

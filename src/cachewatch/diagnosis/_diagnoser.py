@@ -167,6 +167,8 @@ class Diagnoser:
         self._inflight: dict[int, RequestState] = {}
         self._lock = threading.Lock()
         self._last_sweep: float | None = None
+        #: A request diagnosed here was billed a write: sweeps are due between diagnosed requests too.
+        self.wrote = False
         self._messages: OrderedDict[bytes, str] = OrderedDict()
 
     # -- request lifecycle -------------------------------------------------------------
@@ -277,9 +279,20 @@ class Diagnoser:
                 local_reason=verdict.reason if verdict is not None else None,
                 read_tokens=usage.cache_read,
             )
+        if usage.cache_write:
+            self.wrote = True
+        self.sweep_if_due(now)
+        return verdict
+
+    def sweep_if_due(self, now: float) -> None:
+        """:meth:`sweep` when ``sweep_interval`` has passed since the last one.
+
+        Also called for requests that are not diagnosed (no marker): a planner that learnt
+        to stop writing sends none, and the writes it made before would otherwise never
+        be counted.
+        """
         if self._last_sweep is None or now - self._last_sweep >= self.sweep_interval:
             self.sweep(now)
-        return verdict
 
     def sweep(self, now: float) -> int:
         """Count the writes that expired unread by ``now``; returns their tokens."""

@@ -122,6 +122,12 @@ class DiagnosisStage:
             or (plan is not None and plan.body is not None)
             or body.find(b"cache_control") != -1
         ):
+            if self.diagnoser.wrote:
+                # Writes made earlier still expire unread while no request is diagnosed.
+                try:
+                    self.diagnoser.sweep_if_due(self.wall_clock())
+                except Exception as exc:
+                    self.fault("diagnosis", exc)
             return None
         try:
             profile = (self.profiles or _shared_profiles()).match(host, path)

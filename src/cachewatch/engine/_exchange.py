@@ -92,6 +92,7 @@ class Exchange:
     __slots__ = (
         "_done",
         "_lock",
+        "_unstarted",
         "body_override",
         "diag",
         "engine",
@@ -125,6 +126,8 @@ class Exchange:
         self.sink_states: list[object | None] = []
         self._done = False
         self._lock = threading.Lock()
+        #: A stream whose first body chunk has not come: what it wrote is not readable yet.
+        self._unstarted = False
         #: The miss diagnosis of this request (None: not diagnosed).
         self.diag: DiagnosisRequest | None = None
         #: A body and headers to send instead of the planned body (the diagnosis's
@@ -186,20 +189,15 @@ class Exchange:
         engine = self.engine
         self.status_code = status_code
         plan = self.plan
-        if plan is not None and plan.ticket is not None and engine.planner is not None:
-            try:
-                engine.planner.started(plan, status_code)
-            except Exception as exc:
-                engine.fault("planner_feedback", exc)
-        if self.diag is not None and engine.diagnosis is not None:
-            engine.diagnosis.started(self.diag)  # this request's writes are readable now
-        if self.shadow is not None and engine.shadow is not None:
-            engine.shadow.started(self.shadow, status_code)  # so are auto's, in the simulation
-        if self.shape is not None and engine.recording is not None:
-            engine.recording.started(self.shape)
+        content_type = headers.get("content-type")
+        self.stream = content_type is not None and "event-stream" in content_type.lower()
+        if self.stream and status_code < 400:
+            # A stream's headers can come long before its first event (a relay flushes
+            # them at once; a long prefill): the provider's entry exists from that event on.
+            self._unstarted = True
+        else:
+            self._began(status_code)
         try:
-            content_type = headers.get("content-type")
-            self.stream = content_type is not None and "event-stream" in content_type.lower()
             if self.stream and plan is not None and plan.added_include_usage:
                 self.filter = UsageChunkFilter(headers.get("content-encoding"))
             self.observer = ResponseObserver(
@@ -214,10 +212,29 @@ class Exchange:
             engine.fault("observe", exc)
             self.observer = None
 
+    def _began(self, status_code: int) -> None:
+        """The response began: what this request wrote is readable from now on."""
+        engine = self.engine
+        plan = self.plan
+        if plan is not None and plan.ticket is not None and engine.planner is not None:
+            try:
+                engine.planner.started(plan, status_code)
+            except Exception as exc:
+                engine.fault("planner_feedback", exc)
+        if self.diag is not None and engine.diagnosis is not None:
+            engine.diagnosis.started(self.diag)  # this request's writes are readable now
+        if self.shadow is not None and engine.shadow is not None:
+            engine.shadow.started(self.shadow, status_code)  # so are auto's, in the simulation
+        if self.shape is not None and engine.recording is not None:
+            engine.recording.started(self.shape)
+
     def feed(self, chunk: bytes) -> None:
         """One body chunk, exactly as the caller receives it."""
         if self.first_chunk_at is None:
             self.first_chunk_at = self.engine.clock()
+            if self._unstarted:
+                self._unstarted = False
+                self._began(self.status_code or 200)
         observer = self.observer
         if observer is not None:
             try:
