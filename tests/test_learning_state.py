@@ -200,11 +200,11 @@ def test_a_block_that_changes_every_time_is_found_and_a_first_line_told_apart(ne
 def test_a_conversation_is_linked_to_its_previous_request(new_learner: Make) -> None:
     learner = new_learner()
     assert learner.conversation(42, 1, None, False, 100.0)[0] is None
-    assert learner.conversation(42, 1, b"reply", True, 110.0)[0] == (1, None, False)
-    assert learner.conversation(42, 1, b"reply", True, 120.0)[0] == (1, b"reply", True)
+    assert learner.conversation(42, 1, b"reply", True, 110.0)[0][:3] == (1, None, False)
+    assert learner.conversation(42, 1, b"reply", True, 120.0)[0][:3] == (1, b"reply", True)
     # No static prefix is recorded as -1.
     assert learner.conversation(43, None, None, False, 120.0)[0] is None
-    assert learner.conversation(43, 5, None, False, 121.0)[0] == (-1, None, False)
+    assert learner.conversation(43, 5, None, False, 121.0)[0][:3] == (-1, None, False)
     # An hour later it is no longer the same conversation (but steadiness carries on).
     assert learner.conversation(42, 1, b"reply", True, 120.0 + TTL_1H + 1)[0] is None
 
@@ -217,7 +217,7 @@ def test_what_was_not_seen_for_max_age_is_forgotten(new_learner: Make) -> None:
     later = 100.0 + 2 * MAX_AGE
     assert not learner.sight(FAMILY, static(1), later, 3)[0].known
     assert learner.conversation(42, 1, None, False, later)[0] is None
-    assert learner.conversation(42, 1, None, False, later + 1)[0] == (1, None, False)
+    assert learner.conversation(42, 1, None, False, later + 1)[0][:3] == (1, None, False)
 
 
 # -- both implementations give the same answers, call for call ---------------------------
@@ -300,6 +300,7 @@ def _replay(learner: LearningState, seed: int, steps: int) -> list[Any]:
                         now,
                         model,
                         rng.choice((-1, 3, 4, 2**20)),
+                        rng.choice((1, 2, 3)),
                     )
                 )
         if rng.random() < 0.05:
@@ -506,10 +507,10 @@ def test_a_conversation_steady_once_that_then_changes_on_every_request_is_unstab
     learner = new_learner()
     learner.conversation(42, 1, None, False, 100.0)
     learner.conversation(42, 1, b"r", True, 110.0)  # kept its prefix: a steady step
-    assert learner.conversation(42, 2, b"r", False, 120.0)[0] == (1, b"r", True)  # a one-time edit
+    assert learner.conversation(42, 2, b"r", False, 120.0)[0][:3] == (1, b"r", True)  # a one-time edit
     # From then on its static prefix changes on every request: no longer steady.
-    assert learner.conversation(42, 3, b"r", False, 130.0)[0] == (2, b"r", False)
-    assert learner.conversation(42, 4, b"r", False, 140.0)[0] == (3, b"r", False)
+    assert learner.conversation(42, 3, b"r", False, 130.0)[0][:3] == (2, b"r", False)
+    assert learner.conversation(42, 4, b"r", False, 140.0)[0][:3] == (3, b"r", False)
 
 
 def test_a_switch_of_model_is_no_evidence_about_a_conversation(new_learner: Make) -> None:
@@ -518,7 +519,7 @@ def test_a_switch_of_model_is_no_evidence_about_a_conversation(new_learner: Make
     # The next turn goes to another model: its static prefix and previous turn are new
     # to that model's cache, which says nothing of the prompt.
     assert learner.conversation(42, 2, b"r", False, 110.0, 8)[0] is None
-    assert learner.conversation(42, 2, b"r", True, 120.0, 8)[0] == (2, b"r", False)
+    assert learner.conversation(42, 2, b"r", True, 120.0, 8)[0][:3] == (2, b"r", False)
 
 
 def test_a_conversation_remembers_where_each_models_last_request_ended(new_learner: Make) -> None:
@@ -529,7 +530,8 @@ def test_a_conversation_remembers_where_each_models_last_request_ended(new_learn
     # Back to model 7 after a switch: where its last request ended (position 3).
     assert learner.conversation(42, 1, b"r", False, 120.0, 7, 7) == (None, 3)
     # Staying on model 7: its previous turn is the previous request's tail, nothing earlier.
-    assert learner.conversation(42, 1, b"r", True, 130.0, 7, 9) == ((1, b"r", False), -1)
+    before, earlier = learner.conversation(42, 1, b"r", True, 130.0, 7, 9)
+    assert (before[:3] if before else None, earlier) == ((1, b"r", False), -1)
     assert learner.conversation(42, 1, b"r", True, 140.0, 8, 11) == (None, 5)
     # A request without a tail (-1) leaves none to find.
     learner.conversation(42, 1, b"r", True, 150.0, 9, -1)
@@ -616,3 +618,39 @@ def test_after_reused_traffic_turns_unreused_writes_stop_within_the_documented_b
         written += sight.p >= THRESHOLD
     assert written <= bound
     assert written >= bound - 1  # the bound is tight, not loose
+
+
+def test_an_unsettled_conversation_is_judged_by_whether_its_next_request_changes_again(
+    new_learner: Make,
+) -> None:
+    learner = new_learner()
+    # A prefix that changes on every request (a timestamp at the top): unsettled from its
+    # second request on, and each next request changes again.
+    learner.conversation(1, 10, None, False, 100.0, family=FAMILY)
+    # A first request counts as a change (as it does for the planner): the second request
+    # is its judgement, held. Pool (1 + 0.8) / 2 = 0.9, family (1 + 0.9) / 2 = 0.95.
+    first = learner.conversation(1, 11, b"r", False, 110.0, family=FAMILY)[0]
+    assert first is not None
+    assert first[3] == pytest.approx(0.95)
+    before = learner.conversation(1, 12, b"r", False, 120.0, family=FAMILY)[0]
+    assert before is not None
+    assert before[3] > first[3]
+    # Conversations of another family that changed once at their second request and then
+    # held still: each is judged once, not held, and that family's estimate falls.
+    estimates = []
+    for c in range(2, 6):
+        learner.conversation(c, 20, None, False, 200.0 + c, family=FAMILY + 1)
+        learner.conversation(c, 21, b"r", True, 210.0 + c, family=FAMILY + 1)  # a tool was added
+        got = learner.conversation(c, 21, b"r", True, 220.0 + c, family=FAMILY + 1)[0]
+        assert got is not None
+        estimates.append(got[3])
+    # Each such conversation gives two judgements: its second request changed after the
+    # first (held), its third did not (not held): the estimate falls towards 1/2, where a
+    # tail whose own estimate is above twice the threshold is written.
+    assert estimates == sorted(estimates, reverse=True)
+    assert estimates[-1] < 0.55
+    # The first family keeps its own evidence (two judgements, both held), over a pool
+    # that the other family has pulled down.
+    again = learner.conversation(1, 13, b"r", False, 130.0, family=FAMILY)[0]
+    assert again is not None
+    assert again[3] > 0.75 > estimates[-1] + 0.2

@@ -30,7 +30,9 @@ LinesFor = Callable[[Collection[int]], dict[int, tuple[bytes, bytes]]]
 #: (sights, (first volatile position, rest stable) or None, the conversation's previous
 #: request or None, the tail position of its last request to this model after a switch of
 #: model or -1; see :meth:`~cachewatch.planning._learning.LearningState.conversation`).
-Answers = tuple[list[Sight], tuple[int | None, bool] | None, tuple[int, bytes | None, bool] | None, int]
+Answers = tuple[
+    list[Sight], tuple[int | None, bool] | None, tuple[int, bytes | None, bool, float] | None, int
+]
 
 
 def ask(
@@ -93,12 +95,14 @@ def ask_in_turn(
         candidates = getattr(learner, "volatile_candidates", None)
         lines = lines_for(candidates(family) if candidates is not None else ())
         stable = learner.stability(family, blocks, lines)
-    before: tuple[int, bytes | None, bool] | None = None
+    before: tuple[int, bytes | None, bool, float] | None = None
     earlier = -1
     if conversation is not None:
         static_key, history_known = conversation_context(sightings, sights)
         key, reply, model, tail = conversation
-        before, earlier = learner.conversation(key, static_key, reply, history_known, clock(), model, tail)
+        before, earlier = learner.conversation(
+            key, static_key, reply, history_known, clock(), model, tail, family
+        )
     return sights, stable, before, earlier
 
 

@@ -86,6 +86,7 @@ __all__ = [
     "KINDS",
     "TTL_1H",
     "TTL_5M",
+    "UNSETTLED_PRIOR",
     "Advice",
     "LearningState",
     "Sight",
@@ -113,6 +114,12 @@ LATE_PRIOR_WEIGHT: Final = 3.0
 #: that holds up, not on two or three returns that happened to come within the hour (a
 #: gateway's rare tenants, the last hour of any traffic). Evidence narrows the bound.
 LATE_Z: Final = 0.67
+
+#: Prior mean of P(a conversation whose prefix changed at two requests in a row changes it
+#: again at the next): high, so a timestamp at the top of the system prompt costs one
+#: write, not one per opportunity of the tail's window; a family whose conversations then
+#: hold still (a tool list that grew once, a memory saved) shows it at its next request.
+UNSETTLED_PRIOR: Final = 0.8
 
 TTL_5M: Final = 300.0
 TTL_1H: Final = 3_600.0
@@ -205,7 +212,8 @@ class LearningState(Protocol):
         now: float,
         model: int = 0,
         tail: int = -1,
-    ) -> tuple[tuple[int, bytes | None, bool] | None, int]: ...
+        family: int = 0,
+    ) -> tuple[tuple[int, bytes | None, bool, float] | None, int]: ...
 
     def void(self, keys: Iterable[int], ticket: int) -> None: ...
 

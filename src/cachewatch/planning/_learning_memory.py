@@ -28,6 +28,7 @@ from ._learning import (
     PRIOR_WEIGHT,
     TTL_1H,
     TTL_5M,
+    UNSETTLED_PRIOR,
     Sight,
     Sighting,
     min_tier_above,
@@ -126,10 +127,16 @@ class MemoryLearner:
         self._pool: dict[tuple[str, int], _Bucket] = {}
         #: Conversation key -> (its static prefix key or -1, first reply, last seen, steady,
         #: model, tail position, then (model, tail position, last seen) of the last request
-        #: to each other model, most recent first).
+        #: to each other model, most recent first, and whether the request before was steady,
+        #: None when there was none).
         self._conversations: OrderedDict[
-            int, tuple[int, bytes | None, float, bool, int, int, tuple[tuple[int, int, float], ...]]
+            int,
+            tuple[int, bytes | None, float, bool, int, int, tuple[tuple[int, int, float], ...], bool | None],
         ] = OrderedDict()
+        #: family -> (conversations judged unsettled whose next request changed again, such
+        #: judgements), forgotten; and the same pooled over every family.
+        self._unsettled: dict[int, tuple[float, float]] = {}
+        self._unsettled_pool: tuple[float, float] = (0.0, 0.0)
         self.max_prefixes = max_prefixes
         self.max_families = max_families
         self._prefixes: OrderedDict[int, _Prefix] = OrderedDict()
@@ -365,7 +372,8 @@ class MemoryLearner:
         now: float,
         model: int = 0,
         tail: int = -1,
-    ) -> tuple[tuple[int, bytes | None, bool] | None, int]:
+        family: int = 0,
+    ) -> tuple[tuple[int, bytes | None, bool, float] | None, int]:
         """Remember a conversation's static prefix and first reply; returns what it had before.
 
         ``key`` identifies a conversation by its first input message (and scope), so its
@@ -378,13 +386,17 @@ class MemoryLearner:
         one's), and it counts as not seen. ``tail``: where this request's tail is (its
         position, -1 for none), remembered for its model.
 
-        Returns ``(before, earlier)``. *before*: ``(static key or -1, first reply, steady)``
-        of the previous request with that key within the hour and to the same model, or
-        None; *steady*: from the request before it to that one, its static prefix stayed
-        the same and its previous turn was found (a change after a steady step is a
-        one-time edit; two changes in a row, something that changes on every request). It
-        is judged again at every step: a conversation that kept its prefix once and then
-        broke it on every request is unstable again. *earlier*: after a switch of model,
+        Returns ``(before, earlier)``. *before*: ``(static key or -1, first reply, steady,
+        unsettled)`` of the previous request with that key within the hour and to the same
+        model, or None; *steady*: from the request before it to that one, its static prefix
+        stayed the same and its previous turn was found (a change after a steady step is a
+        one-time edit; two changes in a row, something that may change on every request).
+        It is judged again at every step: a conversation that kept its prefix once and then
+        broke it on every request is unstable again. *unsettled*: for ``family`` (the
+        request's), P(a conversation whose last two requests each changed its prefix
+        changes it again at the next), learnt from every such conversation that went on
+        (a timestamp at the top of the system prompt: always; a tool list that grew once
+        at the second request and then held: never). *earlier*: after a switch of model,
         the tail position of the conversation's last request to this model within the
         hour (-1: none, or the previous request went to this model, whose tail is this
         one's previous turn). The record keeps the tails of ``CONVERSATION_MODELS`` models at most.
@@ -412,13 +424,47 @@ class MemoryLearner:
                 others = tuple(kept)
                 found = None
             steady = found is not None and found[0] == static_id and history_known
-            self._conversations[key] = (static_id, reply, now, steady, model, tail, others)
+            self._conversations[key] = (
+                static_id,
+                reply,
+                now,
+                steady,
+                model,
+                tail,
+                others,
+                found[3] if found is not None else None,
+            )
             self._conversations.move_to_end(key)
             if len(self._conversations) > self.max_prefixes // 4:
                 self._conversations.popitem(last=False)
-        if found is None or now - found[2] > TTL_1H:
-            return None, earlier
-        return (found[0], found[1], found[3]), earlier
+            if found is None or now - found[2] > TTL_1H:
+                return None, earlier
+            if not found[3] and not found[7]:
+                # The previous request was unsettled (neither it nor the one before it kept
+                # the prefix of its predecessor; a first request counts as a change, as it
+                # does for the planner): did this one change again?
+                self._judged(family, not steady)
+            return (found[0], found[1], found[3], self._p_unsettled(family)), earlier
+
+    def _judged(self, family: int, held: bool) -> None:
+        f = self.forget
+        h, n = self._unsettled.get(family, (0.0, 0.0))
+        if len(self._unsettled) >= self.max_families and family not in self._unsettled:
+            self._unsettled.clear()
+        self._unsettled[family] = (h * f + (1.0 if held else 0.0), n * f + 1.0)
+        h, n = self._unsettled_pool
+        self._unsettled_pool = (h * f + (1.0 if held else 0.0), n * f + 1.0)
+
+    def _p_unsettled(self, family: int) -> float:
+        """P(an unsettled conversation of ``family`` changes its prefix again at its next request).
+
+        The prior is the pool of every family's judgements over ``UNSETTLED_PRIOR`` (weight
+        ``PRIOR_WEIGHT`` each), so a family's own evidence decides after one judgement.
+        """
+        h, n = self._unsettled_pool
+        mean = (h + PRIOR_WEIGHT * UNSETTLED_PRIOR) / (n + PRIOR_WEIGHT)
+        h, n = self._unsettled.get(family, (0.0, 0.0))
+        return (h + PRIOR_WEIGHT * mean) / (n + PRIOR_WEIGHT)
 
     # -- the provider's cache, as believed ---------------------------------------------
 

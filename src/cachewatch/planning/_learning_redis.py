@@ -240,6 +240,7 @@ class RedisLearner(RedisLink):
         now: float,
         model: int,
         tail: int,
+        family: int,
     ) -> list[list[object]]:
         return op(
             "conversation",
@@ -253,17 +254,21 @@ class RedisLearner(RedisLink):
             max(1, int(self.max_age) + 60),
             str(model),
             tail,
+            str(family),
+            _f(self.forget),
+            max(1, int(self.family_ttl)),
         )
 
     @staticmethod
     def _before(
         raw: list[Any], blobs: list[bytes], now: float
-    ) -> tuple[tuple[int, bytes | None, bool] | None, int]:
+    ) -> tuple[tuple[int, bytes | None, bool, float] | None, int]:
         """The conversation op's reply: (earlier tail, then the previous request if any)."""
         earlier = int(raw[0])
         if len(raw) == 1 or now - float(raw[3]) > TTL_1H:
             return None, earlier
-        return (int(raw[1]), (bytes(blobs[raw[2] - 1]) if raw[2] else None), raw[4] == "1"), earlier
+        reply = bytes(blobs[raw[2] - 1]) if raw[2] else None
+        return (int(raw[1]), reply, raw[4] == "1", float(raw[5])), earlier
 
     def decide(
         self,
@@ -293,7 +298,7 @@ class RedisLearner(RedisLink):
             if conversation is not None:
                 now = clock()
                 key, reply, model, tail = conversation
-                ops += self._conversation_op(key, "=", reply, "=", now, model, tail)
+                ops += self._conversation_op(key, "=", reply, "=", now, model, tail, family)
             if model_key is not None:
                 ops += op("minimum", model_key, "")
             replies, blobs = self._eval_blobs(ops)
@@ -304,7 +309,7 @@ class RedisLearner(RedisLink):
                 stable = self._stable(family, next(raw))
                 if stable is None:  # another process changed the volatile positions meanwhile
                     stable = self.stability(family, blocks, lines_at(self._volatile.get(family, ())))
-            before: tuple[int, bytes | None, bool] | None = None
+            before: tuple[int, bytes | None, bool, float] | None = None
             earlier = -1
             if conversation is not None:
                 before, earlier = self._before(next(raw), blobs, now)
@@ -356,16 +361,17 @@ class RedisLearner(RedisLink):
         now: float,
         model: int = 0,
         tail: int = -1,
-    ) -> tuple[tuple[int, bytes | None, bool] | None, int]:
-        def call() -> tuple[tuple[int, bytes | None, bool] | None, int]:
+        family: int = 0,
+    ) -> tuple[tuple[int, bytes | None, bool, float] | None, int]:
+        def call() -> tuple[tuple[int, bytes | None, bool, float] | None, int]:
             replies, blobs = self._eval_blobs(
-                self._conversation_op(key, static, reply, history_known, now, model, tail)
+                self._conversation_op(key, static, reply, history_known, now, model, tail, family)
             )
             return self._before(replies[0], blobs, now)
 
         return self._run(
             call,
-            lambda: self.fallback.conversation(key, static, reply, history_known, now, model, tail),
+            lambda: self.fallback.conversation(key, static, reply, history_known, now, model, tail, family),
         )
 
     def release(self, keys: Iterable[int], ticket: int) -> None:

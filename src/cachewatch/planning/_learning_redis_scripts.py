@@ -26,10 +26,11 @@ Ops and their arguments (``''`` for "none"; floats as ``repr`` strings, exact):
   positions in a second call. Returns (first volatile or -1, rest stable, volatile
   positions, stale);
 * ``conversation``: key, static (``=``: this batch's sighting), has_reply, reply,
-  history_known (``=``: this batch's sighting), now, max_age, ttl, model, tail. Returns
-  the earlier tail (after a switch of model, where the last request to this model ended,
-  or -1), then, when the previous request went to the same model, (static, the reply's
-  place among the binary values or 0, time, steady);
+  history_known (``=``: this batch's sighting), now, max_age, ttl, model, tail, family,
+  forget, family_ttl. Returns the earlier tail (after a switch of model, where the last
+  request to this model ended, or -1), then, when the previous request went to the same
+  model, (static, the reply's place among the binary values or 0, time, steady,
+  unsettled);
 * ``minimum``: model key, tier (``''`` to read, ``-`` to forget). Returns (value, version
   before, version after);
 * ``void``: ticket, family_ttl, keys...; ``release``: ticket, keys...; ``started``: ticket,
@@ -86,6 +87,7 @@ def decode(reply: list[Any]) -> tuple[list[Any], list[bytes]]:
 _COMMON: Final = r"""
 local P = ARGV[1]
 local TTL_1H = @TTL_1H@
+local UNSETTLED_PRIOR = @UNSETTLED_PRIOR@
 local TTL_5M = @TTL_5M@
 local CLAIM_TIMEOUT = @CLAIM_TIMEOUT@
 local PRIOR_WEIGHT = @PRIOR_WEIGHT@
@@ -434,12 +436,37 @@ OPS.conversation = function(a)
     h = nil
   end
   local steady = h ~= nil and h['s'] == static and known
+  -- 'z': whether the request before this one was steady ('-': there was none).
+  local z = '-'
+  if h ~= nil then z = h['y'] end
   redis.call('HSET', name, 's', static, 't', fmt(now), 'y', steady and '1' or '0', 'm', model,
-    'x', tail, 'o', others)
+    'x', tail, 'o', others, 'z', z)
   if has_reply then redis.call('HSET', name, 'r', reply) else redis.call('HDEL', name, 'r') end
   redis.call('EXPIRE', name, tonumber(a[8]))
   if h == nil then return {earlier} end
-  return {earlier, h['s'], h['r'] and blob(h['r']) or 0, h['t'], h['y']}
+  if now - tonumber(h['t']) > TTL_1H then return {earlier, h['s'], 0, h['t'], h['y'], '0'} end
+  -- 'u' (family and pool): unsettled conversations whose next request changed again, judged.
+  local fid, f = a[11], tonumber(a[12])
+  if h['y'] ~= '1' and h['z'] ~= '1' then
+    local x = 0.0
+    if not steady then x = 1.0 end
+    local t = fam(fid)
+    local r, n = stat_get(t, 'u')
+    if r == nil then r, n = 0.0, 0.0 end
+    put(t, 'u', fmt(r * f + x) .. ' ' .. fmt(n * f + 1.0))
+    local pl = pool()
+    r, n = stat_get(pl, 'u')
+    if r == nil then r, n = 0.0, 0.0 end
+    put(pl, 'u', fmt(r * f + x) .. ' ' .. fmt(n * f + 1.0))
+    flush(tonumber(a[13]))
+  end
+  local r, n = stat_get(pool(), 'u')
+  if r == nil then r, n = 0.0, 0.0 end
+  local mean = (r + PRIOR_WEIGHT * UNSETTLED_PRIOR) / (n + PRIOR_WEIGHT)
+  r, n = stat_get(fam(fid), 'u')
+  if r == nil then r, n = 0.0, 0.0 end
+  return {earlier, h['s'], h['r'] and blob(h['r']) or 0, h['t'], h['y'],
+    fmt((r + PRIOR_WEIGHT * mean) / (n + PRIOR_WEIGHT))}
 end
 """
 
@@ -580,6 +607,7 @@ _CONSTANTS: Final = (
     "LATE_PRIOR_WEIGHT",
     "LATE_Z",
     "CONVERSATION_MODELS",
+    "UNSETTLED_PRIOR",
 )
 
 

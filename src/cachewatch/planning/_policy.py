@@ -166,7 +166,7 @@ def place(
     # zips go without strict=True (a keyword argument costs zip() a second argument parse).
     sights: list[Sight] = []
     advice: Advice | None = None
-    before: tuple[int, bytes | None, bool] | None = None
+    before: tuple[int, bytes | None, bool, float] | None = None
     if planner.learning and candidates:
         # One question to the learner (one round trip to a shared one): the sightings,
         # the static region's stability, and the conversation when planning goes on.
@@ -254,18 +254,22 @@ def place(
 
     # A continued conversation seen before whose previous turn's prefix was never seen:
     # something before it changed since that turn (a timestamp at the top of the system
-    # prompt, an edited message). Its own tail will not be found by the next turn either;
+    # prompt, an edited message). Its own tail may not be found by the next turn either;
     # and if its static prefix changed since the conversation's last request, the static
-    # prefix is the culprit: neither is worth writing. (A conversation not seen before,
-    # such as the first request of a new process, is no evidence either way.)
+    # prefix is the culprit. Whether the next request changes it again is learnt per
+    # family (``unsettled``, from the learner's conversation record): neither is written
+    # unless the tail's estimate times the chance that the prefix now holds pays for it.
+    # (A conversation not seen before, such as the first request of a new process, is
+    # no evidence either way.)
     unstable = False
+    unsettled = 1.0
     if (
         planner.learning
         and layout.first_input_anchor is not None
         and before is not None
         and not layout.first_turn
     ):
-        old_static, old_reply, steady = before
+        old_static, old_reply, steady, unsettled = before
         # A conversation that never kept its prefix from one request to the next
         # (a one-time edit of a steady one is not this): its static prefix changed
         # again, or, surely the same conversation (same first reply), its previous
@@ -305,7 +309,10 @@ def place(
         elif sight.writing:
             out.append(placement(pos, index, "skipped_in_flight", None, reason, ratio))
         elif kind == "previous_turn" or (
-            unstable and (kind == "tail" or (kind == "static" and not sight.known))
+            unstable
+            and (kind == "tail" or (kind == "static" and not sight.known))
+            # Unless this family's unsettled conversations usually hold still next.
+            and sight.p * (1.0 - unsettled) < planner.threshold
         ):
             # A previous turn is marked to be read, never written (the tail covers it).
             entries.append((index, kind, sight, None))
