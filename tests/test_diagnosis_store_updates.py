@@ -114,3 +114,18 @@ def test_a_full_read_refreshes_each_read_breakpoint_once_with_both_changes() -> 
 def _anchor_key(fp: Fingerprints) -> bytes:
     assert fp.conversation is not None
     return xxhash.xxh3_128_digest(b"a:conv" + fp.conversation)
+
+
+def test_remembered_keys_are_the_keys_of_each_position() -> None:
+    import os
+
+    from cachewatch.diagnosis._fingerprints import _KEYS_PER_MODEL, _model_tag, new_fingerprints
+
+    for model in ("claude-a", "claude-b", ""):
+        digests = tuple(os.urandom(16) for _ in range(_KEYS_PER_MODEL + 10))  # past one table's bound
+        fp = new_fingerprints(model, digests, (), (), (), (), ())
+        want = [(int.from_bytes(h, "big") ^ _model_tag(model)).to_bytes(16, "big") for h in digests]
+        assert fp.keys(len(digests)) == want
+        assert fp.keys(len(digests)) == want  # remembered (and past the bound, again)
+        assert fp.keys(7) == want[:7]
+        assert [fp.key(i) for i in range(20)] == want[:20]
