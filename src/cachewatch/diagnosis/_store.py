@@ -215,7 +215,7 @@ class MemoryStore:
             for key, entry in items:
                 data[key] = entry
                 data.move_to_end(key)
-                if entry.pending_waste:
+                if entry.written_tokens > 0 and not entry.read and not entry.wasted:  # pending_waste
                     heapq.heappush(self._expiry, (entry.expires_at, key))
             while len(data) > self.max_entries:
                 data.popitem(last=False)

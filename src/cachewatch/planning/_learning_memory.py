@@ -468,8 +468,16 @@ class MemoryLearner:
                     continue
                 if ttl > 0.0:
                     # The entry's TTL: a write after the last entry expired starts a new one.
-                    prefix.ttl = max(prefix.ttl, ttl) if prefix.cached_until > now else ttl
-                    prefix.cached_until = max(prefix.cached_until, now + ttl)
+                    # (``max`` as the comparison it makes: the first argument unless the
+                    # second is larger.)
+                    until = prefix.cached_until
+                    if until > now:
+                        if ttl > prefix.ttl:
+                            prefix.ttl = ttl
+                    else:
+                        prefix.ttl = ttl
+                    end = now + ttl
+                    prefix.cached_until = end if end > until else until
                 if prefix.writers:
                     prefix.writers = [(t, at) for t, at in prefix.writers if t != ticket]
                 if prefix.sighters:

@@ -95,11 +95,17 @@ def place(
 ) -> tuple[tuple[Placement, ...], bool, Ticket | None, Advice | None]:
     positions = layout.positions
     ratio = counter.ratio
-    out: list[Placement] = [
-        Placement(r.location, "removed_invalid", None, r.index, r.path, r.position, 0, "caller")
-        for r in layout.removed
-    ]
-    changed = bool(layout.removed)
+    removed = layout.removed
+    out: list[Placement] = (
+        [
+            Placement(r.location, "removed_invalid", None, r.index, r.path, r.position, 0, "caller")
+            for r in removed
+        ]
+        if removed
+        else []
+    )
+    changed = bool(removed)
+    honours_1h = profile.honours_1h
 
     # The caller's markers and the top-level one.
     caller: list[int] = []
@@ -117,7 +123,8 @@ def place(
             )
         )
     used = len(caller) + len(layout.nested) + (1 if top_ttl else 0)
-    budget = profile.slots - used
+    slots = profile.max_breakpoints - profile.reserved_slots  # Profile.slots
+    budget = (slots if slots > 0 else 0) - used
     ordered: list[tuple[float, str]] = (
         sorted([(float(i), positions[i][MARK] or "5m") for i in caller] + layout.nested)
         if caller or layout.nested
@@ -160,8 +167,11 @@ def place(
         ttl_s = TTL_1H if positions[index][MARK] == "1h" else TTL_5M
         ticket.marked.append((_h64(scope_tag + layout.digests[index]), ttl_s))
     digests = layout.digests
-    keys = [_h64(scope_tag + digests[i]) for i, _ in candidates]
-    kinds = [kind for _, kind in candidates]
+    keys: list[int] = []
+    kinds: list[str] = []
+    for i, kind in candidates:
+        keys.append(_h64(scope_tag + digests[i]))
+        kinds.append(kind)
     # candidates, kinds, keys and sights (below) are parallel lists of one length: their
     # zips go without strict=True (a keyword argument costs zip() a second argument parse).
     sights: list[Sight] = []
@@ -312,7 +322,7 @@ def place(
         elif sight.p >= planner.threshold or (
             # Worth a write for its late return only where it would get a 1h TTL.
             sight.late
-            and profile.honours_1h
+            and honours_1h
             and kind in _SHARED_KINDS
             and _bets_1h(planner, sight)
             and (bets is None or bets.affords(pos[CUM] * ratio))
@@ -369,7 +379,7 @@ def place(
     # TTLs, in prompt order: 1h markers must precede every 5m marker.
     chosen.sort()
     one_hour_upto = bet_upto = -1
-    if profile.honours_1h and planner.learning:
+    if honours_1h and planner.learning:
         for index, kind, sight in chosen:
             if kind in _SHARED_KINDS:
                 if sight.cached_1h:
@@ -387,7 +397,6 @@ def place(
     if ordered:
         last_1h = max((at for at, ttl in ordered if ttl == "1h"), default=-1.0)
         first_5m = min((at for at, ttl in ordered if ttl == "5m"), default=first_5m)
-    honours_1h = profile.honours_1h
     marked_keys: set[int] = set()
     key_at = {index: key for (index, _), key in zip(candidates, keys, strict=True)}
     # The keys this request writes at 1h and the bet's premium: the deepest bet's prefix
