@@ -148,11 +148,13 @@ def fingerprints_of(
     for at, ttl in extra_markers:
         markers.setdefault(at, ttl)
     if top_level is not None:
-        for i in range(len(positions) - 1, -1, -1):
+        i = len(positions) - 1
+        while i >= 0:  # the last cacheable position (no range object for what is one step)
             pos = positions[i]
             if (pos[OK] or pos[MARK] is not None) and kinds[i] not in _NEVER_AUTOMATIC:
                 markers.setdefault(i, top_level)
                 break
+            i -= 1
     system = layout.system_anchor
     first = layout.first_input_anchor
     conversation = _h(b"conv\x00" + (system or b"") + first) if first is not None else None

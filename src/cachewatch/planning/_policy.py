@@ -403,6 +403,8 @@ def place(
     # past what it reads (raw estimates; ``ratio`` below).
     bet_keys: list[int] = []
     bet_cost = read_below = 0.0
+    static_1h = planner.static_ttl == "1h"
+    marked = ticket.marked
     for index, kind, sight in chosen:
         pos = positions[index]
         reason = "tail" if kind == "tail_first" else kind
@@ -413,12 +415,11 @@ def place(
             continue
         ttl = (
             "1h"
-            if forced_1h
-            or (allowed_1h and (index <= one_hour_upto or (kind == "static" and planner.static_ttl == "1h")))
+            if forced_1h or (allowed_1h and (index <= one_hour_upto or (kind == "static" and static_1h)))
             else "5m"
         )
-        if ttl == "5m":
-            first_5m = min(first_5m, float(index))
+        if ttl == "5m" and index < first_5m:  # first_5m = min(first_5m, float(index))
+            first_5m = float(index)
         key = key_at[index]
         if bet_upto >= 0:
             if ttl == "1h":
@@ -428,10 +429,12 @@ def place(
             if sight.cached and index < bet_upto:
                 read_below = pos[CUM]
         marked_keys.add(key)
-        ticket.marked.append((key, TTL_1H if ttl == "1h" else TTL_5M))
-        ticket.deepest_raw = max(ticket.deepest_raw, pos[CUM])
-        if sight.cached:
-            ticket.expected_read_raw = max(ticket.expected_read_raw, pos[CUM])
+        marked.append((key, TTL_1H if ttl == "1h" else TTL_5M))
+        cum = pos[CUM]
+        if cum > ticket.deepest_raw:  # ticket.deepest_raw = max(ticket.deepest_raw, cum)
+            ticket.deepest_raw = cum
+        if sight.cached and cum > ticket.expected_read_raw:
+            ticket.expected_read_raw = cum
         if (
             kind in ("tail", "tail_first")
             and profile.top_level_automatic
