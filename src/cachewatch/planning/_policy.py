@@ -358,20 +358,31 @@ def place(
         return (3, _SPARE_PRIORITY.get(kind, 9))
 
     wanted = [e for e in entries if e[3] is not None or e[0] < extent]
-    wanted.sort(key=priority)
-    chosen: list[tuple[int, str, Sight]] = []
-    for index, kind, sight, _ in wanted:
-        pos = positions[index]
-        reason = "tail" if kind == "tail_first" else kind
-        if len(chosen) >= budget:
-            out.append(placement(pos, index, "skipped_no_slot", None, reason, ratio))
-            continue
-        chosen.append((index, kind, sight))
-    chosen_at = {index for index, _, _ in chosen}
-    for index, kind, _, role in entries:
-        if index not in chosen_at and role is None and index >= extent:
+    chosen: list[tuple[int, str, Sight]]
+    if len(wanted) <= budget:
+        # A slot for every wanted candidate (the common case): the priority order decides
+        # nothing (the chosen are put in prompt order below), and the candidates left
+        # unmarked are exactly the ones not wanted.
+        chosen = [(index, kind, sight) for index, kind, sight, _ in wanted]
+        for index, kind, _, role in entries:
+            if role is None and index >= extent:
+                reason = "tail" if kind == "tail_first" else kind
+                out.append(placement(positions[index], index, "skipped_not_reused", None, reason, ratio))
+    else:
+        wanted.sort(key=priority)
+        chosen = []
+        for index, kind, sight, _ in wanted:
+            pos = positions[index]
             reason = "tail" if kind == "tail_first" else kind
-            out.append(placement(positions[index], index, "skipped_not_reused", None, reason, ratio))
+            if len(chosen) >= budget:
+                out.append(placement(pos, index, "skipped_no_slot", None, reason, ratio))
+                continue
+            chosen.append((index, kind, sight))
+        chosen_at = {index for index, _, _ in chosen}
+        for index, kind, _, role in entries:
+            if index not in chosen_at and role is None and index >= extent:
+                reason = "tail" if kind == "tail_first" else kind
+                out.append(placement(positions[index], index, "skipped_not_reused", None, reason, ratio))
     if not chosen:
         _release_unused(planner.learner, ticket, claimed, set())
         return tuple(out), changed, (ticket if ticket.marked or ticket.sighted else None), advice
