@@ -129,3 +129,43 @@ def test_remembered_keys_are_the_keys_of_each_position() -> None:
         assert fp.keys(len(digests)) == want  # remembered (and past the bound, again)
         assert fp.keys(7) == want[:7]
         assert [fp.key(i) for i in range(20)] == want[:20]
+
+
+def _calibrated_by_min_max(
+    raw: tuple[float, ...], total_raw: float, usage: TokenUsage, last_marker: int
+) -> list[float]:
+    """The calibration as first written, with min()/max() and the usage properties."""
+    prompt = usage.prompt_total
+    if prompt <= 0 or total_raw <= 0:
+        return list(raw)
+    cached = usage.cache_read + usage.cache_write
+    head = raw[last_marker] if 0 <= last_marker < len(raw) else 0.0
+    if cached <= 0 or head <= 0 or head >= total_raw:
+        ratio = min(5.0, max(0.2, prompt / total_raw))
+        return [t * ratio for t in raw]
+    r1 = min(5.0, max(0.2, cached / head))
+    rest = max(0, prompt - cached)
+    r2 = min(5.0, max(0.2, rest / (total_raw - head))) if rest > 0 else 0.0
+    base = head * r1
+    return [t * r1 if i <= last_marker else base + (t - head) * r2 for i, t in enumerate(raw)]
+
+
+def test_calibration_is_the_min_max_form_exactly() -> None:
+    import random
+
+    from cachewatch.diagnosis._verdicts import calibrated
+
+    rng = random.Random(5)
+    for _ in range(20_000):
+        k = rng.randint(0, 8)
+        raw = tuple(sorted(rng.uniform(0, 5_000) for _ in range(k)))
+        total = raw[-1] if raw and rng.random() < 0.7 else rng.choice([0.0, rng.uniform(0, 9_000)])
+        usage = TokenUsage(
+            input=rng.choice([0, 5, rng.randint(0, 9_000)]),
+            cache_read=rng.choice([0, rng.randint(0, 9_000)]),
+            cache_write_5m=rng.choice([0, rng.randint(0, 9_000)]),
+            cache_write_1h=rng.choice([0, rng.randint(0, 900)]),
+            output=1,
+        )
+        last = rng.randint(-1, k)
+        assert calibrated(raw, total, usage, last) == _calibrated_by_min_max(raw, total, usage, last)
