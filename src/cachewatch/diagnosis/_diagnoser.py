@@ -323,7 +323,9 @@ class Diagnoser:
     def _diagnose(
         self, state: RequestState, fp: Fingerprints, usage: TokenUsage, now: float
     ) -> tuple[MissVerdict | None, bool]:
-        n = min(len(fp.hashes), self.max_positions)
+        n = len(fp.hashes)
+        if n > self.max_positions:
+            n = self.max_positions
         keys = fp.keys(n)
         anchor_keys = [
             _h(tag + a)
@@ -334,16 +336,17 @@ class Diagnoser:
         sent = state.sent_at
         total_raw = fp.tokens[-1] if fp.tokens else 0.0
         read = usage.cache_read
-        marker_positions = [m for m, _ in fp.markers if m < n]
-        tokens = calibrated(fp.tokens[:n], total_raw, usage, max(marker_positions, default=-1))
+        marker_positions = [m for m, _ in fp.markers if m < n]  # in prompt order
+        tokens = calibrated(fp.tokens[:n], total_raw, usage, marker_positions[-1] if marker_positions else -1)
 
         lookback = self.lookback
+        n_markers = len(marker_positions)
 
         def reachable(i: int) -> bool:
             # Some breakpoint at or after i, within the lookback: the first one at or after
             # i (the markers are in prompt order) is the nearest.
             j = bisect_left(marker_positions, i)
-            return j < len(marker_positions) and marker_positions[j] - i < lookback
+            return j < n_markers and marker_positions[j] - i < lookback
 
         # (position, state, entry) of every earlier write of one of this request's prefixes.
         cands: list[tuple[int, str, Entry | None]] = []
@@ -354,14 +357,18 @@ class Diagnoser:
                 continue
             if not e.cached:
                 cands.append((i, "unwritten", e))
-            elif e.expires_at <= sent:
+            elif e.refreshed_at + e.ttl <= sent:  # Entry.expires_at
                 cands.append((i, "expired", e))
                 expired_seen = True
             elif e.readable_at > sent:
                 cands.append((i, "inflight", e))
             else:
-                cands.append((i, "live" if reachable(i) else "far", e))
-        cands.extend(self._inflight_candidates(state, fp, n, reachable))
+                j = bisect_left(marker_positions, i)  # reachable(i), inline
+                cands.append(
+                    (i, "live" if j < n_markers and marker_positions[j] - i < lookback else "far", e)
+                )
+        if self._inflight:  # (empty: no other request of this process is in flight)
+            cands.extend(self._inflight_candidates(state, fp, n, reachable))
 
         # Tokens through a candidate: the writer's estimate (exact for a writer's last
         # position, since estimates are rescaled to the billed total), else this request's.
@@ -373,7 +380,8 @@ class Diagnoser:
         for c in cands:
             if c[1] == "unwritten":
                 continue
-            diff = abs(size(c) - read)
+            c_entry = c[2]
+            diff = abs((float(c_entry.tokens) if c_entry is not None else tokens[c[0]]) - read)  # size(c)
             if diff < best or (diff == best and c[0] > read_pos):
                 read_pos, best = c[0], diff
         slack = 16.0
@@ -403,7 +411,11 @@ class Diagnoser:
                 )
                 break
 
-        anchor: Entry | None = next((e for e in found[n:] if e is not None and e.written_at <= sent), None)
+        anchor: Entry | None = None
+        for e in found[n:]:
+            if e is not None and e.written_at <= sent:
+                anchor = e
+                break
         if verdict is None and anchor is not None and anchor.cached and anchor.tokens - read > slack:
             verdict = anchor_verdict(fp, anchor, n, tokens, read, sent)
 

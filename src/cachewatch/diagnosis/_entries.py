@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING
 
 from ..accounting._records import TokenUsage
 from ._fingerprints import Fingerprints
-from ._store import TTL_SECONDS, Entry, FingerprintStore, new_entry, replace_entry
+from ._store import (
+    TTL_SECONDS,
+    Entry,
+    FingerprintStore,
+    anchor_entry,
+    new_entry,
+    refreshed_entry,
+    replace_entry,
+)
 
 if TYPE_CHECKING:
     from ._diagnoser import RequestState
@@ -45,10 +53,15 @@ def store_entries(
     readable = state.response_at if state.response_at is not None else sent
     provider, model_label, workspace = state.labels
     items: dict[bytes, Entry] = {}
-    # Entries this request read: refreshed (the TTL restarts at this request's start).
+    # Entries this request read: refreshed (the TTL restarts at this request's start, and
+    # they count as read). Each is built once, below: where the entry is also one of this
+    # request's breakpoints, its marker's refresh is folded into the same new entry. The
+    # entry as found holds its key's place in ``items`` (the order the store receives).
+    reads: dict[bytes, Entry] = {}
     for i, st, e in cands:
         if e is not None and st == "live" and i <= read_pos:
-            items[keys[i]] = replace_entry(e, refreshed_at=max(e.refreshed_at, sent), read=True)
+            key = keys[i]
+            items[key] = reads[key] = e
     # This request's own breakpoints; its write tokens are attributed to the ones past the read.
     markers = [(m, ttl) for m, ttl in fp.markers if m < n]
     read_tokens = float(usage.cache_read)
@@ -67,11 +80,34 @@ def store_entries(
             share = write - given if k == len(fresh) - 1 else int(incs[k] * scale)
             shares[m] = share
             given += share
+    max_ttl = state.max_ttl
     deepest: Entry | None = None
     for m, ttl_name in markers:
-        ttl = min(TTL_SECONDS[ttl_name], state.max_ttl)
+        ttl = TTL_SECONDS[ttl_name]
+        if max_ttl < ttl:
+            ttl = max_ttl
         key = keys[m]
-        existing = items.get(key) or found[m]
+        existing = None
+        if reads:
+            read_entry = reads.pop(key, None)
+            if read_entry is not None:
+                refreshed_at = read_entry.refreshed_at
+                if refreshed_at < sent:
+                    refreshed_at = sent
+                if (
+                    read_entry.cached
+                    and refreshed_at + read_entry.ttl > sent
+                    and not (m in shares or (write == 0 and m > read_pos and tokens[m] > read_tokens))
+                ):
+                    # Read, and live: one refresh of both (as refreshing it twice would give).
+                    entry = refreshed_entry(
+                        read_entry, refreshed_at, read_entry.ttl if read_entry.ttl >= ttl else ttl, True
+                    )
+                    items[key] = deepest = entry
+                    continue
+                existing = refreshed_entry(read_entry, refreshed_at, read_entry.ttl, True)
+        if existing is None:
+            existing = items.get(key) or found[m]
         live = existing is not None and existing.cached and existing.expires_at > sent
         if m in shares or (write == 0 and m > read_pos and tokens[m] > read_tokens):
             share = shares.get(m, 0)
@@ -92,8 +128,11 @@ def store_entries(
             elif existing is not None and live and not cached:
                 entry = existing
         elif existing is not None and live:
-            entry = replace_entry(
-                existing, refreshed_at=max(existing.refreshed_at, sent), ttl=max(existing.ttl, ttl)
+            entry = refreshed_entry(
+                existing,
+                max(existing.refreshed_at, sent),
+                max(existing.ttl, ttl),
+                existing.read,
             )
         else:
             entry = new_entry(
@@ -103,16 +142,17 @@ def store_entries(
             )  # fmt: skip
         items[key] = entry
         deepest = entry
+    for key, read_entry in reads.items():  # read, and not one of this request's breakpoints
+        refreshed_at = read_entry.refreshed_at
+        items[key] = refreshed_entry(
+            read_entry, refreshed_at if refreshed_at > sent else sent, read_entry.ttl, True
+        )
     if deepest is not None and anchor_keys:
         limit = min(deepest.position + 1, max_anchor_positions)
-        hashes = b"".join(fp.hashes[i][:ANCHOR_HASH] for i in range(limit))
-        anchor = replace_entry(
+        anchor = anchor_entry(
             deepest,
-            hashes=hashes,
-            tools=fp.tools[:ANCHOR_HASH] if fp.tools is not None else b"",
-            written_tokens=0,
-            read=False,
-            wasted=False,
+            b"".join([h[:ANCHOR_HASH] for h in fp.hashes[:limit]]),
+            fp.tools[:ANCHOR_HASH] if fp.tools is not None else b"",
         )
         for key in anchor_keys:
             items[key] = anchor

@@ -28,7 +28,7 @@ from typing import Any, Final
 import xxhash
 
 from ..accounting._records import slot_factory
-from ..planning._layout import CONT, CUM, IDX, KEY, LOC, MARK, OK, Layout, block_kind
+from ..planning._layout import BLOCK_KINDS, CONT, CUM, IDX, KEY, LOC, MARK, OK, Layout, block_kind
 from ..planning._tokens import TokenEstimator
 from ..planning._walk import walk
 
@@ -42,6 +42,13 @@ _DEFAULT_ESTIMATOR = TokenEstimator(use_qwen_tokenizer=False)
 @functools.lru_cache(maxsize=256)  # a few models carry the traffic; asked twice a diagnosis
 def _model_tag(model: str) -> int:
     return int.from_bytes(_h(b"p\x00" + model.encode("utf-8", "surrogatepass")), "big")
+
+
+#: model -> {position digest -> store key} (:meth:`Fingerprints.keys`), bounded: at most
+#: ``_KEY_MODELS`` models of ``_KEYS_PER_MODEL`` keys (a few MB), each table emptied when full.
+_KEYS: dict[str, dict[bytes, bytes]] = {}
+_KEY_MODELS: Final = 16
+_KEYS_PER_MODEL: Final = 4_096
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +80,30 @@ class Fingerprints:
         return (int.from_bytes(self.hashes[index], "big") ^ _model_tag(self.model)).to_bytes(16, "big")
 
     def keys(self, n: int) -> list[bytes]:
-        """The store keys of positions ``0..n-1`` (as :meth:`key`, the tag computed once)."""
-        tag = _model_tag(self.model)
-        return [(int.from_bytes(h, "big") ^ tag).to_bytes(16, "big") for h in self.hashes[:n]]
+        """The store keys of positions ``0..n-1`` (as :meth:`key`; each remembered per model).
+
+        A conversation's prefixes come back on every turn: a dictionary lookup is about a
+        tenth of the big-integer round trip that binds a digest to the model.
+        """
+        model = self.model
+        cache = _KEYS.get(model)
+        if cache is None:
+            if len(_KEYS) >= _KEY_MODELS:
+                _KEYS.clear()
+            cache = _KEYS[model] = {}
+        tag = -1
+        out: list[bytes] = []
+        for h in self.hashes[:n]:
+            key = cache.get(h)
+            if key is None:
+                if tag < 0:
+                    tag = _model_tag(model)
+                key = (int.from_bytes(h, "big") ^ tag).to_bytes(16, "big")
+                if len(cache) >= _KEYS_PER_MODEL:
+                    cache.clear()
+                cache[h] = key
+            out.append(key)
+        return out
 
     def path(self, index: int) -> str:
         """Dotted path of a position (``tools.2``, ``system.0``, ``messages.3.1``)."""
@@ -101,34 +129,38 @@ def fingerprints_of(
     """
     positions = layout.positions
     markers: dict[int, str] = {}
+    # Layout.kind, for every position in one loop (the commonest blocks inline).
+    kinds: list[str] = []
     for i, pos in enumerate(positions):
         if pos[MARK] is not None:
             markers[i] = pos[MARK]
+        block = pos[CONT][pos[KEY]]
+        if type(block) is list and len(block) == 1:
+            block = block[0]
+        if type(block) is str:
+            kinds.append("text")
+        elif type(block) is dict and type(kind := block.get("type")) is str and kind in BLOCK_KINDS:
+            kinds.append(kind)
+        else:
+            kinds.append(block_kind(block))
     for at, ttl in layout.nested:
         markers.setdefault(int(at + 0.5), ttl)
     for at, ttl in extra_markers:
         markers.setdefault(at, ttl)
-    # Layout.kind, for every position in one loop.
-    kinds = [
-        block_kind(block[0] if type(block := pos[CONT][pos[KEY]]) is list and len(block) == 1 else block)
-        for pos in positions
-    ]
     if top_level is not None:
-        target = next(
-            (
-                i
-                for i in range(len(positions) - 1, -1, -1)
-                if (positions[i][OK] or positions[i][MARK] is not None) and kinds[i] not in _NEVER_AUTOMATIC
-            ),
-            None,
-        )
-        if target is not None:
-            markers.setdefault(target, top_level)
+        i = len(positions) - 1
+        while i >= 0:  # the last cacheable position (no range object for what is one step)
+            pos = positions[i]
+            if (pos[OK] or pos[MARK] is not None) and kinds[i] not in _NEVER_AUTOMATIC:
+                markers.setdefault(i, top_level)
+                break
+            i -= 1
     system = layout.system_anchor
     first = layout.first_input_anchor
     conversation = _h(b"conv\x00" + (system or b"") + first) if first is not None else None
     # The position tuples' columns, transposed at once: (locations, indices, ..., tokens).
-    columns = tuple(zip(*positions, strict=True)) if positions else ((),) * 7
+    # (Every position is a 7-tuple, so the columns are whole without ``strict``.)
+    columns = tuple(zip(*positions)) if positions else ((),) * 7  # noqa: B905
     return new_fingerprints(
         model,
         tuple(layout.digests),  # hashes

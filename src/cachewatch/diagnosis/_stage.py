@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from ..accounting._records import MissVerdict, Outcome, ParsedResponse, RequestInfo
+from ..planning._layout import Layout
 from ..planning._plan import Plan
 from ..planning._profiles import ProfileRegistry
 from ..planning._tokens import TokenEstimator
@@ -132,8 +133,10 @@ class DiagnosisStage:
         try:
             profile = (self.profiles or _shared_profiles()).match(host, path)
             has_markers: bool | None = None
+            marked: _Marked | None = None
             if plan is not None and plan.error is None:
-                has_markers = any(p.action in ("kept", "inserted") for p in plan.placements)
+                marked = _marked(plan)
+                has_markers = marked[0]
             outgoing: bytes | Mapping[str, Any] = (
                 plan.body if plan is not None and plan.body is not None else body
             )
@@ -142,9 +145,9 @@ class DiagnosisStage:
             if self.cache_diagnostics and info.api == "messages" and profile.name == "anthropic":
                 threaded, outgoing = self._thread(headers, outgoing)
             source = None
-            if plan is not None and plan.layout is not None and has_markers:
+            if plan is not None and plan.layout is not None and marked is not None and has_markers:
                 # The planner's layout is the request as sent: nothing is parsed or hashed again.
-                source = _fingerprint_source(plan, model)
+                source = _fingerprint_source(plan.layout, marked, model)
             request = DiagnosisRequest(
                 self.diagnoser.before(
                     info.api,
@@ -217,17 +220,35 @@ class DiagnosisStage:
         return (conversation, new_body, {"anthropic-beta": beta}), obj
 
 
-def _fingerprint_source(plan: Plan, model: str | None) -> Callable[[], Fingerprints]:
+#: What a plan marks: (any marker kept or inserted, the inserted ``(position, ttl)``, the
+#: TTL of the top-level marker kept or inserted, or None).
+_Marked = tuple[bool, list[tuple[int, str]], str | None]
+
+
+def _marked(plan: Plan) -> _Marked:
+    """The plan's markers, in one pass over its placements."""
+    any_marker = False
+    inserted: list[tuple[int, str]] = []
+    top: str | None = None
+    found_top = False
+    for p in plan.placements:
+        action = p.action
+        if action == "inserted":
+            any_marker = True
+            if p.position >= 0:
+                inserted.append((p.position, p.ttl or "5m"))
+        elif action != "kept":
+            continue
+        any_marker = True
+        if not found_top and p.location == "top_level":
+            top = p.ttl
+            found_top = True
+    return any_marker, inserted, top
+
+
+def _fingerprint_source(layout: Layout, marked: _Marked, model: str | None) -> Callable[[], Fingerprints]:
     """Computes the fingerprints of a planned request from its layout, when asked."""
-    layout = plan.layout
-    assert layout is not None
-    inserted = [
-        (p.position, p.ttl or "5m") for p in plan.placements if p.action == "inserted" and p.position >= 0
-    ]
-    top = next(
-        (p.ttl for p in plan.placements if p.location == "top_level" and p.action in ("inserted", "kept")),
-        None,
-    )
+    _, inserted, top = marked
     return lambda: fingerprints_of(layout, model or "", inserted, top)
 
 

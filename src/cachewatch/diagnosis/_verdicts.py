@@ -48,19 +48,32 @@ def calibrated(raw: tuple[float, ...], total_raw: float, usage: TokenUsage, last
     marker (a system reminder after the caller's marker) then no longer shifts the
     estimate of the cached part.
     """
-    prompt = usage.prompt_total
+    read = usage.cache_read
+    write_5m = usage.cache_write_5m
+    write_1h = usage.cache_write_1h
+    prompt = usage.input + read + write_5m + write_1h  # usage.prompt_total
     if prompt <= 0 or total_raw <= 0:
         return list(raw)
-    cached = usage.cache_read + usage.cache_write
+    cached = read + (write_5m + write_1h)  # cache_read + usage.cache_write
     head = raw[last_marker] if 0 <= last_marker < len(raw) else 0.0
     if cached <= 0 or head <= 0 or head >= total_raw:
-        ratio = min(5.0, max(0.2, prompt / total_raw))
+        ratio = _clamp(prompt / total_raw)
         return [t * ratio for t in raw]
-    r1 = min(5.0, max(0.2, cached / head))
-    rest = max(0, prompt - cached)
-    r2 = min(5.0, max(0.2, rest / (total_raw - head))) if rest > 0 else 0.0
+    r1 = cached / head  # min(5.0, max(0.2, ...)), as the comparisons those make
+    r1 = r1 if r1 > 0.2 else 0.2
+    r1 = r1 if r1 < 5.0 else 5.0
+    rest = prompt - cached if prompt - cached > 0 else 0  # max(0, prompt - cached)
+    r2 = _clamp(rest / (total_raw - head)) if rest > 0 else 0.0
     base = head * r1
+    if last_marker >= len(raw) - 1:  # every position is at or before the last marker
+        return [t * r1 for t in raw]
     return [t * r1 if i <= last_marker else base + (t - head) * r2 for i, t in enumerate(raw)]
+
+
+def _clamp(ratio: float) -> float:
+    """``min(5.0, max(0.2, ratio))``, as the comparisons those make."""
+    ratio = ratio if ratio > 0.2 else 0.2
+    return ratio if ratio < 5.0 else 5.0
 
 
 def anchor_verdict(

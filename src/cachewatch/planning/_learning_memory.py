@@ -158,6 +158,10 @@ class MemoryLearner:
         out: list[Sight] = []
         prefixes = self._prefixes
         max_age = self.max_age
+        # ``_credit`` and ``_opportunity``, inline below (a call each per sighting otherwise).
+        stats = self._stats
+        pools = self._pool
+        f = self.forget
         with self._lock:
             reliability = self._reliability_of(family)
             for s in sightings:
@@ -201,8 +205,18 @@ class MemoryLearner:
                                 self._credit(prefix.family, prefix.kind, _LATE)
                             pending = False
                         if gap <= prefix.ttl:
-                            run = prefix.run + 1
-                            self._credit(prefix.family, prefix.kind, 3 if prefix.run >= 3 else prefix.run)
+                            previous = prefix.run
+                            run = previous + 1
+                            # self._credit(prefix.family, prefix.kind, _bucket(previous)):
+                            credited = 3 if previous >= 3 else previous
+                            bucket = stats.get((prefix.family, prefix.kind, credited))
+                            if bucket is not None:
+                                recurred = bucket.recurred + 1.0
+                                bucket.recurred = recurred if recurred < bucket.seen else bucket.seen
+                            pool = pools.get((prefix.kind, credited))
+                            if pool is not None:
+                                recurred = pool.recurred + 1.0
+                                pool.recurred = recurred if recurred < pool.seen else pool.seen
                         elif gap <= TTL_1H:
                             prefix.late += 1
                             prefix.previous_run = prefix.run
@@ -236,7 +250,23 @@ class MemoryLearner:
                         prefixes.popitem(last=False)
                     self._opportunity(family, kind, bucket_id)
                 elif not concurrent:
-                    self._opportunity(family, kind, bucket_id)
+                    # self._opportunity(family, kind, bucket_id):
+                    stats_key = (family, kind, bucket_id)
+                    bucket = stats.get(stats_key)
+                    if bucket is None:
+                        bucket = stats[stats_key] = _Bucket()
+                        if len(stats) > self.max_families * 8:
+                            stats.popitem(last=False)
+                    else:
+                        stats.move_to_end(stats_key)
+                    bucket.recurred *= f
+                    bucket.seen = bucket.seen * f + 1.0
+                    pool_key = (kind, bucket_id)
+                    pool = pools.get(pool_key)
+                    if pool is None:
+                        pool = pools[pool_key] = _Bucket()
+                    pool.recurred *= f
+                    pool.seen = pool.seen * f + 1.0
                     if late and not pending:
                         self._opportunity(family, kind, _LATE)
                         pending = True
@@ -314,7 +344,8 @@ class MemoryLearner:
             p = (bucket.recurred + a) / (bucket.seen + a + b)
             if not p < 1.0:  # min(1.0, p)
                 p = 1.0
-        for i in range(first + 1, bucket_id + 1):
+        i = first + 1
+        while i <= bucket_id:  # for i in range(first + 1, bucket_id + 1), without the range object
             a, b = PRIOR_WEIGHT * p, PRIOR_WEIGHT * (1.0 - p)
             bucket = stats.get((family, kind, i))
             if bucket is None:
@@ -323,6 +354,7 @@ class MemoryLearner:
                 p = (bucket.recurred + a) / (bucket.seen + a + b)
                 if not p < 1.0:
                     p = 1.0
+            i += 1
         return p
 
     def _p_late(self, family: int, kind: str, previous_run: int, now: float) -> float:
@@ -514,8 +546,16 @@ class MemoryLearner:
                     continue
                 if ttl > 0.0:
                     # The entry's TTL: a write after the last entry expired starts a new one.
-                    prefix.ttl = max(prefix.ttl, ttl) if prefix.cached_until > now else ttl
-                    prefix.cached_until = max(prefix.cached_until, now + ttl)
+                    # (``max`` as the comparison it makes: the first argument unless the
+                    # second is larger.)
+                    until = prefix.cached_until
+                    if until > now:
+                        if ttl > prefix.ttl:
+                            prefix.ttl = ttl
+                    else:
+                        prefix.ttl = ttl
+                    end = now + ttl
+                    prefix.cached_until = end if end > until else until
                 if prefix.writers:
                     prefix.writers = [(t, at) for t, at in prefix.writers if t != ticket]
                 if prefix.sighters:
@@ -541,9 +581,11 @@ class MemoryLearner:
         with self._lock:
             e, c = self._reliability.get(family, (0.0, 0.0))
             f = self.forget
-            for _ in range(expected):
+            n = expected
+            while n > 0:  # ``expected`` times (no range object for what is usually once)
                 e = e * f + 1.0
                 c = c * f
+                n -= 1
             c += min(confirmed, expected)
             if len(self._reliability) >= self.max_families and family not in self._reliability:
                 self._reliability.clear()

@@ -95,11 +95,17 @@ def place(
 ) -> tuple[tuple[Placement, ...], bool, Ticket | None, Advice | None]:
     positions = layout.positions
     ratio = counter.ratio
-    out: list[Placement] = [
-        Placement(r.location, "removed_invalid", None, r.index, r.path, r.position, 0, "caller")
-        for r in layout.removed
-    ]
-    changed = bool(layout.removed)
+    removed = layout.removed
+    out: list[Placement] = (
+        [
+            Placement(r.location, "removed_invalid", None, r.index, r.path, r.position, 0, "caller")
+            for r in removed
+        ]
+        if removed
+        else []
+    )
+    changed = bool(removed)
+    honours_1h = profile.honours_1h
 
     # The caller's markers and the top-level one.
     caller: list[int] = []
@@ -117,7 +123,8 @@ def place(
             )
         )
     used = len(caller) + len(layout.nested) + (1 if top_ttl else 0)
-    budget = profile.slots - used
+    slots = profile.max_breakpoints - profile.reserved_slots  # Profile.slots
+    budget = (slots if slots > 0 else 0) - used
     ordered: list[tuple[float, str]] = (
         sorted([(float(i), positions[i][MARK] or "5m") for i in caller] + layout.nested)
         if caller or layout.nested
@@ -160,8 +167,11 @@ def place(
         ttl_s = TTL_1H if positions[index][MARK] == "1h" else TTL_5M
         ticket.marked.append((_h64(scope_tag + layout.digests[index]), ttl_s))
     digests = layout.digests
-    keys = [_h64(scope_tag + digests[i]) for i, _ in candidates]
-    kinds = [kind for _, kind in candidates]
+    keys: list[int] = []
+    kinds: list[str] = []
+    for i, kind in candidates:
+        keys.append(_h64(scope_tag + digests[i]))
+        kinds.append(kind)
     # candidates, kinds, keys and sights (below) are parallel lists of one length: their
     # zips go without strict=True (a keyword argument costs zip() a second argument parse).
     sights: list[Sight] = []
@@ -319,7 +329,7 @@ def place(
         elif sight.p >= planner.threshold or (
             # Worth a write for its late return only where it would get a 1h TTL.
             sight.late
-            and profile.honours_1h
+            and honours_1h
             and kind in _SHARED_KINDS
             and _bets_1h(planner, sight)
             and (bets is None or bets.affords(pos[CUM] * ratio))
@@ -355,20 +365,31 @@ def place(
         return (3, _SPARE_PRIORITY.get(kind, 9))
 
     wanted = [e for e in entries if e[3] is not None or e[0] < extent]
-    wanted.sort(key=priority)
-    chosen: list[tuple[int, str, Sight]] = []
-    for index, kind, sight, _ in wanted:
-        pos = positions[index]
-        reason = "tail" if kind == "tail_first" else kind
-        if len(chosen) >= budget:
-            out.append(placement(pos, index, "skipped_no_slot", None, reason, ratio))
-            continue
-        chosen.append((index, kind, sight))
-    chosen_at = {index for index, _, _ in chosen}
-    for index, kind, _, role in entries:
-        if index not in chosen_at and role is None and index >= extent:
+    chosen: list[tuple[int, str, Sight]]
+    if len(wanted) <= budget:
+        # A slot for every wanted candidate (the common case): the priority order decides
+        # nothing (the chosen are put in prompt order below), and the candidates left
+        # unmarked are exactly the ones not wanted.
+        chosen = [(index, kind, sight) for index, kind, sight, _ in wanted]
+        for index, kind, _, role in entries:
+            if role is None and index >= extent:
+                reason = "tail" if kind == "tail_first" else kind
+                out.append(placement(positions[index], index, "skipped_not_reused", None, reason, ratio))
+    else:
+        wanted.sort(key=priority)
+        chosen = []
+        for index, kind, sight, _ in wanted:
+            pos = positions[index]
             reason = "tail" if kind == "tail_first" else kind
-            out.append(placement(positions[index], index, "skipped_not_reused", None, reason, ratio))
+            if len(chosen) >= budget:
+                out.append(placement(pos, index, "skipped_no_slot", None, reason, ratio))
+                continue
+            chosen.append((index, kind, sight))
+        chosen_at = {index for index, _, _ in chosen}
+        for index, kind, _, role in entries:
+            if index not in chosen_at and role is None and index >= extent:
+                reason = "tail" if kind == "tail_first" else kind
+                out.append(placement(positions[index], index, "skipped_not_reused", None, reason, ratio))
     if not chosen:
         _release_unused(planner.learner, ticket, claimed, set())
         return tuple(out), changed, (ticket if ticket.marked or ticket.sighted else None), advice
@@ -376,7 +397,7 @@ def place(
     # TTLs, in prompt order: 1h markers must precede every 5m marker.
     chosen.sort()
     one_hour_upto = bet_upto = -1
-    if profile.honours_1h and planner.learning:
+    if honours_1h and planner.learning:
         for index, kind, sight in chosen:
             if kind in _SHARED_KINDS:
                 if sight.cached_1h:
@@ -394,13 +415,14 @@ def place(
     if ordered:
         last_1h = max((at for at, ttl in ordered if ttl == "1h"), default=-1.0)
         first_5m = min((at for at, ttl in ordered if ttl == "5m"), default=first_5m)
-    honours_1h = profile.honours_1h
     marked_keys: set[int] = set()
     key_at = {index: key for (index, _), key in zip(candidates, keys, strict=True)}
     # The keys this request writes at 1h and the bet's premium: the deepest bet's prefix
     # past what it reads (raw estimates; ``ratio`` below).
     bet_keys: list[int] = []
     bet_cost = read_below = 0.0
+    static_1h = planner.static_ttl == "1h"
+    marked = ticket.marked
     for index, kind, sight in chosen:
         pos = positions[index]
         reason = "tail" if kind == "tail_first" else kind
@@ -411,12 +433,11 @@ def place(
             continue
         ttl = (
             "1h"
-            if forced_1h
-            or (allowed_1h and (index <= one_hour_upto or (kind == "static" and planner.static_ttl == "1h")))
+            if forced_1h or (allowed_1h and (index <= one_hour_upto or (kind == "static" and static_1h)))
             else "5m"
         )
-        if ttl == "5m":
-            first_5m = min(first_5m, float(index))
+        if ttl == "5m" and index < first_5m:  # first_5m = min(first_5m, float(index))
+            first_5m = float(index)
         key = key_at[index]
         if bet_upto >= 0:
             if ttl == "1h":
@@ -426,10 +447,12 @@ def place(
             if sight.cached and index < bet_upto:
                 read_below = pos[CUM]
         marked_keys.add(key)
-        ticket.marked.append((key, TTL_1H if ttl == "1h" else TTL_5M))
-        ticket.deepest_raw = max(ticket.deepest_raw, pos[CUM])
-        if sight.cached:
-            ticket.expected_read_raw = max(ticket.expected_read_raw, pos[CUM])
+        marked.append((key, TTL_1H if ttl == "1h" else TTL_5M))
+        cum = pos[CUM]
+        if cum > ticket.deepest_raw:  # ticket.deepest_raw = max(ticket.deepest_raw, cum)
+            ticket.deepest_raw = cum
+        if sight.cached and cum > ticket.expected_read_raw:
+            ticket.expected_read_raw = cum
         if (
             kind in ("tail", "tail_first")
             and profile.top_level_automatic

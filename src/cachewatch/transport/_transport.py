@@ -67,6 +67,41 @@ _ENGINE_HEADERS = {
 _NAME_KEYS: dict[bytes, str | None] = {}
 _UNSEEN: Any = object()
 
+#: ``Headers`` class -> whether its instances keep their fields as httpx's and httpx2's do:
+#: ``_list``, a list of ``(raw name, lower-case name, value)`` byte triples.
+_TRIPLES: dict[type, bool] = {}
+
+
+def _triples(headers: Any) -> list[tuple[bytes, bytes, bytes]] | None:
+    """The fields of an httpx(2) ``Headers`` with their lower-case names, or None.
+
+    ``Headers.raw`` builds a new list of pairs on every call, and each name must then be
+    lower-cased; httpx and httpx2 keep the lower-case name of every field next to it. The
+    layout is private, so it is checked once per class on a probe (its ``raw`` must be the
+    list's pairs and the middle item the lower-case name); any other class gets None and
+    is read through ``raw``.
+    """
+    cls = type(headers)
+    known = _TRIPLES.get(cls)
+    if known is None:
+        try:
+            probe = cls([(b"X-Probe", b"v"), (b"host", b"h")])
+            known = probe._list == [
+                (b"X-Probe", b"x-probe", b"v"),
+                (b"host", b"host", b"h"),
+            ] and probe.raw == [
+                (b"X-Probe", b"v"),
+                (b"host", b"h"),
+            ]
+        except Exception:
+            known = False
+        _TRIPLES[cls] = known
+    if known:
+        fields = getattr(headers, "_list", None)
+        if type(fields) is list:
+            return fields
+    return None
+
 
 def _engine_headers(headers: Any) -> Any:
     """The request headers the engine reads, in one pass over the raw headers.
@@ -77,6 +112,17 @@ def _engine_headers(headers: Any) -> Any:
     (its encoding depends on every value), so then the object itself is returned.
     """
     found: dict[str, str] = {}
+    fields = _triples(headers)
+    if fields is not None:
+        wanted = _ENGINE_HEADERS
+        for _, lower, value in fields:
+            key = wanted.get(lower)
+            if key is not None:
+                if not value.isascii():
+                    return headers
+                text = value.decode("ascii")
+                found[key] = f"{found[key]}, {text}" if key in found else text
+        return found
     names = _NAME_KEYS
     for name, value in headers.raw:
         key = names.get(name, _UNSEEN)
@@ -117,6 +163,21 @@ def _outgoing(exchange: Exchange, request: Any) -> Any:
         return request
     try:
         family = _family(request)
+        if exchange.new_headers is None and _has_host(request.headers):
+            # ``request.headers.copy()`` first works out the headers' encoding (a decode
+            # of every name and value); the request's own copy of the same list, given
+            # the one new length, holds the very same fields (an ASCII name and number
+            # encode alike in every encoding), and its encoding is worked out when asked.
+            rebuilt = family.Request(
+                request.method,
+                request.url,
+                headers=request.headers,
+                stream=family.ByteStream(body),
+                extensions=request.extensions,
+            )
+            rebuilt.headers["Content-Length"] = str(len(body))
+            rebuilt.read()
+            return rebuilt
         headers = request.headers.copy()
         headers["Content-Length"] = str(len(body))
         for name, value in (exchange.new_headers or {}).items():
@@ -151,6 +212,12 @@ def _outgoing(exchange: Exchange, request: Any) -> Any:
 
 def _has_host(headers: Any) -> bool:
     """Whether ``headers`` (an httpx ``Headers``) has a Host field (first, as httpx's clients put it)."""
+    fields = _triples(headers)
+    if fields is not None:
+        for field in fields:  # noqa: SIM110 (a loop: any() over a generator costs a frame per field)
+            if field[1] == b"host":
+                return True
+        return False
     return any(name.lower() == b"host" for name, _ in headers.raw)
 
 
@@ -186,6 +253,15 @@ def _body_headers(headers: Any) -> dict[str, str]:
     cost several times this single pass).
     """
     found: dict[str, str] = {}
+    fields = _triples(headers)
+    if fields is not None:
+        wanted = _BODY_HEADERS
+        for _, lower, value in fields:
+            key = wanted.get(lower)
+            if key is not None:
+                text = value.decode("latin-1")
+                found[key] = f"{found[key]}, {text}" if key in found else text
+        return found
     names = _BODY_NAME_KEYS
     for name, value in headers.raw:
         key = names.get(name, _UNSEEN)
