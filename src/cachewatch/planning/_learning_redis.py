@@ -297,8 +297,8 @@ class RedisLearner(RedisLink):
             now = 0.0
             if conversation is not None:
                 now = clock()
-                key, reply, model, tail = conversation
-                ops += self._conversation_op(key, "=", reply, "=", now, model, tail, family)
+                key, reply, model, tail, changes = conversation
+                ops += self._conversation_op(key, "=", reply, "=", now, model, tail, changes)
             if model_key is not None:
                 ops += op("minimum", model_key, "")
             replies, blobs = self._eval_blobs(ops)

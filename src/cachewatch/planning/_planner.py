@@ -134,7 +134,9 @@ class Planner:
         self._probes: dict[str | tuple[str, int], int] = {}
         #: (profile, host, model, scope, tools, system positions) -> the digests that bind a
         #: request to them (``_policy._scope_of``).
-        self.scopes: dict[tuple[str, str, str | None, str, int, int], tuple[str, bytes, int, bytes, int]] = {}
+        self.scopes: dict[
+            tuple[str, str, str | None, str, int, int], tuple[str, bytes, int, bytes, int, int]
+        ] = {}
         self._min_cache: dict[tuple[str, str | None], int] = {}
         self._lock = threading.Lock()
 

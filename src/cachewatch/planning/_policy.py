@@ -142,7 +142,7 @@ def place(
     candidates = find_candidates(layout, ratio, profile.lookback, planner.document_tokens, top_ttl)
 
     # What the learner knows of each candidate prefix (and this request counts).
-    model_key, scope_tag, family, conversation_tag, model_tag = _scope_of(
+    model_key, scope_tag, family, conversation_tag, model_tag, scope_family = _scope_of(
         planner, profile.name, host, model, scope, len(layout.tools or ()) or _count(positions, "tools"), fm
     )
     # Ticket(id, family, model_key), total_raw set: its fields in order.
@@ -190,6 +190,7 @@ def place(
                 layout.first_reply_anchor,
                 model_tag,
                 candidates[-1][0] if kinds[-1] == "tail" or kinds[-1] == "tail_first" else -1,
+                scope_family,
             )
         sights, stable, before, earlier = ask(
             planner.learner,
@@ -522,8 +523,9 @@ def _sight_earlier(
     sights.insert(at, sight)
 
 
-#: What ``_scope_of`` returns: (model key, scope tag, family, conversation tag, model tag).
-_Scope = tuple[str, bytes, int, bytes, int]
+#: What ``_scope_of`` returns: (model key, scope tag, family, conversation tag, model tag,
+#: the scope's family whatever the structure).
+_Scope = tuple[str, bytes, int, bytes, int, int]
 
 
 def _scope_of(
@@ -533,7 +535,9 @@ def _scope_of(
 
     The learned minimums' key, the tag of every prefix key (profile, host, model, scope),
     the family (that tag and the structural signature: the number of tools and of system
-    positions), the tag of the conversation key (model-free) and the model's tag. Each is
+    positions), the tag of the conversation key (model-free), the model's tag, and the
+    scope's family without the structure (how a conversation's prompt changes is counted
+    there: a tool added moves it to another structural family). Each is
     a function of the arguments alone, so they are kept per argument tuple (a few tuples
     carry all the traffic; bounded like the planner's other tables).
     """
@@ -547,6 +551,7 @@ def _scope_of(
             _h64(scope_tag + orjson.dumps([tools, first_message])),
             orjson.dumps([profile, host, scope]) + b"conversation",
             _h64(model.encode()) if model else 0,
+            _h64(scope_tag),
         )
         if len(planner.scopes) >= 4096:
             planner.scopes.clear()
