@@ -425,8 +425,8 @@ class MemoryLearner:
         one-time edit; two changes in a row, something that may change on every request).
         It is judged again at every step: a conversation that kept its prefix once and then
         broke it on every request is unstable again. *unsettled*: for ``family`` (the
-        request's), P(a conversation whose last two requests each changed its prefix
-        changes it again at the next), learnt from every such conversation that went on
+        planner passes the scope's, whatever the prompt's structure), P(a conversation
+        whose last two requests each changed its prefix changes it again at the next), learnt from every such conversation that went on
         (a timestamp at the top of the system prompt: always; a tool list that grew once
         at the second request and then held: never). *earlier*: after a switch of model,
         the tail position of the conversation's last request to this model within the
