@@ -654,3 +654,64 @@ def test_an_unsettled_conversation_is_judged_by_whether_its_next_request_changes
     again = learner.conversation(1, 13, b"r", False, 130.0, family=FAMILY)[0]
     assert again is not None
     assert again[3] > 0.75 > estimates[-1] + 0.2
+
+
+def test_an_edited_history_is_judged_apart_from_a_changed_static_prefix(new_learner: Make) -> None:
+    learner = new_learner()
+    # Chats whose second request kept the prefix of their first: judgements of a static
+    # change (a first request counts as one; its next request can only change the static
+    # prefix, the first message keys the conversation), all held.
+    for c in range(1, 5):
+        learner.conversation(c, 10, None, True, 100.0 + c, family=FAMILY)
+        learner.conversation(c, 10, b"r", True, 110.0 + c, family=FAMILY)
+    # A loop that truncates old tool results at every step: its history changes at two
+    # requests in a row. The static judgements say nothing of it: the prior (0.8) holds.
+    learner.conversation(9, 10, None, True, 200.0, family=FAMILY)
+    learner.conversation(9, 10, b"r", True, 210.0, family=FAMILY)
+    learner.conversation(9, 10, b"r", False, 220.0, family=FAMILY)
+    edited = learner.conversation(9, 10, b"r", False, 230.0, family=FAMILY)[0]
+    assert edited is not None
+    assert edited[3] == pytest.approx(0.8)
+    # A static change after those holds is judged by them.
+    changed = learner.conversation(9, 11, b"r", True, 240.0, family=FAMILY)[0]
+    assert changed is not None
+    assert changed[3] < 0.2
+    # And the edit judged at that request (the history changed again? no: the static
+    # prefix did) counts for edits: their estimate moves off the prior.
+    learner.conversation(9, 11, b"r", False, 250.0, family=FAMILY)
+    again = learner.conversation(9, 11, b"r", False, 260.0, family=FAMILY)[0]
+    assert again is not None
+    assert again[3] != pytest.approx(0.8)
+
+
+def test_whether_a_continued_conversation_goes_on_is_learnt_per_family(new_learner: Make) -> None:
+    learner = new_learner()
+    # Chats of one family go on every ten seconds, six requests each.
+    now = 100.0
+    estimates = []
+    for c in range(1, 5):
+        for i in range(6):
+            got = learner.conversation(c, 10, None if i == 0 else b"r", True, now, family=FAMILY)[0]
+            now += 10.0
+            if got is not None:
+                estimates.append(got[4])
+    # Read before the request's own opportunity counts: each conversation's second request
+    # is no evidence yet, each later one credits the one before it.
+    assert estimates[0] == pytest.approx(2.0 / 3.0)
+    assert estimates[-1] > 0.85
+    # Another family's conversations stop after their second request: pessimistic, each
+    # continued request weighs as one not followed until its next request comes.
+    stopped = []
+    for c in range(11, 17):
+        learner.conversation(c, 10, None, True, now, family=FAMILY + 1)
+        got = learner.conversation(c, 10, b"r", True, now + 5.0, family=FAMILY + 1)[0]
+        assert got is not None
+        stopped.append(got[4])
+        now += 600.0
+    assert stopped == sorted(stopped, reverse=True)
+    assert stopped[-1] < 0.28
+    # The first family keeps its own evidence, over a pool the other has pulled down.
+    learner.conversation(21, 10, None, True, now, family=FAMILY)
+    kept = learner.conversation(21, 10, b"r", True, now + 10.0, family=FAMILY)[0]
+    assert kept is not None
+    assert kept[4] > 0.6 > stopped[-1] + 0.35

@@ -32,7 +32,7 @@ LinesFor = Callable[[Collection[int]], dict[int, tuple[bytes, bytes]]]
 #: request or None, the tail position of its last request to this model after a switch of
 #: model or -1; see :meth:`~cachewatch.planning._learning.LearningState.conversation`).
 Answers = tuple[
-    list[Sight], tuple[int | None, bool] | None, tuple[int, bytes | None, bool, float] | None, int
+    list[Sight], tuple[int | None, bool] | None, tuple[int, bytes | None, bool, float, float] | None, int
 ]
 
 
@@ -96,7 +96,7 @@ def ask_in_turn(
         candidates = getattr(learner, "volatile_candidates", None)
         lines = lines_for(candidates(family) if candidates is not None else ())
         stable = learner.stability(family, blocks, lines)
-    before: tuple[int, bytes | None, bool, float] | None = None
+    before: tuple[int, bytes | None, bool, float, float] | None = None
     earlier = -1
     if conversation is not None:
         static_key, history_known = conversation_context(sightings, sights)

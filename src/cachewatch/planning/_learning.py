@@ -83,7 +83,10 @@ __all__ = [
     "PRIOR_WEIGHT",
     "CLAIM_TIMEOUT",
     "CONVERSATION_MODELS",
+    "GOES_ON_PRIOR",
+    "HISTORY",
     "KINDS",
+    "STATIC",
     "TTL_1H",
     "TTL_5M",
     "UNSETTLED_PRIOR",
@@ -120,6 +123,13 @@ LATE_Z: Final = 0.67
 #: write, not one per opportunity of the tail's window; a family whose conversations then
 #: hold still (a tool list that grew once, a memory saved) shows it at its next request.
 UNSETTLED_PRIOR: Final = 0.8
+#: Prior mean of P(a continued conversation sends its next request within 5 minutes).
+GOES_ON_PRIOR: Final = 2.0 / 3.0
+#: What a conversation's request changed, for the unsettled statistic: its static prefix
+#: (tools, system; a first request counts as this), or its history (an edited message, old
+#: tool results truncated).
+STATIC: Final = "s"
+HISTORY: Final = "h"
 
 TTL_5M: Final = 300.0
 TTL_1H: Final = 3_600.0
@@ -213,7 +223,7 @@ class LearningState(Protocol):
         model: int = 0,
         tail: int = -1,
         family: int = 0,
-    ) -> tuple[tuple[int, bytes | None, bool, float] | None, int]: ...
+    ) -> tuple[tuple[int, bytes | None, bool, float, float] | None, int]: ...
 
     def void(self, keys: Iterable[int], ticket: int) -> None: ...
 

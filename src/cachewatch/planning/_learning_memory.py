@@ -23,9 +23,12 @@ from typing import Final
 from ._learning import (
     CLAIM_TIMEOUT,
     CONVERSATION_MODELS,
+    GOES_ON_PRIOR,
+    HISTORY,
     LATE_PRIOR_WEIGHT,
     LATE_Z,
     PRIOR_WEIGHT,
+    STATIC,
     TTL_1H,
     TTL_5M,
     UNSETTLED_PRIOR,
@@ -127,16 +130,32 @@ class MemoryLearner:
         self._pool: dict[tuple[str, int], _Bucket] = {}
         #: Conversation key -> (its static prefix key or -1, first reply, last seen, steady,
         #: model, tail position, then (model, tail position, last seen) of the last request
-        #: to each other model, most recent first, and whether the request before was steady,
-        #: None when there was none).
+        #: to each other model, most recent first, whether the request before was steady
+        #: (None when there was none), whether this request continued the conversation, and
+        #: what it changed: its static prefix (a first request too), its history, neither).
         self._conversations: OrderedDict[
             int,
-            tuple[int, bytes | None, float, bool, int, int, tuple[tuple[int, int, float], ...], bool | None],
+            tuple[
+                int,
+                bytes | None,
+                float,
+                bool,
+                int,
+                int,
+                tuple[tuple[int, int, float], ...],
+                bool | None,
+                bool,
+                str,
+            ],
         ] = OrderedDict()
-        #: family -> (conversations judged unsettled whose next request changed again, such
-        #: judgements), forgotten; and the same pooled over every family.
-        self._unsettled: dict[int, tuple[float, float]] = {}
-        self._unsettled_pool: tuple[float, float] = (0.0, 0.0)
+        #: (family, what changed) -> (conversations judged unsettled whose next request
+        #: changed again, such judgements), forgotten; and the same pooled over every family.
+        self._unsettled: dict[tuple[int, str], tuple[float, float]] = {}
+        self._unsettled_pool: dict[str, tuple[float, float]] = {}
+        #: family -> (continued requests followed by the next within 5 minutes, continued
+        #: requests), forgotten; and the same pooled over every family.
+        self._goes_on: dict[int, tuple[float, float]] = {}
+        self._goes_on_pool: tuple[float, float] = (0.0, 0.0)
         self.max_prefixes = max_prefixes
         self.max_families = max_families
         self._prefixes: OrderedDict[int, _Prefix] = OrderedDict()
@@ -405,7 +424,7 @@ class MemoryLearner:
         model: int = 0,
         tail: int = -1,
         family: int = 0,
-    ) -> tuple[tuple[int, bytes | None, bool, float] | None, int]:
+    ) -> tuple[tuple[int, bytes | None, bool, float, float] | None, int]:
         """Remember a conversation's static prefix and first reply; returns what it had before.
 
         ``key`` identifies a conversation by its first input message (and scope), so its
@@ -419,16 +438,21 @@ class MemoryLearner:
         position, -1 for none), remembered for its model.
 
         Returns ``(before, earlier)``. *before*: ``(static key or -1, first reply, steady,
-        unsettled)`` of the previous request with that key within the hour and to the same
+        unsettled, goes on)`` of the previous request with that key within the hour and to the same
         model, or None; *steady*: from the request before it to that one, its static prefix
         stayed the same and its previous turn was found (a change after a steady step is a
         one-time edit; two changes in a row, something that may change on every request).
         It is judged again at every step: a conversation that kept its prefix once and then
         broke it on every request is unstable again. *unsettled*: for ``family`` (the
         planner passes the scope's, whatever the prompt's structure), P(a conversation
-        whose last two requests each changed its prefix changes it again at the next), learnt from every such conversation that went on
-        (a timestamp at the top of the system prompt: always; a tool list that grew once
-        at the second request and then held: never). *earlier*: after a switch of model,
+        whose last two requests each changed its prefix changes it again at the next),
+        learnt from every such conversation that went on (a timestamp at the top of the
+        system prompt: always; a tool list that grew once at the second request and then
+        held: never), apart for what this request changed: its history only (a loop that
+        truncates old tool results at every step once they pile up), or else its static
+        prefix. *goes
+        on*: for ``family``, P(a continued conversation sends its next request within 5
+        minutes), learnt from every continued request. *earlier*: after a switch of model,
         the tail position of the conversation's last request to this model within the
         hour (-1: none, or the previous request went to this model, whose tail is this
         one's previous turn). The record keeps the tails of ``CONVERSATION_MODELS`` models at most.
@@ -456,6 +480,18 @@ class MemoryLearner:
                 others = tuple(kept)
                 found = None
             steady = found is not None and found[0] == static_id and history_known
+            # What this request changed: a first request counts as a change of its static
+            # prefix (it has no history to edit; nor has its next request, whose history is
+            # the first message that keys the conversation).
+            change = (
+                STATIC if found is None or found[0] != static_id else (HISTORY if not history_known else "")
+            )
+            continued = found is not None and now - found[2] <= TTL_1H
+            if continued and found is not None and found[8] and now - found[2] <= TTL_5M:
+                self._went_on(family)
+            goes_on = self._p_goes_on(family)
+            if continued:
+                self._continued(family)
             self._conversations[key] = (
                 static_id,
                 reply,
@@ -465,6 +501,8 @@ class MemoryLearner:
                 tail,
                 others,
                 found[3] if found is not None else None,
+                continued,
+                change,
             )
             self._conversations.move_to_end(key)
             if len(self._conversations) > self.max_prefixes // 4:
@@ -474,28 +512,69 @@ class MemoryLearner:
             if not found[3] and not found[7]:
                 # The previous request was unsettled (neither it nor the one before it kept
                 # the prefix of its predecessor; a first request counts as a change, as it
-                # does for the planner): did this one change again?
-                self._judged(family, not steady)
-            return (found[0], found[1], found[3], self._p_unsettled(family)), earlier
+                # does for the planner): did this one change again? Counted for what the
+                # previous request changed.
+                self._judged(family, found[9], not steady)
+            return (
+                found[0],
+                found[1],
+                found[3],
+                self._p_unsettled(family, HISTORY if found[0] == static_id and not history_known else STATIC),
+                goes_on,
+            ), earlier
 
-    def _judged(self, family: int, held: bool) -> None:
+    def _judged(self, family: int, change: str, again: bool) -> None:
         f = self.forget
-        h, n = self._unsettled.get(family, (0.0, 0.0))
-        if len(self._unsettled) >= self.max_families and family not in self._unsettled:
+        key = (family, change)
+        h, n = self._unsettled.get(key, (0.0, 0.0))
+        if len(self._unsettled) >= self.max_families and key not in self._unsettled:
             self._unsettled.clear()
-        self._unsettled[family] = (h * f + (1.0 if held else 0.0), n * f + 1.0)
-        h, n = self._unsettled_pool
-        self._unsettled_pool = (h * f + (1.0 if held else 0.0), n * f + 1.0)
+        self._unsettled[key] = (h * f + (1.0 if again else 0.0), n * f + 1.0)
+        h, n = self._unsettled_pool.get(change, (0.0, 0.0))
+        self._unsettled_pool[change] = (h * f + (1.0 if again else 0.0), n * f + 1.0)
 
-    def _p_unsettled(self, family: int) -> float:
+    def _p_unsettled(self, family: int, change: str) -> float:
         """P(an unsettled conversation of ``family`` changes its prefix again at its next request).
 
-        The prior is the pool of every family's judgements over ``UNSETTLED_PRIOR`` (weight
-        ``PRIOR_WEIGHT`` each), so a family's own evidence decides after one judgement.
+        Counted apart for what its last request changed (``change``: its static prefix or its
+        history). The prior is the pool of every family's judgements over
+        ``UNSETTLED_PRIOR`` (weight ``PRIOR_WEIGHT`` each), so a family's own evidence
+        decides after one judgement.
         """
-        h, n = self._unsettled_pool
+        h, n = self._unsettled_pool.get(change, (0.0, 0.0))
         mean = (h + PRIOR_WEIGHT * UNSETTLED_PRIOR) / (n + PRIOR_WEIGHT)
-        h, n = self._unsettled.get(family, (0.0, 0.0))
+        h, n = self._unsettled.get((family, change), (0.0, 0.0))
+        return (h + PRIOR_WEIGHT * mean) / (n + PRIOR_WEIGHT)
+
+    def _continued(self, family: int) -> None:
+        """A continued request of ``family``: an opportunity for its next within 5 minutes."""
+        f = self.forget
+        h, n = self._goes_on.get(family, (0.0, 0.0))
+        if len(self._goes_on) >= self.max_families and family not in self._goes_on:
+            self._goes_on.clear()
+        self._goes_on[family] = (h * f, n * f + 1.0)
+        h, n = self._goes_on_pool
+        self._goes_on_pool = (h * f, n * f + 1.0)
+
+    def _went_on(self, family: int) -> None:
+        """The previous (continued) request's conversation went on within 5 minutes."""
+        h, n = self._goes_on.get(family, (0.0, 0.0))
+        if n > 0.0:
+            self._goes_on[family] = (h + 1.0 if h + 1.0 < n else n, n)
+        h, n = self._goes_on_pool
+        if n > 0.0:
+            self._goes_on_pool = (h + 1.0 if h + 1.0 < n else n, n)
+
+    def _p_goes_on(self, family: int) -> float:
+        """P(a continued conversation of ``family`` sends its next request within 5 minutes).
+
+        Counted as the recurrence statistics are (pessimistically: an opportunity at once,
+        credited when the next request comes), over a prior ``GOES_ON_PRIOR`` pooled the
+        same way as ``_p_unsettled``'s; read before this request's own opportunity counts.
+        """
+        h, n = self._goes_on_pool
+        mean = (h + PRIOR_WEIGHT * GOES_ON_PRIOR) / (n + PRIOR_WEIGHT)
+        h, n = self._goes_on.get(family, (0.0, 0.0))
         return (h + PRIOR_WEIGHT * mean) / (n + PRIOR_WEIGHT)
 
     # -- the provider's cache, as believed ---------------------------------------------

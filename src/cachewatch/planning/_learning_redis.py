@@ -262,13 +262,13 @@ class RedisLearner(RedisLink):
     @staticmethod
     def _before(
         raw: list[Any], blobs: list[bytes], now: float
-    ) -> tuple[tuple[int, bytes | None, bool, float] | None, int]:
+    ) -> tuple[tuple[int, bytes | None, bool, float, float] | None, int]:
         """The conversation op's reply: (earlier tail, then the previous request if any)."""
         earlier = int(raw[0])
         if len(raw) == 1 or now - float(raw[3]) > TTL_1H:
             return None, earlier
         reply = bytes(blobs[raw[2] - 1]) if raw[2] else None
-        return (int(raw[1]), reply, raw[4] == "1", float(raw[5])), earlier
+        return (int(raw[1]), reply, raw[4] == "1", float(raw[5]), float(raw[6])), earlier
 
     def decide(
         self,
@@ -309,7 +309,7 @@ class RedisLearner(RedisLink):
                 stable = self._stable(family, next(raw))
                 if stable is None:  # another process changed the volatile positions meanwhile
                     stable = self.stability(family, blocks, lines_at(self._volatile.get(family, ())))
-            before: tuple[int, bytes | None, bool, float] | None = None
+            before: tuple[int, bytes | None, bool, float, float] | None = None
             earlier = -1
             if conversation is not None:
                 before, earlier = self._before(next(raw), blobs, now)
@@ -362,8 +362,8 @@ class RedisLearner(RedisLink):
         model: int = 0,
         tail: int = -1,
         family: int = 0,
-    ) -> tuple[tuple[int, bytes | None, bool, float] | None, int]:
-        def call() -> tuple[tuple[int, bytes | None, bool, float] | None, int]:
+    ) -> tuple[tuple[int, bytes | None, bool, float, float] | None, int]:
+        def call() -> tuple[tuple[int, bytes | None, bool, float, float] | None, int]:
             replies, blobs = self._eval_blobs(
                 self._conversation_op(key, static, reply, history_known, now, model, tail, family)
             )

@@ -30,7 +30,7 @@ Ops and their arguments (``''`` for "none"; floats as ``repr`` strings, exact):
   forget, family_ttl. Returns the earlier tail (after a switch of model, where the last
   request to this model ended, or -1), then, when the previous request went to the same
   model, (static, the reply's place among the binary values or 0, time, steady,
-  unsettled);
+  unsettled, goes on);
 * ``minimum``: model key, tier (``''`` to read, ``-`` to forget). Returns (value, version
   before, version after);
 * ``void``: ticket, family_ttl, keys...; ``release``: ticket, keys...; ``started``: ticket,
@@ -88,6 +88,9 @@ _COMMON: Final = r"""
 local P = ARGV[1]
 local TTL_1H = @TTL_1H@
 local UNSETTLED_PRIOR = @UNSETTLED_PRIOR@
+local GOES_ON_PRIOR = @GOES_ON_PRIOR@
+local STATIC = @STATIC@
+local HISTORY = @HISTORY@
 local TTL_5M = @TTL_5M@
 local CLAIM_TIMEOUT = @CLAIM_TIMEOUT@
 local PRIOR_WEIGHT = @PRIOR_WEIGHT@
@@ -439,34 +442,65 @@ OPS.conversation = function(a)
   -- 'z': whether the request before this one was steady ('-': there was none).
   local z = '-'
   if h ~= nil then z = h['y'] end
+  -- 'w': what this request changed (a first request: its static prefix), 'k': continued.
+  local change = ''
+  if h == nil or h['s'] ~= static then change = STATIC elseif not known then change = HISTORY end
+  local continued = h ~= nil and now - tonumber(h['t']) <= TTL_1H
+  local fid, f = a[11], tonumber(a[12])
+  -- 'g' (family and pool): continued requests followed by the next within 5 minutes.
+  local t, pl = fam(fid), pool()
+  if continued and h['k'] == '1' and now - tonumber(h['t']) <= TTL_5M then
+    for _, s in ipairs({t, pl}) do
+      local r, n = stat_get(s, 'g')
+      if r ~= nil and n > 0.0 then
+        local x = r + 1.0
+        if not (x < n) then x = n end
+        put(s, 'g', fmt(x) .. ' ' .. fmt(n))
+      end
+    end
+  end
+  local r, n = stat_get(pl, 'g')
+  if r == nil then r, n = 0.0, 0.0 end
+  local mean = (r + PRIOR_WEIGHT * GOES_ON_PRIOR) / (n + PRIOR_WEIGHT)
+  r, n = stat_get(t, 'g')
+  if r == nil then r, n = 0.0, 0.0 end
+  local goes_on = (r + PRIOR_WEIGHT * mean) / (n + PRIOR_WEIGHT)
+  if continued then
+    for _, s in ipairs({t, pl}) do
+      r, n = stat_get(s, 'g')
+      if r == nil then r, n = 0.0, 0.0 end
+      put(s, 'g', fmt(r * f) .. ' ' .. fmt(n * f + 1.0))
+    end
+  end
   redis.call('HSET', name, 's', static, 't', fmt(now), 'y', steady and '1' or '0', 'm', model,
-    'x', tail, 'o', others, 'z', z)
+    'x', tail, 'o', others, 'z', z, 'w', change, 'k', continued and '1' or '0')
   if has_reply then redis.call('HSET', name, 'r', reply) else redis.call('HDEL', name, 'r') end
   redis.call('EXPIRE', name, tonumber(a[8]))
+  flush(tonumber(a[13]))
   if h == nil then return {earlier} end
-  if now - tonumber(h['t']) > TTL_1H then return {earlier, h['s'], 0, h['t'], h['y'], '0'} end
-  -- 'u' (family and pool): unsettled conversations whose next request changed again, judged.
-  local fid, f = a[11], tonumber(a[12])
+  if now - tonumber(h['t']) > TTL_1H then return {earlier, h['s'], 0, h['t'], h['y'], '0', '0'} end
+  -- 'u' .. what changed (family and pool): unsettled conversations whose next request
+  -- changed again, judged, counted for what the previous request changed.
   if h['y'] ~= '1' and h['z'] ~= '1' then
     local x = 0.0
     if not steady then x = 1.0 end
-    local t = fam(fid)
-    local r, n = stat_get(t, 'u')
-    if r == nil then r, n = 0.0, 0.0 end
-    put(t, 'u', fmt(r * f + x) .. ' ' .. fmt(n * f + 1.0))
-    local pl = pool()
-    r, n = stat_get(pl, 'u')
-    if r == nil then r, n = 0.0, 0.0 end
-    put(pl, 'u', fmt(r * f + x) .. ' ' .. fmt(n * f + 1.0))
+    local field = 'u' .. (h['w'] or STATIC)
+    for _, s in ipairs({t, pl}) do
+      r, n = stat_get(s, field)
+      if r == nil then r, n = 0.0, 0.0 end
+      put(s, field, fmt(r * f + x) .. ' ' .. fmt(n * f + 1.0))
+    end
     flush(tonumber(a[13]))
   end
-  local r, n = stat_get(pool(), 'u')
+  local field = 'u' .. STATIC
+  if h['s'] == static and not known then field = 'u' .. HISTORY end
+  r, n = stat_get(pl, field)
   if r == nil then r, n = 0.0, 0.0 end
-  local mean = (r + PRIOR_WEIGHT * UNSETTLED_PRIOR) / (n + PRIOR_WEIGHT)
-  r, n = stat_get(fam(fid), 'u')
+  mean = (r + PRIOR_WEIGHT * UNSETTLED_PRIOR) / (n + PRIOR_WEIGHT)
+  r, n = stat_get(t, field)
   if r == nil then r, n = 0.0, 0.0 end
   return {earlier, h['s'], h['r'] and blob(h['r']) or 0, h['t'], h['y'],
-    fmt((r + PRIOR_WEIGHT * mean) / (n + PRIOR_WEIGHT))}
+    fmt((r + PRIOR_WEIGHT * mean) / (n + PRIOR_WEIGHT)), fmt(goes_on)}
 end
 """
 
@@ -608,6 +642,9 @@ _CONSTANTS: Final = (
     "LATE_Z",
     "CONVERSATION_MODELS",
     "UNSETTLED_PRIOR",
+    "GOES_ON_PRIOR",
+    "STATIC",
+    "HISTORY",
 )
 
 

@@ -20,7 +20,11 @@ really recur (see ``_learning``), times the provider's reliability. Then:
   and is marked when a slot is left, so other requests can read it;
 * the rest are ``skipped_not_reused``: nothing past the last candidate worth writing
   is written. A block that changes on every request never recurs, so a prefix that
-  ends after it is never worth writing.
+  ends after it is never worth writing;
+* in a conversation whose prompt changed at its last two requests (*unstable*), the
+  tail and a new static prefix are read by the next request only if the conversation
+  goes on within 5 minutes and its prompt holds still this time: they are worth writing
+  when the product of those two learnt chances reaches ``threshold``.
 
 A marker goes only where the estimated prefix plausibly reaches the model's minimum
 (the documented table, raised by what was learnt; ``min_margin``: 25% under it, as a
@@ -176,7 +180,7 @@ def place(
     # zips go without strict=True (a keyword argument costs zip() a second argument parse).
     sights: list[Sight] = []
     advice: Advice | None = None
-    before: tuple[int, bytes | None, bool, float] | None = None
+    before: tuple[int, bytes | None, bool, float, float] | None = None
     if planner.learning and candidates:
         # One question to the learner (one round trip to a shared one): the sightings,
         # the static region's stability, and the conversation when planning goes on.
@@ -268,19 +272,21 @@ def place(
     # prompt, an edited message). Its own tail may not be found by the next turn either;
     # and if its static prefix changed since the conversation's last request, the static
     # prefix is the culprit. Whether the next request changes it again is learnt per
-    # family (``unsettled``, from the learner's conversation record): neither is written
-    # unless the tail's estimate times the chance that the prefix now holds pays for it.
-    # (A conversation not seen before, such as the first request of a new process, is
-    # no evidence either way.)
+    # scope and per what changed (``unsettled``, from the learner's conversation record),
+    # and so is whether a continued conversation goes on within 5 minutes (``goes_on``):
+    # neither is written unless their product, the chance that the next request reads
+    # it, pays for it. (A conversation not seen before, such as the first request of a
+    # new process, is no evidence either way.)
     unstable = False
     unsettled = 1.0
+    goes_on = 0.0
     if (
         planner.learning
         and layout.first_input_anchor is not None
         and before is not None
         and not layout.first_turn
     ):
-        old_static, old_reply, steady, unsettled = before
+        old_static, old_reply, steady, unsettled, goes_on = before
         # A conversation that never kept its prefix from one request to the next
         # (a one-time edit of a steady one is not this): its static prefix changed
         # again, or, surely the same conversation (same first reply), its previous
@@ -319,14 +325,16 @@ def place(
             entries.append((index, kind, sight, "read"))
         elif sight.writing:
             out.append(placement(pos, index, "skipped_in_flight", None, reason, ratio))
-        elif kind == "previous_turn" or (
-            unstable
-            and (kind == "tail" or (kind == "static" and not sight.known))
-            # Unless this family's unsettled conversations usually hold still next.
-            and sight.p * (1.0 - unsettled) < planner.threshold
-        ):
+        elif kind == "previous_turn":
             # A previous turn is marked to be read, never written (the tail covers it).
             entries.append((index, kind, sight, None))
+        elif unstable and (kind == "tail" or (kind == "static" and not sight.known)):
+            # The next request reads it if the conversation goes on within the TTL and its
+            # prefix holds still this time: the two learnt chances, not the family's
+            # statistic of this kind, which counts the changes a second time (and, when
+            # the change moved the conversation to another structural family, little else).
+            worth = goes_on * (1.0 - unsettled) * sight.reliability
+            entries.append((index, kind, sight, "write" if worth >= planner.threshold else None))
         elif sight.p >= planner.threshold or (
             # Worth a write for its late return only where it would get a 1h TTL.
             sight.late
