@@ -30,7 +30,8 @@ the lookback of its tail: the write that tail made comes back there, whichever m
 the turns in between went to.
 
 **Statistics.** Per *family* (profile, host, model, scope, and a structural signature:
-the number of tools and of system blocks), per marker *kind* (``static``,
+whether the request has tools, and its number of system blocks; not the number of tools,
+which a growing or retrieved tool list varies from request to request), per marker *kind* (``static``,
 ``tail_first``, ``tail``, ``document``, ``previous_turn``) and per *run* bucket (how
 many times this exact prefix was seen in a row: 1, 2, 3+), the learner estimates
 P(recurs within TTL). Counting is pessimistic and immediate: a sighting counts as an

@@ -132,7 +132,7 @@ class Planner:
         #: Ticket ids, one per planned request.
         self.tickets = itertools.count(1)
         self._probes: dict[str | tuple[str, int], int] = {}
-        #: (profile, host, model, scope, tools, system positions) -> the digests that bind a
+        #: (profile, host, model, scope, has tools, system positions) -> the digests that bind a
         #: request to them (``_policy._scope_of``).
         self.scopes: dict[
             tuple[str, str, str | None, str, int, int], tuple[str, bytes, int, bytes, int, int]

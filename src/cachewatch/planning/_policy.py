@@ -146,8 +146,14 @@ def place(
     candidates = find_candidates(layout, ratio, profile.lookback, planner.document_tokens, top_ttl)
 
     # What the learner knows of each candidate prefix (and this request counts).
+    # The structural signature: whether the request has tools (positions, or chat-completions
+    # definitions) and how many system positions it has. Not the number of tools: an agent
+    # that adds tools as it finds them, or one-shot requests whose tools are retrieved per
+    # request, would split one traffic into a family per count, each paying its own
+    # learning (a wasted write or more) again.
+    tool_positions = 0 if layout.tools else _count(positions, "tools")
     model_key, scope_tag, family, conversation_tag, model_tag, scope_family = _scope_of(
-        planner, profile.name, host, model, scope, len(layout.tools or ()) or _count(positions, "tools"), fm
+        planner, profile.name, host, model, scope, bool(layout.tools or tool_positions), fm - tool_positions
     )
     # Ticket(id, family, model_key), total_raw set: its fields in order.
     ticket = new_ticket(
@@ -537,26 +543,26 @@ _Scope = tuple[str, bytes, int, bytes, int, int]
 
 
 def _scope_of(
-    planner: Planner, profile: str, host: str, model: str | None, scope: str, tools: int, first_message: int
+    planner: Planner, profile: str, host: str, model: str | None, scope: str, tools: bool, system: int
 ) -> _Scope:
     """The digests that bind a request's prefixes to its scope, family and model.
 
     The learned minimums' key, the tag of every prefix key (profile, host, model, scope),
-    the family (that tag and the structural signature: the number of tools and of system
-    positions), the tag of the conversation key (model-free), the model's tag, and the
+    the family (that tag and the structural signature: whether the request has tools, and
+    the number of system positions), the tag of the conversation key (model-free), the model's tag, and the
     scope's family without the structure (how a conversation's prompt changes is counted
     there: a tool added moves it to another structural family). Each is
     a function of the arguments alone, so they are kept per argument tuple (a few tuples
     carry all the traffic; bounded like the planner's other tables).
     """
-    key = (profile, host, model, scope, tools, first_message)
+    key = (profile, host, model, scope, tools, system)
     found = planner.scopes.get(key)
     if found is None:
         scope_tag = orjson.dumps([profile, host, model, scope])
         found = (
             f"{profile}\x00{model}",
             scope_tag,
-            _h64(scope_tag + orjson.dumps([tools, first_message])),
+            _h64(scope_tag + orjson.dumps([tools, system])),
             orjson.dumps([profile, host, scope]) + b"conversation",
             _h64(model.encode()) if model else 0,
             _h64(scope_tag),
