@@ -176,3 +176,15 @@ def test_conversations_whose_prompt_changes_now_and_then_keep_their_tails(
     best = savings.best_fixed(results)
     auto = results["auto"].bill.cost
     assert auto <= savings.BAR * results[best].bill.cost, (best, {s: r.bill.cost for s, r in results.items()})
+
+
+def test_one_shot_requests_whose_tools_are_retrieved_cost_no_more_than_no_caching(unseen: ModuleType) -> None:
+    # ``benchmarks/savings_review.py``'s one-shot requests with 3-6 tools retrieved per request
+    # before a stable system prompt: nothing is ever reused. The family's structural
+    # signature counted the tools, so each count was a family of its own that paid its own
+    # wasted write (1.013x no caching); it now counts whether a request has tools.
+    review = load_benchmark("savings_review", "cachewatch_savings_review_benchmark")
+    savings = unseen.S
+    workload = next(w for w in review.SHAPES if w.name == "retrieved tools one-shot")
+    costs = {strategy: savings.run_workload(workload, strategy).bill.cost for strategy in ("none", "auto")}
+    assert costs["auto"] <= workload.vs_none * costs["none"], costs
