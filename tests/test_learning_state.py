@@ -547,6 +547,28 @@ def test_a_conversation_remembers_where_each_models_last_request_ended(new_learn
     assert learner.conversation(42, 1, b"r", True, 183.0 + TTL_1H, 10, 27) == (None, -1)
 
 
+def test_a_conversation_back_to_a_static_prefix_it_had_switches_lanes(new_learner: Make) -> None:
+    learner = new_learner()
+    assert learner.conversation(42, 1, None, False, 100.0, 7, 3) == (None, -1)
+    # A static prefix not seen before is a change of the conversation's prompt.
+    before, earlier = learner.conversation(42, 2, b"r", False, 110.0, 7, 5)
+    assert (before[:3] if before else None, earlier) == ((1, None, False), -1)
+    # Back to the static prefix it had (a supervisor and a worker taking turns over one
+    # history): no evidence either way, and that prefix's last tail is looked for.
+    assert learner.conversation(42, 1, b"r", False, 120.0, 7, 7) == (None, 3)
+    assert learner.conversation(42, 2, b"r", False, 130.0, 7, 9) == (None, 5)
+    assert learner.conversation(42, 1, b"r", False, 140.0, 7, 11) == (None, 7)
+    # Staying in a lane: its previous turn is the previous request's tail.
+    before, earlier = learner.conversation(42, 1, b"r", True, 150.0, 7, 13)
+    assert (before[:3] if before else None, earlier) == ((1, b"r", False), -1)
+    # A new static prefix (a timestamp) is a change again, whatever the lanes before.
+    before, earlier = learner.conversation(42, 3, b"r", True, 160.0, 7, 15)
+    assert (before[:3] if before else None, earlier) == ((1, b"r", True), -1)
+    # Another model: the tail of its last request, as before.
+    assert learner.conversation(42, 3, b"r", True, 170.0, 8, 17) == (None, -1)
+    assert learner.conversation(42, 3, b"r", True, 180.0, 7, 19) == (None, 15)
+
+
 def test_the_late_statistic_is_settled_by_the_next_idle_gap_not_by_uses_within_minutes(
     new_learner: Make,
 ) -> None:

@@ -129,8 +129,9 @@ class MemoryLearner:
         #: The same counts, pooled over every family: the prior of a new family.
         self._pool: dict[tuple[str, int], _Bucket] = {}
         #: Conversation key -> (its static prefix key or -1, first reply, last seen, steady,
-        #: model, tail position, then (model, tail position, last seen) of the last request
-        #: to each other model, most recent first, whether the request before was steady
+        #: model, tail position, then (model, static prefix key, tail position, last seen) of
+        #: the last request in each other lane (model and static prefix), most recent first,
+        #: whether the request before was steady
         #: (None when there was none), whether this request continued the conversation, and
         #: what it changed: its static prefix (a first request too), its history, neither).
         self._conversations: OrderedDict[
@@ -142,7 +143,7 @@ class MemoryLearner:
                 bool,
                 int,
                 int,
-                tuple[tuple[int, int, float], ...],
+                tuple[tuple[int, int, int, float], ...],
                 bool | None,
                 bool,
                 str,
@@ -452,10 +453,15 @@ class MemoryLearner:
         truncates old tool results at every step once they pile up), or else its static
         prefix. *goes
         on*: for ``family``, P(a continued conversation sends its next request within 5
-        minutes), learnt from every continued request. *earlier*: after a switch of model,
+        minutes), learnt from every continued request. *earlier*: after a switch of lane,
         the tail position of the conversation's last request to this model within the
-        hour (-1: none, or the previous request went to this model, whose tail is this
-        one's previous turn). The record keeps the tails of ``CONVERSATION_MODELS`` models at most.
+        hour, with this static prefix if it had one (-1: none, or the previous request was
+        in this lane, whose tail is this one's previous turn). A lane is a model and a
+        static prefix: a request to another model, or back to a static prefix this model
+        had within the hour (two tool sets or system prompts taking turns over one
+        history), switches lanes and counts as not seen, as a switch of model does; a
+        static prefix not seen before changes the lane's. The record keeps the tails of
+        ``CONVERSATION_MODELS`` lanes at most.
         """
         static_id = static if static is not None else -1
         earlier = -1
@@ -463,22 +469,29 @@ class MemoryLearner:
             found = self._conversations.get(key)
             if found is not None and self.max_age is not None and now - found[2] > self.max_age:
                 found = None
-            if found is None:
-                others: tuple[tuple[int, int, float], ...] = ()
-            elif found[4] == model:
+            others: tuple[tuple[int, int, int, float], ...] = ()
+            if found is not None and found[4] == model and found[0] == static_id:
                 others = found[6]
-            else:
-                # A switch of model: the previous request's tail joins the other models',
-                # this model's leaves them (it is the record's own tail from now on).
-                kept: list[tuple[int, int, float]] = [(found[4], found[5], found[2])]
+            elif found is not None:
+                # A switch of lane (model and static prefix): the previous request's tail
+                # joins the other lanes'. Back to a model, or to a static prefix this model
+                # had within the hour (a supervisor and its workers, a plan and an act mode
+                # taking turns over one history), is a switch: that lane's last tail is
+                # looked for, and it leaves the others (it is the record's own from now on).
+                # A static prefix not seen before is a change of this lane.
+                back = found[4] != model or any(
+                    o[0] == model and o[1] == static_id and now - o[3] <= TTL_1H for o in found[6]
+                )
+                kept: list[tuple[int, int, int, float]] = [(found[4], found[0], found[5], found[2])]
                 for other in found[6]:
-                    if other[0] == model:
-                        if now - other[2] <= TTL_1H:
-                            earlier = other[1]
+                    if back and other[0] == model:
+                        if now - other[3] <= TTL_1H and (earlier < 0 or other[1] == static_id):
+                            earlier = other[2]
                     elif len(kept) < CONVERSATION_MODELS - 1:
                         kept.append(other)
                 others = tuple(kept)
-                found = None
+                if back:
+                    found = None
             steady = found is not None and found[0] == static_id and history_known
             # What this request changed: a first request counts as a change of its static
             # prefix (it has no history to edit; nor has its next request, whose history is

@@ -27,9 +27,9 @@ Ops and their arguments (``''`` for "none"; floats as ``repr`` strings, exact):
   positions, stale);
 * ``conversation``: key, static (``=``: this batch's sighting), has_reply, reply,
   history_known (``=``: this batch's sighting), now, max_age, ttl, model, tail, family,
-  forget, family_ttl. Returns the earlier tail (after a switch of model, where the last
-  request to this model ended, or -1), then, when the previous request went to the same
-  model, (static, the reply's place among the binary values or 0, time, steady,
+  forget, family_ttl. Returns the earlier tail (after a switch of lane, model and static
+  prefix, where the last request to this model ended, or -1), then, when the previous
+  request was in the same lane or changed its static prefix to a new one, (static, the reply's place among the binary values or 0, time, steady,
   unsettled, goes on);
 * ``minimum``: model key, tier (``''`` to read, ``-`` to forget). Returns (value, version
   before, version after);
@@ -422,21 +422,30 @@ OPS.conversation = function(a)
   local model, tail = a[9], a[10]
   local h = load(name)
   if h and max_age and now - tonumber(h['t']) > max_age then h = nil end
-  -- 'o': the tail of the last request to each other model, "model,tail,time;...".
+  -- 'o': the tail of the last request in each other lane (model and static prefix),
+  -- "model,static,tail,time;...". Back to a model, or to a static prefix this model had
+  -- within the hour, is a switch of lane; a static prefix not seen before changes the lane's.
   local others, earlier = '', -1
-  if h and h['m'] == model then
+  if h and h['m'] == model and h['s'] == static then
     others = h['o'] or ''
   elseif h then
-    local kept = {h['m'] .. ',' .. (h['x'] or '-1') .. ',' .. h['t']}
-    for m, x, at in string.gmatch(h['o'] or '', '([^,;]+),([^,;]+),([^,;]+)') do
-      if m == model then
-        if now - tonumber(at) <= TTL_1H then earlier = tonumber(x) end
+    local pattern = '([^,;]+),([^,;]+),([^,;]+),([^,;]+)'
+    local back = h['m'] ~= model
+    if not back then
+      for m, s, _, at in string.gmatch(h['o'] or '', pattern) do
+        if m == model and s == static and now - tonumber(at) <= TTL_1H then back = true end
+      end
+    end
+    local kept = {h['m'] .. ',' .. h['s'] .. ',' .. (h['x'] or '-1') .. ',' .. h['t']}
+    for m, s, x, at in string.gmatch(h['o'] or '', pattern) do
+      if back and m == model then
+        if now - tonumber(at) <= TTL_1H and (earlier < 0 or s == static) then earlier = tonumber(x) end
       elseif #kept < CONVERSATION_MODELS - 1 then
-        kept[#kept + 1] = m .. ',' .. x .. ',' .. at
+        kept[#kept + 1] = m .. ',' .. s .. ',' .. x .. ',' .. at
       end
     end
     others = table.concat(kept, ';')
-    h = nil
+    if back then h = nil end
   end
   local steady = h ~= nil and h['s'] == static and known
   -- 'z': whether the request before this one was steady ('-': there was none).
