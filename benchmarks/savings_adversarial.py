@@ -17,19 +17,16 @@ shape's draws.
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import savings as S
-import savings_unseen as U
 from savings import SONNET, Run, Workload, _reply, text
 from savings_probes import schema_tool
+from savings_review import run_shapes
 
 
 def agents_and_stamped_chats(run: Run, *, seed: str = "mixscope") -> None:
@@ -253,43 +250,7 @@ SHAPES: list[Workload] = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", action="append", help="run only shapes whose name contains this")
-    parser.add_argument("--trace", action="store_true", help="the requests where auto and the best differ")
-    parser.add_argument("--seed", default="", help="appended to every shape's seed")
-    parser.add_argument("--learned", action="store_true", help="auto's decisions and advice")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    print(f"{'shape':<30}{'reqs':>5} {'best fixed':<11}{'auto/best':>10}{'auto/none':>10}  verdict")
-    failed = 0
-    for workload in SHAPES:
-        if args.only and not any(o.lower() in workload.name.lower() for o in args.only):
-            continue
-        base_seed = workload.params.get("seed", workload.name.split()[0])
-        overrides = {"seed": base_seed + args.seed} if args.seed else {}
-        results = {
-            strategy: S.run_workload(workload, strategy, **overrides)
-            for strategy in S.STRATEGIES
-            if U._applicable(workload, strategy)
-        }
-        best = S.best_fixed(results)
-        auto = results["auto"].bill.cost
-        ratio = auto / results[best].bill.cost
-        vs_none = auto / results["none"].bill.cost
-        bad = ratio > S.BAR + 1e-9 or (workload.vs_none is not None and vs_none > workload.vs_none + 1e-9)
-        failed += bad
-        n = results["auto"].bill.requests
-        print(
-            f"{workload.name:<30}{n:>5} {best:<11}{ratio:>9.3f}x{vs_none:>9.3f}x  {'FAIL' if bad else 'PASS'}",
-            flush=True,
-        )
-        if args.learned:
-            print("   ", dict(results["auto"].actions), dict(results["auto"].advice))
-            print("    costs:", {s: round(r.bill.cost / 1000, 1) for s, r in results.items()})
-        if args.trace:
-            S.print_trace(results, best)
-    print(f"\n{failed} shape(s) above the bar ({time.perf_counter() - started:.0f} s)")
-    return 0
+    return run_shapes(SHAPES, __doc__ or "", argv)
 
 
 if __name__ == "__main__":

@@ -233,8 +233,9 @@ SHAPES: list[Workload] = [
 ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def run_shapes(shapes: list[Workload], description: str, argv: list[str] | None = None) -> int:
+    """The command line of this benchmark and ``savings_adversarial.py``: one line per shape."""
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
     parser.add_argument("--only", action="append", help="run only shapes whose name contains this")
     parser.add_argument("--trace", action="store_true", help="the requests where auto and the best differ")
     parser.add_argument("--seed", default="", help="appended to every shape's seed")
@@ -243,10 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     print(f"{'shape':<30}{'reqs':>5} {'best fixed':<11}{'auto/best':>10}{'auto/none':>10}  verdict")
     failed = 0
-    for workload in SHAPES:
+    for workload in shapes:
         if args.only and not any(o.lower() in workload.name.lower() for o in args.only):
             continue
-        overrides = {"seed": workload.name.split()[0] + args.seed} if args.seed else {}
+        base_seed = workload.params.get("seed", workload.name.split()[0])
+        overrides = {"seed": base_seed + args.seed} if args.seed else {}
         results = {
             strategy: S.run_workload(workload, strategy, **overrides)
             for strategy in S.STRATEGIES
@@ -270,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
             S.print_trace(results, best)
     print(f"\n{failed} shape(s) above the bar ({time.perf_counter() - started:.0f} s)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_shapes(SHAPES, __doc__ or "", argv)
 
 
 if __name__ == "__main__":
