@@ -439,8 +439,8 @@ class MemoryLearner:
         position, -1 for none), remembered for its model.
 
         Returns ``(before, earlier)``. *before*: ``(static key or -1, first reply, steady,
-        unsettled, goes on)`` of the previous request with that key within the hour and to the same
-        model, or None; *steady*: from the request before it to that one, its static prefix
+        unsettled, goes on)`` of the previous request with that key within the hour, or
+        None (there was none, or this request switched lanes, below); *steady*: from the request before it to that one, its static prefix
         stayed the same and its previous turn was found (a change after a steady step is a
         one-time edit; two changes in a row, something that may change on every request).
         It is judged again at every step: a conversation that kept its prefix once and then
@@ -451,9 +451,8 @@ class MemoryLearner:
         system prompt: always; a tool list that grew once at the second request and then
         held: never), apart for what this request changed: its history only (a loop that
         truncates old tool results at every step once they pile up), or else its static
-        prefix. *goes
-        on*: for ``family``, P(a continued conversation sends its next request within 5
-        minutes), learnt from every continued request. *earlier*: after a switch of lane,
+        prefix. *goes on*: for ``family``, P(a continued conversation sends its next request
+        within 5 minutes), learnt from every continued request. *earlier*: after a switch of lane,
         the tail position of the conversation's last request to this model within the
         hour, with this static prefix if it had one (-1: none, or the previous request was
         in this lane, whose tail is this one's previous turn). A lane is a model and a
