@@ -549,11 +549,12 @@ def _scope_of(
 
     The learned minimums' key, the tag of every prefix key (profile, host, model, scope),
     the family (that tag and the structural signature: whether the request has tools, and
-    the number of system positions), the tag of the conversation key (model-free), the model's tag, and the
-    scope's family without the structure (how a conversation's prompt changes is counted
-    there: a tool added moves it to another structural family). Each is
-    a function of the arguments alone, so they are kept per argument tuple (a few tuples
-    carry all the traffic; bounded like the planner's other tables).
+    the number of system positions), the tag of the conversation key (model-free), the
+    model's tag, and the scope's family without the structure (how a conversation's prompt
+    changes is counted there: a system block added, or a first tool, moves it to another
+    structural family). Each is a function of the arguments alone, so they are kept per
+    argument tuple (a few tuples carry all the traffic; bounded like the planner's other
+    tables).
     """
     key = (profile, host, model, scope, tools, system)
     found = planner.scopes.get(key)
