@@ -233,6 +233,15 @@ SHAPES: list[Workload] = [
 ]
 
 
+def run_strategies(workload: Workload, **overrides: Any) -> dict[str, Any]:
+    """Every strategy that applies to ``workload``, then ``auto``: strategy -> its result."""
+    return {
+        strategy: S.run_workload(workload, strategy, **overrides)
+        for strategy in S.STRATEGIES
+        if U._applicable(workload, strategy)
+    }
+
+
 def run_shapes(shapes: list[Workload], description: str, argv: list[str] | None = None) -> int:
     """The command line of this benchmark and ``savings_adversarial.py``: one line per shape."""
     parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
@@ -249,11 +258,7 @@ def run_shapes(shapes: list[Workload], description: str, argv: list[str] | None 
             continue
         base_seed = workload.params.get("seed", workload.name.split()[0])
         overrides = {"seed": base_seed + args.seed} if args.seed else {}
-        results = {
-            strategy: S.run_workload(workload, strategy, **overrides)
-            for strategy in S.STRATEGIES
-            if U._applicable(workload, strategy)
-        }
+        results = run_strategies(workload, **overrides)
         best = S.best_fixed(results)
         auto = results["auto"].bill.cost
         ratio = auto / results[best].bill.cost

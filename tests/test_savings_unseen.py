@@ -168,11 +168,7 @@ def test_conversations_whose_prompt_changes_now_and_then_keep_their_tails(
     savings = unseen.S
     workload = next(w for w in review.SHAPES if w.name == name)
     overrides = {"seed": name.split()[0] + seed} if seed else {}
-    results = {
-        strategy: savings.run_workload(workload, strategy, **overrides)
-        for strategy in savings.STRATEGIES
-        if unseen._applicable(workload, strategy)
-    }
+    results = review.run_strategies(workload, **overrides)
     best = savings.best_fixed(results)
     auto = results["auto"].bill.cost
     assert auto <= savings.BAR * results[best].bill.cost, (best, {s: r.bill.cost for s, r in results.items()})
