@@ -569,6 +569,44 @@ def test_a_conversation_back_to_a_static_prefix_it_had_switches_lanes(new_learne
     assert learner.conversation(42, 3, b"r", True, 180.0, 7, 19) == (None, 15)
 
 
+def test_a_conversation_taking_turns_between_lanes_is_judged_per_lane(new_learner: Make) -> None:
+    # A plan mode and an act mode (two tool sets) take turns over one history, every ten
+    # seconds. Each conversation's first switch is to a static prefix not seen before: its
+    # first request's prompt changed. Every later request is back to a lane it had, whose
+    # last request's prefix held: what an unsettled request left for another lane is judged
+    # by its lane's next request, and the conversation goes on whatever its lane.
+    learner = new_learner()
+    now = 100.0
+    for c in range(1, 6):
+        for i in range(8):
+            learner.conversation(c, 1 + i % 2, None if i == 0 else b"r", True, now, tail=i, family=FAMILY)
+            now += 10.0
+    learner.conversation(9, 1, None, True, now, tail=0, family=FAMILY)
+    before, earlier = learner.conversation(9, 2, b"r", True, now + 10.0, tail=1, family=FAMILY)
+    assert before is not None
+    assert earlier == -1
+    unsettled, goes_on = before[3], before[4]
+    # Five "changed" judgements (a first request, then a new static prefix) against thirty
+    # "held" ones; every continued request followed within seconds but each conversation's
+    # last (counted pessimistically).
+    assert unsettled < 0.3
+    assert goes_on > 0.7
+    assert goes_on * (1.0 - unsettled) > 0.28 * 2
+    # Back to a lane more than 5 minutes after its last request says nothing of it.
+    learner = new_learner()
+    learner.conversation(1, 1, None, True, 100.0, tail=0, family=FAMILY)
+    learner.conversation(1, 2, b"r", True, 110.0, tail=1, family=FAMILY)
+    learner.conversation(1, 1, b"r", True, 120.0, tail=2, family=FAMILY)
+    learner.conversation(2, 1, None, True, 130.0, tail=0, family=FAMILY)
+    first = learner.conversation(2, 2, b"r", True, 140.0, tail=1, family=FAMILY)[0]
+    learner.conversation(1, 2, b"r", True, 120.0 + 301.0, tail=3, family=FAMILY)
+    learner.conversation(3, 1, None, True, 500.0, tail=0, family=FAMILY)
+    later = learner.conversation(3, 2, b"r", True, 510.0, tail=1, family=FAMILY)[0]
+    assert first is not None
+    assert later is not None
+    assert later[3] >= first[3]
+
+
 def test_the_late_statistic_is_settled_by_the_next_idle_gap_not_by_uses_within_minutes(
     new_learner: Make,
 ) -> None:

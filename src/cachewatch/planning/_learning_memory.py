@@ -143,7 +143,7 @@ class MemoryLearner:
                 bool,
                 int,
                 int,
-                tuple[tuple[int, int, int, float], ...],
+                tuple[tuple[int, int, int, float, str], ...],
                 bool | None,
                 bool,
                 str,
@@ -460,7 +460,10 @@ class MemoryLearner:
         had within the hour (two tool sets or system prompts taking turns over one
         history), switches lanes and counts as not seen, as a switch of model does; a
         static prefix not seen before changes the lane's. The record keeps the tails of
-        ``CONVERSATION_MODELS`` lanes at most.
+        ``CONVERSATION_MODELS`` lanes at most. An unsettled request left for another lane
+        is judged by its own lane's next request (its prompt held, if that comes within 5
+        minutes), not by the other lane's; whether the conversation goes on is counted
+        whatever lane its requests are in.
         """
         static_id = static if static is not None else -1
         earlier = -1
@@ -468,7 +471,11 @@ class MemoryLearner:
             found = self._conversations.get(key)
             if found is not None and self.max_age is not None and now - found[2] > self.max_age:
                 found = None
-            others: tuple[tuple[int, int, int, float], ...] = ()
+            # Whether the conversation goes on is the conversation's, whatever lane its
+            # requests are in.
+            last = found
+            others: tuple[tuple[int, int, int, float, str], ...] = ()
+            held = ""
             if found is not None and found[4] == model and found[0] == static_id:
                 others = found[6]
             elif found is not None:
@@ -481,16 +488,25 @@ class MemoryLearner:
                 back = found[4] != model or any(
                     o[0] == model and o[1] == static_id and now - o[3] <= TTL_1H for o in found[6]
                 )
-                kept: list[tuple[int, int, int, float]] = [(found[4], found[0], found[5], found[2])]
+                # Left for another known lane, an unsettled request's judgement waits for
+                # its lane's next request (its prompt held if that comes within 5 minutes);
+                # a static prefix not seen before judges it at once, below (it changed).
+                pending = found[9] if back and not found[3] and not found[7] else ""
+                kept: list[tuple[int, int, int, float, str]] = [
+                    (found[4], found[0], found[5], found[2], pending)
+                ]
                 for other in found[6]:
                     if back and other[0] == model:
                         if now - other[3] <= TTL_1H and (earlier < 0 or other[1] == static_id):
                             earlier = other[2]
+                            held = other[4] if other[1] == static_id and now - other[3] <= TTL_5M else ""
                     elif len(kept) < CONVERSATION_MODELS - 1:
                         kept.append(other)
                 others = tuple(kept)
                 if back:
                     found = None
+            if held:
+                self._judged(family, held, False)
             steady = found is not None and found[0] == static_id and history_known
             # What this request changed: a first request counts as a change of its static
             # prefix (it has no history to edit; nor has its next request, whose history is
@@ -498,8 +514,8 @@ class MemoryLearner:
             change = (
                 STATIC if found is None or found[0] != static_id else (HISTORY if not history_known else "")
             )
-            continued = found is not None and now - found[2] <= TTL_1H
-            if continued and found is not None and found[8] and now - found[2] <= TTL_5M:
+            continued = last is not None and now - last[2] <= TTL_1H
+            if continued and last is not None and last[8] and now - last[2] <= TTL_5M:
                 self._went_on(family)
             goes_on = self._p_goes_on(family)
             if continued:

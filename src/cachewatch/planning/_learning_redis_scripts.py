@@ -423,25 +423,33 @@ OPS.conversation = function(a)
   local h = load(name)
   if h and max_age and now - tonumber(h['t']) > max_age then h = nil end
   -- 'o': the tail of the last request in each other lane (model and static prefix),
-  -- "model,static,tail,time;...". Back to a model, or to a static prefix this model had
-  -- within the hour, is a switch of lane; a static prefix not seen before changes the lane's.
-  local others, earlier = '', -1
+  -- "model,static,tail,time,pending;...". Back to a model, or to a static prefix this model
+  -- had within the hour, is a switch of lane; a static prefix not seen before changes the
+  -- lane's. 'pending': what an unsettled request changed, left for another known lane; its
+  -- judgement waits for its lane's next request (held if within 5 minutes), '-' for none.
+  local others, earlier, held, last = '', -1, nil, h
   if h and h['m'] == model and h['s'] == static then
     others = h['o'] or ''
   elseif h then
-    local pattern = '([^,;]+),([^,;]+),([^,;]+),([^,;]+)'
+    local pattern = '([^,;]+),([^,;]+),([^,;]+),([^,;]+),([^,;]+)'
     local back = h['m'] ~= model
     if not back then
       for m, s, _, at in string.gmatch(h['o'] or '', pattern) do
         if m == model and s == static and now - tonumber(at) <= TTL_1H then back = true end
       end
     end
-    local kept = {h['m'] .. ',' .. h['s'] .. ',' .. (h['x'] or '-1') .. ',' .. h['t']}
-    for m, s, x, at in string.gmatch(h['o'] or '', pattern) do
+    local pending = '-'
+    if back and h['y'] ~= '1' and h['z'] ~= '1' then pending = h['w'] or STATIC end
+    local kept = {h['m'] .. ',' .. h['s'] .. ',' .. (h['x'] or '-1') .. ',' .. h['t'] .. ',' .. pending}
+    for m, s, x, at, w in string.gmatch(h['o'] or '', pattern) do
       if back and m == model then
-        if now - tonumber(at) <= TTL_1H and (earlier < 0 or s == static) then earlier = tonumber(x) end
+        if now - tonumber(at) <= TTL_1H and (earlier < 0 or s == static) then
+          earlier = tonumber(x)
+          held = nil
+          if s == static and now - tonumber(at) <= TTL_5M and w ~= '-' then held = w end
+        end
       elseif #kept < CONVERSATION_MODELS - 1 then
-        kept[#kept + 1] = m .. ',' .. s .. ',' .. x .. ',' .. at
+        kept[#kept + 1] = m .. ',' .. s .. ',' .. x .. ',' .. at .. ',' .. w
       end
     end
     others = table.concat(kept, ';')
@@ -454,11 +462,20 @@ OPS.conversation = function(a)
   -- 'w': what this request changed (a first request: its static prefix), 'k': continued.
   local change = ''
   if h == nil or h['s'] ~= static then change = STATIC elseif not known then change = HISTORY end
-  local continued = h ~= nil and now - tonumber(h['t']) <= TTL_1H
+  -- Whether the conversation goes on is the conversation's, whatever lane its requests are in.
+  local continued = last ~= nil and now - tonumber(last['t']) <= TTL_1H
   local fid, f = a[11], tonumber(a[12])
   -- 'g' (family and pool): continued requests followed by the next within 5 minutes.
   local t, pl = fam(fid), pool()
-  if continued and h['k'] == '1' and now - tonumber(h['t']) <= TTL_5M then
+  if held then
+    -- 'u' .. what changed: the unsettled request of the lane this one is back to held.
+    for _, s in ipairs({t, pl}) do
+      local r, n = stat_get(s, 'u' .. held)
+      if r == nil then r, n = 0.0, 0.0 end
+      put(s, 'u' .. held, fmt(r * f) .. ' ' .. fmt(n * f + 1.0))
+    end
+  end
+  if continued and last['k'] == '1' and now - tonumber(last['t']) <= TTL_5M then
     for _, s in ipairs({t, pl}) do
       local r, n = stat_get(s, 'g')
       if r ~= nil and n > 0.0 then
