@@ -713,6 +713,50 @@ def timestamp_chat(
             messages.append(_reply(reply))
 
 
+def profile_after_instructions(
+    run: Run, *, requests: int = 60, instruction_tokens: int = 2_500, seed: str = "profileafter"
+) -> None:
+    """One-shot requests whose system prompt is two blocks: shared instructions, then a
+    per-user profile (different on every request, above the minimum); 5-30 s apart. Every
+    fixed strategy marks the last system block, which never recurs; the instructions before
+    it are read again by every request."""
+    rng = random.Random(seed)
+    instructions = "You are a personal shopping assistant. " + text(
+        f"{seed}-instructions", instruction_tokens
+    )
+    for i in range(requests):
+        if i:
+            run.wait(rng.uniform(5, 30))
+        profile = "User profile:\n" + text(f"{seed}-profile{i}", rng.randint(1_000, 3_000))
+        system = [{"type": "text", "text": instructions}, {"type": "text", "text": profile}]
+        question = "Question: " + text(f"{seed}-q{i}", rng.randint(20, 80))
+        run.send(model=SONNET, system=system, messages=[{"role": "user", "content": question}])
+
+
+def timestamp_last(
+    run: Run, *, conversations: int = 4, turns: int = 8, system_tokens: int = 3_000, seed: str = "stamplast"
+) -> None:
+    """``timestamp chat`` with the time and request id moved into a system block of their own
+    after the stable one (what cachewatch's prompt advice asks for); 10-60 s between turns.
+    Every fixed strategy marks that last block, which changes on every request."""
+    rng = random.Random(seed)
+    stable = "You are the support assistant of Example Corp. " + text(f"{seed}-system", system_tokens)
+    for c in range(conversations):
+        if c:
+            run.wait(rng.uniform(30, 120))
+        messages: list[dict[str, Any]] = []
+        for turn in range(turns):
+            if turn:
+                run.wait(rng.uniform(10, 60))
+            stamp = f"Current time: {run.clock():.3f}. Request id: {rng.getrandbits(64):016x}."
+            messages.append(
+                {"role": "user", "content": f"Question {turn}: " + text(f"{seed}-{c}-{turn}", 60)}
+            )
+            system = [{"type": "text", "text": stable}, {"type": "text", "text": stamp}]
+            reply = run.send(model=SONNET, system=system, messages=messages)
+            messages.append(_reply(reply))
+
+
 def rag(
     run: Run,
     *,
@@ -889,6 +933,8 @@ WORKLOADS: dict[str, Workload] = {
         Workload("DashScope chat", "dashscope", dashscope_chat),
         Workload("per-user system", "anthropic", per_user_system, vs_none=1.01),
         Workload("timestamp chat", "anthropic", timestamp_chat, vs_none=1.01),
+        Workload("profile block last", "anthropic", profile_after_instructions),
+        Workload("timestamp block last", "anthropic", timestamp_last),
         Workload("RAG chunks", "anthropic", rag),
         Workload("multi-tenant", "anthropic", multi_tenant),
         Workload("bursts", "anthropic", bursts),

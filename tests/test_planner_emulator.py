@@ -138,6 +138,70 @@ def test_questions_over_one_shared_document(base_url: str) -> None:
     assert all(r >= 3000 for r in reads[1:]), reads
 
 
+@pytest.mark.parametrize("tools", [False, True])
+def test_the_stable_prefix_before_a_system_block_that_changes_every_time_is_read(
+    base_url: str, tools: bool
+) -> None:
+    # Shared instructions, then a block different on every request (a per-user profile,
+    # a timestamp moved after the stable part). The last system block never recurs; once
+    # the family's static blocks show which one keeps changing, the static prefix ends
+    # before it, and later requests read the instructions. Without it nothing was read.
+    client = claude(base_url, f"planner-volatile-{tools}")
+    defs = (
+        [{"name": "lookup", "description": words("vtool", 300), "input_schema": {"type": "object"}}]
+        if tools
+        else []
+    )
+    instructions = "Shared instructions. " + words("instructions", 2500)
+    reads = []
+    prompts = []
+    for i in range(10):
+        system = [
+            {"type": "text", "text": instructions},
+            {"type": "text", "text": f"User {i}: " + words(f"profile{i}", 1500)},
+        ]
+        usage = client.messages.create(
+            model="claude-sonnet-4-6",
+            max_tokens=16,
+            system=system,
+            messages=[{"role": "user", "content": words(f"vq{i}", 40)}],
+            **({"tools": defs} if tools else {}),
+        ).usage
+        reads.append(usage.cache_read_input_tokens)
+        prompts.append(usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens)
+    # The first requests go by the prior (the end of the system prompt, never read again);
+    # the learner then sees the profile change on every request, and the instructions are
+    # written once and read from then on. A profile is never read: it never recurs.
+    assert reads[0] == 0
+    assert reads[-3] == reads[-2] == reads[-1] > 0, reads
+    assert all(r <= p - 1_500 for r, p in zip(reads, prompts, strict=True)), (reads, prompts)
+
+
+def test_a_system_block_that_takes_turns_between_a_few_values_is_still_read(base_url: str) -> None:
+    # Two tenants' prompts after shared instructions, taking turns: the last system block
+    # changes at every request, but each value comes back. Both prefixes are candidates,
+    # and the recurrence statistics keep writing the whole system prompt of each tenant.
+    client = claude(base_url, "planner-tenants")
+    instructions = "Shared instructions. " + words("tenants-shared", 1500)
+    tenants = ["Tenant A. " + words("tenant-a", 1500), "Tenant B. " + words("tenant-b", 1500)]
+    reads = []
+    prompts = []
+    for i in range(10):
+        system = [{"type": "text", "text": instructions}, {"type": "text", "text": tenants[i % 2]}]
+        usage = client.messages.create(
+            model="claude-sonnet-4-6",
+            max_tokens=16,
+            system=system,
+            messages=[{"role": "user", "content": words(f"tq{i}", 40)}],
+        ).usage
+        reads.append(usage.cache_read_input_tokens)
+        prompts.append(usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens)
+    # Once each tenant's prompt has come back (a first sighting is written on the prior
+    # only while no other prefix of the family is pending), every request reads its
+    # tenant's whole system prompt: all but the question.
+    assert all(p - r < 200 for r, p in zip(reads[4:], prompts[4:], strict=True)), (reads, prompts)
+
+
 def test_dashscope_openai_compatible_chat_reads(base_url: str) -> None:
     client = cachewatch.wrap(
         openai.OpenAI(api_key="planner-ds", base_url=base_url + "/compatible-mode/v1", max_retries=0),

@@ -5,7 +5,10 @@ Data flow: layout (``_walk``) -> **candidates** -> placement policy (``_policy``
 Candidates (research A.1-A.6, B.2, E), each a prefix ending at one block:
 
 * ``static``: the last eligible tools/system block (everything every conversation with
-  these tools and this system prompt shares);
+  these tools and this system prompt shares); and, when the family has a static block
+  that keeps changing from one request to the next (``static_end``: a per-user profile, a
+  timestamp or retrieved context in a later system block; or one of a few tenants'
+  prompts, which do recur), also the last one before it, the part every request shares;
 * ``tail_first`` / ``tail``: the last eligible block of the last user message, on a first
   turn / a continued conversation (the next turn, or the next agent-loop step, reads it);
 * ``previous_turn``: where the previous turn's tail was (turn N+1 re-marks the position
@@ -24,18 +27,29 @@ _INPUT_ROLES = frozenset({"user", "tool", "function"})
 
 
 def find_candidates(
-    layout: Layout, ratio: float, lookback: int, document_tokens: int, top_ttl: str | None
+    layout: Layout,
+    ratio: float,
+    lookback: int,
+    document_tokens: int,
+    top_ttl: str | None,
+    static_end: int | None = None,
 ) -> list[tuple[int, str]]:
     """The candidate prefixes of a request, as (position, kind), in prompt order.
 
     ``top_ttl``: the TTL of the caller's top-level ``cache_control`` (no ``tail`` then).
+    ``static_end``: the first static position that keeps changing (None: none known); a
+    static prefix also ends before it.
     """
     positions = layout.positions
     roles = layout.roles
     fm = layout.first_message
     candidates: list[tuple[int, str]] = []
+    if static_end is not None and static_end < fm:
+        stable = last_eligible(positions, 0, static_end)
+        if stable is not None:
+            candidates.append((stable, "static"))
     static = last_eligible(positions, 0, fm)
-    if static is not None:
+    if static is not None and (not candidates or candidates[0][0] != static):
         candidates.append((static, "static"))
     last_user = _last_input(roles, len(roles))
     tail = _tail_position(positions, layout.spans, last_user, fm) if last_user is not None else None

@@ -138,6 +138,9 @@ class Planner:
             tuple[str, str, str | None, str, int, int], tuple[str, bytes, int, bytes, int, int]
         ] = {}
         self._min_cache: dict[tuple[str, str | None], int] = {}
+        #: family -> its first static position that keeps changing, as the learner said at
+        #: the family's last request (``_policy``: the static prefix ends before it).
+        self.volatile_at: dict[int, int] = {}
         self._lock = threading.Lock()
 
     # -- public ----------------------------------------------------------------------

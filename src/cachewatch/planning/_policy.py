@@ -20,7 +20,9 @@ really recur (see ``_learning``), times the provider's reliability. Then:
   and is marked when a slot is left, so other requests can read it;
 * the rest are ``skipped_not_reused``: nothing past the last candidate worth writing
   is written. A block that changes on every request never recurs, so a prefix that
-  ends after it is never worth writing;
+  ends after it is never worth writing; when the learner has seen a static block change
+  from one request to the next, a static prefix also ends before it (``_candidates``),
+  so the stable part before a per-user profile or a timestamp block is still written;
 * in a conversation whose prompt changed at its last two requests (*unstable*), the
   tail and a new static prefix are read by the next request only if the conversation
   goes on within 5 minutes and its prompt holds still this time: they are worth writing
@@ -141,10 +143,7 @@ def place(
         automatic = last_eligible(positions, 0, len(positions))
         ordered.append((float(len(positions) if automatic is None else automatic), top_ttl))
 
-    # Candidates: (position, kind), in prompt order.
     fm = layout.first_message
-    candidates = find_candidates(layout, ratio, profile.lookback, planner.document_tokens, top_ttl)
-
     # What the learner knows of each candidate prefix (and this request counts).
     # The structural signature: whether the request has tools (positions, or chat-completions
     # definitions) and how many system positions it has. Not the number of tools: an agent
@@ -154,6 +153,15 @@ def place(
     tool_positions = 0 if layout.tools else _count(positions, "tools")
     model_key, scope_tag, family, conversation_tag, model_tag, scope_family = _scope_of(
         planner, profile.name, host, model, scope, bool(layout.tools or tool_positions), fm - tool_positions
+    )
+    # Candidates: (position, kind), in prompt order. A static prefix also ends before the
+    # first static block this family keeps changing (as the learner said at its last
+    # request): a prefix through that block may never recur (a per-user profile, a
+    # timestamp) or may (one of a few tenants' prompts, taking turns); the blocks before it
+    # do. Which of the two is worth writing is the recurrence statistics' call.
+    volatile_at = planner.volatile_at.get(family) if planner.learning and layout.block_digests else None
+    candidates = find_candidates(
+        layout, ratio, profile.lookback, planner.document_tokens, top_ttl, volatile_at
     )
     # Ticket(id, family, model_key), total_raw set: its fields in order.
     ticket = new_ticket(
@@ -228,6 +236,15 @@ def place(
                 ticket,
             )
         ticket.sighted = keys
+        if stable is not None:
+            if stable[0] is not None:
+                cuts = planner.volatile_at
+                if stable[0] != cuts.get(family):
+                    if len(cuts) >= 4_096:
+                        cuts.clear()
+                    cuts[family] = stable[0]
+            else:
+                planner.volatile_at.pop(family, None)
         advice = volatile_advice(planner, layout, stable, counter, profile, model)
         bets = planner.budget
         if bets is not None and bets.has_bets():
