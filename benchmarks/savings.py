@@ -691,11 +691,21 @@ def per_user_system(
 
 
 def timestamp_chat(
-    run: Run, *, conversations: int = 4, turns: int = 8, system_tokens: int = 3_000, seed: str = "stamp"
+    run: Run,
+    *,
+    conversations: int = 4,
+    turns: int = 8,
+    system_tokens: int = 3_000,
+    seed: str = "stamp",
+    last_block: bool = False,
 ) -> None:
     """Multi-turn chats whose system prompt starts with the current time and a request id
     (different on every request) followed by thousands of stable tokens; 10-60 s between
-    turns. Every prefix changes on every request: nothing can be read."""
+    turns. Every prefix changes on every request: nothing can be read.
+
+    ``last_block``: the time and request id in a system block of their own after the stable
+    one instead (what cachewatch's prompt advice asks for). Every fixed strategy marks that
+    last block, which changes on every request; the stable block before it can be read."""
     rng = random.Random(seed)
     stable = "You are the support assistant of Example Corp. " + text(f"{seed}-system", system_tokens)
     for c in range(conversations):
@@ -705,11 +715,16 @@ def timestamp_chat(
         for turn in range(turns):
             if turn:
                 run.wait(rng.uniform(10, 60))
-            stamp = f"Current time: {run.clock():.3f}. Request id: {rng.getrandbits(64):016x}.\n"
+            stamp = f"Current time: {run.clock():.3f}. Request id: {rng.getrandbits(64):016x}."
             messages.append(
                 {"role": "user", "content": f"Question {turn}: " + text(f"{seed}-{c}-{turn}", 60)}
             )
-            reply = run.send(model=SONNET, system=stamp + stable, messages=messages)
+            system: str | list[dict[str, Any]] = (
+                [{"type": "text", "text": stable}, {"type": "text", "text": stamp}]
+                if last_block
+                else stamp + "\n" + stable
+            )
+            reply = run.send(model=SONNET, system=system, messages=messages)
             messages.append(_reply(reply))
 
 
@@ -731,30 +746,6 @@ def profile_after_instructions(
         system = [{"type": "text", "text": instructions}, {"type": "text", "text": profile}]
         question = "Question: " + text(f"{seed}-q{i}", rng.randint(20, 80))
         run.send(model=SONNET, system=system, messages=[{"role": "user", "content": question}])
-
-
-def timestamp_last(
-    run: Run, *, conversations: int = 4, turns: int = 8, system_tokens: int = 3_000, seed: str = "stamplast"
-) -> None:
-    """``timestamp chat`` with the time and request id moved into a system block of their own
-    after the stable one (what cachewatch's prompt advice asks for); 10-60 s between turns.
-    Every fixed strategy marks that last block, which changes on every request."""
-    rng = random.Random(seed)
-    stable = "You are the support assistant of Example Corp. " + text(f"{seed}-system", system_tokens)
-    for c in range(conversations):
-        if c:
-            run.wait(rng.uniform(30, 120))
-        messages: list[dict[str, Any]] = []
-        for turn in range(turns):
-            if turn:
-                run.wait(rng.uniform(10, 60))
-            stamp = f"Current time: {run.clock():.3f}. Request id: {rng.getrandbits(64):016x}."
-            messages.append(
-                {"role": "user", "content": f"Question {turn}: " + text(f"{seed}-{c}-{turn}", 60)}
-            )
-            system = [{"type": "text", "text": stable}, {"type": "text", "text": stamp}]
-            reply = run.send(model=SONNET, system=system, messages=messages)
-            messages.append(_reply(reply))
 
 
 def rag(
@@ -934,7 +925,9 @@ WORKLOADS: dict[str, Workload] = {
         Workload("per-user system", "anthropic", per_user_system, vs_none=1.01),
         Workload("timestamp chat", "anthropic", timestamp_chat, vs_none=1.01),
         Workload("profile block last", "anthropic", profile_after_instructions),
-        Workload("timestamp block last", "anthropic", timestamp_last),
+        Workload(
+            "timestamp block last", "anthropic", timestamp_chat, {"seed": "stamplast", "last_block": True}
+        ),
         Workload("RAG chunks", "anthropic", rag),
         Workload("multi-tenant", "anthropic", multi_tenant),
         Workload("bursts", "anthropic", bursts),

@@ -138,6 +138,20 @@ def test_questions_over_one_shared_document(base_url: str) -> None:
     assert all(r >= 3000 for r in reads[1:]), reads
 
 
+def ask_once(client: Any, system: list[dict[str, str]], seed: str, **options: Any) -> tuple[int, int]:
+    """One one-shot request: (tokens read from the cache, the whole prompt)."""
+    usage = client.messages.create(
+        model="claude-sonnet-4-6",
+        max_tokens=16,
+        system=system,
+        messages=[{"role": "user", "content": words(seed, 40)}],
+        **options,
+    ).usage
+    return usage.cache_read_input_tokens, (
+        usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens
+    )
+
+
 @pytest.mark.parametrize("tools", [False, True])
 def test_the_stable_prefix_before_a_system_block_that_changes_every_time_is_read(
     base_url: str, tools: bool
@@ -153,22 +167,21 @@ def test_the_stable_prefix_before_a_system_block_that_changes_every_time_is_read
         else []
     )
     instructions = "Shared instructions. " + words("instructions", 2500)
-    reads = []
-    prompts = []
-    for i in range(10):
-        system = [
-            {"type": "text", "text": instructions},
-            {"type": "text", "text": f"User {i}: " + words(f"profile{i}", 1500)},
-        ]
-        usage = client.messages.create(
-            model="claude-sonnet-4-6",
-            max_tokens=16,
-            system=system,
-            messages=[{"role": "user", "content": words(f"vq{i}", 40)}],
-            **({"tools": defs} if tools else {}),
-        ).usage
-        reads.append(usage.cache_read_input_tokens)
-        prompts.append(usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens)
+    reads, prompts = zip(
+        *(
+            ask_once(
+                client,
+                [
+                    {"type": "text", "text": instructions},
+                    {"type": "text", "text": f"User {i}: " + words(f"profile{i}", 1500)},
+                ],
+                f"vq{i}",
+                **({"tools": defs} if tools else {}),
+            )
+            for i in range(10)
+        ),
+        strict=True,
+    )
     # The first requests go by the prior (the end of the system prompt, never read again);
     # the learner then sees the profile change on every request, and the instructions are
     # written once and read from then on. A profile is never read: it never recurs.
@@ -184,18 +197,17 @@ def test_a_system_block_that_takes_turns_between_a_few_values_is_still_read(base
     client = claude(base_url, "planner-tenants")
     instructions = "Shared instructions. " + words("tenants-shared", 1500)
     tenants = ["Tenant A. " + words("tenant-a", 1500), "Tenant B. " + words("tenant-b", 1500)]
-    reads = []
-    prompts = []
-    for i in range(10):
-        system = [{"type": "text", "text": instructions}, {"type": "text", "text": tenants[i % 2]}]
-        usage = client.messages.create(
-            model="claude-sonnet-4-6",
-            max_tokens=16,
-            system=system,
-            messages=[{"role": "user", "content": words(f"tq{i}", 40)}],
-        ).usage
-        reads.append(usage.cache_read_input_tokens)
-        prompts.append(usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens)
+    reads, prompts = zip(
+        *(
+            ask_once(
+                client,
+                [{"type": "text", "text": instructions}, {"type": "text", "text": tenants[i % 2]}],
+                f"tq{i}",
+            )
+            for i in range(10)
+        ),
+        strict=True,
+    )
     # Once each tenant's prompt has come back (a first sighting is written on the prior
     # only while no other prefix of the family is pending), every request reads its
     # tenant's whole system prompt: all but the question.
