@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from _redis import free_port, redis_server
+from cachewatch.planning._decision import ask
 from cachewatch.planning._learning import CLAIM_TIMEOUT, TTL_1H, TTL_5M, LearningState, Sighting
 from cachewatch.planning._learning_memory import MemoryLearner
 from cachewatch.planning._learning_redis import MAX_AGE, RedisLearner
@@ -605,6 +606,37 @@ def test_a_conversation_taking_turns_between_lanes_is_judged_per_lane(new_learne
     assert first is not None
     assert later is not None
     assert later[3] >= first[3]
+
+
+def test_a_conversation_is_told_by_its_whole_static_region(new_learner: Make) -> None:
+    # With a static block that keeps changing, the planner sights two static prefixes: the
+    # part before that block and the whole static region. Where the first ends moves with
+    # the traffic (a tool list reordered at random); the conversation's static prefix is
+    # the whole region's, so the conversation stays steady while the region holds.
+    learner = new_learner()
+
+    def request(stable: int, at: float, reply: bytes | None) -> Any:
+        sightings = [
+            Sighting(stable, "static", True),
+            Sighting(99, "static", True),
+            Sighting(500, "tail", False),
+        ]
+        return ask(
+            learner,
+            FAMILY,
+            sightings,
+            lambda: at,
+            int(at),
+            model_key=None,
+            blocks=[],
+            lines_for=lambda volatile: {},
+            conversation=(7, reply, 0, 2, FAMILY),
+        )[2]
+
+    assert request(11, 100.0, None) is None
+    before = request(12, 110.0, b"r")
+    assert before is not None
+    assert before[0] == 99
 
 
 def test_the_late_statistic_is_settled_by_the_next_idle_gap_not_by_uses_within_minutes(

@@ -108,13 +108,16 @@ def ask_in_turn(
 
 
 def conversation_context(sightings: Sequence[Sighting], sights: Sequence[Sight]) -> tuple[int | None, bool]:
-    """(the first static prefix's key or None, every previous turn was known before)."""
+    """(the static region's prefix key or None, every previous turn was known before).
+
+    The static region's prefix is the last static candidate: another one may end before a
+    block that keeps changing, and where that is moves with the traffic.
+    """
     static_key: int | None = None
     history_known = True
     for sighting, sight in zip(sightings, sights, strict=True):
         if sighting.kind == "static":
-            if static_key is None:
-                static_key = sight.key
+            static_key = sight.key
         elif sighting.kind == "previous_turn" and not sight.known:
             history_known = False
     return static_key, history_known

@@ -18,7 +18,7 @@ Ops and their arguments (``''`` for "none"; floats as ``repr`` strings, exact):
   then per sighting (key, kind, shared, prior_a, prior_b). Returns reliability, the
   minimums' version, the family's volatile positions, then per sighting (run, cached,
   writing, late, p, p_late, known, cached at 1h). Remembers, for a ``conversation`` later
-  in the batch, the first static key and whether every previous turn was known;
+  in the batch, the last static key and whether every previous turn was known;
 * ``stability``: family, forget, max_families, family_ttl, n, n digests, m, m x (index,
   head, rest), then k and the k positions whose lines were sent (``asked``; k = -1: no
   check). With ``asked``, when the family's volatile positions (below n) are not those, nothing is
@@ -252,16 +252,14 @@ OPS.sight = function(a)
   local rel = reliability(family)
   local out = {fmt(rel), redis.call('GET', P .. 'minv') or '0', candidates(family)}
   seen = {static = '-1', history = true}
-  local static_found = false
   for base = 9, #a, 5 do
     local key, kind, shared = a[base], a[base + 1], a[base + 2] == '1'
     local pa, pb = tonumber(a[base + 3]), tonumber(a[base + 4])
     local name = P .. 'p:' .. key
     local h = load(name)
     if h and max_age and now - tonumber(h['l']) > max_age then h = nil end
-    if kind == 'static' and not static_found then
-      seen.static = key
-      static_found = true
+    if kind == 'static' then
+      seen.static = key  -- the last: the whole static region's prefix
     elseif kind == 'previous_turn' and not h then
       seen.history = false
     end
