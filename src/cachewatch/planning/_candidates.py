@@ -8,7 +8,8 @@ Candidates (research A.1-A.6, B.2, E), each a prefix ending at one block:
   these tools and this system prompt shares); and, when the family has a static block
   that keeps changing from one request to the next (``static_end``: a per-user profile, a
   timestamp or retrieved context in a later system block; or one of a few tenants'
-  prompts, which do recur), also the last one before it, the part every request shares;
+  prompts, which do recur), also the last one before it, the part every request shares
+  (kind ``stable``: its own statistics, reported as ``static``);
 * ``tail_first`` / ``tail``: the last eligible block of the last user message, on a first
   turn / a continued conversation (the next turn, or the next agent-loop step, reads it);
 * ``previous_turn``: where the previous turn's tail was (turn N+1 re-marks the position
@@ -47,10 +48,12 @@ def find_candidates(
     if static_end is not None and static_end < fm:
         stable = last_eligible(positions, 0, static_end)
         if stable is not None:
-            candidates.append((stable, "static"))
+            candidates.append((stable, "stable"))
     static = last_eligible(positions, 0, fm)
     if static is not None and (not candidates or candidates[0][0] != static):
         candidates.append((static, "static"))
+    elif static is not None:
+        candidates[0] = (static, "static")  # one position is one prefix: the whole region's
     last_user = _last_input(roles, len(roles))
     tail = _tail_position(positions, layout.spans, last_user, fm) if last_user is not None else None
     if tail is not None and last_user is not None:

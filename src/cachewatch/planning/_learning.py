@@ -101,7 +101,7 @@ __all__ = [
 ]
 
 #: Marker kinds, each with its own statistics.
-KINDS: Final = ("static", "tail_first", "tail", "document", "previous_turn")
+KINDS: Final = ("static", "stable", "tail_first", "tail", "document", "previous_turn")
 
 #: Weight (in opportunities) of every prior: the first run's, one borrowed from the other
 #: families, the estimate of the run before as the next run's, the pre-gap estimate as a

@@ -82,8 +82,19 @@ __all__ = ["place"]
 _EPHEMERAL: dict[str, str] = {"type": "ephemeral"}
 _h64 = xxhash.xxh3_64_intdigest
 #: Priority of the candidates that only compete for spare slots.
-_SPARE_PRIORITY: Final = {"static": 0, "document": 1, "previous_turn": 2, "tail": 3, "tail_first": 3}
-_SHARED_KINDS: Final = frozenset({"static", "document"})
+_SPARE_PRIORITY: Final = {
+    "static": 0,
+    "stable": 0,
+    "document": 1,
+    "previous_turn": 2,
+    "tail": 3,
+    "tail_first": 3,
+}
+_SHARED_KINDS: Final = frozenset({"static", "stable", "document"})
+#: The reason a placement reports for a candidate kind: a first turn's tail is a tail, and
+#: the static prefix before a changing block is a static prefix (its statistics are kept
+#: apart: it recurs where the whole static region may not).
+_REASON: Final = {"tail_first": "tail", "stable": "static"}
 #: A 1h write instead of a 5m one costs 2.0 - 1.25 = 0.75x its tokens; a later return that
 #: reads it (0.1x) instead of writing again (1.25x) saves 1.15x.
 _UPGRADE_ODDS: Final = 0.75 / 1.15
@@ -339,7 +350,7 @@ def place(
             continue
         taken.add(index)
         pos = positions[index]
-        reason = "tail" if kind == "tail_first" else kind
+        reason = _REASON.get(kind, kind)
         if not counter.reaches_at(pos[CUM], threshold_tokens):
             out.append(placement(pos, index, "skipped_below_minimum", None, reason, ratio))
             continue
@@ -404,14 +415,14 @@ def place(
         chosen = [(index, kind, sight) for index, kind, sight, _ in wanted]
         for index, kind, _, role in entries:
             if role is None and index >= extent:
-                reason = "tail" if kind == "tail_first" else kind
+                reason = _REASON.get(kind, kind)
                 out.append(placement(positions[index], index, "skipped_not_reused", None, reason, ratio))
     else:
         wanted.sort(key=priority)
         chosen = []
         for index, kind, sight, _ in wanted:
             pos = positions[index]
-            reason = "tail" if kind == "tail_first" else kind
+            reason = _REASON.get(kind, kind)
             if len(chosen) >= budget:
                 out.append(placement(pos, index, "skipped_no_slot", None, reason, ratio))
                 continue
@@ -419,7 +430,7 @@ def place(
         chosen_at = {index for index, _, _ in chosen}
         for index, kind, _, role in entries:
             if index not in chosen_at and role is None and index >= extent:
-                reason = "tail" if kind == "tail_first" else kind
+                reason = _REASON.get(kind, kind)
                 out.append(placement(positions[index], index, "skipped_not_reused", None, reason, ratio))
     if not chosen:
         _release_unused(planner.learner, ticket, claimed, set())
@@ -456,7 +467,7 @@ def place(
     marked = ticket.marked
     for index, kind, sight in chosen:
         pos = positions[index]
-        reason = "tail" if kind == "tail_first" else kind
+        reason = _REASON.get(kind, kind)
         forced_1h = index < last_1h
         allowed_1h = index < first_5m and honours_1h
         if forced_1h and not allowed_1h:
@@ -464,7 +475,11 @@ def place(
             continue
         ttl = (
             "1h"
-            if forced_1h or (allowed_1h and (index <= one_hour_upto or (kind == "static" and static_1h)))
+            if forced_1h
+            or (
+                allowed_1h
+                and (index <= one_hour_upto or (static_1h and (kind == "static" or kind == "stable")))
+            )
             else "5m"
         )
         if ttl == "5m" and index < first_5m:  # first_5m = min(first_5m, float(index))
