@@ -610,14 +610,14 @@ def test_a_conversation_taking_turns_between_lanes_is_judged_per_lane(new_learne
 
 def test_a_conversation_is_told_by_its_whole_static_region(new_learner: Make) -> None:
     # With a static block that keeps changing, the planner sights two static prefixes: the
-    # part before that block and the whole static region. Where the first ends moves with
-    # the traffic (a tool list reordered at random); the conversation's static prefix is
-    # the whole region's, so the conversation stays steady while the region holds.
+    # part before that block (kind "stable") and the whole static region. Where the first
+    # ends moves with the traffic (a tool list reordered at random); the conversation's
+    # static prefix is the whole region's, so the conversation stays steady while it holds.
     learner = new_learner()
 
     def request(stable: int, at: float, reply: bytes | None) -> Any:
         sightings = [
-            Sighting(stable, "static", True),
+            Sighting(stable, "stable", True),
             Sighting(99, "static", True),
             Sighting(500, "tail", False),
         ]

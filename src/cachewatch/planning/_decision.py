@@ -110,8 +110,9 @@ def ask_in_turn(
 def conversation_context(sightings: Sequence[Sighting], sights: Sequence[Sight]) -> tuple[int | None, bool]:
     """(the static region's prefix key or None, every previous turn was known before).
 
-    The static region's prefix is the last static candidate: another one may end before a
-    block that keeps changing, and where that is moves with the traffic.
+    Only the whole static region's candidate is of kind ``static``: the part before a block
+    that keeps changing (kind ``stable``) ends where the traffic has it, and says nothing
+    of whether the conversation's prompt changed.
     """
     static_key: int | None = None
     history_known = True

@@ -18,7 +18,7 @@ Ops and their arguments (``''`` for "none"; floats as ``repr`` strings, exact):
   then per sighting (key, kind, shared, prior_a, prior_b). Returns reliability, the
   minimums' version, the family's volatile positions, then per sighting (run, cached,
   writing, late, p, p_late, known, cached at 1h). Remembers, for a ``conversation`` later
-  in the batch, the last static key and whether every previous turn was known;
+  in the batch, the static key and whether every previous turn was known;
 * ``stability``: family, forget, max_families, family_ttl, n, n digests, m, m x (index,
   head, rest), then k and the k positions whose lines were sent (``asked``; k = -1: no
   check). With ``asked``, when the family's volatile positions (below n) are not those, nothing is
@@ -259,7 +259,7 @@ OPS.sight = function(a)
     local h = load(name)
     if h and max_age and now - tonumber(h['l']) > max_age then h = nil end
     if kind == 'static' then
-      seen.static = key  -- the last: the whole static region's prefix
+      seen.static = key  -- the whole static region's prefix (not the 'stable' part's)
     elseif kind == 'previous_turn' and not h then
       seen.history = false
     end

@@ -139,7 +139,7 @@ class Planner:
         ] = {}
         self._min_cache: dict[tuple[str, str | None], int] = {}
         #: family -> its first static position that keeps changing, as the learner said at
-        #: the family's last request (``_policy``: the static prefix ends before it).
+        #: the family's last request (``_candidates``: a second static prefix ends before it).
         self.volatile_at: dict[int, int] = {}
         self._lock = threading.Lock()
 

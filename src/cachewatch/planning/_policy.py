@@ -330,7 +330,7 @@ def place(
             history_known = True
             for kind, sight in zip(kinds, sights):  # noqa: B905
                 if kind == "static":
-                    static_key = sight.key  # the last: the static region's (``conversation_context``)
+                    static_key = sight.key  # the static region's (``conversation_context``)
                 elif kind == "previous_turn" and not sight.known:
                     history_known = False
             unstable = old_static != (static_key if static_key is not None else -1) or (
