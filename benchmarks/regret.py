@@ -11,7 +11,7 @@ over varying chunks, a repeated document), built by the generator of
 (``tests/_cache_sim.py``) under every fixed strategy and ``auto``. For each case it prints
 nothing; at the end, the distribution of ``auto``'s excess over the best fixed strategy,
 in units of one wasted write of the case's largest prompt per regime (the bound allows
-K = 11), and how often ``auto`` beat the best fixed strategy.
+K = 15), and how often ``auto`` beat the best fixed strategy.
 """
 
 from __future__ import annotations

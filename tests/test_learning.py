@@ -182,7 +182,7 @@ def test_a_provider_that_never_serves_its_writes_stops_getting_them() -> None:
     planner = Planner(clock=clock)
     system = words("rules", 2_500)
     wrote = []
-    for n in range(12):
+    for n in range(16):
         clock.now += 20
         plan = serve(planner, body(system, f"question {n} " * 40), TokenUsage(input=20, cache_write_5m=2_900))
         wrote.append(bool(plan.inserted))

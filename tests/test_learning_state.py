@@ -27,7 +27,7 @@ from cachewatch.planning._learning_redis import MAX_AGE, RedisLearner
 Make = Callable[..., LearningState]
 FAMILY = 7
 #: The planner's write threshold for a 5-minute marker (0.25 premium / 0.9 saving).
-THRESHOLD = 0.28
+THRESHOLD = 0.25 / 1.15  # Planner's threshold: always writing beats never writing
 
 
 def static(key: int) -> list[Sighting]:
@@ -40,7 +40,7 @@ def test_a_new_prefix_is_worth_one_write_and_a_family_that_never_reuses_stops(ne
     assert (first.run, first.known, first.cached, first.writing) == (1, False, False, False)
     assert first.p == pytest.approx(1 / 3)  # Beta(1, 2): the first opportunity is written
     second = learner.sight(FAMILY, static(2), 101.0, 2)[0]
-    assert second.p == pytest.approx(1 / 6)  # one opportunity, not reused: below 0.28
+    assert second.p == pytest.approx(1 / 6)  # one opportunity, not reused: below 0.217
     assert second.p < THRESHOLD
 
 
@@ -484,7 +484,9 @@ def test_a_fault_callback_that_raises_does_not_reach_the_planner() -> None:
 def test_a_family_that_never_reuses_stops_whatever_the_other_families_reuse(new_learner: Make) -> None:
     # A busy family whose every new prefix comes back raises the kind's pooled rate to ~1;
     # a prior borrowed from it at weight 3 held a never-reusing family over the threshold
-    # (11 static, 34 tail writes in 120 opportunities). At weight 1 its own evidence decides.
+    # (11 static, 34 tail writes in 120 opportunities). At weight 1 its own evidence decides:
+    # even at a borrowed mean of 1, 1 / (1 + 0.85^0 + ... + 0.85^(k-1)) is under the 0.217
+    # break-even from the sixth opportunity on, so at most 5 writes.
     for kind in ("static", "tail"):
         learner = new_learner()
         now, ticket, written = 100.0, 1, 0
@@ -499,7 +501,7 @@ def test_a_family_that_never_reuses_stops_whatever_the_other_families_reuse(new_
             learner.release([900_000 + i], ticket)
             ticket += 1
             written += sight.p >= THRESHOLD
-        assert written <= 3, kind
+        assert written <= 5, kind
 
 
 def test_a_conversation_steady_once_that_then_changes_on_every_request_is_unstable_again(
@@ -687,12 +689,12 @@ def test_a_prefix_written_at_5m_after_its_1h_entry_expired_is_cached_at_5m(new_l
     assert (sight.cached, sight.late, sight.run) == (False, True, 1)  # back after its 5m entry expired
 
 
-@pytest.mark.parametrize(("kind", "bound"), [("static", 9), ("tail", 10)])
+@pytest.mark.parametrize(("kind", "bound"), [("static", 10), ("tail", 12)])
 def test_after_reused_traffic_turns_unreused_writes_stop_within_the_documented_bound(
     new_learner: Make, kind: str, bound: int
 ) -> None:
-    # README "Regret bound": (S f^k + m) / (S + 1) < 0.28 with S = 1 / (1 - f), f = 0.85,
-    # m the prior mean (1/3 static, 2/3 a continued tail): k = 9 and 10.
+    # README "Regret bound": (S f^k + m) / (S + 1) < 0.217 with S = 1 / (1 - f), f = 0.85,
+    # m the prior mean (1/3 static, 2/3 a continued tail): k = 10 and 12.
     learner = new_learner()
     now, ticket = 100.0, 1
     for i in range(60):  # steady: every new prefix comes back once

@@ -5,9 +5,9 @@ Data flow: planner (each request's candidate prefixes) -> **learner** -> planner
 
 The question behind every marker is whether a later request will read what it
 writes before the entry expires. A write costs 1.25x (5m) or 2x (1h) of its tokens
-instead of 1x; a read costs 0.1x. So a write pays off when the prefix it writes is
-read again within its TTL with probability above 0.25 / 0.9 = 0.28 (the
-``threshold``).
+instead of 1x; a read costs 0.1x. So writing a prefix whenever it is sighted uncached
+costs less than never writing it when it is read again within its TTL with
+probability above 0.25 / 1.15 = 0.217 (the ``threshold``; ``_policy``).
 
 **Full information.** Every candidate prefix of every request has an identity (its
 digest from ``_canonical``, bound to a *scope*: profile, host, model, credential and

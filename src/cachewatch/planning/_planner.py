@@ -60,7 +60,10 @@ class Planner:
         remove_invalid: remove the caller's markers the provider would reject.
         include_usage: add ``stream_options.include_usage`` to chat-completions streams
             that lack it (the response side hides the extra usage-only chunk).
-        threshold: P(read within TTL) a 5m write must reach (0.25 premium / 0.9 saving).
+        threshold: P(read within TTL) a 5m write must reach: 0.25 / 1.15, where writing a
+            prefix whenever it is sighted uncached starts to cost less than never writing it
+            (0.25 premium; a read instead of the write its next use makes saves 1.15x). A
+            conversation whose prompt keeps changing uses the one-step bar, this x 1.15 / 0.9.
         threshold_1h: for a shared prefix that came back 5-60 minutes later, P(it comes back
             within the hour again) a 1h write must reach where the request would not write it
             otherwise and it does not come back within 5 minutes (1.0 premium: about two
@@ -100,7 +103,7 @@ class Planner:
         min_margin: float = -0.25,
         remove_invalid: bool = True,
         include_usage: bool = False,
-        threshold: float = 0.28,
+        threshold: float = 0.25 / 1.15,
         threshold_1h: float = 0.53,
         learning: bool = True,
         learner: LearningState | None = None,

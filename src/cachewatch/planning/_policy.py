@@ -7,13 +7,19 @@ Besides the candidates, a request after a switch of model sights where the
 conversation's last request to its model ended (``_sight_earlier``, a previous turn).
 
 The policy: a write costs 0.25x its tokens more than sending them unmarked (1x for a
-1h write), a read saves 0.9x. For each candidate the learner gives P(the prefix is
-read again within its TTL), learnt per family, kind and run from whether prefixes
-really recur (see ``_learning``), times the provider's reliability. Then:
+1h write); a read saves 0.9x against sending them unmarked, and 1.15x against writing
+them again. For each candidate the learner gives P(the prefix is read again within its
+TTL), learnt per family, kind and run from whether prefixes really recur (see
+``_learning``), times the provider's reliability. A prefix that recurs with chance p
+costs 1.25 (1 - p) + 0.1 p per sighting when it is written whenever it is sighted
+uncached, and 1.0 when it is never written: writing is the cheaper of the two from
+p = 0.25 / 1.15 = 0.217 (``threshold``), which is the comparison the regret bound below
+makes. (The one-step bar 0.25 / 0.9 = 0.28 holds only where the request that reads it
+would not write it either; it is the unstable rule's, below.) Then:
 
 * a prefix believed **cached** is marked: a read (and a refresh);
 * a prefix another in-flight request is **writing** is not (``skipped_in_flight``);
-* a prefix whose P reaches ``threshold`` (0.28 = 0.25 / 0.9) is **worth writing**; the
+* a prefix whose P reaches ``threshold`` (0.217) is **worth writing**; the
   deepest such candidate sets how far this request writes;
 * any other candidate before that write extent is free to mark (Anthropic and
   DashScope bill only up to the last marker, so intermediate markers cost nothing)
@@ -26,7 +32,9 @@ really recur (see ``_learning``), times the provider's reliability. Then:
 * in a conversation whose prompt changed at its last two requests (*unstable*), the
   tail and a new static prefix are read by the next request only if the conversation
   goes on within 5 minutes and its prompt holds still this time: they are worth writing
-  when the product of those two learnt chances reaches ``threshold``.
+  when the product of those two learnt chances reaches the one-step bar (0.28). Those
+  chances are learnt per scope from a few conversations, and a prompt that never holds
+  (a timestamp at its top) would otherwise be written on the strength of their prior.
 
 A marker goes only where the estimated prefix plausibly reaches the model's minimum
 (the documented table, raised by what was learnt; ``min_margin``: 25% under it, as a
@@ -48,10 +56,10 @@ markers are kept and counted; markers the provider would reject are removed
 Regret: per (family, kind, run) the policy is the better of "always write" and
 "never write" for the recurrence rate it observes, which it observes for every
 request whatever it marked. Every prior weighs one opportunity against a window of
-about 7, so on traffic that never reuses a prefix a new family makes 1 write (2 for a
+about 7, so on traffic that never reuses a prefix a new family makes 1 write (3 for a
 continued tail) before the estimate falls under the threshold, and after a change
-from reused to unreused traffic at most 11 more (9 from the static prior, 10 from a
-continued tail's: (S f^k + m) / (S + 1) < 0.28 with S = 1 / (1 - f)). README "The
+from reused to unreused traffic at most 15 more (10 from the static prior, 12 from a
+continued tail's: (S f^k + m) / (S + 1) < 0.217 with S = 1 / (1 - f)). README "The
 adaptive policy", ``tests/test_regret.py`` and ``tests/test_learning_state.py`` state
 and check the bound.
 """
@@ -98,6 +106,9 @@ _REASON: Final = {"tail_first": "tail", "stable": "static"}
 #: A 1h write instead of a 5m one costs 2.0 - 1.25 = 0.75x its tokens; a later return that
 #: reads it (0.1x) instead of writing again (1.25x) saves 1.15x.
 _UPGRADE_ODDS: Final = 0.75 / 1.15
+#: The unstable rule's bar against ``threshold``: a read by the next request saves 0.9x, not
+#: the 1.15x of a read instead of a write (module docstring).
+_ONE_STEP: Final = 1.15 / 0.9
 
 
 def place(
@@ -367,7 +378,7 @@ def place(
             # statistic of this kind, which counts the changes a second time (and, when
             # the change moved the conversation to another structural family, little else).
             worth = goes_on * (1.0 - unsettled) * sight.reliability
-            entries.append((index, kind, sight, "write" if worth >= planner.threshold else None))
+            entries.append((index, kind, sight, "write" if worth >= planner.threshold * _ONE_STEP else None))
         elif sight.p >= planner.threshold or (
             # Worth a write for its late return only where it would get a 1h TTL.
             sight.late
