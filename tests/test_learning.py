@@ -224,6 +224,33 @@ def test_a_changing_first_line_of_one_system_string_is_reported() -> None:
     assert 5_000 < advice.tokens < 12_000
 
 
+def test_a_changing_tool_is_reported_with_the_tools_after_it_not_the_system_prompt() -> None:
+    # Tools come before the system prompt in every cached prefix: moved last among the
+    # tools, a tool that changes on every request frees the tools after it, never the
+    # system prompt, which still follows it.
+    clock = Clock()
+    planner = Planner(clock=clock)
+    system = words("handbook", 3_000)  # about 8,000 tokens
+
+    def tool(name: str, description: str) -> dict[str, Any]:
+        return {"name": name, "description": description, "input_schema": {"type": "object"}}
+
+    plans = []
+    for n in range(5):
+        clock.now += 20
+        raw = orjson.loads(body(system, f"q{n}"))
+        raw["tools"] = [
+            tool("search", words("search", 300)),
+            tool("clock", f"Returns the time. Now: {clock.now}."),
+            tool("fetch", words("fetch", 800)),  # about 2,000 tokens
+        ]
+        plans.append(serve(planner, orjson.dumps(raw), TokenUsage(input=11_000)))
+    advice = plans[-1].advice
+    assert advice is not None
+    assert advice.block == "tools.1"
+    assert 1_000 < advice.tokens < 4_000  # the fetch tool; the system prompt stays after the clock
+
+
 def test_a_stable_prompt_gets_no_advice() -> None:
     clock = Clock()
     planner = Planner(clock=clock)

@@ -38,7 +38,9 @@ def volatile_advice(
     """Where a volatile block cuts the static prefix short, and what moving it would win.
 
     ``stable`` is the learner's answer for the static blocks: the first volatile position
-    (None: none) and whether only its first line changes.
+    (None: none) and whether only its first line changes. What moving it wins: the static
+    blocks after it, or for a tool the tools after it (moved last among the tools; the
+    system prompt comes after every tool).
     """
     blocks = layout.block_digests
     if not blocks or stable is None:
@@ -48,7 +50,13 @@ def volatile_advice(
         return None
     positions = layout.positions
     ratio = counter.ratio
-    end = positions[len(blocks) - 1][CUM]
+    last = len(blocks) - 1
+    if positions[volatile][0] == "tools":
+        # Tools precede the system prompt in every prefix: moved last among the tools, a
+        # changing tool frees the tools after it; the system prompt still follows it.
+        while last > volatile and positions[last][0] != "tools":
+            last -= 1
+    end = positions[last][CUM]
     before = positions[volatile - 1][CUM] if volatile > 0 else 0.0
     movable = end - positions[volatile][CUM]
     block = position_path(positions[volatile])
