@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/hindsight_floor.py [--traces 4000] [--seed 1]
 
 The bar of SPEC section 11 compares ``auto`` with the best fixed strategy chosen *after*
-the trace is known. On short traces near the break-even (a write pays when its prefix is
-read again within the TTL with probability 0.25 / 0.9 = 0.28) that choice profits from
+the trace is known. On short traces near the break-even (here a first turn's write pays
+when its prefix is read again within the TTL with probability 0.25 / 0.9 = 0.28: the
+follow-up is the last turn, so nothing would write it again) that choice profits from
 luck no policy deciding before each request can share. This script measures that floor
 on the simplest such traffic, the two-turn sessions of ``savings_unseen.py``: a 1,200-token
 system prompt (cached under both strategies), a 1,500-3,000-token document per session,

@@ -417,7 +417,7 @@ def test_first_turn_tails_follow_how_often_a_first_turn_is_continued(
 ) -> None:
     # Per five conversations, `chats_per_five` are ten-turn chats and the rest one-shot
     # prompts. A first turn's tail is read only if its conversation continues: 0.2 of
-    # them here stays under the 0.28 break-even, 0.6 goes over, although in both mixes
+    # them here stays under the 0.217 break-even, 0.6 goes over, although in both mixes
     # most requests continue a chat (and continued turns keep their own tail markers).
     planner = Planner()
     for round_ in range(12):
