@@ -409,9 +409,10 @@ def _print_summary(console: Any, result: Any, metrics_url: str) -> None:
     console.print(per)
     for name in _demo.WORKLOADS:
         for (block, kind), tokens in result.workloads[("auto", name)].advice.items():
+            where = "last among the tools" if block.startswith("tools.") else "after the stable part"
             console.print(
                 f"Prompt advice ({name}): [bold]{block}[/] ({kind}) changes on every request; "
-                f"moved after the stable part, about {tokens:,} more tokens could be cached."
+                f"moved {where}, about {tokens:,} more tokens could be cached."
             )
     if off.cost:
         console.print(

@@ -262,7 +262,8 @@ def build_cost_dashboard() -> dict[str, Any]:
             "Prompt tokens that would have been cacheable had the block that changes on every request "
             "(by position: tools.N, system.N, :first_line when only its first line changes) come after "
             "the stable part of the prompt, per model and block, over the selected range. Move that "
-            "block (a timestamp, a request id) to the end of the prompt.",
+            "block (a timestamp, a request id) to the end of the prompt; a tool, to the end of the "
+            "tool list (tools come before the system prompt).",
             [Target(sum_increase(VOLATILE, ("model", "block")), "{{model}} {{block}}", instant=True)],
             "short",
             w=8,
