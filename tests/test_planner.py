@@ -10,12 +10,16 @@ independent validator.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
 import pytest
 
 from cachewatch.accounting._records import TokenUsage
+from cachewatch.planning._learning import Sight, Sighting
+from cachewatch.planning._learning_memory import MemoryLearner
 from cachewatch.planning._planner import Plan, Planner
 from cachewatch.planning._profiles import ProfileRegistry
 from validator import validate
@@ -409,6 +413,29 @@ def _served(planner: Planner, body: dict[str, Any], usage: TokenUsage | None = N
     planner.finished(result, usage)
     planner.observe(result, usage)
     return result
+
+
+class _Recurs(MemoryLearner):
+    """The in-process learner, answering that every candidate comes back with chance ``p``."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.fixed = p
+
+    def sight(self, family: int, sightings: Sequence[Sighting], now: float, ticket: int) -> list[Sight]:
+        return [replace(s, p=self.fixed) for s in super().sight(family, sightings, now, ticket)]
+
+
+@pytest.mark.parametrize(("p", "written"), [(0.20, False), (0.25, True), (0.30, True)])
+def test_a_prefix_is_written_from_the_break_even_of_always_writing_against_never_writing(
+    p: float, written: bool
+) -> None:
+    # Written whenever it is not cached, a prefix that comes back with chance p costs
+    # 1.25 (1 - p) + 0.1 p per use; never written, 1.0: writing is cheaper from p = 0.217,
+    # not from the one-step 0.28 (a read saves 1.15x: the next use would write it again).
+    result = plan(chat("a question"), planner=Planner(learner=_Recurs(p)))
+    action = "inserted" if written else "skipped_not_reused"
+    assert {(x.reason, x.action) for x in result.placements} == {("static", action), ("tail", action)}
 
 
 @pytest.mark.parametrize(("chats_per_five", "expect_tail"), [(1, False), (3, True)])
