@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import orjson
@@ -249,6 +250,43 @@ def test_a_changing_tool_is_reported_with_the_tools_after_it_not_the_system_prom
     assert advice is not None
     assert advice.block == "tools.1"
     assert 1_000 < advice.tokens < 4_000  # the fetch tool; the system prompt stays after the clock
+
+
+def test_tools_that_come_in_another_order_each_time_are_advised_one_order_not_a_tool_moved_last() -> None:
+    # A registry iterated as a set: every tool position changes, so moving the first of
+    # them last would free nothing. In one order, the tools and the system prompt after
+    # them are all cacheable.
+    clock = Clock()
+    planner = Planner(clock=clock)
+    system = words("handbook", 3_000)  # about 8,000 tokens
+    tools = [
+        {"name": f"t{i}", "description": words(f"tool{i}", 300), "input_schema": {"type": "object"}}
+        for i in range(5)
+    ]
+    rng = random.Random(7)
+    plans = []
+    for n in range(8):
+        clock.now += 20
+        raw = orjson.loads(body(system, f"q{n}"))
+        rng.shuffle(tools)
+        raw["tools"] = list(tools)
+        plans.append(serve(planner, orjson.dumps(raw), TokenUsage(input=11_000)))
+    advice = plans[-1].advice
+    assert advice is not None
+    assert (advice.block, advice.kind) == ("tools:order", "tool")
+    assert 9_000 < advice.tokens < 13_000  # the five tools and the system prompt
+
+    # The same planner, tools that only grow by one at the end: no order advice.
+    clock.now += 3_600
+    for n in range(6):
+        clock.now += 20
+        raw = orjson.loads(body(system, f"g{n}"))
+        raw["tools"] = [
+            *tools,
+            {"name": f"new{n}", "description": f"tool {n}", "input_schema": {"type": "object"}},
+        ]
+        plan = serve(planner, orjson.dumps(raw), TokenUsage(input=11_000))
+        assert plan.advice is None or plan.advice.block != "tools:order"
 
 
 def test_a_stable_prompt_gets_no_advice() -> None:

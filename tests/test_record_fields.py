@@ -192,6 +192,8 @@ def test_observe_only_records_carry_no_planner_fields(base_url: str) -> None:
         ("system.0", "system.0"),
         ("system.15:first_line", "system.15:first_line"),
         ("tools.3", "tools.3"),
+        ("tools:order", "tools:order"),
+        ("system:order", "other"),
         ("tools.16", "other"),
         ("system.99", "other"),
         ("messages.0.content.0", "other"),

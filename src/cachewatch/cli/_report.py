@@ -341,7 +341,7 @@ def _advice_table(advice: dict[str, list[dict[str, Any]]]) -> Any:
 
     table = Table(
         title="Prompt advice: a block that changes on every request cuts the cacheable prefix short; "
-        "move it after the stable part (a tool: last among the tools)",
+        "move it after the stable part (a tool: last among the tools; tools:order: give the tools one order)",
         title_justify="left",
     )
     table.add_column("model")

@@ -263,7 +263,8 @@ def build_cost_dashboard() -> dict[str, Any]:
             "(by position: tools.N, system.N, :first_line when only its first line changes) come after "
             "the stable part of the prompt, per model and block, over the selected range. Move that "
             "block (a timestamp, a request id) to the end of the prompt; a tool, to the end of the "
-            "tool list (tools come before the system prompt).",
+            "tool list (tools come before the system prompt). tools:order: the same tools come in "
+            "another order; give them one (sorted by name).",
             [Target(sum_increase(VOLATILE, ("model", "block")), "{{model}} {{block}}", instant=True)],
             "short",
             w=8,

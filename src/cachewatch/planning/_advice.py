@@ -6,7 +6,10 @@ Data flow: planner -> learner (which static blocks keep changing, ``_learning``)
 
 Only positions, block kinds and token counts: never content. When only the first line
 of the volatile block changes, the advice names ``:first_line`` and counts the rest of
-the block as movable too.
+the block as movable too. When the tools are the same as at the family's last request
+but in another order, the advice is ``tools:order`` (kind ``tool``): no tool moved last
+would help, one fixed order (sorted by name) makes the tools and the stable system
+prompt after them cacheable.
 """
 
 from __future__ import annotations
@@ -34,23 +37,54 @@ def volatile_advice(
     counter: PrefixCounter,
     profile: Profile,
     model: str | None,
+    family: int,
 ) -> Advice | None:
     """Where a volatile block cuts the static prefix short, and what moving it would win.
 
     ``stable`` is the learner's answer for the static blocks: the first volatile position
     (None: none) and whether only its first line changes. What moving it wins: the static
     blocks after it, or for a tool the tools after it (moved last among the tools; the
-    system prompt comes after every tool).
+    system prompt comes after every tool). ``family`` is the prefix family, whose last
+    tool order :attr:`Planner.tool_orders` keeps.
     """
     blocks = layout.block_digests
     if not blocks or stable is None:
         return None
+    positions = layout.positions
+    reordered = False
+    if positions[0][0] == "tools":
+        n = 1
+        while n < len(blocks) and positions[n][0] == "tools":
+            n += 1
+        tools = tuple(blocks[:n])
+        orders = planner.tool_orders
+        found = orders.get(family)
+        if found is not None and found[0] == tools:
+            reordered = found[1]  # the same order again: what the last change was still holds
+        else:
+            reordered = found is not None and len(found[0]) == n and sorted(found[0]) == sorted(tools)
+            if len(orders) >= 4_096:
+                orders.clear()
+            orders[family] = (tools, reordered)
     volatile, rest_stable = stable
     if volatile is None:
         return None
-    positions = layout.positions
     ratio = counter.ratio
     last = len(blocks) - 1
+    if reordered and positions[volatile][0] == "tools":
+        # The same tools in another order: every tool position changes, so none moved last
+        # helps. In one order the tools are stable, and so is the system prompt after them
+        # up to a block of its own that changed.
+        # (A learner without ``volatile_candidates`` says nothing of the system blocks.)
+        candidates = getattr(planner.learner, "volatile_candidates", None)
+        changed: Collection[int] = candidates(family) if candidates is not None else range(n, last + 1)
+        through = n - 1
+        while through < last and through + 1 not in changed:
+            through += 1
+        ordered = int(positions[through][CUM] * ratio)
+        if ordered < planner.min_tokens(profile, model):
+            return None
+        return Advice("tools:order", "tool", ordered)
     if positions[volatile][0] == "tools":
         # Tools precede the system prompt in every prefix: moved last among the tools, a
         # changing tool frees the tools after it; the system prompt still follows it.
@@ -67,7 +101,7 @@ def volatile_advice(
     tokens = int(movable * ratio)
     if tokens < planner.min_tokens(profile, model):
         return None
-    return Advice(block, layout.kind(volatile), tokens)
+    return Advice(block, "tool" if positions[volatile][0] == "tools" else layout.kind(volatile), tokens)
 
 
 def _line_split(pos: Pos) -> tuple[bytes, bytes] | None:

@@ -267,7 +267,7 @@ def place(
                     cuts[family] = stable[0]
             else:
                 planner.volatile_at.pop(family, None)
-        advice = volatile_advice(planner, layout, stable, counter, profile, model)
+        advice = volatile_advice(planner, layout, stable, counter, profile, model, family)
         bets = planner.budget
         if bets is not None and bets.has_bets():
             # A bet's prefix found cached after a late return: what its 1h TTL saved.

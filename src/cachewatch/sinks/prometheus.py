@@ -47,7 +47,9 @@ _ADVICE_POSITIONS = 16
 
 def advice_block_label(block: str) -> str:
     """The ``block`` label of an advice: its path for ``tools.N``/``system.N`` (N < 16) and
-    ``system`` (``:first_line`` kept), else ``other``: a bounded set."""
+    ``system`` (``:first_line`` kept), ``tools:order``, else ``other``: a bounded set."""
+    if block == "tools:order":
+        return block
     path, _, suffix = block.partition(":")
     if suffix not in ("", "first_line"):
         return "other"
