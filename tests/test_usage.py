@@ -112,6 +112,37 @@ def test_dashscope_compatible_creation_and_nested_5m() -> None:
     assert u == TokenUsage(input=28, cache_read=18000, cache_write_5m=600, output=445)
 
 
+def test_litellm_chat_usage_prompt_total_with_top_level_anthropic_counters() -> None:
+    # LiteLLM's documented Chat usage (docs.litellm.ai/docs/completion/prompt_caching):
+    # ``prompt_tokens`` is every prompt token, hits included, ``prompt_tokens_details.cached_tokens``
+    # the hits, and Anthropic's ``cache_creation_input_tokens`` (and ``cache_read_input_tokens``)
+    # sit at the top level. There is no ``input_tokens``: the uncached rest is not 0.
+    u = usage_of(
+        "chat_completions",
+        {
+            "usage": {
+                "prompt_tokens": 2006,
+                "completion_tokens": 300,
+                "total_tokens": 2306,
+                "prompt_tokens_details": {"cached_tokens": 1920},
+                "completion_tokens_details": {"reasoning_tokens": 0},
+                "cache_creation_input_tokens": 0,
+            }
+        },
+    )
+    assert u == TokenUsage(input=86, cache_read=1920, output=300, reasoning=0)
+    # A write, and the read given only at the top level.
+    u = partition_usage(
+        {
+            "prompt_tokens": 1510,
+            "completion_tokens": 5,
+            "cache_creation_input_tokens": 500,
+            "cache_read_input_tokens": 1000,
+        }
+    )
+    assert u == TokenUsage(input=10, cache_read=1000, cache_write_5m=500, output=5)
+
+
 def test_responses_cached_and_write() -> None:
     u = usage_of(
         "responses",

@@ -17,9 +17,12 @@ them (a Kimi ``message_delta`` may carry OpenAI-style fields):
   ``input_tokens`` with details): the total includes reads and writes, so
   input = total - cached - written. Reads: ``*_tokens_details.cached_tokens``, else
   top-level ``cached_tokens`` (DashScope VL models, Together via Hugging Face), else
-  Mistral ``num_cached_tokens``. Writes: ``cache_write_tokens`` (OpenAI GPT-5.6+,
-  OpenRouter) or ``cache_creation_input_tokens`` (DashScope), split 5m/1h by a nested
-  ``cache_creation`` when present and consistent.
+  Mistral ``num_cached_tokens``, else a top-level ``cache_read_input_tokens``. Writes:
+  ``cache_write_tokens`` (OpenAI GPT-5.6+, OpenRouter) or ``cache_creation_input_tokens``
+  (DashScope; LiteLLM puts it at the top level), split 5m/1h by a nested
+  ``cache_creation`` when present and consistent. A ``prompt_tokens`` total with
+  Anthropic's counters beside it and no ``input_tokens`` (LiteLLM's Chat usage for
+  Anthropic models) is this shape too, not Anthropic's.
 
 Counts are clamped so that none is negative and the invariant still holds.
 ``output`` is ``output_tokens``/``completion_tokens`` (reasoning included);
@@ -207,8 +210,11 @@ def partition_usage(usage: object) -> TokenUsage | None:
         if miss is None:
             miss = max((_count(u.get("prompt_tokens")) or 0) - read, 0)
         fresh = miss
-    elif "cache_read_input_tokens" in u or "cache_creation_input_tokens" in u:
-        # Anthropic: disjoint counters.
+    elif ("cache_read_input_tokens" in u or "cache_creation_input_tokens" in u) and (
+        "input_tokens" in u or "prompt_tokens" not in u
+    ):
+        # Anthropic: disjoint counters. (With ``prompt_tokens`` and no ``input_tokens`` the
+        # prompt total is given, as in LiteLLM's Chat usage: the subset path below.)
         fresh = _count(u.get("input_tokens")) or 0
         read = _count(u.get("cache_read_input_tokens")) or 0
         write = _count(u.get("cache_creation_input_tokens")) or 0
@@ -221,7 +227,12 @@ def partition_usage(usage: object) -> TokenUsage | None:
         total = total or 0
         details = _dict(u.get("prompt_tokens_details")) or _dict(u.get("input_tokens_details")) or {}
         read = (
-            _first_count(details.get("cached_tokens"), u.get("cached_tokens"), u.get("num_cached_tokens"))
+            _first_count(
+                details.get("cached_tokens"),
+                u.get("cached_tokens"),
+                u.get("num_cached_tokens"),
+                u.get("cache_read_input_tokens"),
+            )
             or 0
         )
         write = (
@@ -229,6 +240,7 @@ def partition_usage(usage: object) -> TokenUsage | None:
                 details.get("cache_write_tokens"),
                 details.get("cache_creation_input_tokens"),
                 u.get("cache_write_tokens"),
+                u.get("cache_creation_input_tokens"),
             )
             or 0
         )
@@ -240,7 +252,7 @@ def partition_usage(usage: object) -> TokenUsage | None:
             # separate storage fee. Reads win; the write is dropped from the partition.
             write = 0
         if write:
-            m5, h1 = _split_writes(write, details.get("cache_creation"))
+            m5, h1 = _split_writes(write, details.get("cache_creation") or u.get("cache_creation"))
         fresh = total - read - write
     return new_token_usage(fresh, read, m5, h1, output or 0, reasoning)
 
