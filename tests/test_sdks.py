@@ -277,3 +277,50 @@ def test_sdk_accepts_transport_directly(telemetry: Any) -> None:
 def test_wrap_rejects_other_objects() -> None:
     with pytest.raises(TypeError, match="expects an httpx/httpx2 Client"):
         cachewatch.wrap(object())
+
+
+def _error_mid_stream(request: httpx2.Request) -> httpx2.Response:
+    """A 200 stream that ends with a provider error event (Anthropic ``error``, a Chat error chunk)."""
+    if request.url.path.endswith("/v1/messages"):
+        start = anthropic_sse().split(b"\n\n")[0] + b"\n\n"
+        error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+        data = start + b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"
+    else:
+        first = openai_sse().split(b"\n\n")[0] + b"\n\n"
+        data = first + b'data: {"error":{"message":"upstream overloaded","code":502}}\n\n'
+    return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=iter([data]))
+
+
+def test_an_error_event_the_sdk_raises_on_is_a_server_error_not_an_abort(telemetry: Any) -> None:
+    # Both SDKs raise on the provider's error event and close the body: the caller did
+    # not abandon the stream, the provider ended it with an error (research A.8).
+    http = httpx2.Client(transport=httpx2.MockTransport(_error_mid_stream))
+    claude = cachewatch.wrap(
+        anthropic.Anthropic(api_key="k", http_client=http, max_retries=0), **telemetry.kwargs
+    )
+    with pytest.raises(anthropic.APIStatusError):
+        for _ in claude.messages.create(
+            model="claude-opus-4-8", max_tokens=32, messages=MESSAGES, stream=True
+        ):
+            pass
+    labels = {"provider": "anthropic", "api": "messages", "model": "claude-opus-4-8", "workspace": "default"}
+    assert telemetry.value("cachewatch_requests_total", outcome="server_error", **labels) == 1
+    assert telemetry.value("cachewatch_requests_total", outcome="aborted", **labels) == 0
+    # The usage message_start reported is kept.
+    assert telemetry.tokens(**labels)["cache_read"] == 4000
+
+    gpt = cachewatch.wrap(
+        openai.OpenAI(api_key="k", base_url=DASHSCOPE_COMPAT, http_client=http, max_retries=0),
+        **telemetry.kwargs,
+    )
+    with pytest.raises(openai.APIError):
+        for _ in gpt.chat.completions.create(model="qwen3.6-plus", messages=MESSAGES, stream=True):
+            pass
+    labels = {
+        "provider": "dashscope",
+        "api": "chat_completions",
+        "model": "qwen3.6-plus",
+        "workspace": "default",
+    }
+    assert telemetry.value("cachewatch_requests_total", outcome="server_error", **labels) == 1
+    assert telemetry.value("cachewatch_requests_total", outcome="aborted", **labels) == 0

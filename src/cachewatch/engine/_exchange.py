@@ -252,6 +252,8 @@ class Exchange:
 
         A caller that stops reading right after the protocol's terminal event (the
         openai SDK stops at ``data: [DONE]``) did not abandon anything: that is ``ok``.
+        Nor did one that stops at the provider's error event (the anthropic and openai
+        SDKs raise on it and close the body): that is the error's outcome.
         """
         self._finish(Outcome.ABORTED, None)
 
@@ -280,7 +282,12 @@ class Exchange:
                 truncated = observer.truncated
                 if truncated is not None:
                     engine.observation_truncated(truncated)
-            if outcome is None or (outcome is Outcome.ABORTED and parsed.complete):
+            if outcome is None or (
+                outcome is Outcome.ABORTED and (parsed.complete or parsed.error_type is not None)
+            ):
+                # A body closed after its terminal event, or after the provider's error
+                # event (both SDKs raise on it and close the body: the provider ended the
+                # stream, the caller did not abandon it), ended as its status says.
                 outcome = Outcome.from_status(self.status_code or 0)
                 if outcome is Outcome.OK and parsed.error_type:
                     # An error event inside a 200 stream (e.g. overloaded_error).
