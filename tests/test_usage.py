@@ -160,6 +160,52 @@ def test_responses_cached_and_write() -> None:
     assert u == TokenUsage(input=12, cache_read=8, cache_write_5m=4000, output=5, reasoning=3)
 
 
+def test_dashscope_responses_session_cache_writes_in_x_details() -> None:
+    # DashScope's Responses API (session cache) reports the hits in
+    # input_tokens_details.cached_tokens and the write only in
+    # usage.x_details[].prompt_tokens_details (research B.3): input_tokens is the total.
+    acc = UsageAccumulator("responses")
+    acc.add_json(
+        {
+            "object": "response",
+            "status": "completed",
+            "model": "qwen3-max",
+            "usage": {
+                "input_tokens": 5000,
+                "input_tokens_details": {"cached_tokens": 4000},
+                "output_tokens": 20,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": 5020,
+                "x_details": [
+                    {
+                        "x_billing_type": "response_api",
+                        "prompt_tokens_details": {
+                            "cached_tokens": 4000,
+                            "cache_creation_input_tokens": 900,
+                            "cache_creation": {"ephemeral_5m_input_tokens": 900},
+                            "cache_type": "ephemeral",
+                        },
+                    }
+                ],
+            },
+        }
+    )
+    r = acc.result()
+    assert r.usage == TokenUsage(input=100, cache_read=4000, cache_write_5m=900, output=20, reasoning=0)
+    assert r.cache_type == "ephemeral"
+    # Only x_details says anything about the cache: it gives the hits too.
+    u = partition_usage(
+        {
+            "input_tokens": 120,
+            "output_tokens": 40,
+            "x_details": [
+                {"prompt_tokens_details": {"cached_tokens": 60, "cache_creation_input_tokens": 20}},
+            ],
+        }
+    )
+    assert u == TokenUsage(input=40, cache_read=60, cache_write_5m=20, output=40)
+
+
 def test_dashscope_native_json() -> None:
     acc = UsageAccumulator("dashscope_generation")
     acc.add_json(

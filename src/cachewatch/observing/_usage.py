@@ -20,7 +20,10 @@ them (a Kimi ``message_delta`` may carry OpenAI-style fields):
   Mistral ``num_cached_tokens``, else a top-level ``cache_read_input_tokens``. Writes:
   ``cache_write_tokens`` (OpenAI GPT-5.6+, OpenRouter) or ``cache_creation_input_tokens``
   (DashScope; LiteLLM puts it at the top level), split 5m/1h by a nested
-  ``cache_creation`` when present and consistent. A ``prompt_tokens`` total with
+  ``cache_creation`` when present and consistent. DashScope's Responses API (session
+  cache) gives the write, with its ``cache_type``, only in
+  ``x_details[].prompt_tokens_details`` (research B.3): read there when the usage itself
+  has no count. A ``prompt_tokens`` total with
   Anthropic's counters beside it and no ``input_tokens`` (LiteLLM's Chat usage for
   Anthropic models) is this shape too, not Anthropic's.
 
@@ -140,6 +143,34 @@ def _split_writes(write: int, breakdown: object) -> tuple[int, int]:
     return write, 0
 
 
+def _x_details(value: object) -> tuple[int | None, int | None, dict[str, int] | None]:
+    """Reads, writes and their 5m/1h breakdown summed over DashScope ``x_details[].prompt_tokens_details``.
+
+    None for a count no entry gives; the breakdown only when an entry has ``cache_creation``.
+    """
+    read = write = None
+    breakdown: dict[str, int] | None = None
+    if type(value) is not list:
+        return None, None, None
+    for entry in value:
+        detail = _dict(entry.get("prompt_tokens_details")) if type(entry) is dict else None
+        if detail is None:
+            continue
+        n = _count(detail.get("cached_tokens"))
+        if n is not None:
+            read = (read or 0) + n
+        n = _count(detail.get("cache_creation_input_tokens"))
+        if n is not None:
+            write = (write or 0) + n
+        split = _dict(detail.get("cache_creation"))
+        if split is not None:
+            if breakdown is None:
+                breakdown = {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0}
+            for key in breakdown:
+                breakdown[key] += _count(split.get(key)) or 0
+    return read, write, breakdown
+
+
 def _reasoning(usage: dict[str, Any]) -> int | None:
     for key in ("completion_tokens_details", "output_tokens_details"):
         detail = usage.get(key)
@@ -226,24 +257,28 @@ def partition_usage(usage: object) -> TokenUsage | None:
             return None
         total = total or 0
         details = _dict(u.get("prompt_tokens_details")) or _dict(u.get("input_tokens_details")) or {}
-        read = (
-            _first_count(
-                details.get("cached_tokens"),
-                u.get("cached_tokens"),
-                u.get("num_cached_tokens"),
-                u.get("cache_read_input_tokens"),
-            )
-            or 0
+        read_n = _first_count(
+            details.get("cached_tokens"),
+            u.get("cached_tokens"),
+            u.get("num_cached_tokens"),
+            u.get("cache_read_input_tokens"),
         )
-        write = (
-            _first_count(
-                details.get("cache_write_tokens"),
-                details.get("cache_creation_input_tokens"),
-                u.get("cache_write_tokens"),
-                u.get("cache_creation_input_tokens"),
-            )
-            or 0
+        write_n = _first_count(
+            details.get("cache_write_tokens"),
+            details.get("cache_creation_input_tokens"),
+            u.get("cache_write_tokens"),
+            u.get("cache_creation_input_tokens"),
         )
+        breakdown = details.get("cache_creation") or u.get("cache_creation")
+        if (read_n is None or write_n is None) and "x_details" in u:
+            # DashScope Responses (session cache): the write is only in the billing detail.
+            x_read, x_write, x_breakdown = _x_details(u.get("x_details"))
+            if read_n is None:
+                read_n = x_read
+            if write_n is None:
+                write_n, breakdown = x_write, x_breakdown
+        read = read_n or 0
+        write = write_n or 0
         read = min(read, total)
         if read + write > total:
             # Overlapping counters, not a partition. Seen from OpenRouter for Gemini
@@ -252,7 +287,7 @@ def partition_usage(usage: object) -> TokenUsage | None:
             # separate storage fee. Reads win; the write is dropped from the partition.
             write = 0
         if write:
-            m5, h1 = _split_writes(write, details.get("cache_creation") or u.get("cache_creation"))
+            m5, h1 = _split_writes(write, breakdown)
         fresh = total - read - write
     return new_token_usage(fresh, read, m5, h1, output or 0, reasoning)
 
@@ -587,13 +622,20 @@ class UsageAccumulator:
 
 
 def _cache_type(usage: dict[str, Any]) -> str | None:
-    """``*_tokens_details.cache_type`` (DashScope), as a short lower-case identifier, or None."""
+    """``*_tokens_details.cache_type`` (DashScope; its Responses API: ``x_details[].prompt_tokens_details``), as a short lower-case identifier, or None."""
     details = usage.get("prompt_tokens_details")
     if type(details) is not dict:
         details = usage.get("input_tokens_details")
         if type(details) is not dict:
-            return None
+            details = {}
     value = details.get("cache_type")
+    if value is None and type(x_details := usage.get("x_details")) is list:
+        # DashScope Responses: the cache type is in the billing detail.
+        for entry in x_details:
+            detail = _dict(entry.get("prompt_tokens_details")) if type(entry) is dict else None
+            if detail is not None and detail.get("cache_type") is not None:
+                value = detail.get("cache_type")
+                break
     if (
         isinstance(value, str)
         and 0 < len(value) <= 32
