@@ -622,7 +622,10 @@ class UsageAccumulator:
 
 
 def _cache_type(usage: dict[str, Any]) -> str | None:
-    """``*_tokens_details.cache_type`` (DashScope; its Responses API: ``x_details[].prompt_tokens_details``), as a short lower-case identifier, or None."""
+    """``*_tokens_details.cache_type`` (DashScope), as a short lower-case identifier, or None.
+
+    DashScope's Responses API has it in ``x_details[].prompt_tokens_details`` instead.
+    """
     details = usage.get("prompt_tokens_details")
     if type(details) is not dict:
         details = usage.get("input_tokens_details")
