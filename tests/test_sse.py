@@ -33,6 +33,23 @@ def test_crlf_split_across_chunks_is_one_line_end() -> None:
     assert decode(b"event: a\r", b"\ndata: 1\r", b"\n\r", b"\n") == [SSEEvent("a", "1")]
 
 
+def test_one_leading_byte_order_mark_is_ignored() -> None:
+    # WHATWG: "One leading U+FEFF BYTE ORDER MARK character must be ignored if any are
+    # present." Without that the first line is an unknown field and its data is lost.
+    bom = "\ufeff".encode()
+    body = b"data: 1\n\nevent: a\ndata: 2\n\n"
+    want = [SSEEvent(None, "1"), SSEEvent("a", "2")]
+    assert decode(bom + body) == want
+    assert decode(*[bytes([b]) for b in bom + body]) == want  # the mark split byte by byte
+    assert decode(bom[:2], bom[2:] + body) == want
+    # Only one, and only at the very start of the stream.
+    assert decode(bom + bom + body) == want[1:]  # the second makes "\ufeffdata" an unknown field
+    assert decode(b"data: x" + bom + b"\n\n") == [SSEEvent(None, "x\ufeff")]
+    decoder = SSEDecoder()
+    assert decoder.feed(bom[:1]) == []
+    assert not decoder.idle  # part of a mark is held
+
+
 def test_only_cr_lf_split_lines() -> None:
     # U+2028, VT, FF, NEL are data, not line ends (str.splitlines would split on them).
     text = "a\u2028b\x0bc\x0cd\x85e"

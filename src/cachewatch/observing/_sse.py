@@ -16,6 +16,9 @@ Follows the WHATWG "event stream interpretation" rules
 * ``:`` starts a comment, ``data`` lines are joined with ``\\n``, an empty line
   dispatches the event, and an event with no ``data`` line is not dispatched.
 
+One leading U+FEFF byte-order mark is ignored, as WHATWG says (it may be split across
+chunks: its first bytes are held until the rest shows whether it is one).
+
 One deliberate extension: :meth:`SSEDecoder.flush` dispatches a final event that lacks
 its trailing blank line (WHATWG would drop it), because some servers close the stream
 right after the last ``data:`` line and that line often carries the usage.
@@ -34,6 +37,9 @@ __all__ = ["DEFAULT_MAX_EVENT_BYTES", "SSEDecoder", "SSEEvent", "SSEOverflow"]
 
 #: Longest SSE line, and largest data of one event, the decoder holds (8 MiB).
 DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024
+
+#: U+FEFF in UTF-8: ignored once at the start of a stream (WHATWG).
+_BOM = b"\xef\xbb\xbf"
 
 
 class SSEEvent(NamedTuple):
@@ -70,7 +76,7 @@ class SSEDecoder:
             :meth:`feed` raises :class:`SSEOverflow` and the decoder is reset.
     """
 
-    __slots__ = ("_data", "_data_size", "_event", "_max", "_parts", "_size")
+    __slots__ = ("_data", "_data_size", "_event", "_head", "_max", "_parts", "_size", "_started")
 
     def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         # Pieces of the current, not yet terminated line (the last may end with a
@@ -82,6 +88,10 @@ class SSEDecoder:
         #: Bytes of the current event's data lines after its first one.
         self._data_size = 0
         self._max = max_event_bytes
+        #: Past the stream's first bytes (a leading byte-order mark is dropped there), and
+        #: the start of a possible mark held until it is known.
+        self._started = False
+        self._head = b""
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Consume ``chunk`` and return the events it completed (often none or one).
@@ -91,6 +101,10 @@ class SSEDecoder:
         """
         if not chunk:
             return []
+        if not self._started:
+            chunk = self._start(chunk)
+            if not chunk:
+                return []
         parts = self._parts
         if parts:
             if parts[-1][-1] != 0x0D and chunk.find(b"\n") == -1 and chunk.find(b"\r") == -1:
@@ -150,7 +164,8 @@ class SSEDecoder:
     def flush(self) -> list[SSEEvent]:
         """End of stream: process an unterminated last line and dispatch a pending event."""
         events: list[SSEEvent] = []
-        rest = b"".join(self._parts)
+        rest = self._head + b"".join(self._parts)
+        self._head = b""
         self._parts = []
         self._size = 0
         if rest:
@@ -163,15 +178,27 @@ class SSEDecoder:
     @property
     def idle(self) -> bool:
         """Between events: no partial line is buffered and no event field is pending."""
-        return not self._parts and not self._data and self._event is None
+        return not self._parts and not self._data and self._event is None and not self._head
 
     def pending(self) -> list[SSEEvent]:
         """What :meth:`flush` would return now, without changing any state."""
         clone = SSEDecoder(self._max)
+        clone._started = self._started
+        clone._head = self._head
         clone._parts = list(self._parts)
         clone._event = self._event
         clone._data = list(self._data)
         return clone.flush()
+
+    def _start(self, chunk: bytes) -> bytes:
+        """The stream's first bytes, without a leading byte-order mark (b"" while undecided)."""
+        head = self._head + chunk if self._head else chunk
+        if len(head) < 3 and _BOM.startswith(head):
+            self._head = head  # the start of a mark, or of nothing
+            return b""
+        self._started = True
+        self._head = b""
+        return head[3:] if head.startswith(_BOM) else head
 
     def _keep(self, rest: bytes) -> None:
         """Hold the start of an unterminated line."""
