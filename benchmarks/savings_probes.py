@@ -9,7 +9,8 @@ against the best fixed strategy chosen in hindsight, with the bar of SPEC sectio
 (1.01x). They probe what the larger benchmarks do not vary: the kind of content next to
 a reused prefix (code and JSON, whose punctuation the planner's cheap estimate
 undercounts; CJK), where the reused part sits (few-shot blocks, a per-user block in the
-middle of the system prompt, a caller's own marker, an assistant prefill), and how the
+middle of the system prompt, a caller's own marker, an assistant prefill), who sends it
+(the tenants of a gateway, each with a key of its own), and how the
 tool list or system prompt varies (per-user tools, an A/B test, shuffled examples).
 """
 
@@ -213,6 +214,35 @@ def qwen_chat(mode: str, *, seed: str = "qwenprobe") -> Callable[..., None]:
     return workload
 
 
+def gateway(per_user: bool, *, seed: str = "gateway", tenants: int = 60) -> Callable[..., None]:
+    """A gateway: 60 tenants with keys of their own (a family each), 1-4 one-shot questions
+    each, interleaved over about 25 minutes; a per-user system prompt (never reused), or
+    each tenant's own fixed one."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(seed + ("-user" if per_user else "-own"))
+        order = [k for k in range(tenants) for _ in range(rng.randint(1, 4))]
+        rng.shuffle(order)
+        own = {
+            k: f"You are tenant {k}'s assistant. " + text(f"{seed}-own{k}", rng.randint(2_000, 4_000))
+            for k in range(tenants)
+        }
+        for i, k in enumerate(order):
+            if per_user:
+                system = f"Profile of user {i}: " + text(f"{seed}-u{i}", rng.randint(2_000, 4_000))
+            else:
+                system = own[k]
+            run.send(
+                model=SONNET,
+                system=system,
+                messages=[{"role": "user", "content": text(f"{seed}-q{i}", rng.randint(30, 200))}],
+                api_key=f"{seed}-tenant-{k}",
+            )
+            run.wait(rng.uniform(1, 20))
+
+    return workload
+
+
 _BASE_TOOLS = [schema_tool(f"t{i}", f"tools-t{i}", 15) for i in range(6)]
 _EXTRA_TOOLS = [schema_tool(f"x{i}", f"tools-x{i}", 15) for i in range(3)]
 _PROSE = "You are a helper. " + text("midsys-system", 2_500)
@@ -270,6 +300,8 @@ PROBES: list[Workload] = [
     Workload("shuffled examples", "anthropic", varied_system("shuffled")),
     Workload("Qwen compat one-shot", "dashscope_openai", qwen_chat("oneshot")),
     Workload("Qwen compat code review", "dashscope_openai", qwen_chat("code")),
+    Workload("gateway, per-user prompts", "anthropic", gateway(True)),
+    Workload("gateway, tenants' own prompts", "anthropic", gateway(False)),
 ]
 
 

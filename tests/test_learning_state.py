@@ -9,6 +9,7 @@ across instances, and failing open when Redis is down or silent.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -99,6 +100,31 @@ def test_a_new_family_starts_from_the_reuse_other_families_showed(new_learner: M
         seen(learner, 1, 10, 100.0 + n, n + 1)
     other = learner.sight(2, static(20), 110.0, 9)[0]
     assert other.p > 1 / 3
+
+
+def test_a_new_family_starts_from_what_other_families_settled_opportunities_showed(new_learner: Make) -> None:
+    # A gateway whose tenants (families) each send prompts that never come back. While
+    # their opportunities are open (within the TTL) they are no evidence for a new tenant,
+    # which starts from the prior and writes; once they settled unreused, a new tenant
+    # starts from them and does not write. A family with opportunities of its own keeps
+    # the rule it had (its own evidence over the prior).
+    learner = new_learner()
+    for tenant in range(1, 4):
+        seen(learner, tenant, 100 + tenant, 100.0 + tenant, tenant)
+    assert learner.sight(4, static(104), 110.0, 4)[0].p == pytest.approx(1 / 3)
+    later = 110.0 + TTL_5M + 1.0
+    fresh = learner.sight(5, static(105), later, 5)[0]
+    # Four settled, none reused: the posterior's mean plus one standard deviation.
+    n = 1 + (1 + 0.85 + 0.85**2 + 0.85**3)
+    mean = (1 / 3) / n
+    assert fresh.p == pytest.approx(mean + math.sqrt(mean * (1 - mean) / (n + 1)))
+    assert fresh.p < THRESHOLD
+    assert learner.sight(1, static(111), later + 1.0, 6)[0].p == pytest.approx(1 / 6)
+    # Opportunities that settled reused raise it: prefixes that came back within the TTL.
+    for tenant in range(11, 14):
+        seen(learner, tenant, 200 + tenant, later + 10.0, 100 + tenant)
+        seen(learner, tenant, 200 + tenant, later + 20.0, 200 + tenant)
+    assert learner.sight(20, static(220), later + 30.0, 300)[0].p > 1 / 3
 
 
 def test_a_shared_prefix_is_claimed_until_its_response_starts(new_learner: Make) -> None:
@@ -238,7 +264,9 @@ def _replay(learner: LearningState, seed: int, steps: int) -> list[Any]:
             (0.0, 0.5, 3.0, 40.0, 200.0, 299.0, 300.0, 301.0, 900.0, 3_000.0, 3_600.0, 3_700.0, 8_000.0)
         )
         op = rng.random()
-        family = rng.randint(1, 3)
+        # Mostly three families; now and then a new one, whose prior comes from what every
+        # family's settled opportunities showed.
+        family = rng.randint(1, 3) if rng.random() < 0.8 else rng.randint(4, 60)
         if op < 0.45:
             ticket += 1
             n = rng.randint(1, 4)
@@ -307,7 +335,7 @@ def _replay(learner: LearningState, seed: int, steps: int) -> list[Any]:
                 )
         if rng.random() < 0.05:
             out.append(("claims", learner.claims()))  # type: ignore[attr-defined]
-    for family in (1, 2, 3):
+    for family in (1, 2, 3, 999):
         out += [learner.recurrence(family, k, run, now) for k in kinds for run in (1, 2, 3)]  # type: ignore[attr-defined]
         out.append(learner.reliability(family))  # type: ignore[attr-defined]
     return out

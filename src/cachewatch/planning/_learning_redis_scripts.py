@@ -96,6 +96,9 @@ local CLAIM_TIMEOUT = @CLAIM_TIMEOUT@
 local PRIOR_WEIGHT = @PRIOR_WEIGHT@
 local LATE_PRIOR_WEIGHT = @LATE_PRIOR_WEIGHT@
 local LATE_Z = @LATE_Z@
+local OPEN_MAX = @OPEN_MAX@
+local SETTLE_BATCH = @SETTLE_BATCH@
+local SETTLED_Z = @SETTLED_Z@
 local CONVERSATION_MODELS = @CONVERSATION_MODELS@
 local function fmt(x) return string.format('%.17g', x) end
 local function bucket_of(run) if run >= 3 then return 3 end return run end
@@ -164,7 +167,21 @@ local function prob(fid, kind, b, pa, pb)
   else
     a, bb = pa, pb
     local pr, ps = stat_get(pool(), kind .. ':' .. b)
-    if pr ~= nil and pr > 0.0 then
+    local sr, ss = nil, nil
+    if b == 1 and stat_get(fam(fid), kind .. ':1') == nil then sr, ss = stat_get(pool(), 'settled:' .. kind) end
+    if sr ~= nil then
+      local prior_mean = a / (a + bb)
+      local n = ss + a + bb
+      local mean = (sr + a) / n
+      mean = mean + SETTLED_Z * math.sqrt(mean * (1.0 - mean) / (n + 1.0))
+      if mean > prior_mean then mean = prior_mean end
+      if pr ~= nil and pr > 0.0 then
+        local pooled = (pr + a) / (ps + a + bb)
+        if pooled > mean then mean = pooled end
+      end
+      a = PRIOR_WEIGHT * mean
+      bb = PRIOR_WEIGHT * (1.0 - mean)
+    elseif pr ~= nil and pr > 0.0 then
       local mean = math.max(a / (a + bb), (pr + a) / (ps + a + bb))
       a = PRIOR_WEIGHT * mean
       bb = PRIOR_WEIGHT * (1.0 - mean)
@@ -249,6 +266,37 @@ OPS.sight = function(a)
     if r == nil then r, s = 0.0, 0.0 end
     put(pl, field, fmt(r * f) .. ' ' .. fmt(s * f + 1.0))
   end
+  -- The settled pool (MemoryLearner._settle): a first-run opportunity settles when its
+  -- prefix comes back, or as not reused when it matures first.
+  local function settle(kind, recurred)
+    local pl = pool()
+    local field = 'settled:' .. kind
+    local r, s = stat_get(pl, field)
+    if r == nil then r, s = 0.0, 0.0 end
+    local x = 0.0
+    if recurred then x = 1.0 end
+    put(pl, field, fmt(r * f + x) .. ' ' .. fmt(s * f + 1.0))
+  end
+  local function open_at(key, kind, matures)
+    if redis.call('HEXISTS', P .. 'open', key) == 0 and redis.call('HLEN', P .. 'open') >= OPEN_MAX then
+      return
+    end
+    redis.call('HSET', P .. 'open', key, kind)
+    redis.call('ZADD', P .. 'opens', fmt(matures), key)
+  end
+  local function close(key)
+    local kind = redis.call('HGET', P .. 'open', key)
+    if kind then
+      redis.call('HDEL', P .. 'open', key)
+      redis.call('ZREM', P .. 'opens', key)
+    end
+    return kind
+  end
+  local due = redis.call('ZRANGEBYSCORE', P .. 'opens', '-inf', '(' .. fmt(now), 'LIMIT', 0, SETTLE_BATCH)
+  for _, k in ipairs(due) do
+    local kind = close(k)
+    if kind then settle(kind, false) end
+  end
   local rel = reliability(family)
   local out = {fmt(rel), redis.call('GET', P .. 'minv') or '0', candidates(family)}
   seen = {static = '-1', history = true}
@@ -297,6 +345,8 @@ OPS.sight = function(a)
           if gap <= TTL_1H then credit(h['f'], h['k'], 0) end
           pending = false
         end
+        local opened = close(key)
+        if opened then settle(opened, gap <= ttl) end
         if gap <= ttl then
           run = prun + 1
           credit(h['f'], h['k'], bucket_of(prun))
@@ -320,6 +370,11 @@ OPS.sight = function(a)
       redis.call('HSET', name, 'w', table.concat(live, ';'), 's', sighters)
     else
       opportunity(family, kind, bucket_of(run))
+      if bucket_of(run) == 1 then
+        open_at(key, kind, now + ttl)
+      else
+        close(key)
+      end
       if late and not pending then
         opportunity(family, kind, 0)
         pending = true
@@ -664,6 +719,9 @@ _CONSTANTS: Final = (
     "PRIOR_WEIGHT",
     "LATE_PRIOR_WEIGHT",
     "LATE_Z",
+    "OPEN_MAX",
+    "SETTLE_BATCH",
+    "SETTLED_Z",
     "CONVERSATION_MODELS",
     "UNSETTLED_PRIOR",
     "GOES_ON_PRIOR",

@@ -57,7 +57,8 @@ Regret: per (family, kind, run) the policy is the better of "always write" and
 "never write" for the recurrence rate it observes, which it observes for every
 request whatever it marked. Every prior weighs one opportunity against a window of
 about 7, so on traffic that never reuses a prefix a new family makes 1 write (3 for a
-continued tail) before the estimate falls under the threshold, and after a change
+continued tail) before the estimate falls under the threshold (none once the first-run
+opportunities of other families settled unreused, ``_learning``), and after a change
 from reused to unreused traffic at most 15 more (10 from the static prior, 12 from a
 continued tail's: (S f^k + m) / (S + 1) < 0.217 with S = 1 / (1 - f)). README "The
 adaptive policy", ``tests/test_regret.py`` and ``tests/test_learning_state.py`` state
