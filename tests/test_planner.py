@@ -274,6 +274,31 @@ def test_invalid_caller_marker_removed() -> None:
     assert kept.body is None
 
 
+@pytest.mark.parametrize(
+    "block",
+    [
+        # Server-tool blocks whose SDK params carry cache_control (anthropic types
+        # web_search_tool_result_block_param.py, container_upload_block_param.py, ...):
+        # the planner places no marker of its own on them, but the caller's is valid.
+        {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": []},
+        {"type": "code_execution_tool_result", "tool_use_id": "srvtoolu_1", "content": {}},
+        {"type": "container_upload", "file_id": "file_1"},
+        # A type the planner does not know at all: in doubt, the caller's marker stays.
+        {"type": "some_future_block", "data": "x"},
+    ],
+)
+def test_caller_marker_on_a_block_type_the_planner_does_not_target_is_kept(block: dict[str, Any]) -> None:
+    block = {**block, "cache_control": {"type": "ephemeral"}}
+    turns = ("q", [{"type": "text", "text": "a"}, block], [{"type": "text", "text": "next " * 300}])
+    result = plan(chat(*turns))
+    assert "removed_invalid" not in {p.action for p in result.placements}
+    sent = out(result) if result.body is not None else chat(*turns)
+    assert sent["messages"][1]["content"][1]["cache_control"] == {"type": "ephemeral"}
+    # It is counted: with three more caller markers nothing may be added.
+    full = chat(*turns, system=[marked(LONG), marked("b"), marked("c")])
+    assert plan(full).body is None
+
+
 def test_thinking_marker_removed() -> None:
     think = {"type": "thinking", "thinking": "x", "signature": "s", "cache_control": {"type": "ephemeral"}}
     body = out(plan(chat("q", [think, {"type": "text", "text": "a"}], "next")))

@@ -18,6 +18,7 @@ __all__ = [
     "eligible_part",
     "marker_of",
     "nested_markers",
+    "rejects_marker",
 ]
 
 #: Anthropic block types that accept ``cache_control`` (research A.2).
@@ -63,6 +64,24 @@ def eligible_part(block: Any, native: bool) -> bool:
     if native:
         return kind is None and ("image" in block or "video" in block or "audio" in block)
     return kind in _OPENAI_TARGETS
+
+
+def rejects_marker(block: dict[str, Any]) -> bool:
+    """Whether the provider is known to reject a marker on ``block`` (research A.2, E.2).
+
+    ``thinking`` and ``redacted_thinking`` blocks, and text (typed, or DashScope native's
+    typeless ``{"text": ...}``) that is not a non-blank string. A block of another type
+    the planner does not mark itself (a server-tool result such as
+    ``web_search_tool_result``, ``container_upload``, a type newer than this table) may
+    well take one: the caller's marker there is kept and counted, never removed.
+    """
+    kind = block.get("type")
+    if kind in _NEVER_TARGETS:
+        return True
+    if kind == "text" or (kind is None and "text" in block):
+        text = block.get("text")
+        return not isinstance(text, str) or text == "" or text.isspace()
+    return False
 
 
 def nested_markers(block: dict[str, Any], layout: Layout, at: int, depth: int = 0) -> None:

@@ -26,7 +26,14 @@ from ._canonical import (
     text_digest,
 )
 from ._layout import INPUT_ROLES, Layout
-from ._markers import ANTHROPIC_TARGETS, drop_invalid, eligible_anthropic, marker_of, nested_markers
+from ._markers import (
+    ANTHROPIC_TARGETS,
+    drop_invalid,
+    eligible_anthropic,
+    marker_of,
+    nested_markers,
+    rejects_marker,
+)
 from ._tokens import PrefixCounter
 
 __all__ = ["walk_anthropic"]
@@ -92,7 +99,7 @@ def walk_anthropic(
                     return None
                 ok = eligible_anthropic(block)
                 has, ttl = marker_of(block)
-                if has and (ttl is None or not ok):
+                if has and (ttl is None or (not ok and rejects_marker(block))):
                     ok = drop_invalid(
                         block, "system", (s,), f"system.{s}", len(positions), layout, remove_invalid
                     )
@@ -179,7 +186,7 @@ def walk_anthropic(
                 ttl = None
                 if "cache_control" in block:
                     has, ttl = marker_of(block)
-                    if has and (ttl is None or not ok):
+                    if has and (ttl is None or (not ok and rejects_marker(block))):
                         ok = drop_invalid(
                             block,
                             "messages",

@@ -26,7 +26,7 @@ from ._canonical import (
     text_digest,
 )
 from ._layout import INPUT_ROLES, Layout, Location
-from ._markers import drop_invalid, eligible_part, marker_of
+from ._markers import drop_invalid, eligible_part, marker_of, rejects_marker
 from ._tokens import PrefixCounter
 
 __all__ = ["walk_openai"]
@@ -108,7 +108,7 @@ def walk_openai(
                     return None
                 ok = eligible_part(block, native)
                 has, ttl = marker_of(block)
-                if has and (ttl is None or not ok):
+                if has and (ttl is None or (not ok and rejects_marker(block))):
                     ok = drop_invalid(
                         block,
                         loc,
