@@ -10,6 +10,7 @@ independent validator.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -297,6 +298,22 @@ def test_caller_marker_on_a_block_type_the_planner_does_not_target_is_kept(block
     # It is counted: with three more caller markers nothing may be added.
     full = chat(*turns, system=[marked(LONG), marked("b"), marked("c")])
     assert plan(full).body is None
+
+
+@pytest.mark.parametrize("number", [2**64, 10**30, -(2**63) - 1])
+def test_an_integer_outside_64_bits_is_never_rewritten_as_a_float(number: int) -> None:
+    # orjson reads such an integer as a float (1e+30): a planned body would change the
+    # caller's number. The request goes out as it came, with the original bytes.
+    call = {"type": "tool_use", "id": "toolu_1", "name": "calc", "input": {"n": number, "s": "e+1"}}
+    body = chat("q", [call], [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}])
+    raw = json.dumps(body).encode()
+    planner = Planner()
+    result = planner.plan(body=raw, **ANTHROPIC)
+    assert result.body is None
+    assert result.error == "lossy_json"
+    # The same body with a 64-bit integer is planned as usual.
+    call["input"]["n"] = 2**63
+    assert planner.plan(body=json.dumps(body).encode(), **ANTHROPIC).body is not None
 
 
 def test_thinking_marker_removed() -> None:

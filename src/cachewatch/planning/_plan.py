@@ -120,6 +120,7 @@ class Plan:
     #: Estimated tokens up to the static (tools + system) prefix end.
     static_tokens: int = 0
     #: Why the body was left alone when it was: ``unsupported``, ``not_json``, ``invalid_shape``,
+    #: ``lossy_json`` (re-serialising it would change an integer outside 64 bits),
     #: ``internal_error`` (see :attr:`fault`); None otherwise.
     error: str | None = None
     api: str | None = None

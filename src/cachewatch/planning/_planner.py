@@ -18,10 +18,11 @@ the minimums.
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -281,8 +282,11 @@ class Planner:
         model = model_obj if isinstance(model_obj, str) else None
         added_usage = wants_usage and add_include_usage(obj)
         if not profile.supports_markers or not _api_fits(api, profile):
+            rendered = _render(obj, body) if added_usage else None
+            if added_usage and rendered is None:
+                return _lossy(profile, model, api)
             return Plan(
-                body=orjson.dumps(obj) if added_usage else None,
+                body=rendered,
                 profile=profile.name,
                 model=model,
                 added_include_usage=added_usage,
@@ -296,8 +300,11 @@ class Planner:
         )
         if layout is None:
             if added_usage:
+                rendered = _render(obj, body)
+                if rendered is None:
+                    return _lossy(profile, model, api)
                 return Plan(
-                    body=orjson.dumps(obj),
+                    body=rendered,
                     profile=profile.name,
                     model=model,
                     added_include_usage=True,
@@ -313,10 +320,17 @@ class Planner:
                 error="invalid_shape",
             )
         placements, changed, ticket, advice = place(self, obj, profile, model, counter, layout, host, scope)
+        out: bytes | None = None
+        if (changed or added_usage) and self.render:
+            out = _render(obj, body)
+            if out is None:
+                if ticket is not None:  # what it placed never goes out: its claims end
+                    self.finished(Plan(body=None, ticket=ticket))
+                return _lossy(profile, model, api)
         ratio = counter.ratio
         static_raw = layout.positions[layout.first_message - 1][CUM] if layout.first_message else 0.0
         return new_plan(
-            orjson.dumps(obj) if (changed or added_usage) and self.render else None,  # body
+            out,  # body
             placements,
             profile.name,
             model,
@@ -375,6 +389,67 @@ def _api_fits(api: str, profile: Profile) -> bool:
     if fmt == "dashscope_native":
         return api == "dashscope_generation"
     return False
+
+
+def _render(obj: Any, raw: bytes) -> bytes | None:
+    """``obj`` serialised, or None where that would change one of the caller's numbers.
+
+    orjson reads an integer outside the 64-bit range (``123456789012345678901234567890``
+    in a tool input or a schema) as the nearest float, which it writes back as
+    ``1.2345678901234568e+29``: a different number of another type. Such a float
+    (magnitude 9.2e18 and up) always serialises with an exponent ``e+``, so a body whose
+    output has no ``+`` at all (a ``memchr``; prose rarely has one) is fine; otherwise its
+    parsed values are looked through for a float that large, and only then the original
+    is read again, exactly, for an integer orjson could not hold.
+    """
+    out = orjson.dumps(obj)
+    if out.find(b"+") == -1 or not _has_wide_float(obj):
+        return out
+    return None if _wide_integer(raw) else out
+
+
+def _has_wide_float(obj: Any) -> bool:
+    """Whether a float of magnitude 2**63 or more is among the values of ``obj``."""
+    stack = [obj]
+    pop = stack.pop
+    extend = stack.extend
+    while stack:
+        value = pop()
+        kind = type(value)
+        if kind is dict:
+            extend(value.values())
+        elif kind is list:
+            extend(value)
+        elif kind is float and not -_WIDE < value < _WIDE:
+            return True
+    return False
+
+
+_WIDE: Final = float(2**63)
+
+
+def _wide_integer(raw: bytes) -> bool:
+    """Whether the JSON ``raw`` holds an integer outside [-2**63, 2**64) (True if unreadable)."""
+    wide = False
+
+    def parse_int(text: str) -> int:
+        nonlocal wide
+        value = int(text)
+        if not -(2**63) <= value < 2**64:
+            wide = True
+        return value
+
+    try:
+        json.loads(raw, parse_int=parse_int)
+    except ValueError:
+        return True
+    return wide
+
+
+def _lossy(profile: Profile, model: str | None, api: str) -> Plan:
+    return Plan(
+        body=None, profile=profile.name, model=model, api=api, provider=profile.provider, error="lossy_json"
+    )
 
 
 def _read_served(read: int, expected_raw: float, expected: float) -> bool:
