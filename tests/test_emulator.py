@@ -350,6 +350,14 @@ def error_message(response: httpx.Response) -> str:
             "Top-level cache_control has ttl='5m' but the target block already has "
             "cache_control with ttl='1h'",
         ),
+        (
+            {
+                "tools": [{"name": "b", "input_schema": {}, "defer_loading": True, "cache_control": CC}],
+                "messages": [user(text(1))],
+            },
+            "Tool 'b' cannot have both defer_loading=true and cache_control set. "
+            "Tools with defer_loading cannot use prompt caching.",
+        ),
         ({"messages": [user(text(1))], "max_tokens": None}, "max_tokens: Input should be a valid integer"),
     ],
 )

@@ -300,6 +300,23 @@ def test_caller_marker_on_a_block_type_the_planner_does_not_target_is_kept(block
     assert plan(full).body is None
 
 
+def test_no_marker_on_a_deferred_tool() -> None:
+    # Anthropic: "Tool 'b' cannot have both defer_loading=true and cache_control set.
+    # Tools with defer_loading cannot use prompt caching." (HTTP 400). Tool search
+    # clients (Claude Code) put the deferred tools last.
+    deferred = {"name": "b", "description": "d", "input_schema": {"type": "object"}, "defer_loading": True}
+    tools = [{"name": "a", "description": LONG, "input_schema": {"type": "object"}}, deferred]
+    result = plan(chat("hi", system=None, tools=tools))
+    sent = out(result)
+    assert "cache_control" not in sent["tools"][1]
+    assert sent["tools"][0]["cache_control"] == {"type": "ephemeral"}  # the last tool that takes one
+    # A caller's marker there is one the provider rejects: removed, like one on thinking.
+    marked_tools = [tools[0], {**deferred, "cache_control": {"type": "ephemeral"}}]
+    removed = plan(chat("hi", system=None, tools=marked_tools))
+    assert "removed_invalid" in {p.action for p in removed.placements}
+    assert "cache_control" not in out(removed)["tools"][1]
+
+
 @pytest.mark.parametrize("number", [2**64, 10**30, -(2**63) - 1])
 def test_an_integer_outside_64_bits_is_never_rewritten_as_a_float(number: int) -> None:
     # orjson reads such an integer as a float (1e+30): a planned body would change the

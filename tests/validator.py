@@ -6,7 +6,8 @@ It does not import the planner. Its rules come from ``research/provider-caching-
 * at most 4 breakpoints per request, counting the caller's markers (also those nested
   in ``tool_result.content``), a top-level ``cache_control`` and slots reserved for a
   relay (1 for the ``relay`` profile);
-* markers only on tools (Anthropic first-party only), system text blocks and top-level
+* markers only on tools (Anthropic first-party only, never one with ``defer_loading:
+  true``: a 400), system text blocks and top-level
   message content blocks of an accepted type; never on ``thinking`` /
   ``redacted_thinking``, empty or whitespace-only text, or nested sub-content;
 * in tools -> system -> messages order every ``1h`` marker precedes every ``5m`` one;
@@ -186,6 +187,8 @@ def _check_added_markers(
             problems.append(f"block {i}: ttl field on a profile that forbids it")
         if section == "tools" and not rules.tool_markers:
             problems.append(f"block {i}: marker on a tool definition")
+        if section == "tools" and new.get("defer_loading") is True:
+            problems.append(f"block {i}: marker on a deferred tool (defer_loading)")
         if section != "tools" and not _target_ok(new, rules):
             problems.append(f"block {i}: marker on an invalid target {new.get('type')!r}")
         if isinstance(old, dict):

@@ -97,6 +97,11 @@ def position(
         kind = block.get("type")
         if kind in ("thinking", "redacted_thinking"):
             error = f"{path}.{kind}.cache_control: Extra inputs are not permitted"
+        elif section == "tools" and block.get("defer_loading") is True:
+            error = (
+                f"Tool '{block.get('name')}' cannot have both defer_loading=true and cache_control "
+                "set. Tools with defer_loading cannot use prompt caching."
+            )
         elif _is_empty_text(block):
             error = f"{path}.text: cache_control cannot be set for empty text blocks"
     record = orjson.dumps([section, header, _canonical(block)])

@@ -2,9 +2,10 @@
 
 Data flow: request body -> ``_walk.walk`` -> **this walker** -> layout.
 
-Positions: every tool definition, then the system blocks, then every message's content
-blocks; ``tool_choice`` and ``thinking`` are folded into the digest before the first
-message (they invalidate the messages cache only).
+Positions: every tool definition (one with ``defer_loading: true`` takes no marker),
+then the system blocks, then every message's content blocks; ``tool_choice`` and
+``thinking`` are folded into the digest before the first message (they invalidate the
+messages cache only).
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ def walk_anthropic(
         for t, tool in enumerate(tools):
             if not isinstance(tool, dict):
                 return None
-            ok = on_tools
+            # A deferred tool (tool search) takes no marker: "Tools with defer_loading
+            # cannot use prompt caching" (HTTP 400), so a caller's there is removed too.
+            deferred = tool.get("defer_loading") is True
+            ok = on_tools and not deferred
             ttl = None
             # A plain definition (no text) is digested from the JSON it was measured by,
             # unless it has a marker (which may be removed here).
@@ -67,10 +71,11 @@ def walk_anthropic(
             if "cache_control" in tool:
                 serialised = None
                 has, ttl = marker_of(tool)
-                if has and ttl is None:
+                if has and (ttl is None or deferred):
                     ok = drop_invalid(
                         tool, "tools", (t,), f"tools.{t}", len(positions), layout, remove_invalid
                     )
+                    ttl = None
             d = block_digest(tool) if serialised is None else json_digest(tool, serialised)
             update(d)
             positions.append(("tools", (t,), tools, t, ok, ttl, cums[t]))
