@@ -114,7 +114,7 @@ def _nested_markers(block: Any, depth: int = 0) -> list[Any]:
             continue
         for part in content:
             if isinstance(part, dict):
-                if "cache_control" in part:
+                if isinstance(part.get("cache_control"), dict):  # null is no marker
                     found.append(part["cache_control"])
                 if depth < 3:
                     found.extend(_nested_markers(part, depth + 1))
