@@ -499,6 +499,59 @@ def test_bad_bytes_in_the_target_are_refused(strict: Proxy, upstream: RawUpstrea
     assert upstream.by_marker(tag) == []
 
 
+# -- Upgrade: h2c (curl --http2) -------------------------------------------------------------------
+
+UPGRADES = {  # Connection header, body sent after the head in a second write, chunked
+    "h2c-one-write": (b"Upgrade, HTTP2-Settings", False, False),
+    "h2c-body-later": (b"Upgrade, HTTP2-Settings", True, False),
+    "h2c-chunked": (b"Upgrade, HTTP2-Settings", True, True),
+    "upgrade-close": (b"Upgrade, close", True, False),
+}
+
+
+@pytest.mark.parametrize("case", list(UPGRADES))
+def test_a_request_asking_for_an_upgrade_keeps_its_body(
+    strict: Proxy, upstream: RawUpstream, case: str
+) -> None:
+    """llhttp ends a request with ``Connection: Upgrade`` at its head; the proxy reads its body.
+
+    ``curl --http2`` on an http:// URL sends ``Upgrade: h2c``. The body must go upstream
+    (not an empty POST), and body bytes arriving later must not be parsed as requests.
+    """
+    connection, later, chunked = UPGRADES[case]
+    tag, hidden, after = marker(), marker(), marker()
+    body = (
+        b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-marker: %s\r\nContent-Length: 0\r\n\r\n" % hidden
+    )
+    framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % len(body)
+    head = (
+        b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: %s\r\nUpgrade: h2c\r\n"
+        b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\nx-marker: %s\r\n%s\r\n\r\n" % (connection, tag, framing)
+    )
+    wire = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if chunked else body
+    keep_alive = b"close" not in connection
+    if keep_alive:  # the connection goes on as HTTP/1.1: a next request is served
+        wire += (
+            b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nx-marker: %s\r\nConnection: close\r\n\r\n" % after
+        )
+    with connect(strict.port) as sock:
+        if later:
+            sock.sendall(head)
+            time.sleep(0.2)  # most likely a second segment (not asserted)
+            sock.sendall(wire)
+        else:
+            sock.sendall(head + wire)
+        answer = read_all(sock)
+    status, _, reply = parse(answer)
+    assert status == 200, reply
+    (seen,) = upstream.by_marker(tag)
+    assert seen.body == body
+    assert upstream.by_marker(hidden) == []  # the body was not parsed as a request
+    if keep_alive:
+        assert answer.count(b"HTTP/1.1 200 ") == 2
+        assert len(upstream.by_marker(after)) == 1
+
+
 # -- broken upstreams ---------------------------------------------------------------------------------
 
 

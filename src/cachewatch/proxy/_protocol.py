@@ -83,7 +83,9 @@ class TargetCheckingHttpToolsProtocol(HttpToolsProtocol):
       (registered by the app under ``scope["cachewatch.task"]``) is cancelled, so that
       whatever it waits for upstream is released at once;
     - ``scope["cachewatch.abort"]`` closes the connection, to end a response that cannot
-      be completed (the client sees it incomplete).
+      be completed (the client sees it incomplete);
+    - a request asking for a protocol upgrade (``Upgrade: h2c`` from ``curl --http2``) is
+      read as plain HTTP/1.1, body included (:meth:`_ignore_upgrade`).
     """
 
     client_limits: ClientLimits = ClientLimits()
@@ -98,6 +100,8 @@ class TargetCheckingHttpToolsProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._expect_body = False
         self._refusal: tuple[int, str] | None = None
+        #: The parser is being fed a request's framing only (see :meth:`_ignore_upgrade`).
+        self._priming = False
         self._deadline = 0.0
         self._request_deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -194,14 +198,61 @@ class TargetCheckingHttpToolsProtocol(HttpToolsProtocol):
                 return
             self.logger.warning("Invalid HTTP request received.")
             self.send_400_response("Invalid HTTP request received.")
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as upgrade:
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
             else:
-                self._unsupported_upgrade_warning()
+                self._ignore_upgrade(data[upgrade.args[0] :])
         except httptools.HttpParserError:
             self.logger.warning("Invalid HTTP request received.")
             self.send_400_response("Invalid HTTP request received.")
+
+    def _ignore_upgrade(self, rest: bytes) -> None:
+        """Read on as HTTP/1.1 after a request that asked for a protocol upgrade.
+
+        llhttp stops at the end of the head of a request carrying ``Connection: Upgrade``
+        and ``Upgrade`` (``curl --http2`` sends ``Upgrade: h2c``), as if its body were in
+        the new protocol, and uvicorn drops what followed: the request went upstream with
+        an empty body, and a body arriving later was parsed as further requests. The proxy
+        switches to no protocol (RFC 9110 section 7.8 lets a server ignore ``Upgrade``),
+        so the request keeps its body: a new parser is primed with the request's own
+        framing (its ``Content-Length`` or ``Transfer-Encoding``, and ``Connection: close``
+        if it asked for it; callbacks muted) and fed the rest. After a ``CONNECT`` what
+        follows is a tunnel, not HTTP: the connection closes after the answer.
+        """
+        cycle = self.cycle
+        if cycle is None or cycle.scope is not self.scope:
+            return
+        if self.scope["method"] == "CONNECT":
+            cycle.keep_alive = False
+            self.flow.pause_reading()
+            return
+        if self._expect_body:
+            framing = b"".join(
+                b"%s: %s\r\n" % (name, value)
+                for name, value in self.headers
+                if name in (b"content-length", b"transfer-encoding")
+            )
+            cycle.more_body = True  # llhttp ended the message at its head
+            cycle.message_event.clear()
+            self._phase = _BODY
+            self._counting_head = False
+            self._arm(min(self._after(self.client_limits.body_timeout), self._request_deadline))
+            if not cycle.keep_alive:
+                framing += b"connection: close\r\n"
+            # A new parser: the old one may refuse data after ``Connection: close``.
+            self.parser = httptools.HttpRequestParser(self)
+            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn's
+            self._priming = True
+            try:
+                self.parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n")
+            except httptools.HttpParserError:
+                self.send_400_response("Invalid HTTP request received.")
+                return
+            finally:
+                self._priming = False
+        if rest:
+            self.data_received(rest)
 
     def _head_ends_within(self, data: bytes, limit: int) -> bool:
         """Whether the head being counted ends in ``data`` (or just before) within ``limit`` bytes."""
@@ -214,6 +265,8 @@ class TargetCheckingHttpToolsProtocol(HttpToolsProtocol):
     # -- parser callbacks
 
     def on_message_begin(self) -> None:
+        if self._priming:
+            return
         super().on_message_begin()
         self._header_count = 0
         self._expect_body = False
@@ -222,7 +275,13 @@ class TargetCheckingHttpToolsProtocol(HttpToolsProtocol):
             self._request_deadline = self._after(self.client_limits.request_timeout)
             self._arm(self._after(self.client_limits.head_timeout))
 
+    def on_url(self, url: bytes) -> None:
+        if not self._priming:
+            super().on_url(url)
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._priming:
+            return
         self._header_count += 1
         if self._header_count > self.client_limits.max_headers:
             self._refusal = (431, f"more than {self.client_limits.max_headers} request header fields")
@@ -233,6 +292,8 @@ class TargetCheckingHttpToolsProtocol(HttpToolsProtocol):
             self._expect_body = True
 
     def on_headers_complete(self) -> None:
+        if self._priming:
+            return
         self._counting_head = False
         super().on_headers_complete()
         # The request's task has been created above but has not run yet: it sees this.
