@@ -162,6 +162,19 @@ class RawUpstream:
         )
         conn.sendall(reply)
 
+    def _connection_listed(self, conn: socket.socket, seen: Seen) -> None:
+        self._send_head(
+            conn,
+            b"200 OK",
+            [
+                b"content-type: application/json",
+                b"content-length: %d" % len(JSON_REPLY),
+                b"Connection: close, X-Upstream-Hop",
+                b"X-Upstream-Hop: for the proxy only",
+            ],
+        )
+        conn.sendall(JSON_REPLY)
+
     def _wait_for_close(self, conn: socket.socket) -> None:
         """Block until the proxy closes the connection (recv sees EOF or a reset)."""
         with contextlib.suppress(OSError):
@@ -550,6 +563,30 @@ def test_a_request_asking_for_an_upgrade_keeps_its_body(
     if keep_alive:
         assert answer.count(b"HTTP/1.1 200 ") == 2
         assert len(upstream.by_marker(after)) == 1
+
+
+# -- Connection: the fields it names are for one hop (RFC 9110 7.6.1) -----------------------------
+
+
+def test_the_fields_a_clients_connection_header_names_are_not_forwarded(
+    strict: Proxy, upstream: RawUpstream
+) -> None:
+    tag = marker()
+    extra = b"Connection: keep-alive, X-Hop-One\r\nConnection: x-hop-two\r\nX-Hop-One: 1\r\nx-hop-two: 2\r\n"
+    status, _, body = exchange(strict.port, post(marker=tag, extra=extra))
+    assert status == 200, body
+    (seen,) = upstream.by_marker(tag)
+    assert b"x-hop-one" not in seen.headers
+    assert b"x-hop-two" not in seen.headers
+    assert seen.headers[b"x-api-key"] == b"sk-hostile"  # the others are forwarded
+
+
+def test_the_fields_an_upstreams_connection_header_names_are_not_relayed(strict: Proxy) -> None:
+    status, headers, body = exchange(strict.port, post(upstream="connection-listed"))
+    assert status == 200, body
+    assert b"x-upstream-hop" not in headers
+    assert headers[b"content-type"] == b"application/json"
+    assert body == JSON_REPLY
 
 
 # -- broken upstreams ---------------------------------------------------------------------------------

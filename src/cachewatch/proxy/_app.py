@@ -27,6 +27,7 @@ from ._asgi import (
     Receive,
     Scope,
     Send,
+    connection_options,
     send_error,
     send_response,
     send_upstream_failure,
@@ -191,6 +192,7 @@ class ProxyApp:
             return
         host = b""
         declared: bytes | None = None
+        listed: frozenset[bytes] = frozenset()
         headers: list[tuple[bytes, bytes]] = []
         for name, value in scope["headers"]:
             if name in HOP_BY_HOP:
@@ -199,8 +201,12 @@ class ProxyApp:
                         host = value
                 elif name == b"content-length" and declared is None:
                     declared = value
+                elif name == b"connection":
+                    listed = connection_options(value, listed)
             else:
                 headers.append((name, value))
+        if listed:  # the fields the client's Connection header names are for this hop only
+            headers = [(name, value) for name, value in headers if name not in listed]
         # HTTP/1.0 has no Host header: a request without one was sent to this address.
         if not host_allowed(host, self._extra_hosts) and (host or scope.get("http_version") != "1.0"):
             await send_error(send, 421, "unknown Host: this proxy only serves its own address")

@@ -23,13 +23,15 @@ __all__ = [
     "Receive",
     "Scope",
     "Send",
+    "connection_options",
     "error_body",
     "send_error",
     "send_response",
     "send_upstream_failure",
 ]
 
-#: RFC 9110 section 7.6.1 hop-by-hop headers, plus the ones the proxy recomputes, plus
+#: RFC 9110 section 7.6.1 hop-by-hop headers (and whatever ``Connection`` names:
+#: :func:`connection_options`), plus the ones the proxy recomputes, plus
 #: ``Expect``: the proxy has the whole request body before it forwards anything (uvicorn
 #: answered the client's ``100-continue``), so the upstream hop has nothing to wait for.
 HOP_BY_HOP = frozenset(
@@ -48,6 +50,20 @@ HOP_BY_HOP = frozenset(
         b"content-length",
     }
 )
+
+
+def connection_options(value: bytes, listed: frozenset[bytes] = frozenset()) -> frozenset[bytes]:
+    """``listed`` and the field names a ``Connection`` value lists that are not in :data:`HOP_BY_HOP`.
+
+    RFC 9110 section 7.6.1: a proxy removes the fields a ``Connection`` header names
+    (``Connection: HTTP2-Settings`` from ``curl --http2``) before it forwards a message.
+    """
+    names = {name.strip().lower() for name in value.split(b",")}
+    names -= HOP_BY_HOP
+    names.discard(b"")
+    names.discard(b"close")
+    return listed | names if names else listed
+
 
 #: Scope keys shared by the protocol and the app: the request's task (cancelled when its
 #: client goes away) and a callable that closes the client connection (to end a response

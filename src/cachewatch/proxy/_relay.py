@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from ._asgi import ABORT_KEY, HOP_BY_HOP, Scope, Send, send_upstream_failure
+from ._asgi import ABORT_KEY, HOP_BY_HOP, Scope, Send, connection_options, send_upstream_failure
 from ._settings import BUFFERED_RESPONSE_LIMIT
 
 __all__ = ["relay"]
@@ -25,15 +25,20 @@ async def relay(response: httpx.Response, scope: Scope, send: Send) -> None:
     relayed: list[tuple[bytes, bytes]] = []
     length: bytes | None = None
     event_stream = False
+    listed: frozenset[bytes] = frozenset()
     for name, value in response.headers.raw:
         lower = name.lower()
         if lower in HOP_BY_HOP:
             if lower == b"content-length":
                 length = value
+            elif lower == b"connection":
+                listed = connection_options(value, listed)
             continue
         if lower == b"content-type" and value.lower().startswith(b"text/event-stream"):
             event_stream = True
         relayed.append((name, value))
+    if listed:  # the fields the upstream's Connection header names are for that hop only
+        relayed = [(name, value) for name, value in relayed if name.lower() not in listed]
 
     iterator = stream.__aiter__()
     try:
