@@ -33,7 +33,7 @@ from ._asgi import (
     send_upstream_failure,
 )
 from ._relay import relay
-from ._settings import DEFAULT_MAX_BODY, URL_CACHE_SIZE, UpstreamTimeouts
+from ._settings import DEFAULT_MAX_BODY, URL_CACHE_MAX_TARGET, URL_CACHE_SIZE, UpstreamTimeouts
 from ._target import ALLOW, METHODS, bad_target_bytes, host_allowed, leaves_base
 from ._upstream import upstream_transport
 
@@ -138,9 +138,10 @@ class ProxyApp:
                 path=self._base_path + raw_path.decode("ascii"),
                 query=query,
             )
-            if len(self._urls) >= URL_CACHE_SIZE:
-                self._urls.clear()
-            self._urls[key] = url
+            if len(raw_path) + len(query) <= URL_CACHE_MAX_TARGET:
+                if len(self._urls) >= URL_CACHE_SIZE:
+                    self._urls.clear()
+                self._urls[key] = url
         return url
 
     async def _read_body(self, receive: Receive) -> bytes | None:

@@ -15,6 +15,7 @@ __all__ = [
     "BUFFERED_RESPONSE_LIMIT",
     "DEFAULT_MAX_BODY",
     "DEFAULT_REDIS_TIMEOUT",
+    "URL_CACHE_MAX_TARGET",
     "URL_CACHE_SIZE",
     "ClientLimits",
     "UpstreamTimeouts",
@@ -73,3 +74,7 @@ class ClientLimits:
 
 #: Most URLs remembered by the app and the upstream transport (cleared when full).
 URL_CACHE_SIZE = 1024
+#: Longest request target (path and query) whose URLs are remembered: API paths are
+#: short, and a client sending long unique paths (up to the 64 KiB head limit) would
+#: otherwise make those caches hold a few hundred megabytes.
+URL_CACHE_MAX_TARGET = 1024

@@ -17,7 +17,7 @@ import httpx
 import yarl
 from httpx_aiohttp import AiohttpTransport
 
-from ._settings import URL_CACHE_SIZE, UpstreamTimeouts
+from ._settings import URL_CACHE_MAX_TARGET, URL_CACHE_SIZE, UpstreamTimeouts
 
 __all__ = ["UpstreamTransport", "upstream_transport"]
 
@@ -154,9 +154,10 @@ class UpstreamTransport(AiohttpTransport):
             found = yarl.URL.build(
                 scheme=url.scheme, host=url.host, port=url.port, path=path, query_string=query, encoded=True
             )
-            if len(self._urls) >= URL_CACHE_SIZE:
-                self._urls.clear()
-            self._urls[key] = found
+            if len(target) <= URL_CACHE_MAX_TARGET:
+                if len(self._urls) >= URL_CACHE_SIZE:
+                    self._urls.clear()
+                self._urls[key] = found
         return found
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
