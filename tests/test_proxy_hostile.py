@@ -144,7 +144,7 @@ class RawUpstream:
             except OSError:
                 seen.closed.set()  # the proxy closed the connection while we were sending
             else:
-                if behaviour in ("hang", "idle", "endless"):
+                if behaviour in ("hang", "idle", "endless", "switch-protocols"):
                     seen.closed.set()
 
     # -- behaviours (the value of the x-upstream request header)
@@ -174,6 +174,11 @@ class RawUpstream:
             ],
         )
         conn.sendall(JSON_REPLY)
+
+    def _switch_protocols(self, conn: socket.socket, seen: Seen) -> None:
+        self._send_head(conn, b"101 Switching Protocols", [b"Upgrade: websocket", b"Connection: Upgrade"])
+        conn.sendall(b"\x81\x05hello")  # a websocket frame
+        self._wait_for_close(conn)
 
     def _wait_for_close(self, conn: socket.socket) -> None:
         """Block until the proxy closes the connection (recv sees EOF or a reset)."""
@@ -609,6 +614,17 @@ def test_an_upstream_closing_before_its_headers_gets_502(strict: Proxy) -> None:
     status, _, body = exchange(strict.port, post(upstream="close-early"))
     assert status == 502, body
     assert "closed the connection" in orjson.loads(body)["error"]["message"]
+
+
+def test_an_upstream_switching_protocols_unasked_gets_502(strict: Proxy, upstream: RawUpstream) -> None:
+    # The proxy forwards no Upgrade: a 101 is an invalid answer, not one to relay with a body.
+    before = strict.requests("transport_error")
+    tag = marker()
+    status, _, body = exchange(strict.port, post(upstream="switch-protocols", marker=tag))
+    assert status == 502, body
+    (seen,) = upstream.by_marker(tag)
+    assert seen.closed.wait(WAIT)  # the upstream connection is not kept
+    assert strict.requests("transport_error") == before + 1
 
 
 def test_a_truncated_json_body_is_502_not_unreachable(strict: Proxy) -> None:

@@ -112,7 +112,8 @@ class UpstreamTransport(AiohttpTransport):
       deadline around the whole request), idle (aiohttp's read timeout, armed once the
       headers are in, so that it never cuts a long wait for the headers);
     - aiohttp errors become the httpx errors they mean (a body cut short is a
-      ``RemoteProtocolError``, not a connect timeout).
+      ``RemoteProtocolError``, not a connect timeout), and so does a ``101`` (the proxy
+      asks for no upgrade).
     """
 
     def __init__(
@@ -191,6 +192,11 @@ class UpstreamTransport(AiohttpTransport):
         finally:
             if deadline is not None:
                 deadline.disarm()
+        if response.status < 200:
+            # aiohttp passes over 1xx answers but 101: the proxy forwards no Upgrade, so a
+            # 101 is an invalid answer (relayed, it would be a 101 with a body).
+            response.close()
+            raise httpx.RemoteProtocolError("upstream switched protocols, which was not asked for")
         connection = response.connection
         if timeouts.idle and connection is not None and not response.content.is_eof():
             protocol = connection.protocol
