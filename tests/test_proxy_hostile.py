@@ -779,6 +779,40 @@ def test_an_oversized_body_gets_413(strict: Proxy, upstream: RawUpstream, chunke
     assert upstream.by_marker(tag) == []
 
 
+def chunked_post(tag: bytes, trailer: bytes) -> bytes:
+    return (
+        b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-marker: %s\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\n\r\n%x\r\n%s\r\n0\r\n%s" % (tag, len(BODY), BODY, trailer)
+    )
+
+
+def test_trailer_fields_are_not_merged_into_the_headers(strict: Proxy, upstream: RawUpstream) -> None:
+    # Sent in one write, the trailer is parsed before the app reads the headers.
+    tag = marker()
+    status, _, body = exchange(
+        strict.port, chunked_post(tag, b"x-trailer: late\r\nx-api-key: sk-other\r\n\r\n")
+    )
+    assert status == 200, body
+    (seen,) = upstream.by_marker(tag)
+    assert seen.body == BODY
+    assert b"x-trailer" not in seen.headers
+    assert b"x-api-key" not in seen.headers
+
+
+def test_a_trailer_field_over_the_head_limit_gets_431(strict: Proxy, upstream: RawUpstream) -> None:
+    # httptools holds a field whole until it ends: unbounded, it took memory for as long
+    # as the body timeout let the client send.
+    tag = marker()
+    with connect(strict.port) as sock:
+        with contextlib.suppress(OSError):
+            sock.sendall(chunked_post(tag, b"x-trailer: "))
+            for _ in range(64):  # 1 MiB of one value, far over 8 KiB
+                sock.sendall(b"v" * 16384)
+        answer = read_all(sock)
+    assert parse(answer)[0] == 431
+    assert upstream.by_marker(tag) == []
+
+
 # -- observation caps: every byte relayed, the cap counted ------------------------------------------
 
 

@@ -77,7 +77,8 @@ class TargetCheckingHttpToolsProtocol(HttpToolsProtocol):
       gives it (stock httptools gives only the parsed path, so ``POST
       http://elsewhere/v1/messages`` would look like ``/v1/messages``);
     - :class:`ClientLimits` (the class attribute ``client_limits``): head size and header
-      count (431, counted on the bytes received, before httptools buffers them), head,
+      count (431, counted on the bytes received, before httptools buffers them; a chunked
+      body's trailer fields count as header fields and are bounded like a head), head,
       body and whole-request timeouts (408), with one timer per connection;
     - when the connection is lost before the response completed, the request's task
       (registered by the app under ``scope["cachewatch.task"]``) is cancelled, so that
@@ -102,6 +103,10 @@ class TargetCheckingHttpToolsProtocol(HttpToolsProtocol):
         self._refusal: tuple[int, str] | None = None
         #: The parser is being fed a request's framing only (see :meth:`_ignore_upgrade`).
         self._priming = False
+        #: Body bytes were parsed in the current ``data_received``; bytes received inside
+        #: a body since its last data (chunk framing, trailer fields).
+        self._body_seen = False
+        self._beyond_body = 0
         self._deadline = 0.0
         self._request_deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -190,6 +195,8 @@ class TargetCheckingHttpToolsProtocol(HttpToolsProtocol):
                 return
             self._head_tail = data[-3:]
         self._unset_keepalive_if_required()
+        in_body = self._phase == _BODY
+        self._body_seen = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError:
@@ -206,6 +213,14 @@ class TargetCheckingHttpToolsProtocol(HttpToolsProtocol):
         except httptools.HttpParserError:
             self.logger.warning("Invalid HTTP request received.")
             self.send_400_response("Invalid HTTP request received.")
+        else:
+            if in_body and not self._body_seen and self._phase == _BODY:
+                # No body data in these bytes: chunk framing or trailer fields, which
+                # httptools holds whole until each field ends. Bounded like a head.
+                self._beyond_body += len(data)
+                limit = self.client_limits.max_head_bytes
+                if self._beyond_body > limit:
+                    self._refuse(431, f"request trailer fields over the {limit}-byte limit")
 
     def _ignore_upgrade(self, rest: bytes) -> None:
         """Read on as HTTP/1.1 after a request that asked for a protocol upgrade.
@@ -286,6 +301,11 @@ class TargetCheckingHttpToolsProtocol(HttpToolsProtocol):
         if self._header_count > self.client_limits.max_headers:
             self._refusal = (431, f"more than {self.client_limits.max_headers} request header fields")
             raise _Refused
+        if not self._counting_head:
+            # A trailer field of a chunked body: not merged into the headers (RFC 9110
+            # section 6.5.1), which may already have gone upstream (the body is re-framed
+            # with a Content-Length, so trailers are not forwarded).
+            return
         super().on_header(name, value)
         lower = name.lower()
         if lower == b"transfer-encoding" or (lower == b"content-length" and value.strip(b" \t0")):
@@ -308,12 +328,15 @@ class TargetCheckingHttpToolsProtocol(HttpToolsProtocol):
             scope[ABORT_KEY] = self.transport.close
         if self._expect_body:
             self._phase = _BODY
+            self._beyond_body = 0
             self._arm(min(self._after(self.client_limits.body_timeout), self._request_deadline))
         else:
             self._phase = _APP
             self._disarm()
 
     def on_body(self, body: bytes) -> None:
+        self._body_seen = True
+        self._beyond_body = 0
         super().on_body(body)
         if self._phase == _BODY:
             # Pushed back lazily: the timer re-arms itself when it fires early.
