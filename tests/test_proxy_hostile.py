@@ -694,6 +694,32 @@ def test_an_idle_kept_alive_connection_is_closed(strict: Proxy) -> None:
     assert len(body) == int(headers[b"content-length"])
 
 
+def test_a_kept_alive_connection_fed_empty_lines_is_closed(strict: Proxy) -> None:
+    # llhttp skips the empty lines between requests without starting one: each reset the
+    # keep-alive timer and none started the head timeout, so a client sending one every
+    # few tenths of a second held its connection forever (slowloris).
+    with connect(strict.port) as sock:
+        sock.sendall(post().replace(b"Connection: close\r\n", b""))
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += sock.recv(65536)
+        _, headers, body = parse(received)
+        while len(body) < int(headers[b"content-length"]):
+            body += sock.recv(65536)
+        sock.settimeout(0.3)
+        closed = False
+        deadline = time.monotonic() + WAIT
+        while not closed and time.monotonic() < deadline:
+            try:
+                sock.sendall(b"\r\n")
+                closed = sock.recv(65536) == b""
+            except TimeoutError:
+                continue  # still open: another empty line
+            except OSError:
+                closed = True
+    assert closed
+
+
 def test_a_stalled_body_gets_408(strict: Proxy, upstream: RawUpstream) -> None:
     tag = marker()
     request = post(marker=tag)

@@ -188,6 +188,14 @@ class TargetCheckingHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._counting_head:
+            if self._timer is None:
+                # The first bytes after a request, on a kept-alive connection: its head
+                # starts now. Not left to on_message_begin: llhttp skips empty lines
+                # between requests without starting one, and each would otherwise only
+                # push back the keep-alive timeout (a connection held forever).
+                self._phase = _HEAD
+                self._request_deadline = self._after(self.client_limits.request_timeout)
+                self._arm(self._after(self.client_limits.head_timeout))
             self._head_bytes += len(data)
             limit = self.client_limits.max_head_bytes
             if self._head_bytes > limit and not self._head_ends_within(data, limit):
