@@ -712,6 +712,7 @@ def test_cli_limit_and_timeout_defaults_are_the_proxy_defaults() -> None:
             "body_timeout": args.client_body_timeout,
             "request_timeout": args.client_request_timeout,
             "keep_alive_timeout": args.keep_alive_timeout,
+            "send_timeout": args.client_send_timeout,
             "max_head_bytes": args.max_head_bytes,
             "max_headers": args.max_headers,
         }

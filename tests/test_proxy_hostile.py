@@ -57,8 +57,8 @@ JSON_REPLY = orjson.dumps(
 STRICT_ARGS = [
     "--upstream-headers-timeout", "1", "--upstream-idle-timeout", "1", "--upstream-connect-timeout", "2",
     "--client-head-timeout", "1", "--client-body-timeout", "1", "--client-request-timeout", "2.5",
-    "--keep-alive-timeout", "1", "--max-head-bytes", "8192", "--max-headers", "50", "--max-body", "65536",
-    "--max-event-bytes", "65536", "--max-decoded-bytes", "1048576",
+    "--keep-alive-timeout", "1", "--client-send-timeout", "1", "--max-head-bytes", "8192",
+    "--max-headers", "50", "--max-body", "65536", "--max-event-bytes", "65536", "--max-decoded-bytes", "1048576",
 ]  # fmt: skip
 PATIENT_ARGS = ["--upstream-headers-timeout", "60", "--upstream-idle-timeout", "60"]
 WAIT = 15.0  # every bounded wait (a bound, never a speed check)
@@ -718,6 +718,23 @@ def test_a_kept_alive_connection_fed_empty_lines_is_closed(strict: Proxy) -> Non
             except OSError:
                 closed = True
     assert closed
+
+
+def test_a_client_leaving_its_stream_unread_is_dropped_and_the_upstream_released(
+    strict: Proxy, upstream: RawUpstream
+) -> None:
+    # An endless stream to a client that reads nothing: past the send timeout the proxy
+    # drops the client, and with it the upstream (it was held for as long as the client
+    # stayed connected; a hundred such clients took every upstream connection).
+    before = strict.requests("aborted")
+    tag = marker()
+    with connect(strict.port) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(post(body=STREAM_BODY, upstream="endless", marker=tag))
+        assert wait_for(lambda: len(upstream.by_marker(tag)) == 1)
+        (seen,) = upstream.by_marker(tag)
+        assert seen.closed.wait(WAIT)  # while the client is still connected
+    assert wait_for(lambda: strict.requests("aborted") == before + 1)
 
 
 def test_a_stalled_body_gets_408(strict: Proxy, upstream: RawUpstream) -> None:

@@ -35,6 +35,7 @@ CLIENT_DEFAULTS: dict[str, Any] = {
     "body_timeout": 30.0,
     "request_timeout": 300.0,
     "keep_alive_timeout": 5.0,
+    "send_timeout": 30.0,
     "max_head_bytes": 64 * 1024,
     "max_headers": 100,
 }
@@ -213,6 +214,11 @@ def _parser() -> argparse.ArgumentParser:
             "--keep-alive-timeout",
             "keep_alive_timeout",
             "an idle connection between requests is closed after it",
+        ),
+        (
+            "--client-send-timeout",
+            "send_timeout",
+            "longest a client may leave its response unread (the connection is dropped)",
         ),
     ):
         limits.add_argument(flag, type=_seconds, default=client_defaults[key], help=f"{text} [%(default)s]")
@@ -463,6 +469,7 @@ def _serve_proxy(args: argparse.Namespace, host: str, port: int) -> int:
         body_timeout=args.client_body_timeout,
         request_timeout=args.client_request_timeout,
         keep_alive_timeout=args.keep_alive_timeout,
+        send_timeout=args.client_send_timeout,
         max_head_bytes=args.max_head_bytes,
         max_headers=args.max_headers,
     )

@@ -15,8 +15,9 @@ Safety rules (SPEC section 10), against hostile clients and broken upstreams ali
   and a target whose dot segments, in any encoding (``..``, ``%2e%2e``, ``%252e``,
   ``..%2f``, backslashes, overlong UTF-8...), would climb above the base path gets a 400;
 - limits the request head (size and header count: 431) and body (413);
-- times out a client that is slow to send its head or body (408) or idle between
-  requests, and an upstream that is slow to connect, to answer (504) or to send its body;
+- times out a client that is slow to send its head or body (408), idle between
+  requests or that leaves its response unread, and an upstream that is slow to connect,
+  to answer (504) or to send its body;
 - passes credentials through untouched and never logs them;
 - releases the upstream connection as soon as the client goes away: the protocol cancels
   the request's task when its connection is lost before the response completed, wherever

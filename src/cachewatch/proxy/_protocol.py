@@ -79,7 +79,8 @@ class TargetCheckingHttpToolsProtocol(HttpToolsProtocol):
     - :class:`ClientLimits` (the class attribute ``client_limits``): head size and header
       count (431, counted on the bytes received, before httptools buffers them; a chunked
       body's trailer fields count as header fields and are bounded like a head), head,
-      body and whole-request timeouts (408), with one timer per connection;
+      body and whole-request timeouts (408), with one timer per connection, and the send
+      timeout (a client leaving its response unread is dropped);
     - when the connection is lost before the response completed, the request's task
       (registered by the app under ``scope["cachewatch.task"]``) is cancelled, so that
       whatever it waits for upstream is released at once;
@@ -111,6 +112,8 @@ class TargetCheckingHttpToolsProtocol(HttpToolsProtocol):
         self._request_deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        #: Armed while the client leaves the response unread (``ClientLimits.send_timeout``).
+        self._send_timer: asyncio.TimerHandle | None = None
 
     # -- timers (one per connection; a later deadline is picked up when the timer fires)
 
@@ -181,10 +184,32 @@ class TargetCheckingHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         super().connection_lost(exc)
         self._disarm()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         if cycle is not None and not cycle.response_complete:
             task: asyncio.Task[Any] | None = cycle.scope.get(TASK_KEY)  # type: ignore[assignment]
             if task is not None and not task.done():
                 task.cancel()  # the client is gone: stop waiting on its behalf
+
+    def pause_writing(self) -> None:
+        """The client is not reading (its buffers are full): it has ``send_timeout`` to resume."""
+        super().pause_writing()
+        seconds = self.client_limits.send_timeout
+        if seconds and self._send_timer is None:
+            self._send_timer = self.loop.call_later(seconds, self._on_send_timeout)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _on_send_timeout(self) -> None:
+        """Drop a client that left its response unread too long (close would wait for it)."""
+        self._send_timer = None
+        if self.transport is not None:
+            self.transport.abort()  # connection_lost follows: the request's task is cancelled
 
     def data_received(self, data: bytes) -> None:
         if self._counting_head:

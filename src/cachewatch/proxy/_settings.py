@@ -60,6 +60,9 @@ class ClientLimits:
         request_timeout: the whole request, head and body, must arrive within it (a
             client trickling one byte a second); past it, 408.
         keep_alive_timeout: an idle connection between requests is closed after it.
+        send_timeout: longest a client may leave its response unread (the proxy's send
+            buffer full); past it the connection is dropped, and with it the upstream
+            connection (a client that stops reading a stream held it forever).
         max_head_bytes: largest request head (request line and headers); over it, 431.
         max_headers: most header fields in one request; over it, 431.
     """
@@ -68,6 +71,7 @@ class ClientLimits:
     body_timeout: float = 30.0
     request_timeout: float = 300.0
     keep_alive_timeout: float = 5.0
+    send_timeout: float = 30.0
     max_head_bytes: int = 64 * 1024
     max_headers: int = 100
 
