@@ -829,6 +829,27 @@ def chunked_post(tag: bytes, trailer: bytes) -> bytes:
     )
 
 
+GZ = gzip.compress(BODY)
+
+
+@pytest.mark.parametrize(
+    "coding", [b"Transfer-Encoding: gzip, chunked", b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked"]
+)
+def test_a_transfer_coding_other_than_chunked_gets_501(
+    strict: Proxy, upstream: RawUpstream, coding: bytes
+) -> None:
+    # llhttp takes the chunked coding off and leaves the gzip one: forwarded, the body
+    # would have reached the upstream still gzip-coded, as if that were its content.
+    tag = marker()
+    request = (
+        b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-marker: %s\r\n%s\r\nConnection: close\r\n\r\n"
+        b"%x\r\n%s\r\n0\r\n\r\n" % (tag, coding, len(GZ), GZ)
+    )
+    status, _, body = exchange(strict.port, request)
+    assert status == 501, body
+    assert upstream.by_marker(tag) == []
+
+
 def test_trailer_fields_are_not_merged_into_the_headers(strict: Proxy, upstream: RawUpstream) -> None:
     # Sent in one write, the trailer is parsed before the app reads the headers.
     tag = marker()

@@ -194,6 +194,7 @@ class ProxyApp:
         host = b""
         declared: bytes | None = None
         listed: frozenset[bytes] = frozenset()
+        codings: list[bytes] = []
         headers: list[tuple[bytes, bytes]] = []
         for name, value in scope["headers"]:
             if name in HOP_BY_HOP:
@@ -204,6 +205,8 @@ class ProxyApp:
                     declared = value
                 elif name == b"connection":
                     listed = connection_options(value, listed)
+                elif name == b"transfer-encoding":
+                    codings += (c.strip().lower() for c in value.split(b","))
             else:
                 headers.append((name, value))
         if listed:  # the fields the client's Connection header names are for this hop only
@@ -211,6 +214,11 @@ class ProxyApp:
         # HTTP/1.0 has no Host header: a request without one was sent to this address.
         if not host_allowed(host, self._extra_hosts) and (host or scope.get("http_version") != "1.0"):
             await send_error(send, 421, "unknown Host: this proxy only serves its own address")
+            return
+        if codings and [c for c in codings if c] != [b"chunked"]:
+            # llhttp removes the chunked coding only: a body under another coding (gzip,
+            # chunked) would go upstream still coded, as if it were the content.
+            await send_error(send, 501, "unsupported transfer coding: only chunked is accepted")
             return
         if declared is not None and (not declared.isdigit() or int(declared) > self._max_body):
             await send_error(send, 413, self._too_big)
