@@ -877,6 +877,29 @@ def test_a_trailer_field_over_the_head_limit_gets_431(strict: Proxy, upstream: R
     assert upstream.by_marker(tag) == []
 
 
+def test_pipelined_heads_before_a_body_are_not_counted_as_trailer_bytes(
+    strict: Proxy, upstream: RawUpstream
+) -> None:
+    # Bytes received inside a body without body data are bounded like a head; heads of
+    # earlier requests read in the same piece are not part of that body.
+    first, tag = marker(), marker()
+    heads = b"".join(
+        b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nx-pad: %s\r\n\r\n" % (b"p" * 6000) for _ in range(4)
+    )
+    head = b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-marker: %s\r\n%s\r\n\r\n"
+    with connect(strict.port) as sock:  # each write most likely one piece (not asserted)
+        sock.sendall(head % (first, b"Transfer-Encoding: chunked") + b"%x\r\n%s\r\n" % (len(BODY), BODY))
+        time.sleep(0.2)
+        # The end of the first body, four heads and the head of a request whose body follows.
+        sock.sendall(b"0\r\n\r\n" + heads + head % (tag, b"Content-Length: %d" % len(BODY)))
+        time.sleep(0.2)
+        sock.sendall(BODY)
+        answer = read_all(sock)
+    assert answer.count(b"HTTP/1.1 200 ") == 6, answer[:300]
+    (seen,) = upstream.by_marker(tag)
+    assert seen.body == BODY
+
+
 # -- observation caps: every byte relayed, the cap counted ------------------------------------------
 
 

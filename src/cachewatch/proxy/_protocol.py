@@ -104,8 +104,9 @@ class TargetCheckingHttpToolsProtocol(HttpToolsProtocol):
         self._refusal: tuple[int, str] | None = None
         #: The parser is being fed a request's framing only (see :meth:`_ignore_upgrade`).
         self._priming = False
-        #: Body bytes were parsed in the current ``data_received``; bytes received inside
-        #: a body since its last data (chunk framing, trailer fields).
+        #: Body bytes (or the start of a next request) were parsed in the current
+        #: ``data_received``; bytes received inside a body since its last data (chunk
+        #: framing, trailer fields).
         self._body_seen = False
         self._beyond_body = 0
         self._deadline = 0.0
@@ -229,7 +230,7 @@ class TargetCheckingHttpToolsProtocol(HttpToolsProtocol):
             self._head_tail = data[-3:]
         self._unset_keepalive_if_required()
         in_body = self._phase == _BODY
-        self._body_seen = False
+        self._body_seen = False  # set again by on_body and on_message_begin
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError:
@@ -315,6 +316,7 @@ class TargetCheckingHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         if self._priming:
             return
+        self._body_seen = True  # these bytes did not all belong to one body
         super().on_message_begin()
         self._header_count = 0
         self._expect_body = False
