@@ -46,6 +46,12 @@ class _OneTickWriter:
         self._held: bytes | None = None
 
     def write(self, data: bytes) -> None:
+        if self._transport.is_closing():
+            # The protocol closed the connection (a refusal, a client timeout) before
+            # uvicorn learnt it was lost: dropped, as asyncio's own transports do (uvloop's
+            # raise, and the response's task died with a traceback).
+            self._held = None
+            return
         held = self._held
         if held is not None:
             self._held = None
@@ -60,7 +66,8 @@ class _OneTickWriter:
         held = self._held
         if held is not None:
             self._held = None
-            self._transport.write(held)
+            if not self._transport.is_closing():
+                self._transport.write(held)
 
     def close(self) -> None:
         self._flush()
