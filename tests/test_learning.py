@@ -10,6 +10,7 @@ import orjson
 from _cache_sim import Provider
 from cachewatch.accounting._records import TokenUsage
 from cachewatch.emulator import ManualClock
+from cachewatch.planning._learning_memory import MemoryLearner
 from cachewatch.planning._planner import Plan, Planner
 
 WHERE = {"api": "messages", "host": "api.anthropic.com", "path": "/v1/messages"}
@@ -287,6 +288,29 @@ def test_tools_that_come_in_another_order_each_time_are_advised_one_order_not_a_
         ]
         plan = serve(planner, orjson.dumps(raw), TokenUsage(input=11_000))
         assert plan.advice is None or plan.advice.block != "tools:order"
+
+
+def test_a_fleet_whose_processes_each_list_the_tools_their_own_way_is_advised_one_order() -> None:
+    # Each process keeps one order (a set iterated in a process of its own hash seed); the
+    # provider, and the learner they share, see the order change from one request to the next.
+    clock = Clock()
+    learner = MemoryLearner()
+    planners = [Planner(clock=clock, learner=learner) for _ in range(2)]
+    system = words("handbook", 3_000)
+    tools = [
+        {"name": f"t{i}", "description": words(f"tool{i}", 300), "input_schema": {"type": "object"}}
+        for i in range(4)
+    ]
+    orders = [tools, [tools[2], tools[0], tools[3], tools[1]]]
+    plan = None
+    for n in range(8):
+        clock.now += 20
+        raw = orjson.loads(body(system, f"q{n}"))
+        raw["tools"] = orders[n % 2]
+        plan = serve(planners[n % 2], orjson.dumps(raw), TokenUsage(input=11_000))
+    assert plan is not None
+    assert plan.advice is not None
+    assert plan.advice.block == "tools:order"
 
 
 def test_a_stable_prompt_gets_no_advice() -> None:

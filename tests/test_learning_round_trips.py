@@ -295,7 +295,7 @@ def test_volatile_blocks_changed_by_another_process_cost_a_second_round_trip_not
             conversation=None,
         )
         assert got == want
-        assert got[1] == (0, True)  # block 0 is volatile, only its first line changes
+        assert got[1] == (0, True, False)  # block 0 is volatile, only its first line changes
         assert asked == [[], [0], [0]]  # a knew of no volatile block; then of block 0 (and memory)
         assert wire.take()["learner"] == 2
         assert a.volatile_candidates(5) == {0}

@@ -36,6 +36,21 @@ def static(key: int) -> list[Sighting]:
     return [Sighting(key, "static", True)]
 
 
+def test_blocks_that_only_change_places_are_reported_as_reordered(new_learner: Make) -> None:
+    # Tools listed from a set, or by processes of a fleet that each have their own order:
+    # the blocks that changed are the ones that were there. A block of new content at the
+    # same time is a change, not a reorder; so is a block added.
+    learner = new_learner()
+    a, b, c, system = b"a" * 16, b"b" * 16, b"c" * 16, b"s" * 16
+    assert learner.stability(FAMILY, [a, b, c, system], {})[2] is False
+    assert learner.stability(FAMILY, [b, a, c, system], {})[2] is True
+    assert learner.stability(FAMILY, [b, a, c, system], {})[2] is True  # no change: as before
+    assert learner.stability(FAMILY, [c, b, a, system], {})[2] is True
+    assert learner.stability(FAMILY, [a, c, b, b"t" * 16], {})[2] is False
+    assert learner.stability(FAMILY, [a, b, c, b"t" * 16], {})[2] is True
+    assert learner.stability(FAMILY, [a, b, c, b"t" * 16, b"u" * 16], {})[2] is False
+
+
 def test_a_new_prefix_is_worth_one_write_and_a_family_that_never_reuses_stops(new_learner: Make) -> None:
     learner = new_learner()
     first = learner.sight(FAMILY, static(1), 100.0, 1)[0]
@@ -209,16 +224,16 @@ def test_learned_minimums_move_through_the_tiers_and_are_forgotten(new_learner: 
 def test_a_block_that_changes_every_time_is_found_and_a_first_line_told_apart(new_learner: Make) -> None:
     learner = new_learner()
     stable = b"s" * 16
-    assert learner.stability(FAMILY, [b"a" * 16, stable], {}) == (None, False)
-    assert learner.stability(FAMILY, [b"b" * 16, stable], {}) == (None, False)
+    assert learner.stability(FAMILY, [b"a" * 16, stable], {}) == (None, False, False)
+    assert learner.stability(FAMILY, [b"b" * 16, stable], {}) == (None, False, False)
     assert learner.volatile_candidates(FAMILY) == {0}  # type: ignore[attr-defined]
     # Seen changing in 3 observations of 4 (forgotten): volatile.
-    assert learner.stability(FAMILY, [b"c" * 16, stable], {0: (b"head1", b"rest")}) == (None, False)
+    assert learner.stability(FAMILY, [b"c" * 16, stable], {0: (b"head1", b"rest")}) == (None, False, False)
     # Its first line keeps changing, the rest of the block does not.
-    assert learner.stability(FAMILY, [b"d" * 16, stable], {0: (b"head2", b"rest")}) == (0, True)
-    assert learner.stability(FAMILY, [b"e" * 16, stable], {0: (b"head3", b"other")}) == (0, False)
+    assert learner.stability(FAMILY, [b"d" * 16, stable], {0: (b"head2", b"rest")}) == (0, True, False)
+    assert learner.stability(FAMILY, [b"e" * 16, stable], {0: (b"head3", b"other")}) == (0, False, False)
     # Another family knows nothing of it.
-    assert learner.stability(FAMILY + 1, [b"a" * 16, stable], {}) == (None, False)
+    assert learner.stability(FAMILY + 1, [b"a" * 16, stable], {}) == (None, False, False)
     # The prompt settles: the block is stable again after a few requests.
     settled = [learner.stability(FAMILY, [b"f" * 16, stable], {})[0] for _ in range(8)]
     assert settled[0] == 0

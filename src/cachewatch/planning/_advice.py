@@ -6,10 +6,11 @@ Data flow: planner -> learner (which static blocks keep changing, ``_learning``)
 
 Only positions, block kinds and token counts: never content. When only the first line
 of the volatile block changes, the advice names ``:first_line`` and counts the rest of
-the block as movable too. When the tools are the same as at the family's last request
-but in another order, the advice is ``tools:order`` (kind ``tool``): no tool moved last
-would help, one fixed order (sorted by name) makes the tools and the stable system
-prompt after them cacheable.
+the block as movable too. When the first volatile block is a tool and the learner saw
+the blocks only reordered at their last change (the same tools in another order: from a
+set, or from processes of a fleet that each list them their own way), the advice is
+``tools:order`` (kind ``tool``): no tool moved last would help, one fixed order (sorted by
+name) makes the tools and the stable system prompt after them cacheable.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ __all__ = ["line_splits", "volatile_advice"]
 def volatile_advice(
     planner: Planner,
     layout: Layout,
-    stable: tuple[int | None, bool] | None,
+    stable: tuple[int | None, bool, bool] | None,
     counter: PrefixCounter,
     profile: Profile,
     model: str | None,
@@ -42,33 +43,18 @@ def volatile_advice(
     """Where a volatile block cuts the static prefix short, and what moving it would win.
 
     ``stable`` is the learner's answer for the static blocks: the first volatile position
-    (None: none) and whether only its first line changes. What moving it wins: the static
-    blocks after it, or for a tool the tools after it (moved last among the tools; the
-    system prompt comes after every tool). ``family`` is the prefix family, whose last
-    tool order :attr:`Planner.tool_orders` keeps.
+    (None: none), whether only its first line changes, and whether the last change only
+    reordered the blocks. What moving it wins: the static blocks after it, or for a tool
+    the tools after it (moved last among the tools; the system prompt comes after every
+    tool). ``family`` is the prefix family.
     """
     blocks = layout.block_digests
     if not blocks or stable is None:
         return None
-    positions = layout.positions
-    reordered = False
-    if positions[0][0] == "tools":
-        n = 1
-        while n < len(blocks) and positions[n][0] == "tools":
-            n += 1
-        tools = tuple(blocks[:n])
-        orders = planner.tool_orders
-        found = orders.get(family)
-        if found is not None and found[0] == tools:
-            reordered = found[1]  # the same order again: what the last change was still holds
-        else:
-            reordered = found is not None and len(found[0]) == n and sorted(found[0]) == sorted(tools)
-            if len(orders) >= 4_096:
-                orders.clear()
-            orders[family] = (tools, reordered)
-    volatile, rest_stable = stable
+    volatile, rest_stable, reordered = stable
     if volatile is None:
         return None
+    positions = layout.positions
     ratio = counter.ratio
     last = len(blocks) - 1
     if reordered and positions[volatile][0] == "tools":
@@ -76,6 +62,9 @@ def volatile_advice(
         # helps. In one order the tools are stable, and so is the system prompt after them
         # up to a block of its own that changed.
         # (A learner without ``volatile_candidates`` says nothing of the system blocks.)
+        n = volatile + 1
+        while n <= last and positions[n][0] == "tools":
+            n += 1
         candidates = getattr(planner.learner, "volatile_candidates", None)
         changed: Collection[int] = candidates(family) if candidates is not None else range(n, last + 1)
         through = n - 1

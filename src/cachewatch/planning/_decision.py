@@ -32,7 +32,10 @@ LinesFor = Callable[[Collection[int]], dict[int, tuple[bytes, bytes]]]
 #: request or None, the tail position of its last request to this model after a switch of
 #: model or -1; see :meth:`~cachewatch.planning._learning.LearningState.conversation`).
 Answers = tuple[
-    list[Sight], tuple[int | None, bool] | None, tuple[int, bytes | None, bool, float, float] | None, int
+    list[Sight],
+    tuple[int | None, bool, bool] | None,
+    tuple[int, bytes | None, bool, float, float] | None,
+    int,
 ]
 
 
@@ -91,7 +94,7 @@ def ask_in_turn(
 ) -> Answers:
     """:func:`ask`, one learner call after the other (what ``decide`` must be equivalent to)."""
     sights = learner.sight(family, sightings, clock(), ticket)
-    stable: tuple[int | None, bool] | None = None
+    stable: tuple[int | None, bool, bool] | None = None
     if blocks:
         candidates = getattr(learner, "volatile_candidates", None)
         lines = lines_for(candidates(family) if candidates is not None else ())

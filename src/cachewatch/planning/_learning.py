@@ -69,7 +69,10 @@ the learned minimum is still marked, so a minimum that comes down is found again
 learner tracks which positions keep changing between requests. A volatile block
 that comes before stable tokens cuts every cacheable prefix short; the learner
 reports where (position and kind, never content) and how many tokens would become
-cacheable if the block moved after the stable part (:class:`Advice`).
+cacheable if the block moved after the stable part (:class:`Advice`). When the blocks
+that changed are the ones that were there before, in another order (tools from a set, or
+processes of a fleet that each list them in their own order), that is reported instead:
+no block moved would help, one fixed order would.
 
 **In flight.** A request that writes a shared prefix (static or document) claims it
 until its response starts; siblings planned meanwhile do not write it again.
@@ -266,4 +269,4 @@ class LearningState(Protocol):
 
     def stability(
         self, family: int, blocks: Sequence[bytes], lines: dict[int, tuple[bytes, bytes]]
-    ) -> tuple[int | None, bool]: ...
+    ) -> tuple[int | None, bool, bool]: ...

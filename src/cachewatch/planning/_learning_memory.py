@@ -102,6 +102,9 @@ class _Stability:
     blocks: list[tuple[bytes, float, float]] = field(default_factory=list)
     #: Per static position: (last first-line digest, last rest digest, rest changes).
     lines: dict[int, tuple[bytes, bytes, float]] = field(default_factory=dict)
+    #: Whether the last change only reordered blocks (the ones that changed are the ones
+    #: that were there, in another order).
+    reordered: bool = False
 
 
 class MemoryLearner:
@@ -807,13 +810,16 @@ class MemoryLearner:
 
     def stability(
         self, family: int, blocks: Sequence[bytes], lines: dict[int, tuple[bytes, bytes]]
-    ) -> tuple[int | None, bool]:
-        """Record the static region's block digests; returns (first volatile position, rest stable).
+    ) -> tuple[int | None, bool, bool]:
+        """Record the static region's block digests; returns (first volatile position, rest
+        stable, reordered).
 
         A position is volatile when it changed in at least 80% of at least 3 observations
         (forgotten). ``lines`` holds, for volatile text blocks, the digests of their first
         line and of the rest; the second value says whether the rest of the first volatile
-        block stays the same (only its first line changes).
+        block stays the same (only its first line changes). The third, whether the last
+        change of the region only reordered its blocks: the ones at the positions that
+        changed are the ones that were there, in another order.
         """
         f = self.forget
         with self._lock:
@@ -827,10 +833,15 @@ class MemoryLearner:
             old = state.blocks
             new: list[tuple[bytes, float, float]] = []
             first_volatile: int | None = None
+            was: list[bytes] = []
+            now: list[bytes] = []
             for i, digest in enumerate(blocks):
                 if i < len(old):
                     last, changes, seen = old[i]
                     changed = 1.0 if digest != last else 0.0
+                    if changed:
+                        was.append(last)
+                        now.append(digest)
                     changes = changes * f + changed
                     seen = seen * f + 1.0
                 else:
@@ -838,6 +849,10 @@ class MemoryLearner:
                 new.append((digest, changes, seen))
                 if first_volatile is None and seen >= 2.0 and changes >= 0.8 * seen:
                     first_volatile = i
+            if len(blocks) != len(old):
+                state.reordered = False
+            elif was:
+                state.reordered = sorted(was) == sorted(now)
             state.blocks = new
             rest_stable = False
             for i, (head, rest) in lines.items():
@@ -851,7 +866,8 @@ class MemoryLearner:
                     rest_stable = True
             if len(state.lines) > 64:
                 state.lines.clear()
-        return first_volatile, rest_stable
+            reordered = state.reordered
+        return first_volatile, rest_stable, reordered
 
     def volatile_candidates(self, family: int) -> set[int]:
         """Static positions that changed on their last observation (worth a line split)."""

@@ -223,13 +223,14 @@ class RedisLearner(RedisLink):
             args += [len(asked), *asked]
         return op("stability", *args)
 
-    def _stable(self, family: int, raw: list[Any]) -> tuple[int | None, bool] | None:
-        """(first volatile, rest stable); None when the lines were sent for stale positions."""
-        first, rest_stable, volatile, stale = raw
+    def _stable(self, family: int, raw: list[Any]) -> tuple[int | None, bool, bool] | None:
+        """(first volatile, rest stable, reordered); None when the lines were sent for stale
+        positions."""
+        first, rest_stable, volatile, stale, reordered = raw
         self._remember_volatile(family, volatile)
         if stale == 1:
             return None
-        return (None if first < 0 else int(first)), rest_stable == 1
+        return (None if first < 0 else int(first)), rest_stable == 1, reordered == 1
 
     def _conversation_op(
         self,
@@ -304,7 +305,7 @@ class RedisLearner(RedisLink):
             replies, blobs = self._eval_blobs(ops)
             raw = iter(replies)
             sights = self._sights(family, sightings, next(raw))
-            stable: tuple[int | None, bool] | None = None
+            stable: tuple[int | None, bool, bool] | None = None
             if blocks:
                 stable = self._stable(family, next(raw))
                 if stable is None:  # another process changed the volatile positions meanwhile
@@ -344,8 +345,8 @@ class RedisLearner(RedisLink):
 
     def stability(
         self, family: int, blocks: Sequence[bytes], lines: dict[int, tuple[bytes, bytes]]
-    ) -> tuple[int | None, bool]:
-        def call() -> tuple[int | None, bool]:
+    ) -> tuple[int | None, bool, bool]:
+        def call() -> tuple[int | None, bool, bool]:
             stable = self._stable(family, self._eval(self._stability_op(family, blocks, lines, None))[0])
             assert stable is not None  # nothing to be stale against
             return stable

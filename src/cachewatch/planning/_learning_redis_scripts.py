@@ -24,7 +24,7 @@ Ops and their arguments (``''`` for "none"; floats as ``repr`` strings, exact):
   check). With ``asked``, when the family's volatile positions (below n) are not those, nothing is
   recorded and the reply says so (``stale``): the caller sends the lines of the current
   positions in a second call. Returns (first volatile or -1, rest stable, volatile
-  positions, stale);
+  positions, stale, reordered);
 * ``conversation``: key, static (``=``: this batch's sighting), has_reply, reply,
   history_known (``=``: this batch's sighting), now, max_age, ttl, model, tail, family,
   forget, family_ttl. Returns the earlier tail (after a switch of lane, model and static
@@ -410,28 +410,44 @@ OPS.stability = function(a)
         if tonumber(a[7 + n + 3 * m + j]) ~= i then same = false end
       end
     end
-    if not same then return {-1, 0, candidates(family), 1} end
+    if not same then return {-1, 0, candidates(family), 1, 0} end
   end
   local t = fam(family)
-  local old, oldlines = {}, {}
+  local old, oldlines, reordered = {}, {}, 0
   if t.h['st'] then
     local st = cmsgpack.unpack(t.h['st'])
-    old, oldlines = st[1], st[2]
+    old, oldlines, reordered = st[1], st[2], st[3] or 0
   end
   local new = {}
   local first = -1
+  -- The blocks at the positions that changed, counted in (before) and out (now): all
+  -- zero when they are the ones that were there, in another order.
+  local moved, changes_seen = {}, false
   for i = 0, n - 1 do
     local digest = a[6 + i]
     local changes, seen_ = 0.0, 0.0
     if i < #old then
       local o = old[i + 1]
       local changed = 0.0
-      if digest ~= o[1] then changed = 1.0 end
+      if digest ~= o[1] then
+        changed = 1.0
+        changes_seen = true
+        moved[o[1]] = (moved[o[1]] or 0) + 1
+        moved[digest] = (moved[digest] or 0) - 1
+      end
       changes = o[2] * f + changed
       seen_ = o[3] * f + 1.0
     end
     new[i + 1] = {digest, changes, seen_}
     if first < 0 and seen_ >= 2.0 and changes >= 0.8 * seen_ then first = i end
+  end
+  if n ~= #old then
+    reordered = 0
+  elseif changes_seen then
+    reordered = 1
+    for _, c in pairs(moved) do
+      if c ~= 0 then reordered = 0 end
+    end
   end
   local lines, order = {}, {}
   for _, e in ipairs(oldlines) do
@@ -458,10 +474,10 @@ OPS.stability = function(a)
   if #order <= 64 then
     for _, i in ipairs(order) do kept[#kept + 1] = lines[i] end
   end
-  put(t, 'st', cmsgpack.pack({new, kept}))
+  put(t, 'st', cmsgpack.pack({new, kept, reordered}))
   touch(family, tonumber(a[3]))
   flush(tonumber(a[4]))
-  return {first, rest_stable, candidates(family), 0}
+  return {first, rest_stable, candidates(family), 0, reordered}
 end
 """
 

@@ -145,9 +145,6 @@ class Planner:
         #: family -> its first static position that keeps changing, as the learner said at
         #: the family's last request (``_candidates``: a second static prefix ends before it).
         self.volatile_at: dict[int, int] = {}
-        #: family -> the digests of its last request's tool definitions, in their order, and
-        #: whether their last change was only one of order (``_advice``).
-        self.tool_orders: dict[int, tuple[tuple[bytes, ...], bool]] = {}
         self._lock = threading.Lock()
 
     # -- public ----------------------------------------------------------------------
