@@ -161,3 +161,43 @@ def test_demo_savings_match_a_hand_computation() -> None:
         "DashScope chat"
     ]
     assert result.phases["auto"].savings > result.phases["auto"].write_premium > 0
+
+
+@pytest.mark.usefixtures("fresh_warnings")
+def test_unknown_model_warns_once_through_the_transport(caplog: pytest.LogCaptureFixture) -> None:
+    """The engine asks ``prices_implicit_apart`` before pricing: the warning must still come, once."""
+    import httpx
+
+    import cachewatch
+
+    body = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "mystery-model-7",
+        "content": [{"type": "text", "text": "hi"}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 100, "output_tokens": 5},
+    }
+    request = {"model": "mystery-model-7", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    registry = CollectorRegistry()
+    with caplog.at_level(logging.WARNING, logger="cachewatch"):
+        for _ in range(2):  # two wrap() calls, two requests each
+            inner = httpx.MockTransport(lambda _: httpx.Response(200, json=body))
+            transport = cachewatch.CacheWatchTransport(inner, registry=registry, breakpoints="off")
+            with httpx.Client(transport=transport) as client:
+                for _ in range(2):
+                    client.post("https://api.anthropic.com/v1/messages", json=request).raise_for_status()
+    warnings = [r for r in caplog.records if "mystery-model-7" in r.getMessage()]
+    assert len(warnings) == 1
+    assert not [s for m in registry.collect() for s in m.samples if s.name.startswith("cachewatch_cost")]
+
+
+@pytest.mark.usefixtures("fresh_warnings")
+def test_unknown_model_warns_after_the_implicit_price_probe(caplog: pytest.LogCaptureFixture) -> None:
+    table = PriceTable()
+    with caplog.at_level(logging.WARNING, logger="cachewatch"):
+        assert table.prices_implicit_apart("mystery-model-8") is False
+        assert table.cost("mystery-model-8", USAGE) is None
+        assert table.cost("mystery-model-8", USAGE) is None
+    assert len([r for r in caplog.records if "mystery-model-8" in r.getMessage()]) == 1

@@ -168,10 +168,10 @@ class PriceTable:
         """The price of ``model`` (longest prefix); warns once per model that has none."""
         if not model:
             return None
-        if model in self._cache:
-            return self._cache[model]
-        found = self._find(model)
+        found = self._cache[model] if model in self._cache else self._find(model)
         if found is None:
+            # Also when the miss was cached by ``prices_implicit_apart`` (which the engine
+            # asks first, for every request): the warning is once per model per process.
             _warn_unpriced(model)
         return found
 
