@@ -201,3 +201,49 @@ def test_unknown_model_warns_after_the_implicit_price_probe(caplog: pytest.LogCa
         assert table.cost("mystery-model-8", USAGE) is None
         assert table.cost("mystery-model-8", USAGE) is None
     assert len([r for r in caplog.records if "mystery-model-8" in r.getMessage()]) == 1
+
+
+def test_a_prefix_matches_whatever_its_case(tmp_path: Path) -> None:
+    """Model ids match case-insensitively, so a user prefix spelled as the provider spells it matches."""
+    toml = tmp_path / "prices.toml"
+    toml.write_text(
+        '[models."MyCorp-Model"]\ninput = 1.0\noutput = 2.0\n[models."QWEN-PLUS"]\ninput = 9.0\noutput = 9.0\n'
+    )
+    table = PriceTable.from_file(toml)
+    assert table.lookup("MyCorp-Model") == Price(1.0, 2.0)
+    assert table.lookup("mycorp-model-v2") == Price(1.0, 2.0)
+    assert table.lookup("qwen-plus") == Price(9.0, 9.0)  # the user's entry overrides the default
+    assert PriceTable({"Qwen/Qwen3-Coder": Price(1.0, 2.0)}).lookup("Qwen/Qwen3-Coder-480B") == Price(
+        1.0, 2.0
+    )
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("input = nan\noutput = 1.0", "finite"),
+        ("input = inf\noutput = 1.0", "finite"),
+        ("input = -1.0\noutput = 1.0", ">= 0"),
+        ('input = "three"\noutput = 1.0', "number"),
+        ("input = true\noutput = 1.0", "number"),
+        ("input = 1.0\noutput = 1.0\ncache_read = 0.5", "unknown field"),
+        ("input = 1.0", "missing output"),
+        ('input = 1.0\noutput = 1.0\ncurrency = ""', "currency"),
+    ],
+)
+def test_a_bad_price_is_refused_when_the_file_loads(tmp_path: Path, entry: str, message: str) -> None:
+    toml = tmp_path / "prices.toml"
+    toml.write_text(f'[models."m"]\n{entry}\n')
+    with pytest.raises(ValueError, match=message):
+        PriceTable.from_file(toml)
+
+
+def test_a_price_written_as_a_number_string_is_a_number(tmp_path: Path) -> None:
+    """YAML 1.1 reads ``3e-6`` as a string: it is still a price (it was a TypeError per request)."""
+    js = tmp_path / "prices.json"
+    js.write_text(json.dumps({"models": {"m": {"input": "3e-6", "output": "1.5", "read": 0.2}}}))
+    table = PriceTable.from_file(js)
+    assert table.lookup("m") == Price(3e-6, 1.5, read=0.2)
+    cost = table.cost("m", TokenUsage(input=1_000_000, output=1_000_000))
+    assert cost is not None
+    assert cost.total == pytest.approx(1.5 + 3e-6)

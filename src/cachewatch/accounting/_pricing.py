@@ -23,6 +23,7 @@ one and ``read`` is its rate).
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import threading
 from collections.abc import Mapping
@@ -110,6 +111,47 @@ DEFAULT_PRICES: Mapping[str, Price] = {
 }
 
 
+_PRICE_FIELDS = ("input", "output", "write_5m", "write_1h", "read", "implicit_read")
+
+
+def _price_of(prefix: str, fields: Any) -> Price:
+    """A :class:`Price` from one file entry, checked: every price a finite number >= 0.
+
+    A number written as a string is accepted (YAML 1.1 reads ``3e-6`` as one); anything
+    else (NaN, a negative price, text, an unknown key) is refused when the file loads,
+    instead of failing or poisoning the cost counters on every request.
+    """
+    if not isinstance(fields, Mapping):
+        raise ValueError(f"prices: {prefix!r} must map to a table of prices, not {type(fields).__name__}")
+    values: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key == "currency":
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"prices: {prefix!r}: currency must be a non-empty string")
+            values[key] = value
+        elif key in _PRICE_FIELDS:
+            if value is None and key == "implicit_read":
+                values[key] = None
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise ValueError(f"prices: {prefix!r}: {key} must be a number, not {value!r}")
+            try:
+                number = float(value)
+            except ValueError:
+                raise ValueError(f"prices: {prefix!r}: {key} must be a number, not {value!r}") from None
+            if not math.isfinite(number) or number < 0:
+                raise ValueError(f"prices: {prefix!r}: {key} must be a finite number >= 0, not {value!r}")
+            values[key] = number
+        else:
+            raise ValueError(
+                f"prices: {prefix!r}: unknown field {key!r} (fields: {', '.join(_PRICE_FIELDS)}, currency)"
+            )
+    missing = [key for key in ("input", "output") if key not in values]
+    if missing:
+        raise ValueError(f"prices: {prefix!r}: missing {' and '.join(missing)}")
+    return Price(**values)
+
+
 @dataclass
 class PriceTable:
     """Model-id prefix -> :class:`Price`; the longest matching prefix wins.
@@ -126,7 +168,13 @@ class PriceTable:
     def __post_init__(self) -> None:
         merged: dict[str, Price] = dict(DEFAULT_PRICES) if self.include_defaults else {}
         merged.update(self.entries)
-        self._prices = dict(sorted(merged.items(), key=lambda kv: -len(kv[0])))
+        # Model ids are matched case-insensitively (``_find`` lowercases them), so the
+        # prefixes are too: a user prefix written as the provider spells the model
+        # (``Qwen/Qwen3-Coder``, ``MyCorp-Model``) must match it.
+        lowered: dict[str, Price] = {}
+        for prefix, price in merged.items():
+            lowered[prefix.lower()] = price
+        self._prices = dict(sorted(lowered.items(), key=lambda kv: -len(kv[0])))
         self._cache: dict[str, Price | None] = {}
         self._lock = threading.Lock()
 
@@ -134,7 +182,9 @@ class PriceTable:
     def from_mapping(cls, data: Mapping[str, Any], *, include_defaults: bool = True) -> PriceTable:
         """Build from ``{"models": {prefix: {input, output, write_5m?, write_1h?, read?, currency?, implicit_read?}}}``."""
         models = data.get("models", data)
-        entries = {str(prefix): Price(**dict(fields)) for prefix, fields in models.items()}
+        if not isinstance(models, Mapping):
+            raise ValueError("prices: 'models' holds a mapping of model prefixes to prices")
+        entries = {str(prefix): _price_of(str(prefix), fields) for prefix, fields in models.items()}
         return cls(entries, include_defaults=include_defaults)
 
     @classmethod
