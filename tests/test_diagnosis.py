@@ -175,6 +175,39 @@ def test_read_writes_are_not_wasted(rig: Rig) -> None:
     assert rig.wasted() == second.usage.cache_write
 
 
+def test_mixed_ttl_writes_are_wasted_per_ttl_as_billed(telemetry: Any, clock: ManualClock) -> None:
+    """A 1h write read later and a 5m write that expired unread: the waste is the billed 5m part.
+
+    The billing splits the write by TTL (1h tokens, then 5m tokens); the share of each
+    marker must follow it, not a token estimate that spreads the write over both.
+    """
+    app = create_app(clock=clock, profile="anthropic")
+    with run_in_thread(app) as url:
+        rig = Rig(telemetry, url, clock, app, breakpoints="off")
+        tool = {
+            "name": "lookup",
+            "description": words("tool", 600),
+            "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}},
+            "cache_control": {"type": "ephemeral", "ttl": "1h"},
+        }
+        system = [{"type": "text", "text": SYSTEM, "cache_control": {"type": "ephemeral"}}]
+        body = chat(system, "hello there", tools=[tool])
+        first = rig.send(body)
+        assert first.usage is not None
+        assert first.usage.cache_write_1h > 0
+        assert first.usage.cache_write_5m > 0
+        clock.advance(360)  # the 5m system entry expired unread; the 1h tools entry is live
+        second = rig.send(body)
+        assert second.usage is not None
+        assert second.usage.cache_read == first.usage.cache_write_1h
+        assert second.usage.cache_write_5m == first.usage.cache_write_5m
+        clock.advance(400)
+        rig.transport.engine.diagnosis.diagnoser.sweep(clock())  # type: ignore[union-attr]
+        # Both 5m writes expired unread; the 1h write was read.
+        assert rig.wasted() == first.usage.cache_write_5m + second.usage.cache_write_5m
+        rig.client.close()
+
+
 def test_changed_system_prompt(rig: Rig) -> None:
     question = words("q", 80)
     rig.send(chat(SYSTEM, question))

@@ -74,12 +74,22 @@ def store_entries(
         for m, _ in fresh:
             incs.append(max(tokens[m] - prev, 1.0))
             prev = max(prev, tokens[m])
-        scale = write / sum(incs)
-        given = 0
-        for k, (m, _) in enumerate(fresh):
-            share = write - given if k == len(fresh) - 1 else int(incs[k] * scale)
-            shares[m] = share
-            given += share
+        # The billing splits the write by TTL (research A.6: 1h writes B - A, 5m writes
+        # C - B, and every 1h marker comes first): when the fresh markers carry both TTLs
+        # and both parts were billed, each part goes to its own markers, and the estimate
+        # only divides a part among markers of the same TTL.
+        groups: list[tuple[int, list[int]]] = [(write, list(range(len(fresh))))]
+        long_ = [k for k, (_, ttl_name) in enumerate(fresh) if ttl_name == "1h"]
+        if 0 < len(long_) < len(fresh) and usage.cache_write_1h > 0 and usage.cache_write_5m > 0:
+            short = [k for k in range(len(fresh)) if k not in long_]
+            groups = [(usage.cache_write_1h, long_), (usage.cache_write_5m, short)]
+        for part, members in groups:
+            scale = part / sum(incs[k] for k in members)
+            given = 0
+            for j, k in enumerate(members):
+                share = part - given if j == len(members) - 1 else int(incs[k] * scale)
+                shares[fresh[k][0]] = share
+                given += share
     max_ttl = state.max_ttl
     deepest: Entry | None = None
     for m, ttl_name in markers:
