@@ -320,6 +320,28 @@ def test_fan_out_before_the_first_write_completed(telemetry: Any, clock: ManualC
         assert rig.misses("write_in_flight") == 1
 
 
+def test_a_write_read_while_its_writer_still_streams_is_not_wasted(rig: Rig) -> None:
+    """B is sent once A's stream has started, reads A's write and ends before A does."""
+    system = [{"type": "text", "text": SYSTEM, "cache_control": {"type": "ephemeral"}}]
+    body = chat(system, words("q", 80))
+    with rig.client.stream("POST", "/v1/messages", json={**body, "stream": True}) as streamed:
+        chunks = streamed.iter_bytes()
+        assert next(chunks)  # A's response has started: its write is readable
+        rig.clock.advance(1)
+        reader = rig.send(body)
+        assert reader.usage is not None
+        assert reader.usage.cache_read > 0
+        assert reason(reader) is None
+        for _ in chunks:
+            pass
+    (writer,) = [r for r in rig.capture.records if r.stream]
+    assert writer.usage is not None
+    assert writer.usage.cache_write > 0
+    rig.clock.advance(400)
+    rig.transport.engine.diagnosis.diagnoser.sweep(rig.clock())  # type: ignore[union-attr]
+    assert rig.wasted() == 0
+
+
 def test_auto_does_not_write_what_an_in_flight_sibling_is_writing(telemetry: Any, clock: ManualClock) -> None:
     held = threading.Event()
     release = threading.Event()

@@ -51,17 +51,28 @@ def store_entries(
 ) -> None:
     sent = state.sent_at
     readable = state.response_at if state.response_at is not None else sent
-    provider, model_label, workspace = state.labels
     items: dict[bytes, Entry] = {}
     # Entries this request read: refreshed (the TTL restarts at this request's start, and
     # they count as read). Each is built once, below: where the entry is also one of this
     # request's breakpoints, its marker's refresh is folded into the same new entry. The
     # entry as found holds its key's place in ``items`` (the order the store receives).
     reads: dict[bytes, Entry] = {}
+    provider, model_label, workspace = state.labels
     for i, st, e in cands:
-        if e is not None and st == "live" and i <= read_pos:
-            key = keys[i]
+        if st != "live" or i > read_pos:
+            continue
+        key = keys[i]
+        if e is not None:
             items[key] = reads[key] = e
+        elif key not in items and not _live(found[i], sent):
+            # Read from the write of a request still in flight (its response had started):
+            # that write is not in the store yet. A read entry stands for it, so the writer,
+            # when it ends, knows its write was read (``_merge_write``) and is no waste.
+            items[key] = new_entry(
+                written_at=sent, refreshed_at=sent, ttl=TTL_SECONDS["5m"], model=fp.model,
+                tokens=int(tokens[i]), position=i, readable_at=sent, cached=True, written_tokens=0,
+                read=True, provider=provider, model_label=model_label, workspace=workspace,
+            )  # fmt: skip
     # This request's own breakpoints; its write tokens are attributed to the ones past the read.
     markers = [(m, ttl) for m, ttl in fp.markers if m < n]
     read_tokens = float(usage.cache_read)
@@ -135,6 +146,17 @@ def store_entries(
                     readable_at=min(existing.readable_at, readable),
                     written_tokens=existing.written_tokens + share,
                 )
+            elif (
+                existing is not None
+                and live
+                and cached
+                and existing.read
+                and existing.written_tokens == 0
+                and existing.refreshed_at >= readable
+            ):
+                # Read by a request sent once this response had started, which ended first:
+                # this write is what it read (and that read restarted the TTL).
+                entry = replace_entry(entry, refreshed_at=max(existing.refreshed_at, sent), read=True)
             elif existing is not None and live and not cached:
                 entry = existing
         elif existing is not None and live:
@@ -168,3 +190,7 @@ def store_entries(
             items[key] = anchor
     if items:
         store.put_many(list(items.items()))
+
+
+def _live(entry: Entry | None, now: float) -> bool:
+    return entry is not None and entry.cached and entry.expires_at > now
