@@ -33,7 +33,7 @@ APP = textwrap.dedent(
         client = cachewatch.wrap(anthropic.Anthropic(api_key={API_KEY!r}, base_url=url, max_retries=0))
         for _ in range(2):
             client.messages.create(
-                model="claude-sonnet-4-6", max_tokens=16,
+                model={{model}}, max_tokens=16,
                 system={SECRET_PROMPT!r} * 300,
                 messages=[{{"role": "user", "content": "hello"}}],
             )
@@ -41,8 +41,8 @@ APP = textwrap.dedent(
 )
 
 
-def run_app(setup: str = "") -> subprocess.CompletedProcess[str]:
-    code = APP.replace("{setup}", setup)
+def run_app(setup: str = "", model: str = "claude-sonnet-4-6") -> subprocess.CompletedProcess[str]:
+    code = APP.replace("{setup}", setup).replace("{model}", repr(model))
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
     )
@@ -53,6 +53,19 @@ def test_a_wrapped_client_prints_nothing_by_default() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     assert result.stderr == ""
+
+
+def test_the_warnings_print_nothing_by_default_either() -> None:
+    """An unpriced model is warned about on the ``cachewatch`` logger: silent until configured."""
+    result = run_app(model="mystery-model-3")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert result.stderr == ""
+    configured = run_app(
+        "import logging\nlogging.basicConfig(level=logging.WARNING)\n", model="mystery-model-3"
+    )
+    assert configured.stdout == ""
+    assert "no price for model 'mystery-model-3'" in configured.stderr
 
 
 def test_stdlib_logging_shows_one_event_per_request_without_secrets() -> None:

@@ -8,6 +8,8 @@ It sits under the clients people already use (anthropic, openai, httpx, httpx2):
 Data flow: request -> planner -> transport -> stream observer -> usage record -> sinks.
 """
 
+import logging as _logging
+
 from ._version import __version__
 from .accounting._pricing import Price, PriceTable
 from .accounting._records import Cost, Outcome, TokenUsage, UsageRecord
@@ -19,6 +21,11 @@ from .sinks import Sink
 from .sinks._server import start_metrics_server
 from .transport._transport import AsyncCacheWatchTransport, CacheWatchTransport
 from .transport._wrap import wrap
+
+# A library's logger stays silent until the application configures logging: without a
+# handler of its own, the warnings (an unpriced model, a survived fault) would reach
+# stderr through logging.lastResort in an application that configured nothing.
+_logging.getLogger("cachewatch").addHandler(_logging.NullHandler())
 
 __all__ = [
     # transports
