@@ -232,3 +232,22 @@ def test_proxy_rejects_a_bad_listen_address() -> None:
     assert result.returncode == 2
     assert "HOST:PORT" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_cli_shows_the_library_warnings_on_stderr() -> None:
+    """The library's logger is silent until configured; the CLI, an application, shows its warnings."""
+    code = (
+        "import logging, sys\n"
+        "import cachewatch.cli._main as cli\n"
+        "def replay(args):\n"
+        "    logging.getLogger('cachewatch').warning('a library warning')\n"
+        "    return 0\n"
+        "cli._replay = replay\n"
+        "sys.exit(cli.main(['replay', 'unused.jsonl']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert result.stderr == "a library warning\n"

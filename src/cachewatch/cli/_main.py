@@ -15,6 +15,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -271,6 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "report": _report,
         "replay": _replay,
     }[args.command]
+    if not logging.getLogger().handlers:
+        # The CLI is an application: the warnings the library keeps silent until logging
+        # is configured (an unpriced model, a survived fault) go to stderr here.
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         return command(args)
     except MissingExtraError as exc:
