@@ -82,6 +82,38 @@ def test_unknown_model_no_cost_and_one_warning_per_process(caplog: pytest.LogCap
 
 
 @pytest.mark.usefixtures("fresh_warnings")
+def test_a_request_to_an_unpriced_model_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Through the transport: the request path looks the model up before the cost does."""
+    import httpx
+
+    import cachewatch
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200,
+            json={
+                "id": "msg_1",
+                "type": "message",
+                "model": "mystery-model-7",
+                "content": [],
+                "usage": {"input_tokens": 3, "output_tokens": 1},
+            },
+        )
+
+    transport = cachewatch.CacheWatchTransport(
+        httpx.MockTransport(handler), breakpoints="off", registry=CollectorRegistry()
+    )
+    with (
+        caplog.at_level(logging.WARNING, logger="cachewatch"),
+        httpx.Client(transport=transport, base_url="https://api.anthropic.com") as client,
+    ):
+        for _ in range(3):
+            client.post("/v1/messages", json={"model": "mystery-model-7", "messages": []})
+    warnings = [r for r in caplog.records if "mystery-model-7" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+@pytest.mark.usefixtures("fresh_warnings")
 def test_the_price_warning_truncates_a_long_model_name(caplog: pytest.LogCaptureFixture) -> None:
     model = "unpriced-" + "x" * 5_000
     with caplog.at_level(logging.WARNING, logger="cachewatch"):
