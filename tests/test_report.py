@@ -269,3 +269,39 @@ def test_report_into_a_closed_pipe_ends_quietly(tmp_path: Any, fmt: str) -> None
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) in (0, 1)  # 1: rich's own broken-pipe exit for tables
     assert err == ""
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"<html><body>Grafana</body></html>\n",  # --url pointed at the wrong page
+        b'cachewatch_requests_total{provider="anthropic",model="claude-',  # a scrape cut short
+        b"\x7fELF\x02\x01\x01\x00\xd0\xff\xfe binary",  # not text at all
+    ],
+    ids=["html", "truncated", "binary"],
+)
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_report_on_text_that_is_no_exposition_says_so_without_a_traceback(
+    tmp_path: Any, content: bytes, fmt: str
+) -> None:
+    path = tmp_path / "metrics.txt"
+    path.write_bytes(content)
+    result = subprocess.run(
+        [sys.executable, "-m", "cachewatch", "report", "--url", str(path), "--format", fmt],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"cachewatch report: {path}: not a Prometheus text exposition")
+    assert result.stdout == ""
+
+
+def test_summarise_refuses_text_that_is_no_exposition() -> None:
+    from cachewatch.cli._report import ExpositionError
+
+    # The parser is lazy: a bad line after good ones must fail too, not report the part before it.
+    with pytest.raises(ExpositionError, match="not a Prometheus text exposition"):
+        summarise(_exposition() + 'cachewatch_requests_total{provider="x" 1\n')

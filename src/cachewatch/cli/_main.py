@@ -531,7 +531,7 @@ def _serve_proxy(args: argparse.Namespace, host: str, port: int) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from ._report import report
+    from ._report import ExpositionError, report
 
     source = args.url
     if not source.startswith(("http://", "https://")):
@@ -541,12 +541,21 @@ def _report(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"cachewatch report: cannot read {args.url}: {exc.strerror}", file=sys.stderr)
             return 2
+        except UnicodeDecodeError:
+            print(
+                f"cachewatch report: {args.url}: not a Prometheus text exposition (not UTF-8)",
+                file=sys.stderr,
+            )
+            return 2
     import httpx
 
     try:
         report(source, format=args.format)
     except BrokenPipeError:
         raise  # the reader went away: main() ends quietly
+    except ExpositionError as exc:
+        print(f"cachewatch report: {args.url}: {exc}", file=sys.stderr)
+        return 2
     except (OSError, httpx.HTTPError) as exc:
         print(f"cachewatch report: cannot fetch {args.url}: {exc}", file=sys.stderr)
         return 2

@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections import Counter as Tally
 from typing import Any
 
-__all__ = ["SHADOW_NOTE", "report", "summarise"]
+__all__ = ["SHADOW_NOTE", "ExpositionError", "report", "summarise"]
 
 TOKEN_TYPES = ("input", "cache_read", "cache_write_5m", "cache_write_1h", "output")
 _MONEY = {
@@ -58,6 +58,10 @@ SHADOW_NOTE = (
     "the prefix was a whole earlier prompt); and each process simulates only its own traffic (several "
     "processes share one provider cache, so there the saving is underestimated)."
 )
+
+
+class ExpositionError(ValueError):
+    """The text is not a Prometheus text exposition (an HTML page, a truncated scrape...)."""
 
 
 def _group() -> dict[str, Any]:
@@ -102,8 +106,16 @@ def summarise(text: str) -> dict[str, Any]:
     the real cost of the shadowed series, what ``auto`` would have cost, their difference),
     ``saving_share`` (``{currency: share of the real cost}``), ``tokens`` (what ``auto`` would
     have been billed, by type), ``hit_ratio`` (real) and ``hit_ratio_auto`` (estimated).
+
+    Raises :class:`ExpositionError` when ``text`` is not a Prometheus text exposition.
     """
     from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        # The parser is lazy: a bad line deep in the text fails only when reached.
+        families = list(text_string_to_metric_families(text))
+    except ValueError as exc:
+        raise ExpositionError(f"not a Prometheus text exposition ({exc})") from exc
 
     workspaces: dict[str, dict[str, Any]] = {}
     models: dict[str, dict[str, Any]] = {}
@@ -124,7 +136,7 @@ def summarise(text: str) -> dict[str, Any]:
     real_tokens: dict[tuple[str, ...], float] = {}
     shadow_tokens: dict[tuple[str, ...], float] = {}
 
-    for family in text_string_to_metric_families(text):
+    for family in families:
         for sample in family.samples:
             name, labels, value = sample.name, sample.labels, float(sample.value)
             if not name.endswith("_total"):
