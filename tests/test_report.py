@@ -305,3 +305,30 @@ def test_summarise_refuses_text_that_is_no_exposition() -> None:
     # The parser is lazy: a bad line after good ones must fail too, not report the part before it.
     with pytest.raises(ExpositionError, match="not a Prometheus text exposition"):
         summarise(_exposition() + 'cachewatch_requests_total{provider="x" 1\n')
+
+
+def test_a_shadow_series_without_its_real_cost_is_not_compared_with_zero() -> None:
+    # cachewatch_cost_total of the sonnet series is missing from the text (dropped by a
+    # relabelling, a partial scrape): its estimate cannot be compared, and must not show
+    # as a real cost of 0 with a negative saving.
+    text = "\n".join(
+        line
+        for line in _shadow_exposition().splitlines()
+        if not line.startswith('cachewatch_cost_total{currency="USD",model="claude-sonnet-4-6"')
+    )
+    s = summarise(text + "\n")
+    assert s["shadow_unmatched_series"] == 1
+    team = s["workspaces"]["team-shadow"]["shadow"]
+    assert team["real_cost"] == {"CNY": pytest.approx(0.9)}
+    assert team["shadow_cost"] == {"CNY": pytest.approx(0.9)}
+    assert team["projected_saving"] == {"CNY": pytest.approx(0.0)}
+    sonnet = s["models"]["claude-sonnet-4-6"]["shadow"]
+    assert sonnet["real_cost"] == sonnet["shadow_cost"] == sonnet["projected_saving"] == {}
+    assert sonnet["tokens"]["cache_read"] == 7_000  # the tokens are still compared
+    assert all(v >= 0 for v in s["total"]["shadow"]["projected_saving"].values())
+    assert summarise(_shadow_exposition())["shadow_unmatched_series"] == 0
+    console = Console(width=400, record=True, color_system=None)
+    report(text + "\n", console=console)
+    out = console.export_text()
+    assert "-0." not in out
+    assert "1 cachewatch_shadow_cost_total series have no cachewatch_cost_total series" in out

@@ -106,6 +106,8 @@ def summarise(text: str) -> dict[str, Any]:
     the real cost of the shadowed series, what ``auto`` would have cost, their difference),
     ``saving_share`` (``{currency: share of the real cost}``), ``tokens`` (what ``auto`` would
     have been billed, by type), ``hit_ratio`` (real) and ``hit_ratio_auto`` (estimated).
+    A shadow cost series whose real cost series is absent is left out of the money
+    comparison (counted in the document's ``shadow_unmatched_series``), never compared with 0.
 
     Raises :class:`ExpositionError` when ``text`` is not a Prometheus text exposition.
     """
@@ -178,6 +180,7 @@ def summarise(text: str) -> dict[str, Any]:
                     g["volatile_prefix_tokens"][labels.get("block", "other")] += value
 
     shadows: dict[int, dict[str, Any]] = {}
+    unmatched = 0  # shadow cost series without their real cost series
 
     def shadow_groups(workspace: str, model: str) -> list[dict[str, Any]]:
         out = [total]
@@ -188,7 +191,12 @@ def summarise(text: str) -> dict[str, Any]:
         return [shadows.setdefault(id(g), _shadow_group()) for g in out]
 
     for (provider, model, workspace, currency), amount in shadow_costs.items():
-        real = costs.get((provider, model, workspace, currency), 0.0)
+        real = costs.get((provider, model, workspace, currency))
+        if real is None:
+            # The real cost of this series is not in the text (dropped by a relabelling, a
+            # partial scrape): no comparison, rather than a real cost of 0 and a negative saving.
+            unmatched += 1
+            continue
         for sg in shadow_groups(workspace, model):
             sg["shadow_cost"][currency] = sg["shadow_cost"].get(currency, 0.0) + amount
             sg["real_cost"][currency] = sg["real_cost"].get(currency, 0.0) + real
@@ -238,6 +246,7 @@ def summarise(text: str) -> dict[str, Any]:
         "models": {k: finish(v) for k, v in sorted(models.items())},
         "total": finish(total),
         "shadow_note": SHADOW_NOTE if shadows else None,
+        "shadow_unmatched_series": unmatched,
     }
 
 
@@ -413,6 +422,11 @@ def report(
     if summary["shadow_note"] is not None:
         out.print(_shadow_table(summary))
         out.print(summary["shadow_note"])
+    if summary["shadow_unmatched_series"]:
+        out.print(
+            f"{summary['shadow_unmatched_series']:,} cachewatch_shadow_cost_total series have no "
+            "cachewatch_cost_total series to compare with and are left out of the comparison."
+        )
     advice = {model: g["prefix_advice"] for model, g in summary["models"].items() if g["prefix_advice"]}
     if advice:
         out.print(_advice_table(advice))
