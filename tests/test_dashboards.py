@@ -317,3 +317,30 @@ def test_compose_and_provisioning_reference_the_generated_files() -> None:
     )
     assert 'type: "prometheus"' in files["provisioning/datasources/cachewatch.yaml"]
     assert '"127.0.0.1:9464"' in files["prometheus.yml"]
+
+
+def test_every_label_in_a_grouping_or_vector_matching_clause_exists() -> None:
+    # The test above reads ``by (...) (rate(metric``; a label in any other clause, such as the
+    # shadow panels' ``and on (provider, model, workspace, currency)``, a ``without``, a
+    # postfix ``by``, or a template variable's ``label_values``, would otherwise go unchecked:
+    # Prometheus matches a label that no series has as the empty value, and still returns data.
+    checked = 0
+    for where, expr in _all_expressions():
+        metrics = {_catalogue_name(m) for m in re.findall(r"\bcachewatch_[a-z0-9_]+", expr)}
+        if not metrics:
+            continue
+        specs = [BY_NAME[m] for m in metrics]
+        anywhere = set().union(*(s.labels for s in specs)) | {"le"}
+        everywhere = set.intersection(*(set(s.labels) for s in specs))
+        for clause, labels in re.findall(
+            r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)", expr
+        ):
+            for label in filter(None, (x.strip() for x in labels.split(","))):
+                checked += 1
+                # Vector matching needs the label on both sides; grouping on one at least.
+                allowed = everywhere if clause in ("on", "ignoring") else anywhere
+                assert label in allowed, f"{where}: {clause} ({label}) is not on {sorted(metrics)}"
+        for name, label in re.findall(r"label_values\((cachewatch_[a-z0-9_]+)[^,]*,\s*(\w+)\)", expr):
+            checked += 1
+            assert label in BY_NAME[_catalogue_name(name)].labels, f"{where}: {name} has no label {label}"
+    assert checked > 0
