@@ -693,3 +693,23 @@ def test_anthropic_partition_is_the_same_on_its_fast_path_and_off_it() -> None:
                         if breakdown is not None:
                             u["cache_creation"] = breakdown
                         assert partition_usage(u) == _anthropic_reference(u), u
+
+
+def test_a_usage_that_counts_no_prompt_is_unreported_not_a_zero_input() -> None:
+    # A relay's output-only usage: the prompt side is not reported, and an input of 0
+    # would hide that (cost from the output alone, a 0% hit ratio over nothing).
+    assert partition_usage({"output_tokens": 5}) is None
+    assert partition_usage({"completion_tokens": 5}) is None
+    assert usage_of("chat_completions", {"choices": [], "usage": {"completion_tokens": 5}}) is None
+    acc = stream(
+        "messages",
+        ("message_start", {"type": "message_start", "message": {"id": "m", "model": "x"}}),
+        (
+            "message_delta",
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 7}},
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    )
+    assert acc.result().usage is None
+    # With the prompt counted, as every provider does, nothing changes.
+    assert partition_usage({"input_tokens": 10, "output_tokens": 5}) == TokenUsage(10, 0, 0, 0, 5, None)

@@ -27,7 +27,9 @@ them (a Kimi ``message_delta`` may carry OpenAI-style fields):
   Anthropic's counters beside it and no ``input_tokens`` (LiteLLM's Chat usage for
   Anthropic models) is this shape too, not Anthropic's.
 
-Counts are clamped so that none is negative and the invariant still holds.
+Counts are clamped so that none is negative and the invariant still holds. A usage that
+counts no prompt at all (output only, from a relay) is not reported: ``None``, never an
+input of 0.
 ``output`` is ``output_tokens``/``completion_tokens`` (reasoning included);
 ``reasoning`` comes from ``completion_tokens_details.reasoning_tokens`` or
 ``output_tokens_details.reasoning_tokens`` (Anthropic ``thinking_tokens`` too).
@@ -253,7 +255,9 @@ def partition_usage(usage: object) -> TokenUsage | None:
             m5, h1 = _split_writes(write, u.get("cache_creation"))
     else:
         total = _first_count(u.get("prompt_tokens"), u.get("input_tokens"))
-        if total is None and output is None:
+        if total is None:
+            # No count of the prompt at all (an output-only usage from a relay): the input
+            # side is not reported, which a 0 would hide.
             return None
         total = total or 0
         details = _dict(u.get("prompt_tokens_details")) or _dict(u.get("input_tokens_details")) or {}
