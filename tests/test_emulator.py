@@ -691,6 +691,18 @@ async def test_cache_is_isolated_per_model_and_per_key() -> None:
     assert split(same.json()["usage"]) == (1, 1_100, 0, 0)
 
 
+async def test_cache_is_isolated_per_key_however_the_key_is_sent() -> None:
+    # One key is one organization: x-api-key (curl, proxies) and a Bearer token (the
+    # anthropic and openai SDKs) share its cache, and another key does not.
+    app = create_app()
+    body = {"model": MODEL, "max_tokens": 8, "system": [text(1_100, CC)], "messages": [user(text(1))]}
+    await post(app, "/v1/messages", body, {"x-api-key": "k1"})
+    bearer = await post(app, "/v1/messages", body, {"authorization": "Bearer k1"})
+    assert split(bearer.json()["usage"]) == (1, 1_100, 0, 0)
+    other = await post(app, "/v1/messages", body, {"authorization": "Bearer k2"})
+    assert split(other.json()["usage"]) == (1, 0, 1_100, 0)
+
+
 def test_profile_selection() -> None:
     assert select_profile("/v1/messages").name == "anthropic"
     assert select_profile("/apps/anthropic/v1/messages").name == "dashscope"

@@ -145,7 +145,12 @@ class Emulator:
         if not self.config.isolate_by_key:
             return ""
         headers = request.headers
-        key = headers.get("x-api-key") or headers.get("authorization", "")
+        # The same key isolates the same way however it is sent: the anthropic SDK sends
+        # ``Authorization: Bearer <key>``, curl examples and proxies ``x-api-key: <key>``.
+        key = headers.get("x-api-key") or headers.get("api-key") or ""
+        if not key:
+            auth = headers.get("authorization", "")
+            key = auth[7:].strip() if auth[:7].lower() == "bearer " else auth
         workspace = headers.get("x-dashscope-workspace", "")
         return hashlib.sha256(f"{key}\x00{workspace}".encode()).hexdigest()[:32]
 
