@@ -366,6 +366,33 @@ async def test_anthropic_profile_rejects_invalid_markers(body: dict[str, Any], m
     assert error_message(response) == message
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            {"messages": [user(text(1, {"type": "persistent"}))]},
+            "messages.0.content.0.cache_control.type: Input should be 'ephemeral'",
+        ),
+        (
+            {"messages": [user(text(1, {"type": "ephemeral", "ttl": "10m"}))]},
+            "messages.0.content.0.cache_control.ttl: Input should be '5m' or '1h'",
+        ),
+        (
+            {"cache_control": {"type": "ephemeral", "ttl": 3600}, "messages": [user(text(1))]},
+            "cache_control.ttl: Input should be '5m' or '1h'",
+        ),
+    ],
+)
+async def test_anthropic_profile_rejects_a_malformed_cache_control(
+    body: dict[str, Any], message: str
+) -> None:
+    # The only type is "ephemeral" and the only TTLs "5m" and "1h" (research A.2): the API
+    # refuses anything else instead of caching it as 5 minutes.
+    response = await post(create_app(), "/v1/messages", {"model": MODEL, "max_tokens": 8, **body})
+    assert response.status_code == 400
+    assert error_message(response) == message
+
+
 async def test_top_level_marker_goes_on_last_cacheable_block() -> None:
     app = create_app()
     thinking = {"type": "thinking", "thinking": words(30), "signature": "sig"}

@@ -7,7 +7,8 @@ from an ASGI app.
 It caches the way the providers do (research A, B, C): a cumulative prefix hash per
 breakpoint, a 20-position lookback, per-model minimums, 5m/1h TTLs refreshed on a
 hit, entries readable only once the writing response has started, the 4-marker
-limit (400 on Anthropic, last 4 win on DashScope), 400s for markers on thinking or
+limit (400 on Anthropic, last 4 win on DashScope), 400s for a malformed marker
+(a type other than ``ephemeral``, a TTL other than ``5m``/``1h``) and for markers on thinking or
 empty blocks or deferred tools, and DashScope's streaming usage quirk. The reply is short,
 deterministic text, or a tool call (see ``_completion`` for the rule).
 

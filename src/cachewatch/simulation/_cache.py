@@ -124,12 +124,26 @@ def _ttl_of(marker: Mapping[str, object], profile: Profile) -> Ttl:
     return "1h" if profile.supports_1h and marker.get("ttl") == "1h" else "5m"
 
 
+def _check_shape(marker: Mapping[str, object], where: str) -> None:
+    """A 400 for a ``cache_control`` the API's schema refuses (research A.2).
+
+    ``type`` must be ``"ephemeral"`` and ``ttl``, when given, ``"5m"`` or ``"1h"``
+    (the SDK's ``CacheControlEphemeralParam``); the wording follows the API's
+    validation errors (``<path>: Input should be ...``).
+    """
+    if marker.get("type") != "ephemeral":
+        raise CacheControlError(f"{where}.type: Input should be 'ephemeral'")
+    if "ttl" in marker and marker["ttl"] not in ("5m", "1h"):
+        raise CacheControlError(f"{where}.ttl: Input should be '5m' or '1h'")
+
+
 def resolve_breakpoints(
     prompt: Prompt, top_level: Mapping[str, object] | None, profile: Profile
 ) -> list[Breakpoint]:
     """The breakpoints in effect, or :class:`CacheControlError` under a strict profile.
 
-    Strict (Anthropic) checks, in order: a marker on a block that cannot carry one;
+    Strict (Anthropic) checks, in order: a malformed marker (type other than
+    ``ephemeral``, TTL other than ``5m``/``1h``) or one on a block that cannot carry one;
     more than ``max_breakpoints`` markers counting the top-level one; a ``1h`` marker
     after a ``5m`` one in tools -> system -> messages order; a top-level TTL that
     differs from an explicit marker on its target block. Lenient profiles drop
@@ -138,6 +152,8 @@ def resolve_breakpoints(
     if profile.implicit:
         return [Breakpoint(len(prompt.positions) - 1, "5m")] if prompt.positions else []
     markers: list[tuple[int, Ttl, str]] = []
+    if profile.strict and top_level is not None and profile.top_level:
+        _check_shape(top_level, "cache_control")
     for index, position in enumerate(prompt.positions):
         if position.marker is None:
             continue
@@ -145,6 +161,8 @@ def resolve_breakpoints(
             if profile.strict:
                 raise CacheControlError(position.marker_error)
             continue
+        if profile.strict:
+            _check_shape(position.marker, f"{position.path}.cache_control")
         markers.append((index, _ttl_of(position.marker, profile), position.path))
 
     auto: tuple[int, Ttl, str] | None = None
