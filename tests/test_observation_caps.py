@@ -67,6 +67,30 @@ def test_a_line_over_the_cap_in_one_chunk_raises() -> None:
         SSEDecoder(max_event_bytes=100).feed(b"data: ok\n\ndata: " + b"y" * 200)
 
 
+def test_a_whole_line_over_the_cap_in_one_chunk_raises() -> None:
+    # The line and its end in one chunk: before, it was decoded and parsed whatever its size.
+    decoder = SSEDecoder(max_event_bytes=100)
+    with pytest.raises(SSEOverflow, match="sse_line"):
+        decoder.feed(b'data: {"type":"message_delta","junk":"' + b"y" * 200 + b'"}\n\n')
+    assert decoder.idle
+    assert decoder.feed(b"data: ok\n\n") == [SSEEvent(None, "ok")]
+
+
+def test_a_huge_line_in_one_chunk_truncates_the_observation() -> None:
+    obs = observer(max_event_bytes=4_096)
+    obs.feed(START)
+    obs.feed(
+        b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":7},"x":"'
+        + b"y" * 10_000
+        + b'"}\n\n'
+    )
+    assert obs.truncated == "sse_line"
+    parsed = obs.result()
+    assert parsed.unparsed
+    assert parsed.usage is not None
+    assert parsed.usage.input == 11
+
+
 def test_an_event_over_the_cap_raises() -> None:
     decoder = SSEDecoder(max_event_bytes=1_000)
     line = b"data: " + b"z" * 50 + b"\n"  # short lines, one event

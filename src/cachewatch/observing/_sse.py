@@ -136,10 +136,17 @@ class SSEDecoder:
             self._keep(body[last + 1 :] + held)
         # The per-line state machine is inlined here (this runs for every stream chunk);
         # _line() is the readable twin used by flush().
+        lines = body[:last].split(b"\n")
+        if last > self._max:
+            # A chunk can hold a whole line over the cap (one huge ``data:`` line, then
+            # its LF): it is never decoded nor parsed, as if it had come in pieces.
+            for line in lines:
+                if len(line) > self._max:
+                    self._overflow("sse_line")
         events: list[SSEEvent] = []
         data = self._data
         new_event = tuple.__new__
-        for line in body[:last].split(b"\n"):
+        for line in lines:
             if not line:
                 if data:
                     # tuple.__new__ builds the named tuple without its Python-level __new__.
