@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import importlib
 from typing import Any
 
 import httpx
@@ -96,3 +98,67 @@ def test_a_caller_who_asked_for_usage_keeps_the_chunk() -> None:
     with client.stream("POST", "/chat/completions", json=asked) as r:
         received = b"".join(r.iter_bytes())
     assert received == WITH_USAGE
+
+
+@pytest.mark.parametrize("family", ["httpx", "httpx2"])
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_body_that_does_not_decode_raises_as_without_cachewatch(family: str, mode: str) -> None:
+    # The filter decodes a compressed stream for the caller (and drops Content-Encoding):
+    # a body that does not decode used to reach the caller as an empty 200 body.
+    hx = importlib.import_module(family)
+    good = gzip.compress(WITH_USAGE)
+    body = good[:20] + b"\xff" * 50 + good[70:]
+    capture: list[Any] = []
+
+    class Sink:
+        name = "capture"
+
+        def start(self, info: Any) -> None:
+            return None
+
+        def finish(self, state: Any, record: Any) -> None:
+            capture.append(record)
+
+    def handler(request: Any) -> Any:
+        headers = {"content-type": "text/event-stream", "content-encoding": "gzip"}
+        return hx.Response(200, headers=headers, content=iter([body[:30], body[30:]]))
+
+    def read(wrapped: bool) -> str:
+        if mode == "sync":
+            client = hx.Client(
+                transport=hx.MockTransport(handler), base_url="https://dashscope-intl.aliyuncs.com"
+            )
+            if wrapped:
+                cachewatch.wrap(client, registry=CollectorRegistry(), include_usage=True, sinks=[Sink()])
+            with (
+                pytest.raises(hx.DecodingError) as raised,
+                client.stream("POST", "/compatible-mode/v1/chat/completions", json=REQUEST) as r,
+            ):
+                r.read()
+            return type(raised.value).__name__
+
+        async def go() -> str:
+            async def ahandler(request: Any) -> Any:
+                async def chunks() -> Any:
+                    yield body[:30]
+                    yield body[30:]
+
+                headers = {"content-type": "text/event-stream", "content-encoding": "gzip"}
+                return hx.Response(200, headers=headers, content=chunks())
+
+            client = hx.AsyncClient(
+                transport=hx.MockTransport(ahandler), base_url="https://dashscope-intl.aliyuncs.com"
+            )
+            if wrapped:
+                cachewatch.wrap(client, registry=CollectorRegistry(), include_usage=True, sinks=[Sink()])
+            with pytest.raises(hx.DecodingError) as raised:
+                async with client.stream("POST", "/compatible-mode/v1/chat/completions", json=REQUEST) as r:
+                    await r.aread()
+            return type(raised.value).__name__
+
+        return asyncio.run(go())
+
+    assert read(wrapped=True) == read(wrapped=False)
+    (record,) = capture
+    assert record.outcome == "transport_error"
+    assert record.error_type == "DecodingError"

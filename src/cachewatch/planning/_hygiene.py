@@ -25,9 +25,18 @@ import orjson
 from ..observing._decoding import ContentDecoder
 from ..observing._sse import DEFAULT_MAX_EVENT_BYTES
 
-__all__ = ["UsageChunkFilter"]
+__all__ = ["UndecodableBody", "UsageChunkFilter"]
 
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+
+
+class UndecodableBody(Exception):
+    """The body does not decode as its ``Content-Encoding`` says.
+
+    The shell has already dropped that header from the caller's response, so the caller's
+    client cannot fail to decode it; the shell raises its family's ``DecodingError``
+    instead, the error the caller would have had without the filter.
+    """
 
 
 class UsageChunkFilter:
@@ -52,8 +61,17 @@ class UsageChunkFilter:
         return self._decoder is not None
 
     def feed(self, chunk: bytes) -> bytes:
-        if self._decoder is not None:
-            chunk = self._decoder.decode(chunk)
+        """What the caller gets now of ``chunk``.
+
+        Raises:
+            UndecodableBody: ``chunk`` does not decode (never swallowed: an empty body
+                in its place would change the caller's traffic).
+        """
+        decoder = self._decoder
+        if decoder is not None:
+            chunk = decoder.decode(chunk)
+            if decoder.failed:
+                raise UndecodableBody("the response body does not decode as its Content-Encoding says")
         if self._passthrough or not chunk:
             return chunk
         parts = self._parts

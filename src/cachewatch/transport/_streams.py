@@ -3,7 +3,10 @@
 The caller gets each chunk as soon as the inner transport yields it: nothing is
 buffered and the first byte is never delayed. The Exchange is finished exactly once,
 when the body ends (``end``), when it is closed before that (``aborted``), or when the
-inner stream raises (``transport_error``, re-raised unchanged).
+inner stream raises (``transport_error``, re-raised unchanged). The one body that is not
+passed through as it comes is the one the usage-chunk filter decodes (see
+``planning/_hygiene``): if it does not decode, the family's ``DecodingError`` is raised,
+as the caller's client would have raised it.
 
 A stream dropped without being closed (a response read partly, then forgotten) is
 finished too, as ``aborted`` with the usage seen so far: when the stream object is
@@ -27,6 +30,7 @@ from types import ModuleType
 from typing import Any
 
 from ..engine._engine import Exchange
+from ..planning._hygiene import UndecodableBody
 
 __all__ = ["async_stream_class", "sync_stream_class"]
 
@@ -107,6 +111,11 @@ def sync_stream_class(family: ModuleType) -> Any:
                             yield shown
                 if hide is not None and (tail := hide.flush()):
                     yield tail
+            except UndecodableBody as exc:
+                # The filter decodes for the caller: raise what the caller's client would have.
+                error = family.DecodingError(str(exc))
+                exchange.transport_error(error)
+                raise error from None
             except Exception as exc:
                 if type(exc).__name__ not in _REUSE_ERRORS:
                     exchange.transport_error(exc)
@@ -153,6 +162,11 @@ def async_stream_class(family: ModuleType) -> Any:
                             yield shown
                 if hide is not None and (tail := hide.flush()):
                     yield tail
+            except UndecodableBody as exc:
+                # The filter decodes for the caller: raise what the caller's client would have.
+                error = family.DecodingError(str(exc))
+                exchange.transport_error(error)
+                raise error from None
             except Exception as exc:
                 if type(exc).__name__ not in _REUSE_ERRORS:
                     exchange.transport_error(exc)
