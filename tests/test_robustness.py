@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Callable
 from typing import Any
@@ -186,3 +189,46 @@ def test_a_taken_registry_leaves_the_foreign_metric_alone() -> None:
     cachewatch.CacheWatchTransport(httpx.MockTransport(lambda r: httpx.Response(200)), registry=registry)
     names = {m.name for m in registry.collect()}
     assert names == {"cachewatch_requests"}  # nothing half-registered next to it
+
+
+def test_streams_dropped_just_before_the_process_exits_are_still_recorded(tmp_path: Any) -> None:
+    # The finisher is a daemon thread: at exit it would die with records still queued.
+    # Three dropped streams, a sink that takes 0.3 s a record, and an exit right after.
+    out = tmp_path / "records.txt"
+    script = textwrap.dedent(
+        f"""
+        import gc, time
+        import httpx
+        import cachewatch
+
+        class Slow:
+            name = "slow"
+            def start(self, info):
+                return None
+            def finish(self, state, record):
+                time.sleep(0.3)
+                with open({str(out)!r}, "a") as f:
+                    f.write(record.outcome.label + "\\n")
+
+        body = (
+            b'event: message_start\\ndata: {{"type":"message_start","message":{{"id":"m","model":"x",'
+            b'"usage":{{"input_tokens":5,"output_tokens":1}}}}}}\\n\\n'
+            + b"event: ping\\ndata: {{}}\\n\\n" * 50
+        )
+        chunks = [body[i : i + 64] for i in range(0, len(body), 64)]
+        transport = httpx.MockTransport(
+            lambda request: httpx.Response(200, headers={{"content-type": "text/event-stream"}}, stream=httpx.ByteStream(b"".join(chunks)))
+        )
+        client = cachewatch.wrap(httpx.Client(transport=transport), breakpoints="off", sinks=[Slow()])
+        for _ in range(3):
+            r = client.send(client.build_request("POST", "https://api.anthropic.com/v1/messages", json={{"model": "x"}}), stream=True)
+            next(r.iter_raw())
+            del r
+        gc.collect()
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert out.read_text().split() == ["aborted"] * 3

@@ -12,7 +12,9 @@ A stream dropped without being closed (a response read partly, then forgotten) i
 finished too, as ``aborted`` with the usage seen so far: when the stream object is
 collected, its exchange goes on a queue (``queue.SimpleQueue.put`` is safe in a
 finaliser) and a daemon thread finishes it. The sinks never run inside the garbage
-collector, which could fire while this very thread holds one of their locks.
+collector, which could fire while this very thread holds one of their locks. At
+interpreter exit the thread is told to finish what is queued and stop, and is waited for
+up to ``EXIT_TIMEOUT`` seconds, so those records are not lost with it.
 
 httpx and httpx2 clients assert that a response stream is an instance of *their*
 ``SyncByteStream`` / ``AsyncByteStream``, so the classes are built once per family.
@@ -20,6 +22,7 @@ httpx and httpx2 clients assert that a response stream is an instance of *their*
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
@@ -39,35 +42,52 @@ __all__ = ["async_stream_class", "sync_stream_class"]
 #: the exchange is finished by ``close`` as usual.
 _REUSE_ERRORS = frozenset({"StreamConsumed", "StreamClosed"})
 
-#: Exchanges of streams collected before they were finished (see the module docstring).
-_ORPHANS: queue.SimpleQueue[Exchange] = queue.SimpleQueue()
+#: Exchanges of streams collected before they were finished (see the module docstring);
+#: None tells the finisher to stop.
+_ORPHANS: queue.SimpleQueue[Exchange | None] = queue.SimpleQueue()
 _finisher_started = False
 _finisher_lock = threading.Lock()
+_finisher: threading.Thread | None = None
+#: Longest wait at interpreter exit for the orphans still queued (seconds).
+EXIT_TIMEOUT = 2.0
 
 
-def _finish_orphans(orphans: queue.SimpleQueue[Exchange]) -> None:
+def _finish_orphans(orphans: queue.SimpleQueue[Exchange | None]) -> None:
     while True:
         exchange = orphans.get()
+        if exchange is None:
+            return
         with contextlib.suppress(Exception):  # close() is fail-open; this keeps the thread alive
             exchange.close()
 
 
 def _start_finisher() -> None:
-    global _finisher_started
+    global _finisher_started, _finisher
     with _finisher_lock:
         if not _finisher_started:
-            threading.Thread(
+            _finisher = threading.Thread(
                 target=_finish_orphans, args=(_ORPHANS,), name="cachewatch-finisher", daemon=True
-            ).start()
+            )
+            _finisher.start()
             _finisher_started = True
 
 
+@atexit.register
+def _finish_queued_at_exit() -> None:
+    """Let the finisher close what is queued, then stop (bounded: ``EXIT_TIMEOUT``)."""
+    thread = _finisher
+    if thread is not None and thread.is_alive():
+        _ORPHANS.put(None)
+        thread.join(EXIT_TIMEOUT)
+
+
 def _after_fork() -> None:
-    global _ORPHANS, _finisher_started, _finisher_lock
+    global _ORPHANS, _finisher_started, _finisher_lock, _finisher
     # Threads do not survive a fork; the parent's orphans are the parent's.
     _ORPHANS = queue.SimpleQueue()
     _finisher_started = False
     _finisher_lock = threading.Lock()
+    _finisher = None
 
 
 if hasattr(os, "register_at_fork"):
