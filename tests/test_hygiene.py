@@ -61,6 +61,21 @@ def _client(body: bytes, headers: dict[str, str], seen: list[Any], **options: An
 REQUEST = {"model": "qwen-plus", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 
 
+class Capture:
+    """A sink that keeps every record in ``records``."""
+
+    name = "capture"
+
+    def __init__(self, records: list[Any]) -> None:
+        self.records = records
+
+    def start(self, info: Any) -> None:
+        return None
+
+    def finish(self, state: Any, record: Any) -> None:
+        self.records.append(record)
+
+
 @pytest.mark.parametrize("encoding", [None, "gzip"])
 def test_added_include_usage_is_hidden_and_still_counted(encoding: str | None) -> None:
     body = gzip.compress(WITH_USAGE) if encoding else WITH_USAGE
@@ -70,16 +85,7 @@ def test_added_include_usage_is_hidden_and_still_counted(encoding: str | None) -
     seen: list[Any] = []
     capture: list[Any] = []
 
-    class Sink:
-        name = "capture"
-
-        def start(self, info: Any) -> None:
-            return None
-
-        def finish(self, state: Any, record: Any) -> None:
-            capture.append(record)
-
-    client = _client(body, headers, seen, sinks=[Sink()])
+    client = _client(body, headers, seen, sinks=[Capture(capture)])
     with client.stream("POST", "/chat/completions", json=REQUEST) as r:
         received = b"".join(r.iter_bytes())
         assert "content-encoding" not in r.headers
@@ -110,15 +116,6 @@ def test_a_body_that_does_not_decode_raises_as_without_cachewatch(family: str, m
     body = good[:20] + b"\xff" * 50 + good[70:]
     capture: list[Any] = []
 
-    class Sink:
-        name = "capture"
-
-        def start(self, info: Any) -> None:
-            return None
-
-        def finish(self, state: Any, record: Any) -> None:
-            capture.append(record)
-
     def handler(request: Any) -> Any:
         headers = {"content-type": "text/event-stream", "content-encoding": "gzip"}
         return hx.Response(200, headers=headers, content=iter([body[:30], body[30:]]))
@@ -129,7 +126,9 @@ def test_a_body_that_does_not_decode_raises_as_without_cachewatch(family: str, m
                 transport=hx.MockTransport(handler), base_url="https://dashscope-intl.aliyuncs.com"
             )
             if wrapped:
-                cachewatch.wrap(client, registry=CollectorRegistry(), include_usage=True, sinks=[Sink()])
+                cachewatch.wrap(
+                    client, registry=CollectorRegistry(), include_usage=True, sinks=[Capture(capture)]
+                )
             with (
                 pytest.raises(hx.DecodingError) as raised,
                 client.stream("POST", "/compatible-mode/v1/chat/completions", json=REQUEST) as r,
@@ -150,7 +149,9 @@ def test_a_body_that_does_not_decode_raises_as_without_cachewatch(family: str, m
                 transport=hx.MockTransport(ahandler), base_url="https://dashscope-intl.aliyuncs.com"
             )
             if wrapped:
-                cachewatch.wrap(client, registry=CollectorRegistry(), include_usage=True, sinks=[Sink()])
+                cachewatch.wrap(
+                    client, registry=CollectorRegistry(), include_usage=True, sinks=[Capture(capture)]
+                )
             with pytest.raises(hx.DecodingError) as raised:
                 async with client.stream("POST", "/compatible-mode/v1/chat/completions", json=REQUEST) as r:
                     await r.aread()
