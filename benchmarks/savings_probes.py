@@ -182,11 +182,23 @@ def varied_system(mode: str, *, n: int = 80, seed: str = "varied") -> Callable[.
 
 
 def qwen_chat(mode: str, *, seed: str = "qwenprobe") -> Callable[..., None]:
-    """DashScope OpenAI-compatible: one-shot questions, or a code-review chat."""
+    """DashScope OpenAI-compatible: one-shot questions, a code-review chat, or short chats
+    under a system prompt just over the 1,024-token minimum (where a local tokenizer that
+    counts otherwise than the provider bills decides whether it is marked)."""
 
     def workload(run: Run) -> None:
         rng = random.Random(seed)
-        system = "You are the assistant. " + text(f"{seed}-system", 2_500)
+        system = "You are the assistant. " + text(f"{seed}-system", 1_200 if mode == "short" else 2_500)
+        if mode == "short":
+            for c in range(10):
+                chat: list[dict[str, Any]] = [{"role": "system", "content": system}]
+                for t in range(rng.randint(2, 4)):
+                    chat.append(U._user(f"{seed}-{c}-{t}", rng.randint(20, 120)))
+                    reply = run.send(model=QWEN, messages=chat)
+                    chat.append({"role": "assistant", "content": reply.choices[0].message.content or ""})
+                    run.wait(rng.uniform(5, 40))
+                run.wait(rng.uniform(10, 120))
+            return
         if mode == "oneshot":
             for s in range(50):
                 run.wait(rng.uniform(2, 90))
@@ -300,6 +312,7 @@ PROBES: list[Workload] = [
     Workload("shuffled examples", "anthropic", varied_system("shuffled")),
     Workload("Qwen compat one-shot", "dashscope_openai", qwen_chat("oneshot")),
     Workload("Qwen compat code review", "dashscope_openai", qwen_chat("code")),
+    Workload("Qwen compat short chats", "dashscope_openai", qwen_chat("short")),
     Workload("gateway, per-user prompts", "anthropic", gateway(True)),
     Workload("gateway, tenants' own prompts", "anthropic", gateway(False)),
 ]

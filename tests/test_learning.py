@@ -383,3 +383,65 @@ def test_a_tail_read_by_the_next_request_to_its_model_after_a_switch_keeps_being
         positions = sorted(x.position for x in p.placements if x.reason == "previous_turn")
         assert positions == [2 * turn - 3, 2 * turn - 1], turn
         assert actions(p, "previous_turn") == ["inserted", "inserted"]
+
+
+def _tokenizer_trace(bill_ratio: float, requests: int = 4) -> list[Plan]:
+    """DashScope's OpenAI-compatible mode (minimum 1,024): a system prompt the cheap
+    estimate puts at ~1,100 tokens and a local tokenizer at ~730, under a provider that
+    bills ``bill_ratio`` times what the tokenizer counts; requests 10 s apart."""
+    from cachewatch.planning._tokens import TokenEstimator
+
+    def tokenizer(text: str) -> int:
+        return len(text) // 6
+
+    where = {
+        "api": "chat_completions",
+        "host": "dashscope.aliyuncs.com",
+        "path": "/compatible-mode/v1/chat/completions",
+    }
+    clock = Clock()
+    planner = Planner(clock=clock, estimator=TokenEstimator(tokenizers={"qwen": tokenizer}))
+    system = "abcd " * 880
+    cached = int(bill_ratio * tokenizer(system)) + 8
+    written = False
+    plans = []
+    for i in range(requests):
+        question = f"question {i}"
+        body = orjson.dumps(
+            {
+                "model": "qwen3.6-plus",
+                "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
+            }
+        )
+        plan = planner.plan(body=body, **where)
+        # The bill: a marked system prompt over the minimum is written once, then read.
+        total = cached + int(bill_ratio * tokenizer(question))
+        if "inserted" not in actions(plan, "static") or cached < 1_024:
+            usage = TokenUsage(input=total)
+        elif written:
+            usage = TokenUsage(input=total - cached, cache_read=cached)
+        else:
+            written = True
+            usage = TokenUsage(input=total - cached, cache_write_5m=cached)
+        planner.started(plan)
+        planner.finished(plan, usage)
+        planner.observe(plan, usage)
+        plans.append(plan)
+        clock.now += 10.0
+    return plans
+
+
+def test_a_tokenizer_that_undercounts_what_the_provider_bills_is_corrected_by_the_bills() -> None:
+    # The provider bills 1.6x what the local tokenizer counts (~1,170 tokens): worth
+    # marking. Before any bill the tokenizer does not veto the estimate; after, its
+    # count is scaled by what the bills say. The bills, not the tokenizer, are the truth.
+    plans = _tokenizer_trace(1.6)
+    assert [actions(p, "static") for p in plans] == [["inserted"]] * 4
+
+
+def test_a_tokenizer_that_agrees_with_the_bills_keeps_a_short_prefix_unmarked() -> None:
+    # The bills agree with the tokenizer (~730 tokens, under 1,024): the first request
+    # marks on the estimate (no write: nothing lost), the next ones do not.
+    plans = _tokenizer_trace(1.0)
+    assert actions(plans[0], "static") == ["inserted"]
+    assert [actions(p, "static") for p in plans[1:]] == [["skipped_below_minimum"]] * 3

@@ -60,12 +60,57 @@ def test_precise_count_only_inside_the_band() -> None:
         return len(text) // 10  # a "tokenizer" far cheaper than the estimate
 
     est = TokenEstimator(tokenizers={"qwen": fake}, band=0.2)
+    # Bills that agree with the tokenizer: it decides inside the band.
+    est.observe_precise(2_000, 2_000, provider="dashscope", family="qwen")
     counter = est.prefix(model="qwen3-max", provider="dashscope")
     raw = counter.add_block({"type": "text", "text": "abcd " * 1_000})  # ~1,250 cheap tokens
     assert not counter.reaches_at(raw, 1_100)  # inside the band: the tokenizer decides (500 tokens)
     assert calls == [5_000]
     assert counter.reaches_at(raw, 100)  # far below: settled without counting again
     assert calls == [5_000]
+
+
+def test_the_tokenizer_is_calibrated_against_what_the_provider_bills() -> None:
+    # A provider (or relay, or emulator) that bills 1.6x what the local tokenizer counts:
+    # the precise count alone says a 1,250-cheap-token prefix is ~835 tokens, under 1,100.
+    est = TokenEstimator(tokenizers={"qwen": lambda text: len(text) // 6}, band=0.2)
+    text = "abcd " * 1_000
+
+    def counter_at(threshold: float) -> tuple[bool, float | None]:
+        counter = est.prefix(model="qwen3-max", provider="dashscope")
+        raw = counter.add_block({"type": "text", "text": text})
+        return counter.reaches_at(raw, threshold), counter.precise_sample()
+
+    # Before any bill the tokenizer does not veto what the estimate reaches: a marker
+    # under the minimum costs no write, a missed one costs the next request a read.
+    reached, sample = counter_at(1_100)
+    assert reached
+    assert sample is not None
+    est.observe_precise(sample, int(1.6 * sample), provider="dashscope", family="qwen")
+    assert est.tokenizer_ratio("dashscope", "qwen") == pytest.approx(1.6, rel=1e-2)
+    assert est.tokenizer_ratio("other", "qwen") is None  # per provider
+    reached, _ = counter_at(1_100)
+    assert reached  # ~835 x 1.6: over 1,100 once the tokenizer's count is calibrated
+    # Bills that agree with the tokenizer: ~835, under 1,100.
+    agreeing = TokenEstimator(tokenizers={"qwen": lambda text: len(text) // 6}, band=0.2)
+    agreeing.observe_precise(sample, int(sample), provider="dashscope", family="qwen")
+    counter = agreeing.prefix(model="qwen3-max", provider="dashscope")
+    assert not counter.reaches_at(counter.add_block({"type": "text", "text": text}), 1_100)
+    # Samples: the first PRECISE_SAMPLES requests that needed the tokenizer, then 1 in PRECISE_EVERY.
+    picks = [
+        est.wants_precise_sample("p", "qwen")
+        for _ in range(_tokens.PRECISE_SAMPLES + 3 * _tokens.PRECISE_EVERY)
+    ]
+    assert sum(picks) == _tokens.PRECISE_SAMPLES + 3
+    assert all(picks[: _tokens.PRECISE_SAMPLES])
+    # A request that never asked the tokenizer, or a huge prompt, is never counted whole.
+    counter = est.prefix(model="qwen3-max", provider="dashscope")
+    counter.add_block({"type": "text", "text": text})
+    assert counter.precise_sample() is None
+    counter = est.prefix(model="qwen3-max", provider="dashscope")
+    raw = counter.add_block({"type": "text", "text": "abcd " * 40_000})
+    counter.reaches_at(raw, raw * 1.05)
+    assert counter.precise_sample() is None
 
 
 def test_calibration_is_bounded_ewma() -> None:

@@ -134,6 +134,9 @@ class Plan:
     advice: Advice | None = None
     #: The fault the planner contained (``error == "internal_error"``), for the engine to count.
     fault: Exception | None = field(default=None, repr=False, compare=False)
+    #: The family tokenizer's count of the whole prompt (uncalibrated), when this request
+    #: was sampled to calibrate it against the billed total (``TokenEstimator.observe_precise``).
+    precise_estimate: float | None = None
 
     @property
     def inserted(self) -> tuple[Placement, ...]:

@@ -224,6 +224,10 @@ class Planner:
         total = usage.prompt_total
         if raw is not None and total > 0 and raw > 0:
             self.estimator.observe(raw, total, provider=plan.provider, family=plan.family)
+            if plan.precise_estimate is not None:
+                self.estimator.observe_precise(
+                    plan.precise_estimate, total, provider=plan.provider, family=plan.family
+                )
         ticket = plan.ticket
         if ticket is None or not self.learning or total <= 0 or ticket.total_raw <= 0:
             return
@@ -345,6 +349,7 @@ class Planner:
             layout,
             advice,
             None,  # fault
+            counter.precise_sample(),  # precise_estimate
         )
 
     def min_tokens(self, profile: Profile, model: str | None) -> int:

@@ -16,6 +16,16 @@ two-tiered:
 Calibration: :meth:`TokenEstimator.observe` takes the estimate and the prompt total
 the provider billed and moves a per-(provider, model family) ratio by an EWMA,
 clamped to ``[min_ratio, max_ratio]``. The ratio multiplies every later estimate.
+
+The precise count is calibrated too, because the provider's bill is the truth and a
+local tokenizer is only a model of it (a relay or an emulator may count otherwise, and
+a provider's chat template adds tokens): a request whose threshold questions needed the
+tokenizer is, for its first :data:`PRECISE_SAMPLES` times per (provider, family) and then
+one time in :data:`PRECISE_EVERY`, counted whole by the tokenizer, and
+:meth:`TokenEstimator.observe_precise` moves a second ratio (billed / tokenizer) that
+multiplies later precise counts. Prompts over :data:`PRECISE_MAX_RAW` estimated tokens
+are never counted whole. Until the first such bill the tokenizer only confirms: a prefix
+the calibrated estimate or the tokenizer puts over the threshold is over it.
 """
 
 from __future__ import annotations
@@ -40,7 +50,14 @@ from ._costs import (
 )
 from ._qwen import load_qwen_tokenizer
 
-__all__ = ["PrefixCounter", "TokenEstimator"]
+__all__ = ["PRECISE_EVERY", "PRECISE_MAX_RAW", "PRECISE_SAMPLES", "PrefixCounter", "TokenEstimator"]
+
+#: Requests per (provider, family) whose whole prompt is counted by the tokenizer first.
+PRECISE_SAMPLES = 8
+#: After those, one request in this many is (when its questions needed the tokenizer).
+PRECISE_EVERY = 64
+#: No whole-prompt count for a prompt estimated (raw) above this many tokens.
+PRECISE_MAX_RAW = 16_000
 
 
 class TokenEstimator:
@@ -87,6 +104,8 @@ class TokenEstimator:
         self.max_ratio = max_ratio
         self.min_observed_tokens = min_observed_tokens
         self._ratios: dict[tuple[str, str], float] = {}
+        self._tok_ratios: dict[tuple[str, str], float] = {}
+        self._tok_seen: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
 
     # -- configuration lookups --------------------------------------------------------
@@ -111,7 +130,31 @@ class TokenEstimator:
         """The calibration ratio (actual / estimated) learnt for this provider and family."""
         return self._ratios.get((provider, family), 1.0)
 
+    def tokenizer_ratio(self, provider: str, family: str) -> float | None:
+        """The ratio (billed / tokenizer count) learnt for this provider and family's
+        tokenizer; ``None`` before the first bill of a request it counted whole."""
+        return self._tok_ratios.get((provider, family))
+
     # -- calibration ------------------------------------------------------------------
+
+    def wants_precise_sample(self, provider: str, family: str) -> bool:
+        """Whether this request (whose questions needed the tokenizer) is counted whole.
+
+        The first :data:`PRECISE_SAMPLES` per (provider, family), then one in
+        :data:`PRECISE_EVERY`; deterministic for a given sequence of requests.
+        """
+        key = (provider, family)
+        with self._lock:
+            seen = self._tok_seen.get(key, 0)
+            self._tok_seen[key] = seen + 1
+        return seen < PRECISE_SAMPLES or (seen - PRECISE_SAMPLES) % PRECISE_EVERY == PRECISE_EVERY - 1
+
+    def observe_precise(self, precise: float, actual: int, *, provider: str, family: str) -> None:
+        """Feed back a billed prompt total for a request the tokenizer counted at ``precise``.
+
+        Same filters and EWMA as :meth:`observe`, into the tokenizer's own ratio.
+        """
+        self._move(self._tok_ratios, precise, actual, (provider, family))
 
     def observe(self, estimated: float, actual: int, *, provider: str, family: str) -> None:
         """Feed back a billed prompt total for a request estimated (uncalibrated) at ``estimated``.
@@ -121,18 +164,22 @@ class TokenEstimator:
         and samples outside ``[min_ratio, max_ratio]`` (hidden content such as server-tool
         results, not a tokenizer difference) are ignored.
         """
-        if estimated <= 0 or actual < self.min_observed_tokens:
+        self._move(self._ratios, estimated, actual, (provider, family))
+
+    def _move(
+        self, ratios: dict[tuple[str, str], float], counted: float, actual: int, key: tuple[str, str]
+    ) -> None:
+        if counted <= 0 or actual < self.min_observed_tokens:
             return
-        sample = actual / estimated
+        sample = actual / counted
         if not self.min_ratio <= sample <= self.max_ratio:
             # Hidden content (server-tool results, image sizes, relay system prompts)
             # rather than a tokenizer difference: it would only drag the ratio around.
             return
-        key = (provider, family)
         with self._lock:
-            old = self._ratios.get(key)
+            old = ratios.get(key)
             new = sample if old is None else old + self.alpha * (sample - old)
-            self._ratios[key] = min(self.max_ratio, max(self.min_ratio, new))
+            ratios[key] = min(self.max_ratio, max(self.min_ratio, new))
 
     # -- estimates --------------------------------------------------------------------
 
@@ -206,8 +253,10 @@ class PrefixCounter:
         "_parts",
         "_per_block",
         "_precise",
+        "_provider",
         "_ratio",
         "_tok",
+        "_tok_ratio",
         "_track",
         "per_message",
         "raw",
@@ -229,6 +278,8 @@ class PrefixCounter:
         #: The family's precise counter (looked up once: reaches_at asks per candidate).
         self._tok = estimator.tokenizer(family)
         self._track = self._tok is not None
+        self._provider = provider
+        self._tok_ratio = estimator.tokenizer_ratio(provider, family) if self._track else None
         self._parts: list[str] = []
         self._costs: list[float] = []
         self._cums: list[float] = []
@@ -373,5 +424,30 @@ class PrefixCounter:
             if i == len(self._precise):
                 self._precise.append(tok(self._parts[i]))
             precise += self._precise[i] - self._costs[i]
-        # The tokenizer counts exactly; the calibration ratio only corrects the cheap part.
-        return precise >= threshold
+        if self._tok_ratio is None:
+            # No bill has calibrated the tokenizer yet: it may count otherwise than the
+            # provider bills (a relay, an emulator, a chat template), so it does not yet
+            # veto what the estimate reaches. Marking a prefix under the minimum costs no
+            # write; leaving one over it unmarked costs the next request a read.
+            return est >= threshold or precise >= threshold
+        # The tokenizer's own ratio (billed / its count), not the cheap estimate's.
+        return precise * self._tok_ratio >= threshold
+
+    def precise_sample(self) -> float | None:
+        """The tokenizer's count of the whole prompt, if this request is a calibration sample.
+
+        Only a request whose threshold questions needed the tokenizer, under
+        :data:`PRECISE_MAX_RAW`, and picked by :meth:`TokenEstimator.wants_precise_sample`.
+        """
+        tok = self._tok
+        if tok is None or not self._precise or self.raw > PRECISE_MAX_RAW:
+            return None
+        if not self._est.wants_precise_sample(self._provider, self._family):
+            return None
+        precise = self.raw
+        known = self._precise
+        for i, part in enumerate(self._parts):
+            if i == len(known):
+                known.append(tok(part))
+            precise += known[i] - self._costs[i]
+        return precise
