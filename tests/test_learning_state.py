@@ -194,6 +194,22 @@ def test_a_failed_request_is_taken_back_and_its_retry_is_not_a_reuse(new_learner
     assert learner.sight(FAMILY, static(3), 103.0, 4)[0].p < 0.25
 
 
+def test_a_failed_request_releases_a_claim_it_made_while_another_sighting_was_open(
+    new_learner: Make,
+) -> None:
+    # Request 1 sighted the shared prefix and does not write it (its claim becomes a
+    # sighting); request 2, planned before 1's response began, claims it and then fails.
+    learner = new_learner()
+    learner.sight(FAMILY, static(1), 100.0, 1)
+    learner.release([1], 1)
+    assert not learner.sight(FAMILY, static(1), 100.5, 2)[0].writing
+    assert learner.claims() == 1  # type: ignore[attr-defined]
+    learner.void([1], 2)  # a 429: nothing was written, its claim ends with it
+    assert learner.claims() == 0  # type: ignore[attr-defined]
+    # Its retry (and every other request) may write the prefix, not 120 s later.
+    assert not learner.sight(FAMILY, static(1), 101.0, 3)[0].writing
+
+
 def test_reads_that_do_not_happen_lower_the_familys_reliability(new_learner: Make) -> None:
     learner = new_learner()
     before = learner.sight(FAMILY, static(1), 100.0, 1)[0]

@@ -696,8 +696,10 @@ class MemoryLearner:
                     if bucket is not None:
                         bucket.seen = max(0.0, bucket.seen - 1.0)
                         bucket.recurred = min(bucket.recurred, bucket.seen)
-                    if prefix.writers:
-                        prefix.writers = [(t, at) for t, at in prefix.writers if t != ticket]
+                # Its claims and sightings end with it, whoever sighted the prefix last (a
+                # claim made while another request's sighting was open left the ticket alone).
+                if prefix is not None and prefix.writers:
+                    prefix.writers = [(t, at) for t, at in prefix.writers if t != ticket]
                 if prefix is not None and prefix.sighters:
                     prefix.sighters = [(t, at) for t, at in prefix.sighters if t != ticket]
 

@@ -633,8 +633,10 @@ OPS.void = function(a)
         s = math.max(0.0, s - 1.0)
         put(t, field, fmt(math.min(r, s)) .. ' ' .. fmt(s))
       end
-      redis.call('HSET', name, 'v', '1', 'w', drop_writer(h['w'] or '', ticket))
+      redis.call('HSET', name, 'v', '1')
     end
+    -- Its claims and sightings end with it, whoever sighted the prefix last.
+    if h and (h['w'] or '') ~= '' then redis.call('HSET', name, 'w', drop_writer(h['w'], ticket)) end
     if h and (h['s'] or '') ~= '' then redis.call('HSET', name, 's', drop_writer(h['s'], ticket)) end
   end
   flush(family_ttl)
