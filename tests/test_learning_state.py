@@ -475,6 +475,19 @@ def test_the_shared_state_is_bounded_and_holds_no_content(shared: Callable[..., 
             assert client.ttl(name) > 0
 
 
+def test_families_counted_only_by_conversations_are_capped_too(shared: Callable[..., RedisLearner]) -> None:
+    # The planner counts a conversation's changes for its scope's family, which no sight
+    # touches (a gateway's tenants): those family hashes are capped by max_families as well.
+    learner = shared(max_families=3)
+    client = learner.client
+    for scope in range(10):
+        for n in range(3):  # continued requests: the scope family's "goes on" counts
+            learner.conversation(500 + scope, 1, None, True, 100.0 + n, 0, -1, 9_000 + scope)
+    families = sorted(n.decode() for n in client.scan_iter(match=learner.prefix + "f:*"))
+    assert len(families) <= 3, families
+    assert client.zcard(learner.prefix + "fams") <= 3
+
+
 def _learner_on(
     port: int, *, timeout: float = 0.05, retry_after: float = 60.0
 ) -> tuple[RedisLearner, list[str]]:

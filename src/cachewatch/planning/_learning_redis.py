@@ -258,6 +258,7 @@ class RedisLearner(RedisLink):
             str(family),
             _f(self.forget),
             max(1, int(self.family_ttl)),
+            self.max_families,
         )
 
     @staticmethod

@@ -27,7 +27,7 @@ Ops and their arguments (``''`` for "none"; floats as ``repr`` strings, exact):
   positions, stale, reordered);
 * ``conversation``: key, static (``=``: this batch's sighting), has_reply, reply,
   history_known (``=``: this batch's sighting), now, max_age, ttl, model, tail, family,
-  forget, family_ttl. Returns the earlier tail (after a switch of lane, model and static
+  forget, family_ttl, max_families. Returns the earlier tail (after a switch of lane, model and static
   prefix, where the last request to this model ended, or -1), then, when the previous
   request was in the same lane or changed its static prefix to a new one, (static, the reply's place among the binary values or 0, time, steady,
   unsettled, goes on);
@@ -536,6 +536,11 @@ OPS.conversation = function(a)
   local fid, f = a[11], tonumber(a[12])
   -- 'g' (family and pool): continued requests followed by the next within 5 minutes.
   local t, pl = fam(fid), pool()
+  -- A family written here (the scope's, which no sight touches) counts against max_families.
+  local function save()
+    if next(t.dirty) ~= nil then touch(fid, tonumber(a[14])) end
+    flush(tonumber(a[13]))
+  end
   if held then
     -- 'u' .. what changed: the unsettled request of the lane this one is back to held.
     for _, s in ipairs({t, pl}) do
@@ -571,7 +576,7 @@ OPS.conversation = function(a)
     'x', tail, 'o', others, 'z', z, 'w', change, 'k', continued and '1' or '0')
   if has_reply then redis.call('HSET', name, 'r', reply) else redis.call('HDEL', name, 'r') end
   redis.call('EXPIRE', name, tonumber(a[8]))
-  flush(tonumber(a[13]))
+  save()
   if h == nil then return {earlier} end
   if now - tonumber(h['t']) > TTL_1H then return {earlier, h['s'], 0, h['t'], h['y'], '0', '0'} end
   -- 'u' .. what changed (family and pool): unsettled conversations whose next request
@@ -585,7 +590,7 @@ OPS.conversation = function(a)
       if r == nil then r, n = 0.0, 0.0 end
       put(s, field, fmt(r * f + x) .. ' ' .. fmt(n * f + 1.0))
     end
-    flush(tonumber(a[13]))
+    save()
   end
   local field = 'u' .. STATIC
   if h['s'] == static and not known then field = 'u' .. HISTORY end
