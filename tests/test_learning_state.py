@@ -488,6 +488,34 @@ def test_families_counted_only_by_conversations_are_capped_too(shared: Callable[
     assert client.zcard(learner.prefix + "fams") <= 3
 
 
+def test_a_claim_whose_end_was_answered_locally_ends_in_redis_once_it_answers(
+    shared: Callable[..., RedisLearner],
+) -> None:
+    # Process a claims a shared prefix in Redis; the call that says its response started
+    # fails (a 50 ms timeout): the claim must not hold the whole fleet off the prefix for
+    # CLAIM_TIMEOUT. It ends in Redis with a's next call that reaches it.
+    a, b = shared(retry_after=0.0), shared()
+    assert not a.sight(FAMILY, static(1), 100.0, 1)[0].writing
+    real = a._script
+    calls = []
+
+    def lost(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise redis.TimeoutError("Timeout reading from socket")
+        return real(*args, **kwargs)
+
+    a._script = lost  # type: ignore[method-assign]
+    a.started([(1, 300.0)], 1, 101.0)  # answered locally: the fault is counted
+    assert a.faults == 1
+    a.faults = 0  # (the fixture fails a test whose learners faulted)
+    a.sight(FAMILY, static(2), 102.0, 2)  # a reaches Redis again
+    assert a.claims() == 1  # prefix 2's claim only
+    later = b.sight(FAMILY, static(1), 103.0, 1)[0]
+    assert not later.writing
+    assert later.cached  # what a wrote is readable: its response started at 101
+
+
 def _learner_on(
     port: int, *, timeout: float = 0.05, retry_after: float = 60.0
 ) -> tuple[RedisLearner, list[str]]:

@@ -62,6 +62,9 @@ slow, a script error) is reported to ``on_fault("learner", exc)`` (the engine's
 for ``retry_after`` seconds after it (doubling while faults go on, up to 30 s), is
 answered by a local :class:`MemoryLearner`: the planner keeps planning, learning from
 this process's traffic alone, and never sees an exception (``_learning_redis_link``).
+What ends a claim (a release, a response's start, a failed request) and was answered
+locally is sent to Redis ahead of the next call that reaches it, so a claim made there
+before the fault ends there too, not ``CLAIM_TIMEOUT`` later.
 """
 
 from __future__ import annotations
@@ -382,6 +385,7 @@ class RedisLearner(RedisLink):
             self._tell(
                 op("release", self._ticket(ticket), *map(str, keys)),
                 lambda: self.fallback.release(keys, ticket),
+                owed=True,
             )
 
     def void(self, keys: Iterable[int], ticket: int) -> None:
@@ -390,6 +394,7 @@ class RedisLearner(RedisLink):
             self._tell(
                 op("void", self._ticket(ticket), max(1, int(self.family_ttl)), *map(str, keys)),
                 lambda: self.fallback.void(keys, ticket),
+                owed=True,
             )
 
     def started(self, keys: Iterable[tuple[int, float]], ticket: int, now: float) -> None:
@@ -399,7 +404,7 @@ class RedisLearner(RedisLink):
         args: list[object] = [self._ticket(ticket), _f(now)]
         for key, ttl in pairs:
             args += [str(key), _f(ttl)]
-        self._tell(op("started", *args), lambda: self.fallback.started(pairs, ticket, now))
+        self._tell(op("started", *args), lambda: self.fallback.started(pairs, ticket, now), owed=True)
 
     def not_cached(self, keys: Iterable[int]) -> None:
         keys = list(keys)

@@ -7,7 +7,12 @@ script per batch, one round trip) -> Redis; on a fault -> the learner's local fa
 a fault is counted (``faults``), reported to ``on_fault("learner", exc)`` and the call is
 answered by ``local``, as is every call for ``retry_after`` seconds after it (doubling
 while faults go on, up to 30 s). Every call waits for its reply: what the learner is told
-is applied in Redis, for every process, by the time the call returns. (Messages sent
+is applied in Redis, for every process, by the time the call returns. What ends a claim
+(a release, a response's start, a failed request) and was answered locally is *owed* to
+Redis: sent ahead of the next batch that reaches it (at most ``MAX_OWED`` kept), so a
+claim made there before the fault does not hold every process off its prefix for
+``CLAIM_TIMEOUT``; those ops are idempotent, so one applied before its reply was lost
+is harmless again. (Messages sent
 without waiting, behind ``CLIENT REPLY SKIP``, were tried: two connections do not keep
 their order, so another process could plan on state from before such a message.)
 """
@@ -27,6 +32,10 @@ __all__ = ["RedisLink", "client_from_url", "client_with_timeout"]
 _log = logging.getLogger("cachewatch")
 _T = TypeVar("_T")
 _MAX_BACKOFF: Final = 30.0
+#: Ops owed to Redis kept at most (the first ones: the claims of requests in flight when
+#: Redis failed), and sent ahead of one batch at most.
+MAX_OWED: Final = 256
+_OWED_PER_BATCH: Final = 64
 
 
 class RedisLink:
@@ -58,6 +67,8 @@ class RedisLink:
         self._backoff = retry_after
         self._logged = False
         self._lock = threading.Lock()
+        #: Ops answered locally that Redis still has to apply (claims ending).
+        self._owed: list[list[object]] = []
         self._script = client.register_script(script)
 
     @property
@@ -65,14 +76,21 @@ class RedisLink:
         """Redis failed a moment ago and is left alone."""
         return bool(self._down_until) and time.monotonic() < self._down_until
 
-    def _run(self, call: Callable[[], _T], local: Callable[[], _T]) -> _T:
-        """``call`` against Redis; on a fault (or while Redis is left alone) ``local``."""
+    def _run(
+        self, call: Callable[[], _T], local: Callable[[], _T], owed: list[list[object]] | None = None
+    ) -> _T:
+        """``call`` against Redis; on a fault (or while Redis is left alone) ``local``, and
+        ``owed`` (ops) is sent ahead of the next batch that reaches Redis."""
         if self._down:
+            if owed:
+                self._owe(owed)
             return local()
         try:
             result = call()
         except Exception as exc:
             self._fault(exc)
+            if owed:
+                self._owe(owed)
             return local()
         self._recovered()
         return result
@@ -106,12 +124,33 @@ class RedisLink:
         return self._eval_blobs(ops)[0]
 
     def _eval_blobs(self, ops: list[list[object]]) -> tuple[list[Any], list[bytes]]:
-        """One batch of ops, one round trip: (their replies, the binary values they name)."""
-        return decode(self._script(args=[self.prefix, *encode(ops)], client=self.client))
+        """One batch of ops, one round trip: (their replies, the binary values they name).
 
-    def _tell(self, ops: list[list[object]], local: Callable[[], object]) -> None:
-        """A batch whose replies are not needed; while Redis is left alone or on a fault, ``local``."""
-        self._run(lambda: self._eval(ops), local)
+        Ops owed to Redis go first (their replies dropped); back in the queue if it fails.
+        """
+        owed: list[list[object]] = []
+        if self._owed:
+            with self._lock:
+                owed = self._owed[:_OWED_PER_BATCH]
+                del self._owed[:_OWED_PER_BATCH]
+        try:
+            replies, blobs = decode(self._script(args=[self.prefix, *encode(owed + ops)], client=self.client))
+        except BaseException:
+            if owed:
+                with self._lock:
+                    self._owed[:0] = owed[: MAX_OWED - len(self._owed)]
+            raise
+        return (replies[len(owed) :] if owed else replies), blobs
+
+    def _owe(self, ops: list[list[object]]) -> None:
+        with self._lock:
+            if len(self._owed) + len(ops) <= MAX_OWED:
+                self._owed += ops
+
+    def _tell(self, ops: list[list[object]], local: Callable[[], object], *, owed: bool = False) -> None:
+        """A batch whose replies are not needed; while Redis is left alone or on a fault,
+        ``local`` (and with ``owed`` the batch is owed to Redis)."""
+        self._run(lambda: self._eval(ops), local, ops if owed else None)
 
 
 def client_from_url(url: str, timeout: float) -> Any:
