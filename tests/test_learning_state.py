@@ -210,6 +210,22 @@ def test_a_failed_request_releases_a_claim_it_made_while_another_sighting_was_op
     assert not learner.sight(FAMILY, static(1), 101.0, 3)[0].writing
 
 
+def test_a_failed_requests_opportunity_is_taken_back_from_the_pool_too(new_learner: Make) -> None:
+    # The pool is the families' counts summed: a failed request's opportunity, taken back
+    # from its family's, leaves the pool too, or every 429 and its retry count twice there
+    # and lower the prior of every new family.
+    learner = new_learner()
+    f = 0.85
+    learner.sight(FAMILY, static(1), 100.0, 1)
+    learner.started([(1, 300.0)], 1, 101.0)
+    learner.sight(FAMILY, static(1), 110.0, 2)  # came back: static run 1 is (1 recurred, 1 seen)
+    learner.sight(FAMILY, static(5), 120.0, 3)  # (f, f + 1)
+    learner.void([5], 3)  # (f, f): taken back
+    recurred, seen = f, f
+    pooled = (recurred + 1 / 3) / (seen + 1)
+    assert learner.recurrence(FAMILY + 1, "static", 1, 121.0) == pytest.approx(pooled)  # type: ignore[attr-defined]
+
+
 def test_reads_that_do_not_happen_lower_the_familys_reliability(new_learner: Make) -> None:
     learner = new_learner()
     before = learner.sight(FAMILY, static(1), 100.0, 1)[0]

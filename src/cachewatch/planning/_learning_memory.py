@@ -691,11 +691,16 @@ class MemoryLearner:
                 prefix = self._prefixes.get(key)
                 if prefix is not None and prefix.ticket == ticket and not prefix.void:
                     prefix.void = True
-                    # Its opportunity says nothing about reuse: take it back.
-                    bucket = self._stats.get((prefix.family, prefix.kind, _bucket(prefix.run)))
-                    if bucket is not None:
-                        bucket.seen = max(0.0, bucket.seen - 1.0)
-                        bucket.recurred = min(bucket.recurred, bucket.seen)
+                    # Its opportunity says nothing about reuse: take it back (from the
+                    # family's counts and from their pool over every family).
+                    bucket_id = _bucket(prefix.run)
+                    for bucket in (
+                        self._stats.get((prefix.family, prefix.kind, bucket_id)),
+                        self._pool.get((prefix.kind, bucket_id)),
+                    ):
+                        if bucket is not None:
+                            bucket.seen = max(0.0, bucket.seen - 1.0)
+                            bucket.recurred = min(bucket.recurred, bucket.seen)
                 # Its claims and sightings end with it, whoever sighted the prefix last (a
                 # claim made while another request's sighting was open left the ticket alone).
                 if prefix is not None and prefix.writers:

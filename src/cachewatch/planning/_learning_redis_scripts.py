@@ -631,12 +631,14 @@ OPS.void = function(a)
     local name = P .. 'p:' .. a[i]
     local h = load(name)
     if h and h['tk'] == ticket and h['v'] ~= '1' then
-      local t = fam(h['f'])
+      -- Taken back from the family's counts and from their pool (MemoryLearner.void).
       local field = h['k'] .. ':' .. bucket_of(tonumber(h['r']))
-      local r, s = stat_get(t, field)
-      if r ~= nil then
-        s = math.max(0.0, s - 1.0)
-        put(t, field, fmt(math.min(r, s)) .. ' ' .. fmt(s))
+      for _, t in ipairs({fam(h['f']), pool()}) do
+        local r, s = stat_get(t, field)
+        if r ~= nil then
+          s = math.max(0.0, s - 1.0)
+          put(t, field, fmt(math.min(r, s)) .. ' ' .. fmt(s))
+        end
       end
       redis.call('HSET', name, 'v', '1')
     end
