@@ -227,6 +227,27 @@ def test_requests_auto_would_leave_alone_keep_their_real_usage() -> None:
     assert openai is None  # no markers on OpenAI: auto sends what was sent
 
 
+def test_a_request_auto_would_send_unchanged_for_a_number_it_cannot_keep_is_not_simulated() -> None:
+    """auto leaves a body alone when re-serialising it would change one of the caller's
+    numbers (an integer outside 64 bits: ``lossy_json``); the shadow, which plans without
+    serialising, must make the same decision, not project reads auto never gets."""
+    from cachewatch.planning._planner import Planner
+
+    system = "Assistant. " + _words("s", 2_000)
+    wide = orjson.dumps(_body(system, "A?"))[:-1] + b',"metadata":{"n":123456789012345678901234567890}}'
+    auto = Planner().plan(body=wide, scope="k", **_WHERE)
+    assert auto.body is None  # auto sends it unchanged
+    assert auto.error == "lossy_json"
+    sim = _Sim()
+    for _ in range(2):  # nothing written, so nothing read the second time either
+        # None: nothing to simulate, the real usage stands (as ShadowStage records it).
+        assert sim.shadow.begin(body=wide, scope="k", **_WHERE) is None
+        sim.clock.advance(30)
+    assert sim.shadow.planner.learner.claims() == 0
+    # A body whose numbers survive is planned, and simulated, as before.
+    assert sim.send(_body(system, "B?"), 2_600).simulated
+
+
 def test_caches_are_separate_per_scope_and_model() -> None:
     sim = _Sim()
     system = "Assistant. " + _words("s", 2_000)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -84,7 +85,9 @@ class Planner:
             (``_budget``): on any traffic they cost at most this share of the bill more
             than placing none. ``None``: no budget (the estimate alone decides).
         render: serialise the planned body (``False``: ``Plan.body`` stays None and only the
-            decisions are made; the shadow estimate, which never sends them, plans so).
+            decisions are made; the shadow estimate, which never sends them, plans so). The
+            decisions are the same either way: a body that cannot be re-serialised without
+            changing one of its numbers is ``lossy_json`` (sent unchanged) in both.
 
     Example::
 
@@ -322,12 +325,17 @@ class Planner:
             )
         placements, changed, ticket, advice = place(self, obj, profile, model, counter, layout, host, scope)
         out: bytes | None = None
-        if (changed or added_usage) and self.render:
+        # Without rendering (the shadow), a body whose render would be lossy is still found
+        # lossy, so that the decision is auto's: it sends such a body unchanged. Only an
+        # integer of 19 digits or more can be lossy: rendered then, and only then.
+        if (changed or added_usage) and (self.render or _LONG_DIGITS.search(body) is not None):
             out = _render(obj, body)
             if out is None:
                 if ticket is not None:  # what it placed never goes out: its claims end
                     self.finished(Plan(body=None, ticket=ticket))
                 return _lossy(profile, model, api)
+            if not self.render:
+                out = None
         ratio = counter.ratio
         static_raw = layout.positions[layout.first_message - 1][CUM] if layout.first_message else 0.0
         return new_plan(
@@ -428,6 +436,9 @@ def _has_wide_float(obj: Any) -> bool:
 
 
 _WIDE: Final = float(2**63)
+
+#: A run of 19 digits: the shortest an integer outside [-2**63, 2**64) can be written with.
+_LONG_DIGITS: Final = re.compile(rb"[0-9]{19}")
 
 
 def _wide_integer(raw: bytes) -> bool:
