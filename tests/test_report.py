@@ -332,3 +332,34 @@ def test_a_shadow_series_without_its_real_cost_is_not_compared_with_zero() -> No
     out = console.export_text()
     assert "-0." not in out
     assert "1 cachewatch_shadow_cost_total series have no cachewatch_cost_total series" in out
+
+
+def test_shadow_compares_each_process_series_with_its_own_real_cost() -> None:
+    # One text with several processes' series (a federation, a scrape of several targets):
+    # a canary in shadow mode beside processes already on auto, in the same workspace. The
+    # shadowed traffic's real cost is the canary's alone, not the auto processes' too.
+    lines = ["# TYPE cachewatch_cost_total counter", "# TYPE cachewatch_shadow_cost_total counter"]
+    lines.append("# TYPE cachewatch_tokens_total counter")
+    lines.append("# TYPE cachewatch_shadow_tokens_total counter")
+    money = 'provider="anthropic",model="claude-sonnet-4-6",workspace="team",currency="USD"'
+    tok = 'provider="anthropic",api="messages",model="claude-sonnet-4-6",workspace="team"'
+    for instance, cost, real in (
+        ("canary:9464", 0.030, (10_000, 0, 0)),
+        ("auto-1:9464", 0.0075, (1_000, 8_000, 1_000)),
+        ("auto-2:9464", 0.0075, (1_000, 8_000, 1_000)),
+    ):
+        lines.append(f'cachewatch_cost_total{{{money},instance="{instance}"}} {cost}')
+        for t, v in zip(("input", "cache_read", "cache_write_5m"), real, strict=True):
+            lines.append(f'cachewatch_tokens_total{{{tok},type="{t}",instance="{instance}"}} {v}')
+    lines.append(f'cachewatch_shadow_cost_total{{{money},instance="canary:9464"}} 0.012')
+    for t, v in zip(("input", "cache_read", "cache_write_5m"), (1_000, 7_000, 2_000), strict=True):
+        lines.append(f'cachewatch_shadow_tokens_total{{{tok},type="{t}",instance="canary:9464"}} {v}')
+    s = summarise("\n".join(lines) + "\n")
+    team = s["workspaces"]["team"]["shadow"]
+    assert team["real_cost"] == {"USD": pytest.approx(0.030)}
+    assert team["projected_saving"] == {"USD": pytest.approx(0.018)}
+    assert team["hit_ratio"] == 0.0  # the canary's own traffic, sent unchanged
+    assert team["hit_ratio_auto"] == pytest.approx(0.7)
+    assert s["shadow_unmatched_series"] == 0
+    # The main tables still add every process up.
+    assert s["workspaces"]["team"]["cost"] == {"USD": pytest.approx(0.045)}

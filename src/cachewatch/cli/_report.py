@@ -132,11 +132,13 @@ def summarise(text: str) -> dict[str, Any]:
         return out
 
     # Shadow mode is compared series by series: the real cost and tokens of exactly the
-    # (provider, model, workspace) and (provider, api, model, workspace) series it shadowed.
-    costs: dict[tuple[str, ...], float] = {}
-    shadow_costs: dict[tuple[str, ...], float] = {}
-    real_tokens: dict[tuple[str, ...], float] = {}
-    shadow_tokens: dict[tuple[str, ...], float] = {}
+    # series it shadowed, matched on every label (a real series and its shadow have the
+    # same ones): in a text of several processes (``instance``, ``job``...) a shadowed
+    # process is compared with its own real cost, never with its neighbours' on auto.
+    costs: dict[tuple[tuple[str, str], ...], float] = {}
+    shadow_costs: dict[tuple[tuple[str, str], ...], float] = {}
+    real_tokens: dict[tuple[tuple[str, str], ...], float] = {}
+    shadow_tokens: dict[tuple[tuple[str, str], ...], float] = {}
 
     for family in families:
         for sample in family.samples:
@@ -144,11 +146,11 @@ def summarise(text: str) -> dict[str, Any]:
             if not name.endswith("_total"):
                 continue
             if name in ("cachewatch_cost_total", _SHADOW_COST):
-                series = tuple(labels.get(k, "") for k in ("provider", "model", "workspace", "currency"))
+                series = tuple(sorted(labels.items()))
                 found = costs if name == "cachewatch_cost_total" else shadow_costs
                 found[series] = found.get(series, 0.0) + value
             elif name in ("cachewatch_tokens_total", _SHADOW_TOKENS):
-                series = tuple(labels.get(k, "") for k in ("provider", "api", "model", "workspace", "type"))
+                series = tuple(sorted(labels.items()))
                 found = real_tokens if name == "cachewatch_tokens_total" else shadow_tokens
                 found[series] = found.get(series, 0.0) + value
             if name in (_SHADOW_COST, _SHADOW_TOKENS):
@@ -190,21 +192,25 @@ def summarise(text: str) -> dict[str, Any]:
             out.append(models[model])
         return [shadows.setdefault(id(g), _shadow_group()) for g in out]
 
-    for (provider, model, workspace, currency), amount in shadow_costs.items():
-        real = costs.get((provider, model, workspace, currency))
+    for series, amount in shadow_costs.items():
+        real = costs.get(series)
         if real is None:
             # The real cost of this series is not in the text (dropped by a relabelling, a
             # partial scrape): no comparison, rather than a real cost of 0 and a negative saving.
             unmatched += 1
             continue
-        for sg in shadow_groups(workspace, model):
+        labels = dict(series)
+        currency = labels.get("currency", "")
+        for sg in shadow_groups(labels.get("workspace", ""), labels.get("model", "")):
             sg["shadow_cost"][currency] = sg["shadow_cost"].get(currency, 0.0) + amount
             sg["real_cost"][currency] = sg["real_cost"].get(currency, 0.0) + real
-    for (provider, api, model, workspace, kind), n in shadow_tokens.items():
+    for series, n in shadow_tokens.items():
+        labels = dict(series)
+        kind = labels.get("type", "")
         if kind not in TOKEN_TYPES:
             continue
-        real_n = real_tokens.get((provider, api, model, workspace, kind), 0.0)
-        for sg in shadow_groups(workspace, model):
+        real_n = real_tokens.get(series, 0.0)
+        for sg in shadow_groups(labels.get("workspace", ""), labels.get("model", "")):
             sg["tokens"][kind] += n
             sg["real_tokens"][kind] += real_n
 
