@@ -321,7 +321,7 @@ def test_compose_and_provisioning_reference_the_generated_files() -> None:
 
 def test_every_label_in_a_grouping_or_vector_matching_clause_exists() -> None:
     # The test above reads ``by (...) (rate(metric``; a label in any other clause, such as the
-    # shadow panels' ``and on (provider, model, workspace, currency)``, a ``without``, a
+    # hit-ratio alert's ``and on (provider, workspace)``, a ``without``, a
     # postfix ``by``, or a template variable's ``label_values``, would otherwise go unchecked:
     # Prometheus matches a label that no series has as the empty value, and still returns data.
     checked = 0

@@ -62,8 +62,6 @@ TRUNCATED = "cachewatch_observation_truncated_total"
 VOLATILE = "cachewatch_volatile_prefix_tokens_total"
 SHADOW_COST = "cachewatch_shadow_cost_total"
 SHADOW_TOK = "cachewatch_shadow_tokens_total"
-#: The labels a cost series and its shadow share: real cost is compared only where shadowed.
-_MONEY_LABELS = ("provider", "model", "workspace", "currency")
 
 PER_HOUR = " * 3600"
 
@@ -110,14 +108,16 @@ def net_saved_share(by: tuple[str, ...] = (), window: str = RANGE) -> str:
 
 
 def shadowed_cost(by: tuple[str, ...] = (), window: str = RANGE, *, per_hour: bool = False) -> str:
-    """The real cost of the series shadow mode estimated (the same provider, model, workspace
-    and currency), so that it compares with :data:`SHADOW_COST` request for request."""
+    """The real cost of the series shadow mode estimated, so that it compares with
+    :data:`SHADOW_COST` request for request.
+
+    A cost series and its shadow carry the same labels, the target's (``instance``,
+    ``job``) included: ``and`` matches them on all of them, so a process in shadow mode is
+    compared with its own real cost, never with that of its neighbours on ``auto``.
+    """
     fn = "rate" if per_hour else "increase"
     grouping = _by(by)
-    expr = (
-        f"sum{grouping} (\n  {fn}({sel(COST)}[{window}])\n"
-        f"  and on ({', '.join(_MONEY_LABELS)}) {fn}({sel(SHADOW_COST)}[{window}])\n)"
-    )
+    expr = f"sum{grouping} (\n  {fn}({sel(COST)}[{window}])\n  and {fn}({sel(SHADOW_COST)}[{window}])\n)"
     return expr + PER_HOUR if per_hour else expr
 
 
