@@ -279,3 +279,19 @@ def test_a_price_written_as_a_number_string_is_a_number(tmp_path: Path) -> None:
     cost = table.cost("m", TokenUsage(input=1_000_000, output=1_000_000))
     assert cost is not None
     assert cost.total == pytest.approx(1.5 + 3e-6)
+
+
+def test_a_prompt_that_names_cache_control_is_not_priced_as_marked() -> None:
+    # DashScope prices an unmarked request's hits as implicit (20 %) and a marked one's as
+    # explicit (10 %): a prompt that merely talks about cache_control is not marked.
+    from cachewatch.engine._engine import _carries_markers
+
+    def body(content: object) -> bytes:
+        return json.dumps({"model": "qwen-plus", "messages": [{"role": "user", "content": content}]}).encode()
+
+    assert not _carries_markers(None, body('Why does "cache_control": {"type": "ephemeral"} not hit?'))
+    assert not _carries_markers(None, body("add cache_control to the last block"))
+    assert not _carries_markers(None, body('a backslash then a key: \\"cache_control\\": 1'))
+    marked = [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]
+    assert _carries_markers(None, body(marked))
+    assert _carries_markers(None, b'{"messages":[{"content":[{"cache_control" :{"type":"ephemeral"}}]}]}')

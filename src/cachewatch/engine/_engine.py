@@ -409,7 +409,29 @@ def _carries_markers(plan: Plan | None, body: bytes) -> bool:
     """Whether the request goes out with ``cache_control`` markers (the caller's or the planner's)."""
     if plan is not None and plan.error is None:
         return any(p.action in ("kept", "inserted") for p in plan.placements)
-    return body.find(b"cache_control") != -1
+    return _has_key(body, b'"cache_control"')
+
+
+def _has_key(body: bytes, quoted: bytes, limit: int = 64) -> bool:
+    """Whether the JSON ``body`` has the object key ``quoted`` (with its quotes) anywhere.
+
+    Without parsing: an occurrence counts when its opening quote is not escaped (an even
+    run of backslashes before it) and a colon follows, so prompt text that merely names
+    the key (``\"cache_control\": ...`` inside a string) does not. At most ``limit``
+    occurrences are looked at (bounded time on any body).
+    """
+    i = body.find(quoted)
+    for _ in range(limit):
+        if i == -1:
+            return False
+        slashes = 0
+        while i - slashes > 0 and body[i - slashes - 1] == 0x5C:  # backslash
+            slashes += 1
+        end = i + len(quoted)
+        if slashes % 2 == 0 and body[end : end + 16].lstrip().startswith(b":"):
+            return True
+        i = body.find(quoted, end)
+    return False
 
 
 def _asks_stream(body: bytes) -> bool:
