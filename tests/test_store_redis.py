@@ -205,3 +205,10 @@ def test_a_hung_redis_times_out_and_is_used_again_once_it_answers() -> None:
             store.get_many([b"a" * 16])
         assert admin.ping()  # returns once the pause is over
         assert store.get_many([b"a" * 16]) == [_entry()]
+
+
+def test_the_learned_state_leaves_redis_alone_as_long_as_the_store_says() -> None:
+    store = RedisStore(redis.Redis(port=1), retry_after=7.0)
+    learner = store.learner()
+    assert learner is not None
+    assert learner.retry_after == 7.0

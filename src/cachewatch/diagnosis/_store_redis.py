@@ -69,8 +69,8 @@ class RedisStore:
             on each request's path; past it the planner goes on with local state.
         timeout: socket (and connect) timeout of the fingerprint calls, also on each
             request's path; past it the request goes undiagnosed.
-        retry_after: after a fault, the fingerprint calls leave Redis alone this long
-            (doubling while faults go on, at most 30 s).
+        retry_after: after a fault, the fingerprint calls (and, apart, the learned
+            state's) leave Redis alone this long (doubling while faults go on, at most 30 s).
 
     Example::
 
@@ -129,6 +129,7 @@ class RedisStore:
             key_prefix=self.prefix.decode() + "learn:",
             timeout=self.learning_timeout,
             on_fault=fault,
+            retry_after=self.retry_after,
         )
 
     def _call(self, call: Callable[[], _T]) -> _T:
