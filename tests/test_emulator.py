@@ -835,3 +835,22 @@ async def test_dashscope_marked_requests_use_the_explicit_cache_only() -> None:
     await post(app, "/apps/anthropic/v1/messages", messages)
     again = (await post(app, "/apps/anthropic/v1/messages", messages)).json()["usage"]
     assert again["cache_read_input_tokens"] == 0
+
+
+def test_expired_entries_are_dropped_as_new_ones_are_written() -> None:
+    # A quiet store holds about what is alive, not max_entries of expired entries.
+    clock = ManualClock()
+    store = CacheStore(clock)
+    for i in range(40):
+        prompt = Prompt(MODEL, [Position("system", b"old%d" % i, 2_000, marker=CC)])
+        store.begin(
+            prompt, resolve_breakpoints(prompt, None, ANTHROPIC), profile=ANTHROPIC, min_tokens=1_024
+        ).commit()
+    clock.advance(301.0)  # past every 5-minute TTL
+    for i in range(10):
+        prompt = Prompt(MODEL, [Position("system", b"new%d" % i, 2_000, marker=CC)])
+        store.begin(
+            prompt, resolve_breakpoints(prompt, None, ANTHROPIC), profile=ANTHROPIC, min_tokens=1_024
+        ).commit()
+    assert len(store) == 10
+    assert len(store._entries) == 10

@@ -33,7 +33,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 from ._profiles import Profile
 
@@ -308,10 +308,15 @@ class Reservation:
             self._store._withdraw(self, gone)
 
 
+#: Expired entries dropped from the least recently used end at most, per commit.
+_PURGE_PER_COMMIT: Final = 4
+
+
 class CacheStore:
     """In-memory prompt cache keyed by (namespace, cumulative prefix hash).
 
-    Thread-safe; bounded by ``max_entries`` (least recently used first out). The
+    Thread-safe; bounded by ``max_entries`` (least recently used first out), and expired
+    entries at the least recently used end are dropped as new ones are written. The
     model is part of every hash, so caches are isolated per model; ``namespace``
     isolates per API key or workspace.
 
@@ -455,6 +460,15 @@ class CacheStore:
                         entry.tokens, entry.exact = write.tokens, True
                 self._entries.move_to_end(write.key)
             while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+            # Expired entries at the least recently used end go too, a few per commit, so
+            # a quiet process holds about what is alive, not ``max_entries`` (an entry is
+            # otherwise dropped only when looked up or pushed out).
+            now = self._clock()
+            for _ in range(_PURGE_PER_COMMIT):
+                oldest = next(iter(self._entries.values()), None)
+                if oldest is None or oldest.expires_at > now:
+                    break
                 self._entries.popitem(last=False)
 
     def _measure(self, key: tuple[str, bytes], tokens: int) -> None:
