@@ -160,3 +160,19 @@ def test_estimator_median_error_on_the_corpus() -> None:
     by_api = {api: [e for (a, _), errs in errors.items() if a == api for e in errs] for api, _ in errors}
     for api, errs in by_api.items():
         assert statistics.median(errs) < 0.45, api
+
+
+def test_the_estimate_s_error_is_measured_against_the_bills() -> None:
+    est = TokenEstimator(alpha=0.5)
+    assert est.error("dashscope", "qwen", precise=False) == _tokens.DEFAULT_ERROR
+    for _ in range(6):  # bills the calibrated estimate predicts exactly
+        est.observe(1_000, 1_300, provider="dashscope", family="qwen")
+    assert est.error("dashscope", "qwen", precise=False) == _tokens.MIN_ERROR
+    noisy = TokenEstimator(alpha=0.5)
+    for actual in (1_300, 1_430, 1_170, 1_430, 1_170, 1_430):  # ±10 % around the ratio
+        noisy.observe(1_000, actual, provider="dashscope", family="qwen")
+    assert 0.15 < noisy.error("dashscope", "qwen", precise=False) <= noisy.band
+    # Per count: the tokenizer's own misses are measured apart.
+    assert noisy.error("dashscope", "qwen", precise=True) == _tokens.DEFAULT_ERROR
+    counter = noisy.prefix(model="qwen3-max", provider="dashscope")
+    assert counter.error() == noisy.error("dashscope", "qwen", precise=False)

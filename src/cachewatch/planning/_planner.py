@@ -57,8 +57,10 @@ class Planner:
             Negative by default (-0.25, the estimate's uncertainty): a marker on a prefix
             below the model's minimum costs nothing (the provider neither writes nor
             bills it), one left off a prefix that reaches it costs its reads, so a prefix
-            that plausibly reaches the minimum is marked. Not below 0 on an endpoint with
-            an implicit cache (``Profile.implicit_cache``), which a marked request gives up.
+            that plausibly reaches the minimum is marked. On an endpoint with an implicit
+            cache (``Profile.implicit_cache``), which a marked request gives up, it is at
+            least the estimate's measured miss (``TokenEstimator.error``): only what is
+            surely over the minimum is marked.
         remove_invalid: remove the caller's markers the provider would reject.
         include_usage: add ``stream_options.include_usage`` to chat-completions streams
             that lack it (the response side hides the extra usage-only chunk).

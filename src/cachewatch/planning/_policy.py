@@ -38,8 +38,9 @@ would not write it either; it is the unstable rule's, below.) Then:
 
 A marker goes only where the estimated prefix plausibly reaches the model's minimum
 (the documented table, raised by what was learnt; ``min_margin``: 25% under it, as a
-marker below the minimum costs nothing and one left off costs the reads; not under it
-on an endpoint with an implicit cache, which a marked request gives up). Slots: the
+marker below the minimum costs nothing and one left off costs the reads; on an
+endpoint with an implicit cache, which a marked request gives up, over it by the
+estimate's measured miss, ``TokenEstimator.error``). Slots: the
 profile's maximum minus reserved relay slots, the caller's markers and a top-level
 ``cache_control``; priority: the write extent, the deepest read, then static,
 document, previous turn. TTLs: ``5m``; ``1h`` (profiles that honour it) for a shared
@@ -309,8 +310,11 @@ def place(
     # Under the minimum a marker costs nothing only where an unmarked request has no cache
     # to lose: on an endpoint with an implicit cache, it gives that cache up.
     margin = planner.min_margin
-    if profile.implicit_cache and margin < 0.0:
-        margin = 0.0
+    if profile.implicit_cache:
+        # There a marker under the minimum gives up this request's implicit hits, and one
+        # left off a prefix over it still reads it implicitly (0.2x instead of 0.1x): mark
+        # only what is over the minimum by more than the estimate's measured miss.
+        margin = max(margin, counter.error())
     threshold_tokens = minimum * (1.0 + margin)
 
     # A continued conversation seen before whose previous turn's prefix was never seen:

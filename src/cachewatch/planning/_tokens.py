@@ -50,7 +50,15 @@ from ._costs import (
 )
 from ._qwen import load_qwen_tokenizer
 
-__all__ = ["PRECISE_EVERY", "PRECISE_MAX_RAW", "PRECISE_SAMPLES", "PrefixCounter", "TokenEstimator"]
+__all__ = [
+    "DEFAULT_ERROR",
+    "MIN_ERROR",
+    "PRECISE_EVERY",
+    "PRECISE_MAX_RAW",
+    "PRECISE_SAMPLES",
+    "PrefixCounter",
+    "TokenEstimator",
+]
 
 #: Requests per (provider, family) whose whole prompt is counted by the tokenizer first.
 PRECISE_SAMPLES = 8
@@ -58,6 +66,9 @@ PRECISE_SAMPLES = 8
 PRECISE_EVERY = 64
 #: No whole-prompt count for a prompt estimated (raw) above this many tokens.
 PRECISE_MAX_RAW = 16_000
+#: :meth:`TokenEstimator.error` before two bills have measured it, and its floor.
+DEFAULT_ERROR = 0.05
+MIN_ERROR = 0.01
 
 
 class TokenEstimator:
@@ -106,6 +117,8 @@ class TokenEstimator:
         self._ratios: dict[tuple[str, str], float] = {}
         self._tok_ratios: dict[tuple[str, str], float] = {}
         self._tok_seen: dict[tuple[str, str], int] = {}
+        #: Per ratio table and key: an EWMA of the squared relative miss of its prediction.
+        self._spreads: dict[tuple[bool, str, str], float] = {}
         self._lock = threading.Lock()
 
     # -- configuration lookups --------------------------------------------------------
@@ -154,7 +167,7 @@ class TokenEstimator:
 
         Same filters and EWMA as :meth:`observe`, into the tokenizer's own ratio.
         """
-        self._move(self._tok_ratios, precise, actual, (provider, family))
+        self._move(self._tok_ratios, precise, actual, (provider, family), precise=True)
 
     def observe(self, estimated: float, actual: int, *, provider: str, family: str) -> None:
         """Feed back a billed prompt total for a request estimated (uncalibrated) at ``estimated``.
@@ -164,10 +177,26 @@ class TokenEstimator:
         and samples outside ``[min_ratio, max_ratio]`` (hidden content such as server-tool
         results, not a tokenizer difference) are ignored.
         """
-        self._move(self._ratios, estimated, actual, (provider, family))
+        self._move(self._ratios, estimated, actual, (provider, family), precise=False)
+
+    def error(self, provider: str, family: str, *, precise: bool) -> float:
+        """How far a calibrated estimate may miss the bill, relatively: twice the RMS of
+        the relative misses of the calibrated prediction seen so far (``precise``: the
+        tokenizer's, else the cheap estimate's), within ``[MIN_ERROR, band]``;
+        :data:`DEFAULT_ERROR` before the second bill."""
+        var = self._spreads.get((precise, provider, family))
+        if var is None:
+            return DEFAULT_ERROR
+        return min(self.band, max(MIN_ERROR, 2.0 * math.sqrt(var)))
 
     def _move(
-        self, ratios: dict[tuple[str, str], float], counted: float, actual: int, key: tuple[str, str]
+        self,
+        ratios: dict[tuple[str, str], float],
+        counted: float,
+        actual: int,
+        key: tuple[str, str],
+        *,
+        precise: bool,
     ) -> None:
         if counted <= 0 or actual < self.min_observed_tokens:
             return
@@ -178,6 +207,12 @@ class TokenEstimator:
             return
         with self._lock:
             old = ratios.get(key)
+            if old is not None:
+                # How far the calibrated prediction (old) missed this bill.
+                miss = (sample / old - 1.0) ** 2
+                skey = (precise, *key)
+                var = self._spreads.get(skey)
+                self._spreads[skey] = miss if var is None else var + self.alpha * (miss - var)
             new = sample if old is None else old + self.alpha * (sample - old)
             ratios[key] = min(self.max_ratio, max(self.min_ratio, new))
 
@@ -293,6 +328,13 @@ class PrefixCounter:
     def ratio(self) -> float:
         """The calibration ratio applied to raw estimates."""
         return self._ratio
+
+    def error(self) -> float:
+        """How far this request's threshold answers may miss the bill, relatively
+        (:meth:`TokenEstimator.error` of the count that answers near a threshold: the
+        tokenizer's once calibrated, else the cheap estimate's)."""
+        precise = self._tok is not None and self._tok_ratio is not None
+        return self._est.error(self._provider, self._family, precise=precise)
 
     @property
     def estimate(self) -> int:
