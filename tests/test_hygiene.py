@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import importlib
+import tracemalloc
 from typing import Any
 
 import httpx
@@ -163,3 +164,31 @@ def test_a_body_that_does_not_decode_raises_as_without_cachewatch(family: str, m
     (record,) = capture
     assert record.outcome == "transport_error"
     assert record.error_type == "DecodingError"
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br"])
+def test_a_compressed_stream_is_decoded_for_the_caller_in_bounded_pieces(coding: str) -> None:
+    # The filter decodes a compressed stream for the caller. A compression bomb (here
+    # 32 MiB of events in a few hundred bytes) must be handed over in bounded pieces,
+    # never inflated whole in memory (SPEC 10: bounded memory on any body).
+    brotli = pytest.importorskip("brotli")
+    events = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in CHUNKS)
+    plain = events * (32 * 1024 * 1024 // len(events)) + WITH_USAGE
+    wire = gzip.compress(plain, 9) if coding == "gzip" else brotli.compress(plain, quality=9)
+    assert len(wire) < 1024 * 1024
+    seen: list[Any] = []
+    client = _client(wire, {"content-type": "text/event-stream", "content-encoding": coding}, seen)
+    received = 0
+    ending = b""
+    with client.stream("POST", "/chat/completions", json=REQUEST) as r:
+        tracemalloc.start()
+        try:
+            for chunk in r.iter_raw():
+                received += len(chunk)
+                ending = (ending + chunk)[-len(ASKED) :]
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert received == len(plain) - len(WITH_USAGE) + len(ASKED)
+    assert ending == ASKED
+    assert peak < 16 * 1024 * 1024, f"{peak} bytes held at once while relaying a {len(wire)}-byte body"

@@ -9,7 +9,10 @@ stream it asked for.
 Sans-IO: ``feed(chunk) -> bytes`` returns what the caller should get now. Complete SSE
 events pass through at once; only a trailing partial event is held until its end (an
 SSE consumer cannot act on half an event either). A compressed body is decoded, and the
-shell drops ``Content-Encoding``/``Content-Length`` from the caller's headers.
+shell drops ``Content-Encoding``/``Content-Length`` from the caller's headers; the shell
+then uses ``pieces(chunk)``, which decodes and hands over the output in pieces of about
+64 KiB, so that a compression bomb (a few hundred bytes that inflate to gigabytes) is
+never inflated whole in memory.
 
 Linear time, bounded memory: a partial event is kept as a list of pieces and only the
 bytes around each new piece are searched for its end; a partial event longer than
@@ -19,6 +22,7 @@ bytes around each new piece are searched for its end; a partial event longer tha
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import orjson
 
@@ -61,17 +65,41 @@ class UsageChunkFilter:
         return self._decoder is not None
 
     def feed(self, chunk: bytes) -> bytes:
-        """What the caller gets now of ``chunk``.
+        """What the caller gets now of ``chunk``, at once (see :meth:`pieces` for a decoded body).
 
         Raises:
             UndecodableBody: ``chunk`` does not decode (never swallowed: an empty body
                 in its place would change the caller's traffic).
         """
+        if self._decoder is not None:
+            return b"".join(self.pieces(chunk))
+        return self._filter(chunk)
+
+    def pieces(self, chunk: bytes) -> Iterator[bytes]:
+        """What the caller gets now of ``chunk``, decoded and filtered piece by piece.
+
+        Each decoded piece (about 64 KiB) is filtered and handed over before the next is
+        decoded: what is held at once is one piece and a partial event (``max_pending``),
+        whatever the body inflates to.
+
+        Raises:
+            UndecodableBody: ``chunk`` does not decode.
+        """
         decoder = self._decoder
-        if decoder is not None:
-            chunk = decoder.decode(chunk)
-            if decoder.failed:
-                raise UndecodableBody("the response body does not decode as its Content-Encoding says")
+        if decoder is None:
+            shown = self._filter(chunk)
+            if shown:
+                yield shown
+            return
+        for piece in decoder.iter_decode(chunk):
+            shown = self._filter(piece)
+            if shown:
+                yield shown
+        if decoder.failed:
+            raise UndecodableBody("the response body does not decode as its Content-Encoding says")
+
+    def _filter(self, chunk: bytes) -> bytes:
+        """What the caller gets now of decoded body bytes."""
         if self._passthrough or not chunk:
             return chunk
         parts = self._parts

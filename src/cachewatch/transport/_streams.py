@@ -126,9 +126,9 @@ def sync_stream_class(family: ModuleType) -> Any:
                     if hide is None:
                         yield chunk
                     else:
-                        shown = hide.feed(chunk)
-                        if shown:
-                            yield shown
+                        # Piece by piece: a compressed body is decoded for the caller in
+                        # bounded pieces, never inflated whole (a compression bomb).
+                        yield from hide.pieces(chunk)
                 if hide is not None and (tail := hide.flush()):
                     yield tail
             except UndecodableBody as exc:
@@ -177,8 +177,9 @@ def async_stream_class(family: ModuleType) -> Any:
                     if hide is None:
                         yield chunk
                     else:
-                        shown = hide.feed(chunk)
-                        if shown:
+                        # Piece by piece: a compressed body is decoded for the caller in
+                        # bounded pieces, never inflated whole (a compression bomb).
+                        for shown in hide.pieces(chunk):
                             yield shown
                 if hide is not None and (tail := hide.flush()):
                     yield tail
