@@ -9,11 +9,13 @@ caps hold in process (here) and in the proxy (``test_proxy_hostile.py``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import logging
 import tracemalloc
 import zlib
+from collections.abc import Callable
 
 import brotli
 import pytest
@@ -94,7 +96,8 @@ def test_a_huge_line_in_one_chunk_truncates_the_observation() -> None:
 def test_an_event_over_the_cap_raises() -> None:
     decoder = SSEDecoder(max_event_bytes=1_000)
     line = b"data: " + b"z" * 50 + b"\n"  # short lines, one event
-    for _ in range(18):
+    # The first line, then 8 more of 56 bytes each charged DATA_LINE_COST besides (960).
+    for _ in range(9):
         assert decoder.feed(line) == []
     with pytest.raises(SSEOverflow) as raised:
         decoder.feed(line)
@@ -106,6 +109,68 @@ def test_events_under_the_cap_are_unchanged_by_it() -> None:
     decoder = SSEDecoder(max_event_bytes=1_000)
     events = [e for i in range(0, len(body), 7) for e in decoder.feed(body[i : i + 7])]
     assert events == [SSEEvent(None, "a" * 900), SSEEvent(None, "b\nc")]
+
+
+# -- what a cap bounds is memory, whatever the chunk sizes -------------------------------------
+
+CAP = 256 * 1024
+
+
+def held_after(feed: Callable[[bytes], object], pieces: int, size: int = 2) -> int:
+    """Bytes still allocated after ``feed`` got ``pieces`` distinct chunks of ``size`` bytes."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(pieces):
+            feed(bytes([97 + i % 26]) * size)  # each its own object
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_line_trickled_in_tiny_chunks_holds_about_its_size() -> None:
+    # An endless line sent two bytes at a time: the decoder held one bytes object per
+    # piece (about 40 bytes of memory per 2 bytes of line), 20 times the cap.
+    decoder = SSEDecoder(max_event_bytes=CAP)
+    decoder.feed(b"data: ")
+    held = held_after(decoder.feed, (CAP - 1024) // 2)
+    assert held < 2 * CAP, held
+
+
+def test_a_json_body_trickled_in_tiny_chunks_holds_about_its_size() -> None:
+    obs = ResponseObserver(
+        "messages", content_type="application/json", content_encoding=None, max_json_bytes=CAP
+    )
+    obs.feed(b'{"id": "')
+    held = held_after(obs.feed, (CAP - 1024) // 2)
+    assert obs.truncated is None
+    assert held < 2 * CAP, held
+
+
+def test_a_partial_event_trickled_to_the_usage_filter_holds_about_its_size() -> None:
+    from cachewatch.planning._hygiene import UsageChunkFilter
+
+    hide = UsageChunkFilter(max_pending=CAP)
+    hide.feed(b"data: ")
+    held = held_after(hide.feed, (CAP - 1024) // 2)
+    assert held < 2 * CAP, held
+
+
+def test_many_short_data_lines_of_one_event_hold_about_the_cap() -> None:
+    # One event of many two-byte data lines: each line became its own str (about 60 bytes
+    # for 8 bytes of stream), so an event under the cap held 8 times the cap.
+    decoder = SSEDecoder(max_event_bytes=CAP)
+    lines = [b"data:%c%c\n" % (97 + i % 26, 97 + i // 26 % 26) for i in range(CAP // 8)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        with contextlib.suppress(SSEOverflow):
+            for line in lines:
+                decoder.feed(line)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * CAP, peak
 
 
 # -- content decoding in bounded pieces -------------------------------------------------------

@@ -112,9 +112,8 @@ class ResponseObserver:
         "_decoded",
         "_decoder",
         "_failed",
+        "_json",
         "_json_overflow",
-        "_json_parts",
-        "_json_size",
         "_max_decoded",
         "_max_json_bytes",
         "_mode",
@@ -158,8 +157,9 @@ class ResponseObserver:
         self._max_decoded = max_decoded_bytes
         #: The cap observation stopped at (a TRUNCATION_REASONS value), or None.
         self.truncated: str | None = None
-        self._json_parts: list[bytes] = []
-        self._json_size = 0
+        #: The JSON body so far: the first chunk, then a bytearray grown in place (no
+        #: object per chunk, so tiny chunks hold about the body's size).
+        self._json: bytes | bytearray = b""
         self._json_overflow = False
         self._failed = self._decoder is not None and self._decoder.failed
         self._sniff = b""
@@ -240,7 +240,7 @@ class ResponseObserver:
         self.truncated = reason
         self._failed = True
         self._sse = SSEDecoder()
-        self._json_parts = []
+        self._json = b""
         self._sniff = b""
         self._decoder = None
 
@@ -250,7 +250,7 @@ class ResponseObserver:
         if mode == _JSON:
             if self._json_overflow:
                 return ParsedResponse(unparsed=True)
-            if not self._json_parts:
+            if not self._json:
                 return ParsedResponse(unparsed=unparsed)
             parsed = self._parse_json()
         elif mode == _SSE:
@@ -301,21 +301,25 @@ class ResponseObserver:
     def _buffer_json(self, chunk: bytes) -> None:
         if self._json_overflow:
             return
-        self._json_size += len(chunk)
-        if self._json_size > self._max_json_bytes:
+        body = self._json
+        if len(body) + len(chunk) > self._max_json_bytes:
             self._json_overflow = True
-            self._json_parts = []
+            self._json = b""
             self.truncated = "json_body"
             return
-        self._json_parts.append(chunk)
+        if not body:
+            self._json = chunk
+        elif type(body) is bytes:
+            grown = bytearray(body)
+            grown += chunk
+            self._json = grown
+        else:
+            body += chunk
 
     def _parse_json(self) -> ParsedResponse:
         """Parse the whole buffered body (kept: result() may be called mid-body)."""
-        parts = self._json_parts
-        if len(parts) > 1:
-            parts[:] = [b"".join(parts)]
         try:
-            obj = orjson.loads(parts[0])
+            obj = orjson.loads(self._json)
         except orjson.JSONDecodeError:
             return ParsedResponse(unparsed=True)
         acc = UsageAccumulator(self._api)

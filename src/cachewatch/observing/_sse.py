@@ -23,10 +23,13 @@ One deliberate extension: :meth:`SSEDecoder.flush` dispatches a final event that
 its trailing blank line (WHATWG would drop it), because some servers close the stream
 right after the last ``data:`` line and that line often carries the usage.
 
-Linear time and bounded memory on any input: the pieces of an unterminated line are
-kept in a list and joined once, when its end arrives (never re-copied chunk after
-chunk), and one line, or the data of one event, longer than ``max_event_bytes`` raises
-:class:`SSEOverflow`: the observer then stops observing that response.
+Linear time and bounded memory on any input: an unterminated line grows in one
+``bytearray`` (amortised linear, never re-copied chunk after chunk, and no object per
+piece however small the chunks), and one line, or the data of one event, longer than
+``max_event_bytes`` raises :class:`SSEOverflow`: the observer then stops observing that
+response. An event's data lines after its first are each charged their size plus the
+memory of the string that holds them (:data:`DATA_LINE_COST`), so that an event of many
+short lines holds about the cap, not several times it.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ __all__ = ["DEFAULT_MAX_EVENT_BYTES", "SSEDecoder", "SSEEvent", "SSEOverflow"]
 
 #: Longest SSE line, and largest data of one event, the decoder holds (8 MiB).
 DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024
+
+#: What one more data line of an event costs besides its bytes: the ``str`` holding it
+#: and its slot in the event's list (CPython: about 50 + 8 bytes).
+DATA_LINE_COST = 64
 
 #: U+FEFF in UTF-8: ignored once at the start of a stream (WHATWG).
 _BOM = b"\xef\xbb\xbf"
@@ -76,13 +83,12 @@ class SSEDecoder:
             :meth:`feed` raises :class:`SSEOverflow` and the decoder is reset.
     """
 
-    __slots__ = ("_data", "_data_size", "_event", "_head", "_max", "_parts", "_size", "_started")
+    __slots__ = ("_data", "_data_size", "_event", "_head", "_max", "_rest", "_started")
 
     def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
-        # Pieces of the current, not yet terminated line (the last may end with a
-        # held-back CR), and their total size.
-        self._parts: list[bytes] = []
-        self._size = 0
+        # The current, not yet terminated line (it may end with a held-back CR): bytes,
+        # or a bytearray once it grows past one chunk.
+        self._rest: bytes | bytearray = b""
         self._event: str | None = None
         self._data: list[str] = []
         #: Bytes of the current event's data lines after its first one.
@@ -105,19 +111,22 @@ class SSEDecoder:
             chunk = self._start(chunk)
             if not chunk:
                 return []
-        parts = self._parts
-        if parts:
-            if parts[-1][-1] != 0x0D and chunk.find(b"\n") == -1 and chunk.find(b"\r") == -1:
-                # Still inside the same line: keep the piece, copy nothing.
-                parts.append(chunk)
-                self._size += len(chunk)
-                if self._size > self._max:
+        rest = self._rest
+        if rest:
+            if rest[-1] != 0x0D and chunk.find(b"\n") == -1 and chunk.find(b"\r") == -1:
+                # Still inside the same line: grown in place.
+                if type(rest) is bytes:
+                    rest = self._rest = bytearray(rest)
+                rest += chunk
+                if len(rest) > self._max:
                     self._overflow("sse_line")
                 return []
-            parts.append(chunk)
-            buffer = b"".join(parts)
-            self._parts = []
-            self._size = 0
+            if type(rest) is bytes:
+                buffer = rest + chunk
+            else:
+                rest += chunk
+                buffer = bytes(rest)
+            self._rest = b""
         else:
             buffer = chunk
         if buffer[-1] == 0x0D:  # b"\r": may be the first half of a CRLF
@@ -158,7 +167,7 @@ class SSEDecoder:
                 self._event = None
             elif line.startswith(b"data:"):
                 if data:  # a multi-line event: its size is bounded too
-                    self._data_size += len(line)
+                    self._data_size += len(line) + DATA_LINE_COST
                     if self._data_size > self._max:
                         self._overflow("sse_event")
                 data.append((line[6:] if line[5:6] == b" " else line[5:]).decode("utf-8", "replace"))
@@ -171,10 +180,9 @@ class SSEDecoder:
     def flush(self) -> list[SSEEvent]:
         """End of stream: process an unterminated last line and dispatch a pending event."""
         events: list[SSEEvent] = []
-        rest = self._head + b"".join(self._parts)
+        rest = self._head + self._rest
         self._head = b""
-        self._parts = []
-        self._size = 0
+        self._rest = b""
         if rest:
             rest = rest.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
             for line in rest.split(b"\n"):
@@ -185,14 +193,14 @@ class SSEDecoder:
     @property
     def idle(self) -> bool:
         """Between events: no partial line is buffered and no event field is pending."""
-        return not self._parts and not self._data and self._event is None and not self._head
+        return not self._rest and not self._data and self._event is None and not self._head
 
     def pending(self) -> list[SSEEvent]:
         """What :meth:`flush` would return now, without changing any state."""
         clone = SSEDecoder(self._max)
         clone._started = self._started
         clone._head = self._head
-        clone._parts = list(self._parts)
+        clone._rest = bytes(self._rest)
         clone._event = self._event
         clone._data = list(self._data)
         return clone.flush()
@@ -209,14 +217,12 @@ class SSEDecoder:
 
     def _keep(self, rest: bytes) -> None:
         """Hold the start of an unterminated line."""
-        self._parts = [rest]
-        self._size = len(rest)
-        if self._size > self._max:
+        self._rest = rest
+        if len(rest) > self._max:
             self._overflow("sse_line")
 
     def _overflow(self, reason: str) -> None:
-        self._parts = []
-        self._size = 0
+        self._rest = b""
         self._data = []
         self._data_size = 0
         self._event = None
@@ -243,7 +249,7 @@ class SSEDecoder:
             value = line[colon + 2 :] if line[colon + 1 : colon + 2] == b" " else line[colon + 1 :]
         if name == b"data":
             if self._data:
-                self._data_size += len(value)
+                self._data_size += len(value) + DATA_LINE_COST
                 if self._data_size > self._max:
                     self._overflow("sse_event")
             self._data.append(value.decode("utf-8", "replace"))

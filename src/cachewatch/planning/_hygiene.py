@@ -14,9 +14,10 @@ then uses ``pieces(chunk)``, which decodes and hands over the output in pieces o
 64 KiB, so that a compression bomb (a few hundred bytes that inflate to gigabytes) is
 never inflated whole in memory.
 
-Linear time, bounded memory: a partial event is kept as a list of pieces and only the
-bytes around each new piece are searched for its end; a partial event longer than
-``max_pending`` is released as it is and the filter steps aside for the rest of the body.
+Linear time, bounded memory: a partial event grows in one ``bytearray`` (no object per
+piece, however small the chunks) and only the bytes around each new piece are searched
+for its end; a partial event longer than ``max_pending`` is released as it is and the
+filter steps aside for the rest of the body.
 """
 
 from __future__ import annotations
@@ -50,9 +51,8 @@ class UsageChunkFilter:
         self, content_encoding: str | None = None, max_pending: int = DEFAULT_MAX_EVENT_BYTES
     ) -> None:
         self._decoder = ContentDecoder(content_encoding) if content_encoding else None
-        #: The pieces of a partial event, and their total size.
-        self._parts: list[bytes] = []
-        self._size = 0
+        #: A partial event: bytes, or a bytearray once it grows past one chunk.
+        self._rest: bytes | bytearray = b""
         #: The last 3 bytes of the partial event (an event end may straddle a boundary).
         self._tail = b""
         self._max = max_pending
@@ -102,48 +102,47 @@ class UsageChunkFilter:
         """What the caller gets now of decoded body bytes."""
         if self._passthrough or not chunk:
             return chunk
-        parts = self._parts
-        if parts:
+        rest = self._rest
+        if rest:
             # An event end may straddle the boundary: look at the 3 bytes before it only.
             probe = self._tail + chunk
             if _last_event_end(probe) < 0:
-                parts.append(chunk)
-                self._size += len(chunk)
+                if type(rest) is bytes:
+                    rest = self._rest = bytearray(rest)
+                rest += chunk
                 self._tail = probe[-3:]
-                return self._give_up() if self._size > self._max else b""
-            parts.append(chunk)
-            data = b"".join(parts)
-            self._parts = []
-            self._size = 0
+                return self._give_up() if len(rest) > self._max else b""
+            if type(rest) is bytes:
+                data = rest + chunk
+            else:
+                rest += chunk
+                data = bytes(rest)
+            self._rest = b""
         else:
             data = chunk
         end = _last_event_end(data)
         if end < 0:
-            self._parts = [data]
-            self._size = len(data)
+            self._rest = data
             self._tail = data[-3:]
-            return self._give_up() if self._size > self._max else b""
+            return self._give_up() if len(data) > self._max else b""
         complete = data[:end]
         if end < len(data):
-            self._parts = [data[end:]]
-            self._size = len(data) - end
+            self._rest = data[end:]
             self._tail = data[-3:]
         if b'"usage"' not in complete:
             return complete
         return b"".join(event for event in _split_events(complete) if not _usage_only(event))
 
     def flush(self) -> bytes:
-        rest = b"".join(self._parts)
-        self._parts = []
-        self._size = 0
+        rest = bytes(self._rest)
+        self._rest = b""
         return b"" if _usage_only(rest) else rest
 
     def _give_up(self) -> bytes:
         """A partial event over the cap: release it and filter nothing more."""
         self._passthrough = True
-        rest = b"".join(self._parts)
-        self._parts = []
-        self._size = 0
+        rest = bytes(self._rest)
+        self._rest = b""
         return rest
 
 
