@@ -263,3 +263,61 @@ def test_mapped_workspace_names_and_unmapped_keys_stay_bounded():
         "default",
     }
     assert tel.requests(workspace="default") == 570
+
+
+# -- OpenTelemetry metric attributes ------------------------------------------------------------
+
+
+def otel_attribute_values(reader: Any, attribute: str) -> set[Any]:
+    """Every value of ``attribute`` on the data points of cachewatch's OTel metrics."""
+    data = reader.get_metrics_data()
+    return {
+        point.attributes[attribute]
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        for point in metric.data.data_points
+        if attribute in point.attributes
+    }
+
+
+def test_otel_metric_attributes_from_responses_stay_bounded():
+    # The model and the error type of a response are attributes of the GenAI client
+    # metrics (gen_ai.response.model, error.type): like the model label, they come from
+    # the upstream and must not create a data point per distinct value.
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    module = fam("httpx")
+
+    def handle(request: Any) -> Any:
+        i = int(request.headers["x-i"])
+        if i % 2:
+            error = {"type": "error", "error": {"type": f"custom_error_{i}", "message": "no"}}
+            return response(module, 400, orjson.dumps(error), JSON_HEADERS)
+        body = {
+            "id": "msg_1",
+            "type": "message",
+            "model": f"resp-{i:04d}",
+            "content": [],
+            "usage": {"input_tokens": 3, "output_tokens": 2},
+        }
+        return response(module, 200, orjson.dumps(body), JSON_HEADERS)
+
+    reader = InMemoryMetricReader()
+    tel = make_telemetry()
+    transport = wrapped(
+        "sync",
+        module.MockTransport(handle),
+        meter_provider=MeterProvider(metric_readers=[reader]),
+        **tel.kwargs,
+    )
+    with module.Client(transport=transport) as client:
+        for i in range(600):
+            body = model_call("claude-x")[1]
+            client.post("https://api.anthropic.com/v1/messages", content=body, headers={"x-i": str(i)})
+    models = otel_attribute_values(reader, "gen_ai.response.model")
+    errors = otel_attribute_values(reader, "error.type")
+    assert 0 < len(models) <= 51, len(models)
+    assert 0 < len(errors) <= 51, len(errors)
+    assert tel.requests() == 600

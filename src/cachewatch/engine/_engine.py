@@ -166,7 +166,11 @@ class Engine:
             self.fault("config", exc)  # no spans
         if meter_provider is not None:
             try:
-                self.sinks.append(OTelMetricsSink(meter_provider, token_counters=otel_token_counters))
+                self.sinks.append(
+                    OTelMetricsSink(
+                        meter_provider, token_counters=otel_token_counters, model_cap=self.model_cap
+                    )
+                )
             except Exception as exc:
                 self.fault("config", exc)  # no OTel metrics
         self.sinks.append(LogSink(logger))

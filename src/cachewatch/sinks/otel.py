@@ -30,6 +30,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .._version import __version__
 from ..accounting._records import Outcome, RequestInfo, UsageRecord
+from ..engine._endpoints import LabelCap
 from ..planning._plan import ACTIONS
 from ._catalogue import DURATION_BUCKETS
 
@@ -187,11 +188,27 @@ _BREAKPOINT_KEYS = {action: f"cachewatch.breakpoints.{action}" for action in ACT
 
 
 class OTelMetricsSink:
-    """GenAI client metrics through a user-supplied ``meter_provider``, with semconv buckets."""
+    """GenAI client metrics through a user-supplied ``meter_provider``, with semconv buckets.
+
+    Attributes that come from the response are capped like Prometheus labels, so that an
+    upstream cannot create a data point per distinct value: ``gen_ai.response.model``
+    through ``model_cap`` (the engine's: the ``model`` label's cap, ``other`` past it) and
+    ``error.type`` at ``max_error_types`` distinct values (``_OTHER`` past it, semconv's
+    fallback value).
+    """
 
     name = "otel_metrics"
 
-    def __init__(self, meter_provider: Any, *, token_counters: bool = False) -> None:
+    def __init__(
+        self,
+        meter_provider: Any,
+        *,
+        token_counters: bool = False,
+        model_cap: LabelCap | None = None,
+        max_error_types: int = 50,
+    ) -> None:
+        self._models = model_cap if model_cap is not None else LabelCap()
+        self._errors = LabelCap(max_error_types, overflow="_OTHER")
         meter = meter_provider.get_meter("cachewatch", __version__)
         #: The draft token counters in TOKEN_COUNTERS order, when asked for.
         self.token_counters: tuple[Any, ...] | None = None
@@ -233,9 +250,9 @@ class OTelMetricsSink:
         if info.server_port is not None:
             attrs["server.port"] = info.server_port
         if record.response_model:
-            attrs["gen_ai.response.model"] = record.response_model
+            attrs["gen_ai.response.model"] = self._models(record.response_model)
         if record.error_type:
-            attrs["error.type"] = record.error_type
+            attrs["error.type"] = self._errors(record.error_type)
         self.duration.record(record.duration, attrs)
         if record.time_to_first_token is not None:
             self.ttfc.record(record.time_to_first_token, attrs)
