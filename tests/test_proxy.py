@@ -423,6 +423,15 @@ def test_foreign_host_header_is_refused_with_421(proxy: Proxy, recorder: Upstrea
     assert recorder.seen == []
 
 
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8787"])
+def test_metrics_are_not_served_to_a_foreign_host(proxy: Proxy, host: str) -> None:
+    # A page on a name that re-resolves to 127.0.0.1 (DNS rebinding) must not read the
+    # proxy's metrics (workspace and model names, costs) any more than use its upstream.
+    response = httpx.get(f"{proxy.url}/metrics", headers={"host": host}, timeout=10)
+    assert response.status_code == 421, response.text
+    assert "# HELP" not in response.text
+
+
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_double_slash_path_is_refused(any_parser_proxy: Proxy, recorder: Upstream, method: str) -> None:
     proxy = any_parser_proxy

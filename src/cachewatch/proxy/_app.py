@@ -144,6 +144,11 @@ class ProxyApp:
                 self._urls[key] = url
         return url
 
+    def _host_allowed(self, host: bytes, scope: Scope) -> bool:
+        """Whether a request's ``Host`` names the proxy itself (or is absent from HTTP/1.0)."""
+        # HTTP/1.0 has no Host header: a request without one was sent to this address.
+        return host_allowed(host, self._extra_hosts) or (not host and scope.get("http_version") == "1.0")
+
     async def _read_body(self, receive: Receive) -> bytes | None:
         """The whole request body, or None when it is over the limit."""
         message = await receive()
@@ -168,6 +173,11 @@ class ProxyApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         method: str = scope["method"]
         if scope["path"] == "/metrics" and method in ("GET", "HEAD"):
+            # The same Host rule as for forwarding (no DNS-rebound page reads the metrics).
+            host = next((value for name, value in scope["headers"] if name == b"host"), b"")
+            if not self._host_allowed(host, scope):
+                await send_error(send, 421, "unknown Host: this proxy only serves its own address")
+                return
             body = generate_latest(self._exposed)
             await send_response(send, 200, body, CONTENT_TYPE_LATEST.encode("latin-1"))
             return
@@ -211,8 +221,7 @@ class ProxyApp:
                 headers.append((name, value))
         if listed:  # the fields the client's Connection header names are for this hop only
             headers = [(name, value) for name, value in headers if name not in listed]
-        # HTTP/1.0 has no Host header: a request without one was sent to this address.
-        if not host_allowed(host, self._extra_hosts) and (host or scope.get("http_version") != "1.0"):
+        if not self._host_allowed(host, scope):
             await send_error(send, 421, "unknown Host: this proxy only serves its own address")
             return
         if codings and [c for c in codings if c] != [b"chunked"]:
