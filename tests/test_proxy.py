@@ -728,3 +728,71 @@ def test_cli_limit_and_timeout_defaults_are_the_proxy_defaults() -> None:
     )
     assert args.workers == 1
     assert server_options()["timeout_keep_alive"] == ClientLimits().keep_alive_timeout
+
+
+# -- a body the usage-chunk filter cannot decode --------------------------------------------------
+
+
+async def test_a_compressed_stream_that_does_not_decode_is_cut_without_a_traceback() -> None:
+    # With include_usage the proxy decodes a compressed stream for the client (to hide the
+    # usage chunk). A body that does not decode must end like any upstream failing
+    # mid-stream: the client connection is closed (visibly incomplete), the exchange is
+    # counted, and nothing escapes the app (uvicorn would print "Exception in ASGI application").
+    import gzip
+
+    event = (
+        b'data: {"id":"c","object":"chat.completion.chunk","model":"qwen-plus",'
+        b'"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}\n\n'
+    )
+    good = gzip.compress(event * 50)
+    corrupt = good[:20] + b"\xff" * 50 + good[70:]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        headers = {"content-type": "text/event-stream", "content-encoding": "gzip"}
+        return httpx.Response(200, headers=headers, stream=httpx.ByteStream(corrupt))
+
+    registry = CollectorRegistry()
+    app = create_proxy_app(
+        "http://upstream.test/compatible-mode/v1",
+        transport=httpx.MockTransport(answer),
+        registry=registry,
+        include_usage=True,
+        logger=structlog.get_logger("test"),
+    )
+    body = orjson.dumps(
+        {"model": "qwen-plus", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    )
+    aborted: list[bool] = []
+    sent: list[Message] = []
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "POST",
+        "path": "/chat/completions",
+        "raw_path": b"/chat/completions",
+        "query_string": b"",
+        "headers": [(b"host", b"127.0.0.1:8787"), (b"content-type", b"application/json")],
+        "cachewatch.abort": lambda: aborted.append(True),
+    }
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    assert sent[0]["type"] == "http.response.start"
+    assert aborted == [True]  # the client connection is closed, never a clean end
+    assert not any(m.get("more_body") is False for m in sent[1:])
+    exposition = registry.get_sample_value(
+        "cachewatch_requests_total",
+        {
+            "provider": "other",
+            "api": "chat_completions",
+            "model": "qwen-plus",
+            "workspace": "default",
+            "outcome": "transport_error",
+        },
+    )
+    assert exposition == 1

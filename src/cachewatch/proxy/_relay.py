@@ -58,10 +58,12 @@ async def relay(response: httpx.Response, scope: Scope, send: Send) -> None:
         try:
             async for chunk in iterator:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (httpx.TransportError, aiohttp.ClientError):
+        except (httpx.TransportError, httpx.DecodingError, aiohttp.ClientError):
             # The upstream failed mid-body (closed early, went silent past its idle
-            # timeout...); the exchange recorded it. The client must see an incomplete
-            # response, not a clean end: its connection is closed without one.
+            # timeout, sent a compressed body that does not decode where the usage-chunk
+            # filter decodes it for the client...); the exchange recorded it. The client
+            # must see an incomplete response, not a clean end: its connection is closed
+            # without one.
             abort = scope.get(ABORT_KEY)
             if abort is None:
                 raise  # another server: it closes the connection of a failed app
