@@ -713,3 +713,27 @@ def test_a_usage_that_counts_no_prompt_is_unreported_not_a_zero_input() -> None:
     assert acc.result().usage is None
     # With the prompt counted, as every provider does, nothing changes.
     assert partition_usage({"input_tokens": 10, "output_tokens": 5}) == TokenUsage(10, 0, 0, 0, 5, None)
+
+
+def test_response_strings_that_are_not_identifiers_are_not_kept() -> None:
+    # The response model, id and finish reasons go to the log event and the span as they
+    # are: a relay's value with a line break forges log lines in a text log, and a huge
+    # one (or thousands of choices) makes every event as big as the body.
+    acc = UsageAccumulator("chat_completions")
+    choices: list[dict[str, Any]] = [{"index": i, "finish_reason": "stop"} for i in range(5_000)]
+    choices.append({"index": 9_999, "finish_reason": "stop\nlevel=error event=forged"})
+    acc.add_json(
+        {
+            "id": "chatcmpl-" + "x" * 100_000,
+            "model": "qwen-plus\nlevel=error event=forged",
+            "choices": choices,
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+        }
+    )
+    parsed = acc.result()
+    assert parsed.usage is not None
+    assert parsed.usage.output == 2
+    assert parsed.response_id is None
+    assert parsed.response_model is None
+    assert 0 < len(parsed.finish_reasons) <= 128
+    assert set(parsed.finish_reasons) == {"stop"}

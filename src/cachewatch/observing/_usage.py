@@ -337,6 +337,20 @@ def _error_type(obj: dict[str, Any]) -> str | None:
 
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
+#: Longest response model, id or finish reason kept. These go to the log event and the
+#: span as they are: a value that is longer, or holds a control character (a line break
+#: would forge lines in a text log), is not an identifier and is not kept.
+_MAX_TEXT = 256
+#: Most choices whose finish reasons are kept (OpenAI's ``n`` is at most 128).
+_MAX_CHOICES = 128
+
+
+def _text(value: object) -> str | None:
+    """``value`` when it is a short printable string (an identifier a provider sends), else None."""
+    if isinstance(value, str) and value and len(value) <= _MAX_TEXT and value.isprintable():
+        return value
+    return None
+
 
 def _identifier(value: str) -> str:
     return value if _IDENTIFIER.fullmatch(value) else "error"
@@ -553,20 +567,20 @@ class UsageAccumulator:
             self._missed_tokens = missed
 
     def _take_ids(self, obj: dict[str, Any]) -> None:
-        model = obj.get("model")
-        if isinstance(model, str) and model:
+        model = _text(obj.get("model"))
+        if model is not None:
             self._response_model = model
-        rid = obj.get("id")
-        if isinstance(rid, str) and rid:
+        rid = _text(obj.get("id"))
+        if rid is not None:
             self._response_id = rid
 
     def _take_ids_dashscope(self, obj: dict[str, Any]) -> None:
-        rid = obj.get("request_id")
-        if self._response_id is None and isinstance(rid, str) and rid:
-            self._response_id = rid
+        if self._response_id is None:
+            self._response_id = _text(obj.get("request_id"))
 
     def _take_stop_reason(self, reason: object) -> None:
-        if isinstance(reason, str) and reason:
+        reason = _text(reason)
+        if reason is not None:
             self._finish = {0: reason}
 
     def _take_choices(self, choices: object) -> bool:
@@ -577,9 +591,12 @@ class UsageAccumulator:
                     continue
                 reason = choice.get("finish_reason")
                 if isinstance(reason, str) and reason and reason != "null":
-                    index = choice.get("index")
-                    self._finish[index if type(index) is int else position] = reason
                     found = True
+                    index = choice.get("index")
+                    key = index if type(index) is int else position
+                    finish = self._finish
+                    if _text(reason) is not None and (key in finish or len(finish) < _MAX_CHOICES):
+                        finish[key] = reason
         return found
 
     def _take_dashscope_finish(self, obj: dict[str, Any]) -> bool:
@@ -589,8 +606,9 @@ class UsageAccumulator:
         found = self._take_choices(output.get("choices"))
         reason = output.get("finish_reason")
         if isinstance(reason, str) and reason and reason != "null":
-            self._finish.setdefault(0, reason)
             found = True
+            if _text(reason) is not None:
+                self._finish.setdefault(0, reason)
         return found
 
     def _take_responses_finish(self, response: dict[str, Any]) -> None:
@@ -598,7 +616,8 @@ class UsageAccumulator:
         reason = incomplete.get("reason") if incomplete is not None else None
         if not (isinstance(reason, str) and reason):
             reason = response.get("status")
-        if isinstance(reason, str) and reason:
+        reason = _text(reason)
+        if reason is not None:
             self._finish = {0: reason}
 
     # -- output ---------------------------------------------------------------------
