@@ -227,6 +227,29 @@ def test_proxy_rejects_a_bad_upstream_clearly() -> None:
     assert "Traceback" not in result.stderr, f"a traceback instead of a clear error:\n{result.stderr}"
 
 
+def test_proxy_never_prints_credentials_given_in_the_upstream_url() -> None:
+    # The startup line echoed --upstream whole, and the proxy forwarded without the
+    # user:password it named (neither URL built for the upstream keeps them).
+    secret = "sk-CANARY-in-upstream"
+    process = subprocess.Popen(
+        [*CLI, "proxy", "--upstream", f"https://user:{secret}@127.0.0.1:1/apps/anthropic",
+         "--listen", f"127.0.0.1:{free_port()}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )  # fmt: skip
+    try:
+        out, err = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        out, err = process.communicate(timeout=10)
+    assert secret not in out + err
+    assert process.returncode == 2, err  # refused: credentials travel in the client's headers
+    assert "--upstream" in err
+    assert "Traceback" not in err
+
+
 def test_proxy_rejects_a_bad_listen_address() -> None:
     result = run_cli("proxy", "--upstream", "http://127.0.0.1:1", "--listen", "nonsense", timeout=30)
     assert result.returncode == 2

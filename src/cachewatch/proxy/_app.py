@@ -63,6 +63,13 @@ class ProxyApp:
         **options: Any,
     ) -> None:
         parts = urlsplit(upstream)
+        if "@" in parts.netloc:
+            # Neither URL built for the upstream keeps a user:password, and the URL is
+            # echoed at start-up and in errors: refused, without repeating it.
+            raise ValueError(
+                "--upstream must not carry credentials (user:password@host): "
+                "the client's own Authorization or API-key header is passed through"
+            )
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"--upstream must be an http(s) URL with a host, not {upstream!r}")
         if parts.query or parts.fragment or not parts.path.isascii():
