@@ -274,3 +274,41 @@ def test_the_cli_shows_the_library_warnings_on_stderr() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     assert result.stderr == "a library warning\n"
+
+
+# -- cachewatch report never prints a password from its URL ---------------------------------------
+
+
+@pytest.mark.parametrize(("status", "body"), [(401, b"no"), (200, b"<html>not metrics</html>")])
+def test_report_never_prints_the_password_of_its_url(status: int, body: bytes) -> None:
+    # A /metrics endpoint behind basic auth is read as https://user:password@host/metrics;
+    # the error lines echoed that URL (and httpx's message repeats it).
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("content-type", "text/plain")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    secret = "CANARY-metrics-password"
+    try:
+        result = run_cli(
+            "report", "--url", f"http://scraper:{secret}@127.0.0.1:{server.server_address[1]}/metrics"
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 2, result.stderr
+    assert secret not in result.stdout + result.stderr
+    assert "cachewatch report" in result.stderr
+    assert "Traceback" not in result.stderr

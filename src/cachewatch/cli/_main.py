@@ -549,17 +549,38 @@ def _report(args: argparse.Namespace) -> int:
             return 2
     import httpx
 
+    shown, password = _without_password(args.url)
     try:
         report(source, format=args.format)
     except BrokenPipeError:
         raise  # the reader went away: main() ends quietly
     except ExpositionError as exc:
-        print(f"cachewatch report: {args.url}: {exc}", file=sys.stderr)
+        print(f"cachewatch report: {shown}: {exc}", file=sys.stderr)
         return 2
     except (OSError, httpx.HTTPError) as exc:
-        print(f"cachewatch report: cannot fetch {args.url}: {exc}", file=sys.stderr)
+        if isinstance(exc, httpx.HTTPStatusError):
+            reason = f"HTTP {exc.response.status_code}"  # httpx's message repeats the URL
+        else:
+            reason = str(exc).replace(password, "***") if password else str(exc)
+        print(f"cachewatch report: cannot fetch {shown}: {reason}", file=sys.stderr)
         return 2
     return 0
+
+
+def _without_password(url: str) -> tuple[str, str]:
+    """``url`` with the password of its ``user:password@`` (basic auth) masked, and that password."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url, ""
+    if not password:
+        return url, ""
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.partition(":")[0]
+    return parts._replace(netloc=f"{name}:***@{host}").geturl(), password
 
 
 def _replay(args: argparse.Namespace) -> int:
