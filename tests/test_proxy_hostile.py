@@ -162,6 +162,14 @@ class RawUpstream:
         )
         conn.sendall(reply)
 
+    def _redirect(self, conn: socket.socket, seen: Seen) -> None:
+        location = seen.headers.get(b"x-location", b"http://127.0.0.1:9/")
+        self._send_head(
+            conn,
+            b"307 Temporary Redirect",
+            [b"location: " + location, b"content-length: 0", b"connection: close"],
+        )
+
     def _connection_listed(self, conn: socket.socket, seen: Seen) -> None:
         self._send_head(
             conn,
@@ -515,6 +523,48 @@ def test_bad_bytes_in_the_target_are_refused(strict: Proxy, upstream: RawUpstrea
     status, _, body = exchange(strict.port, post(b"/v1/messages%00#frag", marker=tag))
     assert status == 400, body
     assert upstream.by_marker(tag) == []
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n",
+        b"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+        b"OPTIONS * HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+        b"TRACE /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+    ],
+    ids=["connect-elsewhere", "connect-upstream", "options-asterisk", "trace"],
+)
+def test_tunnels_and_non_path_targets_are_refused(strict: Proxy, upstream: RawUpstream, head: bytes) -> None:
+    # Never an open relay: no tunnel to anywhere (the upstream included), no asterisk-form.
+    with upstream.lock:
+        before = len(upstream.seen)
+    request = head.replace(b"{port}", b"%d" % upstream.port) + b"Connection: close\r\n\r\n"
+    status, _, body = exchange(strict.port, request)
+    assert 400 <= status < 500, body
+    with upstream.lock:
+        assert len(upstream.seen) == before
+
+
+def test_an_upstream_redirect_is_relayed_never_followed_with_the_credentials(
+    strict: Proxy, upstream: RawUpstream
+) -> None:
+    elsewhere = RawUpstream()  # another origin
+    try:
+        location = b"http://127.0.0.1:%d/collect" % elsewhere.port
+        status, headers, _ = exchange(
+            strict.port,
+            post(
+                upstream="redirect",
+                extra=b"authorization: Bearer sk-redirected\r\nx-location: %s\r\n" % location,
+            ),
+        )
+        assert status == 307
+        assert headers[b"location"] == location  # the client decides, with its own credentials
+        time.sleep(0.2)
+        assert elsewhere.seen == []
+    finally:
+        elsewhere.close()
 
 
 # -- Upgrade: h2c (curl --http2) -------------------------------------------------------------------
