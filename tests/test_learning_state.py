@@ -103,6 +103,24 @@ def test_a_sighting_before_the_last_sighters_response_begins_is_no_recurrence(ne
     assert not after.writing
 
 
+def test_a_tail_sighted_again_before_the_last_sighters_response_begins_is_no_recurrence(
+    new_learner: Make,
+) -> None:
+    # The same request sent several times at once (self-consistency samples, alternative
+    # drafts): whatever one copy writes, the others could not read it. Its tail is not a
+    # shared prefix (nobody claims it), but the copies are one sighting all the same.
+    learner = new_learner()
+    first = learner.sight(FAMILY, [Sighting(5, "tail_first")], 100.0, 1)[0]
+    sibling = learner.sight(FAMILY, [Sighting(5, "tail_first")], 100.5, 2)[0]
+    assert first.p == pytest.approx(1 / 3)
+    assert sibling.run == 1
+    assert sibling.p == pytest.approx(1 / 6)  # the first's opportunity is open, not credited
+    learner.started([(5, 0.0)], 1, 101.0)
+    learner.started([(5, 0.0)], 2, 101.0)
+    after = learner.sight(FAMILY, [Sighting(5, "tail_first")], 102.0, 3)[0]
+    assert after.run == 2  # once the responses began, a sighting is a recurrence again
+
+
 def test_a_continued_conversation_starts_from_the_tail_prior(new_learner: Make) -> None:
     learner = new_learner()
     tail = learner.sight(FAMILY, [Sighting(5, "tail")], 100.0, 1)[0]
@@ -818,12 +836,14 @@ def test_after_reused_traffic_turns_unreused_writes_stop_within_the_documented_b
         for _ in range(2):
             learner.sight(FAMILY, [Sighting(i, kind)], now, ticket)
             learner.release([i], ticket)
+            learner.started([(i, 0.0)], ticket, now + 0.5)  # its response begins
             ticket += 1
             now += 1.0
     written = 0
     for i in range(40):  # then none ever does
         sight = learner.sight(FAMILY, [Sighting(1_000 + i, kind)], now, ticket)[0]
         learner.release([1_000 + i], ticket)
+        learner.started([(1_000 + i, 0.0)], ticket, now + 0.5)
         ticket += 1
         now += 1.0
         written += sight.p >= THRESHOLD

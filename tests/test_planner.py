@@ -752,6 +752,25 @@ def test_concurrent_requests_are_no_recurrence_so_bursts_past_the_ttl_stop_writi
     assert static_writes == [1, 0, 0, 0]
 
 
+def test_identical_concurrent_requests_are_one_sighting_of_their_tail() -> None:
+    """Self-consistency sampling: every new question sent five times at once. No copy can
+    read what another writes and the question never comes back, so the copies are not
+    recurrences of each other: after the first wave, no copy writes its tail."""
+    clock = _Clock()
+    planner = Planner(clock=clock)
+    tail_writes = []
+    for wave in range(6):
+        body = orjson.dumps(chat(f"question {wave} " + "detail of the case " * 400))
+        plans = [planner.plan(body=body, **ANTHROPIC) for _ in range(5)]
+        tail_writes.append(sum(1 for plan in plans for p in plan.inserted if p.reason == "tail"))
+        clock.now += 2
+        for plan in plans:
+            planner.started(plan)
+            planner.finished(plan)
+        clock.now += 30
+    assert tail_writes[1:] == [0] * 5
+
+
 # -- what the policy rules learned from unseen traffic (each case failed before its fix) -----
 
 

@@ -323,8 +323,13 @@ class MemoryLearner:
                     prefix.void = False
                     prefix.ticket = ticket
                     prefix.late_pending = pending
-                if s.shared and not cached:
-                    prefix.writers.append((ticket, now))
+                if not cached:
+                    if s.shared:
+                        prefix.writers.append((ticket, now))
+                    else:
+                        # Nobody claims a tail, but it is sighted until this response
+                        # begins: a copy of the request sent meanwhile is no recurrence.
+                        prefix.sighters.append((ticket, now))
         return out
 
     def _open_at(self, key: int, kind: str, matures: float) -> None:

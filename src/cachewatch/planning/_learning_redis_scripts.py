@@ -364,9 +364,15 @@ OPS.sight = function(a)
       run, cached and 1 or 0, writing and 1 or 0, late and 1 or 0, fmt(p), fmt(p_late), h and 1 or 0,
       (cached and ttl >= TTL_1H) and 1 or 0
     }
+    -- Nobody claims a tail, but it is sighted until this response begins (MemoryLearner.sight).
+    local mine = ticket .. '=' .. fmt(now)
     if writing or concurrent then
       -- Another request's response has not begun: not counted (MemoryLearner.sight).
-      if shared and not writing then live[#live + 1] = ticket .. '=' .. fmt(now) end
+      if shared and not writing then
+        live[#live + 1] = mine
+      elseif not writing then
+        sighters = sighters == '' and mine or sighters .. ';' .. mine
+      end
       redis.call('HSET', name, 'w', table.concat(live, ';'), 's', sighters)
     else
       opportunity(family, kind, bucket_of(run))
@@ -379,7 +385,11 @@ OPS.sight = function(a)
         opportunity(family, kind, 0)
         pending = true
       end
-      if shared and not cached then live[#live + 1] = ticket .. '=' .. fmt(now) end
+      if shared and not cached then
+        live[#live + 1] = mine
+      elseif not cached then
+        sighters = sighters == '' and mine or sighters .. ';' .. mine
+      end
       redis.call('HSET', name, 'l', fmt(now), 'r', run, 'f', family, 'k', kind, 't', fmt(ttl),
         'cu', fmt(cu), 'la', late_count, 'w', table.concat(live, ';'), 's', sighters, 'tk', ticket,
         'v', '0', 'lp', pending and '1' or '0', 'pr', previous_run)

@@ -92,7 +92,8 @@ class Ticket:
     ended: bool = False
     #: The learned minimum a probe went below (0: no probe).
     probed_minimum: int = 0
-    #: Shared prefix keys it claimed and does not write: sighted until its response begins.
+    #: Prefix keys it sighted uncached and does not write (shared ones it claimed, and the
+    #: others): sighted until its response begins.
     released: list[int] = field(default_factory=list)
 
 

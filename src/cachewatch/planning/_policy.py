@@ -293,9 +293,21 @@ def place(
         for s, kind in zip(sights, kinds)  # noqa: B905
         if kind in _SHARED_KINDS and not s.cached and not s.writing
     ]
+    # The other prefixes it sighted uncached are nobody's claim, but the learner holds
+    # their sighting until this response begins (a copy of the request sent meanwhile is
+    # no recurrence): the ones it does not mark end then, as released claims do.
+    watched = (
+        [
+            s.key
+            for s, kind in zip(sights, kinds)  # noqa: B905
+            if kind not in _SHARED_KINDS and not s.cached and not s.writing
+        ]
+        if planner.learning
+        else []
+    )
 
     if budget <= 0 or (ordered and _disordered(ordered)) or not candidates:
-        _release_unused(planner.learner, ticket, claimed, set())
+        _release_unused(planner.learner, ticket, claimed, set(), watched)
         return tuple(out), changed, (ticket if ticket.marked or ticket.sighted else None), advice
 
     documented = planner.min_tokens(profile, model)
@@ -449,7 +461,7 @@ def place(
                 reason = _REASON.get(kind, kind)
                 out.append(placement(positions[index], index, "skipped_not_reused", None, reason, ratio))
     if not chosen:
-        _release_unused(planner.learner, ticket, claimed, set())
+        _release_unused(planner.learner, ticket, claimed, set(), watched)
         return tuple(out), changed, (ticket if ticket.marked or ticket.sighted else None), advice
 
     # TTLs, in prompt order: 1h markers must precede every 5m marker.
@@ -537,7 +549,7 @@ def place(
         changed = True
     if bet_cost > 0.0 and planner.budget is not None:
         planner.budget.placed(bet_keys, bet_cost * ratio, planner.clock())
-    _release_unused(planner.learner, ticket, claimed, marked_keys)
+    _release_unused(planner.learner, ticket, claimed, marked_keys, watched)
     return tuple(out), changed, ticket, advice
 
 
@@ -650,13 +662,21 @@ def _premium(planner: Planner, sight: Sight) -> float:
     return 0.75 if sight.p >= planner.threshold else 1.0
 
 
-def _release_unused(learner: LearningState, ticket: Ticket, claimed: list[int], marked: set[int]) -> None:
-    """Keep the claims this request writes; the others become sightings until it starts."""
+def _release_unused(
+    learner: LearningState, ticket: Ticket, claimed: list[int], marked: set[int], watched: list[int]
+) -> None:
+    """Keep the claims this request writes; the others become sightings until it starts.
+
+    ``watched``: the unclaimed prefixes it sighted uncached; those it does not mark are
+    sightings until it starts too (``released``, so its start ends them).
+    """
     unused = [key for key in claimed if key not in marked]
     ticket.claimed = [key for key in claimed if key in marked]
     if unused:
-        ticket.released = unused
         learner.release(unused, ticket.id)
+    ended = unused + [key for key in watched if key not in marked] if watched else unused
+    if ended:
+        ticket.released = ended
 
 
 def _count(positions: list[Pos], location: str) -> int:
