@@ -1039,3 +1039,5 @@ def test_no_traceback_so_far(proxies: dict[str, Proxy]) -> None:
         errors = proxy.stderr.read_text()
         assert "Traceback" not in errors, f"{name}:\n{errors}"
         assert "Exception in ASGI application" not in errors, f"{name}:\n{errors}"
+        # A response cut on purpose (an upstream failing mid-body) is not an app error.
+        assert "ASGI callable returned" not in errors, f"{name}:\n{errors}"

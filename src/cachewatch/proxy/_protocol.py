@@ -365,7 +365,14 @@ class TargetCheckingHttpToolsProtocol(HttpToolsProtocol):
         cycle: Any = self.cycle
         if cycle is not None and cycle.scope is scope:
             cycle.transport = writer = _OneTickWriter(self.transport, self.loop)
-            scope[ABORT_KEY] = writer.close
+
+            def abort() -> None:
+                # Cut on purpose: to uvicorn the client is gone (it sends nothing more, and
+                # logs no "ASGI callable returned without completing response").
+                cycle.disconnected = True
+                writer.close()
+
+            scope[ABORT_KEY] = abort
         else:
             scope[ABORT_KEY] = self.transport.close
         if self._expect_body:
