@@ -192,3 +192,17 @@ def test_a_compressed_stream_is_decoded_for_the_caller_in_bounded_pieces(coding:
     assert received == len(plain) - len(WITH_USAGE) + len(ASKED)
     assert ending == ASKED
     assert peak < 16 * 1024 * 1024, f"{peak} bytes held at once while relaying a {len(wire)}-byte body"
+
+
+def test_a_stream_that_declares_its_length_does_not_keep_it_once_filtered() -> None:
+    # An event stream with a Content-Length (a relay that buffers it): the hidden usage
+    # chunk made the body shorter than the length the caller was given (the proxy then
+    # failed with "Response content shorter than Content-Length").
+    seen: list[Any] = []
+    headers = {"content-type": "text/event-stream", "content-length": str(len(WITH_USAGE))}
+    client = _client(WITH_USAGE, headers, seen)
+    with client.stream("POST", "/chat/completions", json=REQUEST) as r:
+        received = b"".join(r.iter_raw())
+        declared = r.headers.get("content-length")
+    assert received == ASKED
+    assert declared is None or int(declared) == len(received)

@@ -288,10 +288,12 @@ def _observed_response(exchange: Exchange, response: Any, sync: bool) -> Any:
         stream_cls = sync_stream_class(family) if sync else async_stream_class(family)
         stream = stream_cls(response.stream, exchange)
         headers = response.headers
-        if exchange.filter is not None and exchange.filter.decodes:
-            # The filtered body is decoded: its encoding and length headers no longer apply.
+        hide = exchange.filter
+        if hide is not None and (hide.decodes or "content-length" in headers):
+            # The filtered body may be shorter (the usage chunk hidden), and a decoded one
+            # is no longer encoded: those headers no longer apply.
             headers = headers.copy()
-            for name in ("content-encoding", "content-length"):
+            for name in ("content-encoding", "content-length") if hide.decodes else ("content-length",):
                 if name in headers:
                     del headers[name]
         elif not (response.is_stream_consumed or response.is_closed):
