@@ -568,6 +568,26 @@ def test_first_turn_siblings_do_not_write_what_an_in_flight_request_writes() -> 
     assert any(p.reason == "static" and p.action == "inserted" for p in reader.placements)
 
 
+def test_a_fault_after_the_learner_answered_does_not_hold_its_claims(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The planner fails open on an internal fault (the body goes out unchanged); what the
+    # learner granted that request (its claim on the system prompt) ends with it, or every
+    # sibling would leave the prompt unwritten for CLAIM_TIMEOUT (120 s).
+    from cachewatch.planning import _policy
+
+    planner = Planner()
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a fault inside the policy")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(_policy, "volatile_advice", broken)
+        failed = planner.plan(body=orjson.dumps(chat("question one " * 5)), **ANTHROPIC)
+    assert failed.error == "internal_error"
+    assert failed.body is None
+    sibling = planner.plan(body=orjson.dumps(chat("question two " * 5)), **ANTHROPIC)
+    assert [p.action for p in sibling.placements if p.reason == "static"] == ["inserted"]
+
+
 def test_an_in_flight_sibling_holds_back_only_the_shared_prefix_it_writes() -> None:
     # B shares A's system prompt, which A is writing (its response has not started), but
     # carries its own large document: B does not write A's prefix again; its document is

@@ -79,7 +79,7 @@ from ._candidates import find_candidates, last_eligible
 from ._decision import ask
 from ._layout import CONT, CUM, KEY, MARK, OK, Layout, Pos
 from ._learning import TTL_1H, TTL_5M, Advice, LearningState, Sight, new_sight, new_sighting
-from ._plan import Placement, Ticket, new_placement, new_ticket
+from ._plan import Placement, Plan, Ticket, new_placement, new_ticket
 from ._profiles import Profile
 from ._rewrite import insert_marker, last_is_cacheable, placement, tok
 from ._tokens import PrefixCounter
@@ -122,6 +122,33 @@ def place(
     layout: Layout,
     host: str,
     scope: str,
+) -> tuple[tuple[Placement, ...], bool, Ticket | None, Advice | None]:
+    """The placements for one request, its ticket (what it sighted and claimed) and advice.
+
+    A fault after the learner answered ends the request's ticket before it propagates
+    (its claims and sightings are voided, as for a request that failed), so that the
+    planner's fail-open path does not hold every request off its prefixes for
+    ``CLAIM_TIMEOUT``.
+    """
+    held: list[Ticket] = []
+    try:
+        return _place(planner, obj, profile, model, counter, layout, host, scope, held)
+    except BaseException:
+        if held:
+            planner.finished(Plan(body=None, ticket=held[0]))
+        raise
+
+
+def _place(
+    planner: Planner,
+    obj: dict[str, Any],
+    profile: Profile,
+    model: str | None,
+    counter: PrefixCounter,
+    layout: Layout,
+    host: str,
+    scope: str,
+    held: list[Ticket],
 ) -> tuple[tuple[Placement, ...], bool, Ticket | None, Advice | None]:
     positions = layout.positions
     ratio = counter.ratio
@@ -204,6 +231,7 @@ def place(
         0,
         [],
     )
+    held.append(ticket)
     for index in caller:
         ticket.deepest_raw = max(ticket.deepest_raw, positions[index][CUM])
         ttl_s = TTL_1H if positions[index][MARK] == "1h" else TTL_5M
