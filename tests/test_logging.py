@@ -163,3 +163,30 @@ def test_an_explicit_structlog_style_logger_gets_keyword_fields() -> None:
     assert len(calls) == 1
     assert calls[0][0] == "cachewatch.request"
     assert calls[0][1]["outcome"] == "ok"
+
+
+def test_planner_options_that_change_nothing_are_said_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # include_usage with breakpoints="off" (or "shadow") cannot touch the body: said once
+    # per process on the cachewatch logger, not ignored silently.
+    from cachewatch.engine import _engine
+
+    monkeypatch.setattr(_engine, "_WARNED_OPTIONS", set())
+    with caplog.at_level(logging.WARNING, logger="cachewatch"):
+        for _ in range(3):
+            cachewatch.wrap(
+                httpx.Client(), breakpoints="off", include_usage=True, registry=CollectorRegistry()
+            )
+        cachewatch.wrap(
+            httpx.Client(), breakpoints="shadow", include_usage=True, registry=CollectorRegistry()
+        )
+        cachewatch.wrap(httpx.Client(), breakpoints="auto", include_usage=True, registry=CollectorRegistry())
+        cachewatch.wrap(httpx.Client(), breakpoints="shadow", static_ttl="1h", registry=CollectorRegistry())
+    said = [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()]
+    assert said == [
+        "cachewatch: include_usage has no effect with breakpoints='off' (request bodies go out "
+        "byte-identical); use breakpoints='auto' for it",
+        "cachewatch: include_usage has no effect with breakpoints='shadow' (request bodies go out "
+        "byte-identical); use breakpoints='auto' for it",
+    ]

@@ -184,6 +184,7 @@ class Engine:
         self._starting = tuple(
             (i, sink) for i, sink in enumerate(self.sinks) if type(sink).start not in _STATELESS_STARTS
         )
+        _warn_unused_planner_options(breakpoints, planner_options)
         # Shadow mode never plans the real request: a planner given is the shadow's own.
         self.planner: PlannerProtocol | None = planner if breakpoints != "shadow" else None
         if self.planner is None and breakpoints == "auto":
@@ -407,6 +408,34 @@ def _credential_scope(key: str | None) -> str:
     if not key:
         return ""
     return xxhash.xxh3_64_hexdigest(key.encode("utf-8", "surrogatepass"))
+
+
+#: (mode, option names) already warned about: once per process, not per ``wrap()``.
+_WARNED_OPTIONS: set[tuple[str, tuple[str, ...]]] = set()
+
+
+def _warn_unused_planner_options(breakpoints: str, options: Mapping[str, Any]) -> None:
+    """Planner options that change nothing in this mode are said once, not ignored silently.
+
+    With ``"off"`` no request is planned; with ``"shadow"`` the real requests are not
+    either (the options shape the shadow's estimate), so ``include_usage`` adds nothing to
+    them. Bodies go out byte-identical in both.
+    """
+    if breakpoints == "off":
+        unused = tuple(sorted(options))
+    elif breakpoints == "shadow" and options.get("include_usage"):
+        unused = ("include_usage",)
+    else:
+        return
+    if not unused or (breakpoints, unused) in _WARNED_OPTIONS:
+        return
+    _WARNED_OPTIONS.add((breakpoints, unused))
+    _log.warning(
+        "cachewatch: %s has no effect with breakpoints=%r (request bodies go out byte-identical); "
+        "use breakpoints='auto' for it",
+        ", ".join(unused),
+        breakpoints,
+    )
 
 
 def _carries_markers(plan: Plan | None, body: bytes) -> bool:
