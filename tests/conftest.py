@@ -49,6 +49,17 @@ class Telemetry:
         return list(self.exporter.get_finished_spans())
 
 
+@pytest.fixture(autouse=True)
+def _structlog_left_as_found() -> Iterator[None]:
+    """A test that configures structlog (``structlog.testing.capture_logs`` does, and leaves
+    it "configured") must not make the library's default sink use structlog in the tests
+    that follow: the suite passes in any order."""
+    configured = structlog.is_configured()
+    yield
+    if structlog.is_configured() and not configured:
+        structlog.reset_defaults()
+
+
 @pytest.fixture
 def telemetry() -> Telemetry:
     exporter = InMemorySpanExporter()
