@@ -477,6 +477,14 @@ ESCAPES = [
     b"/%u002e%u002e/etc/passwd",
     b"/..%2fother-api/v1/messages",
     b"/v1//..//..//..//etc/passwd",
+    # Upstreams that cut at a NUL, trim spaces or normalise Unicode read these as "..".
+    b"/..%00/..%00/etc/passwd",
+    b"/..%20/..%20/etc/passwd",
+    b"/%20..%09/%20..%09/etc/passwd",
+    b"/%e2%80%a5/%e2%80%a5/etc/passwd",  # U+2025 TWO DOT LEADER
+    b"/%e2%80%a4%e2%80%a4/etc/passwd",  # U+2024 ONE DOT LEADER, twice
+    b"/%ef%b9%92%ef%b9%92/etc/passwd",  # U+FE52 SMALL FULL STOP, twice
+    b"/..%e2%88%95..%e2%88%95etc/passwd",  # U+2215 DIVISION SLASH
 ]
 
 

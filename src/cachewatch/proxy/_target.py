@@ -17,17 +17,38 @@ ALLOW = b", ".join(sorted(m.encode() for m in METHODS))
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
 
 #: What the dot-segment check reads as a dot or a separator once percent-decoding is
-#: undone: overlong UTF-8 and IIS ``%u`` forms, full-width dot and solidus, backslash.
-_DOT_FORMS = (b"\xc0\xae", b"\xe0\x80\xae", b"\xef\xbc\x8e", b"%u002e")
-_SLASH_FORMS = (b"\xc0\xaf", b"\xe0\x80\xaf", b"\xef\xbc\x8f", b"%u002f", b"%u005c", b"%u2215", b"\\")
+#: undone: overlong UTF-8 and IIS ``%u`` forms, full-width dot and solidus, the dots and
+#: slash Unicode normalisation (NFKC) folds to ``.``, ``..`` and ``/``, backslash.
+_DOT_FORMS = (
+    b"\xc0\xae",
+    b"\xe0\x80\xae",
+    b"\xef\xbc\x8e",  # U+FF0E FULLWIDTH FULL STOP
+    b"\xe2\x80\xa4",  # U+2024 ONE DOT LEADER
+    b"\xef\xb9\x92",  # U+FE52 SMALL FULL STOP
+    b"%u002e",
+)
+_DOTS_FORMS = (b"\xe2\x80\xa5",)  # U+2025 TWO DOT LEADER
+_SLASH_FORMS = (
+    b"\xc0\xaf",
+    b"\xe0\x80\xaf",
+    b"\xef\xbc\x8f",
+    b"\xe2\x88\x95",  # U+2215 DIVISION SLASH
+    b"%u002f",
+    b"%u005c",
+    b"%u2215",
+    b"\\",
+)
+#: Cut or trimmed off a segment by some servers: what follows a NUL, and white space.
+_TRIMMED = b" \t\r\n\x0b\x0c"
 
 
 def leaves_base(raw_path: bytes) -> bool:
     """Whether ``raw_path``'s dot segments, in any encoding, climb above its first segment.
 
     Percent-encoding is undone up to three times (double and triple encoding), then the
-    overlong, ``%u`` and full-width forms of ``.`` and ``/`` and the backslash are read as
-    such; ``;params`` after a segment are ignored (``..;x`` is ``..`` to some servers), and
+    overlong, ``%u``, full-width and NFKC-folding forms of ``.`` and ``/`` and the backslash
+    are read as such; ``;params`` after a segment, what follows a NUL and surrounding white
+    space are ignored (``..;x``, ``..%00`` and ``..%20`` are ``..`` to some servers), and
     empty segments do not count as depth (some servers merge slashes).
     """
     path = raw_path
@@ -43,11 +64,13 @@ def leaves_base(raw_path: bytes) -> bool:
         lowered = decoded
     for form in _DOT_FORMS:
         lowered = lowered.replace(form, b".")
+    for form in _DOTS_FORMS:
+        lowered = lowered.replace(form, b"..")
     for form in _SLASH_FORMS:
         lowered = lowered.replace(form, b"/")
     depth = 0
     for segment in lowered.split(b"/"):
-        segment = segment.partition(b";")[0]
+        segment = segment.partition(b";")[0].partition(b"\x00")[0].strip(_TRIMMED)
         if segment == b"..":
             depth -= 1
             if depth < 0:
