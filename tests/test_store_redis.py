@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -212,3 +213,24 @@ def test_the_learned_state_leaves_redis_alone_as_long_as_the_store_says() -> Non
     learner = store.learner()
     assert learner is not None
     assert learner.retry_after == 7.0
+
+
+def test_a_client_whose_timeouts_cannot_be_set_is_named_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cluster client (or any object that is not a plain redis.Redis) is used as given:
+    # the cachewatch logger says once how to bound its calls.
+    from cachewatch.planning import _learning_redis_link as link
+
+    class ClusterLike:
+        def register_script(self, script: str) -> object:
+            return object()
+
+    monkeypatch.setattr(link, "_UNBOUNDED_WARNED", set())
+    with caplog.at_level(logging.WARNING, logger="cachewatch"):
+        for _ in range(3):
+            assert isinstance(link.client_with_timeout(ClusterLike(), 0.05), ClusterLike)
+    said = [r.getMessage() for r in caplog.records if "is used as given" in r.getMessage()]
+    assert len(said) == 1
+    assert "ClusterLike" in said[0]
+    assert "socket_timeout" in said[0]

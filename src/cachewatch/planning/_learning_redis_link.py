@@ -167,6 +167,10 @@ def client_from_url(url: str, timeout: float) -> Any:
     )
 
 
+#: Client types already warned about (:func:`client_with_timeout`).
+_UNBOUNDED_WARNED: set[str] = set()
+
+
 def client_with_timeout(client: Any, timeout: float) -> Any:
     """A client to the same server as ``client``, with ``timeout`` and no retries (own pool)."""
     import redis
@@ -175,7 +179,19 @@ def client_with_timeout(client: Any, timeout: float) -> Any:
 
     pool = getattr(client, "connection_pool", None)
     if pool is None or not hasattr(pool, "connection_kwargs"):
-        return client  # not a plain redis.Redis: used as it is
+        # Not a plain redis.Redis (a cluster client, a proxy object): used as it is, so its
+        # calls on the request path are bounded only by its own timeouts. Said once.
+        kind = type(client).__name__
+        if kind not in _UNBOUNDED_WARNED:
+            _UNBOUNDED_WARNED.add(kind)
+            _log.warning(
+                "cachewatch: a %s client is used as given; give it a socket_timeout (and "
+                "socket_connect_timeout) of about %g s, or pass a plain redis.Redis, so that "
+                "a slow Redis cannot hold requests up",
+                kind,
+                timeout,
+            )
+        return client
     kwargs = dict(pool.connection_kwargs)
     kwargs.update(socket_timeout=timeout, retry=Retry(NoBackoff(), 0), decode_responses=False)
     if "path" not in kwargs:  # TCP (a unix socket connects at once)
