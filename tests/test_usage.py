@@ -640,7 +640,7 @@ def test_no_text_is_kept() -> None:
     assert "SECRET" not in repr(acc.result())
 
 
-def _anthropic_reference(u: dict[str, Any]) -> TokenUsage:
+def _anthropic_reference(u: dict[str, Any]) -> TokenUsage | None:
     """SPEC section 4 for an Anthropic usage object, written out plainly."""
 
     def count(value: object) -> int:
@@ -651,6 +651,10 @@ def _anthropic_reference(u: dict[str, Any]) -> TokenUsage:
         return 0
 
     write = count(u.get("cache_creation_input_tokens"))
+    fresh = u.get("input_tokens")
+    counted = type(fresh) is int or (type(fresh) is float and fresh == fresh and abs(fresh) != float("inf"))
+    if not counted and not write and not count(u.get("cache_read_input_tokens")):
+        return None  # no prompt counted: unreported
     m5, h1 = write, 0
     detail = u.get("cache_creation")
     if write and isinstance(detail, dict):
@@ -737,3 +741,32 @@ def test_response_strings_that_are_not_identifiers_are_not_kept() -> None:
     assert parsed.response_model is None
     assert 0 < len(parsed.finish_reasons) <= 128
     assert set(parsed.finish_reasons) == {"stop"}
+
+
+def test_anthropic_counters_all_null_are_unreported_not_a_zero_prompt() -> None:
+    # Relays that serialise every optional field write ``null`` for counts they do not
+    # have. An Anthropic usage whose prompt counters are all null (or absent) counts no
+    # prompt: reporting a 0-token prompt would price it at 0, show a 0% hit ratio over
+    # nothing and teach the planner's estimator a false 0.
+    nulls = {"input_tokens": None, "cache_read_input_tokens": None, "cache_creation_input_tokens": None}
+    assert partition_usage({**nulls, "output_tokens": 5}) is None
+    assert usage_of("messages", {"type": "message", "usage": {**nulls, "output_tokens": 5}}) is None
+    assert partition_usage({"cache_read_input_tokens": 0, "output_tokens": 10}) is None
+    # A stream whose message_start has null counters and whose message_delta gives only
+    # the output: the merged usage still counts no prompt.
+    acc = stream(
+        "messages",
+        ("message_start", {"type": "message_start", "message": {"usage": {**nulls, "output_tokens": None}}}),
+        (
+            "message_delta",
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 15}},
+        ),
+    )
+    assert acc.result().usage is None
+    # Any prompt counter that counts keeps the usage reported.
+    assert partition_usage({**nulls, "input_tokens": 0, "output_tokens": 5}) == TokenUsage(
+        0, 0, 0, 0, 5, None
+    )
+    assert partition_usage({**nulls, "cache_read_input_tokens": 40, "output_tokens": 5}) == TokenUsage(
+        0, 40, 0, 0, 5, None
+    )

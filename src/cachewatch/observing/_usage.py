@@ -248,9 +248,15 @@ def partition_usage(usage: object) -> TokenUsage | None:
     ):
         # Anthropic: disjoint counters. (With ``prompt_tokens`` and no ``input_tokens`` the
         # prompt total is given, as in LiteLLM's Chat usage: the subset path below.)
-        fresh = _count(u.get("input_tokens")) or 0
+        fresh = _count(u.get("input_tokens"))
         read = _count(u.get("cache_read_input_tokens")) or 0
         write = _count(u.get("cache_creation_input_tokens")) or 0
+        if fresh is None:
+            if not read and not write:
+                # ``input_tokens`` (required by Anthropic) null or absent and no cache
+                # counter counting anything: the prompt is not reported, not 0 tokens.
+                return None
+            fresh = 0
         if write:
             m5, h1 = _split_writes(write, u.get("cache_creation"))
     else:
