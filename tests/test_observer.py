@@ -299,3 +299,43 @@ def test_any_chunk_split_equals_whole(data: st.DataObject) -> None:
 
 def test_bad_gzip_header_reports_unparsed() -> None:
     assert observe(b"\x00\x01" + gzip.compress(JSON_BODY)[2:], ctype="application/json", enc="gzip").unparsed
+
+
+def test_moonshot_chat_stream_usage_inside_the_final_choice() -> None:
+    # Moonshot (Kimi) streams put the usage in the final chunk's choices[0].usage, with
+    # the chunk's own "usage" null (or absent); its cached_tokens sit at the top level of
+    # that usage and in prompt_tokens_details.
+    final_usage = {
+        "prompt_tokens": 1336,
+        "completion_tokens": 31,
+        "total_tokens": 1367,
+        "cached_tokens": 1280,
+        "prompt_tokens_details": {"cached_tokens": 1280},
+    }
+    for top_level in ({"usage": None}, {}):
+        body = sse(
+            (
+                None,
+                {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion.chunk",
+                    "model": "kimi-k2-0905-preview",
+                    "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}],
+                    **top_level,
+                },
+            ),
+            (
+                None,
+                {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion.chunk",
+                    "model": "kimi-k2-0905-preview",
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "usage": final_usage}],
+                    **top_level,
+                },
+            ),
+            (None, "[DONE]"),
+        )
+        r = observe(body, api="chat_completions")
+        assert r.usage == TokenUsage(input=56, cache_read=1280, output=31)
+        assert (r.finish_reasons, r.complete) == (("stop",), True)

@@ -55,6 +55,8 @@ Corpus quirks handled here:
 
 * Groq streams put the usage in ``x_groq.usage`` (newer ones in both places); Groq's
   ``usage_breakdown.models[].usage`` is per-model detail and is ignored.
+* Moonshot (Kimi) Chat streams put it in the final chunk's ``choices[0].usage``, the
+  chunk's own ``usage`` being null.
 * Responses streams recorded by some clients have ``event:`` names shifted by one
   against the data ``type``; the data ``type`` wins.
 * Chat streams may end with ``event: error`` (Groq tool validation) after content.
@@ -531,6 +533,12 @@ class UsageAccumulator:
         usage = data.get("usage")
         if type(usage) is not dict:
             usage = (_dict(data.get("x_groq")) or {}).get("usage")
+            if type(usage) is not dict and type(choices) is list:
+                # Moonshot (Kimi): the final chunk's usage is in its choice.
+                for choice in choices:
+                    if type(choice) is dict and type(choice.get("usage")) is dict:
+                        usage = choice["usage"]
+                        break
         if type(usage) is dict:
             # Cumulative: some servers send it on every chunk, the last one wins.
             self._usage = dict(usage)
