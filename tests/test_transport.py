@@ -435,3 +435,29 @@ def test_the_policy_learns_from_responses_without_usage() -> None:
         {"provider": "anthropic", "location": "messages", "action": "skipped_not_reused"},
     )
     assert skipped == 1
+
+
+async def test_dashscope_native_stream_asked_by_header_is_a_streaming_request(
+    harness: Harness, telemetry: Any
+) -> None:
+    # The dashscope SDK asks for a stream with the X-DashScope-SSE header alone: its body
+    # has no "stream" field (research B.4, SPEC section 3).
+    frame = (
+        b'id:1\nevent:result\n:HTTP_STATUS/200\ndata:{"output":{"choices":[{"finish_reason":"stop",'
+        b'"message":{"role":"assistant","content":"x"}}]},"usage":{"input_tokens":10,"output_tokens":2,'
+        b'"prompt_tokens_details":{"cached_tokens":6}},"request_id":"r1"}\n\n'
+    )
+    t = harness.transport(lambda r: (200, {"content-type": "text/event-stream"}, [frame]), **telemetry.kwargs)
+    client = harness.client(t)
+    body = {
+        "model": "qwen-plus",
+        "input": {"messages": [{"role": "user", "content": "hi"}]},
+        "parameters": {},
+    }
+    path = "/api/v1/services/aigc/text-generation/generation"
+    await harness.stream_chunks(client, path, json=body, headers={"X-DashScope-SSE": "enable"})
+    await harness.post(client, path, json=body)  # no header: not a stream
+    streamed, plain = telemetry.spans()
+    assert streamed.attributes["gen_ai.usage.cache_read.input_tokens"] == 6
+    assert streamed.attributes["gen_ai.request.stream"] is True
+    assert "gen_ai.request.stream" not in plain.attributes

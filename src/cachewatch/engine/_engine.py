@@ -269,9 +269,11 @@ class Engine:
             request_model = plan.model if plan is not None else None
             if request_model is None and body:
                 request_model = sniff_model(body)
-            info = self._request_info(
-                host, port, api, request_model, body is not None and _asks_stream(body), credential
-            )
+            stream = body is not None and _asks_stream(body)
+            if not stream and api == "dashscope_generation":
+                # The dashscope SDK asks for a stream with this header alone, never in the body.
+                stream = (headers.get("x-dashscope-sse") or "").strip().lower() == "enable"
+            info = self._request_info(host, port, api, request_model, stream, credential)
             exchange = Exchange(self, info, plan)
             if body and (self.shadow is not None or self.recording is not None):
                 self._begin_stages(exchange, host, path, headers, body, credential)

@@ -59,6 +59,7 @@ _ENGINE_HEADERS = {
     b"api-key": "api-key",
     b"content-encoding": "content-encoding",
     b"anthropic-beta": "anthropic-beta",
+    b"x-dashscope-sse": "x-dashscope-sse",
 }
 
 
