@@ -562,6 +562,22 @@ def test_dashscope_native_error() -> None:
     assert (r.error_type, r.usage, r.response_id) == ("InvalidParameter", None, "r")
 
 
+def test_dashscope_native_error_code_that_is_not_an_identifier_is_not_kept() -> None:
+    # The error type goes to the log event and the span as it is: a relay's free-text
+    # ``code`` (which can quote the prompt, or forge a log line) must not, as for the other
+    # error shapes. DashScope's own codes (``Throttling.RateQuota``...) are kept.
+    free_text = "Input may contain inappropriate content: SECRET prompt\nforged=line"
+    acc = UsageAccumulator("dashscope_generation")
+    acc.add_json({"code": free_text, "message": "m", "request_id": "r"})
+    assert acc.result().error_type == "error"
+    acc = UsageAccumulator("dashscope_generation")
+    acc.add_event("error", {"code": "SECRET " * 20, "message": "m", "request_id": "r"})
+    assert acc.result().error_type == "error"
+    acc = UsageAccumulator("dashscope_generation")
+    acc.add_event("error", {"code": "Throttling.RateQuota", "message": "m", "request_id": "r"})
+    assert acc.result().error_type == "Throttling.RateQuota"
+
+
 # -- envelopes and errors -----------------------------------------------------------------
 
 

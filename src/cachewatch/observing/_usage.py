@@ -690,5 +690,5 @@ def _dashscope_error(obj: dict[str, Any]) -> str | None:
     """DashScope native errors: ``{"code":"InvalidParameter","message":...,"request_id":...}``."""
     code = obj.get("code")
     if isinstance(code, str) and code and "output" not in obj:
-        return code
+        return _identifier(code)  # free text from a relay is not kept (see _error_type)
     return None
