@@ -235,15 +235,17 @@ SHAPES: list[Workload] = [
 
 def run_strategies(workload: Workload, **overrides: Any) -> dict[str, Any]:
     """Every strategy that applies to ``workload``, then ``auto``: strategy -> its result."""
+    run = U.run_chat_workload if workload.profile == "dashscope_openai" else S.run_workload
     return {
-        strategy: S.run_workload(workload, strategy, **overrides)
+        strategy: run(workload, strategy, **overrides)
         for strategy in S.STRATEGIES
         if U._applicable(workload, strategy)
     }
 
 
 def run_shapes(shapes: list[Workload], description: str, argv: list[str] | None = None) -> int:
-    """The command line of this benchmark and ``savings_adversarial.py``: one line per shape."""
+    """The command line of this benchmark, ``savings_adversarial.py`` and
+    ``savings_redteam.py``: one line per shape."""
     parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
     parser.add_argument("--only", action="append", help="run only shapes whose name contains this")
     parser.add_argument("--trace", action="store_true", help="the requests where auto and the best differ")

@@ -1,0 +1,829 @@
+"""Red-team shapes: everyday traffic the other savings benchmarks do not hold, one line each.
+
+    .venv/bin/python benchmarks/savings_redteam.py [--only NAME ...] [--trace] [--learned] [--seed S]
+
+(about 4 minutes for all; ``--seed a``, or ``SEEDSUF=a``, draws every shape anew). Each shape is a short
+trace run through the harness of ``savings.py`` (the real SDK against the emulator, under
+every fixed strategy; the OpenAI-compatible DashScope shapes through
+``savings_unseen.py``'s chat runner) and printed as ``auto`` against the best fixed
+strategy chosen in hindsight and against no caching, with the bar of SPEC section 11
+(1.01x). They were written to break the policy: extended thinking switched per turn,
+``tool_choice`` per step, huge tool results dropped from the history, pasted documents,
+concurrent copies of one request, think times around the TTL, models whose minimum is
+2,048 or 4,096, nightly re-runs, a live section of the system prompt, the 20-block
+lookback, byte-for-byte queue workers, a timestamped second system message on DashScope.
+Shapes over the bar are kept: they are what the policy does not yet learn (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import savings_unseen as U
+from savings import HAIKU, QWEN, SONNET, Run, Workload, _reply, text
+from savings_probes import code, schema_tool
+from savings_review import run_shapes
+
+#: Appended to every shape's seed (``SEEDSUF=a``): other draws of the same shapes.
+SUF = os.environ.get("SEEDSUF", "")
+OPUS45 = "claude-opus-4-5"  # minimum 4,096
+OPUS47 = "claude-opus-4-7"  # minimum 2,048
+
+THINK = {"type": "enabled", "budget_tokens": 2_048}
+
+
+def _tr(uid: str, content: Any) -> dict[str, Any]:
+    return {"type": "tool_result", "tool_use_id": uid, "content": content}
+
+
+def thinking_chats(
+    mode: str, *, seed: str = "think", convs: int = 12, blocks: int = 1
+) -> Callable[..., None]:
+    """Chats where extended thinking is on at some turns: ``toggle`` (the user flips a
+    "think harder" switch, 40 % of turns), ``budget`` (always on, budget picked per turn
+    from the question's difficulty), ``sticky`` (off, then on for the rest once turned on)."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed + mode)
+        system = "You are a math tutor. " + text(f"{seed}-system", 2_500)
+        for c in range(convs):
+            messages: list[dict[str, Any]] = [{"role": "user", "content": text(f"{seed}-{c}", 200)}]
+            on = False
+            for t in range(rng.randint(2, 7)):
+                extra: dict[str, Any] = {}
+                if mode == "toggle":
+                    on = rng.random() < 0.4
+                elif mode == "sticky":
+                    on = on or rng.random() < 0.3
+                elif mode == "budget":
+                    on = True
+                if on:
+                    budget = rng.choice((1_024, 4_096, 8_192)) if mode == "budget" else 2_048
+                    extra = {"thinking": {"type": "enabled", "budget_tokens": budget}, "max_tokens": 16_000}
+                reply = run.send(model=SONNET, system=system, messages=messages, **extra)
+                if blocks == 1:
+                    follow: Any = text(f"{seed}-{c}-{t}", rng.randint(20, 200))
+                else:
+                    follow = [
+                        {"type": "text", "text": text(f"{seed}-{c}-{t}-{b}", rng.randint(20, 120))}
+                        for b in range(blocks)
+                    ]
+                messages += [_reply(reply), {"role": "user", "content": follow}]
+                run.wait(rng.uniform(5, 60))
+            run.wait(rng.uniform(10, 200))
+
+    return workload
+
+
+def thinking_agent(run: Run, *, seed: str = "thinkagent") -> None:
+    """An agent with thinking on: every assistant turn is a thinking block (signed) and a
+    tool_use; the tool results come back; 6 tools, 1.2k system; 8 tasks of 3-7 steps."""
+    rng = random.Random(SUF + seed)
+    tools = [schema_tool(f"t{i}", f"{seed}-t{i}", 15) for i in range(6)]
+    system = "You are an SRE agent. " + text(f"{seed}-system", 1_200)
+    for c in range(8):
+        messages: list[dict[str, Any]] = [{"role": "user", "content": text(f"{seed}-c{c}", 120)}]
+        steps = rng.randint(3, 7)
+        for s in range(steps):
+            run.send(
+                model=SONNET, system=system, tools=tools, messages=messages, thinking=THINK, max_tokens=8_000
+            )
+            uid = f"toolu_{seed}{c:02d}{s:02d}"
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": [
+                        {
+                            "type": "thinking",
+                            "thinking": text(f"{seed}-th{c}-{s}", rng.randint(100, 600)),
+                            "signature": "sig" + uid,
+                        },
+                        {"type": "tool_use", "id": uid, "name": f"t{s % 6}", "input": {"q": f"x{s}"}},
+                    ],
+                }
+            )
+            messages.append(
+                {"role": "user", "content": [_tr(uid, text(f"{seed}-r{c}-{s}", rng.randint(200, 1_500)))]}
+            )
+            run.wait(rng.uniform(2, 15))
+        run.wait(rng.uniform(30, 300))
+
+
+def forced_first_tool(mode: str, *, seed: str = "forced") -> Callable[..., None]:
+    """Agent runs whose first step forces a tool (``first``: tool_choice {"type": "tool"}
+    then auto; ``any``: {"type": "any"} then nothing) or whose last step forbids tools
+    (``last``: tool_choice none for the final answer)."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed + mode)
+        tools = [schema_tool(f"t{i}", f"{seed}-t{i}", 20) for i in range(6)]
+        system = "You are a research agent. " + text(f"{seed}-system", 1_500)
+        for c in range(10):
+            messages: list[dict[str, Any]] = [{"role": "user", "content": text(f"{seed}-c{c}", 150)}]
+            steps = rng.randint(3, 7)
+            for s in range(steps):
+                extra: dict[str, Any] = {}
+                if mode == "first" and s == 0:
+                    extra["tool_choice"] = {"type": "tool", "name": "t0"}
+                elif mode == "first":
+                    extra["tool_choice"] = {"type": "auto"}
+                elif mode == "any" and s == 0:
+                    extra["tool_choice"] = {"type": "any"}
+                elif mode == "last" and s == steps - 1:
+                    extra["tool_choice"] = {"type": "none"}
+                elif mode == "random":
+                    extra["tool_choice"] = {"type": rng.choice(("auto", "any"))}
+                run.send(model=SONNET, system=system, tools=tools, messages=messages, **extra)
+                uid = f"toolu_{seed}{c:02d}{s:02d}"
+                messages.append(
+                    {
+                        "role": "assistant",
+                        "content": [
+                            {"type": "tool_use", "id": uid, "name": f"t{s % 6}", "input": {"q": f"y{s}"}}
+                        ],
+                    }
+                )
+                messages.append(
+                    {"role": "user", "content": [_tr(uid, text(f"{seed}-r{c}-{s}", rng.randint(300, 1_500)))]}
+                )
+                run.wait(rng.uniform(2, 12))
+            run.wait(rng.uniform(30, 240))
+
+    return workload
+
+
+def router_triage(run: Run, *, seed: str = "triage", system_tokens: int = 5_000, full: bool = False) -> None:
+    """One system prompt, two models: every user turn is first classified by Haiku 4.5
+    (system + that message only), then answered by Sonnet (system + the whole chat)."""
+    rng = random.Random(SUF + seed)
+    system = "You are the support assistant of Example Corp. " + text(f"{seed}-system", system_tokens)
+    for c in range(10):
+        messages: list[dict[str, Any]] = []
+        for t in range(rng.randint(2, 6)):
+            q = {"role": "user", "content": text(f"{seed}-{c}-{t}", rng.randint(30, 200))}
+            run.send(model=HAIKU, system=system, messages=[*messages, q] if full else [q], max_tokens=5)
+            run.wait(rng.uniform(0.5, 2))
+            messages.append(q)
+            reply = run.send(model=SONNET, system=system, messages=messages)
+            messages.append(_reply(reply))
+            run.wait(rng.uniform(10, 60))
+        run.wait(rng.uniform(20, 200))
+
+
+def huge_result_dropped(run: Run, *, seed: str = "hugedrop", tasks: int = 6, p_big: float = 0.5) -> None:
+    """Agent steps where a tool returns 10-20k tokens (a file, a query dump); the next step
+    reads it, then the app replaces it by a 50-token note for the steps after that."""
+    rng = random.Random(SUF + seed)
+    tools = [schema_tool(f"t{i}", f"{seed}-t{i}", 20) for i in range(4)]
+    system = "You are a data analyst agent. " + text(f"{seed}-system", 1_500)
+    for c in range(tasks):
+        messages: list[dict[str, Any]] = [{"role": "user", "content": text(f"{seed}-c{c}", 150)}]
+        pending: list[dict[str, Any]] = []
+        for s in range(rng.randint(4, 8)):
+            run.send(model=SONNET, system=system, tools=tools, messages=messages)
+            # drop the huge result of the previous step
+            for b in pending:
+                b["content"] = "[result summarised: " + text(f"{seed}-sum{c}-{s}", 50) + "]"
+            pending.clear()
+            uid = f"toolu_{seed}{c:02d}{s:02d}"
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "tool_use", "id": uid, "name": f"t{s % 4}", "input": {"q": f"z{s}"}}
+                    ],
+                }
+            )
+            big = rng.random() < p_big
+            block = _tr(
+                uid, text(f"{seed}-r{c}-{s}", rng.randint(10_000, 20_000) if big else rng.randint(200, 800))
+            )
+            if big:
+                pending.append(block)
+            messages.append({"role": "user", "content": [block]})
+            run.wait(rng.uniform(3, 20))
+        run.wait(rng.uniform(30, 300))
+
+
+def small_system_big_min(model: str, content: str, *, seed: str = "bigmin") -> Callable[..., None]:
+    """Chats on a model with a 2,048/4,096 minimum and a 1,500-token system prompt: the
+    prompt reaches the minimum only after a few turns; prose or code follow-ups."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed + model + content)
+        system = "You are a pair programmer. " + text(f"{seed}-system", 1_500)
+        for c in range(10):
+            messages: list[dict[str, Any]] = []
+            for t in range(rng.randint(3, 9)):
+                n = rng.randint(100, 600)
+                body = code(f"{seed}-{c}-{t}", n // 25) if content == "code" else text(f"{seed}-{c}-{t}", n)
+                messages.append({"role": "user", "content": body})
+                reply = run.send(model=model, system=system, messages=messages)
+                messages.append(_reply(reply))
+                run.wait(rng.uniform(10, 60))
+            run.wait(rng.uniform(20, 200))
+
+    return workload
+
+
+def concurrent_think_time(
+    *,
+    users: int = 25,
+    gap: tuple[float, float] = (300, 480),
+    seed: str = "slowusers",
+    system_tokens: int = 3_000,
+) -> Callable[..., None]:
+    """Many users of one chat app at once: each a chat of 3-6 turns with 5-8 minutes of
+    think time between turns; users start 0-20 minutes in."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        system = "You are the assistant of a travel app. " + text(f"{seed}-system", system_tokens)
+
+        def user(u: int) -> U.Source:
+            r = random.Random(SUF + f"{seed}-{u}")
+            messages: list[dict[str, Any]] = []
+            for t in range(r.randint(3, 6)):
+                yield r.uniform(*gap) if t else 0.0
+                messages.append({"role": "user", "content": text(f"{seed}-{u}-{t}", r.randint(30, 300))})
+                reply = run.send(model=SONNET, system=system, messages=messages)
+                messages.append(_reply(reply))
+
+        starts = [rng.uniform(0, 1_200) for _ in range(users)]
+        U.drive(run, U._interleave([user(u) for u in range(users)], starts))
+
+    return workload
+
+
+def nightly_rerun(
+    *, runs: int = 4, gap_min: float = 50, items: int = 30, seed: str = "rerun"
+) -> Callable[..., None]:
+    """A batch job re-running the same prompts (shared instructions + the same 30 documents)
+    every ``gap_min`` minutes (an eval suite re-run on each deploy, a report regenerated)."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        system = "Extract the fields as JSON. " + text(f"{seed}-system", 2_000)
+        docs = [text(f"{seed}-doc{i}", rng.randint(1_500, 4_000)) for i in range(items)]
+        for r in range(runs):
+            if r:
+                run.wait(gap_min * 60 + rng.uniform(-120, 120))
+            for i in range(items):
+                run.send(model=SONNET, system=system, messages=[{"role": "user", "content": docs[i]}])
+                run.wait(rng.uniform(2, 10))
+
+    return workload
+
+
+def edited_system(*, every: float = 1_200, seed: str = "livesys") -> Callable[..., None]:
+    """A chat product whose system prompt ends with a live section (status, prices)
+    regenerated every 20 minutes; chats of 2-8 turns, two or three at a time."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        base = "You are the shop assistant. " + text(f"{seed}-system", 2_500)
+        t0 = run.clock()
+
+        def chat(c: int) -> U.Source:
+            r = random.Random(SUF + f"{seed}-{c}")
+            messages: list[dict[str, Any]] = []
+            for t in range(r.randint(2, 8)):
+                yield r.uniform(10, 90) if t else 0.0
+                epoch = int((run.clock() - t0) // every)
+                system = base + "\nLive status: " + text(f"{seed}-live{epoch}", 300)
+                messages.append({"role": "user", "content": text(f"{seed}-{c}-{t}", r.randint(30, 200))})
+                reply = run.send(model=SONNET, system=system, messages=messages)
+                messages.append(_reply(reply))
+
+        starts = sorted(rng.uniform(0, 3_600) for _ in range(30))
+        U.drive(run, U._interleave([chat(c) for c in range(30)], starts))
+
+    return workload
+
+
+def rag_chat(mode: str, *, seed: str = "ragchat") -> Callable[..., None]:
+    """Chats where each user turn is sent with retrieved chunks (1.5-2.5k tokens); in the
+    history only the question is kept (``strip``), or the chunks stay (``keep``); or a
+    <system-reminder> block (todo state) is appended to the last user message only
+    (``reminder``)."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed + mode)
+        system = "Answer from the retrieved context. " + text(f"{seed}-system", 2_000)
+        for c in range(10):
+            history: list[dict[str, Any]] = []
+            for t in range(rng.randint(2, 7)):
+                q = text(f"{seed}-{c}-{t}", rng.randint(20, 150))
+                if mode == "reminder":
+                    extra = (
+                        "<system-reminder>"
+                        + text(f"{seed}-rem{c}-{t}", rng.randint(100, 400))
+                        + "</system-reminder>"
+                    )
+                else:
+                    extra = "Context:\n" + text(f"{seed}-chunks{c}-{t}", rng.randint(1_500, 2_500))
+                if mode == "reminder":
+                    last = {
+                        "role": "user",
+                        "content": [{"type": "text", "text": q}, {"type": "text", "text": extra}],
+                    }
+                else:
+                    last = {
+                        "role": "user",
+                        "content": [{"type": "text", "text": extra}, {"type": "text", "text": q}],
+                    }
+                reply = run.send(model=SONNET, system=system, messages=[*history, last])
+                history += [last if mode == "keep" else {"role": "user", "content": q}, _reply(reply)]
+                run.wait(rng.uniform(5, 60))
+            run.wait(rng.uniform(10, 200))
+
+    return workload
+
+
+def many_blocks_turn(*, blocks: int = 24, seed: str = "manyblk") -> Callable[..., None]:
+    """Chats whose every user turn is sent as many small content blocks (an IDE sending
+    each open file's snippet as its own block): ``blocks`` blocks of 80-200 tokens per turn."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        system = "You are a coding assistant. " + text(f"{seed}-system", 1_500)
+        for c in range(8):
+            messages: list[dict[str, Any]] = []
+            for t in range(rng.randint(3, 7)):
+                content = [
+                    {"type": "text", "text": code(f"{seed}-{c}-{t}-{b}", rng.randint(2, 6))}
+                    for b in range(blocks)
+                ]
+                content.append({"type": "text", "text": text(f"{seed}-q{c}-{t}", 60)})
+                messages.append({"role": "user", "content": content})
+                reply = run.send(model=SONNET, system=system, messages=messages)
+                messages.append(_reply(reply))
+                run.wait(rng.uniform(10, 60))
+            run.wait(rng.uniform(20, 200))
+
+    return workload
+
+
+def self_consistency(parallel: bool, *, seed: str = "sc", k: int = 5) -> Callable[..., None]:
+    """An eval harness that samples each question ``k`` times (self-consistency): the same
+    request sent k times, in a row or all at once; 40 questions with a 1k few-shot system."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        system = "Solve step by step. " + text(f"{seed}-system", 1_000)
+        for i in range(40):
+            req = {
+                "model": SONNET,
+                "system": system,
+                "messages": [{"role": "user", "content": text(f"{seed}-{i}", rng.randint(200, 1_500))}],
+            }
+            if parallel:
+                run.fan_out([dict(req) for _ in range(k)])
+            else:
+                for _ in range(k):
+                    run.send(**req)
+                    run.wait(rng.uniform(1, 4))
+            run.wait(rng.uniform(1, 5))
+
+    return workload
+
+
+def byok_chats(*, users: int = 20, seed: str = "byok") -> Callable[..., None]:
+    """A bring-your-own-key chat app: one system prompt, every user with their own key (a
+    cache and a family each), chats of 2-6 turns 10-60 s apart, users interleaved."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        system = "You are a writing assistant. " + text(f"{seed}-system", 2_500)
+
+        def user(u: int) -> U.Source:
+            r = random.Random(SUF + f"{seed}-{u}")
+            for c in range(r.randint(1, 3)):
+                messages: list[dict[str, Any]] = []
+                for t in range(r.randint(2, 6)):
+                    yield r.uniform(10, 60) if t else (r.uniform(60, 400) if c else 0.0)
+                    messages.append(
+                        {"role": "user", "content": text(f"{seed}-{u}-{c}-{t}", r.randint(30, 200))}
+                    )
+                    reply = run.send(
+                        model=SONNET, system=system, messages=messages, api_key=f"{seed}-key-{u}"
+                    )
+                    messages.append(_reply(reply))
+
+        starts = [rng.uniform(0, 1_800) for _ in range(users)]
+        U.drive(run, U._interleave([user(u) for u in range(users)], starts))
+
+    return workload
+
+
+def qwen_agent(*, seed: str = "qwenagent") -> Callable[..., None]:
+    """DashScope OpenAI-compatible agent: 5 function tools, a 1.5k system message, tool calls
+    and role=tool results of 300-2,000 tokens; 8 tasks of 2-6 steps."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        tools = [
+            {
+                "type": "function",
+                "function": {
+                    "name": f"f{i}",
+                    "description": text(f"{seed}-f{i}", 150),
+                    "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+                },
+            }
+            for i in range(5)
+        ]
+        system = "You are an order agent. " + text(f"{seed}-system", 1_500)
+        for c in range(8):
+            messages: list[dict[str, Any]] = [
+                {"role": "system", "content": system},
+                U._user(f"{seed}-c{c}", 100),
+            ]
+            for s in range(rng.randint(2, 6)):
+                run.send(model=QWEN, messages=messages, tools=tools)
+                cid = f"call_{c}_{s}"
+                messages.append(
+                    {
+                        "role": "assistant",
+                        "content": "",
+                        "tool_calls": [
+                            {
+                                "id": cid,
+                                "type": "function",
+                                "function": {"name": f"f{s % 5}", "arguments": json.dumps({"q": f"w{s}"})},
+                            }
+                        ],
+                    }
+                )
+                messages.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": cid,
+                        "content": text(f"{seed}-r{c}-{s}", rng.randint(300, 2_000)),
+                    }
+                )
+                run.wait(rng.uniform(2, 15))
+            run.wait(rng.uniform(30, 300))
+
+    return workload
+
+
+def dashscope_slow_chats(*, seed: str = "dsslow") -> Callable[..., None]:
+    """DashScope Anthropic endpoint: chats with 3-7 minutes between turns, several at once."""
+    return concurrent_think_time(users=15, gap=(180, 420), seed=seed)
+
+
+def fixed_opener(
+    *, users: int = 16, seed: str = "opener", gap: tuple[float, float] = (10, 60)
+) -> Callable[..., None]:
+    """A support widget: every conversation opens with the same canned user message and
+    the same canned assistant greeting, then the user's questions; 16 users interleaved."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        system = "You are the support bot of Example Corp. " + text(f"{seed}-system", 2_500)
+        opener = [
+            {"role": "user", "content": "Start the session."},
+            {
+                "role": "assistant",
+                "content": "Hello! I am the Example Corp assistant. How can I help you today?",
+            },
+        ]
+
+        def user(u: int) -> U.Source:
+            r = random.Random(SUF + f"{seed}-{u}")
+            messages: list[dict[str, Any]] = [dict(m) for m in opener]
+            for t in range(r.randint(2, 7)):
+                yield r.uniform(*gap) if t else 0.0
+                messages.append({"role": "user", "content": text(f"{seed}-{u}-{t}", r.randint(30, 200))})
+                reply = run.send(model=SONNET, system=system, messages=messages)
+                messages.append(_reply(reply))
+
+        starts = [rng.uniform(0, 900) for _ in range(users)]
+        U.drive(run, U._interleave([user(u) for u in range(users)], starts))
+
+    return workload
+
+
+def queue_workers(
+    *, workers: int = 4, tasks: int = 24, seed: str = "queue", stream: bool = False
+) -> Callable[..., None]:
+    """Agents pulling work from a queue: every task opens with the same instruction ("take
+    the next ticket"), the first step calls get_ticket, whose result is the ticket; then
+    2-5 steps; several workers interleaved."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        tools = [schema_tool(f"t{i}", f"{seed}-t{i}", 20) for i in range(5)]
+        system = "You are a ticket triage agent. " + text(f"{seed}-system", 1_500)
+
+        def worker(w: int) -> U.Source:
+            r = random.Random(SUF + f"{seed}-{w}")
+            for k in range(tasks // workers):
+                messages: list[dict[str, Any]] = [
+                    {"role": "user", "content": "Take the next ticket from the queue and resolve it."}
+                ]
+                for s in range(r.randint(3, 6)):
+                    yield r.uniform(2, 12) if (s or k) else 0.0
+                    run.send(model=SONNET, system=system, tools=tools, messages=messages, stream=stream)
+                    uid = f"toolu_{seed}{w:02d}{k:02d}{s:02d}"
+                    name = "t0" if s == 0 else f"t{1 + s % 4}"
+                    messages.append(
+                        {
+                            "role": "assistant",
+                            "content": [
+                                {
+                                    "type": "tool_use",
+                                    "id": "toolu_first" if s == 0 else uid,
+                                    "name": name,
+                                    "input": {"q": "next" if s == 0 else f"v{s}"},
+                                }
+                            ],
+                        }
+                    )
+                    messages.append(
+                        {
+                            "role": "user",
+                            "content": [
+                                _tr(
+                                    "toolu_first" if s == 0 else uid,
+                                    text(f"{seed}-r{w}-{k}-{s}", r.randint(200, 1_200)),
+                                )
+                            ],
+                        }
+                    )
+
+        starts = [rng.uniform(0, 30) for _ in range(workers)]
+        U.drive(run, U._interleave([worker(w) for w in range(workers)], starts))
+
+    return workload
+
+
+def paste_or_chat(*, sessions: int = 40, p_paste: float = 0.5, seed: str = "paste") -> Callable[..., None]:
+    """A chat UI: some sessions paste a long document (6-15k tokens) and ask for a summary,
+    once; the others are short-question chats of 3-6 turns; sessions interleaved."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        system = "You are a helpful assistant. " + text(f"{seed}-system", 2_000)
+
+        def session(k: int) -> U.Source:
+            r = random.Random(SUF + f"{seed}-{k}")
+            if r.random() < p_paste:
+                yield 0.0
+                body = "Summarise this:\n" + text(f"{seed}-doc{k}", r.randint(6_000, 15_000))
+                run.send(model=SONNET, system=system, messages=[{"role": "user", "content": body}])
+                return
+            messages: list[dict[str, Any]] = []
+            for t in range(r.randint(3, 6)):
+                yield r.uniform(10, 60) if t else 0.0
+                messages.append({"role": "user", "content": text(f"{seed}-{k}-{t}", r.randint(30, 200))})
+                reply = run.send(model=SONNET, system=system, messages=messages)
+                messages.append(_reply(reply))
+
+        starts = [rng.uniform(0, 1_800) for _ in range(sessions)]
+        U.drive(run, U._interleave([session(k) for k in range(sessions)], starts))
+
+    return workload
+
+
+def parallel_drafts(*, seed: str = "drafts", k: int = 3) -> Callable[..., None]:
+    """A writing app that shows ``k`` alternative drafts: every turn is sent ``k`` times at
+    once (the same request); the user picks the first and goes on; chats of 2-6 turns."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        system = "You are a copywriter. " + text(f"{seed}-system", 2_000)
+        for c in range(10):
+            messages: list[dict[str, Any]] = []
+            for t in range(rng.randint(2, 6)):
+                messages.append({"role": "user", "content": text(f"{seed}-{c}-{t}", rng.randint(50, 400))})
+                req = {"model": SONNET, "system": system, "messages": list(messages)}
+                replies = run.fan_out([dict(req) for _ in range(k)])
+                messages.append(_reply(replies[0]))
+                run.wait(rng.uniform(10, 60))
+            run.wait(rng.uniform(20, 200))
+
+    return workload
+
+
+def image_chat(
+    model: str, *, seed: str = "imgchat", system_tokens: int = 1_500, images: int = 2
+) -> Callable[..., None]:
+    """Chats whose first message carries ``images`` photos and a question, then follow-ups."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed + model)
+        system = "You describe and discuss the user's photos. " + text(f"{seed}-system", system_tokens)
+        for c in range(10):
+            messages: list[dict[str, Any]] = []
+            for t in range(rng.randint(2, 6)):
+                q = {"type": "text", "text": text(f"{seed}-{c}-{t}", rng.randint(20, 120))}
+                content: Any = [*(U._image(f"{seed}-{c}-{i}") for i in range(images)), q] if t == 0 else [q]
+                messages.append({"role": "user", "content": content})
+                reply = run.send(model=model, system=system, messages=messages)
+                messages.append(_reply(reply))
+                run.wait(rng.uniform(10, 60))
+            run.wait(rng.uniform(20, 200))
+
+    return workload
+
+
+def qwen_stamped(*, seed: str = "qwenstamp", chats: int = 8) -> Callable[..., None]:
+    """DashScope OpenAI-compatible chats whose system is two messages: stable instructions
+    (2.5k) and a second one with the current time and a request id (changes every request)."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        system = "You are the assistant. " + text(f"{seed}-system", 2_500)
+        for c in range(chats):
+            history: list[dict[str, Any]] = []
+            for t in range(rng.randint(2, 6)):
+                history.append(U._user(f"{seed}-{c}-{t}", rng.randint(30, 200)))
+                stamp = {"role": "system", "content": f"Now: {run.clock():.0f}. Request {c}-{t}."}
+                reply = run.send(
+                    model=QWEN, messages=[{"role": "system", "content": system}, stamp, *history]
+                )
+                history.append({"role": "assistant", "content": reply.choices[0].message.content or ""})
+                run.wait(rng.uniform(5, 60))
+            run.wait(rng.uniform(20, 200))
+
+    return workload
+
+
+def side_summariser(*, seed: str = "sidesum", every: int = 3) -> Callable[..., None]:
+    """Chats on Sonnet; every ``every`` turns the app also asks the same model, under
+    another system prompt, to update the conversation's memory from the same messages."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        system = "You are a coach. " + text(f"{seed}-system", 2_500)
+        memsys = "Extract durable facts about the user as JSON. " + text(f"{seed}-memsys", 1_200)
+        for c in range(10):
+            messages: list[dict[str, Any]] = []
+            for t in range(rng.randint(3, 9)):
+                messages.append({"role": "user", "content": text(f"{seed}-{c}-{t}", rng.randint(30, 250))})
+                reply = run.send(model=SONNET, system=system, messages=messages)
+                messages.append(_reply(reply))
+                if t % every == every - 1:
+                    run.wait(rng.uniform(0.5, 2))
+                    run.send(
+                        model=SONNET,
+                        system=memsys,
+                        messages=[*messages, {"role": "user", "content": "Update the memory."}],
+                    )
+                run.wait(rng.uniform(10, 60))
+            run.wait(rng.uniform(20, 200))
+
+    return workload
+
+
+def compacting_chat(*, seed: str = "compactchat", every: int = 8) -> Callable[..., None]:
+    """Long chats (10-30 turns) that, every ``every`` turns, replace the history by one
+    summary message (1-2k tokens) followed by the last exchange."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        system = "You are a study buddy. " + text(f"{seed}-system", 2_500)
+        for c in range(5):
+            messages: list[dict[str, Any]] = []
+            for t in range(rng.randint(10, 30)):
+                if t and t % every == 0:
+                    summary = {
+                        "role": "user",
+                        "content": "Summary of our conversation so far: "
+                        + text(f"{seed}-sum{c}-{t}", rng.randint(1_000, 2_000)),
+                    }
+                    messages = [summary, {"role": "assistant", "content": "Thanks, noted."}, *messages[-2:]]
+                messages.append({"role": "user", "content": text(f"{seed}-{c}-{t}", rng.randint(30, 250))})
+                reply = run.send(model=SONNET, system=system, messages=messages)
+                messages.append(_reply(reply))
+                run.wait(rng.uniform(10, 60))
+            run.wait(rng.uniform(20, 200))
+
+    return workload
+
+
+def code_oneshots_and_chat(
+    *,
+    seed: str = "minpoison",
+    sys_a: int = 990,
+    sys_b: int = 1_300,
+    reviews_n: int = 60,
+    review_gap: tuple[float, float] = (5, 40),
+    chats_n: int = 12,
+) -> Callable[..., None]:
+    """One process, one model (Sonnet, minimum 1,024): a code-review job whose prose
+    instructions sit just under the minimum (``sys_a`` tokens) with 1.5-3k tokens of code per
+    request, next to a support chat whose system prompt is ``sys_b`` tokens, short turns."""
+
+    def workload(run: Run) -> None:
+        system_a = U.sized(f"{seed}-a", sys_a)
+        system_b = "You are the support bot. " + text(f"{seed}-b", sys_b)
+
+        def reviews() -> U.Source:
+            r = random.Random(SUF + f"{seed}-rev")
+            for i in range(reviews_n):
+                yield r.uniform(*review_gap) if i else 0.0
+                run.send(
+                    model=SONNET,
+                    system=system_a,
+                    messages=[{"role": "user", "content": code(f"{seed}-code{i}", r.randint(60, 120))}],
+                )
+
+        def chats() -> U.Source:
+            r = random.Random(SUF + f"{seed}-chat")
+            for c in range(chats_n):
+                messages: list[dict[str, Any]] = []
+                for t in range(r.randint(3, 6)):
+                    yield r.uniform(10, 60) if t else r.uniform(20, 120)
+                    messages.append({"role": "user", "content": text(f"{seed}-{c}-{t}", r.randint(30, 100))})
+                    reply = run.send(model=SONNET, system=system_b, messages=messages)
+                    messages.append(_reply(reply))
+
+        U.drive(run, U._interleave([reviews(), chats()], [0.0, 0.0]))
+
+    return workload
+
+
+SHAPES = [
+    Workload("thinking toggle", "anthropic", thinking_chats("toggle")),
+    Workload("thinking toggle long", "anthropic", thinking_chats("toggle", convs=48)),
+    Workload("thinking budget varies", "anthropic", thinking_chats("budget")),
+    Workload("thinking toggle 12 blocks", "anthropic", thinking_chats("toggle", blocks=12, convs=24)),
+    Workload("thinking sticky", "anthropic", thinking_chats("sticky")),
+    Workload("thinking agent", "anthropic", thinking_agent),
+    Workload("forced first tool", "anthropic", forced_first_tool("first")),
+    Workload("any first tool", "anthropic", forced_first_tool("any")),
+    Workload("none last step", "anthropic", forced_first_tool("last")),
+    Workload("tool_choice random", "anthropic", forced_first_tool("random")),
+    Workload("haiku triage + sonnet", "anthropic", router_triage),
+    Workload("haiku triage full history", "anthropic", router_triage, {"full": True}),
+    Workload("haiku triage 3k system", "anthropic", router_triage, {"system_tokens": 3_000}),
+    Workload("huge result dropped", "anthropic", huge_result_dropped),
+    Workload("huge result dropped long", "anthropic", huge_result_dropped, {"tasks": 24}),
+    Workload("huge result dropped rare", "anthropic", huge_result_dropped, {"tasks": 24, "p_big": 0.2}),
+    Workload("haiku 1.5k system prose", "anthropic", small_system_big_min(HAIKU, "prose")),
+    Workload("haiku 1.5k system code", "anthropic", small_system_big_min(HAIKU, "code")),
+    Workload("opus45 1.5k system code", "anthropic", small_system_big_min(OPUS45, "code")),
+    Workload("opus47 1.5k system prose", "anthropic", small_system_big_min(OPUS47, "prose")),
+    Workload("concurrent users 5-8 min", "anthropic", concurrent_think_time()),
+    Workload("nightly rerun 50 min", "anthropic", nightly_rerun()),
+    Workload("nightly rerun 70 min", "anthropic", nightly_rerun(gap_min=70, seed="rerun70")),
+    Workload("system edited 20 min", "anthropic", edited_system()),
+    Workload("rag chat stripped", "anthropic", rag_chat("strip")),
+    Workload("rag chat kept", "anthropic", rag_chat("keep")),
+    Workload("system-reminder last msg", "anthropic", rag_chat("reminder")),
+    Workload("many blocks per turn", "anthropic", many_blocks_turn()),
+    Workload("self-consistency seq", "anthropic", self_consistency(False)),
+    Workload("self-consistency parallel", "anthropic", self_consistency(True)),
+    Workload("self-consistency parallel 3", "anthropic", self_consistency(True, k=3, seed="sc3")),
+    Workload("parallel drafts", "anthropic", parallel_drafts()),
+    Workload("byok chats", "anthropic", byok_chats()),
+    Workload("qwen compat agent", "dashscope_openai", qwen_agent()),
+    Workload("dashscope slow chats", "dashscope", dashscope_slow_chats()),
+    Workload("anthropic slow chats", "anthropic", dashscope_slow_chats()),
+    Workload("fixed opener chats", "anthropic", fixed_opener()),
+    Workload("haiku image chat", "anthropic", image_chat(HAIKU)),
+    Workload("opus45 image chat 1 img", "anthropic", image_chat(OPUS45, images=1, system_tokens=2_600)),
+    Workload("qwen compat stamped system", "dashscope_openai", qwen_stamped()),
+    Workload("qwen compat stamped system long", "dashscope_openai", qwen_stamped(chats=40)),
+    Workload("side summariser", "anthropic", side_summariser()),
+    Workload("paste-summarise or chat", "anthropic", paste_or_chat()),
+    Workload("paste-summarise or chat 30%", "anthropic", paste_or_chat(p_paste=0.3, seed="paste30")),
+    Workload("queue workers same first msg", "anthropic", queue_workers()),
+    Workload(
+        "queue workers streamed 8",
+        "anthropic",
+        queue_workers(workers=8, tasks=40, stream=True, seed="queue8"),
+    ),
+    Workload("compacting chat", "anthropic", compacting_chat()),
+    Workload("code one-shots + chat", "anthropic", code_oneshots_and_chat()),
+    Workload(
+        "code one-shots + chat rare",
+        "anthropic",
+        code_oneshots_and_chat(sys_b=1_150, reviews_n=15, review_gap=(60, 240), chats_n=30),
+    ),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    global SUF
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--seed" in args:  # these shapes draw from SUF, read when each one runs
+        at = args.index("--seed")
+        SUF = args[at + 1]
+        del args[at : at + 2]
+    return run_shapes(SHAPES, __doc__ or "", args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
