@@ -834,6 +834,39 @@ def test_a_prefix_estimated_just_under_the_minimum_is_marked_and_its_miss_raises
     assert planner.learner.learned_minimum("anthropic\x00claude-sonnet-4-5") == 0
 
 
+def test_prose_under_the_minimum_before_code_raises_no_minimum_and_costs_no_reliability() -> None:
+    """A code-review job: prose instructions just under the minimum, then code, whose
+    punctuation the cheap estimate undercounts (billed here at 2x the whole prompt's raw
+    estimate). The prompt's billed/raw ratio is the code's, not the prose's: scaled by it,
+    the instructions look above the minimum, and their miss (the provider caches nothing
+    under it) must not raise the model's learned minimum (which would leave every prefix
+    of that model under the next tier unmarked) nor lower the family's reliability."""
+    clock = _Clock()
+    planner = Planner(clock=clock)
+    system = "cache prompt token model request stream usage system tool result " * 58  # ~870
+    model_key = "anthropic\x00claude-sonnet-4-5"
+    for n in range(2):
+        code = "\n".join(
+            f"if (x[{n}{i}] != y.get('k{i}', {{}})) {{ x = (y + {i}) * [x, y]; }}" for i in range(40)
+        )
+        result = planner.plan(body=orjson.dumps(chat(code, system=system)), **ANTHROPIC)
+        assert result.raw_estimate is not None
+        assert result.ticket is not None
+        billed = int(2 * result.raw_estimate)
+        marked = {p.reason for p in result.inserted}
+        planner.started(result)
+        # The first request writes its whole prompt (its tail); the second marks only the
+        # instructions (a one-shot's tail is not worth writing again), which are under
+        # the minimum: nothing is read or written.
+        usage = TokenUsage(cache_write_5m=billed) if "tail" in marked else TokenUsage(input=billed)
+        planner.finished(result, usage)
+        planner.observe(result, usage)
+        clock.now += 20
+    assert marked == {"static"}
+    assert planner.learner.learned_minimum(model_key) == 0
+    assert planner.learner.reliability(result.ticket.family) == 1.0
+
+
 def test_threshold_1h_of_one_turns_1h_bets_off() -> None:
     clock = _Clock()
     planner = Planner(clock=clock, threshold_1h=1.0)

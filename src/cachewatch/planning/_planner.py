@@ -211,7 +211,9 @@ class Planner:
             # margin, ``min_margin``) is no evidence: the provider caches nothing there.
             if not _read_served(
                 usage.cache_read, ticket.expected_read_raw, expected
-            ) and self._reaches_minimum(plan, ticket.model_key, expected):
+            ) and self._reaches_minimum(
+                plan, ticket.model_key, _prefix_size(ticket.expected_read_raw, expected)
+            ):
                 # What it marked to read was not served: it is not cached after all (the
                 # write it made instead is not trusted either: the provider does not keep them).
                 self.learner.not_cached(key for key, _ in ticket.marked)
@@ -248,7 +250,9 @@ class Planner:
             expected = ticket.expected_read_raw * scale
             # Only a read the provider could serve measures its reliability: a prefix
             # under the minimum is never cached, whatever the family's provider does.
-            if self._reaches_minimum(plan, ticket.model_key, expected):
+            if self._reaches_minimum(
+                plan, ticket.model_key, _prefix_size(ticket.expected_read_raw, expected)
+            ):
                 served = _read_served(usage.cache_read, ticket.expected_read_raw, expected)
                 self.learner.feedback(ticket.family, 1, 1 if served else 0)
         if ticket.deepest_raw > 0:
@@ -264,7 +268,7 @@ class Planner:
                 # a read under it does, whatever was written after it.)
                 self.learner.lower_minimum(ticket.model_key)
             elif cached_tokens <= 0:
-                deepest = ticket.deepest_raw * scale
+                deepest = _prefix_size(ticket.deepest_raw, ticket.deepest_raw * scale)
                 if deepest >= self._minimum_now(plan.profile, plan.model, ticket.model_key):
                     self.learner.raise_minimum(ticket.model_key, deepest)
 
@@ -465,6 +469,15 @@ def _lossy(profile: Profile, model: str | None, api: str) -> Plan:
     return Plan(
         body=None, profile=profile.name, model=model, api=api, provider=profile.provider, error="lossy_json"
     )
+
+
+def _prefix_size(raw: float, scaled: float) -> float:
+    """A marked prefix's size, as far as it is known to reach a minimum: ``scaled`` is its
+    raw estimate times the whole prompt's billed/raw ratio, which is not the prefix's (see
+    :func:`_read_served`), so it is never scaled up, only down. A prefix taken for larger
+    than it is would raise a learned minimum (or lower a reliability) on a miss of one the
+    provider never caches; one taken for smaller only leaves those as they are."""
+    return scaled if scaled < raw else raw
 
 
 def _read_served(read: int, expected_raw: float, expected: float) -> bool:
