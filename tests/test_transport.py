@@ -461,3 +461,37 @@ async def test_dashscope_native_stream_asked_by_header_is_a_streaming_request(
     assert streamed.attributes["gen_ai.usage.cache_read.input_tokens"] == 6
     assert streamed.attributes["gen_ai.request.stream"] is True
     assert "gen_ai.request.stream" not in plain.attributes
+
+
+async def test_a_body_the_inner_transport_already_read_reaches_the_caller(
+    harness: Harness, telemetry: Any
+) -> None:
+    """An inner transport may read the body before handing the response back (a retry or
+    logging transport does): its stream is spent, and the caller must still get the bytes."""
+    parts = chunks_of(ANTHROPIC_JSON, 50)
+    mock = harness.transport(lambda r: (200, {"content-type": "application/json"}, parts))._inner
+
+    class Reading:
+        def handle_request(self, request: Any) -> Any:
+            response = mock.handle_request(request)
+            response.read()
+            return response
+
+        async def handle_async_request(self, request: Any) -> Any:
+            response = await mock.handle_async_request(request)
+            await response.aread()
+            return response
+
+    cls = cachewatch.CacheWatchTransport if harness.sync else cachewatch.AsyncCacheWatchTransport
+    client = harness.client(cls(Reading(), breakpoints="off", **telemetry.kwargs))
+    r = await harness.post(client, json=REQUEST)
+    assert r.content == ANTHROPIC_JSON
+    assert b"".join(await harness.stream_chunks(client, json=REQUEST)) == ANTHROPIC_JSON
+    labels = {
+        "provider": "anthropic",
+        "api": "messages",
+        "model": "claude-sonnet-4-6",
+        "workspace": "default",
+    }
+    assert telemetry.value("cachewatch_requests_total", outcome="ok", **labels) == 2
+    assert telemetry.tokens(**labels)["cache_read"] == 6000

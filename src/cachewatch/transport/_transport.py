@@ -287,7 +287,12 @@ def _observed_response(exchange: Exchange, response: Any, sync: bool) -> Any:
         family = _family(response)
         exchange.response(response.status_code, _body_headers(response.headers))
         stream_cls = sync_stream_class(family) if sync else async_stream_class(family)
-        stream = stream_cls(response.stream, exchange)
+        body = response.stream
+        if response.is_stream_consumed:
+            # Read already (by an inner transport that looks at bodies): its stream is spent,
+            # and the body is in memory. Relayed from there, as the client would have.
+            body = family.ByteStream(response.content)
+        stream = stream_cls(body, exchange)
         headers = response.headers
         hide = exchange.filter
         if hide is not None and (hide.decodes or "content-length" in headers):
