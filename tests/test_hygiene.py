@@ -206,3 +206,30 @@ def test_a_stream_that_declares_its_length_does_not_keep_it_once_filtered() -> N
         declared = r.headers.get("content-length")
     assert received == ASKED
     assert declared is None or int(declared) == len(received)
+
+
+@pytest.mark.parametrize("family", ["httpx", "httpx2"])
+@pytest.mark.parametrize("coding", ["utf-8", "compress"])
+def test_a_coding_the_filter_cannot_decode_is_relayed_as_without_cachewatch(family: str, coding: str) -> None:
+    # httpx and httpx2 skip a Content-Encoding they do not know (servers do send
+    # "utf-8"): the caller reads the body. The filter must not turn it into a DecodingError.
+    hx = importlib.import_module(family)
+    headers = {"content-type": "text/event-stream", "content-encoding": coding}
+
+    def handler(request: Any) -> Any:
+        return hx.Response(200, headers=headers, content=iter([WITH_USAGE[:50], WITH_USAGE[50:]]))
+
+    def read(wrapped: bool) -> tuple[bytes, bytes, str | None]:
+        client = hx.Client(
+            transport=hx.MockTransport(handler), base_url="https://dashscope-intl.aliyuncs.com"
+        )
+        if wrapped:
+            cachewatch.wrap(client, registry=CollectorRegistry(), include_usage=True)
+        path = "/compatible-mode/v1/chat/completions"
+        with client.stream("POST", path, json=REQUEST) as r:
+            raw = b"".join(r.iter_raw())
+        with client.stream("POST", path, json=REQUEST) as r:
+            decoded = b"".join(r.iter_bytes())
+        return raw, decoded, r.headers.get("content-encoding")
+
+    assert read(wrapped=True) == read(wrapped=False)

@@ -58,6 +58,12 @@ class UsageChunkFilter:
         self._max = max_pending
         #: Past the cap: every byte passes through unfiltered.
         self._passthrough = False
+        if self._decoder is not None and self._decoder.failed:
+            # A coding it cannot decode (unknown, such as "utf-8", or its codec not
+            # installed): the body and its Content-Encoding go to the caller as they came,
+            # for the caller's client to decode or skip, as it would have.
+            self._decoder = None
+            self._passthrough = True
 
     @property
     def decodes(self) -> bool:
