@@ -495,3 +495,40 @@ async def test_a_body_the_inner_transport_already_read_reaches_the_caller(
     }
     assert telemetry.value("cachewatch_requests_total", outcome="ok", **labels) == 2
     assert telemetry.tokens(**labels)["cache_read"] == 6000
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_threads_first_using_a_default_transport_share_one(
+    family: str, telemetry: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Threads sending at once through a new transport get one default inner transport:
+    another made alongside would be lost to ``close()``, its connections with it."""
+    import threading
+    import time
+
+    mod: Any = importlib.import_module(family)
+    made: list[Any] = []
+
+    class Slow:
+        def __init__(self) -> None:
+            time.sleep(0.05)  # a real HTTPTransport sets up its SSL context here
+            made.append(self)
+            self.closed = False
+
+        def handle_request(self, request: Any) -> Any:
+            return mod.Response(200, json={})
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(mod, "HTTPTransport", Slow)
+    t = cachewatch.CacheWatchTransport(breakpoints="off", **telemetry.kwargs)
+    request = mod.Request("POST", "https://api.anthropic.com/v1/messages", json=REQUEST)
+    threads = [threading.Thread(target=t.handle_request, args=(request,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    t.close()
+    assert len(made) == 1
+    assert made[0].closed

@@ -11,6 +11,7 @@ transports, so none is needed.
 from __future__ import annotations
 
 import importlib
+import threading
 from contextvars import ContextVar
 from types import ModuleType, TracebackType
 from typing import Any
@@ -333,6 +334,7 @@ class _Base:
     ) -> None:
         self._inner = transport
         self._defaults: dict[ModuleType, Any] = {}
+        self._defaults_lock = threading.Lock()
         self.engine = engine or Engine(
             breakpoints=breakpoints,
             registry=registry,
@@ -354,7 +356,12 @@ class _Base:
         family = _family(request)
         inner = self._defaults.get(family)
         if inner is None:
-            inner = self._defaults[family] = getattr(family, default_name)()
+            # Threads may send their first requests at once: one default per family, or
+            # the others would be lost to ``close()``, their connections with them.
+            with self._defaults_lock:
+                inner = self._defaults.get(family)
+                if inner is None:
+                    inner = self._defaults[family] = getattr(family, default_name)()
         return inner
 
 
