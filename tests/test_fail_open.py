@@ -528,3 +528,22 @@ def test_a_fault_after_planning_releases_the_planners_claims(family, mode, stage
     assert planner.learner.claims() == 0  # type: ignore[attr-defined]
     if stage == "begin":
         assert cw_rec.requests[0].body == body  # the original bytes went out
+
+
+@pytest.mark.parametrize("body", ["json", "sse"])
+@pytest.mark.parametrize(("family", "mode"), COMBOS)
+def test_a_record_that_cannot_be_built_still_finishes_every_sink(family, mode, body, monkeypatch):
+    # Each sink's finish is called exactly once per started exchange: a fault while
+    # building the record must not leave the span open, nor the request uncounted.
+    import cachewatch.engine._exchange as exchange_module
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(exchange_module, "new_usage_record", boom)
+    responder = json_responder() if body == "json" else sse_responder()
+    _, _, tel = run_pair(family, mode, CallSpec(content=anthropic_request()), responder, breakpoints="off")
+    assert tel.faults("record") == len(READS)
+    assert len(tel.spans()) == len(READS)
+    assert tel.requests() == len(READS)
+    assert len(tel.events()) == len(READS)

@@ -374,7 +374,23 @@ class Exchange:
                 ticket, self.shadow = self.shadow, None
                 engine.shadow.finish(ticket, None, 0, None, None)
             self.shape = None
-            return
+            # Every sink is still finished, once (the span ends, the request is counted),
+            # with what is known without the body: the outcome and the timing.
+            try:
+                status = self.status_code
+                final = outcome or Outcome.from_status(status or 0)
+                record = UsageRecord(
+                    self.info,
+                    final,
+                    status,
+                    self.stream,
+                    error_type=error_type,
+                    duration=max(0.0, engine.clock() - self.started_at),
+                    usage_reported=final is not Outcome.OK,
+                )
+            except Exception as exc:
+                engine.fault("record", exc)
+                return
         engine.finish_sinks(self.sink_states, record)
 
 
