@@ -495,6 +495,16 @@ async def test_a_body_the_inner_transport_already_read_reaches_the_caller(
     }
     assert telemetry.value("cachewatch_requests_total", outcome="ok", **labels) == 2
     assert telemetry.tokens(**labels)["cache_read"] == 6000
+    # Compressed: what was read is decoded, and goes on without its Content-Encoding.
+    gz = chunks_of(gzip.compress(ANTHROPIC_JSON), 50)
+    mock = harness.transport(
+        lambda r: (200, {"content-type": "application/json", "content-encoding": "gzip"}, gz)
+    )._inner
+    client = harness.client(cls(Reading(), breakpoints="off", **telemetry.kwargs))
+    r = await harness.post(client, json=REQUEST)
+    assert r.content == ANTHROPIC_JSON
+    assert "content-encoding" not in r.headers
+    assert telemetry.tokens(**labels)["cache_read"] == 9000  # observed once more
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -286,15 +286,21 @@ def _observed_response(exchange: Exchange, response: Any, sync: bool) -> Any:
     """
     try:
         family = _family(response)
-        exchange.response(response.status_code, _body_headers(response.headers))
-        stream_cls = sync_stream_class(family) if sync else async_stream_class(family)
         body = response.stream
-        if response.is_stream_consumed:
-            # Read already (by an inner transport that looks at bodies): its stream is spent,
-            # and the body is in memory. Relayed from there, as the client would have.
-            body = family.ByteStream(response.content)
-        stream = stream_cls(body, exchange)
         headers = response.headers
+        if response.is_stream_consumed and not isinstance(body, family.ByteStream):
+            # Read already (by an inner transport that looks at bodies): its stream is spent,
+            # and the body is in memory, decoded. Relayed from there, as the client would
+            # have, without the headers of the encoded body. (An in-memory ByteStream, as a
+            # mock transport's, is iterated again: its bytes are the raw ones.)
+            body = family.ByteStream(response.content)
+            headers = headers.copy()
+            for name in ("content-encoding", "content-length"):
+                if name in headers:
+                    del headers[name]
+        exchange.response(response.status_code, _body_headers(headers))
+        stream_cls = sync_stream_class(family) if sync else async_stream_class(family)
+        stream = stream_cls(body, exchange)
         hide = exchange.filter
         if hide is not None and (hide.decodes or "content-length" in headers):
             # The filtered body may be shorter (the usage chunk hidden), and a decoded one
