@@ -89,3 +89,10 @@ def test_unknown_coding_fails() -> None:
     decoder = ContentDecoder("compress")
     assert decoder.failed
     assert decoder.decode(b"x") == b""
+
+
+def test_unknown_codings_can_be_skipped_as_the_clients_do() -> None:
+    decoder = ContentDecoder("utf-8, gzip", skip_unknown=True)
+    assert not decoder.failed
+    assert decoder.decode(gzip.compress(b"x")) == b"x"
+    assert ContentDecoder("compress", skip_unknown=True).decode(b"x") == b"x"

@@ -339,3 +339,20 @@ def test_moonshot_chat_stream_usage_inside_the_final_choice() -> None:
         r = observe(body, api="chat_completions")
         assert r.usage == TokenUsage(input=56, cache_read=1280, output=31)
         assert (r.finish_reasons, r.complete) == (("stop",), True)
+
+
+@pytest.mark.parametrize("coding", ["utf-8", "none", "UTF-8, identity"])
+def test_a_coding_the_clients_skip_is_read_as_identity(coding: str) -> None:
+    # httpx and httpx2 pass a Content-Encoding they do not know through as identity: the
+    # caller's client reads this body as it is, and so does the observer (no lost usage).
+    observer = ResponseObserver("messages", content_type="application/json", content_encoding=coding)
+    observer.feed(JSON_BODY)
+    result = observer.result()
+    assert not result.unparsed
+    assert result.usage is not None
+
+
+def test_a_known_coding_whose_bytes_do_not_decode_is_still_unparsed() -> None:
+    observer = ResponseObserver("messages", content_type="application/json", content_encoding="gzip")
+    observer.feed(JSON_BODY)
+    assert observer.result().unparsed

@@ -16,7 +16,9 @@ slice cannot inflate past a few MiB, and its window is capped at 8 MiB as RFC 96
 asks), so a consumer that stops iterating never holds more than one piece.
 
 Nothing here raises on bad input: corrupt data or an unknown coding marks the decoder
-:attr:`~ContentDecoder.failed`, and the observer then reports ``unparsed=True``.
+:attr:`~ContentDecoder.failed`, and the observer then reports ``unparsed=True``. The
+observer asks for unknown codings to be skipped instead (``skip_unknown``), as the
+clients do: their body is what the caller's client reads.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-__all__ = ["PIECE_BYTES", "ContentDecoder"]
+__all__ = ["KNOWN_CODINGS", "PIECE_BYTES", "ContentDecoder"]
 
 #: Output of one decoding step (the most one step holds in memory, give or take 2x).
 PIECE_BYTES = 64 * 1024
@@ -172,6 +174,10 @@ class _Zstd:
                 self._obj = self._factory.decompressobj()
 
 
+#: The codings this module decodes (whether or not their optional codec is installed).
+KNOWN_CODINGS = frozenset({"identity", "", "gzip", "x-gzip", "deflate", "br", "zstd"})
+
+
 def _stage(coding: str) -> _Stage | None:
     if coding in ("identity", ""):
         return None
@@ -191,6 +197,9 @@ class ContentDecoder:
 
     Args:
         content_encoding: the ``Content-Encoding`` header value, or None.
+        skip_unknown: pass a coding this module does not know (``utf-8``, ``none``) through
+            as identity, as httpx and httpx2 do, instead of failing. (A known coding whose
+            codec is not installed still fails: its bytes are compressed.)
 
     Example::
 
@@ -206,13 +215,15 @@ class ContentDecoder:
 
     __slots__ = ("_stages", "failed")
 
-    def __init__(self, content_encoding: str | None) -> None:
+    def __init__(self, content_encoding: str | None, *, skip_unknown: bool = False) -> None:
         self.failed = False
         self._stages: list[_Stage] = []
         if not content_encoding:
             return
         try:
             codings = [c.strip().lower() for c in content_encoding.split(",")]
+            if skip_unknown:
+                codings = [c for c in codings if c in KNOWN_CODINGS]
             # Applied left to right by the server, so undone right to left.
             for coding in reversed(codings):
                 stage = _stage(coding)

@@ -151,7 +151,7 @@ class ResponseObserver:
             self._needles = _NEEDLES.get(api)
             self._chunk_needles = _CHUNK_NEEDLES.get(api)
         #: None when the body is not content-encoded (the common case: nothing to decode).
-        self._decoder = ContentDecoder(content_encoding) if content_encoding else None
+        self._decoder = ContentDecoder(content_encoding, skip_unknown=True) if content_encoding else None
         self._max_json_bytes = max_json_bytes
         self._decoded = 0
         self._max_decoded = max_decoded_bytes
