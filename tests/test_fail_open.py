@@ -547,3 +547,41 @@ def test_a_record_that_cannot_be_built_still_finishes_every_sink(family, mode, b
     assert len(tel.spans()) == len(READS)
     assert tel.requests() == len(READS)
     assert len(tel.events()) == len(READS)
+
+
+def test_a_fault_before_the_verdict_does_not_leave_the_request_in_the_diagnosis(monkeypatch):
+    # A request left in flight in the miss diagnosis stands for a write that may be read
+    # (write_in_flight) until the 10,000 cap evicts it: a fault must not leave it there.
+    import httpx
+    from prometheus_client import CollectorRegistry
+
+    import cachewatch
+    from cachewatch.accounting._records import Outcome
+
+    def respond(request):
+        return httpx.Response(
+            200,
+            content=b'{"usage": {"input_tokens": 5, "output_tokens": 1}}',
+            headers={"content-type": "application/json"},
+        )
+
+    transport = cachewatch.CacheWatchTransport(httpx.MockTransport(respond), registry=CollectorRegistry())
+    client = httpx.Client(transport=transport, base_url="https://api.anthropic.com")
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("injected")
+
+    system = "You answer questions about the shop's return policy. " * 200  # marked: diagnosed
+    body = orjson.dumps(
+        {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 8,
+            "system": system,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+    )
+    monkeypatch.setattr(Outcome, "from_status", boom)
+    client.post("/v1/messages", content=body)
+    monkeypatch.undo()
+    assert transport.engine.diagnosis is not None
+    assert transport.engine.diagnosis.diagnoser._inflight == {}

@@ -175,6 +175,13 @@ class DiagnosisStage:
         except Exception as exc:
             self.fault("diagnosis", exc)
 
+    def discard(self, request: DiagnosisRequest) -> None:
+        """The exchange ended without a verdict to give (a fault): forget the request."""
+        try:
+            self.diagnoser.discard(request.state)
+        except Exception as exc:
+            self.fault("diagnosis", exc)
+
     def finish(
         self, request: DiagnosisRequest, parsed: ParsedResponse, outcome: Outcome
     ) -> MissVerdict | None:

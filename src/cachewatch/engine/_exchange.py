@@ -370,6 +370,10 @@ class Exchange:
             # The planner's claims must end with the exchange, record or not (a second
             # ``finished`` after the one above is a no-op); so must the shadow planner's.
             release_plan(engine, self.plan)
+            if self.diag is not None and engine.diagnosis is not None:
+                # Not left in flight, where it would stand for a write that may be read.
+                diag, self.diag = self.diag, None
+                engine.diagnosis.discard(diag)
             if self.shadow is not None and engine.shadow is not None:
                 ticket, self.shadow = self.shadow, None
                 engine.shadow.finish(ticket, None, 0, None, None)
