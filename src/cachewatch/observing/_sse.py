@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["DEFAULT_MAX_EVENT_BYTES", "SSEDecoder", "SSEEvent", "SSEOverflow"]
+__all__ = ["DEFAULT_MAX_EVENT_BYTES", "SSEDecoder", "SSEEvent", "SSEOverflow", "joined"]
 
 #: Longest SSE line, and largest data of one event, the decoder holds (8 MiB).
 DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024
@@ -44,6 +44,16 @@ DEFAULT_MAX_EVENT_BYTES = 8 * 1024 * 1024
 #: What one more data line of an event costs besides its bytes: the ``str`` holding it
 #: and its slot in the event's list (CPython: about 50 + 8 bytes).
 DATA_LINE_COST = 64
+
+
+def joined(rest: bytes | bytearray, chunk: bytes) -> bytes:
+    """A held partial line or event (bytes, or a bytearray grown in place) and the chunk
+    that follows it, as one ``bytes`` (the bytearray is consumed: reset it after)."""
+    if type(rest) is bytes:
+        return rest + chunk
+    rest += chunk
+    return bytes(rest)
+
 
 #: U+FEFF in UTF-8: ignored once at the start of a stream (WHATWG).
 _BOM = b"\xef\xbb\xbf"
@@ -121,11 +131,7 @@ class SSEDecoder:
                 if len(rest) > self._max:
                     self._overflow("sse_line")
                 return []
-            if type(rest) is bytes:
-                buffer = rest + chunk
-            else:
-                rest += chunk
-                buffer = bytes(rest)
+            buffer = joined(rest, chunk)
             self._rest = b""
         else:
             buffer = chunk

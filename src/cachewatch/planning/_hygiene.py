@@ -28,7 +28,7 @@ from collections.abc import Iterator
 import orjson
 
 from ..observing._decoding import ContentDecoder
-from ..observing._sse import DEFAULT_MAX_EVENT_BYTES
+from ..observing._sse import DEFAULT_MAX_EVENT_BYTES, joined
 
 __all__ = ["UndecodableBody", "UsageChunkFilter"]
 
@@ -118,11 +118,7 @@ class UsageChunkFilter:
                 rest += chunk
                 self._tail = probe[-3:]
                 return self._give_up() if len(rest) > self._max else b""
-            if type(rest) is bytes:
-                data = rest + chunk
-            else:
-                rest += chunk
-                data = bytes(rest)
+            data = joined(rest, chunk)
             self._rest = b""
         else:
             data = chunk
