@@ -385,6 +385,44 @@ def test_a_tail_read_by_the_next_request_to_its_model_after_a_switch_keeps_being
         assert actions(p, "previous_turn") == ["inserted", "inserted"]
 
 
+def test_a_tail_read_by_the_next_request_with_its_thinking_setting_keeps_being_written() -> None:
+    # Extended thinking turned on and off from turn to turn (or tool_choice changed): the
+    # setting keys the messages' cache, so the tail a request writes is read by the next
+    # request with the same setting, through the lookback, as after a switch of model. A
+    # change looked like an edit of the history; two in a row made the conversation
+    # unsettled, and its tails stopped being written.
+    clock = Clock()
+    planner = Planner(clock=clock)
+    system = words("thinker", 1_500)
+    messages: list[dict[str, Any]] = []
+    plans: list[Plan] = []
+    for turn in range(12):
+        thinking = {"type": "enabled", "budget_tokens": 2_048} if turn % 2 else {"type": "disabled"}
+        messages.append({"role": "user", "content": words(f"q{turn}-", 60)})
+        raw = orjson.dumps(
+            {
+                "model": SONNET,
+                "max_tokens": 4_096,
+                "system": system,
+                "thinking": thinking,
+                "messages": messages,
+            }
+        )
+        plan = planner.plan(body=raw, **WHERE)
+        planner.started(plan)
+        planner.finished(plan)
+        plans.append(plan)
+        messages.append({"role": "assistant", "content": words(f"a{turn}-", 60)})
+        clock.now += 30
+    assert all(actions(p, "tail") == ["inserted"] for p in plans)
+    for turn, p in enumerate(plans[2:], start=2):
+        # The tail of the last request with this setting (turn - 2) is sighted and marked
+        # to be read, besides the previous turn's (written under the other setting).
+        positions = sorted(x.position for x in p.placements if x.reason == "previous_turn")
+        assert positions == [2 * turn - 3, 2 * turn - 1], turn
+        assert actions(p, "previous_turn") == ["inserted", "inserted"]
+
+
 def _tokenizer_trace(bill_ratio: float, requests: int = 4) -> list[Plan]:
     """DashScope's OpenAI-compatible mode (minimum 1,024): a system prompt the cheap
     estimate puts at ~1,100 tokens and a local tokenizer at ~730, under a provider that

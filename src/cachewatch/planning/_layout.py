@@ -128,6 +128,11 @@ class Layout:
     #: Per-position digest of the block alone (static region only: tools and system),
     #: for learning which blocks change between requests.
     block_digests: list[bytes] = field(default_factory=list)
+    #: What else keys the messages' cache besides the model (Anthropic ``tool_choice`` and
+    #: ``thinking``: a change invalidates the cached messages, not the tools and system), as
+    #: a 64-bit tag; 0 when there is none. Requests with different settings write and read
+    #: apart, as requests to two models do: a conversation keeps a lane per setting.
+    lane: int = 0
 
     def path(self, index: int) -> str:
         """Dotted JSON path of a position (``tools.2``, ``system.0``, ``messages.3.content.1``)."""
@@ -167,6 +172,7 @@ def new_layout(api: str) -> Layout:
     layout.first_reply_anchor = None
     layout.tools_digest = None
     layout.block_digests = []
+    layout.lane = 0
     return layout
 
 

@@ -537,8 +537,9 @@ class MemoryLearner:
         within 5 minutes), learnt from every continued request. *earlier*: after a switch of lane,
         the tail position of the conversation's last request to this model within the
         hour, with this static prefix if it had one (-1: none, or the previous request was
-        in this lane, whose tail is this one's previous turn). A lane is a model and a
-        static prefix: a request to another model, or back to a static prefix this model
+        in this lane, whose tail is this one's previous turn). A lane is a model (the
+        planner folds into ``model`` the settings that key the messages' cache: thinking,
+        tool_choice) and a static prefix: a request to another model, or back to a static prefix this model
         had within the hour (two tool sets or system prompts taking turns over one
         history), switches lanes and counts as not seen, as a switch of model does; a
         static prefix not seen before changes the lane's. The record keeps the tails of

@@ -254,11 +254,13 @@ def _place(
         if layout.first_input_anchor is not None and budget > 0 and not (ordered and _disordered(ordered)):
             # A conversation is one whatever model each of its requests goes to (a router,
             # an escalation); its record tags the model, so a switch is no evidence, and
-            # keeps where each model's last request ended (``earlier``, below).
+            # keeps where each model's last request ended (``earlier``, below). The tag
+            # also holds the settings that key the messages' cache (thinking, tool_choice):
+            # requests with another setting write and read apart, as another model's do.
             conversation = (
                 _h64(conversation_tag + layout.first_input_anchor),
                 layout.first_reply_anchor,
-                model_tag,
+                model_tag ^ layout.lane,
                 candidates[-1][0] if kinds[-1] == "tail" or kinds[-1] == "tail_first" else -1,
                 scope_family,
             )

@@ -125,7 +125,9 @@ def walk_anthropic(
         return None
     ctx = obj.get("tool_choice"), obj.get("thinking")
     if ctx != (None, None):
-        update(tagged(b"c", orjson.dumps(ctx)))
+        record = tagged(b"c", orjson.dumps(ctx))
+        update(record)
+        layout.lane = int.from_bytes(record[:8], "little")
     roles = layout.roles
     per_message = counter.per_message
     # A local: CPython 3.11 compiles a method call on a name bound by an import without
