@@ -423,6 +423,40 @@ def test_a_tail_read_by_the_next_request_with_its_thinking_setting_keeps_being_w
         assert actions(p, "previous_turn") == ["inserted", "inserted"]
 
 
+def test_pasted_documents_never_continued_are_not_written_while_short_chats_first_tails_are() -> None:
+    # A chat product: short-question chats that go on, and sessions that paste a long
+    # document, ask for a summary once and leave. Counted per opportunity, half the first
+    # turns went on, so every 12k-token document was written at 1.25x and never read. A
+    # tail's statistics are kept per size class of its write: the documents' class learns
+    # that they are not continued, the chats' that they are.
+    clock = Clock()
+    planner = Planner(clock=clock)
+    system = words("assistant", 1_500)
+
+    def send(messages: list[dict[str, Any]]) -> Plan:
+        raw = orjson.dumps({"model": SONNET, "max_tokens": 8, "system": system, "messages": messages})
+        plan = planner.plan(body=raw, **WHERE)
+        planner.started(plan)
+        planner.finished(plan)
+        clock.now += 30
+        return plan
+
+    pastes: list[Plan] = []
+    chats: list[Plan] = []
+    for k in range(10):
+        messages: list[dict[str, Any]] = []
+        for t in range(3):
+            messages.append({"role": "user", "content": words(f"c{k}-{t}-", 60)})
+            plan = send(messages)
+            if t == 0:
+                chats.append(plan)
+            messages.append({"role": "assistant", "content": words(f"r{k}-{t}-", 60)})
+        pastes.append(send([{"role": "user", "content": "Summarise this:\n" + words(f"doc{k}-", 5_000)}]))
+    assert pastes[0].ticket is not None and pastes[0].ticket.total_raw > 8_192
+    assert all(actions(p, "tail") == ["inserted"] for p in chats)
+    assert [actions(p, "tail") for p in pastes[-5:]] == [["skipped_not_reused"]] * 5
+
+
 def _tokenizer_trace(bill_ratio: float, requests: int = 4) -> list[Plan]:
     """DashScope's OpenAI-compatible mode (minimum 1,024): a system prompt the cheap
     estimate puts at ~1,100 tokens and a local tokenizer at ~730, under a provider that

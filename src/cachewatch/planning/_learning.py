@@ -32,7 +32,8 @@ the turns in between went to.
 **Statistics.** Per *family* (profile, host, model, scope, and a structural signature:
 whether the request has tools, and its number of system blocks; not the number of tools,
 which a growing or retrieved tool list varies from request to request), per marker *kind* (``static``,
-``tail_first``, ``tail``, ``document``, ``previous_turn``) and per *run* bucket (how
+``tail_first``, ``tail``, ``document``, ``previous_turn``; a tail's also per size class
+of what its write adds, ``sized``) and per *run* bucket (how
 many times this exact prefix was seen in a row: 1, 2, 3+), the learner estimates
 P(recurs within TTL). Counting is pessimistic and immediate: a sighting counts as an
 opportunity at once, and as recurred when the prefix is seen again; counts are
@@ -105,6 +106,7 @@ __all__ = [
     "GOES_ON_PRIOR",
     "HISTORY",
     "KINDS",
+    "SIZE_CLASSES",
     "STATIC",
     "TTL_1H",
     "TTL_5M",
@@ -113,13 +115,47 @@ __all__ = [
     "LearningState",
     "Sight",
     "Sighting",
+    "TAIL_PRIOR",
+    "TAIL_PRIORS",
     "min_tier_above",
+    "sized",
     "new_sight",
     "new_sighting",
 ]
 
 #: Marker kinds, each with its own statistics.
 KINDS: Final = ("static", "stable", "tail_first", "tail", "document", "previous_turn")
+
+#: Prior (recurred, not) of a continued conversation's tail (it usually goes on), of every
+#: size class.
+TAIL_PRIOR: Final = (2.0 / 3.0, 1.0 / 3.0)
+TAIL_PRIORS: Final = {"tail": TAIL_PRIOR, "tail:1": TAIL_PRIOR, "tail:2": TAIL_PRIOR, "tail:3": TAIL_PRIOR}
+
+#: Bounds of a tail's size classes, in estimated tokens its write adds to the candidate
+#: prefix before it (factors of 4 from 2,048): its statistics are kept per class.
+SIZE_CLASSES: Final = (2_048, 8_192, 32_768)
+_SIZED: Final = {kind: tuple(f"{kind}:{c}" for c in range(1, 4)) for kind in ("tail", "tail_first")}
+
+
+def sized(kind: str, tokens: float) -> str:
+    """The statistics' kind of a tail whose write adds ``tokens``: its kind under 2,048
+    tokens, else ``<kind>:<class>`` (classes of a factor of 4, ``SIZE_CLASSES``).
+
+    A write is worth making when what it saves pays for what it costs, and both are in
+    tokens. Counted per opportunity, a family's 150-token chat tails that come back and
+    its 13k-token pasted documents or tool results that do not (a one-shot summary, a
+    result the agent drops from its history at the next step) average to "usually read",
+    and every document is written at 1.25x for nothing. Within one class sizes differ by
+    a factor of 4 at most, so counting opportunities is counting tokens to that factor:
+    the regret bound's comparison of always and never writing holds in cost.
+    """
+    if tokens < 2_048:
+        return kind
+    variants = _SIZED.get(kind)
+    if variants is None:
+        return kind
+    return variants[0] if tokens < 8_192 else variants[1] if tokens < 32_768 else variants[2]
+
 
 #: Weight (in opportunities) of every prior: the first run's, one borrowed from the other
 #: families, the estimate of the run before as the next run's, the pre-gap estimate as a

@@ -34,6 +34,7 @@ from ._learning import (
     SETTLE_BATCH,
     SETTLED_Z,
     STATIC,
+    TAIL_PRIORS,
     TTL_1H,
     TTL_5M,
     UNSETTLED_PRIOR,
@@ -133,7 +134,7 @@ class MemoryLearner:
         self.max_age = max_age
         self.prior = prior
         #: Per-kind priors of run 1 (a continued conversation usually goes on).
-        self.priors: dict[str, tuple[float, float]] = {"tail": (2.0 / 3.0, 1.0 / 3.0)}
+        self.priors: dict[str, tuple[float, float]] = dict(TAIL_PRIORS)
         #: The same counts, pooled over every family: the prior of a new family.
         self._pool: dict[tuple[str, int], _Bucket] = {}
         #: Conversation key -> (its static prefix key or -1, first reply, last seen, steady,

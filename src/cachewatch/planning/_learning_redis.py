@@ -43,7 +43,7 @@ are counts, times and digests, never content):
   reliability and the stability state (msgpack). ``fams`` (a sorted set by last use) caps
   the families at ``max_families``, the least recently used dropped first; each family
   also expires ``family_ttl`` (7 days) after its last use.
-* ``pool``: the counts pooled over every family (at most 5 kinds x 4 buckets).
+* ``pool``: the counts pooled over every family (at most 12 kinds, tails' size classes included, x 4 buckets).
 * ``c:<conversation key>``: a conversation's last request, and where its last request to
   each of a few other models ended, expiring with ``max_age``.
 * ``min`` / ``minv``: learned minimums per (profile, model) and a version that changes with
@@ -74,7 +74,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 from ._decision import Answers, ConversationQuery, LinesFor, ask_in_turn
-from ._learning import TTL_1H, Sight, Sighting, min_tier_above
+from ._learning import TAIL_PRIORS, TTL_1H, Sight, Sighting, min_tier_above
 from ._learning_memory import MemoryLearner
 from ._learning_redis_link import RedisLink, client_from_url, client_with_timeout
 from ._learning_redis_scripts import SCRIPT, op
@@ -143,7 +143,7 @@ class RedisLearner(RedisLink):
         self.forget = forget
         self.prior = prior
         #: Per-kind priors of run 1 (as :class:`MemoryLearner`).
-        self.priors: dict[str, tuple[float, float]] = {"tail": (2.0 / 3.0, 1.0 / 3.0)}
+        self.priors: dict[str, tuple[float, float]] = dict(TAIL_PRIORS)
         self.max_families = max_families
         self.max_age = max_age
         self.family_ttl = family_ttl

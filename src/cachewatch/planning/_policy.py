@@ -56,7 +56,9 @@ markers are kept and counted; markers the provider would reject are removed
 
 Regret: per (family, kind, run) the policy is the better of "always write" and
 "never write" for the recurrence rate it observes, which it observes for every
-request whatever it marked. Every prior weighs one opportunity against a window of
+request whatever it marked; a tail's kind holds the size class of its write
+(``_learning.sized``), so within a kind the comparison is one of tokens, to a factor of 4.
+Every prior weighs one opportunity against a window of
 about 7, so on traffic that never reuses a prefix a new family makes 1 write (3 for a
 continued tail) before the estimate falls under the threshold (none once the first-run
 opportunities of other families settled unreused, ``_learning``), and after a change
@@ -78,7 +80,7 @@ from ._advice import line_splits, volatile_advice
 from ._candidates import find_candidates, last_eligible
 from ._decision import ask
 from ._layout import CONT, CUM, KEY, MARK, OK, Layout, Pos
-from ._learning import TTL_1H, TTL_5M, Advice, LearningState, Sight, new_sight, new_sighting
+from ._learning import TTL_1H, TTL_5M, Advice, LearningState, Sight, new_sight, new_sighting, sized
 from ._plan import Placement, Plan, Ticket, new_placement, new_ticket
 from ._profiles import Profile
 from ._rewrite import insert_marker, last_is_cacheable, placement, tok
@@ -267,7 +269,10 @@ def _place(
         sights, stable, before, earlier = ask(
             planner.learner,
             family,
-            [new_sighting(key, kind, kind in _SHARED_KINDS) for key, kind in zip(keys, kinds)],  # noqa: B905
+            [
+                new_sighting(key, kind, kind in _SHARED_KINDS)
+                for key, kind in zip(keys, _sized(kinds, candidates, positions, ratio))  # noqa: B905
+            ],
             planner.clock,
             ticket.id,
             model_key=model_key,
@@ -629,6 +634,20 @@ def _sight_earlier(
 #: What ``_scope_of`` returns: (model key, scope tag, family, conversation tag, model tag,
 #: the scope's family whatever the structure).
 _Scope = tuple[str, bytes, int, bytes, int, int]
+
+
+def _sized(
+    kinds: list[str], candidates: list[tuple[int, str]], positions: list[Pos], ratio: float
+) -> list[str]:
+    """The statistics' kinds of the candidates: a tail's by the tokens its write adds to the
+    candidate before it (``_learning.sized``)."""
+    last = kinds[-1]
+    if last != "tail" and last != "tail_first":
+        return kinds
+    end = positions[candidates[-1][0]][CUM]
+    start = positions[candidates[-2][0]][CUM] if len(candidates) > 1 else 0.0
+    stat = sized(last, (end - start) * ratio)
+    return kinds if stat is last else [*kinds[:-1], stat]
 
 
 def _scope_of(
