@@ -754,6 +754,251 @@ def code_oneshots_and_chat(
     return workload
 
 
+def attach_or_chat(
+    *,
+    sessions: int = 40,
+    p_attach: float = 0.5,
+    p_discuss: float = 0.0,
+    as_block: bool = True,
+    doc: tuple[int, int] = (6_000, 15_000),
+    seed: str = "attach",
+) -> Callable[..., None]:
+    """A chat UI with file upload: some sessions attach a document (a contract, a report,
+    ``doc`` tokens) and ask about it; the app sends the file as its own content block and the
+    question as the next one (``as_block``; else one string, the file pasted above the
+    question). With chance ``p_discuss`` the user goes on for 2-5 short follow-ups about it,
+    else leaves after the answer. The other sessions are short-question chats of 3-6 turns;
+    sessions interleaved, 10-60 s think time."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        system = "You are a helpful assistant. " + text(f"{seed}-system", 2_000)
+
+        def session(k: int) -> U.Source:
+            r = random.Random(SUF + f"{seed}-{k}")
+            messages: list[dict[str, Any]] = []
+            if r.random() < p_attach:
+                body = text(f"{seed}-doc{k}", r.randint(*doc))
+                q = text(f"{seed}-q{k}", r.randint(20, 80))
+                first: Any = (
+                    [{"type": "text", "text": body}, {"type": "text", "text": q}]
+                    if as_block
+                    else body + "\n\n" + q
+                )
+                turns = 1 + (r.randint(2, 5) if r.random() < p_discuss else 0)
+                for t in range(turns):
+                    yield r.uniform(10, 60) if t else 0.0
+                    content = first if t == 0 else text(f"{seed}-{k}-{t}", r.randint(20, 150))
+                    messages.append({"role": "user", "content": content})
+                    reply = run.send(model=SONNET, system=system, messages=messages)
+                    messages.append(_reply(reply))
+                return
+            for t in range(r.randint(3, 6)):
+                yield r.uniform(10, 60) if t else 0.0
+                messages.append({"role": "user", "content": text(f"{seed}-{k}-{t}", r.randint(30, 200))})
+                reply = run.send(model=SONNET, system=system, messages=messages)
+                messages.append(_reply(reply))
+
+        starts = [rng.uniform(0, 1_800) for _ in range(sessions)]
+        U.drive(run, U._interleave([session(k) for k in range(sessions)], starts))
+
+    return workload
+
+
+def code_paste_mid_chat(
+    *, sessions: int = 30, p_paste: float = 0.4, seed: str = "codepaste"
+) -> Callable[..., None]:
+    """A coding-assistant chat: every session is 3-8 short turns; in ``p_paste`` of them the
+    user pastes a whole source file (80-300 lines, 3-11k tokens) with a question at a random
+    turn, then keeps asking about it (or moves on) for the remaining turns."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        system = "You are a senior engineer helping with code. " + text(f"{seed}-system", 1_800)
+
+        def session(k: int) -> U.Source:
+            r = random.Random(SUF + f"{seed}-{k}")
+            turns = r.randint(3, 8)
+            paste_at = r.randrange(turns - 1) if r.random() < p_paste else -1
+            messages: list[dict[str, Any]] = []
+            for t in range(turns):
+                yield r.uniform(15, 90) if t else 0.0
+                q = text(f"{seed}-{k}-{t}", r.randint(20, 200))
+                if t == paste_at:
+                    q = "Here is my file:\n```\n" + code(f"{seed}-f{k}", r.randint(80, 300)) + "\n```\n" + q
+                messages.append({"role": "user", "content": q})
+                reply = run.send(model=SONNET, system=system, messages=messages)
+                messages.append(_reply(reply))
+
+        starts = [rng.uniform(0, 2_400) for _ in range(sessions)]
+        U.drive(run, U._interleave([session(k) for k in range(sessions)], starts))
+
+    return workload
+
+
+def big_results_kept(
+    *,
+    tasks: int = 12,
+    p_big: float = 0.4,
+    drop: Callable[[int, int], bool] = lambda task, tasks: False,
+    parallel: bool = False,
+    seed: str = "bigkept",
+) -> Callable[..., None]:
+    """A coding/data agent whose tools return 3-20k tokens (a file read, a query result, a
+    log) with chance ``p_big``, else 200-800; the results stay in the history and later steps
+    read them. ``drop(task, tasks)``: in that task the app instead replaces a big result by a
+    50-token note after the step that read it (a context-management setting, turned on or off
+    by a deploy part-way). ``parallel``: the model calls 2-3 tools at once and the results come
+    back as one user message of several tool_result blocks, the big one anywhere among them."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        tools = [schema_tool(f"t{i}", f"{seed}-t{i}", 20) for i in range(5)]
+        system = "You are a coding agent working in a repository. " + text(f"{seed}-system", 1_800)
+        for c in range(tasks):
+            dropping = drop(c, tasks)
+            messages: list[dict[str, Any]] = [{"role": "user", "content": text(f"{seed}-c{c}", 150)}]
+            pending: list[dict[str, Any]] = []
+            for s in range(rng.randint(4, 9)):
+                run.send(model=SONNET, system=system, tools=tools, messages=messages)
+                for b in pending:
+                    b["content"] = "[result summarised: " + text(f"{seed}-sum{c}-{s}", 50) + "]"
+                pending.clear()
+                calls = rng.randint(2, 3) if parallel else 1
+                big_at = rng.randrange(calls) if rng.random() < p_big else -1
+                uses, results = [], []
+                for j in range(calls):
+                    uid = f"toolu_{seed}{c:02d}{s:02d}{j}"
+                    uses.append(
+                        {"type": "tool_use", "id": uid, "name": f"t{(s + j) % 5}", "input": {"q": f"k{s}{j}"}}
+                    )
+                    n = rng.randint(3_000, 20_000) if j == big_at else rng.randint(200, 800)
+                    block = _tr(uid, text(f"{seed}-r{c}-{s}-{j}", n))
+                    if j == big_at and dropping:
+                        pending.append(block)
+                    results.append(block)
+                messages.append({"role": "assistant", "content": uses})
+                messages.append({"role": "user", "content": results})
+                run.wait(rng.uniform(3, 20))
+            run.wait(rng.uniform(30, 300))
+
+    return workload
+
+
+def inline_edit_or_chat(
+    *, sessions: int = 50, p_edit: float = 0.5, edit: tuple[int, int] = (1_200, 2_000), seed: str = "inline"
+) -> Callable[..., None]:
+    """An IDE assistant with one system prompt for two features: an inline edit (the selected
+    code, ``edit`` tokens, and an instruction; one request, the edit is applied and nothing
+    follows) and a side-panel chat of 3-6 short turns; both interleaved over 40 minutes."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        system = "You are a coding assistant inside an IDE. " + text(f"{seed}-system", 2_000)
+
+        def session(k: int) -> U.Source:
+            r = random.Random(SUF + f"{seed}-{k}")
+            messages: list[dict[str, Any]] = []
+            if r.random() < p_edit:
+                yield 0.0
+                body = (
+                    code(f"{seed}-sel{k}", r.randint(*edit) // 37)
+                    + "\n\nInstruction: "
+                    + text(f"{seed}-i{k}", r.randint(10, 40))
+                )
+                run.send(model=SONNET, system=system, messages=[{"role": "user", "content": body}])
+                return
+            for t in range(r.randint(3, 6)):
+                yield r.uniform(10, 60) if t else 0.0
+                messages.append({"role": "user", "content": text(f"{seed}-{k}-{t}", r.randint(30, 200))})
+                reply = run.send(model=SONNET, system=system, messages=messages)
+                messages.append(_reply(reply))
+
+        starts = [rng.uniform(0, 2_400) for _ in range(sessions)]
+        U.drive(run, U._interleave([session(k) for k in range(sessions)], starts))
+
+    return workload
+
+
+def escalating_thinker(*, tasks: int = 10, seed: str = "escalate") -> Callable[..., None]:
+    """An agent that escalates: most steps go to Sonnet without thinking; a step after a
+    failed tool call goes to Opus 4.7 with thinking on, and a planning step (every 4th) to
+    Sonnet with thinking; the first step forces the ``plan`` tool. Results 300-3,000 tokens,
+    kept in the history; 5-10 steps per task."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        tools = [schema_tool(n, f"{seed}-{n}", 15) for n in ("plan", "read", "edit", "run", "search")]
+        system = "You are a software engineering agent. " + text(f"{seed}-system", 2_000)
+        for c in range(tasks):
+            messages: list[dict[str, Any]] = [{"role": "user", "content": text(f"{seed}-c{c}", 200)}]
+            failed = False
+            for s in range(rng.randint(5, 10)):
+                extra: dict[str, Any] = {}
+                model = SONNET
+                if s == 0:
+                    extra["tool_choice"] = {"type": "tool", "name": "plan"}
+                elif failed:
+                    model = OPUS47
+                    extra = {"thinking": THINK, "max_tokens": 8_000}
+                elif s % 4 == 0:
+                    extra = {"thinking": THINK, "max_tokens": 8_000}
+                run.send(model=model, system=system, tools=tools, messages=messages, **extra)
+                uid = f"toolu_{seed}{c:02d}{s:02d}"
+                content: list[dict[str, Any]] = []
+                if "thinking" in extra:
+                    content.append(
+                        {
+                            "type": "thinking",
+                            "thinking": text(f"{seed}-th{c}-{s}", rng.randint(100, 500)),
+                            "signature": "sig" + uid,
+                        }
+                    )
+                name = "plan" if s == 0 else rng.choice(("read", "edit", "run", "search"))
+                content.append({"type": "tool_use", "id": uid, "name": name, "input": {"q": f"e{s}"}})
+                messages.append({"role": "assistant", "content": content})
+                failed = name == "run" and rng.random() < 0.5
+                messages.append(
+                    {"role": "user", "content": [_tr(uid, text(f"{seed}-r{c}-{s}", rng.randint(300, 3_000)))]}
+                )
+                run.wait(rng.uniform(3, 20))
+            run.wait(rng.uniform(30, 300))
+
+    return workload
+
+
+def forced_record_step(*, tasks: int = 10, seed: str = "recordstep") -> Callable[..., None]:
+    """A research agent that, after every tool step, forces a ``record_finding`` call
+    (tool_choice {"type": "tool"}) to log structured notes, then goes back to tool_choice
+    auto: the two settings take turns. Search/fetch results are 500-12,000 tokens and stay in
+    the history; 3-6 fetch steps (so 6-12 requests) per task."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        tools = [schema_tool(n, f"{seed}-{n}", 15) for n in ("search", "fetch", "record_finding")]
+        system = "You are a research agent. " + text(f"{seed}-system", 1_500)
+        for c in range(tasks):
+            messages: list[dict[str, Any]] = [{"role": "user", "content": text(f"{seed}-c{c}", 150)}]
+            for s in range(2 * rng.randint(3, 6)):
+                record = s % 2 == 1
+                choice = {"type": "tool", "name": "record_finding"} if record else {"type": "auto"}
+                run.send(model=SONNET, system=system, tools=tools, messages=messages, tool_choice=choice)
+                uid = f"toolu_{seed}{c:02d}{s:02d}"
+                name = "record_finding" if record else rng.choice(("search", "fetch"))
+                messages.append(
+                    {
+                        "role": "assistant",
+                        "content": [{"type": "tool_use", "id": uid, "name": name, "input": {"q": f"f{s}"}}],
+                    }
+                )
+                n = rng.randint(20, 60) if record else rng.randint(500, 12_000)
+                messages.append({"role": "user", "content": [_tr(uid, text(f"{seed}-r{c}-{s}", n))]})
+                run.wait(rng.uniform(2, 6) if record else rng.uniform(3, 20))
+            run.wait(rng.uniform(30, 300))
+
+    return workload
+
+
 SHAPES = [
     Workload("thinking toggle", "anthropic", thinking_chats("toggle")),
     Workload("thinking toggle long", "anthropic", thinking_chats("toggle", convs=48)),
@@ -812,6 +1057,38 @@ SHAPES = [
         "anthropic",
         code_oneshots_and_chat(sys_b=1_150, reviews_n=15, review_gap=(60, 240), chats_n=30),
     ),
+    Workload("attached doc one-shot or chat", "anthropic", attach_or_chat()),
+    Workload("attached doc 30% or chat", "anthropic", attach_or_chat(p_attach=0.3, seed="attach30")),
+    Workload("attached doc discussed or chat", "anthropic", attach_or_chat(p_discuss=0.6, seed="attachd")),
+    Workload(
+        "pasted doc discussed or chat",
+        "anthropic",
+        attach_or_chat(p_discuss=0.6, as_block=False, seed="pasted"),
+    ),
+    Workload("code file pasted mid-chat", "anthropic", code_paste_mid_chat()),
+    Workload("agent big results kept", "anthropic", big_results_kept()),
+    Workload(
+        "agent parallel big dropped",
+        "anthropic",
+        big_results_kept(drop=lambda c, n: True, parallel=True, seed="pardrop"),
+    ),
+    Workload("agent parallel big kept", "anthropic", big_results_kept(parallel=True, seed="parkept")),
+    Workload(
+        "agent big dropped then kept",
+        "anthropic",
+        big_results_kept(tasks=16, drop=lambda c, n: c < n // 2, seed="dropkept"),
+    ),
+    Workload(
+        "agent big kept then dropped",
+        "anthropic",
+        big_results_kept(tasks=16, drop=lambda c, n: c >= n // 2, seed="keptdrop"),
+    ),
+    Workload("inline edit <2k or chat", "anthropic", inline_edit_or_chat()),
+    Workload(
+        "inline edit >2k or chat", "anthropic", inline_edit_or_chat(edit=(2_100, 3_000), seed="inline2")
+    ),
+    Workload("escalating thinker agent", "anthropic", escalating_thinker()),
+    Workload("forced record step agent", "anthropic", forced_record_step()),
 ]
 
 
