@@ -842,6 +842,7 @@ def big_results_kept(
     p_big: float = 0.4,
     drop: Callable[[int, int], bool] = lambda task, tasks: False,
     parallel: bool = False,
+    reminder: bool = False,
     seed: str = "bigkept",
 ) -> Callable[..., None]:
     """A coding/data agent whose tools return 3-20k tokens (a file read, a query result, a
@@ -849,7 +850,9 @@ def big_results_kept(
     read them. ``drop(task, tasks)``: in that task the app instead replaces a big result by a
     50-token note after the step that read it (a context-management setting, turned on or off
     by a deploy part-way). ``parallel``: the model calls 2-3 tools at once and the results come
-    back as one user message of several tool_result blocks, the big one anywhere among them."""
+    back as one user message of several tool_result blocks, the big one anywhere among them.
+    ``reminder``: the harness appends a short text block after the results (a
+    <system-reminder> with the todo list and the time, 60-200 tokens), as coding agents do."""
 
     def workload(run: Run) -> None:
         rng = random.Random(SUF + seed)
@@ -878,6 +881,11 @@ def big_results_kept(
                         pending.append(block)
                     results.append(block)
                 messages.append({"role": "assistant", "content": uses})
+                if reminder:
+                    note = text(f"{seed}-rem{c}-{s}", rng.randint(60, 200))
+                    results.append(
+                        {"type": "text", "text": "<system-reminder>" + note + "</system-reminder>"}
+                    )
                 messages.append({"role": "user", "content": results})
                 run.wait(rng.uniform(3, 20))
             run.wait(rng.uniform(30, 300))
@@ -999,6 +1007,58 @@ def forced_record_step(*, tasks: int = 10, seed: str = "recordstep") -> Callable
     return workload
 
 
+#: Nodes of ``graph_agent``: (name, model, thinking, tool_choice, result tokens).
+_NODES: dict[str, tuple[str, str, bool, dict[str, Any] | None, tuple[int, int]]] = {
+    "plan": ("write_plan", SONNET, True, None, (50, 150)),
+    "act": ("run_tool", SONNET, False, {"type": "any"}, (500, 5_000)),
+    "grade": ("grade", SONNET, False, {"type": "tool", "name": "grade"}, (30, 80)),
+    "reflect": ("note", OPUS47, True, None, (30, 120)),
+    "search": ("search", SONNET, False, None, (300, 2_000)),
+}
+
+
+def graph_agent(cycle: tuple[str, ...], *, tasks: int = 10, seed: str = "graph") -> Callable[..., None]:
+    """An agent graph (LangGraph-style nodes over one shared message history, one system
+    prompt and tool set): a ``plan`` node (Sonnet, thinking), then ``cycle`` repeated 2-4
+    times: ``act`` (tool_choice any), ``grade`` (tool_choice forced to the grader tool),
+    ``reflect`` (Opus 4.7, thinking), ``search`` (tool_choice auto); every node answers with
+    a tool call whose result joins the history. Each node is its own lane of the cache."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        tools = [schema_tool(n[0], f"{seed}-{n[0]}", 15) for n in _NODES.values()]
+        system = "You are an autonomous analyst. " + text(f"{seed}-system", 2_000)
+        for c in range(tasks):
+            messages: list[dict[str, Any]] = [{"role": "user", "content": text(f"{seed}-c{c}", 200)}]
+            for s, node in enumerate(("plan",) + cycle * rng.randint(2, 4)):
+                tool, model, think, choice, size = _NODES[node]
+                extra: dict[str, Any] = {}
+                if think:
+                    extra = {"thinking": THINK, "max_tokens": 8_000}
+                if choice is not None:
+                    extra["tool_choice"] = choice
+                run.send(model=model, system=system, tools=tools, messages=messages, **extra)
+                uid = f"toolu_{seed}{c:02d}{s:02d}"
+                content: list[dict[str, Any]] = []
+                if think:
+                    content.append(
+                        {
+                            "type": "thinking",
+                            "thinking": text(f"{seed}-th{c}-{s}", rng.randint(100, 400)),
+                            "signature": "sig" + uid,
+                        }
+                    )
+                content.append({"type": "tool_use", "id": uid, "name": tool, "input": {"q": f"g{s}"}})
+                messages.append({"role": "assistant", "content": content})
+                messages.append(
+                    {"role": "user", "content": [_tr(uid, text(f"{seed}-r{c}-{s}", rng.randint(*size)))]}
+                )
+                run.wait(rng.uniform(2, 12))
+            run.wait(rng.uniform(30, 300))
+
+    return workload
+
+
 SHAPES = [
     Workload("thinking toggle", "anthropic", thinking_chats("toggle")),
     Workload("thinking toggle long", "anthropic", thinking_chats("toggle", convs=48)),
@@ -1089,6 +1149,14 @@ SHAPES = [
     ),
     Workload("escalating thinker agent", "anthropic", escalating_thinker()),
     Workload("forced record step agent", "anthropic", forced_record_step()),
+    Workload(
+        "agent big dropped + reminder",
+        "anthropic",
+        big_results_kept(p_big=0.5, drop=lambda c, n: True, reminder=True, seed="remdrop"),
+    ),
+    Workload("agent big kept + reminder", "anthropic", big_results_kept(reminder=True, seed="remkept")),
+    Workload("graph act/grade/reflect", "anthropic", graph_agent(("act", "grade", "reflect"))),
+    Workload("graph 4 nodes", "anthropic", graph_agent(("act", "grade", "reflect", "search"), seed="graph4")),
 ]
 
 
