@@ -11,7 +11,10 @@ strategy chosen in hindsight and against no caching, with the bar of SPEC sectio
 ``tool_choice`` per step, huge tool results dropped from the history, pasted documents,
 concurrent copies of one request, think times around the TTL, models whose minimum is
 2,048 or 4,096, nightly re-runs, a live section of the system prompt, the 20-block
-lookback, byte-for-byte queue workers, a timestamped second system message on DashScope.
+lookback, byte-for-byte queue workers, a timestamped second system message on DashScope,
+files attached as their own block before the question, a reminder block after huge tool
+results, big results kept or dropped (and a deploy that switches), agent graphs whose nodes
+are lanes (thinking, tool_choice, model).
 Shapes over the bar are kept: they are what the policy does not yet learn (BENCHMARKS.md).
 """
 
