@@ -6,6 +6,7 @@ import random
 from typing import Any
 
 import orjson
+import pytest
 
 from _cache_sim import Provider
 from cachewatch.accounting._records import TokenUsage
@@ -423,12 +424,17 @@ def test_a_tail_read_by_the_next_request_with_its_thinking_setting_keeps_being_w
         assert actions(p, "previous_turn") == ["inserted", "inserted"]
 
 
-def test_pasted_documents_never_continued_are_not_written_while_short_chats_first_tails_are() -> None:
+@pytest.mark.parametrize("attached", [False, True], ids=["pasted", "attached"])
+def test_pasted_documents_never_continued_are_not_written_while_short_chats_first_tails_are(
+    attached: bool,
+) -> None:
     # A chat product: short-question chats that go on, and sessions that paste a long
     # document, ask for a summary once and leave. Counted per opportunity, half the first
     # turns went on, so every 12k-token document was written at 1.25x and never read. A
     # tail's statistics are kept per size class of its write: the documents' class learns
-    # that they are not continued, the chats' that they are.
+    # that they are not continued, the chats' that they are. A document attached as a
+    # block of its own before the question is a document candidate; it is written with the
+    # tail, so it counts in the tail's size all the same.
     clock = Clock()
     planner = Planner(clock=clock)
     system = words("assistant", 1_500)
@@ -451,8 +457,15 @@ def test_pasted_documents_never_continued_are_not_written_while_short_chats_firs
             if t == 0:
                 chats.append(plan)
             messages.append({"role": "assistant", "content": words(f"r{k}-{t}-", 60)})
-        pastes.append(send([{"role": "user", "content": "Summarise this:\n" + words(f"doc{k}-", 5_000)}]))
-    assert pastes[0].ticket is not None and pastes[0].ticket.total_raw > 8_192
+        document = words(f"doc{k}-", 5_000)
+        content: Any = (
+            [{"type": "text", "text": document}, {"type": "text", "text": "Summarise this."}]
+            if attached
+            else "Summarise this:\n" + document
+        )
+        pastes.append(send([{"role": "user", "content": content}]))
+    assert pastes[0].ticket is not None
+    assert pastes[0].ticket.total_raw > 8_192
     assert all(actions(p, "tail") == ["inserted"] for p in chats)
     assert [actions(p, "tail") for p in pastes[-5:]] == [["skipped_not_reused"]] * 5
 

@@ -640,12 +640,18 @@ def _sized(
     kinds: list[str], candidates: list[tuple[int, str]], positions: list[Pos], ratio: float
 ) -> list[str]:
     """The statistics' kinds of the candidates: a tail's by the tokens its write adds to the
-    candidate before it (``_learning.sized``)."""
+    candidate before it (``_learning.sized``), not counting a document candidate: a file
+    attached as a block of its own before the question, or a huge tool result before a
+    reminder, is written with the tail, and its size is what the write costs."""
     last = kinds[-1]
     if last != "tail" and last != "tail_first":
         return kinds
     end = positions[candidates[-1][0]][CUM]
-    start = positions[candidates[-2][0]][CUM] if len(candidates) > 1 else 0.0
+    start = 0.0
+    for i in range(len(candidates) - 2, -1, -1):
+        if kinds[i] != "document":
+            start = positions[candidates[i][0]][CUM]
+            break
     stat = sized(last, (end - start) * ratio)
     return kinds if stat is last else [*kinds[:-1], stat]
 
