@@ -61,6 +61,43 @@ def test_a_new_prefix_is_worth_one_write_and_a_family_that_never_reuses_stops(ne
     assert second.p < THRESHOLD
 
 
+def test_first_tails_are_judged_by_what_the_tails_under_their_static_prefix_did(new_learner: Make) -> None:
+    # One process, one family, two features: a chat under system prompt 1 whose first turns
+    # go on, and a one-shot job under system prompt 2 whose first turns never do. The
+    # family's count mixes them; once their TTLs ran out, the tails under each prompt say
+    # which one a new first tail belongs to. Counted only then, not when a tail comes back
+    # (at first only the ones that do would count).
+    learner = new_learner()
+    now, ticket, tail = 1_000.0, 0, 100
+    for _ in range(8):
+        for system, continued in ((1, True), (2, False)):
+            ticket += 1
+            tail += 1
+            learner.sight(
+                FAMILY, [Sighting(system, "static", True), Sighting(tail, "tail_first")], now, ticket
+            )
+            learner.release([system], ticket)
+            learner.started([(system, 300.0), (tail, 0.0)], ticket, now + 1)
+            if continued:  # the next turn sights the first turn's tail as its previous turn
+                ticket += 1
+                learner.sight(
+                    FAMILY,
+                    [Sighting(system, "static", True), Sighting(tail, "previous_turn")],
+                    now + 30,
+                    ticket,
+                )
+                learner.started([(system, 300.0), (tail, 0.0)], ticket, now + 31)
+            now += 60
+    now += 400
+    chat, job = (
+        learner.sight(
+            FAMILY, [Sighting(system, "static", True), Sighting(950 + system, "tail_first")], now, 95 + system
+        )[1].p
+        for system in (1, 2)
+    )
+    assert job < THRESHOLD < chat
+
+
 def seen(learner: LearningState, family: int, key: int, now: float, ticket: int) -> Any:
     """A request that sights a static prefix, marks nothing, and whose response begins."""
     sight = learner.sight(family, static(key), now, ticket)[0]

@@ -45,6 +45,14 @@ against the window's ~7, so however high it is (a prior borrowed from other
 families can have mean 1), a family's own evidence takes it under the threshold:
 at worst 1 / (1 + 1/(1 - forget)) = 0.13.
 
+**Static prefix.** A first turn's tail (``tail_first``, any size class) is also judged by the static prefix
+it is sighted under (its stable part when it has one): one process often serves a chat
+and a one-shot job with one model, key and structure, in one family, whose count mixes
+them. Each first tail sighted under a static prefix counts for that prefix once its TTL
+has run out, as recurred if it came back before (counted when it comes back, only the
+ones that do would count at first); a new tail's estimate is the family's, weighing
+``ANCHOR_WEIGHT`` of those settled tails, with them.
+
 **Settled opportunities.** A family with no opportunity of a kind yet (a gateway's new
 tenant, with its own key) starts from what the first-run opportunities of that kind
 showed over every family once *settled*: their prefix came back (within its TTL or
@@ -95,6 +103,7 @@ from typing import Final, Protocol, runtime_checkable
 from ..accounting._records import slot_factory
 
 __all__ = [
+    "ANCHOR_WEIGHT",
     "LATE_PRIOR_WEIGHT",
     "LATE_Z",
     "OPEN_MAX",
@@ -130,6 +139,11 @@ KINDS: Final = ("static", "stable", "tail_first", "tail", "document", "previous_
 #: size class.
 TAIL_PRIOR: Final = (2.0 / 3.0, 1.0 / 3.0)
 TAIL_PRIORS: Final = {"tail": TAIL_PRIOR, "tail:1": TAIL_PRIOR, "tail:2": TAIL_PRIOR, "tail:3": TAIL_PRIOR}
+
+#: Weight, in settled opportunities, of the family's estimate against what the tails first
+#: sighted under one static prefix showed once settled (``MemoryLearner``: a process's
+#: features, a chat and a one-shot job, each under its own system prompt in one family).
+ANCHOR_WEIGHT: Final = 2.0
 
 #: Bounds of a tail's size classes, in estimated tokens its write adds to the candidate
 #: prefix before it (factors of 4 from 2,048): its statistics are kept per class.

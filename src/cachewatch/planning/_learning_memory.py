@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from ._learning import (
+    ANCHOR_WEIGHT,
     CLAIM_TIMEOUT,
     CONVERSATION_MODELS,
     GOES_ON_PRIOR,
@@ -95,6 +96,15 @@ class _Prefix:
     late_pending: bool = False
     #: Length of its run before the last time it came back late.
     previous_run: int = 0
+    #: A static prefix: per tail kind, (recurred, settled) of the tails first sighted under
+    #: it, each counted once its TTL ran out (``MemoryLearner._settle_anchored``).
+    tails: dict[str, tuple[float, float]] | None = None
+    #: A tail first sighted under a static prefix: that prefix's key (0: none or settled),
+    #: its kind then, when its TTL runs out, and whether it came back before.
+    anchor: int = 0
+    anchor_kind: str = ""
+    anchor_due: float = 0.0
+    anchor_hit: bool = False
 
 
 @dataclass(slots=True)
@@ -172,6 +182,8 @@ class MemoryLearner:
         #: Each prefix's open opportunity of a first-run bucket: key -> (when it matures,
         #: kind); a heap of (matures, key) to settle those that never came back.
         self._open: dict[int, tuple[float, str]] = {}
+        #: (TTL end, key) of tails first sighted under a static prefix, to settle for it.
+        self._anchored: list[tuple[float, int]] = []
         self._maturing: list[tuple[float, int]] = []
         #: kind -> (recurred, seen) of settled first-run opportunities over every family,
         #: forgotten: the unbiased pool (no opportunity still open counts).
@@ -202,7 +214,15 @@ class MemoryLearner:
             maturing = self._maturing
             if maturing and maturing[0][0] < now:
                 self._settle_matured(now)
+            anchored = self._anchored
+            if anchored and anchored[0][0] < now:
+                self._settle_anchored(now)
             reliability = self._reliability_of(family)
+            # The static prefix the request's tails are sighted under: its stable part when
+            # it has one (a per-user block after shared instructions), else the whole
+            # static region's.
+            anchor: _Prefix | None = None
+            anchor_key = 0
             for s in sightings:
                 key = s.key
                 kind = s.kind
@@ -247,6 +267,8 @@ class MemoryLearner:
                         if opened is not None:
                             self._settle(opened[1], gap <= prefix.ttl)
                         if gap <= prefix.ttl:
+                            if prefix.anchor and now <= prefix.anchor_due:
+                                prefix.anchor_hit = True
                             previous = prefix.run
                             run = previous + 1
                             # self._credit(prefix.family, prefix.kind, _bucket(previous)):
@@ -264,7 +286,12 @@ class MemoryLearner:
                             prefix.previous_run = prefix.run
                     late = prefix.late > 0
                 bucket_id = 3 if run >= 3 else run
-                p = self._p(family, kind, bucket_id, now) * reliability
+                p = self._p(family, kind, bucket_id, now)
+                if bucket_id == 1 and anchor is not None and anchor.tails is not None:
+                    got = anchor.tails.get(kind)
+                    if got is not None:
+                        p = (ANCHOR_WEIGHT * p + got[0]) / (ANCHOR_WEIGHT + got[1])
+                p *= reliability
                 p_late = 0.0
                 if late and prefix is not None:
                     p_late = self._p_late(family, kind, prefix.previous_run, now) * reliability
@@ -283,6 +310,9 @@ class MemoryLearner:
                         cached and prefix is not None and prefix.ttl >= TTL_1H,
                     )
                 )
+                if prefix is not None and anchor is None and (kind == "stable" or kind == "static"):
+                    anchor = prefix
+                    anchor_key = key
                 if writing:
                     continue
                 if prefix is None:
@@ -292,6 +322,14 @@ class MemoryLearner:
                         prefixes.popitem(last=False)
                     self._opportunity(family, kind, bucket_id)
                     self._open_at(key, kind, now + prefix.ttl)
+                    if anchor is None and (kind == "stable" or kind == "static"):
+                        anchor = prefix  # a static prefix sighted for the first time
+                        anchor_key = key
+                    elif anchor is not None and kind.startswith("tail_first") and len(anchored) < OPEN_MAX:
+                        prefix.anchor = anchor_key
+                        prefix.anchor_kind = kind
+                        prefix.anchor_due = now + prefix.ttl
+                        heapq.heappush(anchored, (prefix.anchor_due, key))
                 elif not concurrent:
                     # self._opportunity(family, kind, bucket_id):
                     stats_key = (family, kind, bucket_id)
@@ -358,6 +396,33 @@ class MemoryLearner:
                 del opened[key]
                 self._settle(found[1], False)
                 settled += 1
+
+    def _settle_anchored(self, now: float) -> None:
+        """Tails whose TTL ran out: whether each came back before counts for the static
+        prefix it was first sighted under (at most ``SETTLE_BATCH`` at a time).
+
+        Counted at the end of the TTL whatever happened, not when a tail comes back (which
+        only the ones that do would be, at first: the first minutes of any traffic would
+        show its tails as all continued)."""
+        anchored = self._anchored
+        prefixes = self._prefixes
+        f = self.forget
+        settled = 0
+        while anchored and anchored[0][0] < now and settled < SETTLE_BATCH:
+            due, key = heapq.heappop(anchored)
+            settled += 1
+            prefix = prefixes.get(key)
+            if prefix is None or not prefix.anchor or prefix.anchor_due != due:
+                continue
+            under = prefixes.get(prefix.anchor)
+            prefix.anchor = 0
+            if under is None:
+                continue
+            tails = under.tails
+            if tails is None:
+                tails = under.tails = {}
+            r, n = tails.get(prefix.anchor_kind, (0.0, 0.0))
+            tails[prefix.anchor_kind] = (r * f + (1.0 if prefix.anchor_hit else 0.0), n * f + 1.0)
 
     def _settle(self, kind: str, recurred: bool) -> None:
         f = self.forget

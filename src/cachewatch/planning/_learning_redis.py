@@ -37,8 +37,12 @@ Layout (every key under ``key_prefix``; keys are 64-bit digests in decimal, valu
 are counts, times and digests, never content):
 
 * ``p:<prefix key>``: a hash per sighted prefix (last sighting, run, family, kind, TTL,
-  believed-cached-until, late count, claims, ...), expiring ``max_age`` (1h 5min) after
-  its last sighting: the ledger is bounded by the traffic of the last hour.
+  believed-cached-until, late count, claims, ...; for a static prefix, ``a:<kind>``: the
+  tails first sighted under it, settled; for such a tail, that prefix and its TTL's end),
+  expiring ``max_age`` (1h 5min) after its last sighting: the ledger is bounded by the
+  traffic of the last hour.
+* ``open`` / ``opens``, ``anchored``: first-run opportunities, and tails first sighted
+  under a static prefix, until their TTL runs out (at most ``OPEN_MAX`` each).
 * ``f:<family>``: a hash per family: recurrence counts ``<kind>:<run bucket>``,
   reliability and the stability state (msgpack). ``fams`` (a sorted set by last use) caps
   the families at ``max_families``, the least recently used dropped first; each family

@@ -99,6 +99,7 @@ local LATE_Z = @LATE_Z@
 local OPEN_MAX = @OPEN_MAX@
 local SETTLE_BATCH = @SETTLE_BATCH@
 local SETTLED_Z = @SETTLED_Z@
+local ANCHOR_WEIGHT = @ANCHOR_WEIGHT@
 local CONVERSATION_MODELS = @CONVERSATION_MODELS@
 local function fmt(x) return string.format('%.17g', x) end
 local function bucket_of(run) if run >= 3 then return 3 end return run end
@@ -297,9 +298,38 @@ OPS.sight = function(a)
     local kind = close(k)
     if kind then settle(kind, false) end
   end
+  -- Tails whose TTL ran out count for the static prefix they were first sighted under
+  -- (MemoryLearner._settle_anchored): its field 'a:<kind>'; the tail's 'an' (that prefix),
+  -- 'ak' (its kind then), 'ad' (its TTL's end), 'ah' (it came back before).
+  local ended = redis.call('ZRANGEBYSCORE', P .. 'anchored', '-inf', '(' .. fmt(now), 'WITHSCORES', 'LIMIT', 0, SETTLE_BATCH)
+  for i = 1, #ended, 2 do
+    local k, at = ended[i], ended[i + 1]
+    redis.call('ZREM', P .. 'anchored', k)
+    local name = P .. 'p:' .. k
+    local t = redis.call('HMGET', name, 'an', 'ak', 'ad', 'ah')
+    if t[1] and t[1] ~= '0' and t[3] and tonumber(t[3]) == tonumber(at) then
+      redis.call('HSET', name, 'an', '0')
+      local under = P .. 'p:' .. t[1]
+      if redis.call('EXISTS', under) == 1 then
+        local field = 'a:' .. t[2]
+        local r, s = 0.0, 0.0
+        local v = redis.call('HGET', under, field)
+        if v then
+          local x, y = string.match(v, '^(%S+) (%S+)$')
+          r, s = tonumber(x), tonumber(y)
+        end
+        local x = 0.0
+        if t[4] == '1' then x = 1.0 end
+        redis.call('HSET', under, field, fmt(r * f + x) .. ' ' .. fmt(s * f + 1.0))
+      end
+    end
+  end
   local rel = reliability(family)
   local out = {fmt(rel), redis.call('GET', P .. 'minv') or '0', candidates(family)}
   seen = {static = '-1', history = true}
+  -- The static prefix the request's tails are sighted under: its 'stable' part when it
+  -- has one, else the whole static region's (MemoryLearner.sight).
+  local anchor = nil
   for base = 9, #a, 5 do
     local key, kind, shared = a[base], a[base + 1], a[base + 2] == '1'
     local pa, pb = tonumber(a[base + 3]), tonumber(a[base + 4])
@@ -348,6 +378,9 @@ OPS.sight = function(a)
         local opened = close(key)
         if opened then settle(opened, gap <= ttl) end
         if gap <= ttl then
+          if h['an'] and h['an'] ~= '0' and now <= tonumber(h['ad']) then
+            redis.call('HSET', name, 'ah', '1')
+          end
           run = prun + 1
           credit(h['f'], h['k'], bucket_of(prun))
         elseif gap <= TTL_1H then
@@ -357,13 +390,22 @@ OPS.sight = function(a)
       end
       late = late_count > 0
     end
-    local p = prob(family, kind, bucket_of(run), pa, pb) * rel
+    local p = prob(family, kind, bucket_of(run), pa, pb)
+    if anchor and bucket_of(run) == 1 then
+      local v = redis.call('HGET', P .. 'p:' .. anchor, 'a:' .. kind)
+      if v then
+        local x, y = string.match(v, '^(%S+) (%S+)$')
+        p = (ANCHOR_WEIGHT * p + tonumber(x)) / (ANCHOR_WEIGHT + tonumber(y))
+      end
+    end
+    p = p * rel
     local p_late = 0.0
     if late and h then p_late = prob_late(family, kind, previous_run, pa, pb) * rel end
     out[#out + 1] = {
       run, cached and 1 or 0, writing and 1 or 0, late and 1 or 0, fmt(p), fmt(p_late), h and 1 or 0,
       (cached and ttl >= TTL_1H) and 1 or 0
     }
+    if h and not anchor and (kind == 'stable' or kind == 'static') then anchor = key end
     -- Nobody claims a tail, but it is sighted until this response begins (MemoryLearner.sight).
     local mine = ticket .. '=' .. fmt(now)
     if writing or concurrent then
@@ -390,9 +432,20 @@ OPS.sight = function(a)
       elseif not cached then
         sighters = sighters == '' and mine or sighters .. ';' .. mine
       end
+      -- A prefix seen again after max_age is a new one: what the old one held (tails
+      -- settled under it, the static prefix it was sighted under) goes with it.
+      if not h then redis.call('DEL', name) end
       redis.call('HSET', name, 'l', fmt(now), 'r', run, 'f', family, 'k', kind, 't', fmt(ttl),
         'cu', fmt(cu), 'la', late_count, 'w', table.concat(live, ';'), 's', sighters, 'tk', ticket,
         'v', '0', 'lp', pending and '1' or '0', 'pr', previous_run)
+      if not h and not anchor and (kind == 'stable' or kind == 'static') then
+        anchor = key  -- a static prefix sighted for the first time
+      elseif not h and anchor and string.sub(kind, 1, 10) == 'tail_first'
+          and redis.call('ZCARD', P .. 'anchored') < OPEN_MAX then
+        local ad = now + ttl
+        redis.call('HSET', name, 'an', anchor, 'ak', kind, 'ad', fmt(ad), 'ah', '0')
+        redis.call('ZADD', P .. 'anchored', fmt(ad), key)
+      end
     end
     redis.call('EXPIRE', name, prefix_ttl)
   end
@@ -757,6 +810,7 @@ _CONSTANTS: Final = (
     "OPEN_MAX",
     "SETTLE_BATCH",
     "SETTLED_Z",
+    "ANCHOR_WEIGHT",
     "CONVERSATION_MODELS",
     "UNSETTLED_PRIOR",
     "GOES_ON_PRIOR",
