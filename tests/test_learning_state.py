@@ -21,7 +21,7 @@ import redis
 
 from _redis import free_port, redis_server
 from cachewatch.planning._decision import ask
-from cachewatch.planning._learning import CLAIM_TIMEOUT, TTL_1H, TTL_5M, LearningState, Sighting
+from cachewatch.planning._learning import CLAIM_TIMEOUT, TTL_1H, TTL_5M, LearningState, Sight, Sighting
 from cachewatch.planning._learning_memory import MemoryLearner
 from cachewatch.planning._learning_redis import MAX_AGE, RedisLearner
 
@@ -357,6 +357,11 @@ def _replay(learner: LearningState, seed: int, steps: int) -> list[Any]:
     """A random but reproducible sequence of planner calls; returns every answer."""
     rng = random.Random(seed)
     kinds = ("static", "tail_first", "tail", "document", "previous_turn")
+    # A request's sightings: static prefixes first (a stable part, the whole region), then
+    # the rest, first tails of every size class among them, so that first tails are sighted
+    # under static prefixes, come back before or after their TTL or never, and are settled.
+    first = ("stable", "static")
+    rest = (*kinds, "tail_first:1", "tail_first:3", "tail:2")
     now = 1_000.0
     ticket = 0
     open_tickets: list[tuple[int, list[int]]] = []
@@ -373,7 +378,10 @@ def _replay(learner: LearningState, seed: int, steps: int) -> list[Any]:
             ticket += 1
             n = rng.randint(1, 4)
             keys = rng.sample(range(1, 25), n)
-            sightings = [Sighting(k, rng.choice(kinds), rng.random() < 0.5) for k in keys]
+            sightings = [
+                Sighting(k, rng.choice(first if i < 2 and rng.random() < 0.5 else rest), rng.random() < 0.5)
+                for i, k in enumerate(keys)
+            ]
             out.append(learner.sight(family, sightings, now, ticket))
             if rng.random() < 0.5:
                 # The plan does not write some of what it claimed: they become sightings
@@ -438,7 +446,7 @@ def _replay(learner: LearningState, seed: int, steps: int) -> list[Any]:
         if rng.random() < 0.05:
             out.append(("claims", learner.claims()))  # type: ignore[attr-defined]
     for family in (1, 2, 3, 999):
-        out += [learner.recurrence(family, k, run, now) for k in kinds for run in (1, 2, 3)]  # type: ignore[attr-defined]
+        out += [learner.recurrence(family, k, run, now) for k in (*first, *rest) for run in (1, 2, 3)]  # type: ignore[attr-defined]
         out.append(learner.reliability(family))  # type: ignore[attr-defined]
     return out
 
@@ -455,6 +463,34 @@ def test_redis_and_memory_give_the_same_answers_to_the_same_calls(redis_port: in
         assert shared.faults == 0
         for n, (a, b) in enumerate(zip(expected, got, strict=True)):
             assert a == b, f"call {n}: {a!r} != {b!r}"  # exact: the same floats
+    finally:
+        shared.clear()
+
+
+def _first_tails_at_once(learner: LearningState) -> list[Sight]:
+    # Two first turns under static prefix 1 sighted at one clock reading (two requests, or a
+    # clock that ticks coarsely): tail 9 goes on, tail 10 does not. Their TTLs end at once,
+    # and the order they are counted in sets the prefix's (forgotten) count.
+    for ticket, tail in ((1, 9), (2, 10)):
+        learner.sight(FAMILY, [Sighting(1, "static", True), Sighting(tail, "tail_first")], 1_000.0, ticket)
+        learner.started([(1, 300.0), (tail, 0.0)], ticket, 1_000.0)
+    learner.sight(FAMILY, [Sighting(1, "static", True), Sighting(9, "previous_turn")], 1_100.0, 3)
+    learner.started([(1, 300.0), (9, 0.0)], 3, 1_100.0)
+    return learner.sight(FAMILY, [Sighting(1, "static", True), Sighting(11, "tail_first")], 1_400.0, 4)
+
+
+def test_first_tails_whose_ttls_end_at_once_are_settled_alike_in_memory_and_redis(redis_port: int) -> None:
+    # The memory heap ordered such tails by their key as a number, Redis' sorted set by
+    # their key as text ("10" < "9"): one counted (went on, did not), the other (did not,
+    # went on), and the next first tail under that prefix got another estimate.
+    shared = RedisLearner(
+        redis.Redis(port=redis_port), key_prefix=f"ties:{time.monotonic_ns()}:", timeout=10.0
+    )
+    try:
+        expected = _first_tails_at_once(MemoryLearner(max_age=MAX_AGE))
+        got = _first_tails_at_once(shared)
+        assert shared.faults == 0
+        assert got == expected
     finally:
         shared.clear()
 

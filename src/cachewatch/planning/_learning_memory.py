@@ -182,8 +182,10 @@ class MemoryLearner:
         #: Each prefix's open opportunity of a first-run bucket: key -> (when it matures,
         #: kind); a heap of (matures, key) to settle those that never came back.
         self._open: dict[int, tuple[float, str]] = {}
-        #: (TTL end, key) of tails first sighted under a static prefix, to settle for it.
-        self._anchored: list[tuple[float, int]] = []
+        #: (TTL end, key in decimal) of tails first sighted under a static prefix, to settle
+        #: for it. Tails whose TTLs end at once are settled in the order of their keys as
+        #: text, as RedisLearner's sorted set orders them (the forgotten count depends on it).
+        self._anchored: list[tuple[float, str]] = []
         self._maturing: list[tuple[float, int]] = []
         #: kind -> (recurred, seen) of settled first-run opportunities over every family,
         #: forgotten: the unbiased pool (no opportunity still open counts).
@@ -329,7 +331,7 @@ class MemoryLearner:
                         prefix.anchor = anchor_key
                         prefix.anchor_kind = kind
                         prefix.anchor_due = now + prefix.ttl
-                        heapq.heappush(anchored, (prefix.anchor_due, key))
+                        heapq.heappush(anchored, (prefix.anchor_due, str(key)))
                 elif not concurrent:
                     # self._opportunity(family, kind, bucket_id):
                     stats_key = (family, kind, bucket_id)
@@ -411,7 +413,7 @@ class MemoryLearner:
         while anchored and anchored[0][0] < now and settled < SETTLE_BATCH:
             due, key = heapq.heappop(anchored)
             settled += 1
-            prefix = prefixes.get(key)
+            prefix = prefixes.get(int(key))
             if prefix is None or not prefix.anchor or prefix.anchor_due != due:
                 continue
             under = prefixes.get(prefix.anchor)
