@@ -470,6 +470,47 @@ def test_pasted_documents_never_continued_are_not_written_while_short_chats_firs
     assert [actions(p, "tail") for p in pastes[-5:]] == [["skipped_not_reused"]] * 5
 
 
+def test_a_tail_after_a_block_the_caller_marked_is_sized_from_that_marker() -> None:
+    # Chats whose first turn attaches a file the caller marks itself (as the provider's
+    # docs advise) and go on; and one-shot pastes of a long document, never continued. The
+    # caller's marker writes the file whatever the planner does, so the chats' tails add
+    # only their questions. Sized with the file, they landed in the pastes' class, whose
+    # count they made "usually continued": every pasted document was written for nothing.
+    clock = Clock()
+    planner = Planner(clock=clock)
+    system = words("assistant", 1_500)
+
+    def send(messages: list[dict[str, Any]]) -> Plan:
+        raw = orjson.dumps({"model": SONNET, "max_tokens": 8, "system": system, "messages": messages})
+        plan = planner.plan(body=raw, **WHERE)
+        planner.started(plan)
+        planner.finished(plan)
+        clock.now += 30
+        return plan
+
+    pastes: list[Plan] = []
+    chats: list[Plan] = []
+    for k in range(10):
+        messages: list[dict[str, Any]] = []
+        for t in range(3):
+            content: Any = words(f"c{k}-{t}-", 60)
+            if t == 0:
+                attached = {
+                    "type": "text",
+                    "text": words(f"file{k}-", 5_000),
+                    "cache_control": {"type": "ephemeral"},
+                }
+                content = [attached, {"type": "text", "text": content}]
+            messages.append({"role": "user", "content": content})
+            plan = send(messages)
+            if t == 0:
+                chats.append(plan)
+            messages.append({"role": "assistant", "content": words(f"r{k}-{t}-", 60)})
+        pastes.append(send([{"role": "user", "content": "Summarise this:\n" + words(f"doc{k}-", 5_000)}]))
+    assert all(actions(p, "tail") == ["inserted"] for p in chats)
+    assert [actions(p, "tail") for p in pastes[-5:]] == [["skipped_not_reused"]] * 5
+
+
 def _tokenizer_trace(bill_ratio: float, requests: int = 4) -> list[Plan]:
     """DashScope's OpenAI-compatible mode (minimum 1,024): a system prompt the cheap
     estimate puts at ~1,100 tokens and a local tokenizer at ~730, under a provider that

@@ -271,7 +271,7 @@ def _place(
             family,
             [
                 new_sighting(key, kind, kind in _SHARED_KINDS)
-                for key, kind in zip(keys, _sized(kinds, candidates, positions, ratio))  # noqa: B905
+                for key, kind in zip(keys, _sized(kinds, candidates, positions, ratio, caller))  # noqa: B905
             ],
             planner.clock,
             ticket.id,
@@ -637,20 +637,28 @@ _Scope = tuple[str, bytes, int, bytes, int, int]
 
 
 def _sized(
-    kinds: list[str], candidates: list[tuple[int, str]], positions: list[Pos], ratio: float
+    kinds: list[str], candidates: list[tuple[int, str]], positions: list[Pos], ratio: float, caller: list[int]
 ) -> list[str]:
     """The statistics' kinds of the candidates: a tail's by the tokens its write adds to the
     candidate before it (``_learning.sized``), not counting a document candidate: a file
     attached as a block of its own before the question, or a huge tool result before a
-    reminder, is written with the tail, and its size is what the write costs."""
+    reminder, is written with the tail, and its size is what the write costs. A caller's
+    marker before the tail (``caller``: its positions, in order) writes what is before it
+    whatever the planner does: the tail adds what follows it."""
     last = kinds[-1]
     if last != "tail" and last != "tail_first":
         return kinds
-    end = positions[candidates[-1][0]][CUM]
+    tail = candidates[-1][0]
+    end = positions[tail][CUM]
     start = 0.0
     for i in range(len(candidates) - 2, -1, -1):
         if kinds[i] != "document":
             start = positions[candidates[i][0]][CUM]
+            break
+    for i in reversed(caller):
+        if i < tail:
+            if positions[i][CUM] > start:
+                start = positions[i][CUM]
             break
     stat = sized(last, (end - start) * ratio)
     return kinds if stat is last else [*kinds[:-1], stat]
