@@ -98,6 +98,41 @@ def test_first_tails_are_judged_by_what_the_tails_under_their_static_prefix_did(
     assert job < THRESHOLD < chat
 
 
+def test_a_failed_first_tail_counts_for_its_static_prefix_no_more_than_for_its_family(
+    new_learner: Make,
+) -> None:
+    # A request that fails (a 529 nobody retries) takes its opportunity back from the
+    # family's counts; its tail never comes back, but that says nothing of whether the
+    # prompt's conversations go on, so it must not count for the static prefix either.
+    def first_tail_p(learner: LearningState, failures: int) -> float:
+        now, ticket = 1_000.0, 0
+        for i in range(4):
+            ticket += 1
+            learner.sight(FAMILY, [Sighting(1, "static", True), Sighting(100 + i, "tail_first")], now, ticket)
+            learner.started([(1, 300.0), (100 + i, 0.0)], ticket, now + 1)
+            ticket += 1
+            learner.sight(
+                FAMILY, [Sighting(1, "static", True), Sighting(100 + i, "previous_turn")], now + 30, ticket
+            )
+            learner.started([(1, 300.0), (100 + i, 0.0)], ticket, now + 31)
+            for j in range(failures):
+                ticket += 1
+                learner.sight(
+                    FAMILY,
+                    [Sighting(1, "static", True), Sighting(200 + 10 * i + j, "tail_first")],
+                    now + 40,
+                    ticket,
+                )
+                learner.void([1, 200 + 10 * i + j], ticket)
+            now += 60
+        return learner.sight(
+            FAMILY, [Sighting(1, "static", True), Sighting(999, "tail_first")], now + 400, 99
+        )[1].p
+
+    # (Not equal: taking an opportunity back does not undo the forgetting it applied.)
+    assert first_tail_p(new_learner(), 0) > first_tail_p(new_learner(), 2) > 0.9
+
+
 def seen(learner: LearningState, family: int, key: int, now: float, ticket: int) -> Any:
     """A request that sights a static prefix, marks nothing, and whose response begins."""
     sight = learner.sight(family, static(key), now, ticket)[0]

@@ -765,6 +765,10 @@ class MemoryLearner:
                 prefix = self._prefixes.get(key)
                 if prefix is not None and prefix.ticket == ticket and not prefix.void:
                     prefix.void = True
+                    # Nor does it count for the static prefix it was sighted under (a retry
+                    # is the same request again; a failure says nothing of whether the
+                    # conversation goes on).
+                    prefix.anchor = 0
                     # Its opportunity says nothing about reuse: take it back (from the
                     # family's counts and from their pool over every family).
                     bucket_id = _bucket(prefix.run)

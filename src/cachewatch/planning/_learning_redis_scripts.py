@@ -703,7 +703,9 @@ OPS.void = function(a)
           put(t, field, fmt(math.min(r, s)) .. ' ' .. fmt(s))
         end
       end
-      redis.call('HSET', name, 'v', '1')
+      -- Nor does it count for the static prefix it was sighted under (a retry is the same
+      -- request again, and a failure says nothing of whether the conversation goes on).
+      redis.call('HSET', name, 'v', '1', 'an', '0')
     end
     -- Its claims and sightings end with it, whoever sighted the prefix last.
     if h and (h['w'] or '') ~= '' then redis.call('HSET', name, 'w', drop_writer(h['w'], ticket)) end
