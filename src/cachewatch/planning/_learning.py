@@ -96,6 +96,7 @@ the planner hands a learner (:class:`Sighting`) and gets back (:class:`Sight`,
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol, runtime_checkable
@@ -135,11 +136,6 @@ __all__ = [
 #: Marker kinds, each with its own statistics.
 KINDS: Final = ("static", "stable", "tail_first", "tail", "document", "previous_turn")
 
-#: Prior (recurred, not) of a continued conversation's tail (it usually goes on), of every
-#: size class.
-TAIL_PRIOR: Final = (2.0 / 3.0, 1.0 / 3.0)
-TAIL_PRIORS: Final = {"tail": TAIL_PRIOR, "tail:1": TAIL_PRIOR, "tail:2": TAIL_PRIOR, "tail:3": TAIL_PRIOR}
-
 #: Weight, in settled opportunities, of the family's estimate against what the tails first
 #: sighted under one static prefix showed once settled (``MemoryLearner``: a process's
 #: features, a chat and a one-shot job, each under its own system prompt in one family).
@@ -148,7 +144,14 @@ ANCHOR_WEIGHT: Final = 2.0
 #: Bounds of a tail's size classes, in estimated tokens its write adds to the candidate
 #: prefix before it (factors of 4 from 2,048): its statistics are kept per class.
 SIZE_CLASSES: Final = (2_048, 8_192, 32_768)
-_SIZED: Final = {kind: tuple(f"{kind}:{c}" for c in range(1, 4)) for kind in ("tail", "tail_first")}
+_SIZED: Final = {
+    kind: tuple(f"{kind}:{c}" for c in range(1, len(SIZE_CLASSES) + 1)) for kind in ("tail", "tail_first")
+}
+
+#: Prior (recurred, not) of a continued conversation's tail (it usually goes on), of every
+#: size class.
+TAIL_PRIOR: Final = (2.0 / 3.0, 1.0 / 3.0)
+TAIL_PRIORS: Final = dict.fromkeys(("tail", *_SIZED["tail"]), TAIL_PRIOR)
 
 
 def sized(kind: str, tokens: float) -> str:
@@ -163,12 +166,12 @@ def sized(kind: str, tokens: float) -> str:
     a factor of 4 at most, so counting opportunities is counting tokens to that factor:
     the regret bound's comparison of always and never writing holds in cost.
     """
-    if tokens < 2_048:
+    if tokens < SIZE_CLASSES[0]:
         return kind
     variants = _SIZED.get(kind)
     if variants is None:
         return kind
-    return variants[0] if tokens < 8_192 else variants[1] if tokens < 32_768 else variants[2]
+    return variants[bisect_right(SIZE_CLASSES, tokens) - 1]
 
 
 #: Weight (in opportunities) of every prior: the first run's, one borrowed from the other
