@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -424,17 +425,12 @@ def test_a_tail_read_by_the_next_request_with_its_thinking_setting_keeps_being_w
         assert actions(p, "previous_turn") == ["inserted", "inserted"]
 
 
-@pytest.mark.parametrize("attached", [False, True], ids=["pasted", "attached"])
-def test_pasted_documents_never_continued_are_not_written_while_short_chats_first_tails_are(
-    attached: bool,
-) -> None:
-    # A chat product: short-question chats that go on, and sessions that paste a long
-    # document, ask for a summary once and leave. Counted per opportunity, half the first
-    # turns went on, so every 12k-token document was written at 1.25x and never read. A
-    # tail's statistics are kept per size class of its write: the documents' class learns
-    # that they are not continued, the chats' that they are. A document attached as a
-    # block of its own before the question is a document candidate; it is written with the
-    # tail, so it counts in the tail's size all the same.
+def _chats_and_pastes(
+    first_turn: Callable[[int, str], Any], paste: Callable[[int], Any]
+) -> tuple[list[Plan], list[Plan]]:
+    """Ten rounds of a three-turn chat then a one-shot paste, 30 s apart, under one system
+    prompt: the chats' first turns (``first_turn(k, question)`` is their content) and the
+    pastes (``paste(k)``), as planned."""
     clock = Clock()
     planner = Planner(clock=clock)
     system = words("assistant", 1_500)
@@ -447,23 +443,39 @@ def test_pasted_documents_never_continued_are_not_written_while_short_chats_firs
         clock.now += 30
         return plan
 
-    pastes: list[Plan] = []
     chats: list[Plan] = []
+    pastes: list[Plan] = []
     for k in range(10):
         messages: list[dict[str, Any]] = []
         for t in range(3):
-            messages.append({"role": "user", "content": words(f"c{k}-{t}-", 60)})
+            question = words(f"c{k}-{t}-", 60)
+            messages.append({"role": "user", "content": first_turn(k, question) if t == 0 else question})
             plan = send(messages)
             if t == 0:
                 chats.append(plan)
             messages.append({"role": "assistant", "content": words(f"r{k}-{t}-", 60)})
+        pastes.append(send([{"role": "user", "content": paste(k)}]))
+    return chats, pastes
+
+
+@pytest.mark.parametrize("attached", [False, True], ids=["pasted", "attached"])
+def test_pasted_documents_never_continued_are_not_written_while_short_chats_first_tails_are(
+    attached: bool,
+) -> None:
+    # A chat product: short-question chats that go on, and sessions that paste a long
+    # document, ask for a summary once and leave. Counted per opportunity, half the first
+    # turns went on, so every 12k-token document was written at 1.25x and never read. A
+    # tail's statistics are kept per size class of its write: the documents' class learns
+    # that they are not continued, the chats' that they are. A document attached as a
+    # block of its own before the question is a document candidate; it is written with the
+    # tail, so it counts in the tail's size all the same.
+    def paste(k: int) -> Any:
         document = words(f"doc{k}-", 5_000)
-        content: Any = (
-            [{"type": "text", "text": document}, {"type": "text", "text": "Summarise this."}]
-            if attached
-            else "Summarise this:\n" + document
-        )
-        pastes.append(send([{"role": "user", "content": content}]))
+        if attached:
+            return [{"type": "text", "text": document}, {"type": "text", "text": "Summarise this."}]
+        return "Summarise this:\n" + document
+
+    chats, pastes = _chats_and_pastes(lambda k, question: question, paste)
     assert pastes[0].ticket is not None
     assert pastes[0].ticket.total_raw > 8_192
     assert all(actions(p, "tail") == ["inserted"] for p in chats)
@@ -476,37 +488,11 @@ def test_a_tail_after_a_block_the_caller_marked_is_sized_from_that_marker() -> N
     # caller's marker writes the file whatever the planner does, so the chats' tails add
     # only their questions. Sized with the file, they landed in the pastes' class, whose
     # count they made "usually continued": every pasted document was written for nothing.
-    clock = Clock()
-    planner = Planner(clock=clock)
-    system = words("assistant", 1_500)
+    def first_turn(k: int, question: str) -> Any:
+        attached = {"type": "text", "text": words(f"file{k}-", 5_000), "cache_control": {"type": "ephemeral"}}
+        return [attached, {"type": "text", "text": question}]
 
-    def send(messages: list[dict[str, Any]]) -> Plan:
-        raw = orjson.dumps({"model": SONNET, "max_tokens": 8, "system": system, "messages": messages})
-        plan = planner.plan(body=raw, **WHERE)
-        planner.started(plan)
-        planner.finished(plan)
-        clock.now += 30
-        return plan
-
-    pastes: list[Plan] = []
-    chats: list[Plan] = []
-    for k in range(10):
-        messages: list[dict[str, Any]] = []
-        for t in range(3):
-            content: Any = words(f"c{k}-{t}-", 60)
-            if t == 0:
-                attached = {
-                    "type": "text",
-                    "text": words(f"file{k}-", 5_000),
-                    "cache_control": {"type": "ephemeral"},
-                }
-                content = [attached, {"type": "text", "text": content}]
-            messages.append({"role": "user", "content": content})
-            plan = send(messages)
-            if t == 0:
-                chats.append(plan)
-            messages.append({"role": "assistant", "content": words(f"r{k}-{t}-", 60)})
-        pastes.append(send([{"role": "user", "content": "Summarise this:\n" + words(f"doc{k}-", 5_000)}]))
+    chats, pastes = _chats_and_pastes(first_turn, lambda k: "Summarise this:\n" + words(f"doc{k}-", 5_000))
     assert all(actions(p, "tail") == ["inserted"] for p in chats)
     assert [actions(p, "tail") for p in pastes[-5:]] == [["skipped_not_reused"]] * 5
 
