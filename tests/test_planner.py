@@ -403,6 +403,35 @@ def test_dashscope_openai_parts_and_native_parts() -> None:
     assert new["input"]["messages"][0]["content"] == [{"text": LONG, "cache_control": {"type": "ephemeral"}}]
 
 
+def test_dashscope_native_tools_count_toward_the_prefix_as_in_compatible_mode() -> None:
+    # An agent on the native API: 2.4k tokens of function definitions under
+    # parameters.tools and a short system prompt. The tools are part of every prefix in
+    # both modes; the native walk left them out of the estimate, so the system prompt was
+    # judged below the minimum and skipped, while compatible mode marked it.
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": f"tool_{i}",
+                "description": " ".join(f"describes{i} step{j} of the lookup" for j in range(60)),
+                "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+            },
+        }
+        for i in range(8)
+    ]
+    messages = [{"role": "system", "content": "You are the agent."}, {"role": "user", "content": "hi"}]
+    compat = plan({"model": "qwen-plus", "messages": messages, "tools": tools}, DS_OPENAI)
+    native = plan(
+        {"model": "qwen-plus", "input": {"messages": messages}, "parameters": {"tools": tools}}, DS_NATIVE
+    )
+    assert compat.ticket is not None
+    assert native.ticket is not None
+    assert native.ticket.total_raw == pytest.approx(compat.ticket.total_raw)
+    assert [(p.reason, p.action) for p in native.placements if p.reason == "static"] == [
+        (p.reason, p.action) for p in compat.placements if p.reason == "static"
+    ]
+
+
 def test_dashscope_openai_tool_loop_tail_on_tool_message() -> None:
     body = {
         "model": "qwen3-max",

@@ -43,18 +43,23 @@ def walk(
     if api == "messages":
         return walk_anthropic(obj, counter, markers_on_tools, remove_invalid, layout)
     if api == "chat_completions":
-        tools = obj.get("tools")
-        if isinstance(tools, list):
-            counter.add_tools(tools)
-            for tool in tools:
-                counter.add_json(tool)
-            layout.tools = tools
+        _tools(obj.get("tools"), counter, layout)
         return walk_openai(obj.get("messages"), counter, remove_invalid, layout, native=False)
     if api == "dashscope_generation":
         inp = obj.get("input")
         if not isinstance(inp, dict):
             return None
         params = obj.get("parameters")
-        layout.tools = params.get("tools") if isinstance(params, dict) else None
+        _tools(params.get("tools") if isinstance(params, dict) else None, counter, layout)
         return walk_openai(inp.get("messages"), counter, remove_invalid, layout, native=True)
     return None
+
+
+def _tools(tools: Any, counter: PrefixCounter, layout: Layout) -> None:
+    """Function definitions before the messages (``tools``, or ``parameters.tools`` on the
+    native API): part of every prefix, so counted first; not positions."""
+    if isinstance(tools, list):
+        counter.add_tools(tools)
+        for tool in tools:
+            counter.add_json(tool)
+        layout.tools = tools
