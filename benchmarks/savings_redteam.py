@@ -1062,6 +1062,218 @@ def graph_agent(cycle: tuple[str, ...], *, tasks: int = 10, seed: str = "graph")
     return workload
 
 
+# -- Qwen on DashScope: everyday applications, on the native API (``dashscope_native``), the
+# OpenAI-compatible mode (``dashscope_openai``) and the Anthropic-compatible endpoint
+# (``dashscope``). ``fmt`` is "chat" (OpenAI-format messages, system as a message) or
+# "anthropic" (``system=`` and Messages content).
+
+
+def _qsend(run: Run, fmt: str, system: str | None, messages: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
+    """Send one Qwen request in ``fmt``; returns the assistant message to append."""
+    if fmt == "anthropic":
+        extra = kw.pop("extra_body", None) or {}
+        if extra.get("enable_thinking"):
+            kw["thinking"] = THINK
+        if system is not None:
+            kw["system"] = system
+        return _reply(run.send(model=QWEN, messages=messages, **kw))
+    head = [{"role": "system", "content": system}] if system is not None else []
+    reply = run.send(model=QWEN, messages=[*head, *messages], **kw)
+    message = reply.choices[0].message
+    out: dict[str, Any] = {"role": "assistant", "content": message.content or ""}
+    return out
+
+
+def qwen_support_bot(fmt: str, *, users: int = 24, seed: str = "qsupport") -> Callable[..., None]:
+    """A customer-service bot on Qwen: a 4k system prompt holding the knowledge base (policies,
+    FAQ), users chatting 1-6 short turns 10-90 s apart, 24 users over 40 minutes interleaved."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        system = "You are the customer service agent of Example Mall. Knowledge base:\n" + text(
+            f"{seed}-kb", 4_000
+        )
+
+        def user(u: int) -> U.Source:
+            r = random.Random(SUF + f"{seed}-{u}")
+            messages: list[dict[str, Any]] = []
+            for t in range(r.randint(1, 6)):
+                yield r.uniform(10, 90) if t else 0.0
+                messages.append({"role": "user", "content": text(f"{seed}-{u}-{t}", r.randint(15, 120))})
+                messages.append(_qsend(run, fmt, system, messages))
+
+        starts = [rng.uniform(0, 2_400) for _ in range(users)]
+        U.drive(run, U._interleave([user(u) for u in range(users)], starts))
+
+    return workload
+
+
+def qwen_rag(fmt: str, *, queries: int = 60, p_follow: float = 0.3, seed: str = "qrag") -> Callable[..., None]:
+    """A RAG app on Qwen: a 600-token system prompt, the retrieved chunks (4-8 of 300-600 tokens,
+    different every query) pasted in the user message ahead of the question; a query every
+    5-120 s, and with ``p_follow`` one or two follow-ups on the same chunks 20-90 s later."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        system = "Answer only from the context. Cite chunk ids. " + text(f"{seed}-system", 600)
+        for q in range(queries):
+            chunks = "\n\n".join(
+                f"[chunk {q}.{i}] " + text(f"{seed}-c{q}-{i}", rng.randint(300, 600))
+                for i in range(rng.randint(4, 8))
+            )
+            messages: list[dict[str, Any]] = [
+                {"role": "user", "content": f"Context:\n{chunks}\n\nQuestion: " + text(f"{seed}-q{q}", 40)}
+            ]
+            messages.append(_qsend(run, fmt, system, messages))
+            if rng.random() < p_follow:
+                for f in range(rng.randint(1, 2)):
+                    run.wait(rng.uniform(20, 90))
+                    messages.append({"role": "user", "content": text(f"{seed}-f{q}-{f}", 30)})
+                    messages.append(_qsend(run, fmt, system, messages))
+            run.wait(rng.uniform(5, 120))
+
+    return workload
+
+
+def qwen_code_paste(fmt: str, *, sessions: int = 14, seed: str = "qcode") -> Callable[..., None]:
+    """A coding assistant on Qwen (an IDE plug-in): a 1.2k system prompt, each session opens with
+    a pasted source file (1.5-6k tokens) and a request, then 0-5 follow-ups 15-120 s apart; new
+    sessions 1-10 minutes apart."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        system = "You are a senior Python reviewer. Answer with diffs. " + text(f"{seed}-system", 1_200)
+        for s in range(sessions):
+            body = code(f"{seed}-file{s}", rng.randint(1_500, 6_000))
+            messages: list[dict[str, Any]] = [
+                {"role": "user", "content": f"```python\n{body}\n```\nRefactor this: " + text(f"{seed}-a{s}", 40)}
+            ]
+            messages.append(_qsend(run, fmt, system, messages))
+            for t in range(rng.randint(0, 5)):
+                run.wait(rng.uniform(15, 120))
+                messages.append({"role": "user", "content": text(f"{seed}-{s}-{t}", rng.randint(20, 150))})
+                messages.append(_qsend(run, fmt, system, messages))
+            run.wait(rng.uniform(60, 600))
+
+    return workload
+
+
+def qwen_classify(fmt: str, *, items: int = 150, system_tokens: int = 2_000, seed: str = "qclass") -> Callable[..., None]:
+    """A batch job classifying tickets with Qwen: one labelling prompt (``system_tokens``, the
+    label set and rules), 150 one-shot items of 30-300 tokens sent one by one 0.5-4 s apart."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        system = "Classify the ticket into one label. Labels and rules:\n" + text(f"{seed}-labels", system_tokens)
+        for i in range(items):
+            item = {"role": "user", "content": "Ticket: " + text(f"{seed}-{i}", rng.randint(30, 300))}
+            _qsend(run, fmt, system, [item], max_tokens=8)
+            run.wait(rng.uniform(0.5, 4))
+
+    return workload
+
+
+def qwen_tool_agent(fmt: str, *, tasks: int = 10, seed: str = "qtools") -> Callable[..., None]:
+    """An operations agent on Qwen with 8 function tools (2.4k of definitions), a 1k system
+    prompt, 2-8 steps per task with tool results of 100-3,000 tokens, 3-20 s per step, tasks
+    0.5-5 minutes apart (OpenAI-format tools and role=tool messages; on the native API in
+    ``parameters``)."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        tools = [
+            {
+                "type": "function",
+                "function": {
+                    "name": f"ops_{i}",
+                    "description": text(f"{seed}-tool{i}", 300),
+                    "parameters": {"type": "object", "properties": {"arg": {"type": "string"}}},
+                },
+            }
+            for i in range(8)
+        ]
+        system = "You operate the fleet. Use the tools. " + text(f"{seed}-system", 1_000)
+        for c in range(tasks):
+            messages: list[dict[str, Any]] = [
+                {"role": "system", "content": system},
+                {"role": "user", "content": f"Task {c}: " + text(f"{seed}-task{c}", 80)},
+            ]
+            for s in range(rng.randint(2, 8)):
+                run.send(model=QWEN, messages=messages, tools=tools)
+                cid = f"call_{c}_{s}"
+                messages.append(
+                    {
+                        "role": "assistant",
+                        "content": "",
+                        "tool_calls": [
+                            {
+                                "id": cid,
+                                "type": "function",
+                                "function": {"name": f"ops_{(c + s) % 8}", "arguments": json.dumps({"arg": f"a{s}"})},
+                            }
+                        ],
+                    }
+                )
+                messages.append(
+                    {"role": "tool", "tool_call_id": cid, "content": text(f"{seed}-r{c}-{s}", rng.randint(100, 3_000))}
+                )
+                run.wait(rng.uniform(3, 20))
+            run.send(model=QWEN, messages=messages, tools=tools)
+            run.wait(rng.uniform(30, 300))
+
+    return workload
+
+
+def qwen_thinking_chat(fmt: str, *, chats: int = 16, p_think: float = 0.4, seed: str = "qthink") -> Callable[..., None]:
+    """A Qwen3 assistant with a "deep think" button: a 2.5k system prompt, chats of 2-8 turns
+    20-120 s apart, each turn sent with ``enable_thinking`` on with ``p_think`` (as
+    ``extra_body``/``parameters``; ``thinking`` on the Anthropic-compatible endpoint)."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        system = "You are a helpful study assistant. " + text(f"{seed}-system", 2_500)
+        for c in range(chats):
+            messages: list[dict[str, Any]] = []
+            for t in range(rng.randint(2, 8)):
+                if t:
+                    run.wait(rng.uniform(20, 120))
+                messages.append({"role": "user", "content": text(f"{seed}-{c}-{t}", rng.randint(20, 200))})
+                think = rng.random() < p_think
+                kw: dict[str, Any] = {"extra_body": {"enable_thinking": think}}
+                if think and fmt == "anthropic":
+                    kw["max_tokens"] = 4_096
+                messages.append(_qsend(run, fmt, system, messages, **kw))
+            run.wait(rng.uniform(30, 400))
+
+    return workload
+
+
+def qwen_gateway(fmt: str, *, requests: int = 240, seed: str = "qgw") -> Callable[..., None]:
+    """A multi-tenant gateway in front of Qwen: 8 tenant apps, each its own key and system prompt
+    (600-5,000 tokens), traffic Zipf-like over tenants (the top one half of it, the tail a few
+    requests an hour), each request a one-shot or a turn of a short chat, 2-30 s apart."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        tenants = 8
+        systems = [f"Tenant {k} app. " + text(f"{seed}-sys{k}", rng.randint(600, 5_000)) for k in range(tenants)]
+        weights = [1 / (k + 1) ** 1.3 for k in range(tenants)]
+        chats: dict[int, list[dict[str, Any]]] = {}
+        for i in range(requests):
+            k = rng.choices(range(tenants), weights)[0]
+            if k in chats and rng.random() < 0.6:
+                messages = chats[k]
+            else:
+                messages = chats[k] = []
+            messages.append({"role": "user", "content": text(f"{seed}-{i}", rng.randint(20, 300))})
+            messages.append(_qsend(run, fmt, systems[k], messages, api_key=f"{seed}-tenant-{k}"))
+            if len(messages) > 10:
+                chats.pop(k)
+            run.wait(rng.uniform(2, 30))
+
+    return workload
+
+
 SHAPES = [
     Workload("thinking toggle", "anthropic", thinking_chats("toggle")),
     Workload("thinking toggle long", "anthropic", thinking_chats("toggle", convs=48)),
@@ -1160,6 +1372,24 @@ SHAPES = [
     Workload("agent big kept + reminder", "anthropic", big_results_kept(reminder=True, seed="remkept")),
     Workload("graph act/grade/reflect", "anthropic", graph_agent(("act", "grade", "reflect"))),
     Workload("graph 4 nodes", "anthropic", graph_agent(("act", "grade", "reflect", "search"), seed="graph4")),
+    Workload("qwen native support bot", "dashscope_native", qwen_support_bot("chat")),
+    Workload("qwen compat support bot", "dashscope_openai", qwen_support_bot("chat")),
+    Workload("qwen anth support bot", "dashscope", qwen_support_bot("anthropic")),
+    Workload("qwen native rag", "dashscope_native", qwen_rag("chat")),
+    Workload("qwen compat rag", "dashscope_openai", qwen_rag("chat")),
+    Workload("qwen compat rag one-shot", "dashscope_openai", qwen_rag("chat", p_follow=0.0, seed="qrag1"), vs_none=1.01),
+    Workload("qwen native code paste", "dashscope_native", qwen_code_paste("chat")),
+    Workload("qwen compat code paste", "dashscope_openai", qwen_code_paste("chat")),
+    Workload("qwen native classify batch", "dashscope_native", qwen_classify("chat")),
+    Workload("qwen compat classify batch", "dashscope_openai", qwen_classify("chat")),
+    Workload("qwen anth classify batch", "dashscope", qwen_classify("anthropic")),
+    Workload("qwen native tool agent", "dashscope_native", qwen_tool_agent("chat")),
+    Workload("qwen compat tool agent", "dashscope_openai", qwen_tool_agent("chat")),
+    Workload("qwen native thinking toggle", "dashscope_native", qwen_thinking_chat("chat")),
+    Workload("qwen compat thinking toggle", "dashscope_openai", qwen_thinking_chat("chat")),
+    Workload("qwen anth thinking toggle", "dashscope", qwen_thinking_chat("anthropic")),
+    Workload("qwen native gateway", "dashscope_native", qwen_gateway("chat")),
+    Workload("qwen compat gateway", "dashscope_openai", qwen_gateway("chat")),
 ]
 
 

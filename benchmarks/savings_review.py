@@ -235,7 +235,10 @@ SHAPES: list[Workload] = [
 
 def run_strategies(workload: Workload, **overrides: Any) -> dict[str, Any]:
     """Every strategy that applies to ``workload``, then ``auto``: strategy -> its result."""
-    run = U.run_chat_workload if workload.profile == "dashscope_openai" else S.run_workload
+    run = {
+        "dashscope_openai": U.run_chat_workload,
+        "dashscope_native": U.run_native_workload,
+    }.get(workload.profile, S.run_workload)
     return {
         strategy: run(workload, strategy, **overrides)
         for strategy in S.STRATEGIES

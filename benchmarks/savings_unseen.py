@@ -960,6 +960,100 @@ def run_chat_workload(
     return result
 
 
+class _Obj(dict):
+    """A reply of the native API read like the openai SDK's: ``reply.choices[0].message.content``."""
+
+    def __getattr__(self, name: str) -> Any:
+        value = self.get(name)
+        if isinstance(value, dict):
+            return _Obj(value)
+        if isinstance(value, list):
+            return [_Obj(v) if isinstance(v, dict) else v for v in value]
+        return value
+
+
+def _bill_native(usage: dict[str, Any]) -> QwenBill:
+    details = usage.get("prompt_tokens_details") or {}
+    cached = details.get("cached_tokens") or 0
+    written = details.get("cache_creation_input_tokens")
+    if written is None:  # no explicit marker applied: DashScope's implicit cache
+        return QwenBill(requests=1, input=usage["input_tokens"] - cached, implicit=cached)
+    return QwenBill(requests=1, input=usage["input_tokens"] - cached - written, read=cached, w5m=written)
+
+
+class NativeRun(Run):
+    """:class:`Run` for DashScope's native generation API (``/api/v1/services/aigc/...``).
+
+    Workloads send chat-format keyword arguments (``model``, ``messages``, ``tools``,
+    ``tool_choice``, ``max_tokens``, ``enable_thinking``); they go out as
+    ``{"model", "input": {"messages"}, "parameters": {...}}`` through an httpx client.
+    """
+
+    def send(self, *, stream: bool = False, api_key: str | None = None, **kwargs: Any) -> Any:
+        kwargs.setdefault("max_tokens", 64)
+        request = apply_chat_strategy(self.strategy, kwargs)
+        request.update(request.pop("extra_body", None) or {})
+        body = {
+            "model": request.pop("model"),
+            "input": {"messages": request.pop("messages")},
+            "parameters": {"result_format": "message", **request},
+        }
+        headers = {"Authorization": f"Bearer {api_key or 'bench'}"}
+        with self._lock:
+            index = self._next
+            self._next += 1
+        path = "/api/v1/services/aigc/text-generation/generation"
+        if self.recorder is not None:
+            with self.recorder.step(index):
+                response = self.client.post(path, json=body, headers=headers)
+            markers = self.recorder.decisions.get(index, ())
+        else:
+            response = self.client.post(path, json=body, headers=headers)
+            markers = ()
+        response.raise_for_status()
+        data = response.json()
+        with self._lock:
+            self.steps.append(S.Step(index, _bill_native(data["usage"]), markers))
+        return _Obj(data["output"])
+
+
+def run_native_workload(
+    workload: Workload, strategy: str, *, auto_options: dict[str, Any] | None = None, **overrides: Any
+) -> S.Result:
+    """``savings.run_workload`` for DashScope's native generation API (an httpx client)."""
+    import httpx
+
+    clock = ManualClock(start=1_000_000.0)
+    gate = S.Gate()
+    app = create_app(profile="dashscope", clock=clock, before_response=gate)
+    started = time.perf_counter()
+    with run_in_thread(app) as url:
+        client = cachewatch.wrap(
+            httpx.Client(base_url=url, timeout=30.0),
+            breakpoints="auto" if strategy == "auto" else "off",
+            registry=CollectorRegistry(),
+            logger=S._Silent(),
+            wall_clock=clock,
+            **((auto_options or {}) if strategy == "auto" else {}),
+        )
+        recorder = None
+        engine = getattr(getattr(client, "_transport", None), "engine", None)
+        if strategy == "auto" and engine is not None and engine.planner is not None:
+            recorder = engine.planner = S._Recorder(engine.planner)
+        run = NativeRun(client, clock, strategy, gate, recorder)
+        workload.run(run, **{**workload.params, **overrides})
+        with suppress(Exception):
+            client.close()
+    steps = sorted(run.steps, key=lambda s: s.index)
+    bill = QwenBill()
+    for step in steps:
+        bill.add(step.bill)
+    result = S.Result(workload.name, strategy, bill, steps, time.perf_counter() - started)
+    if recorder is not None:
+        result.actions, result.advice = recorder.actions, recorder.advice
+    return result
+
+
 def _applicable(workload: Workload, strategy: str) -> bool:
     return not (strategy == "top-level" and workload.profile != "anthropic")
 
