@@ -1068,7 +1068,9 @@ def graph_agent(cycle: tuple[str, ...], *, tasks: int = 10, seed: str = "graph")
 # "anthropic" (``system=`` and Messages content).
 
 
-def _qsend(run: Run, fmt: str, system: str | None, messages: list[dict[str, Any]], **kw: Any) -> dict[str, Any]:
+def _qsend(
+    run: Run, fmt: str, system: str | None, messages: list[dict[str, Any]], **kw: Any
+) -> dict[str, Any]:
     """Send one Qwen request in ``fmt``; returns the assistant message to append."""
     if fmt == "anthropic":
         extra = kw.pop("extra_body", None) or {}
@@ -1108,7 +1110,9 @@ def qwen_support_bot(fmt: str, *, users: int = 24, seed: str = "qsupport") -> Ca
     return workload
 
 
-def qwen_rag(fmt: str, *, queries: int = 60, p_follow: float = 0.3, seed: str = "qrag") -> Callable[..., None]:
+def qwen_rag(
+    fmt: str, *, queries: int = 60, p_follow: float = 0.3, seed: str = "qrag"
+) -> Callable[..., None]:
     """A RAG app on Qwen: a 600-token system prompt, the retrieved chunks (4-8 of 300-600 tokens,
     different every query) pasted in the user message ahead of the question; a query every
     5-120 s, and with ``p_follow`` one or two follow-ups on the same chunks 20-90 s later."""
@@ -1146,7 +1150,10 @@ def qwen_code_paste(fmt: str, *, sessions: int = 14, seed: str = "qcode") -> Cal
         for s in range(sessions):
             body = code(f"{seed}-file{s}", rng.randint(1_500, 6_000))
             messages: list[dict[str, Any]] = [
-                {"role": "user", "content": f"```python\n{body}\n```\nRefactor this: " + text(f"{seed}-a{s}", 40)}
+                {
+                    "role": "user",
+                    "content": f"```python\n{body}\n```\nRefactor this: " + text(f"{seed}-a{s}", 40),
+                }
             ]
             messages.append(_qsend(run, fmt, system, messages))
             for t in range(rng.randint(0, 5)):
@@ -1158,13 +1165,17 @@ def qwen_code_paste(fmt: str, *, sessions: int = 14, seed: str = "qcode") -> Cal
     return workload
 
 
-def qwen_classify(fmt: str, *, items: int = 150, system_tokens: int = 2_000, seed: str = "qclass") -> Callable[..., None]:
+def qwen_classify(
+    fmt: str, *, items: int = 150, system_tokens: int = 2_000, seed: str = "qclass"
+) -> Callable[..., None]:
     """A batch job classifying tickets with Qwen: one labelling prompt (``system_tokens``, the
     label set and rules), 150 one-shot items of 30-300 tokens sent one by one 0.5-4 s apart."""
 
     def workload(run: Run) -> None:
         rng = random.Random(SUF + seed)
-        system = "Classify the ticket into one label. Labels and rules:\n" + text(f"{seed}-labels", system_tokens)
+        system = "Classify the ticket into one label. Labels and rules:\n" + text(
+            f"{seed}-labels", system_tokens
+        )
         for i in range(items):
             item = {"role": "user", "content": "Ticket: " + text(f"{seed}-{i}", rng.randint(30, 300))}
             _qsend(run, fmt, system, [item], max_tokens=8)
@@ -1209,13 +1220,20 @@ def qwen_tool_agent(fmt: str, *, tasks: int = 10, seed: str = "qtools") -> Calla
                             {
                                 "id": cid,
                                 "type": "function",
-                                "function": {"name": f"ops_{(c + s) % 8}", "arguments": json.dumps({"arg": f"a{s}"})},
+                                "function": {
+                                    "name": f"ops_{(c + s) % 8}",
+                                    "arguments": json.dumps({"arg": f"a{s}"}),
+                                },
                             }
                         ],
                     }
                 )
                 messages.append(
-                    {"role": "tool", "tool_call_id": cid, "content": text(f"{seed}-r{c}-{s}", rng.randint(100, 3_000))}
+                    {
+                        "role": "tool",
+                        "tool_call_id": cid,
+                        "content": text(f"{seed}-r{c}-{s}", rng.randint(100, 3_000)),
+                    }
                 )
                 run.wait(rng.uniform(3, 20))
             run.send(model=QWEN, messages=messages, tools=tools)
@@ -1224,7 +1242,9 @@ def qwen_tool_agent(fmt: str, *, tasks: int = 10, seed: str = "qtools") -> Calla
     return workload
 
 
-def qwen_thinking_chat(fmt: str, *, chats: int = 16, p_think: float = 0.4, seed: str = "qthink") -> Callable[..., None]:
+def qwen_thinking_chat(
+    fmt: str, *, chats: int = 16, p_think: float = 0.4, seed: str = "qthink"
+) -> Callable[..., None]:
     """A Qwen3 assistant with a "deep think" button: a 2.5k system prompt, chats of 2-8 turns
     20-120 s apart, each turn sent with ``enable_thinking`` on with ``p_think`` (as
     ``extra_body``/``parameters``; ``thinking`` on the Anthropic-compatible endpoint)."""
@@ -1256,7 +1276,9 @@ def qwen_gateway(fmt: str, *, requests: int = 240, seed: str = "qgw") -> Callabl
     def workload(run: Run) -> None:
         rng = random.Random(SUF + seed)
         tenants = 8
-        systems = [f"Tenant {k} app. " + text(f"{seed}-sys{k}", rng.randint(600, 5_000)) for k in range(tenants)]
+        systems = [
+            f"Tenant {k} app. " + text(f"{seed}-sys{k}", rng.randint(600, 5_000)) for k in range(tenants)
+        ]
         weights = [1 / (k + 1) ** 1.3 for k in range(tenants)]
         chats: dict[int, list[dict[str, Any]]] = {}
         for i in range(requests):
@@ -1377,7 +1399,12 @@ SHAPES = [
     Workload("qwen anth support bot", "dashscope", qwen_support_bot("anthropic")),
     Workload("qwen native rag", "dashscope_native", qwen_rag("chat")),
     Workload("qwen compat rag", "dashscope_openai", qwen_rag("chat")),
-    Workload("qwen compat rag one-shot", "dashscope_openai", qwen_rag("chat", p_follow=0.0, seed="qrag1"), vs_none=1.01),
+    Workload(
+        "qwen compat rag one-shot",
+        "dashscope_openai",
+        qwen_rag("chat", p_follow=0.0, seed="qrag1"),
+        vs_none=1.01,
+    ),
     Workload("qwen native code paste", "dashscope_native", qwen_code_paste("chat")),
     Workload("qwen compat code paste", "dashscope_openai", qwen_code_paste("chat")),
     Workload("qwen native classify batch", "dashscope_native", qwen_classify("chat")),
