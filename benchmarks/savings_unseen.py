@@ -960,7 +960,7 @@ def run_chat_workload(
     return result
 
 
-class _Obj(dict):
+class _Obj(dict[str, Any]):
     """A reply of the native API read like the openai SDK's: ``reply.choices[0].message.content``."""
 
     def __getattr__(self, name: str) -> Any:
