@@ -907,35 +907,44 @@ class ChatRun(Run):
     def send(self, *, stream: bool = False, api_key: str | None = None, **kwargs: Any) -> Any:
         kwargs.setdefault("max_tokens", 64)
         request = apply_chat_strategy(self.strategy, kwargs)
-        with self._lock:
-            index = self._next
-            self._next += 1
-        if self.recorder is not None:
-            with self.recorder.step(index):
-                reply = self.client.chat.completions.create(**request)
-            markers = self.recorder.decisions.get(index, ())
-        else:
-            reply = self.client.chat.completions.create(**request)
-            markers = ()
+        index, reply, markers = _call(self, lambda: self.client.chat.completions.create(**request))
         with self._lock:
             self.steps.append(S.Step(index, _bill_chat(reply.usage), markers))
         return reply
 
 
-def run_chat_workload(
-    workload: Workload, strategy: str, *, auto_options: dict[str, Any] | None = None, **overrides: Any
+def _call(run: Run, send: Callable[[], Any]) -> tuple[int, Any, tuple[str, ...]]:
+    """One request of ``run``: its index, what ``send()`` returned, and the markers the
+    planner placed on it (under the recorder when ``auto`` runs)."""
+    with run._lock:
+        index = run._next
+        run._next += 1
+    if run.recorder is None:
+        return index, send(), ()
+    with run.recorder.step(index):
+        reply = send()
+    return index, reply, run.recorder.decisions.get(index, ())
+
+
+def _run_dashscope(
+    workload: Workload,
+    strategy: str,
+    auto_options: dict[str, Any] | None,
+    overrides: dict[str, Any],
+    make: Callable[[str], Any],
+    transport_of: Callable[[Any], Any],
+    run_type: type[Run],
 ) -> S.Result:
-    """``savings.run_workload`` for the DashScope OpenAI-compatible endpoint."""
+    """``savings.run_workload`` against the emulator's DashScope profile: ``make(url)`` is the
+    client to wrap, ``transport_of(wrapped)`` its cachewatch transport, ``run_type`` the
+    :class:`Run` that sends the workload's requests through it."""
     clock = ManualClock(start=1_000_000.0)
     gate = S.Gate()
     app = create_app(profile="dashscope", clock=clock, before_response=gate)
     started = time.perf_counter()
     with run_in_thread(app) as url:
-        sdk = openai.OpenAI(
-            api_key=f"bench-{strategy}", base_url=url + "/compatible-mode/v1", max_retries=0, timeout=30.0
-        )
         client = cachewatch.wrap(
-            sdk,
+            make(url),
             breakpoints="auto" if strategy == "auto" else "off",
             registry=CollectorRegistry(),
             logger=S._Silent(),
@@ -943,10 +952,10 @@ def run_chat_workload(
             **((auto_options or {}) if strategy == "auto" else {}),
         )
         recorder = None
-        engine = getattr(getattr(client._client, "_transport", None), "engine", None)
+        engine = getattr(transport_of(client), "engine", None)
         if strategy == "auto" and engine is not None and engine.planner is not None:
             recorder = engine.planner = S._Recorder(engine.planner)
-        run = ChatRun(client, clock, strategy, gate, recorder)
+        run = run_type(client, clock, strategy, gate, recorder)
         workload.run(run, **{**workload.params, **overrides})
         with suppress(Exception):
             client.close()
@@ -958,6 +967,27 @@ def run_chat_workload(
     if recorder is not None:
         result.actions, result.advice = recorder.actions, recorder.advice
     return result
+
+
+def run_chat_workload(
+    workload: Workload, strategy: str, *, auto_options: dict[str, Any] | None = None, **overrides: Any
+) -> S.Result:
+    """``savings.run_workload`` for the DashScope OpenAI-compatible endpoint."""
+
+    def make(url: str) -> Any:
+        return openai.OpenAI(
+            api_key=f"bench-{strategy}", base_url=url + "/compatible-mode/v1", max_retries=0, timeout=30.0
+        )
+
+    return _run_dashscope(
+        workload,
+        strategy,
+        auto_options,
+        overrides,
+        make,
+        lambda client: getattr(client._client, "_transport", None),
+        ChatRun,
+    )
 
 
 class _Obj(dict[str, Any]):
@@ -999,17 +1029,8 @@ class NativeRun(Run):
             "parameters": {"result_format": "message", **request},
         }
         headers = {"Authorization": f"Bearer {api_key or 'bench'}"}
-        with self._lock:
-            index = self._next
-            self._next += 1
         path = "/api/v1/services/aigc/text-generation/generation"
-        if self.recorder is not None:
-            with self.recorder.step(index):
-                response = self.client.post(path, json=body, headers=headers)
-            markers = self.recorder.decisions.get(index, ())
-        else:
-            response = self.client.post(path, json=body, headers=headers)
-            markers = ()
+        index, response, markers = _call(self, lambda: self.client.post(path, json=body, headers=headers))
         response.raise_for_status()
         data = response.json()
         with self._lock:
@@ -1023,35 +1044,15 @@ def run_native_workload(
     """``savings.run_workload`` for DashScope's native generation API (an httpx client)."""
     import httpx
 
-    clock = ManualClock(start=1_000_000.0)
-    gate = S.Gate()
-    app = create_app(profile="dashscope", clock=clock, before_response=gate)
-    started = time.perf_counter()
-    with run_in_thread(app) as url:
-        client = cachewatch.wrap(
-            httpx.Client(base_url=url, timeout=30.0),
-            breakpoints="auto" if strategy == "auto" else "off",
-            registry=CollectorRegistry(),
-            logger=S._Silent(),
-            wall_clock=clock,
-            **((auto_options or {}) if strategy == "auto" else {}),
-        )
-        recorder = None
-        engine = getattr(getattr(client, "_transport", None), "engine", None)
-        if strategy == "auto" and engine is not None and engine.planner is not None:
-            recorder = engine.planner = S._Recorder(engine.planner)
-        run = NativeRun(client, clock, strategy, gate, recorder)
-        workload.run(run, **{**workload.params, **overrides})
-        with suppress(Exception):
-            client.close()
-    steps = sorted(run.steps, key=lambda s: s.index)
-    bill = QwenBill()
-    for step in steps:
-        bill.add(step.bill)
-    result = S.Result(workload.name, strategy, bill, steps, time.perf_counter() - started)
-    if recorder is not None:
-        result.actions, result.advice = recorder.actions, recorder.advice
-    return result
+    return _run_dashscope(
+        workload,
+        strategy,
+        auto_options,
+        overrides,
+        lambda url: httpx.Client(base_url=url, timeout=30.0),
+        lambda client: getattr(client, "_transport", None),
+        NativeRun,
+    )
 
 
 def _applicable(workload: Workload, strategy: str) -> bool:
