@@ -357,21 +357,35 @@ def test_a_read_expected_of_a_prefix_under_the_minimum_is_no_evidence() -> None:
         assert planner.learner.reliability(plan.ticket.family) == 1.0, c
 
 
-def test_a_tail_read_by_the_next_request_to_its_model_after_a_switch_keeps_being_written() -> None:
+def _by_model(turn: int) -> dict[str, Any]:
+    return {"model": (SONNET, "claude-opus-4-1")[turn % 2]}  # both cache from 1,024 tokens
+
+
+def _by_thinking(turn: int) -> dict[str, Any]:
+    thinking = {"type": "enabled", "budget_tokens": 2_048} if turn % 2 else {"type": "disabled"}
+    return {"model": SONNET, "max_tokens": 4_096, "thinking": thinking}
+
+
+@pytest.mark.parametrize("lane", [_by_model, _by_thinking], ids=["model", "thinking"])
+def test_a_tail_read_by_the_next_request_in_its_lane_keeps_being_written(
+    lane: Callable[[int], dict[str, Any]],
+) -> None:
     # A router sends each request of a conversation to one of two models; caches are per
     # model, so the tail a request writes is read by the next request to that model, two
     # turns later, through the lookback. Sighting only the previous turn's tail (written in
     # the other model's cache) the learner once concluded that tails are never reused, and
-    # stopped writing them from the seventh turn on.
+    # stopped writing them from the seventh turn on. Extended thinking turned on and off
+    # from turn to turn (or tool_choice changed) is the same: the setting keys the
+    # messages' cache. A change looked like an edit of the history; two in a row made the
+    # conversation unsettled, and its tails stopped being written.
     clock = Clock()
     planner = Planner(clock=clock)
-    system = words("router", 1_500)
+    system = words("lanes", 1_500)
     messages: list[dict[str, Any]] = []
     plans: list[Plan] = []
     for turn in range(12):
-        model = (SONNET, "claude-opus-4-1")[turn % 2]  # both cache from 1,024 tokens
         messages.append({"role": "user", "content": words(f"q{turn}-", 60)})
-        raw = orjson.dumps({"model": model, "max_tokens": 8, "system": system, "messages": messages})
+        raw = orjson.dumps({"max_tokens": 8, **lane(turn), "system": system, "messages": messages})
         plan = planner.plan(body=raw, **WHERE)
         planner.started(plan)
         planner.finished(plan)
@@ -380,46 +394,8 @@ def test_a_tail_read_by_the_next_request_to_its_model_after_a_switch_keeps_being
         clock.now += 30
     assert all(actions(p, "tail") == ["inserted"] for p in plans)
     for turn, p in enumerate(plans[2:], start=2):
-        # The tail of the last request to this model (turn - 2) is sighted and marked to be
-        # read, besides the previous turn's (the other model's, new to this model's cache).
-        positions = sorted(x.position for x in p.placements if x.reason == "previous_turn")
-        assert positions == [2 * turn - 3, 2 * turn - 1], turn
-        assert actions(p, "previous_turn") == ["inserted", "inserted"]
-
-
-def test_a_tail_read_by_the_next_request_with_its_thinking_setting_keeps_being_written() -> None:
-    # Extended thinking turned on and off from turn to turn (or tool_choice changed): the
-    # setting keys the messages' cache, so the tail a request writes is read by the next
-    # request with the same setting, through the lookback, as after a switch of model. A
-    # change looked like an edit of the history; two in a row made the conversation
-    # unsettled, and its tails stopped being written.
-    clock = Clock()
-    planner = Planner(clock=clock)
-    system = words("thinker", 1_500)
-    messages: list[dict[str, Any]] = []
-    plans: list[Plan] = []
-    for turn in range(12):
-        thinking = {"type": "enabled", "budget_tokens": 2_048} if turn % 2 else {"type": "disabled"}
-        messages.append({"role": "user", "content": words(f"q{turn}-", 60)})
-        raw = orjson.dumps(
-            {
-                "model": SONNET,
-                "max_tokens": 4_096,
-                "system": system,
-                "thinking": thinking,
-                "messages": messages,
-            }
-        )
-        plan = planner.plan(body=raw, **WHERE)
-        planner.started(plan)
-        planner.finished(plan)
-        plans.append(plan)
-        messages.append({"role": "assistant", "content": words(f"a{turn}-", 60)})
-        clock.now += 30
-    assert all(actions(p, "tail") == ["inserted"] for p in plans)
-    for turn, p in enumerate(plans[2:], start=2):
-        # The tail of the last request with this setting (turn - 2) is sighted and marked
-        # to be read, besides the previous turn's (written under the other setting).
+        # The tail of the last request in this lane (turn - 2) is sighted and marked to be
+        # read, besides the previous turn's (the other lane's, new to this one's cache).
         positions = sorted(x.position for x in p.placements if x.reason == "previous_turn")
         assert positions == [2 * turn - 3, 2 * turn - 1], turn
         assert actions(p, "previous_turn") == ["inserted", "inserted"]
