@@ -805,6 +805,21 @@ async def test_dashscope_implicit_cache_reads_an_unmarked_repeat_without_a_write
     assert details == {"cached_tokens": 300}
 
 
+async def test_dashscope_implicit_cache_reads_the_beginning_two_prompts_share() -> None:
+    """The doc: "ABCD" cached, a request for "ABE" may hit "AB" (not only a whole earlier prompt)."""
+    app = create_app(clock=ManualClock())
+
+    def chat(question: str) -> dict[str, Any]:
+        return {
+            "model": "qwen-plus",
+            "messages": [{"role": "system", "content": words(1_000)}, {"role": "user", "content": question}],
+        }
+
+    await post(app, COMPAT, chat("first " * 40))
+    usage = (await post(app, COMPAT, chat("second " * 40))).json()["usage"]
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 1_000}
+
+
 @pytest.mark.parametrize(
     ("model", "tokens"),
     [

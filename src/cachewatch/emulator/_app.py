@@ -185,7 +185,8 @@ class Emulator:
         namespace = self._namespace(request)
         implicit = False
         if not breakpoints and api != "messages" and profile.implicit_cache_for(req.model):
-            # DashScope: a request without markers uses the implicit cache (its own store).
+            # DashScope: a request without markers uses the implicit cache (its own store),
+            # which keeps every prefix of it: a later request sharing its start reads that.
             implicit = True
             breakpoints = [Breakpoint(len(req.prompt.positions) - 1, "5m")]
             min_tokens = profile.implicit_min_tokens
@@ -198,6 +199,7 @@ class Emulator:
             namespace=namespace,
             implicit=implicit or None,
             bill_writes=profile.implicit and profile.bills_writes(req.model),
+            every_prefix=implicit,
         )
         completion = complete(
             req.prompt.fingerprint,

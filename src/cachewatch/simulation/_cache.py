@@ -359,13 +359,17 @@ class CacheStore:
         namespace: str = "",
         implicit: bool | None = None,
         bill_writes: bool = False,
+        every_prefix: bool = False,
     ) -> Reservation:
         """Look up and refresh entries, bill the request, and reserve its writes.
 
         The TTL of every entry read or written runs from this call (the request start).
         ``implicit`` overrides ``profile.implicit``: an implicit cache writes for free and
         matches the longest cached prefix at any distance; ``bill_writes`` bills its writes
-        (OpenAI GPT-5.6 and later) as 5-minute writes.
+        (OpenAI GPT-5.6 and later) as 5-minute writes. ``every_prefix``: the request caches
+        the prefix through each of its positions, not only through its breakpoints, so a
+        later request that shares only its beginning reads that (DashScope's implicit cache:
+        "ABCD" cached, "ABE" may hit "AB"; research B.6).
         """
         implicit = profile.implicit if implicit is None else implicit
         lookback = profile.lookback if profile.implicit or not implicit else 1_000_000
@@ -378,6 +382,7 @@ class CacheStore:
             namespace=namespace,
             implicit=implicit,
             bill_writes=bill_writes,
+            every_prefix=every_prefix,
         )
 
     def reserve(
@@ -391,6 +396,7 @@ class CacheStore:
         namespace: str = "",
         implicit: bool = False,
         bill_writes: bool = False,
+        every_prefix: bool = False,
     ) -> Reservation:
         """:meth:`begin` on a prompt given as its cumulative prefix hashes and token counts.
 
@@ -412,6 +418,8 @@ class CacheStore:
                         if index > hit:
                             hit, hit_tokens = index, entry.tokens if entry.exact else None
                         break
+            if every_prefix:
+                breakpoints = [Breakpoint(i, "5m") for i in range(len(cumulative))]
             writes = [
                 bp for bp in breakpoints if bp.index > hit and _through(cumulative, bp.index) >= min_tokens
             ]

@@ -13,8 +13,9 @@ emulator's wire modules. Three ship:
   ignored rather than rejected; the Anthropic-format stream reports the cache
   split only in ``message_delta`` (research B.2, B.5). A request *without* markers
   to a model of :data:`DASHSCOPE_IMPLICIT_MODELS` on the OpenAI-compatible or native
-  API uses the implicit cache instead (research B.1, B.6): its whole prompt is
-  cached from 256 tokens, later requests read the longest cached prefix, and a hit
+  API uses the implicit cache instead (research B.1, B.6): the prefix through each
+  of its positions is cached from 256 tokens, later requests read the longest cached
+  prefix they share (the docs: "ABCD" cached, "ABE" may hit "AB"), and a hit
   is reported as ``cached_tokens`` alone, with no write. The real implicit cache is
   best effort; here it always hits, so tests are deterministic.
 * ``openai``: plain OpenAI automatic prefix caching. Markers are ignored; every
