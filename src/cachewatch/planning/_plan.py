@@ -37,6 +37,7 @@ ACTIONS: Final = (
     "skipped_ttl_order",
     "skipped_in_flight",
     "skipped_not_reused",
+    "skipped_implicit",
     "removed_invalid",
 )
 
@@ -48,7 +49,8 @@ class Placement:
     ``action`` is one of :data:`ACTIONS`: ``inserted``, ``kept`` (the caller's own),
     ``skipped_below_minimum``, ``skipped_no_slot``, ``skipped_ttl_order``,
     ``skipped_in_flight`` (another request is writing that prefix), ``skipped_not_reused``
-    (what was learnt says a write there would not be read), ``removed_invalid``.
+    (what was learnt says a write there would not be read), ``skipped_implicit`` (on an
+    endpoint with an implicit cache, the request pays less left unmarked), ``removed_invalid``.
     """
 
     location: Location

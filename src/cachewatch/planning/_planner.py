@@ -150,6 +150,9 @@ class Planner:
         #: family -> its first static position that keeps changing, as the learner said at
         #: the family's last request (``_candidates``: a second static prefix ends before it).
         self.volatile_at: dict[int, int] = {}
+        #: family -> the moving average of what its planned requests would save per request
+        #: left unmarked, on an endpoint with an implicit cache (``_policy._implicit_pays``).
+        self.implicit_gain: dict[int, float] = {}
         self._lock = threading.Lock()
 
     # -- public ----------------------------------------------------------------------

@@ -36,6 +36,14 @@ would not write it either; it is the unstable rule's, below.) Then:
   chances are learnt per scope from a few conversations, and a prompt that never holds
   (a timestamp at its top) would otherwise be written on the strength of their prior.
 
+On an endpoint with an implicit cache (DashScope's compatible and native APIs) an
+unmarked request reads a repeated prefix at 0.2x with no write premium, and any marker
+turns that off for the whole request. There the plan is kept only when the family's
+requests pay less with it than unmarked (``_implicit_pays``: per token of a prefix that
+recurs with chance p, 1.25 (1 - p) + 0.1 p written, 1 past the marked extent, against
+1 - 0.8 p unmarked), and a request changes caches only when that difference, over 20
+requests, pays for what the change gives up (``skipped_implicit``).
+
 A marker goes only where the estimated prefix plausibly reaches the model's minimum
 (the documented table, raised by what was learnt; ``min_margin``: 25% under it, as a
 marker below the minimum costs nothing and one left off costs the reads; on an
@@ -495,6 +503,18 @@ def _place(
             if index not in chosen_at and role is None and index >= extent:
                 reason = _REASON.get(kind, kind)
                 out.append(placement(positions[index], index, "skipped_not_reused", None, reason, ratio))
+    if (
+        chosen
+        and profile.implicit_cache
+        and not ordered
+        and _implicit_pays(planner, family, candidates, sights, chosen, positions, ratio)
+    ):
+        # The whole request unmarked keeps the endpoint's implicit cache, which pays more.
+        for index, kind, _ in chosen:
+            out.append(
+                placement(positions[index], index, "skipped_implicit", None, _REASON.get(kind, kind), ratio)
+            )
+        chosen = []
     if not chosen:
         _release_unused(planner.learner, ticket, claimed, set(), watched)
         return tuple(out), changed, (ticket if ticket.marked or ticket.sighted else None), advice
@@ -740,6 +760,86 @@ def _release_unused(
     ended = unused + [key for key in watched if key not in marked] if watched else unused
     if ended:
         ticket.released = ended
+
+
+#: Weight of a request in its family's moving average of what going unmarked saves.
+_IMPLICIT_ALPHA: Final = 0.2
+#: Requests within which a switch between the two caches must pay for itself.
+_IMPLICIT_HORIZON: Final = 20
+
+
+def _implicit_pays(
+    planner: Planner,
+    family: int,
+    candidates: list[tuple[int, str]],
+    sights: list[Sight],
+    chosen: list[tuple[int, str, Sight]],
+    positions: list[Pos],
+    ratio: float,
+) -> bool:
+    """Whether this request is better sent unmarked than with the markers planned.
+
+    On an endpoint with an implicit cache (DashScope's compatible and native APIs) any
+    marker turns that cache off for the whole request: it neither reads nor writes it.
+
+    *The rate.* Per token of a prefix that recurs within its TTL with chance p, the
+    explicit plan costs 1.25 (1 - p) + 0.1 p through the marked extent (written when
+    uncached, read when cached) and 1 past it; unmarked, 1 - 0.8 p (an implicit read is
+    billed 0.2x, with no write premium). Summed over the segments between candidates, each
+    the tokens its prefix adds: a batch job whose long system prompt always recurs pays
+    less marked (0.1x against 0.2x), RAG whose chunks are asked about again one time in
+    three unmarked (the 0.25x premium on every query against 0.1x saved on a third of
+    them). The family's moving average of it (``_IMPLICIT_ALPHA``) is the rate: a
+    conversation's first turns and follow-ups differ, and its requests must not choose
+    apart.
+
+    *The switch.* What is cached is in one of the two caches: a request marked after
+    unmarked ones reads nothing of what they cached implicitly (and writes it again), and
+    one unmarked after marked ones nothing of what they wrote. The request changes sides
+    only when the rate, over the average's window, pays for what the change gives up now
+    (0.9x of a prefix believed cached explicitly; 1.05x, or 0.8x past the marked extent,
+    of one sighted in its run and so implicitly cached). A family's first request keeps
+    the plan, as on any endpoint: a shared prefix found unread costs its writes until the
+    rate says so, one found read afterwards would cost a switch.
+    """
+    upto = max(index for index, _, _ in chosen)
+    explicit_to = implicit_to = -1
+    for (index, _), sight in zip(candidates, sights):  # noqa: B905
+        if sight.cached:
+            explicit_to = index
+        elif sight.run > 1:
+            implicit_to = index
+    # A prefix recurs whenever a longer one does: each segment's chance is the largest of
+    # its prefix's and every deeper one's.
+    chances = [min(1.0, max(0.0, sight.p)) for sight in sights]
+    for k in range(len(chances) - 2, -1, -1):
+        if chances[k + 1] > chances[k]:
+            chances[k] = chances[k + 1]
+    done = 0.0
+    rate = 0.0
+    switch = 0.0
+    for (index, _), p in zip(candidates, chances):  # noqa: B905
+        tokens = positions[index][CUM] * ratio
+        segment = tokens - done
+        if segment <= 0:
+            continue
+        done = tokens
+        marked = index <= upto
+        rate += segment * ((0.25 - 0.35 * p) if marked else 0.8 * p)
+        if index <= explicit_to:
+            switch += 0.9 * segment
+        elif index <= implicit_to:
+            switch -= (1.05 if marked else 0.8) * segment
+    gains = planner.implicit_gain
+    previous = gains.get(family)
+    if previous is None:
+        if len(gains) >= 4_096:
+            gains.clear()
+        gains[family] = 0.0
+        return False
+    average = previous + _IMPLICIT_ALPHA * (rate - previous)
+    gains[family] = average
+    return average * _IMPLICIT_HORIZON > switch
 
 
 def _count(positions: list[Pos], location: str) -> int:
