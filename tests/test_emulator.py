@@ -820,6 +820,50 @@ async def test_dashscope_implicit_cache_reads_the_beginning_two_prompts_share() 
     assert usage["prompt_tokens_details"] == {"cached_tokens": 1_000}
 
 
+async def test_dashscope_implicit_read_keeps_the_shorter_prefixes_alive() -> None:
+    """A read of "ABC" uses the cached blocks of "A" and "AB" too: a chat that goes on for
+    longer than the TTL, each turn reading the one before, keeps its system prompt cached
+    for a new chat that starts under it."""
+    clock = ManualClock()
+    app = create_app(clock=clock)
+    system = {"role": "system", "content": words(1_000)}
+    chat: list[dict[str, Any]] = [system]
+    for turn in range(5):
+        chat.append({"role": "user", "content": f"turn{turn} " * 60})
+        await post(app, COMPAT, {"model": "qwen-plus", "messages": chat})
+        chat.append({"role": "assistant", "content": f"reply{turn} " * 20})
+        clock.advance(120)  # ten minutes in all: past the TTL of the first write
+    fresh = {"model": "qwen-plus", "messages": [system, {"role": "user", "content": "new " * 60}]}
+    usage = (await post(app, COMPAT, fresh)).json()["usage"]
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 1_000}
+
+
+async def test_dashscope_implicit_cache_is_best_effort_at_the_rate_configured() -> None:
+    """Implicit hits are "not guaranteed" (research B.6): ``implicit_hit_rate`` draws which
+    unmarked requests find what is cached, from a seeded generator (the same on every run);
+    a marked request's explicit read is deterministic whatever the rate."""
+
+    async def reads(rate: float, seed: int) -> list[int]:
+        app = create_app(clock=ManualClock(), implicit_hit_rate=rate, seed=seed)
+        body = _compat("qwen-plus", words(1_000))
+        found = []
+        for _ in range(40):
+            usage = (await post(app, COMPAT, body)).json()["usage"]
+            found.append(usage["prompt_tokens_details"]["cached_tokens"])
+        marked = _compat("qwen-plus", [text(1_200, CC)])
+        await post(app, COMPAT, marked)
+        explicit = (await post(app, COMPAT, marked)).json()["usage"]["prompt_tokens_details"]
+        assert explicit["cached_tokens"] == 1_200
+        return found[1:]
+
+    assert await reads(1.0, 0) == [1_000] * 39
+    assert await reads(0.0, 0) == [0] * 39
+    hits = await reads(0.3, 5)
+    assert set(hits) == {0, 1_000}
+    assert 5 <= hits.count(1_000) <= 20
+    assert hits == await reads(0.3, 5)
+
+
 @pytest.mark.parametrize(
     ("model", "tokens"),
     [

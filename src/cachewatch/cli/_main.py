@@ -6,7 +6,7 @@ Usage::
     cachewatch proxy --upstream URL [--listen 127.0.0.1:8787] [--breakpoints auto|off|shadow]
                      [--record FILE] [--include-usage] [--workers N] [--redis URL]
                      [limits and timeouts]
-    cachewatch emulator [--port 8790] [--profile auto|anthropic|dashscope]
+    cachewatch emulator [--port 8790] [--profile auto|anthropic|dashscope] [--implicit-hit-rate 1]
     cachewatch dashboards --out DIR
     cachewatch report [--url http://127.0.0.1:9464/metrics] [--format table|json]
     cachewatch replay FILE [--format table|json] [--prices FILE]
@@ -259,7 +259,20 @@ def _parser() -> argparse.ArgumentParser:
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--port", type=int, default=8790)
     emulator.add_argument("--profile", choices=("auto", "anthropic", "dashscope"), default="auto")
+    emulator.add_argument(
+        "--implicit-hit-rate",
+        type=_unit_interval,
+        default=1.0,
+        help="chance that DashScope's best-effort implicit cache finds what it holds (default 1)",
+    )
     return parser
+
+
+def _unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -615,5 +628,5 @@ def _emulator(args: argparse.Namespace) -> int:
     from ..emulator import serve
 
     print(f"cachewatch emulator on http://{args.host}:{args.port} (profile {args.profile})", file=sys.stderr)
-    serve(host=args.host, port=args.port, profile=args.profile)
+    serve(host=args.host, port=args.port, profile=args.profile, implicit_hit_rate=args.implicit_hit_rate)
     return 0

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import random
 import threading
 import time
 import uuid
@@ -95,6 +96,12 @@ class EmulatorConfig:
             workspace header (``x-dashscope-workspace``). Keys are only ever hashed.
         before_response: Awaited after the request is registered with the cache and
             before its response starts; a test can hold a request there to overlap others.
+        implicit_hit_rate: DashScope's implicit cache is best effort ("hits not
+            guaranteed", research B.6): an unmarked request finds what is cached with this
+            chance, else it reads nothing and caches its prefixes again. Drawn from a
+            generator seeded with ``seed``, so a serial workload misses the same requests
+            on every run.
+        seed: Seed of the implicit cache's draws.
     """
 
     profile: ProfileChoice = "auto"
@@ -106,6 +113,8 @@ class EmulatorConfig:
     max_entries: int = 100_000
     isolate_by_key: bool = True
     before_response: Callable[[], Awaitable[None]] | None = None
+    implicit_hit_rate: float = 1.0
+    seed: int = 0
 
 
 class Emulator:
@@ -125,6 +134,8 @@ class Emulator:
         self.config = config or EmulatorConfig()
         #: The shared prompt cache (inspect or :meth:`reset` it in tests).
         self.cache = CacheStore(self.config.clock, max_entries=self.config.max_entries)
+        self._draws = random.Random(self.config.seed)
+        self._draws_lock = threading.Lock()
         self._app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["GET", "POST"])])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -133,6 +144,14 @@ class Emulator:
     def reset(self) -> None:
         """Forget every cache entry."""
         self.cache.clear()
+
+    def _implicit_hits(self) -> bool:
+        """Whether this unmarked request's implicit lookup finds what is cached."""
+        rate = self.config.implicit_hit_rate
+        if rate >= 1.0:
+            return True
+        with self._draws_lock:
+            return self._draws.random() < rate
 
     def profile_for(self, path: str, headers: Mapping[str, str]) -> Profile:
         """The profile a request to ``path`` with ``headers`` is served under."""
@@ -200,6 +219,7 @@ class Emulator:
             implicit=implicit or None,
             bill_writes=profile.implicit and profile.bills_writes(req.model),
             every_prefix=implicit,
+            lookup=not implicit or self._implicit_hits(),
         )
         completion = complete(
             req.prompt.fingerprint,

@@ -360,6 +360,7 @@ class CacheStore:
         implicit: bool | None = None,
         bill_writes: bool = False,
         every_prefix: bool = False,
+        lookup: bool = True,
     ) -> Reservation:
         """Look up and refresh entries, bill the request, and reserve its writes.
 
@@ -369,7 +370,9 @@ class CacheStore:
         (OpenAI GPT-5.6 and later) as 5-minute writes. ``every_prefix``: the request caches
         the prefix through each of its positions, not only through its breakpoints, so a
         later request that shares only its beginning reads that (DashScope's implicit cache:
-        "ABCD" cached, "ABE" may hit "AB"; research B.6).
+        "ABCD" cached, "ABE" may hit "AB"; research B.6); a read then keeps every shorter
+        prefix of what it read alive too. ``lookup=False``: the request finds
+        nothing cached (a best-effort cache that missed) and writes as if nothing were.
         """
         implicit = profile.implicit if implicit is None else implicit
         lookback = profile.lookback if profile.implicit or not implicit else 1_000_000
@@ -383,6 +386,7 @@ class CacheStore:
             implicit=implicit,
             bill_writes=bill_writes,
             every_prefix=every_prefix,
+            lookup=lookup,
         )
 
     def reserve(
@@ -397,6 +401,7 @@ class CacheStore:
         implicit: bool = False,
         bill_writes: bool = False,
         every_prefix: bool = False,
+        lookup: bool = True,
     ) -> Reservation:
         """:meth:`begin` on a prompt given as its cumulative prefix hashes and token counts.
 
@@ -408,7 +413,7 @@ class CacheStore:
             now = self._clock()
             hit = -1
             hit_tokens: int | None = None
-            for bp in breakpoints:
+            for bp in breakpoints if lookup else ():
                 stop = max(-1, bp.index - lookback)
                 for index in range(bp.index, stop, -1):
                     entry = self._get((namespace, hashes[index]), now)
@@ -419,6 +424,12 @@ class CacheStore:
                             hit, hit_tokens = index, entry.tokens if entry.exact else None
                         break
             if every_prefix:
+                # A prefix cache serves "ABC" from the blocks of "A", "AB" and "ABC": a read
+                # uses, and so keeps alive, every shorter prefix of what it read.
+                for index in range(hit):
+                    entry = self._get((namespace, hashes[index]), now)
+                    if entry is not None:
+                        entry.expires_at = max(entry.expires_at, now + entry.ttl)
                 breakpoints = [Breakpoint(i, "5m") for i in range(len(cumulative))]
             writes = [
                 bp for bp in breakpoints if bp.index > hit and _through(cumulative, bp.index) >= min_tokens
