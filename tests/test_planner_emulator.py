@@ -323,15 +323,21 @@ def _qwen_cost(usage: Any) -> float:
     return usage.prompt_tokens - written - cached + 1.25 * written + read_price * cached
 
 
-def _qwen_traffic(client: Any, tag: str, *, system_words: int, follow: float, queries: int) -> float:
-    """A RAG app: fresh chunks every query, asked about again with chance ``follow``."""
+def _qwen_traffic(
+    client: Any, tag: str, *, system_words: int, follow: float, queries: int, mark_system: bool = False
+) -> float:
+    """A RAG app: fresh chunks every query, asked about again with chance ``follow``
+    (``mark_system``: the fixed strategy that marks the system prompt, and only it)."""
     rng = random.Random(tag)
     system = words(f"{tag}-system", system_words)
+    content: Any = (
+        [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}] if mark_system else system
+    )
     total = 0.0
     for q in range(queries):
         chunks = " ".join(words(f"{tag}-c{q}-{i}", rng.randint(300, 500)) for i in range(6))
         messages: list[dict[str, Any]] = [
-            {"role": "system", "content": system},
+            {"role": "system", "content": content},
             {"role": "user", "content": chunks + " question " + words(f"{tag}-q{q}", 30)},
         ]
         for turn in range(1 + (rng.random() < follow) * rng.randint(1, 2)):
@@ -344,20 +350,27 @@ def _qwen_traffic(client: Any, tag: str, *, system_words: int, follow: float, qu
 
 
 @pytest.mark.parametrize(
-    ("system_words", "follow", "unmarked_wins"),
-    [(600, 0.3, True), (1_500, 0.3, True), (2_000, 0.0, False)],
-    ids=["rag", "rag-long-system", "batch-job"],
+    ("tag", "system_words", "follow", "bar"),
+    [
+        ("implicit-600-0.3", 600, 0.3, 1.01),
+        ("implicit-1500-0.3", 1_500, 0.3, 1.01),
+        ("h1.0-1500-0.3", 1_500, 0.3, 1.015),
+        ("implicit-2000-0.0", 2_000, 0.0, 0.95),
+    ],
+    ids=["rag", "rag-long-system", "rag-long-system-b", "batch-job"],
 )
 def test_on_an_implicit_cache_endpoint_markers_go_only_where_they_beat_it(
-    base_url: str, system_words: int, follow: float, unmarked_wins: bool
+    base_url: str, tag: str, system_words: int, follow: float, bar: float
 ) -> None:
     """DashScope's compatible endpoint reads a repeated prefix of an unmarked request at 0.2x,
     and any marker gives that up for the whole request (research B.6). RAG whose chunks are
     asked about again one time in three pays less unmarked than with its tails written at
     1.25x, whatever its system prompt; a batch job whose system prompt always recurs pays
     less marked (0.1x against 0.2x: 7% of this one's bill). ``auto`` must be within 1% of
-    unmarked where that is the better."""
-    tag = f"implicit-{system_words}-{follow}"
+    unmarked where that is the better. "rag-long-system-b" is another sample of the
+    long-system traffic: its cold start (a first turn marked, then one switch) costs 1.0%
+    of its 162 requests, hence a bar of 1.5%; it was 1.024x while a follow-up to a turn
+    sent marked went unmarked as if the implicit cache held that turn."""
     registry = CollectorRegistry()
     auto = cachewatch.wrap(
         openai.OpenAI(api_key=f"{tag}-auto", base_url=base_url + "/compatible-mode/v1", max_retries=0),
@@ -374,8 +387,37 @@ def test_on_an_implicit_cache_endpoint_markers_go_only_where_they_beat_it(
         for sample in metric.samples
         if sample.name == "cachewatch_breakpoints_total" and sample.labels["action"] == "skipped_implicit"
     )
-    if unmarked_wins:
-        assert planned <= 1.01 * unmarked, (planned, unmarked)
+    assert planned <= bar * unmarked, (planned, unmarked)
+    if follow:
         assert skipped > 0
-    else:
-        assert planned < 0.95 * unmarked, (planned, unmarked)
+
+
+def test_a_best_effort_implicit_cache_is_weighed_by_how_often_it_hits() -> None:
+    """DashScope's implicit cache is best effort: "hits not guaranteed" (research B.6). Where
+    it finds a repeated prefix three times in ten, RAG with a long system prompt pays less
+    with that prompt marked (an explicit read is deterministic) than unmarked; at every
+    hit it is the other way round (the test above). The planner learns the rate from the
+    bills of unmarked requests that should have read, and marks where that pays."""
+    tag = "best-effort"
+    with run_in_thread(create_app(implicit_hit_rate=0.3, seed=7)) as url:
+        base = url + "/compatible-mode/v1"
+        registry = CollectorRegistry()
+        auto = cachewatch.wrap(
+            openai.OpenAI(api_key=f"{tag}-auto", base_url=base, max_retries=0),
+            registry=registry,
+            logger=_Silent(),
+        )
+        costs = {
+            name: _qwen_traffic(
+                openai.OpenAI(api_key=f"{tag}-{name}", base_url=base, max_retries=0),
+                tag,
+                system_words=1_500,
+                follow=0.3,
+                queries=120,
+                mark_system=name == "system",
+            )
+            for name in ("none", "system")
+        }
+        planned = _qwen_traffic(auto, tag, system_words=1_500, follow=0.3, queries=120)
+    assert costs["system"] < costs["none"], costs  # the traffic is one where marking pays
+    assert planned <= 1.01 * min(costs.values()), (planned, costs)

@@ -97,6 +97,13 @@ class Ticket:
     #: Prefix keys it sighted uncached and does not write (shared ones it claimed, and the
     #: others): sighted until its response begins.
     released: list[int] = field(default_factory=list)
+    #: Sent unmarked to an implicit cache: raw estimate of the deepest prefix another
+    #: unmarked request sent within the TTL, which that cache should serve (0: none). Its
+    #: bill measures the cache's hit rate (``Planner.implicit_hit_rate``).
+    implicit_read_raw: float = 0.0
+    #: Sent unmarked to an implicit cache: the prefix keys it puts there once its response
+    #: begins (``Planner.implicit_sent``).
+    implicit_keys: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

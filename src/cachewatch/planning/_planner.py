@@ -22,6 +22,7 @@ import json
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Final, Literal
 
@@ -153,6 +154,14 @@ class Planner:
         #: family -> the moving average of what its planned requests would save per request
         #: left unmarked, on an endpoint with an implicit cache (``_policy._implicit_pays``).
         self.implicit_gain: dict[int, float] = {}
+        #: prefix key -> when the response of a request that sent it unmarked to an
+        #: implicit cache last began: that cache holds it (``_policy._implicit_pays``).
+        #: Least recently sent first.
+        self.implicit_sent: OrderedDict[int, float] = OrderedDict()
+        self.implicit_lock = threading.Lock()
+        #: (profile, model) key -> (expected, served) implicit reads, forgotten as the
+        #: learner forgets recurrences (``implicit_hit_rate``).
+        self._implicit_hits: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
     # -- public ----------------------------------------------------------------------
@@ -182,6 +191,8 @@ class Planner:
             return
         ticket.started = True
         if status_code < 400:
+            if ticket.implicit_keys:  # sent unmarked: now in the implicit cache
+                self._sent_implicit(ticket.implicit_keys)
             if ticket.released:  # sighted, not marked: those sightings end (TTL 0)
                 self.learner.started(
                     ticket.marked + [(key, 0.0) for key in ticket.released], ticket.id, self.clock()
@@ -249,6 +260,16 @@ class Planner:
                 + 0.1 * usage.cache_read
             )
         scale = total / ticket.total_raw  # raw estimates -> billed tokens, for this request
+        if ticket.implicit_read_raw > 0:
+            expected = ticket.implicit_read_raw * scale
+            # Over the explicit minimum it is over the implicit one on either page (256 or
+            # 1,024 tokens): the cache could have served it.
+            if self._reaches_minimum(
+                plan, ticket.model_key, _prefix_size(ticket.implicit_read_raw, expected)
+            ):
+                self._implicit_read(
+                    ticket.model_key, _read_served(usage.cache_read, ticket.implicit_read_raw, expected)
+                )
         if ticket.expected_read_raw > 0:
             expected = ticket.expected_read_raw * scale
             # Only a read the provider could serve measures its reliability: a prefix
@@ -274,6 +295,38 @@ class Planner:
                 deepest = _prefix_size(ticket.deepest_raw, ticket.deepest_raw * scale)
                 if deepest >= self._minimum_now(plan.profile, plan.model, ticket.model_key):
                     self.learner.raise_minimum(ticket.model_key, deepest)
+
+    def implicit_hit_rate(self, model_key: str) -> float:
+        """The chance that an implicit cache serves a prefix it should hold, for a (profile,
+        model) key: 1 until bills say otherwise.
+
+        DashScope's implicit cache is best effort ("hits not guaranteed"). An unmarked
+        request expects the deepest prefix another unmarked request sent within the TTL
+        to be read (``Ticket.implicit_read_raw``); each such bill counts once, forgotten
+        at 0.85 per count (about 7), and the rate is (served + 1) / (expected + 1).
+        """
+        found = self._implicit_hits.get(model_key)
+        if found is None:
+            return 1.0
+        expected, served = found
+        return (served + 1.0) / (expected + 1.0)
+
+    def _sent_implicit(self, keys: tuple[int, ...]) -> None:
+        now = self.clock()
+        sent = self.implicit_sent
+        with self.implicit_lock:
+            for key in keys:
+                sent[key] = now
+                sent.move_to_end(key)
+            while len(sent) > _IMPLICIT_SENT_MAX:
+                sent.popitem(last=False)
+
+    def _implicit_read(self, model_key: str, served: bool) -> None:
+        hits = self._implicit_hits
+        expected, count = hits.get(model_key, (0.0, 0.0))
+        if len(hits) >= 4_096 and model_key not in hits:
+            hits.clear()
+        hits[model_key] = (expected * _FORGET + 1.0, count * _FORGET + (1.0 if served else 0.0))
 
     # -- planning ----------------------------------------------------------------------
 
@@ -445,6 +498,11 @@ def _has_wide_float(obj: Any) -> bool:
 
 
 _WIDE: Final = float(2**63)
+
+#: Forgetting of the implicit cache's hit counts per bill (as the learner's, ~7 bills).
+_FORGET: Final = 0.85
+#: Prefixes remembered as sent to an implicit cache (least recently sent out first).
+_IMPLICIT_SENT_MAX: Final = 65_536
 
 #: A run of 19 digits: the shortest an integer outside [-2**63, 2**64) can be written with.
 _LONG_DIGITS: Final = re.compile(rb"[0-9]{19}")

@@ -41,7 +41,8 @@ unmarked request reads a repeated prefix at 0.2x with no write premium, and any 
 turns that off for the whole request. There the plan is kept only when the family's
 requests pay less with it than unmarked (``_implicit_pays``: per token of a prefix that
 recurs with chance p, 1.25 (1 - p) + 0.1 p written, 1 past the marked extent, against
-1 - 0.8 p unmarked), and a request changes caches only when that difference, over 20
+1 - 0.8 h p unmarked, h the rate at which the best-effort cache was found to serve
+what it should), and a request changes caches only when that difference, over 20
 requests, pays for what the change gives up (``skipped_implicit``).
 
 A marker goes only where the estimated prefix plausibly reaches the model's minimum
@@ -507,7 +508,7 @@ def _place(
         chosen
         and profile.implicit_cache
         and not ordered
-        and _implicit_pays(planner, family, candidates, sights, chosen, positions, ratio)
+        and _implicit_pays(planner, family, model_key, candidates, sights, chosen, positions, ratio)
     ):
         # The whole request unmarked keeps the endpoint's implicit cache, which pays more.
         for index, kind, _ in chosen:
@@ -515,6 +516,8 @@ def _place(
                 placement(positions[index], index, "skipped_implicit", None, _REASON.get(kind, kind), ratio)
             )
         chosen = []
+    if profile.implicit_cache and planner.learning:
+        _implicit_sent(planner, not chosen and not ordered, candidates, sights, positions, ticket)
     if not chosen:
         _release_unused(planner.learner, ticket, claimed, set(), watched)
         return tuple(out), changed, (ticket if ticket.marked or ticket.sighted else None), advice
@@ -771,6 +774,7 @@ _IMPLICIT_HORIZON: Final = 20
 def _implicit_pays(
     planner: Planner,
     family: int,
+    model_key: str,
     candidates: list[tuple[int, str]],
     sights: list[Sight],
     chosen: list[tuple[int, str, Sight]],
@@ -784,30 +788,37 @@ def _implicit_pays(
 
     *The rate.* Per token of a prefix that recurs within its TTL with chance p, the
     explicit plan costs 1.25 (1 - p) + 0.1 p through the marked extent (written when
-    uncached, read when cached) and 1 past it; unmarked, 1 - 0.8 p (an implicit read is
-    billed 0.2x, with no write premium). Summed over the segments between candidates, each
-    the tokens its prefix adds: a batch job whose long system prompt always recurs pays
+    uncached, read when cached) and 1 past it; unmarked, 1 - 0.8 h p (an implicit read is
+    billed 0.2x, with no write premium, and the best-effort cache finds what it holds
+    with chance h, learnt from bills: ``Planner.implicit_hit_rate``). Summed over the
+    segments between candidates, each the tokens its prefix adds: a batch job whose long system prompt always recurs pays
     less marked (0.1x against 0.2x), RAG whose chunks are asked about again one time in
     three unmarked (the 0.25x premium on every query against 0.1x saved on a third of
     them). The family's moving average of it (``_IMPLICIT_ALPHA``) is the rate: a
     conversation's first turns and follow-ups differ, and its requests must not choose
     apart.
 
-    *The switch.* What is cached is in one of the two caches: a request marked after
-    unmarked ones reads nothing of what they cached implicitly (and writes it again), and
-    one unmarked after marked ones nothing of what they wrote. The request changes sides
-    only when the rate, over the average's window, pays for what the change gives up now
-    (0.9x of a prefix believed cached explicitly; 1.05x, or 0.8x past the marked extent,
-    of one sighted in its run and so implicitly cached). A family's first request keeps
+    *The switch.* The two caches are apart: a request marked after unmarked ones reads
+    nothing of what they cached implicitly (and writes it again), and one unmarked after
+    marked ones nothing of what they wrote. The implicit cache holds what unmarked
+    requests sent within its TTL (``Planner.implicit_sent``, whatever their family). The
+    request changes sides only when the rate, over the average's window, pays for what
+    the change gives up now: 0.9x of a prefix believed cached explicitly (0.1x if both
+    caches hold it), 1.05x of one the implicit cache alone holds (0.8x past the marked
+    extent; with h, 0.25 + 0.8 h and 0.8 h). A family's first request keeps
     the plan, as on any endpoint: a shared prefix found unread costs its writes until the
     rate says so, one found read afterwards would cost a switch.
     """
     upto = max(index for index, _, _ in chosen)
     explicit_to = implicit_to = -1
+    # What the implicit cache holds: what an unmarked request sent within its TTL (a
+    # marked one sends nothing there).
+    sent = planner.implicit_sent
+    since = planner.clock() - TTL_5M
     for (index, _), sight in zip(candidates, sights):  # noqa: B905
         if sight.cached:
             explicit_to = index
-        elif sight.run > 1:
+        if sent.get(sight.key, since) > since:
             implicit_to = index
     # A prefix recurs whenever a longer one does: each segment's chance is the largest of
     # its prefix's and every deeper one's.
@@ -815,6 +826,9 @@ def _implicit_pays(
     for k in range(len(chances) - 2, -1, -1):
         if chances[k + 1] > chances[k]:
             chances[k] = chances[k + 1]
+    # What an implicit read saves against paying in full: 0.8x of its tokens, times the
+    # chance the best-effort cache finds them (learnt from the bills, 1 until then).
+    saves = 0.8 * planner.implicit_hit_rate(model_key)
     done = 0.0
     rate = 0.0
     switch = 0.0
@@ -824,12 +838,19 @@ def _implicit_pays(
         if segment <= 0:
             continue
         done = tokens
-        marked = index <= upto
-        rate += segment * ((0.25 - 0.35 * p) if marked else 0.8 * p)
+        # What going unmarked costs this request more than marked, where a cache holds the
+        # segment: an explicit read (0.1x) is lost, an implicit one (1 - saves) gained.
+        held = index <= implicit_to
+        if index > upto:
+            rate += segment * saves * p
+            if held:
+                switch -= saves * segment
+            continue
+        rate += segment * (0.25 - 1.15 * p + saves * p)
         if index <= explicit_to:
-            switch += 0.9 * segment
-        elif index <= implicit_to:
-            switch -= (1.05 if marked else 0.8) * segment
+            switch += (0.9 - saves if held else 0.9) * segment
+        elif held:
+            switch -= (0.25 + saves) * segment
     gains = planner.implicit_gain
     previous = gains.get(family)
     if previous is None:
@@ -840,6 +861,30 @@ def _implicit_pays(
     average = previous + _IMPLICIT_ALPHA * (rate - previous)
     gains[family] = average
     return average * _IMPLICIT_HORIZON > switch
+
+
+def _implicit_sent(
+    planner: Planner,
+    unmarked: bool,
+    candidates: list[tuple[int, str]],
+    sights: list[Sight],
+    positions: list[Pos],
+    ticket: Ticket,
+) -> None:
+    """An unmarked request puts its prefixes in the implicit cache once its response
+    begins (``Ticket.implicit_keys``, ``Planner.started``). Where it shares one that
+    another unmarked request's response put there within the TTL, the cache should serve
+    the deepest such (``Ticket.implicit_read_raw``), and its bill says whether it did
+    (``Planner.implicit_hit_rate``)."""
+    if not unmarked or not sights:
+        return
+    since = planner.clock() - TTL_5M
+    sent = planner.implicit_sent
+    for (index, _), sight in zip(reversed(candidates), reversed(sights)):  # noqa: B905
+        if sent.get(sight.key, since) > since:
+            ticket.implicit_read_raw = positions[index][CUM]
+            break
+    ticket.implicit_keys = tuple(sight.key for sight in sights)
 
 
 def _count(positions: list[Pos], location: str) -> int:
