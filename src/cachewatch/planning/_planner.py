@@ -151,8 +151,9 @@ class Planner:
         #: family -> its first static position that keeps changing, as the learner said at
         #: the family's last request (``_candidates``: a second static prefix ends before it).
         self.volatile_at: dict[int, int] = {}
-        #: family -> the moving average of what its planned requests would save per request
-        #: left unmarked, on an endpoint with an implicit cache (``_policy._implicit_pays``).
+        #: family, and static region's prefix key -> the moving average of what its planned
+        #: requests would save per request left unmarked, on an endpoint with an implicit
+        #: cache (``_policy._implicit_pays``).
         self.implicit_gain: dict[int, float] = {}
         #: prefix key -> when the response of a request that sent it unmarked to an
         #: implicit cache last began: that cache holds it (``_policy._implicit_pays``).

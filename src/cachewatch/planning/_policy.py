@@ -769,6 +769,11 @@ def _release_unused(
 _IMPLICIT_ALPHA: Final = 0.2
 #: Requests within which a switch between the two caches must pay for itself.
 _IMPLICIT_HORIZON: Final = 20
+#: Families and static regions whose averages are kept (all forgotten at once past it).
+_IMPLICIT_GAINS_MAX: Final = 4_096
+#: Candidate kinds that end a static region (its whole, or the part before a block that
+#: keeps changing).
+_REGION: Final = ("static", "stable")
 
 
 def _implicit_pays(
@@ -796,7 +801,8 @@ def _implicit_pays(
     three unmarked (the 0.25x premium on every query against 0.1x saved on a third of
     them). The family's moving average of it (``_IMPLICIT_ALPHA``) is the rate: a
     conversation's first turns and follow-ups differ, and its requests must not choose
-    apart.
+    apart. Requests under one static region (tenants' system prompts behind one key are
+    one family) keep an average of their own, which starts from the family's.
 
     *The switch.* The two caches are apart: a request marked after unmarked ones reads
     nothing of what they cached implicitly (and writes it again), and one unmarked after
@@ -854,12 +860,24 @@ def _implicit_pays(
     gains = planner.implicit_gain
     previous = gains.get(family)
     if previous is None:
-        if len(gains) >= 4_096:
+        if len(gains) >= _IMPLICIT_GAINS_MAX:
             gains.clear()
         gains[family] = 0.0
         return False
     average = previous + _IMPLICIT_ALPHA * (rate - previous)
     gains[family] = average
+    # Requests under one static region (a tenant's system prompt behind a shared key) keep
+    # an average of their own, which starts from the family's.
+    region = next((s.key for (_, kind), s in zip(candidates, sights) if kind in _REGION), None)  # noqa: B905
+    if region is not None:
+        before = gains.get(region)
+        if before is None:
+            if len(gains) >= _IMPLICIT_GAINS_MAX:
+                gains.clear()
+                gains[family] = average
+            before = previous
+        average = before + _IMPLICIT_ALPHA * (rate - before)
+        gains[region] = average
     return average * _IMPLICIT_HORIZON > switch
 
 
