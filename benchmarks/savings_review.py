@@ -254,7 +254,14 @@ def run_shapes(shapes: list[Workload], description: str, argv: list[str] | None 
     parser.add_argument("--trace", action="store_true", help="the requests where auto and the best differ")
     parser.add_argument("--seed", default="", help="appended to every shape's seed")
     parser.add_argument("--learned", action="store_true", help="auto's decisions and advice")
+    parser.add_argument(
+        "--implicit-hit-rate",
+        type=float,
+        default=1.0,
+        help="DashScope's implicit cache finds what it holds with this chance (the emulator's draw)",
+    )
     args = parser.parse_args(argv)
+    U.DASHSCOPE_OPTIONS["implicit_hit_rate"] = args.implicit_hit_rate
     started = time.perf_counter()
     print(f"{'shape':<30}{'reqs':>5} {'best fixed':<11}{'auto/best':>10}{'auto/none':>10}  verdict")
     failed = 0

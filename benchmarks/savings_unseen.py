@@ -926,6 +926,10 @@ def _call(run: Run, send: Callable[[], Any]) -> tuple[int, Any, tuple[str, ...]]
     return index, reply, run.recorder.decisions.get(index, ())
 
 
+#: Emulator options for the DashScope runs (``savings_review.run_shapes --implicit-hit-rate``).
+DASHSCOPE_OPTIONS: dict[str, Any] = {}
+
+
 def _run_dashscope(
     workload: Workload,
     strategy: str,
@@ -940,7 +944,7 @@ def _run_dashscope(
     :class:`Run` that sends the workload's requests through it."""
     clock = ManualClock(start=1_000_000.0)
     gate = S.Gate()
-    app = create_app(profile="dashscope", clock=clock, before_response=gate)
+    app = create_app(profile="dashscope", clock=clock, before_response=gate, **DASHSCOPE_OPTIONS)
     started = time.perf_counter()
     with run_in_thread(app) as url:
         client = cachewatch.wrap(
