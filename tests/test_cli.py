@@ -250,6 +250,14 @@ def test_proxy_never_prints_credentials_given_in_the_upstream_url() -> None:
     assert "Traceback" not in err
 
 
+def test_emulator_rejects_a_hit_rate_outside_0_to_1() -> None:
+    result = run_cli("emulator", "--implicit-hit-rate", "1.5", timeout=30)
+    assert result.returncode == 2
+    assert "--implicit-hit-rate" in result.stderr
+    assert "between 0 and 1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_proxy_rejects_a_bad_listen_address() -> None:
     result = run_cli("proxy", "--upstream", "http://127.0.0.1:1", "--listen", "nonsense", timeout=30)
     assert result.returncode == 2
