@@ -796,10 +796,10 @@ def _implicit_pays(
     uncached, read when cached) and 1 past it; unmarked, 1 - 0.8 h p (an implicit read is
     billed 0.2x, with no write premium, and the best-effort cache finds what it holds
     with chance h, learnt from bills: ``Planner.implicit_hit_rate``). Summed over the
-    segments between candidates, each the tokens its prefix adds: a batch job whose long system prompt always recurs pays
-    less marked (0.1x against 0.2x), RAG whose chunks are asked about again one time in
-    three unmarked (the 0.25x premium on every query against 0.1x saved on a third of
-    them). The family's moving average of it (``_IMPLICIT_ALPHA``) is the rate: a
+    segments between candidates, each the tokens its prefix adds: a batch job whose long
+    system prompt always recurs pays less marked (0.1x against 0.2x), RAG whose chunks
+    are asked about again one time in three unmarked (the 0.25x premium on every query
+    against 0.1x saved on a third of them). The family's moving average of it (``_IMPLICIT_ALPHA``) is the rate: a
     conversation's first turns and follow-ups differ, and its requests must not choose
     apart. Requests under one static region (tenants' system prompts behind one key are
     one family) keep an average of their own, which starts from the family's.
