@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/savings_redteam.py [--only NAME ...] [--trace] [--learned] [--seed S]
 
-(about 4 minutes for all; ``--seed a``, or ``SEEDSUF=a``, draws every shape anew). Each shape is a short
+(about 11 minutes for all; ``--seed a``, or ``SEEDSUF=a``, draws every shape anew). Each shape is a short
 trace run through the harness of ``savings.py`` (the real SDK against the emulator, under
 every fixed strategy; the OpenAI-compatible DashScope shapes through
 ``savings_unseen.py``'s chat runner) and printed as ``auto`` against the best fixed
@@ -14,7 +14,10 @@ concurrent copies of one request, think times around the TTL, models whose minim
 lookback, byte-for-byte queue workers, a timestamped second system message on DashScope,
 files attached as their own block before the question, a reminder block after huge tool
 results, big results kept or dropped (and a deploy that switches), agent graphs whose nodes
-are lanes (thinking, tool_choice, model).
+are lanes (thinking, tool_choice, model); and everyday shapes that found nothing to fix: a
+buffer-window memory that sends only the last messages, few-shot examples drawn per
+request, a per-session header block before shared instructions, a coding agent (tools, a
+reminder block, compaction, a side model).
 Shapes over the bar are kept: they are what the policy does not yet learn (BENCHMARKS.md).
 """
 
@@ -1296,6 +1299,150 @@ def qwen_gateway(fmt: str, *, requests: int = 240, seed: str = "qgw") -> Callabl
     return workload
 
 
+def sliding_window(
+    fmt: str, *, model: str = SONNET, window: int = 6, chats: int = 6, seed: str = "slide"
+) -> Callable[..., None]:
+    """Chats of 10-25 turns whose app sends the system prompt (2.5k) and only the last
+    ``window`` messages (a buffer-window memory): once the window is full, every request's
+    history starts one exchange later than the one before, and no turn's prefix comes back."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        system = "You are a friendly tutor. " + text(f"{seed}-system", 2_500)
+        for c in range(chats):
+            history: list[dict[str, Any]] = []
+            for t in range(rng.randint(10, 25)):
+                history.append({"role": "user", "content": text(f"{seed}-{c}-{t}", rng.randint(50, 300))})
+                sent = history[-window:]
+                if sent[0]["role"] != "user":
+                    sent = sent[1:]
+                if fmt == "anthropic":
+                    history.append(_reply(run.send(model=model, system=system, messages=sent)))
+                else:
+                    reply = run.send(model=model, messages=[{"role": "system", "content": system}, *sent])
+                    history.append({"role": "assistant", "content": reply.choices[0].message.content or ""})
+                run.wait(rng.uniform(10, 60))
+            run.wait(rng.uniform(20, 200))
+
+    return workload
+
+
+def fewshot_rotating(
+    fmt: str, *, model: str = SONNET, n: int = 120, pool: int = 20, k: int = 5, seed: str = "fewshot"
+) -> Callable[..., None]:
+    """One-shot classification: a stable 1.5k instruction system prompt, then ``k`` examples
+    drawn from a pool of ``pool`` (in a random order) and the ticket, in the user message."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        system = "Classify the ticket. " + text(f"{seed}-system", 1_500)
+        examples = [text(f"{seed}-ex{i}", rng.randint(150, 400)) for i in range(pool)]
+        for i in range(n):
+            shots = "\n\n".join(f"Example: {e}" for e in rng.sample(examples, k))
+            user = {
+                "role": "user",
+                "content": shots + "\n\nTicket: " + text(f"{seed}-q{i}", rng.randint(50, 300)),
+            }
+            if fmt == "anthropic":
+                run.send(model=model, system=system, messages=[user])
+            else:
+                run.send(model=model, messages=[{"role": "system", "content": system}, user])
+            run.wait(rng.uniform(1, 20))
+
+    return workload
+
+
+def session_header(*, chats: int = 10, seed: str = "sesshead") -> Callable[..., None]:
+    """A system prompt of two blocks: a per-session header (user id, plan, locale: 60 tokens)
+    before 3k of shared instructions; chats of 3-8 turns, one session after another."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        shared = "Policies. " + text(f"{seed}-system", 3_000)
+        for c in range(chats):
+            system = [
+                {"type": "text", "text": "Session " + text(f"{seed}-h{c}", 60)},
+                {"type": "text", "text": shared},
+            ]
+            messages: list[dict[str, Any]] = []
+            for t in range(rng.randint(3, 8)):
+                messages.append({"role": "user", "content": text(f"{seed}-{c}-{t}", rng.randint(30, 200))})
+                messages.append(_reply(run.send(model=SONNET, system=system, messages=messages)))
+                run.wait(rng.uniform(10, 60))
+            run.wait(rng.uniform(20, 200))
+
+    return workload
+
+
+def coding_agent(
+    *, sessions: int = 2, devs: int = 1, side: bool = True, seed: str = "ccode"
+) -> Callable[..., None]:
+    """A coding agent as a CLI drives it: 15 tools, a system of two blocks (a short identity
+    line, then 4k of instructions), a first user message that opens with a reminder block
+    (date, repository status: per session), 2-3 user prompts per session, each an agent loop
+    of 6-15 steps (a tool call, a result of 100-1,500 tokens, 1-4 s apart), compaction past
+    30k tokens (the history replaced by a 3k summary) and, per user prompt, a side request
+    to Haiku under its own small system prompt. ``devs`` developers interleaved."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        tools = [schema_tool(f"tool{i}", f"{seed}-t{i}", 400) for i in range(15)]
+        system = [
+            {"type": "text", "text": "You are a coding agent."},
+            {"type": "text", "text": text(f"{seed}-system", 4_000)},
+        ]
+        side_system = "Say whether the message starts a new topic. " + text(f"{seed}-side", 300)
+
+        def session(k: int) -> U.Source:
+            r = random.Random(SUF + f"{seed}-{k}")
+            reminder = "<system-reminder>" + text(f"{seed}-rem{k}", 300) + "</system-reminder>"
+            messages: list[dict[str, Any]] = []
+            size = 0
+            for p in range(r.randint(2, 3)):
+                ask = text(f"{seed}-{k}-p{p}", r.randint(20, 200))
+                first = [{"type": "text", "text": reminder}, {"type": "text", "text": ask}]
+                messages.append({"role": "user", "content": ask if messages else first})
+                if side:
+                    run.send(model=HAIKU, system=side_system, messages=[{"role": "user", "content": ask}])
+                for step in range(r.randint(6, 15)):
+                    run.send(model=SONNET, system=system, tools=tools, messages=messages)
+                    uid = f"toolu_{seed}{k:02d}{p}{step:02d}"
+                    call = {
+                        "type": "tool_use",
+                        "id": uid,
+                        "name": f"tool{step % 15}",
+                        "input": {"q": f"s{step}"},
+                    }
+                    note = {"type": "text", "text": text(f"{seed}-{k}-{p}-{step}-a", r.randint(10, 80))}
+                    messages.append({"role": "assistant", "content": [note, call]})
+                    n = r.randint(100, 1_500)
+                    size += n + 100
+                    messages.append(
+                        {"role": "user", "content": [_tr(uid, text(f"{seed}-{k}-{p}-{step}-r", n))]}
+                    )
+                    if size > 30_000:
+                        summary = "Summary: " + text(f"{seed}-{k}-sum{p}-{step}", 3_000)
+                        messages = [
+                            {"role": "user", "content": summary},
+                            {"role": "assistant", "content": "Understood."},
+                            {"role": "user", "content": "Continue."},
+                        ]
+                        size = 3_000
+                    yield r.uniform(1, 4)
+                run.send(model=SONNET, system=system, tools=tools, messages=messages)
+                messages.append({"role": "assistant", "content": "Done. " + text(f"{seed}-{k}-{p}-done", 80)})
+                yield r.uniform(20, 240)
+
+        if devs > 1:
+            U.merge(run, [session(k) for k in range(devs)], rng, stagger=300)
+            return
+        for k in range(sessions):
+            U.drive(run, session(k))
+            run.wait(rng.uniform(60, 900))
+
+    return workload
+
+
 SHAPES = [
     Workload("thinking toggle", "anthropic", thinking_chats("toggle")),
     Workload("thinking toggle long", "anthropic", thinking_chats("toggle", convs=48)),
@@ -1417,6 +1564,18 @@ SHAPES = [
     Workload("qwen anth thinking toggle", "dashscope", qwen_thinking_chat("anthropic")),
     Workload("qwen native gateway", "dashscope_native", qwen_gateway("chat")),
     Workload("qwen compat gateway", "dashscope_openai", qwen_gateway("chat")),
+    Workload("sliding window 6", "anthropic", sliding_window("anthropic")),
+    Workload("sliding window 12", "anthropic", sliding_window("anthropic", window=12, seed="slide12")),
+    Workload(
+        "qwen compat sliding window", "dashscope_openai", sliding_window("chat", model=QWEN, seed="slideq")
+    ),
+    Workload("few-shot rotating", "anthropic", fewshot_rotating("anthropic")),
+    Workload(
+        "qwen compat few-shot rotating", "dashscope_openai", fewshot_rotating("chat", model=QWEN, seed="fewq")
+    ),
+    Workload("session header block", "anthropic", session_header()),
+    Workload("coding agent", "anthropic", coding_agent()),
+    Workload("coding agents 3 devs", "anthropic", coding_agent(devs=3, seed="ccode3")),
 ]
 
 
