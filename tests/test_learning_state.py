@@ -9,6 +9,7 @@ across instances, and failing open when Redis is down or silent.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import threading
@@ -20,10 +21,13 @@ import pytest
 import redis
 
 from _redis import free_port, redis_server
+from cachewatch.accounting._records import TokenUsage
+from cachewatch.emulator import ManualClock
 from cachewatch.planning._decision import ask
 from cachewatch.planning._learning import CLAIM_TIMEOUT, TTL_1H, TTL_5M, LearningState, Sight, Sighting
 from cachewatch.planning._learning_memory import MemoryLearner
 from cachewatch.planning._learning_redis import MAX_AGE, RedisLearner
+from cachewatch.planning._planner import Planner
 
 Make = Callable[..., LearningState]
 FAMILY = 7
@@ -374,6 +378,19 @@ def test_a_conversation_is_linked_to_its_previous_request(new_learner: Make) -> 
     assert learner.conversation(42, 1, b"reply", True, 120.0 + TTL_1H + 1)[0] is None
 
 
+def test_what_a_request_sent_unmarked_is_held_by_the_implicit_cache_for_5_minutes(new_learner: Make) -> None:
+    learner = new_learner()
+    assert not learner.sight(FAMILY, static(1), 100.0, 1)[0].implicit
+    # Its response begins: an implicit cache (DashScope's) holds what it sent unmarked.
+    learner.started([(1, 0.0)], 1, 100.5, [1, 99])  # 99: never sighted, nothing to hold
+    assert learner.sight(FAMILY, static(1), 200.0, 2)[0].implicit
+    assert not learner.sight(FAMILY, static(99), 200.0, 2)[0].implicit
+    learner.started([], 2, 200.5)  # sent marked: the implicit cache holds nothing more
+    assert learner.sight(FAMILY, static(1), 400.4, 3)[0].implicit
+    assert not learner.sight(FAMILY, static(1), 400.6, 4)[0].implicit  # 5 minutes after 100.5
+    assert not learner.sight(FAMILY, static(1), 400.6, 4)[0].cached  # the explicit cache: apart
+
+
 def test_what_was_not_seen_for_max_age_is_forgotten(new_learner: Make) -> None:
     learner = new_learner(max_age=MAX_AGE)
     learner.sight(FAMILY, static(1), 100.0, 1)
@@ -432,7 +449,11 @@ def _replay(learner: LearningState, seed: int, steps: int) -> list[Any]:
             t, keys = open_tickets.pop(rng.randrange(len(open_tickets)))
             # A TTL of 0: sighted, not marked (its claim released, its sighting ends).
             marked = [(k, rng.choice((300.0, 3_600.0, 0.0))) for k in keys if rng.random() < 0.8]
-            learner.started(marked, t, now)
+            if rng.random() < 0.3:
+                # Sent unmarked to an implicit cache: it holds them (a key or two never sighted).
+                learner.started(marked, t, now, [*keys, rng.randint(25, 30)])
+            else:
+                learner.started(marked, t, now)
             out.append(("started", t))
         elif op < 0.66 and open_tickets:
             t, keys = open_tickets.pop()  # the latest request failed (its retry may follow)
@@ -559,6 +580,56 @@ def test_two_instances_claim_a_prefix_once_whatever_their_ticket_numbers(
     assert a.claims() == 1
     a.started([(1, 300.0)], 1, 100.3)
     assert b.sight(FAMILY, static(1), 100.4, 2)[0].cached
+
+
+def test_what_one_instance_sent_unmarked_another_finds_in_the_implicit_cache(
+    shared: Callable[..., RedisLearner],
+) -> None:
+    # The processes behind one key share the provider's implicit cache: and what it holds.
+    a, b = shared(), shared()
+    a.sight(FAMILY, static(5), 100.0, 1)
+    assert not b.sight(FAMILY, static(5), 100.1, 1)[0].implicit
+    a.started([(5, 0.0)], 1, 100.2, [5])
+    assert b.sight(FAMILY, static(5), 100.3, 2)[0].implicit
+    assert not b.sight(FAMILY, static(5), 400.3, 3)[0].implicit
+
+
+def test_a_process_expects_the_implicit_read_of_what_another_process_sent_unmarked(
+    shared: Callable[..., RedisLearner],
+) -> None:
+    # Two processes behind one DashScope key (OpenAI-compatible mode: unmarked requests fill
+    # an implicit cache, which the key's processes share) and no session affinity: each
+    # conversation's first turn goes to one process, its second to the other. A process
+    # that sends the second turn unmarked expects the implicit cache to serve the first
+    # turn's prefix (its bill then measures the cache's hit rate): what the other process
+    # sent, which only a shared learner knows of.
+    clock = ManualClock(1_000.0)
+    a, b = Planner(clock=clock, learner=shared()), Planner(clock=clock, learner=shared())
+    where = {
+        "api": "chat_completions",
+        "host": "dashscope.aliyuncs.com",
+        "path": "/compatible-mode/v1/chat/completions",
+    }
+    expected: list[float] = []
+    for n in range(6):
+        system = {"role": "system", "content": " ".join(f"app{n}w{i}" for i in range(3_000))}
+        first = {"role": "user", "content": f"question {n}"}
+        turns = ([system, first], [system, first, {"role": "assistant", "content": "an answer"}, first])
+        for planner, messages in zip((a, b), turns, strict=True):
+            plan = planner.plan(
+                body=json.dumps({"model": "qwen3.6-plus", "messages": messages}).encode(), **where
+            )
+            marked = any(p.action == "inserted" for p in plan.placements)
+            usage = TokenUsage(input=200, cache_write_5m=4_000) if marked else TokenUsage(input=4_200)
+            planner.started(plan)
+            planner.finished(plan, usage)
+            planner.observe(plan, usage)
+            if planner is b and not marked:
+                assert plan.ticket is not None
+                expected.append(plan.ticket.implicit_read_raw)
+            clock.advance(20.0)
+    assert len(expected) >= 3, expected  # b sends most second turns unmarked
+    assert all(raw > 0 for raw in expected), expected
 
 
 def test_of_many_threads_sighting_a_cold_prefix_at_once_exactly_one_claims_it(

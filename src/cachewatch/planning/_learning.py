@@ -83,6 +83,12 @@ that changed are the ones that were there before, in another order (tools from a
 processes of a fleet that each list them in their own order), that is reported instead:
 no block moved would help, one fixed order would.
 
+**Implicit caches.** On an endpoint whose unmarked requests fill a cache of their own
+(DashScope's implicit cache), what that cache holds is learnt as the explicit cache's is:
+when the response to a request sent unmarked begins, its prefixes are held there for 5
+minutes (``started``'s ``implicit``), and a sighting says so (``Sight.implicit``). The
+processes behind one key share that cache, so a shared learner shares this too.
+
 **In flight.** A request that writes a shared prefix (static or document) claims it
 until its response starts; siblings planned meanwhile do not write it again.
 
@@ -265,13 +271,16 @@ class Sight:
     reliability: float = 1.0
     #: Believed cached with a 1h TTL (a read marked 1h keeps what that write paid for).
     cached_1h: bool = False
+    #: Held by the endpoint's implicit cache: a response to a request that sent it unmarked
+    #: began less than 5 minutes ago (``LearningState.started``'s ``implicit``).
+    implicit: bool = False
 
 
 #: ``Sight(...)`` and ``Sighting(...)`` with every field, positionally (the planner builds a
 #: few per request; see ``accounting._records.slot_factory``).
-new_sight: Final[Callable[[int, str, int, bool, bool, bool, float, float, bool, float, bool], Sight]] = (
-    slot_factory(Sight)
-)
+new_sight: Final[
+    Callable[[int, str, int, bool, bool, bool, float, float, bool, float, bool, bool], Sight]
+] = slot_factory(Sight)
 new_sighting: Final[Callable[[int, str, bool], Sighting]] = slot_factory(Sighting)
 
 
@@ -308,7 +317,9 @@ class LearningState(Protocol):
 
     def void(self, keys: Iterable[int], ticket: int) -> None: ...
 
-    def started(self, keys: Iterable[tuple[int, float]], ticket: int, now: float) -> None: ...
+    def started(
+        self, keys: Iterable[tuple[int, float]], ticket: int, now: float, implicit: Sequence[int] = ()
+    ) -> None: ...
 
     def not_cached(self, keys: Iterable[int]) -> None: ...
 

@@ -105,6 +105,9 @@ class _Prefix:
     anchor_kind: str = ""
     anchor_due: float = 0.0
     anchor_hit: bool = False
+    #: When the response to the last request that sent it unmarked to an implicit cache
+    #: began (-inf: never).
+    implicit_at: float = -math.inf
 
 
 @dataclass(slots=True)
@@ -310,6 +313,7 @@ class MemoryLearner:
                         prefix is not None,
                         reliability,
                         cached and prefix is not None and prefix.ttl >= TTL_1H,
+                        prefix is not None and prefix.implicit_at > now - TTL_5M,
                     )
                 )
                 if prefix is not None and anchor is None and (kind == "stable" or kind == "static"):
@@ -803,12 +807,19 @@ class MemoryLearner:
                             kept.append((t, at))
                     prefix.writers = kept
 
-    def started(self, keys: Iterable[tuple[int, float]], ticket: int, now: float) -> None:
+    def started(
+        self, keys: Iterable[tuple[int, float]], ticket: int, now: float, implicit: Sequence[int] = ()
+    ) -> None:
         """A response that marked these prefixes (key, TTL) started: readable from now on.
 
-        A TTL of 0: a prefix it sighted and did not mark (its sighting ends).
+        A TTL of 0: a prefix it sighted and did not mark (its sighting ends). ``implicit``:
+        the prefixes the request sent unmarked to an implicit cache, which holds them now.
         """
         with self._lock:
+            for key in implicit:
+                prefix = self._prefixes.get(key)
+                if prefix is not None:
+                    prefix.implicit_at = now
             for key, ttl in keys:
                 prefix = self._prefixes.get(key)
                 if prefix is None:

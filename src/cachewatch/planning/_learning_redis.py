@@ -202,6 +202,7 @@ class RedisLearner(RedisLink):
                 r[6] == 1,
                 reliability,
                 r[7] == 1,
+                r[8] == 1,
             )
             for s, r in zip(sightings, raw[3:], strict=True)
         ]
@@ -401,14 +402,21 @@ class RedisLearner(RedisLink):
                 owed=True,
             )
 
-    def started(self, keys: Iterable[tuple[int, float]], ticket: int, now: float) -> None:
+    def started(
+        self, keys: Iterable[tuple[int, float]], ticket: int, now: float, implicit: Sequence[int] = ()
+    ) -> None:
         pairs = list(keys)
-        if not pairs:
-            return
-        args: list[object] = [self._ticket(ticket), _f(now)]
-        for key, ttl in pairs:
-            args += [str(key), _f(ttl)]
-        self._tell(op("started", *args), lambda: self.fallback.started(pairs, ticket, now), owed=True)
+        ops: list[list[object]] = []
+        if implicit:
+            # First, as MemoryLearner.started: the implicit cache holds them from now on.
+            ops += op("implicit", _f(now), *map(str, implicit))
+        if pairs:
+            args: list[object] = [self._ticket(ticket), _f(now)]
+            for key, ttl in pairs:
+                args += [str(key), _f(ttl)]
+            ops += op("started", *args)
+        if ops:
+            self._tell(ops, lambda: self.fallback.started(pairs, ticket, now, implicit), owed=True)
 
     def not_cached(self, keys: Iterable[int]) -> None:
         keys = list(keys)

@@ -17,7 +17,7 @@ Ops and their arguments (``''`` for "none"; floats as ``repr`` strings, exact):
 * ``sight``: family, now, ticket, forget, max_age, max_families, family_ttl, prefix_ttl,
   then per sighting (key, kind, shared, prior_a, prior_b). Returns reliability, the
   minimums' version, the family's volatile positions, then per sighting (run, cached,
-  writing, late, p, p_late, known, cached at 1h). Remembers, for a ``conversation`` later
+  writing, late, p, p_late, known, cached at 1h, held by the implicit cache). Remembers, for a ``conversation`` later
   in the batch, the static key and whether every previous turn was known;
 * ``stability``: family, forget, max_families, family_ttl, n, n digests, m, m x (index,
   head, rest), then k and the k positions whose lines were sent (``asked``; k = -1: no
@@ -34,7 +34,8 @@ Ops and their arguments (``''`` for "none"; floats as ``repr`` strings, exact):
 * ``minimum``: model key, tier (``''`` to read, ``-`` to forget). Returns (value, version
   before, version after);
 * ``void``: ticket, family_ttl, keys...; ``release``: ticket, keys...; ``started``: ticket,
-  now, (key, ttl)... (ttl 0: a sighting ends, nothing was written); ``not_cached``: keys...; ``feedback``: family, expected, confirmed,
+  now, (key, ttl)... (ttl 0: a sighting ends, nothing was written); ``implicit``: now,
+  keys... (sent unmarked: the implicit cache holds them from now); ``not_cached``: keys...; ``feedback``: family, expected, confirmed,
   forget, max_families, family_ttl; ``peek``: family, kind, run, prior_a, prior_b.
 
 Numbers are Lua doubles: the arithmetic is MemoryLearner's, operation for operation, so
@@ -401,9 +402,10 @@ OPS.sight = function(a)
     p = p * rel
     local p_late = 0.0
     if late and h then p_late = prob_late(family, kind, previous_run, pa, pb) * rel end
+    local implicit = h and h['ia'] and tonumber(h['ia']) > now - TTL_5M
     out[#out + 1] = {
       run, cached and 1 or 0, writing and 1 or 0, late and 1 or 0, fmt(p), fmt(p_late), h and 1 or 0,
-      (cached and ttl >= TTL_1H) and 1 or 0
+      (cached and ttl >= TTL_1H) and 1 or 0, implicit and 1 or 0
     }
     if h and not anchor and (kind == 'stable' or kind == 'static') then anchor = key end
     -- Nobody claims a tail, but it is sighted until this response begins (MemoryLearner.sight).
@@ -751,6 +753,14 @@ OPS.started = function(a)
         redis.call('HSET', name, 'w', w, 's', sg)
       end
     end
+  end
+  return 1
+end
+OPS.implicit = function(a)
+  local now = a[1]
+  for i = 2, #a do
+    local name = P .. 'p:' .. a[i]
+    if redis.call('EXISTS', name) == 1 then redis.call('HSET', name, 'ia', now) end
   end
   return 1
 end

@@ -102,7 +102,7 @@ class Ticket:
     #: bill measures the cache's hit rate (``Planner.implicit_hit_rate``).
     implicit_read_raw: float = 0.0
     #: Sent unmarked to an implicit cache: the prefix keys it puts there once its response
-    #: begins (``Planner.implicit_sent``).
+    #: begins (``Planner.started`` tells the learner: ``Sight.implicit``).
     implicit_keys: tuple[int, ...] = ()
 
 

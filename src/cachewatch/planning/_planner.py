@@ -22,7 +22,6 @@ import json
 import re
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Final, Literal
 
@@ -155,11 +154,6 @@ class Planner:
         #: requests would save per request left unmarked, on an endpoint with an implicit
         #: cache (``_policy._implicit_pays``).
         self.implicit_gain: dict[int, float] = {}
-        #: prefix key -> when the response of a request that sent it unmarked to an
-        #: implicit cache last began: that cache holds it (``_policy._implicit_pays``).
-        #: Least recently sent first.
-        self.implicit_sent: OrderedDict[int, float] = OrderedDict()
-        self.implicit_lock = threading.Lock()
         #: (profile, model) key -> (expected, served) implicit reads, forgotten as the
         #: learner forgets recurrences (``implicit_hit_rate``).
         self._implicit_hits: dict[str, tuple[float, float]] = {}
@@ -192,9 +186,15 @@ class Planner:
             return
         ticket.started = True
         if status_code < 400:
-            if ticket.implicit_keys:  # sent unmarked: now in the implicit cache
-                self._sent_implicit(ticket.implicit_keys)
-            if ticket.released:  # sighted, not marked: those sightings end (TTL 0)
+            implicit = ticket.implicit_keys
+            if implicit:  # sent unmarked: the implicit cache holds its prefixes now
+                self.learner.started(
+                    ticket.marked + [(key, 0.0) for key in ticket.released],
+                    ticket.id,
+                    self.clock(),
+                    implicit,
+                )
+            elif ticket.released:  # sighted, not marked: those sightings end (TTL 0)
                 self.learner.started(
                     ticket.marked + [(key, 0.0) for key in ticket.released], ticket.id, self.clock()
                 )
@@ -311,16 +311,6 @@ class Planner:
             return 1.0
         expected, served = found
         return (served + 1.0) / (expected + 1.0)
-
-    def _sent_implicit(self, keys: tuple[int, ...]) -> None:
-        now = self.clock()
-        sent = self.implicit_sent
-        with self.implicit_lock:
-            for key in keys:
-                sent[key] = now
-                sent.move_to_end(key)
-            while len(sent) > _IMPLICIT_SENT_MAX:
-                sent.popitem(last=False)
 
     def _implicit_read(self, model_key: str, served: bool) -> None:
         hits = self._implicit_hits
@@ -502,8 +492,6 @@ _WIDE: Final = float(2**63)
 
 #: Forgetting of the implicit cache's hit counts per bill (as the learner's, ~7 bills).
 _FORGET: Final = 0.85
-#: Prefixes remembered as sent to an implicit cache (least recently sent out first).
-_IMPLICIT_SENT_MAX: Final = 65_536
 
 #: A run of 19 digits: the shortest an integer outside [-2**63, 2**64) can be written with.
 _LONG_DIGITS: Final = re.compile(rb"[0-9]{19}")

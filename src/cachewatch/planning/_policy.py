@@ -327,7 +327,7 @@ def _place(
             )
     else:
         sights = [
-            new_sight(key, kind, 1, False, False, False, 1.0, 0.0, False, 1.0, False)
+            new_sight(key, kind, 1, False, False, False, 1.0, 0.0, False, 1.0, False, False)
             for key, kind in zip(keys, kinds)  # noqa: B905
         ]
     if len(sights) != len(candidates):
@@ -807,7 +807,7 @@ def _implicit_pays(
     *The switch.* The two caches are apart: a request marked after unmarked ones reads
     nothing of what they cached implicitly (and writes it again), and one unmarked after
     marked ones nothing of what they wrote. The implicit cache holds what unmarked
-    requests sent within its TTL (``Planner.implicit_sent``, whatever their family). The
+    requests sent within its TTL, whatever their family or process (``Sight.implicit``). The
     request changes sides only when the rate, over the average's window, pays for what
     the change gives up now: 0.9x of a prefix believed cached explicitly (0.1x if both
     caches hold it), 1.05x of one the implicit cache alone holds (0.8x past the marked
@@ -818,13 +818,11 @@ def _implicit_pays(
     upto = max(index for index, _, _ in chosen)
     explicit_to = implicit_to = -1
     # What the implicit cache holds: what an unmarked request sent within its TTL (a
-    # marked one sends nothing there).
-    sent = planner.implicit_sent
-    since = planner.clock() - TTL_5M
+    # marked one sends nothing there), as the learner was told (``Sight.implicit``).
     for (index, _), sight in zip(candidates, sights):  # noqa: B905
         if sight.cached:
             explicit_to = index
-        if sent.get(sight.key, since) > since:
+        if sight.implicit:
             implicit_to = index
     # A prefix recurs whenever a longer one does: each segment's chance is the largest of
     # its prefix's and every deeper one's.
@@ -890,16 +888,15 @@ def _implicit_sent(
     ticket: Ticket,
 ) -> None:
     """An unmarked request puts its prefixes in the implicit cache once its response
-    begins (``Ticket.implicit_keys``, ``Planner.started``). Where it shares one that
-    another unmarked request's response put there within the TTL, the cache should serve
-    the deepest such (``Ticket.implicit_read_raw``), and its bill says whether it did
+    begins (``Ticket.implicit_keys``, ``Planner.started``: the learner is told). Where it
+    shares one that another unmarked request's response put there within the TTL
+    (``Sight.implicit``), the cache should serve the deepest such
+    (``Ticket.implicit_read_raw``), and its bill says whether it did
     (``Planner.implicit_hit_rate``)."""
     if not unmarked or not sights:
         return
-    since = planner.clock() - TTL_5M
-    sent = planner.implicit_sent
     for (index, _), sight in zip(reversed(candidates), reversed(sights)):  # noqa: B905
-        if sent.get(sight.key, since) > since:
+        if sight.implicit:
             ticket.implicit_read_raw = positions[index][CUM]
             break
     ticket.implicit_keys = tuple(sight.key for sight in sights)
