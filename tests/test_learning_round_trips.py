@@ -189,6 +189,7 @@ def _replay_decisions(learner: LearningState, seed: int, steps: int, *, decide: 
                 rng.choice((0, 7, 8, 9, 10, 2**64 - 3)),
                 rng.choice((-1, 3, 4)),
                 rng.choice((1, 2)),
+                rng.choice(("", "", "tail:2")),
             )
             if rng.random() < 0.7
             else None
@@ -321,7 +322,7 @@ def test_with_redis_down_a_decision_is_answered_locally_and_the_fault_counted() 
         kwargs: dict[str, Any] = {
             "blocks": blocks,
             "lines_for": _lines_for(blocks),
-            "conversation": (9, None, 0, 2, 1),
+            "conversation": (9, None, 0, 2, 1, ""),
         }
         sightings = [Sighting(1, "static", True), Sighting(2, "tail")]
         clock = partial(float, 100.0 + ticket)

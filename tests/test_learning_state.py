@@ -497,6 +497,7 @@ def _replay(learner: LearningState, seed: int, steps: int) -> list[Any]:
                         model,
                         rng.choice((-1, 3, 4, 2**20)),
                         rng.choice((1, 2, 3)),
+                        rng.choice(("", "", "tail:2", "tail:3")),
                     )
                 )
         if rng.random() < 0.05:
@@ -946,7 +947,7 @@ def test_a_conversation_is_told_by_its_whole_static_region(new_learner: Make) ->
             model_key=None,
             blocks=[],
             lines_for=lambda volatile: {},
-            conversation=(7, reply, 0, 2, FAMILY),
+            conversation=(7, reply, 0, 2, FAMILY, ""),
         )[2]
 
     assert request(11, 100.0, None) is None
@@ -1092,6 +1093,34 @@ def test_an_edited_history_is_judged_apart_from_a_changed_static_prefix(new_lear
     again = learner.conversation(9, 11, b"r", False, 260.0, family=FAMILY)[0]
     assert again is not None
     assert again[3] != pytest.approx(0.8)
+
+
+def test_an_edited_history_is_judged_apart_for_the_size_class_of_what_the_request_adds(
+    new_learner: Make,
+) -> None:
+    learner = new_learner()
+
+    # An agent that drops each huge tool result (class "tail:3") from its history at the
+    # step after it: after a step that added one, the history changes again; after a step
+    # that added a small one (no class), it holds. Every step's history changed (the step
+    # before dropped a huge result) or not, as the results come.
+    def step(n: int, now: float, history_known: bool, added: str) -> Any:
+        return learner.conversation(1, 10, b"r", history_known, now, family=FAMILY, tail_class=added)[0]
+
+    learner.conversation(1, 10, None, True, 100.0, family=FAMILY)
+    results = ["tail:3", "tail:3", "", "tail:3", "tail:3", "", "", "tail:3", "tail:3", "tail:3", ""] * 2
+    now, dropped = 110.0, False
+    estimates: dict[str, list[float]] = {"tail:3": [], "": []}
+    for n, added in enumerate(results):
+        before = step(n, now, not dropped, added)
+        if before is not None and dropped and not before[2]:  # unsettled: the planner's question
+            estimates[added].append(before[3])
+        dropped = added == "tail:3"  # the next step drops it
+        now += 10.0
+    # A huge result is dropped at the next step: unsettled stays high for that class, and
+    # low for small ones (together they averaged to about a half).
+    assert estimates["tail:3"][-1] > 0.8
+    assert estimates[""][-1] < 0.3
 
 
 def test_whether_a_continued_conversation_goes_on_is_learnt_per_family(new_learner: Make) -> None:

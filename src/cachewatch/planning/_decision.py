@@ -24,8 +24,9 @@ __all__ = ["Answers", "ConversationQuery", "LinesFor", "ask", "ask_in_turn"]
 
 #: A conversation to look up and record: (its key, the first reply's anchor or None, the
 #: model's tag, the position of the request's tail or -1, the family its changes are
-#: counted for: the scope's, whatever its structure, which changes with the prompt).
-ConversationQuery = tuple[int, bytes | None, int, int, int]
+#: counted for: the scope's, whatever its structure, which changes with the prompt, and
+#: the size class of the request's tail or "": ``_learning.history_change``).
+ConversationQuery = tuple[int, bytes | None, int, int, int, str]
 #: The first-line and rest digests of the static blocks at some positions (the planner's).
 LinesFor = Callable[[Collection[int]], dict[int, tuple[bytes, bytes]]]
 #: (sights, (first volatile position, rest stable) or None, the conversation's previous
@@ -103,9 +104,9 @@ def ask_in_turn(
     earlier = -1
     if conversation is not None:
         static_key, history_known = conversation_context(sightings, sights)
-        key, reply, model, tail, changes = conversation
+        key, reply, model, tail, changes, tail_class = conversation
         before, earlier = learner.conversation(
-            key, static_key, reply, history_known, clock(), model, tail, changes
+            key, static_key, reply, history_known, clock(), model, tail, changes, tail_class
         )
     return sights, stable, before, earlier
 

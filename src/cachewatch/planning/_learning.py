@@ -121,6 +121,7 @@ __all__ = [
     "CONVERSATION_MODELS",
     "GOES_ON_PRIOR",
     "HISTORY",
+    "history_change",
     "KINDS",
     "SIZE_CLASSES",
     "STATIC",
@@ -205,9 +206,23 @@ UNSETTLED_PRIOR: Final = 0.8
 GOES_ON_PRIOR: Final = 2.0 / 3.0
 #: What a conversation's request changed, for the unsettled statistic: its static prefix
 #: (tools, system; a first request counts as this), or its history (an edited message, old
-#: tool results truncated).
+#: tool results truncated; ``history_change``).
 STATIC: Final = "s"
 HISTORY: Final = "h"
+
+
+def history_change(tail_class: str) -> str:
+    """What a request that changed its history changed, for the unsettled statistic: apart
+    for the size class of its own tail when that has one (``sized``: 2,048 tokens or more).
+
+    Whether the next request changes the history again can depend on what this one adds:
+    an agent that drops each huge tool result from the history at the step after it
+    changes its history again after a request that added one, and holds it after one that
+    added a few hundred tokens. Counted together, the two average to "usually holds", and
+    every huge result is written for nothing.
+    """
+    return HISTORY + "|" + tail_class if tail_class else HISTORY
+
 
 #: Open first-run opportunities kept for the settled pool (``MemoryLearner._open``): past
 #: this many, new ones are not tracked until some settle. And how many matured ones one
@@ -313,6 +328,7 @@ class LearningState(Protocol):
         model: int = 0,
         tail: int = -1,
         family: int = 0,
+        tail_class: str = "",
     ) -> tuple[tuple[int, bytes | None, bool, float, float] | None, int]: ...
 
     def void(self, keys: Iterable[int], ticket: int) -> None: ...

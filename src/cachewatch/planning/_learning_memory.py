@@ -27,7 +27,6 @@ from ._learning import (
     CLAIM_TIMEOUT,
     CONVERSATION_MODELS,
     GOES_ON_PRIOR,
-    HISTORY,
     LATE_PRIOR_WEIGHT,
     LATE_Z,
     OPEN_MAX,
@@ -41,6 +40,7 @@ from ._learning import (
     UNSETTLED_PRIOR,
     Sight,
     Sighting,
+    history_change,
     min_tier_above,
     new_sight,
 )
@@ -579,6 +579,7 @@ class MemoryLearner:
         model: int = 0,
         tail: int = -1,
         family: int = 0,
+        tail_class: str = "",
     ) -> tuple[tuple[int, bytes | None, bool, float, float] | None, int]:
         """Remember a conversation's static prefix and first reply; returns what it had before.
 
@@ -605,7 +606,8 @@ class MemoryLearner:
         system prompt: always; a tool list that grew once at the second request and then
         held: never), apart for what this request changed: its history only (a loop that
         truncates old tool results at every step once they pile up), or else its static
-        prefix. *goes on*: for ``family``, P(a continued conversation sends its next request
+        prefix; a history change apart for ``tail_class``, the size class of this request's
+        tail when it has one (``history_change``). *goes on*: for ``family``, P(a continued conversation sends its next request
         within 5 minutes), learnt from every continued request. *earlier*: after a switch of lane,
         the tail position of the conversation's last request to this model within the
         hour, with this static prefix if it had one (-1: none, or the previous request was
@@ -667,7 +669,9 @@ class MemoryLearner:
             # prefix (it has no history to edit; nor has its next request, whose history is
             # the first message that keys the conversation).
             change = (
-                STATIC if found is None or found[0] != static_id else (HISTORY if not history_known else "")
+                STATIC
+                if found is None or found[0] != static_id
+                else (history_change(tail_class) if not history_known else "")
             )
             continued = last is not None and now - last[2] <= TTL_1H
             if continued and last is not None and last[8] and now - last[2] <= TTL_5M:
@@ -702,7 +706,10 @@ class MemoryLearner:
                 found[0],
                 found[1],
                 found[3],
-                self._p_unsettled(family, HISTORY if found[0] == static_id and not history_known else STATIC),
+                self._p_unsettled(
+                    family,
+                    history_change(tail_class) if found[0] == static_id and not history_known else STATIC,
+                ),
                 goes_on,
             ), earlier
 

@@ -250,6 +250,7 @@ class RedisLearner(RedisLink):
         model: int,
         tail: int,
         family: int,
+        tail_class: str = "",
     ) -> list[list[object]]:
         return op(
             "conversation",
@@ -267,6 +268,7 @@ class RedisLearner(RedisLink):
             _f(self.forget),
             max(1, int(self.family_ttl)),
             self.max_families,
+            tail_class,
         )
 
     @staticmethod
@@ -307,8 +309,8 @@ class RedisLearner(RedisLink):
             now = 0.0
             if conversation is not None:
                 now = clock()
-                key, reply, model, tail, changes = conversation
-                ops += self._conversation_op(key, "=", reply, "=", now, model, tail, changes)
+                key, reply, model, tail, changes, tail_class = conversation
+                ops += self._conversation_op(key, "=", reply, "=", now, model, tail, changes, tail_class)
             if model_key is not None:
                 ops += op("minimum", model_key, "")
             replies, blobs = self._eval_blobs(ops)
@@ -372,16 +374,19 @@ class RedisLearner(RedisLink):
         model: int = 0,
         tail: int = -1,
         family: int = 0,
+        tail_class: str = "",
     ) -> tuple[tuple[int, bytes | None, bool, float, float] | None, int]:
         def call() -> tuple[tuple[int, bytes | None, bool, float, float] | None, int]:
             replies, blobs = self._eval_blobs(
-                self._conversation_op(key, static, reply, history_known, now, model, tail, family)
+                self._conversation_op(key, static, reply, history_known, now, model, tail, family, tail_class)
             )
             return self._before(replies[0], blobs, now)
 
         return self._run(
             call,
-            lambda: self.fallback.conversation(key, static, reply, history_known, now, model, tail, family),
+            lambda: self.fallback.conversation(
+                key, static, reply, history_known, now, model, tail, family, tail_class
+            ),
         )
 
     def release(self, keys: Iterable[int], ticket: int) -> None:

@@ -27,7 +27,7 @@ Ops and their arguments (``''`` for "none"; floats as ``repr`` strings, exact):
   positions, stale, reordered);
 * ``conversation``: key, static (``=``: this batch's sighting), has_reply, reply,
   history_known (``=``: this batch's sighting), now, max_age, ttl, model, tail, family,
-  forget, family_ttl, max_families. Returns the earlier tail (after a switch of lane, model and static
+  forget, family_ttl, max_families, tail class (``''``: none). Returns the earlier tail (after a switch of lane, model and static
   prefix, where the last request to this model ended, or -1), then, when the previous
   request was in the same lane or changed its static prefix to a new one, (static, the reply's place among the binary values or 0, time, steady,
   unsettled, goes on);
@@ -595,7 +595,10 @@ OPS.conversation = function(a)
   if h ~= nil then z = h['y'] end
   -- 'w': what this request changed (a first request: its static prefix), 'k': continued.
   local change = ''
-  if h == nil or h['s'] ~= static then change = STATIC elseif not known then change = HISTORY end
+  -- A history change apart for the size class of this request's tail (history_change).
+  local history = HISTORY
+  if a[15] ~= '' then history = HISTORY .. '|' .. a[15] end
+  if h == nil or h['s'] ~= static then change = STATIC elseif not known then change = history end
   -- Whether the conversation goes on is the conversation's, whatever lane its requests are in.
   local continued = last ~= nil and now - tonumber(last['t']) <= TTL_1H
   local fid, f = a[11], tonumber(a[12])
@@ -658,7 +661,7 @@ OPS.conversation = function(a)
     save()
   end
   local field = 'u' .. STATIC
-  if h['s'] == static and not known then field = 'u' .. HISTORY end
+  if h['s'] == static and not known then field = 'u' .. history end
   r, n = stat_get(pl, field)
   if r == nil then r, n = 0.0, 0.0 end
   mean = (r + PRIOR_WEIGHT * UNSETTLED_PRIOR) / (n + PRIOR_WEIGHT)

@@ -261,6 +261,7 @@ def _place(
     if planner.learning and candidates:
         # One question to the learner (one round trip to a shared one): the sightings,
         # the static region's stability, and the conversation when planning goes on.
+        stat_kinds = _sized(kinds, candidates, positions, ratio, caller)
         conversation = None
         if layout.first_input_anchor is not None and budget > 0 and not (ordered and _disordered(ordered)):
             # A conversation is one whatever model each of its requests goes to (a router,
@@ -274,13 +275,16 @@ def _place(
                 model_tag ^ layout.lane,
                 candidates[-1][0] if kinds[-1] == "tail" or kinds[-1] == "tail_first" else -1,
                 scope_family,
+                # The tail's size class, when it has one: whether a changed history changes
+                # again can depend on what this request adds (``history_change``).
+                stat_kinds[-1] if stat_kinds is not kinds else "",
             )
         sights, stable, before, earlier = ask(
             planner.learner,
             family,
             [
                 new_sighting(key, kind, kind in _SHARED_KINDS)
-                for key, kind in zip(keys, _sized(kinds, candidates, positions, ratio, caller))  # noqa: B905
+                for key, kind in zip(keys, stat_kinds)  # noqa: B905
             ],
             planner.clock,
             ticket.id,
