@@ -33,7 +33,8 @@ would not write it either; it is the unstable rule's, below.) Then:
   tail and a new static prefix are read by the next request only if the conversation
   goes on within 5 minutes and its prompt holds still this time: they are worth writing
   when the product of those two learnt chances reaches the one-step bar (0.28). Those
-  chances are learnt per scope from a few conversations, and a prompt that never holds
+  chances are learnt per scope from a few conversations (a changed history apart for the
+  size class of what the tail adds, ``_learning.history_change``), and a prompt that never holds
   (a timestamp at its top) would otherwise be written on the strength of their prior.
 
 On an endpoint with an implicit cache (DashScope's compatible and native APIs) an
