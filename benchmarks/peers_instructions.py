@@ -91,9 +91,13 @@ def child(helper: str, variants: list[str], case: str, batch: int, rounds: int, 
             otel.clear()
 
 
-def measure(
-    variants: tuple[str, ...], case: str, batch: int, rounds: int, provider: bool
-) -> dict[str, float]:
+def callgrind_dumps(script: str, child_args: list[str]) -> tuple[list[tuple[str, int]], str]:
+    """Run ``script --child HELPER *child_args`` under callgrind with collection off.
+
+    The child switches collection on and off and dumps the counts with the helper
+    (``HELPER_C``, built here). Returns (each dump's trigger, its instruction total) and
+    valgrind's stderr (to show when a count is missing).
+    """
     with tempfile.TemporaryDirectory() as tmp:
         helper = Path(tmp) / "cgctl.so"
         source = Path(tmp) / "cgctl.c"
@@ -107,27 +111,37 @@ def measure(
                 "--collect-atstart=no",
                 f"--callgrind-out-file={out}",
                 sys.executable,
-                __file__,
+                script,
                 "--child",
                 str(helper),
-                ",".join(variants),
-                case,
-                str(batch),
-                str(rounds),
-                "provider" if provider else "none",
+                *child_args,
             ],
             capture_output=True,
             text=True,
         )
-        per_batch: dict[str, list[float]] = defaultdict(list)
+        dumps: list[tuple[str, int]] = []
         for dump in Path(tmp).glob("cg.out*"):
             text = dump.read_text()
-            trigger = re.search(r"^desc: Trigger: Client Request: (\w[\w-]*):\d+$", text, re.M)
+            trigger = re.search(r"^desc: Trigger: Client Request: (\S+)$", text, re.M)
             total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
             if trigger and total:
-                per_batch[trigger.group(1)].append(int(total.group(1)) / batch)
-        if set(per_batch) != set(variants):
-            raise RuntimeError(f"callgrind gave no counts for some variants:\n{run.stderr[-2000:]}")
+                dumps.append((trigger.group(1), int(total.group(1))))
+    return dumps, run.stderr
+
+
+def measure(
+    variants: tuple[str, ...], case: str, batch: int, rounds: int, provider: bool
+) -> dict[str, float]:
+    dumps, stderr = callgrind_dumps(
+        __file__,
+        [",".join(variants), case, str(batch), str(rounds), "provider" if provider else "none"],
+    )
+    per_batch: dict[str, list[float]] = defaultdict(list)
+    for trigger, total in dumps:
+        variant = trigger.rpartition(":")[0]  # "<variant>:<round>"
+        per_batch[variant].append(total / batch)
+    if set(per_batch) != set(variants):
+        raise RuntimeError(f"callgrind gave no counts for some variants:\n{stderr[-2000:]}")
     return {variant: sum(xs) / len(xs) for variant, xs in per_batch.items()}
 
 
