@@ -391,6 +391,18 @@ def test_what_a_request_sent_unmarked_is_held_by_the_implicit_cache_for_5_minute
     assert not learner.sight(FAMILY, static(1), 400.6, 4)[0].cached  # the explicit cache: apart
 
 
+def test_the_implicit_caches_hit_rate_is_learnt_from_the_bills_per_model(new_learner: Make) -> None:
+    learner = new_learner()
+    assert learner.implicit_hit_rate("p\x00m") == 1.0  # until a bill says otherwise
+    learner.implicit_read("p\x00m", False)
+    learner.implicit_read("p\x00m", False)
+    # (0 + 1) / (1.85 + 1): two misses, forgotten at 0.85.
+    assert learner.implicit_hit_rate("p\x00m") == pytest.approx(1.0 / 2.85)
+    learner.implicit_read("p\x00m", True)
+    assert learner.implicit_hit_rate("p\x00m") == pytest.approx(2.0 / (1.85 * 0.85 + 2.0))
+    assert learner.implicit_hit_rate("p\x00other") == 1.0
+
+
 def test_what_was_not_seen_for_max_age_is_forgotten(new_learner: Make) -> None:
     learner = new_learner(max_age=MAX_AGE)
     learner.sight(FAMILY, static(1), 100.0, 1)
@@ -468,6 +480,9 @@ def _replay(learner: LearningState, seed: int, steps: int) -> list[Any]:
             learner.feedback(family, expected, rng.randint(0, expected))
         elif op < 0.84:
             key = f"p\x00m{rng.randint(1, 2)}"
+            if rng.random() < 0.3:  # a bill that expected an implicit read
+                learner.implicit_read(key, rng.random() < 0.5)
+                out.append(learner.implicit_hit_rate(key))
             choice = rng.random()
             if choice < 0.4:
                 learner.raise_minimum(key, rng.uniform(300, 9_000))
@@ -595,6 +610,28 @@ def test_what_one_instance_sent_unmarked_another_finds_in_the_implicit_cache(
     assert not b.sight(FAMILY, static(5), 400.3, 3)[0].implicit
 
 
+def test_the_implicit_caches_hit_rate_one_instance_learnt_reaches_another(
+    shared: Callable[..., RedisLearner],
+) -> None:
+    a, b = shared(), shared()
+    assert b.implicit_hit_rate("p\x00m") == 1.0
+    a.implicit_read("p\x00m", False)
+    a.implicit_read("p\x00m", False)
+    # b's next decision brings the counts (with the learned minimum: no extra round trip).
+    ask(
+        b,
+        FAMILY,
+        static(1),
+        lambda: 100.0,
+        1,
+        model_key="p\x00m",
+        blocks=(),
+        lines_for=lambda _: {},
+        conversation=None,
+    )
+    assert b.implicit_hit_rate("p\x00m") == pytest.approx(1.0 / 2.85)
+
+
 def test_a_process_expects_the_implicit_read_of_what_another_process_sent_unmarked(
     shared: Callable[..., RedisLearner],
 ) -> None:
@@ -621,7 +658,12 @@ def test_a_process_expects_the_implicit_read_of_what_another_process_sent_unmark
                 body=json.dumps({"model": "qwen3.6-plus", "messages": messages}).encode(), **where
             )
             marked = any(p.action == "inserted" for p in plan.placements)
-            usage = TokenUsage(input=200, cache_write_5m=4_000) if marked else TokenUsage(input=4_200)
+            if marked:
+                usage = TokenUsage(input=200, cache_write_5m=4_000)
+            elif plan.ticket is not None and plan.ticket.implicit_read_raw > 0:
+                usage = TokenUsage(input=200, cache_read=4_000)  # the implicit cache served it
+            else:
+                usage = TokenUsage(input=4_200)
             planner.started(plan)
             planner.finished(plan, usage)
             planner.observe(plan, usage)

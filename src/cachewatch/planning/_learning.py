@@ -86,8 +86,11 @@ no block moved would help, one fixed order would.
 **Implicit caches.** On an endpoint whose unmarked requests fill a cache of their own
 (DashScope's implicit cache), what that cache holds is learnt as the explicit cache's is:
 when the response to a request sent unmarked begins, its prefixes are held there for 5
-minutes (``started``'s ``implicit``), and a sighting says so (``Sight.implicit``). The
-processes behind one key share that cache, so a shared learner shares this too.
+minutes (``started``'s ``implicit``), and a sighting says so (``Sight.implicit``). That
+cache is best effort: whether the bills of unmarked requests expecting a read from it
+were served is counted per (profile, model) key (``implicit_read``), and
+``implicit_hit_rate`` is (served + 1) / (expected + 1), forgotten as the recurrences are.
+The processes behind one key share that cache, so a shared learner shares both.
 
 **In flight.** A request that writes a shared prefix (static or document) claims it
 until its response starts; siblings planned meanwhile do not write it again.
@@ -342,6 +345,10 @@ class LearningState(Protocol):
     def feedback(self, family: int, expected: int, confirmed: int) -> None: ...
 
     def learned_minimum(self, model_key: str) -> int: ...
+
+    def implicit_read(self, model_key: str, served: bool) -> None: ...
+
+    def implicit_hit_rate(self, model_key: str) -> float: ...
 
     def raise_minimum(self, model_key: str, tokens: float) -> None: ...
 

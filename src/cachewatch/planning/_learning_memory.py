@@ -197,6 +197,8 @@ class MemoryLearner:
         #: family -> (expected reads, confirmed reads), forgotten.
         self._reliability: dict[int, tuple[float, float]] = {}
         self._minimums: dict[str, int] = {}
+        #: (profile, model) key -> (implicit reads expected, served), forgotten.
+        self._implicit_hits: dict[str, tuple[float, float]] = {}
         self._stability: OrderedDict[int, _Stability] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -888,6 +890,27 @@ class MemoryLearner:
     def reliability(self, family: int) -> float:
         with self._lock:
             return self._reliability_of(family)
+
+    # -- the implicit cache's hit rate ----------------------------------------------
+
+    def implicit_read(self, model_key: str, served: bool) -> None:
+        """An unmarked request expected a read from the implicit cache; its bill says
+        whether it was ``served`` (counted per (profile, model) key, forgotten)."""
+        f = self.forget
+        with self._lock:
+            hits = self._implicit_hits
+            expected, count = hits.get(model_key, (0.0, 0.0))
+            if len(hits) >= 4_096 and model_key not in hits:
+                hits.clear()
+            hits[model_key] = (expected * f + 1.0, count * f + (1.0 if served else 0.0))
+
+    def implicit_hit_rate(self, model_key: str) -> float:
+        """(served + 1) / (expected + 1): 1 until a bill says otherwise."""
+        found = self._implicit_hits.get(model_key)
+        if found is None:
+            return 1.0
+        expected, served = found
+        return (served + 1.0) / (expected + 1.0)
 
     # -- learned minimums -------------------------------------------------------------
 

@@ -160,6 +160,9 @@ class RedisLearner(RedisLink):
         self._min_version = ""
         #: family -> static positions that changed last time (from the last sight/stability).
         self._volatile: dict[int, set[int]] = {}
+        #: (profile, model) key -> its implicit hit counts as Redis last said (every decision
+        #: that reads the learned minimum brings them).
+        self._implicit_hits: dict[str, tuple[float, float]] = {}
 
     def _ticket(self, ticket: int) -> str:
         # Unique across the fleet: planners number their requests from 1 in every process.
@@ -453,7 +456,8 @@ class RedisLearner(RedisLink):
                 self._min_version = version
 
     def _minimum_seen(self, model_key: str, raw: list[Any]) -> int:
-        value, before, after = raw
+        value, before, after, hits = raw
+        self._hits_seen(model_key, hits)
         with self._lock:
             if before != self._min_version:
                 self._minimums = {}
@@ -462,6 +466,39 @@ class RedisLearner(RedisLink):
             self._minimums[model_key] = int(value)
             self._min_version = after
         return int(value)
+
+    def _hits_seen(self, model_key: str, raw: str) -> None:
+        hits = self._implicit_hits
+        if len(hits) >= 4_096 and model_key not in hits:
+            hits.clear()
+        if raw:
+            expected, served = raw.split(" ")
+            hits[model_key] = (float(expected), float(served))
+        else:
+            hits.pop(model_key, None)
+
+    def implicit_read(self, model_key: str, served: bool) -> None:
+        self._run(
+            lambda: self._hits_seen(
+                model_key,
+                self._eval(op("implicit_read", model_key, "1" if served else "0", _f(self.forget)))[0],
+            ),
+            lambda: self.fallback.implicit_read(model_key, served),
+        )
+
+    def implicit_hit_rate(self, model_key: str) -> float:
+        """As :meth:`MemoryLearner.implicit_hit_rate`, from the counts the last decision or
+        read brought (read from Redis when there are none yet)."""
+        if model_key not in self._implicit_hits and model_key not in self._minimums:
+            self._run(
+                lambda: self._minimum_seen(model_key, self._eval(op("minimum", model_key, ""))[0]),
+                lambda: self.fallback.learned_minimum(model_key),
+            )
+        found = self._implicit_hits.get(model_key)
+        if found is None:
+            return self.fallback.implicit_hit_rate(model_key) if self._down else 1.0
+        expected, served = found
+        return (served + 1.0) / (expected + 1.0)
 
     def learned_minimum(self, model_key: str) -> int:
         found = self._minimums.get(model_key)
@@ -535,3 +572,4 @@ class RedisLearner(RedisLink):
             self._minimums = {}
             self._min_version = ""
             self._volatile = {}
+            self._implicit_hits = {}

@@ -32,7 +32,9 @@ Ops and their arguments (``''`` for "none"; floats as ``repr`` strings, exact):
   request was in the same lane or changed its static prefix to a new one, (static, the reply's place among the binary values or 0, time, steady,
   unsettled, goes on);
 * ``minimum``: model key, tier (``''`` to read, ``-`` to forget). Returns (value, version
-  before, version after);
+  before, version after, the key's implicit hit counts or ``''``);
+* ``implicit_read``: model key, served, forget. Returns the key's new implicit hit counts
+  (``'expected served'``);
 * ``void``: ticket, family_ttl, keys...; ``release``: ticket, keys...; ``started``: ticket,
   now, (key, ttl)... (ttl 0: a sighting ends, nothing was written); ``implicit``: now,
   keys... (sent unmarked: the implicit cache holds them from now); ``not_cached``: keys...; ``feedback``: family, expected, confirmed,
@@ -688,7 +690,26 @@ OPS.minimum = function(a)
       redis.call('INCR', P .. 'minv')
     end
   end
-  return {redis.call('HGET', P .. 'min', key) or '0', before, redis.call('GET', P .. 'minv') or '0'}
+  return {redis.call('HGET', P .. 'min', key) or '0', before, redis.call('GET', P .. 'minv') or '0',
+    redis.call('HGET', P .. 'ih', key) or ''}
+end
+-- The implicit cache's hit counts per (profile, model) key: 'expected served', forgotten
+-- (MemoryLearner.implicit_read). Returns the new counts.
+OPS.implicit_read = function(a)
+  local key, served, f = a[1], a[2] == '1', tonumber(a[3])
+  local e, c = 0.0, 0.0
+  local v = redis.call('HGET', P .. 'ih', key)
+  if v then
+    local x, y = string.match(v, '^(%S+) (%S+)$')
+    e, c = tonumber(x), tonumber(y)
+  elseif redis.call('HLEN', P .. 'ih') >= 4096 then
+    redis.call('DEL', P .. 'ih')
+  end
+  local x = 0.0
+  if served then x = 1.0 end
+  local counts = fmt(e * f + 1.0) .. ' ' .. fmt(c * f + x)
+  redis.call('HSET', P .. 'ih', key, counts)
+  return counts
 end
 """
 

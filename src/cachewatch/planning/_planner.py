@@ -154,9 +154,6 @@ class Planner:
         #: requests would save per request left unmarked, on an endpoint with an implicit
         #: cache (``_policy._implicit_pays``).
         self.implicit_gain: dict[int, float] = {}
-        #: (profile, model) key -> (expected, served) implicit reads, forgotten as the
-        #: learner forgets recurrences (``implicit_hit_rate``).
-        self._implicit_hits: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
     # -- public ----------------------------------------------------------------------
@@ -268,7 +265,7 @@ class Planner:
             if self._reaches_minimum(
                 plan, ticket.model_key, _prefix_size(ticket.implicit_read_raw, expected)
             ):
-                self._implicit_read(
+                self.learner.implicit_read(
                     ticket.model_key, _read_served(usage.cache_read, ticket.implicit_read_raw, expected)
                 )
         if ticket.expected_read_raw > 0:
@@ -303,21 +300,11 @@ class Planner:
 
         DashScope's implicit cache is best effort ("hits not guaranteed"). An unmarked
         request expects the deepest prefix another unmarked request sent within the TTL
-        to be read (``Ticket.implicit_read_raw``); each such bill counts once, forgotten
-        at 0.85 per count (about 7), and the rate is (served + 1) / (expected + 1).
+        to be read (``Ticket.implicit_read_raw``); each such bill counts once in the learned
+        state (``LearningState.implicit_read``: forgotten as the recurrences are, shared by
+        a fleet), and the rate is (served + 1) / (expected + 1).
         """
-        found = self._implicit_hits.get(model_key)
-        if found is None:
-            return 1.0
-        expected, served = found
-        return (served + 1.0) / (expected + 1.0)
-
-    def _implicit_read(self, model_key: str, served: bool) -> None:
-        hits = self._implicit_hits
-        expected, count = hits.get(model_key, (0.0, 0.0))
-        if len(hits) >= 4_096 and model_key not in hits:
-            hits.clear()
-        hits[model_key] = (expected * _FORGET + 1.0, count * _FORGET + (1.0 if served else 0.0))
+        return self.learner.implicit_hit_rate(model_key)
 
     # -- planning ----------------------------------------------------------------------
 
@@ -490,8 +477,6 @@ def _has_wide_float(obj: Any) -> bool:
 
 _WIDE: Final = float(2**63)
 
-#: Forgetting of the implicit cache's hit counts per bill (as the learner's, ~7 bills).
-_FORGET: Final = 0.85
 
 #: A run of 19 digits: the shortest an integer outside [-2**63, 2**64) can be written with.
 _LONG_DIGITS: Final = re.compile(rb"[0-9]{19}")
