@@ -468,14 +468,15 @@ class RedisLearner(RedisLink):
         return int(value)
 
     def _hits_seen(self, model_key: str, raw: str) -> None:
-        hits = self._implicit_hits
-        if len(hits) >= 4_096 and model_key not in hits:
-            hits.clear()
-        if raw:
-            expected, served = raw.split(" ")
-            hits[model_key] = (float(expected), float(served))
-        else:
-            hits.pop(model_key, None)
+        with self._lock:
+            hits = self._implicit_hits
+            if len(hits) >= 4_096 and model_key not in hits:
+                hits.clear()
+            if raw:
+                expected, served = raw.split(" ")
+                hits[model_key] = (float(expected), float(served))
+            else:
+                hits.pop(model_key, None)
 
     def implicit_read(self, model_key: str, served: bool) -> None:
         self._run(
