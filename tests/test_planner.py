@@ -907,3 +907,70 @@ def test_threshold_1h_of_one_turns_1h_bets_off() -> None:
         ttls |= {p.ttl for p in result.inserted}
         clock.now += 420
     assert ttls == {"5m"}
+
+
+def test_a_static_region_is_hedged_before_its_last_block_only_until_its_stability_is_known() -> None:
+    """Before a family's static blocks have shown whether one keeps changing (a block is
+    volatile once it changed at two comparisons running), its first requests also end a
+    prefix before the region's last block: marked for free where the request writes past
+    it. Once four requests were compared, a region whose blocks hold still has no such
+    candidate (it would take a slot for nothing), and one whose last block keeps changing
+    keeps it as the stable prefix it then is."""
+    planner = Planner()
+    other = "invoice refund parcel ticket agent clause quota alert region policy " * 120
+    steady = [{"type": "text", "text": LONG}, {"type": "text", "text": other}]
+    hedged = []
+    for i in range(6):
+        result = plan(chat(f"question {i}", system=steady), planner=planner)
+        hedged.append([p.action for p in result.placements if p.path == "system.0"])
+    assert hedged[0] == ["inserted"]  # the first request writes the region: free to mark
+    assert all(h for h in hedged[:4]), hedged
+    assert not any(h for h in hedged[4:]), hedged
+
+    planner = Planner()
+    stable = []
+    for i in range(6):
+        stamped = [{"type": "text", "text": LONG}, {"type": "text", "text": f"Now: 1700000{i:03d}. " + other}]
+        result = plan(chat(f"question {i}", system=stamped), planner=planner)
+        stable.append([p.action for p in result.placements if p.path == "system.0"])
+    assert all(s for s in stable), stable
+
+
+def test_the_hedge_is_never_written_on_its_own() -> None:
+    """The hedge before the static region's last block is free to mark where the request
+    writes past it, and is read when cached; it is never a write of its own, whatever its
+    kind's statistics say. (Written by itself in a gateway benchmark, a prefix of one
+    tenant's tools came back neither written nor read, and the learned minimum that raised
+    left the system prompts that followed unmarked.)"""
+    from cachewatch.planning._learning import new_sight
+
+    class Eager(MemoryLearner):
+        """Believes every hedge (and stable part) is read again and nothing else is."""
+
+        def sight(self, family: int, sightings: Any, now: float, ticket: int) -> Any:
+            seen = super().sight(family, sightings, now, ticket)
+            return [
+                new_sight(
+                    s.key,
+                    s.kind,
+                    s.run,
+                    False,
+                    False,
+                    False,
+                    1.0 if s.kind in ("hedge", "stable") else 0.0,
+                    0.0,
+                    s.known,
+                    1.0,
+                    False,
+                    False,
+                )
+                for s in seen
+            ]
+
+    planner = Planner(learner=Eager())
+    tools = [{"name": f"t{i}", "description": LONG, "input_schema": {"type": "object"}} for i in range(2)]
+    system = [{"type": "text", "text": LONG}, {"type": "text", "text": "Now: 1700000000. " + LONG}]
+    result = plan(chat("question", system=system, tools=tools), planner=planner)
+    hedges = [p for p in result.placements if p.path == "system.0"]
+    assert hedges, result.placements  # the hedge was a candidate
+    assert result.inserted == (), result.placements

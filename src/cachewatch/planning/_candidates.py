@@ -9,7 +9,11 @@ Candidates (research A.1-A.6, B.2, E), each a prefix ending at one block:
   that keeps changing from one request to the next (``static_end``: a per-user profile, a
   timestamp or retrieved context in a later system block; or one of a few tenants'
   prompts, which do recur), also the last one before it, the part every request shares
-  (kind ``stable``: its own statistics, reported as ``static``);
+  (kind ``stable``: its own statistics, reported as ``static``); and, while too few of the
+  family's requests were seen to know whether any static block changes, the last one
+  before the region's last block (a hedge: marked only where the request writes past it
+  anyway, so it costs no write, and the family's next request reads it if that last
+  block is the one that changed);
 * ``tail_first`` / ``tail``: the last eligible block of the last user message, on a first
   turn / a continued conversation (the next turn, or the next agent-loop step, reads it);
 * ``previous_turn``: where the previous turn's tail was (turn N+1 re-marks the position
@@ -34,17 +38,22 @@ def find_candidates(
     document_tokens: int,
     top_ttl: str | None,
     static_end: int | None = None,
+    hedge: bool = False,
 ) -> list[tuple[int, str]]:
     """The candidate prefixes of a request, as (position, kind), in prompt order.
 
     ``top_ttl``: the TTL of the caller's top-level ``cache_control`` (no ``tail`` then).
     ``static_end``: the first static position that keeps changing (None: none known); a
-    static prefix also ends before it.
+    static prefix also ends before it. ``hedge`` (no such position known, and too few
+    requests of the family seen to know): a static prefix also ends before the static
+    region's last block, the likeliest place of a block that changes.
     """
     positions = layout.positions
     roles = layout.roles
     fm = layout.first_message
     candidates: list[tuple[int, str]] = []
+    if static_end is None and hedge and fm >= 2:
+        static_end = fm - 1
     if static_end is not None and static_end < fm:
         stable = last_eligible(positions, 0, static_end)
         if stable is not None:

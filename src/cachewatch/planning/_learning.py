@@ -143,8 +143,9 @@ __all__ = [
     "new_sighting",
 ]
 
-#: Marker kinds, each with its own statistics.
-KINDS: Final = ("static", "stable", "tail_first", "tail", "document", "previous_turn")
+#: Marker kinds, each with its own statistics (``hedge``: the statistics of a ``stable``
+#: candidate placed before a family's stability is known, ``_candidates``).
+KINDS: Final = ("static", "stable", "hedge", "tail_first", "tail", "document", "previous_turn")
 
 #: Weight, in settled opportunities, of the family's estimate against what the tails first
 #: sighted under one static prefix showed once settled (``MemoryLearner``: a process's

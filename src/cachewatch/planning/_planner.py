@@ -150,6 +150,9 @@ class Planner:
         #: family -> its first static position that keeps changing, as the learner said at
         #: the family's last request (``_candidates``: a second static prefix ends before it).
         self.volatile_at: dict[int, int] = {}
+        #: family -> how many of its requests' static regions the learner compared (a hedge
+        #: ends a static prefix before the region's last block until a few were).
+        self.static_seen: dict[int, int] = {}
         #: family, and static region's prefix key -> the moving average of what its planned
         #: requests would save per request left unmarked, on an endpoint with an implicit
         #: cache (``_policy._implicit_pays``).

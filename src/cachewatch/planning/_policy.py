@@ -112,7 +112,7 @@ _SPARE_PRIORITY: Final = {
     "tail": 3,
     "tail_first": 3,
 }
-_SHARED_KINDS: Final = frozenset({"static", "stable", "document"})
+_SHARED_KINDS: Final = frozenset({"static", "stable", "document", "hedge"})
 #: The reason a placement reports for a candidate kind: a first turn's tail is a tail, and
 #: the static prefix before a changing block is a static prefix (its statistics are kept
 #: apart: it recurs where the whole static region may not).
@@ -120,6 +120,10 @@ _REASON: Final = {"tail_first": "tail", "stable": "static"}
 #: A 1h write instead of a 5m one costs 2.0 - 1.25 = 0.75x its tokens; a later return that
 #: reads it (0.1x) instead of writing again (1.25x) saves 1.15x.
 _UPGRADE_ODDS: Final = 0.75 / 1.15
+#: A family's first requests (per process) whose static region is also cut before its last
+#: block while no block is known to keep changing (``_candidates``'s hedge): a block is
+#: found volatile at the third or fourth of its requests.
+_HEDGE_REQUESTS: Final = 4
 #: The unstable rule's bar against ``threshold``: a read by the next request saves 0.9x, not
 #: the 1.15x of a read instead of a write (module docstring).
 _ONE_STEP: Final = 1.15 / 0.9
@@ -223,8 +227,18 @@ def _place(
     # timestamp) or may (one of a few tenants' prompts, taking turns); the blocks before it
     # do. Which of the two is worth writing is the recurrence statistics' call.
     volatile_at = planner.volatile_at.get(family) if planner.learning and layout.block_digests else None
+    # Until the family's stability is known (a block is volatile only after it changed at
+    # two comparisons running), the static region's first requests also end a prefix before
+    # its last block: the request that writes the region marks that one for free, and
+    # the next request reads it if the last block is what changed (a timestamp, a profile).
+    hedge = (
+        volatile_at is None
+        and planner.learning
+        and len(layout.block_digests) >= 2
+        and planner.static_seen.get(family, 0) < _HEDGE_REQUESTS
+    )
     candidates = find_candidates(
-        layout, ratio, profile.lookback, planner.document_tokens, top_ttl, volatile_at
+        layout, ratio, profile.lookback, planner.document_tokens, top_ttl, volatile_at, hedge
     )
     # Ticket(id, family, model_key), total_raw set: its fields in order.
     ticket = new_ticket(
@@ -263,6 +277,13 @@ def _place(
         # One question to the learner (one round trip to a shared one): the sightings,
         # the static region's stability, and the conversation when planning goes on.
         stat_kinds = _sized(kinds, candidates, positions, ratio, caller)
+        tail_class = stat_kinds[-1] if stat_kinds is not kinds else ""
+        if hedge and "stable" in kinds:
+            # The hedge keeps statistics of its own: where the block it ends before holds
+            # still and an earlier one changes, it is never read, and counted as the family's
+            # stable part it would hold back the write of the part a block found volatile
+            # leaves (the learner's ``stable`` candidate, at most four requests later).
+            stat_kinds = ["hedge" if kind == "stable" else kind for kind in stat_kinds]
         conversation = None
         if layout.first_input_anchor is not None and budget > 0 and not (ordered and _disordered(ordered)):
             # A conversation is one whatever model each of its requests goes to (a router,
@@ -278,7 +299,7 @@ def _place(
                 scope_family,
                 # The tail's size class, when it has one: whether a changed history changes
                 # again can depend on what this request adds (``history_change``).
-                stat_kinds[-1] if stat_kinds is not kinds else "",
+                tail_class,
             )
         sights, stable, before, earlier = ask(
             planner.learner,
@@ -310,6 +331,10 @@ def _place(
             )
         ticket.sighted = keys
         if stable is not None:
+            seen = planner.static_seen
+            if len(seen) >= 4_096 and family not in seen:
+                seen.clear()
+            seen[family] = seen.get(family, 0) + 1
             if stable[0] is not None:
                 cuts = planner.volatile_at
                 if stable[0] != cuts.get(family):
@@ -435,8 +460,11 @@ def _place(
             entries.append((index, kind, sight, "read"))
         elif sight.writing:
             out.append(placement(pos, index, "skipped_in_flight", None, reason, ratio))
-        elif kind == "previous_turn":
-            # A previous turn is marked to be read, never written (the tail covers it).
+        elif kind == "previous_turn" or (hedge and kind == "stable"):
+            # A previous turn is marked to be read, never written (the tail covers it); so
+            # is the hedge before the static region's last block (free to mark where the
+            # request writes past it, never a write of its own: what is known of its kind
+            # holds for the part before a block found to change, which it may not be).
             entries.append((index, kind, sight, None))
         elif unstable and (kind == "tail" or (kind == "static" and not sight.known)):
             # The next request reads it if the conversation goes on within the TTL and its
