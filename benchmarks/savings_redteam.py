@@ -17,7 +17,9 @@ results, big results kept or dropped (and a deploy that switches), agent graphs 
 are lanes (thinking, tool_choice, model); and everyday shapes that found nothing to fix: a
 buffer-window memory that sends only the last messages, few-shot examples drawn per
 request, a per-session header block before shared instructions, a coding agent (tools, a
-reminder block, compaction, a side model).
+reminder block, compaction, a side model); and system prompts of two blocks: a timestamp
+first after six tools, a per-chat document after shared instructions, a timestamped second
+block on DashScope's native and Anthropic-compatible endpoints.
 Shapes over the bar are kept: they are what the policy does not yet learn (BENCHMARKS.md).
 """
 
@@ -643,9 +645,10 @@ def image_chat(
     return workload
 
 
-def qwen_stamped(*, seed: str = "qwenstamp", chats: int = 8) -> Callable[..., None]:
-    """DashScope OpenAI-compatible chats whose system is two messages: stable instructions
-    (2.5k) and a second one with the current time and a request id (changes every request)."""
+def qwen_stamped(*, seed: str = "qwenstamp", chats: int = 8, fmt: str = "chat") -> Callable[..., None]:
+    """DashScope chats whose system is two messages (``fmt="anthropic"``: two system
+    blocks): stable instructions (2.5k) and a second one with the current time and a
+    request id (changes every request)."""
 
     def workload(run: Run) -> None:
         rng = random.Random(SUF + seed)
@@ -654,13 +657,85 @@ def qwen_stamped(*, seed: str = "qwenstamp", chats: int = 8) -> Callable[..., No
             history: list[dict[str, Any]] = []
             for t in range(rng.randint(2, 6)):
                 history.append(U._user(f"{seed}-{c}-{t}", rng.randint(30, 200)))
-                stamp = {"role": "system", "content": f"Now: {run.clock():.0f}. Request {c}-{t}."}
-                reply = run.send(
-                    model=QWEN, messages=[{"role": "system", "content": system}, stamp, *history]
-                )
-                history.append({"role": "assistant", "content": reply.choices[0].message.content or ""})
+                now = f"Now: {run.clock():.0f}. Request {c}-{t}."
+                if fmt == "anthropic":
+                    blocks = [{"type": "text", "text": system}, {"type": "text", "text": now}]
+                    history.append(_reply(run.send(model=QWEN, system=blocks, messages=history)))
+                else:
+                    stamp = {"role": "system", "content": now}
+                    reply = run.send(
+                        model=QWEN, messages=[{"role": "system", "content": system}, stamp, *history]
+                    )
+                    history.append({"role": "assistant", "content": reply.choices[0].message.content or ""})
                 run.wait(rng.uniform(5, 60))
             run.wait(rng.uniform(20, 200))
+
+    return workload
+
+
+def stamped_top_agent(*, seed: str = "stamptop", tasks: int = 8) -> Callable[..., None]:
+    """Agent loops (3-7 steps, 2-20 s apart) with six tools and a system prompt of two
+    blocks: the first holds the time and a request id (changes every request), the second
+    2.5k tokens of instructions. Nothing after the tools is ever the same twice."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        tools = [schema_tool(f"t{i}", f"{seed}-t{i}", 14) for i in range(6)]
+        instructions = "You are an operations agent. " + text(f"{seed}-system", 2_500)
+        for c in range(tasks):
+            messages: list[dict[str, Any]] = [{"role": "user", "content": text(f"{seed}-{c}", 150)}]
+            for s in range(rng.randint(3, 7)):
+                system = [
+                    {"type": "text", "text": f"Now: {run.clock():.0f}. Request {c}-{s}."},
+                    {"type": "text", "text": instructions},
+                ]
+                run.send(model=SONNET, system=system, tools=tools, messages=messages)
+                uid = f"toolu_{seed}{c:02d}{s:02d}"
+                messages.append(
+                    {
+                        "role": "assistant",
+                        "content": [{"type": "tool_use", "id": uid, "name": "t0", "input": {}}],
+                    }
+                )
+                messages.append(
+                    {"role": "user", "content": [_tr(uid, text(f"{seed}-r{c}-{s}", rng.randint(80, 600)))]}
+                )
+                run.wait(rng.uniform(2, 20))
+            run.wait(rng.uniform(30, 400))
+
+    return workload
+
+
+def document_in_system(
+    *, seed: str = "docsys", chats: int = 10, open_at_once: int = 3
+) -> Callable[..., None]:
+    """Chats about a document that the app puts in the system prompt after shared
+    instructions (2k): each chat its own document (2-5k), three chats open at once, turns
+    interleaved 10-60 s apart. The second block changes from one request to the next, but
+    each value comes back for the rest of its chat."""
+
+    def workload(run: Run) -> None:
+        rng = random.Random(SUF + seed)
+        instructions = "Answer questions about the attached document. " + text(f"{seed}-system", 2_000)
+        pending = list(range(chats))
+        live: list[tuple[int, str, list[dict[str, Any]], int]] = []
+        while pending or live:
+            while pending and len(live) < open_at_once:
+                c = pending.pop(0)
+                doc = f"Document {c}. " + text(f"{seed}-doc{c}", rng.randint(2_000, 5_000))
+                live.append((c, doc, [], rng.randint(2, 6)))
+            k = rng.randrange(len(live))
+            c, doc, messages, left = live[k]
+            messages.append(
+                {"role": "user", "content": text(f"{seed}-{c}-{len(messages)}", rng.randint(20, 150))}
+            )
+            system = [{"type": "text", "text": instructions}, {"type": "text", "text": doc}]
+            messages.append(_reply(run.send(model=SONNET, system=system, messages=messages)))
+            if left <= 1:
+                live.pop(k)
+            else:
+                live[k] = (c, doc, messages, left - 1)
+            run.wait(rng.uniform(10, 60))
 
     return workload
 
@@ -1576,6 +1651,10 @@ SHAPES = [
     Workload("session header block", "anthropic", session_header()),
     Workload("coding agent", "anthropic", coding_agent()),
     Workload("coding agents 3 devs", "anthropic", coding_agent(devs=3, seed="ccode3")),
+    Workload("stamped first block agent", "anthropic", stamped_top_agent()),
+    Workload("document in system chats", "anthropic", document_in_system()),
+    Workload("qwen native stamped system", "dashscope_native", qwen_stamped(seed="qnstamp")),
+    Workload("qwen anth stamped system", "dashscope", qwen_stamped(seed="qastamp", fmt="anthropic")),
 ]
 
 
