@@ -424,7 +424,8 @@ def _replay(learner: LearningState, seed: int, steps: int) -> list[Any]:
     # A request's sightings: static prefixes first (a stable part, the whole region), then
     # the rest, first tails of every size class among them, so that first tails are sighted
     # under static prefixes, come back before or after their TTL or never, and are settled.
-    first = ("stable", "static")
+    # (A hedge is sighted where a stable part would be, with statistics of its own.)
+    first = ("stable", "static", "hedge")
     rest = (*kinds, "tail_first:1", "tail_first:3", "tail:2")
     now = 1_000.0
     ticket = 0
