@@ -974,3 +974,59 @@ def test_the_hedge_is_never_written_on_its_own() -> None:
     hedges = [p for p in result.placements if p.path == "system.0"]
     assert hedges, result.placements  # the hedge was a candidate
     assert result.inserted == (), result.placements
+
+
+def test_the_hedge_gets_no_1h_bet_and_no_slot_another_free_marker_wants() -> None:
+    """A hedge whose own statistics say it comes back late is not bet on at 1h (that is a
+    write of its own, 0.75-1x its tokens); and where slots are short, the whole static
+    region's free marker keeps its slot before the hedge takes one."""
+    from cachewatch.planning._learning import new_sight
+
+    class Late(MemoryLearner):
+        """The hedge came back late and surely will again; the tail is surely read."""
+
+        def sight(self, family: int, sightings: Any, now: float, ticket: int) -> Any:
+            seen = super().sight(family, sightings, now, ticket)
+            return [
+                new_sight(
+                    s.key,
+                    s.kind,
+                    s.run,
+                    False,
+                    False,
+                    s.kind == "hedge",
+                    1.0 if s.kind.startswith("tail") else 0.0,
+                    1.0 if s.kind == "hedge" else 0.0,
+                    s.known,
+                    1.0,
+                    False,
+                    False,
+                )
+                for s in seen
+            ]
+
+    system = [{"type": "text", "text": LONG}, {"type": "text", "text": "Now: 1700000000. " + LONG}]
+    result = plan(
+        chat([{"type": "text", "text": LONG}], system=system), planner=Planner(learner=Late(), budget_1h=None)
+    )
+    hedge = [p for p in result.placements if p.path == "system.0"]
+    assert hedge, result.placements
+    assert all(p.ttl != "1h" for p in result.inserted), result.placements
+
+    # Two caller markers leave two slots: the tail (the write) and one free marker.
+    tools = [marked("tool one " + LONG[:200]), marked("tool two " + LONG[:200])]
+    tools = [
+        {
+            "name": f"t{i}",
+            "description": t["text"],
+            "input_schema": {"type": "object"},
+            "cache_control": t["cache_control"],
+        }
+        for i, t in enumerate(tools)
+    ]
+    result = plan(
+        chat([{"type": "text", "text": LONG}], system=system, tools=tools), planner=Planner(learner=Late())
+    )
+    inserted = {p.path for p in result.inserted}
+    assert "system.1" in inserted, result.placements
+    assert "system.0" not in inserted, result.placements

@@ -47,7 +47,7 @@ are counts, times and digests, never content):
   reliability and the stability state (msgpack). ``fams`` (a sorted set by last use) caps
   the families at ``max_families``, the least recently used dropped first; each family
   also expires ``family_ttl`` (7 days) after its last use.
-* ``pool``: the counts pooled over every family (at most 12 kinds, tails' size classes included, x 4 buckets).
+* ``pool``: the counts pooled over every family (at most 13 kinds, tails' size classes included, x 4 buckets).
 * ``c:<conversation key>``: a conversation's last request, and where its last request to
   each of a few other models ended, expiring with ``max_age``.
 * ``min`` / ``minv``: learned minimums per (profile, model) and a version that changes with

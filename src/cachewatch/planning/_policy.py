@@ -121,8 +121,8 @@ _REASON: Final = {"tail_first": "tail", "stable": "static"}
 #: reads it (0.1x) instead of writing again (1.25x) saves 1.15x.
 _UPGRADE_ODDS: Final = 0.75 / 1.15
 #: A family's first requests (per process) whose static region is also cut before its last
-#: block while no block is known to keep changing (``_candidates``'s hedge): a block is
-#: found volatile at the third or fourth of its requests.
+#: block while no block is known to keep changing (``_candidates``'s hedge): a block that
+#: changes at every request is found volatile at the fourth.
 _HEDGE_REQUESTS: Final = 4
 #: The unstable rule's bar against ``threshold``: a read by the next request saves 0.9x, not
 #: the 1.15x of a read instead of a write (module docstring).
@@ -227,10 +227,11 @@ def _place(
     # timestamp) or may (one of a few tenants' prompts, taking turns); the blocks before it
     # do. Which of the two is worth writing is the recurrence statistics' call.
     volatile_at = planner.volatile_at.get(family) if planner.learning and layout.block_digests else None
-    # Until the family's stability is known (a block is volatile only after it changed at
-    # two comparisons running), the static region's first requests also end a prefix before
-    # its last block: the request that writes the region marks that one for free, and
-    # the next request reads it if the last block is what changed (a timestamp, a profile).
+    # Until the family's stability is known (with the default forgetting, a block is found
+    # volatile after it changed at three comparisons running: at the fourth request), its
+    # first requests also end a prefix before the static region's last block: the request
+    # that writes the region marks that one for free, and the next request reads it if the
+    # last block is what changed (a timestamp, a profile).
     hedge = (
         volatile_at is None
         and planner.learning
@@ -509,6 +510,8 @@ def _place(
             return (1, 0)
         if role is not None:
             return (2, -index)
+        if hedge and kind == "stable":
+            return (4, 0)  # the hedge takes a slot only where no other free marker wants it
         return (3, _SPARE_PRIORITY.get(kind, 9))
 
     wanted = [e for e in entries if e[3] is not None or e[0] < extent]
@@ -541,7 +544,7 @@ def _place(
         chosen
         and profile.implicit_cache
         and not ordered
-        and _implicit_pays(planner, family, model_key, candidates, sights, chosen, positions, ratio)
+        and _implicit_pays(planner, family, model_key, candidates, sights, chosen, positions, ratio, hedge)
     ):
         # The whole request unmarked keeps the endpoint's implicit cache, which pays more.
         for index, kind, _ in chosen:
@@ -564,7 +567,8 @@ def _place(
                 if sight.cached_1h:
                     one_hour_upto = max(one_hour_upto, index)
                 elif (
-                    sight.late
+                    not (hedge and kind == "stable")  # a hedge is never a write of its own
+                    and sight.late
                     and _bets_1h(planner, sight)
                     and (
                         bets is None or bets.affords(_premium(planner, sight) * positions[index][CUM] * ratio)
@@ -818,6 +822,7 @@ def _implicit_pays(
     chosen: list[tuple[int, str, Sight]],
     positions: list[Pos],
     ratio: float,
+    hedge: bool = False,
 ) -> bool:
     """Whether this request is better sent unmarked than with the markers planned.
 
@@ -899,7 +904,15 @@ def _implicit_pays(
     gains[family] = average
     # Requests under one static region (a tenant's system prompt behind a shared key) keep
     # an average of their own, which starts from the family's.
-    region = next((s.key for (_, kind), s in zip(candidates, sights) if kind in _REGION), None)  # noqa: B905
+    # (A hedge is no region of its own: the whole static region's prefix keys it.)
+    region = next(
+        (
+            s.key
+            for (_, kind), s in zip(candidates, sights)  # noqa: B905
+            if kind in _REGION and not (hedge and kind == "stable")
+        ),
+        None,
+    )
     if region is not None:
         before = gains.get(region)
         if before is None:
