@@ -936,41 +936,41 @@ def test_a_static_region_is_hedged_before_its_last_block_only_until_its_stabilit
     assert all(s for s in stable), stable
 
 
+class _Believing(MemoryLearner):
+    """A learner whose answers say what a test needs: ``p(kind)``, and for the kinds in
+    ``late`` a late return that surely comes again; nothing cached or in flight."""
+
+    def __init__(self, p: Any, late: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self._answer = p
+        self._late_kinds = late
+
+    def sight(self, family: int, sightings: Any, now: float, ticket: int) -> Any:
+        from cachewatch.planning._learning import new_sight
+
+        late = self._late_kinds
+        return [
+            new_sight(
+                s.key, s.kind, s.run, False, False, s.kind in late, self._answer(s.kind),
+                1.0 if s.kind in late else 0.0, s.known, 1.0, False, False,
+            )
+            for s in super().sight(family, sightings, now, ticket)
+        ]  # fmt: skip
+
+
+STAMPED = [{"type": "text", "text": LONG}, {"type": "text", "text": "Now: 1700000000. " + LONG}]
+
+
 def test_the_hedge_is_never_written_on_its_own() -> None:
     """The hedge before the static region's last block is free to mark where the request
     writes past it, and is read when cached; it is never a write of its own, whatever its
     kind's statistics say. (Written by itself in a gateway benchmark, a prefix of one
     tenant's tools came back neither written nor read, and the learned minimum that raised
     left the system prompts that followed unmarked.)"""
-    from cachewatch.planning._learning import new_sight
-
-    class Eager(MemoryLearner):
-        """Believes every hedge (and stable part) is read again and nothing else is."""
-
-        def sight(self, family: int, sightings: Any, now: float, ticket: int) -> Any:
-            seen = super().sight(family, sightings, now, ticket)
-            return [
-                new_sight(
-                    s.key,
-                    s.kind,
-                    s.run,
-                    False,
-                    False,
-                    False,
-                    1.0 if s.kind in ("hedge", "stable") else 0.0,
-                    0.0,
-                    s.known,
-                    1.0,
-                    False,
-                    False,
-                )
-                for s in seen
-            ]
-
-    planner = Planner(learner=Eager())
+    # Every hedge (and stable part) is read again, nothing else is.
+    planner = Planner(learner=_Believing(lambda kind: 1.0 if kind in ("hedge", "stable") else 0.0))
     tools = [{"name": f"t{i}", "description": LONG, "input_schema": {"type": "object"}} for i in range(2)]
-    system = [{"type": "text", "text": LONG}, {"type": "text", "text": "Now: 1700000000. " + LONG}]
-    result = plan(chat("question", system=system, tools=tools), planner=planner)
+    result = plan(chat("question", system=STAMPED, tools=tools), planner=planner)
     hedges = [p for p in result.placements if p.path == "system.0"]
     assert hedges, result.placements  # the hedge was a candidate
     assert result.inserted == (), result.placements
@@ -980,53 +980,28 @@ def test_the_hedge_gets_no_1h_bet_and_no_slot_another_free_marker_wants() -> Non
     """A hedge whose own statistics say it comes back late is not bet on at 1h (that is a
     write of its own, 0.75-1x its tokens); and where slots are short, the whole static
     region's free marker keeps its slot before the hedge takes one."""
-    from cachewatch.planning._learning import new_sight
 
-    class Late(MemoryLearner):
-        """The hedge came back late and surely will again; the tail is surely read."""
+    def tails(kind: str) -> float:  # the tail is surely read; the hedge surely comes back late
+        return 1.0 if kind.startswith("tail") else 0.0
 
-        def sight(self, family: int, sightings: Any, now: float, ticket: int) -> Any:
-            seen = super().sight(family, sightings, now, ticket)
-            return [
-                new_sight(
-                    s.key,
-                    s.kind,
-                    s.run,
-                    False,
-                    False,
-                    s.kind == "hedge",
-                    1.0 if s.kind.startswith("tail") else 0.0,
-                    1.0 if s.kind == "hedge" else 0.0,
-                    s.known,
-                    1.0,
-                    False,
-                    False,
-                )
-                for s in seen
-            ]
-
-    system = [{"type": "text", "text": LONG}, {"type": "text", "text": "Now: 1700000000. " + LONG}]
-    result = plan(
-        chat([{"type": "text", "text": LONG}], system=system), planner=Planner(learner=Late(), budget_1h=None)
-    )
-    hedge = [p for p in result.placements if p.path == "system.0"]
-    assert hedge, result.placements
+    first = [{"type": "text", "text": LONG}]
+    planner = Planner(learner=_Believing(tails, late=("hedge",)), budget_1h=None)
+    result = plan(chat(first, system=STAMPED), planner=planner)
+    assert [p for p in result.placements if p.path == "system.0"], result.placements
     assert all(p.ttl != "1h" for p in result.inserted), result.placements
 
     # Two caller markers leave two slots: the tail (the write) and one free marker.
-    tools = [marked("tool one " + LONG[:200]), marked("tool two " + LONG[:200])]
     tools = [
         {
             "name": f"t{i}",
-            "description": t["text"],
+            "description": f"tool {i} " + LONG[:200],
             "input_schema": {"type": "object"},
-            "cache_control": t["cache_control"],
+            "cache_control": {"type": "ephemeral"},
         }
-        for i, t in enumerate(tools)
+        for i in range(2)
     ]
-    result = plan(
-        chat([{"type": "text", "text": LONG}], system=system, tools=tools), planner=Planner(learner=Late())
-    )
+    planner = Planner(learner=_Believing(tails, late=("hedge",)))
+    result = plan(chat(first, system=STAMPED, tools=tools), planner=planner)
     inserted = {p.path for p in result.inserted}
     assert "system.1" in inserted, result.placements
     assert "system.0" not in inserted, result.placements
