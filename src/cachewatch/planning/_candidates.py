@@ -11,9 +11,9 @@ Candidates (research A.1-A.6, B.2, E), each a prefix ending at one block:
   prompts, which do recur), also the last one before it, the part every request shares
   (kind ``stable``: its own statistics, reported as ``static``); and, while too few of the
   family's requests were seen to know whether any static block changes, the last one
-  before the region's last block (a hedge: marked only where the request writes past it
-  anyway, so it costs no write, and the family's next request reads it if that last
-  block is the one that changed);
+  before the region's last block (kind ``hedge``, reported as ``static``: marked only
+  where it is cached or the request writes past it anyway, so it costs no write, and the
+  family's next request reads it if that last block is the one that changed);
 * ``tail_first`` / ``tail``: the last eligible block of the last user message, on a first
   turn / a continued conversation (the next turn, or the next agent-loop step, reads it);
 * ``previous_turn``: where the previous turn's tail was (turn N+1 re-marks the position
@@ -52,12 +52,13 @@ def find_candidates(
     roles = layout.roles
     fm = layout.first_message
     candidates: list[tuple[int, str]] = []
+    kind = "stable"
     if static_end is None and hedge and fm >= 2:
-        static_end = fm - 1
+        static_end, kind = fm - 1, "hedge"
     if static_end is not None and static_end < fm:
         stable = last_eligible(positions, 0, static_end)
         if stable is not None:
-            candidates.append((stable, "stable"))
+            candidates.append((stable, kind))
     static = last_eligible(positions, 0, fm)
     if static is not None and (not candidates or candidates[0][0] != static):
         candidates.append((static, "static"))

@@ -111,12 +111,13 @@ _SPARE_PRIORITY: Final = {
     "previous_turn": 2,
     "tail": 3,
     "tail_first": 3,
+    "hedge": 4,  # a slot only where no other free marker wants it
 }
 _SHARED_KINDS: Final = frozenset({"static", "stable", "document", "hedge"})
 #: The reason a placement reports for a candidate kind: a first turn's tail is a tail, and
 #: the static prefix before a changing block is a static prefix (its statistics are kept
 #: apart: it recurs where the whole static region may not).
-_REASON: Final = {"tail_first": "tail", "stable": "static"}
+_REASON: Final = {"tail_first": "tail", "stable": "static", "hedge": "static"}
 #: A 1h write instead of a 5m one costs 2.0 - 1.25 = 0.75x its tokens; a later return that
 #: reads it (0.1x) instead of writing again (1.25x) saves 1.15x.
 _UPGRADE_ODDS: Final = 0.75 / 1.15
@@ -278,13 +279,6 @@ def _place(
         # One question to the learner (one round trip to a shared one): the sightings,
         # the static region's stability, and the conversation when planning goes on.
         stat_kinds = _sized(kinds, candidates, positions, ratio, caller)
-        tail_class = stat_kinds[-1] if stat_kinds is not kinds else ""
-        if hedge and "stable" in kinds:
-            # The hedge keeps statistics of its own: where the block it ends before holds
-            # still and an earlier one changes, it is never read, and counted as the family's
-            # stable part it would hold back the write of the part a block found volatile
-            # leaves (the learner's ``stable`` candidate, at most four requests later).
-            stat_kinds = ["hedge" if kind == "stable" else kind for kind in stat_kinds]
         conversation = None
         if layout.first_input_anchor is not None and budget > 0 and not (ordered and _disordered(ordered)):
             # A conversation is one whatever model each of its requests goes to (a router,
@@ -300,7 +294,7 @@ def _place(
                 scope_family,
                 # The tail's size class, when it has one: whether a changed history changes
                 # again can depend on what this request adds (``history_change``).
-                tail_class,
+                stat_kinds[-1] if stat_kinds is not kinds else "",
             )
         sights, stable, before, earlier = ask(
             planner.learner,
@@ -461,11 +455,12 @@ def _place(
             entries.append((index, kind, sight, "read"))
         elif sight.writing:
             out.append(placement(pos, index, "skipped_in_flight", None, reason, ratio))
-        elif kind == "previous_turn" or (hedge and kind == "stable"):
+        elif kind == "previous_turn" or kind == "hedge":
             # A previous turn is marked to be read, never written (the tail covers it); so
             # is the hedge before the static region's last block (free to mark where the
-            # request writes past it, never a write of its own: what is known of its kind
-            # holds for the part before a block found to change, which it may not be).
+            # request writes past it, never a write of its own: its own statistics keep
+            # what it did apart from the stable part of a block found to change, but where
+            # an earlier block is the one that changes, it is never read).
             entries.append((index, kind, sight, None))
         elif unstable and (kind == "tail" or (kind == "static" and not sight.known)):
             # The next request reads it if the conversation goes on within the TTL and its
@@ -510,8 +505,6 @@ def _place(
             return (1, 0)
         if role is not None:
             return (2, -index)
-        if hedge and kind == "stable":
-            return (4, 0)  # the hedge takes a slot only where no other free marker wants it
         return (3, _SPARE_PRIORITY.get(kind, 9))
 
     wanted = [e for e in entries if e[3] is not None or e[0] < extent]
@@ -544,7 +537,7 @@ def _place(
         chosen
         and profile.implicit_cache
         and not ordered
-        and _implicit_pays(planner, family, model_key, candidates, sights, chosen, positions, ratio, hedge)
+        and _implicit_pays(planner, family, model_key, candidates, sights, chosen, positions, ratio)
     ):
         # The whole request unmarked keeps the endpoint's implicit cache, which pays more.
         for index, kind, _ in chosen:
@@ -567,7 +560,7 @@ def _place(
                 if sight.cached_1h:
                     one_hour_upto = max(one_hour_upto, index)
                 elif (
-                    not (hedge and kind == "stable")  # a hedge is never a write of its own
+                    kind != "hedge"  # never a write of its own
                     and sight.late
                     and _bets_1h(planner, sight)
                     and (
@@ -599,10 +592,7 @@ def _place(
         ttl = (
             "1h"
             if forced_1h
-            or (
-                allowed_1h
-                and (index <= one_hour_upto or (static_1h and (kind == "static" or kind == "stable")))
-            )
+            or (allowed_1h and (index <= one_hour_upto or (static_1h and kind in _REGION_OR_HEDGE)))
             else "5m"
         )
         if ttl == "5m" and index < first_5m:  # first_5m = min(first_5m, float(index))
@@ -809,8 +799,10 @@ _IMPLICIT_HORIZON: Final = 20
 #: Families and static regions whose averages are kept (all forgotten at once past it).
 _IMPLICIT_GAINS_MAX: Final = 4_096
 #: Candidate kinds that end a static region (its whole, or the part before a block that
-#: keeps changing).
+#: keeps changing; not the hedge, which is a guess of the latter).
 _REGION: Final = ("static", "stable")
+#: The candidates ``static_ttl="1h"`` marks at 1h (a hedge precedes the static marker).
+_REGION_OR_HEDGE: Final = ("static", "stable", "hedge")
 
 
 def _implicit_pays(
@@ -822,7 +814,6 @@ def _implicit_pays(
     chosen: list[tuple[int, str, Sight]],
     positions: list[Pos],
     ratio: float,
-    hedge: bool = False,
 ) -> bool:
     """Whether this request is better sent unmarked than with the markers planned.
 
@@ -904,15 +895,7 @@ def _implicit_pays(
     gains[family] = average
     # Requests under one static region (a tenant's system prompt behind a shared key) keep
     # an average of their own, which starts from the family's.
-    # (A hedge is no region of its own: the whole static region's prefix keys it.)
-    region = next(
-        (
-            s.key
-            for (_, kind), s in zip(candidates, sights)  # noqa: B905
-            if kind in _REGION and not (hedge and kind == "stable")
-        ),
-        None,
-    )
+    region = next((s.key for (_, kind), s in zip(candidates, sights) if kind in _REGION), None)  # noqa: B905
     if region is not None:
         before = gains.get(region)
         if before is None:
