@@ -911,7 +911,7 @@ def test_threshold_1h_of_one_turns_1h_bets_off() -> None:
 
 def test_a_static_region_is_hedged_before_its_last_block_only_until_its_stability_is_known() -> None:
     """Before a family's static blocks have shown whether one keeps changing (a block is
-    volatile once it changed at two comparisons running), its first requests also end a
+    volatile once it changed at three comparisons running), its first requests also end a
     prefix before the region's last block: marked for free where the request writes past
     it. Once four requests were compared, a region whose blocks hold still has no such
     candidate (it would take a slot for nothing), and one whose last block keeps changing

@@ -550,7 +550,7 @@ def test_the_second_request_reads_the_system_prompt_before_a_block_that_changed(
     base_url: str, endpoint: str
 ) -> None:
     """Chats whose system prompt is shared instructions followed by a short block with the
-    time and a request id. Before a block is known to keep changing (it must change at two
+    time and a request id. Before a block is known to keep changing (it must change at three
     comparisons running), the first request also ends a prefix before the static region's
     last block, at no write cost (it writes past it anyway), so the second request already
     reads the instructions. Before, the first reads came at the sixth request on Anthropic
