@@ -173,7 +173,9 @@ RESPONSE_CASES: dict[str, tuple[str, Callable[..., Any], dict[str, float]]] = {
         {"ok": 2},
     ),
     "truncated_json": ("messages", json_responder(anthropic_json()[:57]), {"ok": 2}),
-    "truncated_sse": ("messages", sse_responder(anthropic_sse()[:301]), {"ok": 2}),
+    # A stream cut before its terminal event and any finish reason: the server's side ended
+    # it (``incomplete_stream``); a JSON body cut short is unparsed, its status's outcome.
+    "truncated_sse": ("messages", sse_responder(anthropic_sse()[:301]), {"server_error": 2}),
     "corrupt_gzip": (
         "messages",
         json_responder(CORRUPT_GZIP, headers=(*JSON_HEADERS, ("content-encoding", "gzip")), chunk=9),

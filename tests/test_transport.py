@@ -225,6 +225,31 @@ async def test_abandoned_stream_is_aborted_with_usage_so_far(harness: Harness, t
     assert span.attributes["cachewatch.outcome"] == "aborted"
 
 
+async def test_a_stream_whose_body_ends_before_its_terminal_event_is_a_server_error(
+    harness: Harness, telemetry: Any
+) -> None:
+    """The server ends the body after message_start and a delta: no message_delta, no
+    message_stop. Not a complete response (the output count is message_start's
+    placeholder): ``server_error``, ``incomplete_stream``, with the usage seen so far. The
+    bytes reach the caller unchanged, read to the end."""
+    cut = DASHSCOPE_SSE.split(b"event: content_block_stop", 1)[0]
+    parts = chunks_of(cut, 50)
+    t = harness.transport(lambda r: (200, {"content-type": "text/event-stream"}, parts), **telemetry.kwargs)
+    assert await harness.stream_chunks(harness.client(t), json=REQUEST) == parts
+    labels = {
+        "provider": "anthropic",
+        "api": "messages",
+        "model": "claude-sonnet-4-6",
+        "workspace": "default",
+    }
+    assert telemetry.value("cachewatch_requests_total", outcome="server_error", **labels) == 1
+    assert telemetry.value("cachewatch_requests_total", outcome="ok", **labels) == 0
+    assert telemetry.tokens(**labels)["input"] == 8834
+    (span,) = telemetry.spans()
+    assert span.attributes["cachewatch.outcome"] == "server_error"
+    assert span.attributes["error.type"] == "incomplete_stream"
+
+
 async def test_close_after_terminal_event_is_ok(harness: Harness, telemetry: Any) -> None:
     """Closing right after message_stop, before the transport signals the end, is not an abort."""
     parts = [DASHSCOPE_SSE, b": trailing comment\n\n"]

@@ -320,6 +320,32 @@ def test_anthropic_stream_delta_overwrites_never_sums() -> None:
     )
 
 
+def test_litellm_chat_usage_1h_writes_in_its_cache_creation_token_details() -> None:
+    # LiteLLM's Chat usage of an Anthropic 1h write (what its AnthropicConfig.calculate_usage
+    # builds): the 5m/1h split is under ``prompt_tokens_details.cache_creation_token_details``.
+    u = usage_of(
+        "chat_completions",
+        {
+            "usage": {
+                "prompt_tokens": 8012,
+                "completion_tokens": 40,
+                "prompt_tokens_details": {
+                    "cache_write_tokens": 3000,
+                    "cached_tokens": 5000,
+                    "cache_creation_tokens": 3000,
+                    "cache_creation_token_details": {
+                        "ephemeral_5m_input_tokens": 0,
+                        "ephemeral_1h_input_tokens": 3000,
+                    },
+                },
+                "cache_creation_input_tokens": 3000,
+                "cache_read_input_tokens": 5000,
+            }
+        },
+    )
+    assert u == TokenUsage(input=12, cache_read=5000, cache_write_1h=3000, output=40)
+
+
 def test_dashscope_anthropic_stream_split_only_in_delta() -> None:
     acc = stream(
         "messages",
@@ -347,6 +373,64 @@ def test_dashscope_anthropic_stream_split_only_in_delta() -> None:
         ("message_stop", {"type": "message_stop"}),
     )
     assert acc.result().usage == TokenUsage(input=18, cache_read=8831, output=77)
+
+
+def test_dashscope_anthropic_stream_split_without_input_tokens_in_the_delta() -> None:
+    # The frames another client library quotes from DashScope's Anthropic endpoint (research
+    # F): message_start counts the whole prompt and no cache, message_delta the read with no
+    # ``input_tokens``. The read is part of the whole prompt, not on top of it.
+    acc = stream(
+        "messages",
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {"id": "m", "usage": {"input_tokens": 3602, "output_tokens": 0}},
+            },
+        ),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn"},
+                "usage": {
+                    "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": 3500,
+                    "prompt_tokens_details": {"cached_tokens": 3500},
+                    "output_tokens": 878,
+                },
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    )
+    assert acc.result().usage == TokenUsage(input=102, cache_read=3500, output=878)
+    # A write split off the same way; a read above the whole prompt leaves no uncached part.
+    for split, expected in (
+        ({"cache_creation_input_tokens": 3000}, TokenUsage(input=602, cache_write_5m=3000, output=5)),
+        ({"cache_read_input_tokens": 3604}, TokenUsage(input=0, cache_read=3604, output=5)),
+    ):
+        acc = stream(
+            "messages",
+            ("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 3602}}}),
+            ("message_delta", {"type": "message_delta", "usage": {**split, "output_tokens": 5}}),
+        )
+        assert acc.result().usage == expected
+    # A cache-aware message_start keeps its uncached count when the delta repeats the split.
+    acc = stream(
+        "messages",
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {"usage": {"input_tokens": 12, "cache_read_input_tokens": 5000}},
+            },
+        ),
+        (
+            "message_delta",
+            {"type": "message_delta", "usage": {"cache_read_input_tokens": 5000, "output_tokens": 9}},
+        ),
+    )
+    assert acc.result().usage == TokenUsage(input=12, cache_read=5000, output=9)
 
 
 def test_minimax_zero_start_and_kimi_explicit_zero_cache_read() -> None:

@@ -273,6 +273,7 @@ class Exchange:
             now = engine.clock()
             parsed = _NOTHING_PARSED
             truncated: str | None = None
+            cut = False
             observer = self.observer
             if observer is not None:
                 try:
@@ -292,6 +293,23 @@ class Exchange:
                 if outcome is Outcome.OK and parsed.error_type:
                     # An error event inside a 200 stream (e.g. overloaded_error).
                     outcome = Outcome.SERVER_ERROR
+                elif (
+                    outcome is Outcome.OK
+                    and self.stream
+                    and not parsed.complete
+                    and not parsed.finish_reasons
+                    and not parsed.unparsed
+                    and truncated is None
+                    and (parsed.usage is not None or parsed.response_id is not None)
+                ):
+                    # The provider's stream began and its body ended before the stream did:
+                    # no terminal event, no finish reason. What it billed is not all known
+                    # (message_start's output count is a placeholder), so this is no
+                    # complete response: the server's side cut it.
+                    outcome = Outcome.SERVER_ERROR
+                    cut = True
+                    if error_type is None:
+                        error_type = "incomplete_stream"
             info = self.info
             if info.request_model is None and parsed.response_model:
                 info = replace(info, model=engine.model_cap(parsed.response_model))
@@ -351,7 +369,7 @@ class Exchange:
                 cache_mode,
                 # Not a zero: the provider did not say (an OpenAI-compatible stream without
                 # stream_options.include_usage...). Counted in cachewatch_usage_unreported_total.
-                not (usage is None and outcome is Outcome.OK),  # usage_reported
+                not (usage is None and (outcome is Outcome.OK or cut)),  # usage_reported
                 parsed.unparsed,
                 truncated,  # observation_truncated
                 shadow,

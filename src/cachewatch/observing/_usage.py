@@ -128,6 +128,20 @@ def _provider_miss_reason(obj: dict[str, Any]) -> tuple[str | None, int | None]:
     return None, None
 
 
+def _whole_prompt(before: dict[str, Any], delta: dict[str, Any]) -> bool:
+    """Whether ``before`` (a message_start's usage) counted the whole prompt in ``input_tokens``
+    where ``delta`` (a later message_delta's, without ``input_tokens``) splits off a cache read
+    or write: ``before`` has an input count and no cache counter that counts anything (absent,
+    null or 0), while the delta's count something (research B.5 and C.4)."""
+    if not (_count(delta.get("cache_read_input_tokens")) or _count(delta.get("cache_creation_input_tokens"))):
+        return False
+    return (
+        _count(before.get("input_tokens")) is not None
+        and not _count(before.get("cache_read_input_tokens"))
+        and not _count(before.get("cache_creation_input_tokens"))
+    )
+
+
 def _first_count(*values: object) -> int | None:
     for value in values:
         n = _count(value)
@@ -281,7 +295,14 @@ def partition_usage(usage: object) -> TokenUsage | None:
             u.get("cache_write_tokens"),
             u.get("cache_creation_input_tokens"),
         )
-        breakdown = details.get("cache_creation") or u.get("cache_creation")
+        # The 5m/1h split: Anthropic's ``cache_creation``, or LiteLLM's name for it in its
+        # Chat usage of Anthropic models (``cache_creation_token_details``).
+        breakdown = (
+            details.get("cache_creation")
+            or u.get("cache_creation")
+            or details.get("cache_creation_token_details")
+            or u.get("cache_creation_token_details")
+        )
         if (read_n is None or write_n is None) and "x_details" in u:
             # DashScope Responses (session cache): the write is only in the billing detail.
             x_read, x_write, x_breakdown = _x_details(u.get("x_details"))
@@ -508,6 +529,15 @@ class UsageAccumulator:
                 # (anthropic-sdk-python accumulate_event). DashScope/Kimi/MiniMax send the
                 # cache split only here, after a message_start with the full prompt.
                 merged = self._usage if self._usage is not None else {}
+                if usage.get("input_tokens") is None and merged and _whole_prompt(merged, usage):
+                    # The split arrives without its uncached count (DashScope's Anthropic
+                    # endpoint): message_start's input_tokens was the whole prompt, so what
+                    # this split does not read or write of it is the uncached part. Adding the
+                    # split on top of it would count the cached part twice (research C.4).
+                    read = _count(usage.get("cache_read_input_tokens")) or 0
+                    write = _count(usage.get("cache_creation_input_tokens")) or 0
+                    whole = _count(merged.get("input_tokens")) or 0
+                    merged["input_tokens"] = max(whole - read - write, 0)
                 for key, value in usage.items():
                     if value is not None:
                         merged[key] = value
