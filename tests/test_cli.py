@@ -250,6 +250,14 @@ def test_proxy_never_prints_credentials_given_in_the_upstream_url() -> None:
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("tail", ["?key=sk-CANARY-q", "#sk-CANARY-f"])
+def test_proxy_never_prints_a_key_given_in_the_upstream_query(tail: str) -> None:
+    result = run_cli("proxy", "--upstream", f"https://api.example.com/v1{tail}", timeout=30)
+    assert result.returncode == 2
+    assert "query or fragment" in result.stderr
+    assert "CANARY" not in result.stdout + result.stderr
+
+
 def test_emulator_rejects_a_hit_rate_outside_0_to_1() -> None:
     result = run_cli("emulator", "--implicit-hit-rate", "1.5", timeout=30)
     assert result.returncode == 2
@@ -263,6 +271,49 @@ def test_proxy_rejects_a_bad_listen_address() -> None:
     assert result.returncode == 2
     assert "HOST:PORT" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("proxy", "--upstream", "http://127.0.0.1:1", "--listen", "127.0.0.1:99999"),
+        ("emulator", "--port", "99999"),
+        ("demo", "--metrics-port", "70000"),
+        ("demo", "--interval", "-1"),
+    ],
+    ids=["proxy-listen", "emulator-port", "demo-metrics-port", "demo-interval"],
+)
+def test_out_of_range_ports_and_intervals_are_refused(args: tuple[str, ...]) -> None:
+    # Uvicorn took --port 99999 and listened on another port than the one it announced.
+    result = run_cli(*args, timeout=30)
+    assert result.returncode == 2
+    assert "error: argument" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["proxy", "emulator"])
+def test_a_port_in_use_is_named_before_anything_is_announced(command: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = (
+            ("proxy", "--upstream", "http://127.0.0.1:1", "--listen", f"127.0.0.1:{port}")
+            if command == "proxy"
+            else ("emulator", "--port", str(port))
+        )
+        result = run_cli(*args, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"cachewatch {command}: cannot listen on 127.0.0.1:{port}: ")
+    assert "--listen" in result.stderr if command == "proxy" else "--port" in result.stderr
+    assert "http://" not in result.stderr  # no announcement of a server that never started
+    assert "Traceback" not in result.stderr
+
+
+def test_version() -> None:
+    result = run_cli("--version", timeout=30)
+    assert result.returncode == 0
+    assert result.stdout.startswith("cachewatch ")
 
 
 def test_the_cli_shows_the_library_warnings_on_stderr() -> None:

@@ -94,15 +94,26 @@ CHILD = textwrap.dedent(
     def emulator():
         import cachewatch.emulator
 
+    def proxy():
+        import cachewatch.proxy
+
     assert "pip install 'cachewatch[emulator]'" in error_of(emulator)
+    # The library's proxy too, naming what pip installs (httpx-aiohttp, not httpx_aiohttp).
+    assert "httpx-aiohttp: pip install 'cachewatch[proxy]'" in error_of(proxy)
     assert "pip install 'cachewatch[redis]'" in error_of(lambda: cachewatch.RedisStore())
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
         fh.write("models: {}")
-    assert "pip install 'cachewatch[yaml]'" in error_of(lambda: cachewatch.PriceTable.from_file(fh.name))
+    assert "package pyyaml: pip install 'cachewatch[yaml]'" in error_of(
+        lambda: cachewatch.PriceTable.from_file(fh.name)
+    )
 
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as exposition:
+        exposition.write('cachewatch_requests_total{provider="anthropic",api="messages",model="m",'
+                         'workspace="default",outcome="ok"} 1.0\\n')
     from cachewatch.cli import main
     for argv, extra in ((["proxy", "--upstream", "http://127.0.0.1:9"], "proxy"),
-                        (["emulator"], "emulator"), (["demo"], "demo")):
+                        (["emulator"], "emulator"), (["demo"], "demo"),
+                        (["report", "--url", exposition.name], "cli")):
         assert main(argv) == 2, argv
     print("ok")
     """
@@ -121,3 +132,8 @@ def test_the_transport_works_with_every_optional_package_blocked() -> None:
     assert result.stdout == "ok\n"
     for extra in ("proxy", "emulator", "demo"):
         assert f"pip install 'cachewatch[{extra}]'" in result.stderr
+    # One line per missing extra, the command named once: "cachewatch report needs ...".
+    assert (
+        "cachewatch report needs the optional package rich: pip install 'cachewatch[cli]' "
+        "(or --format json, which needs no extra)\n"
+    ) in result.stderr

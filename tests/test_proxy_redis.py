@@ -299,6 +299,5 @@ def test_without_the_redis_extra_the_proxy_says_which_extra_to_install() -> None
     assert result.returncode == 2, result.stderr
     assert "--redis needs the optional package redis: pip install 'cachewatch[redis]'" in result.stdout
     assert result.stderr.strip().splitlines() == [
-        "cachewatch proxy: cachewatch proxy --redis needs the optional package redis: "
-        "pip install 'cachewatch[redis]'"
+        "cachewatch proxy --redis needs the optional package redis: pip install 'cachewatch[redis]'"
     ]

@@ -156,11 +156,27 @@ def test_report_piped_shows_every_column_uncut(tmp_path: Any) -> None:
     assert "0.0235 USD" in out  # team-a net savings, whole
 
 
+def test_report_on_a_narrow_terminal_cuts_no_cell() -> None:
+    # A terminal of 100 columns: the tokens and the money are two tables, each printed
+    # whole; one wider than the terminal is printed at its own width, never cut to "…".
+    console = Console(width=100, record=True, color_system=None, force_terminal=True)
+    report(_exposition(), console=console)
+    out = console.export_text()
+    assert "…" not in out
+    assert "0.0235 USD" in out  # team-a net savings, whole
+    assert "Per workspace: tokens" in out
+    assert "Per model: money and misses" in out
+
+
 def test_report_json(tmp_path: Any) -> None:
     result = _run_report(tmp_path, "--format", "json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["workspaces"]["team-a"]["requests"] == 5
+    # Counters are floats in an exposition: whole ones print as integers, the rest rounded
+    # to 12 significant digits (no 0.0045000000000000005).
+    assert type(data["workspaces"]["team-a"]["requests"]) is int
+    assert all(len(repr(v)) < 16 for v in data["workspaces"]["team-a"]["cost"].values())
     assert data["models"]["claude-sonnet-4-6"]["miss_reasons"] == [["ttl_expired", 2.0], ["evicted", 1.0]]
 
 
@@ -267,8 +283,27 @@ def test_report_into_a_closed_pipe_ends_quietly(tmp_path: Any, fmt: str) -> None
     assert proc.stderr is not None
     proc.stdout.close()
     err = proc.stderr.read().decode()
-    assert proc.wait(timeout=60) in (0, 1)  # 1: rich's own broken-pipe exit for tables
+    assert proc.wait(timeout=60) == 0
     assert err == ""
+
+
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_report_into_head_ends_with_status_0(tmp_path: Any, fmt: str) -> None:
+    # ``cachewatch report | head -1``: the reader takes one line and goes away.
+    path = tmp_path / "metrics.txt"
+    path.write_text(_exposition() * 1)
+    result = subprocess.run(
+        f"{sys.executable} -m cachewatch report --url {path} --format {fmt} | head -1; "
+        'echo "status ${PIPESTATUS[0]}" >&2',
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.stderr == "status 0\n"
+    assert len(result.stdout.splitlines()) == 1
 
 
 @pytest.mark.parametrize(

@@ -58,6 +58,16 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+def _interval(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds, 0 or more, got {value!r}")
+    return seconds
+
+
 def _positive_seconds(value: str) -> float:
     seconds = _seconds(value)
     if seconds == 0:
@@ -65,32 +75,56 @@ def _positive_seconds(value: str) -> float:
     return seconds
 
 
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65_536:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {value!r}")
+    return int(value)
+
+
+def _port_or_any(value: str) -> int:
+    if value == "0":
+        return 0
+    return _port(value)
+
+
 def _listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    if not 0 < int(port) < 65_536:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535 in HOST:PORT, got {value!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .._version import __version__
+
     parser = argparse.ArgumentParser(
         prog="cachewatch",
         description="Prompt-cache breakpoints and exact token/cost observability for LLM APIs.",
     )
+    parser.add_argument("--version", action="version", version=f"cachewatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser(
-        "demo", help="run a realistic workload on the embedded emulator and show the savings"
+        "demo",
+        help="run a realistic workload on the embedded emulator and show the savings",
+        description="Runs a support chat, an agent and document questions through the real anthropic "
+        "and openai SDKs against the embedded emulator (no key, no network), once without and once "
+        "with cachewatch's breakpoints, and prints what each cost.",
     )
     demo.add_argument(
         "--serve", action="store_true", help="keep traffic flowing and /metrics up until interrupted"
     )
     demo.add_argument(
-        "--metrics-port", type=int, default=9464, help="port of /metrics on 127.0.0.1 (default 9464)"
+        "--metrics-port",
+        type=_port_or_any,
+        default=9464,
+        help="port of /metrics on 127.0.0.1; 0 picks a free one (default 9464)",
     )
     demo.add_argument(
         "--interval",
-        type=float,
+        type=_interval,
         default=2.0,
         help="with --serve: seconds between workload rounds (default 2)",
     )
@@ -228,7 +262,9 @@ def _parser() -> argparse.ArgumentParser:
         "report", help="per-workspace and per-model cost, savings, hit ratio and miss reasons from /metrics"
     )
     report.add_argument(
-        "--url", default="http://127.0.0.1:9464/metrics", help="a /metrics URL, or a file of exposition text"
+        "--url",
+        default="http://127.0.0.1:9464/metrics",
+        help="a /metrics URL, or a file of exposition text [%(default)s]",
     )
     report.add_argument(
         "--format",
@@ -245,20 +281,30 @@ def _parser() -> argparse.ArgumentParser:
         "prints what each would have been billed.",
     )
     replay.add_argument("file", help="a traffic-shape file (JSON lines)")
-    replay.add_argument("--format", choices=("table", "json"), default="table")
+    replay.add_argument(
+        "--format", choices=("table", "json"), default="table", help="a table, or one JSON document [table]"
+    )
     replay.add_argument("--prices", help="price file (TOML, YAML or JSON) merged over the defaults")
 
     dashboards = sub.add_parser(
-        "dashboards", help="write the Grafana dashboards, provisioning files and alert rules"
+        "dashboards",
+        help="write the Grafana dashboards, provisioning files and alert rules",
+        description="Writes the Grafana dashboards (JSON), their provisioning files and the Prometheus "
+        "alert rules into a directory, ready to mount into Grafana and Prometheus.",
     )
     dashboards.add_argument("--out", required=True, help="directory to write into (created if missing)")
 
     emulator = sub.add_parser(
         "emulator", help="serve the provider emulator (Anthropic, OpenAI-compatible, DashScope)"
     )
-    emulator.add_argument("--host", default="127.0.0.1")
-    emulator.add_argument("--port", type=int, default=8790)
-    emulator.add_argument("--profile", choices=("auto", "anthropic", "dashscope"), default="auto")
+    emulator.add_argument("--host", default="127.0.0.1", help="address to bind [%(default)s]")
+    emulator.add_argument("--port", type=_port, default=8790, help="port to bind [%(default)s]")
+    emulator.add_argument(
+        "--profile",
+        choices=("auto", "anthropic", "dashscope"),
+        default="auto",
+        help="which provider's cache rules to apply: auto picks them per request path [%(default)s]",
+    )
     emulator.add_argument(
         "--implicit-hit-rate",
         type=_unit_interval,
@@ -292,7 +338,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return command(args)
     except MissingExtraError as exc:
-        print(f"cachewatch {args.command}: {exc}", file=sys.stderr)
+        message = str(exc)
+        if not message.startswith(f"cachewatch {args.command}"):
+            message = f"cachewatch {args.command}: {message}"
+        print(message, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -367,6 +416,8 @@ def _serve_loop(console: Any, interval: float, one_round: Callable[[str], None])
     try:
         while not stop.is_set():
             for phase in ("off", "auto"):
+                if stop.is_set():
+                    break
                 one_round(phase)
             rounds += 1
             if rounds % 10 == 0:
@@ -519,6 +570,11 @@ def _serve_proxy(args: argparse.Namespace, host: str, port: int) -> int:
         print(f"cachewatch proxy: {exc}", file=sys.stderr)
         return 2
 
+    unbound = _unbindable(host, port)
+    if unbound:
+        print(f"cachewatch proxy: cannot listen on {host}:{port}: {unbound}", file=sys.stderr)
+        print("Pick another address with --listen HOST:PORT.", file=sys.stderr)
+        return 2
     workers = f", {args.workers} workers" if args.workers > 1 else ""
     if args.redis:
         workers += ", learning shared through Redis"  # not the URL: it may hold a password
@@ -541,6 +597,28 @@ def _serve_proxy(args: argparse.Namespace, host: str, port: int) -> int:
     else:
         uvicorn.run(app, host=host, port=port, **server_options(limits))
     return 0
+
+
+def _unbindable(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (in use, no such address), or None.
+
+    Checked before the server is announced: uvicorn would print the announcement, then
+    its own bind error. Bound as uvicorn binds (``SO_REUSEADDR``), then released.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    family, kind, proto, _, address = infos[0]
+    try:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -627,6 +705,11 @@ def _emulator(args: argparse.Namespace) -> int:
     require("cachewatch emulator", "emulator", "starlette", "uvicorn")
     from ..emulator import serve
 
+    unbound = _unbindable(args.host, args.port)
+    if unbound:
+        print(f"cachewatch emulator: cannot listen on {args.host}:{args.port}: {unbound}", file=sys.stderr)
+        print("Pick another port with --port (or address with --host).", file=sys.stderr)
+        return 2
     print(f"cachewatch emulator on http://{args.host}:{args.port} (profile {args.profile})", file=sys.stderr)
     serve(host=args.host, port=args.port, profile=args.profile, implicit_hit_rate=args.implicit_hit_rate)
     return 0

@@ -256,20 +256,55 @@ def summarise(text: str) -> dict[str, Any]:
     }
 
 
-def _console(stream: Any) -> Any:
-    """A rich console; when the output is not a terminal, wide enough that no column is cut."""
+def _plain(value: Any) -> Any:
+    """The summary for JSON: whole numbers as integers (counters are floats in an
+    exposition) and the rest to 12 significant digits, so that sums print as written
+    (``0.0045``, not ``0.0045000000000000005``)."""
+    if type(value) is float:
+        if value.is_integer():
+            return int(value)
+        return float(f"{value:.12g}")
+    if type(value) is dict:
+        return {k: _plain(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _console(stream: Any) -> tuple[Any, Any]:
+    """A rich console for ``stream`` (default stdout), and what ends its output.
+
+    On a terminal, the terminal's width; a reader that goes away (``| head`` in a pager)
+    raises ``BrokenPipeError`` for the CLI to end quietly with status 0 (rich's own
+    handler exits with 1). Otherwise (a pipe, a file) the tables are rendered at their
+    natural width, without colour, so no column is cut, and written out at the end with
+    the trailing spaces of rich's padding removed.
+    """
+    import io
     import sys
 
     from .._extras import require
 
-    require("cachewatch report's tables", "cli", "rich")
+    require("cachewatch report", "cli", "rich", alternative="--format json, which needs no extra")
     from rich.console import Console
 
     file = stream if stream is not None else sys.stdout
     isatty = getattr(file, "isatty", None)
     if isatty is not None and isatty():
-        return Console(file=file)
-    return Console(file=file, width=1_000, color_system=None, highlight=False)
+
+        class _Console(Console):
+            def on_broken_pipe(self) -> None:
+                self.quiet = True
+                raise BrokenPipeError
+
+        return _Console(file=file), None
+    buffer = io.StringIO()
+
+    def flush() -> None:
+        file.write("".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines()))
+        file.flush()
+
+    return Console(file=buffer, width=1_000, color_system=None, highlight=False), flush
 
 
 def _money(amounts: dict[str, float]) -> str:
@@ -282,11 +317,17 @@ def _tokens(n: float) -> str:
     return f"{int(n):,}"
 
 
-def _table(title: str, key: str, rows: dict[str, dict[str, Any]], reasons: bool) -> Any:
+def _tables(title: str, key: str, rows: dict[str, dict[str, Any]], reasons: bool) -> tuple[Any, Any]:
+    """Two tables for one grouping: its tokens, and its money, wasted writes and misses.
+
+    One table of all fourteen columns is about 170 characters wide, so a terminal of 120
+    would cut every money cell; each of these fits one. Numbers are never wrapped or cut
+    (``no_wrap``); names and miss reasons fold onto more lines when space is short.
+    """
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
-    table.add_column(key)
+    tokens = Table(title=f"{title}: tokens", title_justify="left")
+    tokens.add_column(key, no_wrap=True)
     for column in (
         "requests",
         "no usage",
@@ -297,14 +338,16 @@ def _table(title: str, key: str, rows: dict[str, dict[str, Any]], reasons: bool)
         "output",
         "hit ratio",
     ):
-        table.add_column(column, justify="right")
+        tokens.add_column(column, justify="right", no_wrap=True)
+    money = Table(title=f"{title}: money and misses", title_justify="left")
+    money.add_column(key, no_wrap=True)
     for column in ("cost", "savings", "write premium", "net savings", "wasted write tok"):
-        table.add_column(column, justify="right")
+        money.add_column(column, justify="right", no_wrap=True)
     if reasons:
-        table.add_column("top miss reasons")
+        money.add_column("top miss reasons", no_wrap=True)
     for name, g in rows.items():
         t = g["tokens"]
-        cells = [
+        tokens.add_row(
             name,
             _tokens(g["requests"]),
             _tokens(g["usage_unreported"]),
@@ -314,6 +357,9 @@ def _table(title: str, key: str, rows: dict[str, dict[str, Any]], reasons: bool)
             _tokens(t["cache_write_1h"]),
             _tokens(t["output"]),
             f"{g['hit_ratio']:.1%}",
+        )
+        cells = [
+            name,
             _money(g["cost"]),
             _money(g["savings"]),
             _money(g["write_premium"]),
@@ -322,8 +368,8 @@ def _table(title: str, key: str, rows: dict[str, dict[str, Any]], reasons: bool)
         ]
         if reasons:
             cells.append(", ".join(f"{r} ({int(n)})" for r, n in g["miss_reasons"][:3]) or "-")
-        table.add_row(*cells)
-    return table
+        money.add_row(*cells)
+    return tokens, money
 
 
 def _shadow_table(summary: dict[str, Any]) -> Any:
@@ -333,23 +379,29 @@ def _shadow_table(summary: dict[str, Any]) -> Any:
         title="Shadow mode: what breakpoints=auto would have cost on the same requests",
         title_justify="left",
     )
-    table.add_column("")
-    table.add_column("name")
+    table.add_column("", no_wrap=True)
+    table.add_column("name", no_wrap=True)
     for column in (
         "real cost",
-        "with auto (estimate)",
+        "with auto (est.)",
         "projected saving",
         "saving",
         "hit ratio",
-        "hit ratio with auto",
+        "auto hit ratio",
     ):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=True)
     for kind, rows in (("workspace", summary["workspaces"]), ("model", summary["models"])):
         for name, g in rows.items():
             sh = g["shadow"]
             if sh is None:
                 continue
-            share = ", ".join(f"{v:.1%} {c}" for c, v in sorted(sh["saving_share"].items())) or "-"
+            shares = sorted(sh["saving_share"].items())
+            # One currency (the usual case): the share alone; several: the share in each.
+            share = (
+                f"{shares[0][1]:.1%}"
+                if len(shares) == 1
+                else ", ".join(f"{v:.1%} {c}" for c, v in shares) or "-"
+            )
             table.add_row(
                 kind,
                 name,
@@ -371,10 +423,10 @@ def _advice_table(advice: dict[str, list[dict[str, Any]]]) -> Any:
         "move it after the stable part (a tool: last among the tools; tools:order: give the tools one order)",
         title_justify="left",
     )
-    table.add_column("model")
-    table.add_column("volatile block")
-    table.add_column("cacheable tok/request", justify="right")
-    table.add_column("cacheable tok (total)", justify="right")
+    table.add_column("model", no_wrap=True)
+    table.add_column("volatile block", no_wrap=True)
+    table.add_column("cacheable tok/request", justify="right", no_wrap=True)
+    table.add_column("cacheable tok (total)", justify="right", no_wrap=True)
     for model, rows in advice.items():
         for row in rows:
             table.add_row(model, row["block"], _tokens(row["tokens_per_request"]), _tokens(row["tokens"]))
@@ -408,16 +460,46 @@ def report(
         import orjson
 
         out_stream = stream if stream is not None else sys.stdout
-        out_stream.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+        out_stream.write(orjson.dumps(_plain(summary), option=orjson.OPT_INDENT_2).decode() + "\n")
         return
     if format != "table":
         raise ValueError(f"format must be 'table' or 'json', not {format!r}")
-    out = console if console is not None else _console(stream)
+    flush = None
+    if console is not None:
+        out = console
+    else:
+        out, flush = _console(stream)
+    _print_tables(out, summary)
+    if flush is not None:
+        flush()
+
+
+def _print(out: Any, table: Any) -> None:
+    """A table, never cut: one wider than the console is printed at its own width (the
+    terminal wraps its lines) rather than with every cell shortened to "…"."""
+    from rich.measure import Measurement
+
+    width = Measurement.get(out, out.options.update_width(10_000), table).maximum
+    if width <= out.width:
+        out.print(table)
+        return
+    narrow = out.width
+    out.width = width  # print() never renders wider than the console
+    try:
+        out.print(table, crop=False)
+    finally:
+        out.width = narrow
+
+
+def _print_tables(out: Any, summary: dict[str, Any]) -> None:
     if not summary["models"] and not summary["workspaces"]:
         out.print("No cachewatch metrics found.")
         return
-    out.print(_table("Per workspace", "workspace", summary["workspaces"], reasons=False))
-    out.print(_table("Per model", "model", summary["models"], reasons=True))
+    for table in (
+        *_tables("Per workspace", "workspace", summary["workspaces"], reasons=False),
+        *_tables("Per model", "model", summary["models"], reasons=True),
+    ):
+        _print(out, table)
     unreported = int(summary["total"]["usage_unreported"])
     if unreported:
         out.print(
@@ -426,7 +508,7 @@ def report(
             "wrap(client, include_usage=True) or cachewatch proxy --include-usage."
         )
     if summary["shadow_note"] is not None:
-        out.print(_shadow_table(summary))
+        _print(out, _shadow_table(summary))
         out.print(summary["shadow_note"])
     if summary["shadow_unmatched_series"]:
         out.print(
@@ -435,7 +517,7 @@ def report(
         )
     advice = {model: g["prefix_advice"] for model, g in summary["models"].items() if g["prefix_advice"]}
     if advice:
-        out.print(_advice_table(advice))
+        _print(out, _advice_table(advice))
     top = summary["total"]["miss_reasons"]
     if top:
         out.print("Top miss reasons: " + ", ".join(f"{r} ({int(n)})" for r, n in top[:5]))

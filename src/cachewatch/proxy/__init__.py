@@ -1,3 +1,4 @@
+# ruff: noqa: E402 (the extra check must run before the imports it guards)
 """``cachewatch proxy``: a loopback reverse proxy that gives non-Python clients the same behaviour.
 
 curl, the TypeScript SDK, the ``dashscope`` SDK and coding agents point their base URL
@@ -60,6 +61,10 @@ Modules, in the order a request meets them:
 - ``_config``, ``_server``, ``_logging``: the CLI's configuration, uvicorn's settings and
   the ``--workers`` factory, the JSON request log.
 """
+
+from .._extras import require
+
+require("cachewatch.proxy", "proxy", "uvicorn", "starlette", "httptools", "aiohttp", "httpx_aiohttp")
 
 from ._app import ProxyApp, create_proxy_app
 from ._config import app_from_config

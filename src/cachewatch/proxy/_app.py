@@ -72,8 +72,15 @@ class ProxyApp:
             )
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"--upstream must be an http(s) URL with a host, not {upstream!r}")
-        if parts.query or parts.fragment or not parts.path.isascii():
-            raise ValueError(f"--upstream must be a base URL without query or fragment, not {upstream!r}")
+        if parts.query or parts.fragment:
+            # Not repeated whole: a query can carry a key (``?key=...``).
+            shown = parts._replace(query="", fragment="").geturl()
+            raise ValueError(
+                f"--upstream must be a base URL without query or fragment, not {shown!r} with one "
+                "(the client's own query is passed through)"
+            )
+        if not parts.path.isascii():
+            raise ValueError(f"--upstream must be a base URL with an ASCII path, not {upstream!r}")
         if timeouts is None:
             timeouts = UpstreamTimeouts() if timeout is None else UpstreamTimeouts(timeout, timeout, timeout)
         self.timeouts = timeouts
