@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from typing import Any
+
+import httpx
+import pytest
 
 import cachewatch
 
@@ -64,3 +69,20 @@ print(reg.get_sample_value("cachewatch_tokens_total", {"provider": "anthropic", 
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip().splitlines()[-1] == "3.0"
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "words"),
+    [
+        ({"static_ttl": "1H"}, ValueError, "static_ttl must be '5m' or '1h'"),
+        ({"breakpoints": "shadow", "static_ttl": "60m"}, ValueError, "static_ttl must be '5m' or '1h'"),
+        ({"automatic": "sometimes"}, ValueError, "automatic must be"),
+        ({"bogus_option": 1}, TypeError, "unknown option 'bogus_option' for cachewatch.wrap()"),
+    ],
+)
+def test_a_bad_option_is_refused_naming_it(
+    options: dict[str, Any], error: type[Exception], words: str
+) -> None:
+    # A misspelt TTL silently wrote 5m entries instead of the 1h ones asked for.
+    with pytest.raises(error, match=re.escape(words)):
+        cachewatch.wrap(httpx.Client(), **options)

@@ -131,6 +131,7 @@ class Engine:
     ) -> None:
         if breakpoints not in _BREAKPOINT_MODES:
             raise ValueError(f"breakpoints must be one of {_BREAKPOINT_MODES}, not {breakpoints!r}")
+        _check_option_names(planner_options)
         self.breakpoints = breakpoints
         # Construction never breaks the application's start-up: a broken collaborator
         # (a registry that refuses the collectors, a tracer or meter provider that
@@ -202,8 +203,8 @@ class Engine:
                     planner=planner if isinstance(planner, Planner) else None,
                     planner_options=dict(planner_options),
                 )
-            except TypeError:
-                raise
+            except (TypeError, ValueError):
+                raise  # the caller's planner option
             except Exception as exc:
                 self.fault("config", exc)  # no shadow estimate
         shared = self.planner if isinstance(self.planner, Planner) else None
@@ -416,6 +417,20 @@ def _credential_scope(key: str | None) -> str:
 _WARNED_OPTIONS: set[tuple[str, tuple[str, ...]]] = set()
 
 
+def _check_option_names(planner_options: Mapping[str, Any]) -> None:
+    """A misspelt option is the caller's error, named as theirs (not ``Planner.__init__``'s)."""
+    import inspect
+
+    planner = set(inspect.signature(Planner.__init__).parameters) - {"self", "registry", "estimator"}
+    unknown = sorted(set(planner_options) - planner)
+    if unknown:
+        engine = set(inspect.signature(Engine.__init__).parameters) - {"self", "planner_options"}
+        raise TypeError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for "
+            f"cachewatch.wrap() and the transports; the options are: {', '.join(sorted(engine | planner))}"
+        )
+
+
 def _warn_unused_planner_options(breakpoints: str, options: Mapping[str, Any]) -> None:
     """Planner options that change nothing in this mode are said once, not ignored silently.
 
@@ -489,8 +504,8 @@ def _default_planner(
             fault("config", exc)  # the planner learns in memory
     try:
         return Planner(**options)
-    except TypeError:
-        raise
+    except (TypeError, ValueError):
+        raise  # the caller's option, named in the error
     except Exception as exc:  # pragma: no cover
         fault("config", exc)
         return None

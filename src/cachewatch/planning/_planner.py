@@ -119,6 +119,10 @@ class Planner:
         render: bool = True,
         budget_1h: float | None = 0.005,
     ) -> None:
+        if static_ttl not in ("5m", "1h"):
+            raise ValueError(f"static_ttl must be '5m' or '1h', not {static_ttl!r}")
+        if automatic not in ("auto", "never", "prefer"):
+            raise ValueError(f"automatic must be 'auto', 'never' or 'prefer', not {automatic!r}")
         if registry is None:
             registry = profiles
         self.registry = registry if registry is not None else ProfileRegistry()
