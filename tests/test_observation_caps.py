@@ -156,6 +156,33 @@ def test_a_partial_event_trickled_to_the_usage_filter_holds_about_its_size() -> 
     assert held < 2 * CAP, held
 
 
+def test_message_deltas_that_each_bring_new_usage_keys_hold_no_more_than_one_event() -> None:
+    # Each message_delta's usage had keys no earlier one had: the stream's merged usage
+    # kept every one of them, growing with the stream (4 MB events: 1.5 GB after 40).
+    obs = observer()
+    obs.feed(START)
+    events = [
+        b'event: message_delta\ndata: {"type":"message_delta","delta":{},"usage":{"output_tokens":'
+        + str(e + 2).encode()
+        + b","
+        + b",".join(b'"e%dk%d":1' % (e, i) for i in range(2_000))
+        + b"}}\n\n"
+        for e in range(40)
+    ]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for event in events:
+            obs.feed(event)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # One parsed event (its dict) at most, not 40 events of keys (about 280x one event).
+    assert held < 10 * len(events[0]), held
+    obs.feed(STOP)
+    assert obs.result().usage == TokenUsage(input=11, output=41)
+
+
 def test_many_short_data_lines_of_one_event_hold_about_the_cap() -> None:
     # One event of many two-byte data lines: each line became its own str (about 60 bytes
     # for 8 bytes of stream), so an event under the cap held 8 times the cap.

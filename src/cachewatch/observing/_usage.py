@@ -98,6 +98,11 @@ _RESPONSES_CARRY_RESPONSE = frozenset(
 )
 
 
+#: Keys a stream's merged Anthropic usage keeps (a real one has about ten): message_delta
+#: events that each bring new keys must not grow it for as long as the stream lasts.
+_MERGED_KEYS_MAX = 64
+
+
 def _count(value: object) -> int | None:
     """A non-negative token count, or None when absent or not a number."""
     if type(value) is int:
@@ -539,7 +544,7 @@ class UsageAccumulator:
                     whole = _count(merged.get("input_tokens")) or 0
                     merged["input_tokens"] = max(whole - read - write, 0)
                 for key, value in usage.items():
-                    if value is not None:
+                    if value is not None and (key in merged or len(merged) < _MERGED_KEYS_MAX):
                         merged[key] = value
                 self._usage = merged
         elif kind == "message_stop":
