@@ -183,6 +183,27 @@ class RawUpstream:
         )
         conn.sendall(JSON_REPLY)
 
+    def _bad_head(self, conn: socket.socket, seen: Seen) -> None:
+        # A head aiohttp reads but HTTP/1.1 does not allow the proxy to write: a control
+        # byte in a value (x-bad: value), or a status outside 100-599.
+        kind = seen.headers.get(b"x-bad", b"value")
+        status = b"600 Odd" if kind == b"status" else b"200 OK"
+        headers = [b"content-length: %d" % len(JSON_REPLY), b"connection: close"]
+        if kind != b"status":
+            headers.append(b"x-odd: a\x7fb" if kind == b"value" else b"x-odd: a\x01b")
+        if kind == b"sse":
+            headers = [b"content-type: text/event-stream", b"connection: close", b"x-odd: a\x01b"]
+        if kind == b"gzip-coded":
+            # A transfer coding nothing undoes on the way: relayed, the client would get gzip
+            # bytes as its event stream, with no header saying so.
+            headers = [b"content-type: text/event-stream", b"transfer-encoding: gzip, chunked"]
+            self._send_head(conn, status, headers)
+            coded = gzip.compress(START + END)
+            conn.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(coded), coded))
+            return
+        self._send_head(conn, status, headers)
+        conn.sendall(JSON_REPLY if kind != b"sse" else START + END)
+
     def _switch_protocols(self, conn: socket.socket, seen: Seen) -> None:
         self._send_head(conn, b"101 Switching Protocols", [b"Upgrade: websocket", b"Connection: Upgrade"])
         conn.sendall(b"\x81\x05hello")  # a websocket frame
@@ -485,6 +506,11 @@ ESCAPES = [
     b"/%e2%80%a4%e2%80%a4/etc/passwd",  # U+2024 ONE DOT LEADER, twice
     b"/%ef%b9%92%ef%b9%92/etc/passwd",  # U+FE52 SMALL FULL STOP, twice
     b"/..%e2%88%95..%e2%88%95etc/passwd",  # U+2215 DIVISION SLASH
+    # An upstream that decodes the path and parses it again ends it at a "?" or "#".
+    b"/..%3f/v1/messages",
+    b"/..%23/v1/messages",
+    b"/%2e%2e%3f/x",
+    b"/v1/..%2f..%3f/x",
 ]
 
 
@@ -644,6 +670,20 @@ def test_the_fields_a_clients_connection_header_names_are_not_forwarded(
     assert seen.headers[b"x-api-key"] == b"sk-hostile"  # the others are forwarded
 
 
+def test_a_utf8_header_value_is_forwarded_exactly_beside_a_latin1_one(
+    strict: Proxy, upstream: RawUpstream
+) -> None:
+    # One Latin-1 value made every value be decoded as Latin-1, so the UTF-8 one went
+    # out double-encoded. (The Latin-1 one itself goes out as UTF-8: aiohttp writes text.)
+    tag = marker()
+    status, _, body = exchange(
+        strict.port, post(marker=tag, extra=b"x-latin1: caf\xe9\r\nx-utf8: caf\xc3\xa9 \xe2\x82\xac\r\n")
+    )
+    assert status == 200, body
+    (seen,) = upstream.by_marker(tag)
+    assert seen.headers[b"x-utf8"] == b"caf\xc3\xa9 \xe2\x82\xac"
+
+
 def test_the_fields_an_upstreams_connection_header_names_are_not_relayed(strict: Proxy) -> None:
     status, headers, body = exchange(strict.port, post(upstream="connection-listed"))
     assert status == 200, body
@@ -683,6 +723,18 @@ def test_an_upstream_switching_protocols_unasked_gets_502(strict: Proxy, upstrea
     (seen,) = upstream.by_marker(tag)
     assert seen.closed.wait(WAIT)  # the upstream connection is not kept
     assert strict.requests("transport_error") == before + 1
+
+
+@pytest.mark.parametrize("bad", ["value", "sse", "status", "gzip-coded"])
+def test_an_upstream_head_http11_does_not_allow_gets_502(strict: Proxy, bad: str) -> None:
+    # Relayed as it was, the server writing the head raised: a traceback, and the client
+    # got its connection closed with nothing.
+    status, _, body = exchange(
+        strict.port, post(upstream="bad-head", extra=b"x-bad: " + bad.encode() + b"\r\n")
+    )
+    assert status == 502, body
+    message = orjson.loads(body)["error"]["message"]
+    assert ("transfer coding" if bad == "gzip-coded" else "response head") in message
 
 
 def test_a_truncated_json_body_is_502_not_unreachable(strict: Proxy) -> None:

@@ -8,15 +8,30 @@ chunk. An upstream that fails mid-body leaves the client a visibly incomplete re
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import aiohttp
 import httpx
 
-from ._asgi import ABORT_KEY, HOP_BY_HOP, Scope, Send, connection_options, send_upstream_failure
+from ._asgi import ABORT_KEY, HOP_BY_HOP, Scope, Send, connection_options, send_error, send_upstream_failure
 from ._settings import BUFFERED_RESPONSE_LIMIT
 
 __all__ = ["relay"]
+
+#: What an HTTP/1.1 response head may not carry (RFC 9110 field names are tokens; values
+#: no control bytes but tab), as the server that writes it (uvicorn) checks it.
+_BAD_NAME = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
+_BAD_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _invalid_head(status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the upstream's head cannot be written to the client as it is: a status
+    outside 100-599, a field name that is no token or a value with control bytes (aiohttp
+    takes them; the server writing the head raises, and the client would get nothing)."""
+    if not 100 <= status <= 599:
+        return True
+    return any(not name or _BAD_NAME.search(name) or _BAD_VALUE.search(value) for name, value in headers)
 
 
 async def relay(response: httpx.Response, scope: Scope, send: Send) -> None:
@@ -26,6 +41,7 @@ async def relay(response: httpx.Response, scope: Scope, send: Send) -> None:
     length: bytes | None = None
     event_stream = False
     listed: frozenset[bytes] = frozenset()
+    coded = False  # a transfer coding other than chunked, which nothing here undoes
     for name, value in response.headers.raw:
         lower = name.lower()
         if lower in HOP_BY_HOP:
@@ -33,6 +49,10 @@ async def relay(response: httpx.Response, scope: Scope, send: Send) -> None:
                 length = value
             elif lower == b"connection":
                 listed = connection_options(value, listed)
+            elif lower == b"transfer-encoding":
+                coded = coded or any(
+                    coding.strip().lower() not in (b"chunked", b"") for coding in value.split(b",")
+                )
             continue
         if lower == b"content-type" and value.lower().startswith(b"text/event-stream"):
             event_stream = True
@@ -42,6 +62,16 @@ async def relay(response: httpx.Response, scope: Scope, send: Send) -> None:
 
     iterator = stream.__aiter__()
     try:
+        if _invalid_head(response.status_code, relayed):
+            # Relayed as is it would be a traceback and a dropped connection: a 502 that
+            # names the cause instead (nothing reached the client yet).
+            await send_error(send, 502, "upstream sent a response head that HTTP/1.1 does not allow")
+            return
+        if coded:
+            # Only chunked is undone on the way in (llhttp); a gzip transfer coding would
+            # reach the client as content it has no header to decode (as for requests: 501).
+            await send_error(send, 502, "upstream used a transfer coding other than chunked")
+            return
         if (
             length is not None
             and not event_stream

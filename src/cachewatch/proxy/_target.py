@@ -38,7 +38,10 @@ _SLASH_FORMS = (
     b"%u2215",
     b"\\",
 )
-#: Cut or trimmed off a segment by some servers: what follows a NUL, and white space.
+#: Cut or trimmed off a segment by some servers: what follows ``;`` (parameters), a NUL,
+#: and a decoded ``?`` or ``#`` (a server that decodes the path and parses it again ends the
+#: path there), and white space.
+_SEGMENT_ENDS = (b";", b"\x00", b"?", b"#")
 _TRIMMED = b" \t\r\n\x0b\x0c"
 
 
@@ -47,8 +50,9 @@ def leaves_base(raw_path: bytes) -> bool:
 
     Percent-encoding is undone up to three times (double and triple encoding), then the
     overlong, ``%u``, full-width and NFKC-folding forms of ``.`` and ``/`` and the backslash
-    are read as such; ``;params`` after a segment, what follows a NUL and surrounding white
-    space are ignored (``..;x``, ``..%00`` and ``..%20`` are ``..`` to some servers), and
+    are read as such; ``;params`` after a segment, what follows a NUL or a decoded ``?`` or
+    ``#``, and surrounding white space are ignored (``..;x``, ``..%00``, ``..%3f`` and
+    ``..%20`` are ``..`` to some servers), and
     empty segments do not count as depth (some servers merge slashes).
     """
     path = raw_path
@@ -70,7 +74,9 @@ def leaves_base(raw_path: bytes) -> bool:
         lowered = lowered.replace(form, b"/")
     depth = 0
     for segment in lowered.split(b"/"):
-        segment = segment.partition(b";")[0].partition(b"\x00")[0].strip(_TRIMMED)
+        for cut in _SEGMENT_ENDS:
+            segment = segment.partition(cut)[0]
+        segment = segment.strip(_TRIMMED)
         if segment == b"..":
             depth -= 1
             if depth < 0:

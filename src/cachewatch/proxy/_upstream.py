@@ -59,6 +59,25 @@ class _Deadline:
         return uncancel is None or uncancel() == 0
 
 
+def _text_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """The request's header fields as aiohttp takes them (text, written out as UTF-8).
+
+    Each value is decoded on its own: UTF-8 bytes go out exactly as received. (httpx's
+    ``multi_items`` decodes every value with one encoding guessed from all of them, so a
+    single Latin-1 value turned every UTF-8 value into mojibake on the way out.) A value
+    that is not UTF-8 is read as Latin-1 and so goes out re-encoded: aiohttp writes
+    headers as UTF-8 text only.
+    """
+    out = []
+    for name, value in raw:
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            text = value.decode("latin-1")
+        out.append((name.decode("latin-1"), text))
+    return out
+
+
 def _request_error(exc: aiohttp.ClientError) -> httpx.TransportError:
     """The httpx exception for an aiohttp failure before the response headers."""
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
@@ -176,7 +195,7 @@ class UpstreamTransport(AiohttpTransport):
             response = await client.request(
                 request.method,
                 self._yarl(request),
-                headers=request.headers.multi_items(),
+                headers=_text_headers(request.headers.raw),
                 data=data,
                 allow_redirects=False,
                 auto_decompress=False,
