@@ -567,3 +567,34 @@ def test_threads_first_using_a_default_transport_share_one(
     t.close()
     assert len(made) == 1
     assert made[0].closed
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("size", [1_000, 2_000_000])
+async def test_a_large_body_is_planned_off_the_event_loop(family: str, size: int, monkeypatch: Any) -> None:
+    """A body over 256 KiB is planned in a worker thread: planning is linear in the body,
+    and on the loop it held up every other request and stream of that loop (a proxy's
+    clients) for seconds. The request and its accounting are the same either way."""
+    import threading
+
+    from cachewatch.engine._engine import Engine
+
+    threads: list[int] = []
+    begin = Engine.begin
+
+    def recording_begin(self: Any, **kwargs: Any) -> Any:
+        threads.append(threading.get_ident())
+        return begin(self, **kwargs)
+
+    monkeypatch.setattr(Engine, "begin", recording_begin)
+    harness = Harness(family, "async")
+    t = harness.transport(lambda r: (200, {"content-type": "application/json"}, [ANTHROPIC_JSON]))
+    client = harness.client(t)
+    words = " ".join(["word"] * (size // 5))
+    request = {**REQUEST, "system": words, "messages": [{"role": "user", "content": "hi"}]}
+    response = await harness.post(client, json=request)
+    assert response.content == ANTHROPIC_JSON
+    assert len(threads) == 1
+    assert (threads[0] != threading.get_ident()) == (size > 256 * 1024)
+    (sent,) = harness.received
+    assert (b'"cache_control"' in sent.content) == (size > 256 * 1024)  # over the minimum: planned
