@@ -427,10 +427,13 @@ class Diagnoser:
             and (cands or anchor is not None)
         ):
             deepest = max(marker_positions)
-            detail = str(int(tokens[deepest]))
+            estimate = int(tokens[deepest])
+            detail = str(estimate)
             minimum = state.min_tokens() if callable(state.min_tokens) else state.min_tokens
             if minimum is not None:
-                detail += f"<{minimum}"
+                # "900<1024": the prefix is under the minimum; "1829>=1024": by the estimate
+                # it is not, so the provider counted fewer tokens or needs more than that.
+                detail += f"<{minimum}" if estimate < minimum else f">={minimum}"
             verdict = MissVerdict(
                 "below_minimum",
                 position=deepest,
