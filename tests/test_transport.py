@@ -598,3 +598,31 @@ async def test_a_large_body_is_planned_off_the_event_loop(family: str, size: int
     assert (threads[0] != threading.get_ident()) == (size > 256 * 1024)
     (sent,) = harness.received
     assert (b'"cache_control"' in sent.content) == (size > 256 * 1024)  # over the minimum: planned
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+async def test_a_large_request_is_fingerprinted_off_the_event_loop_too(family: str, monkeypatch: Any) -> None:
+    """The miss diagnosis of a request with thousands of blocks fingerprints it when it
+    begins (in the worker thread that plans it), not when its response ends (on the
+    caller's loop: about a second for 400,000 messages)."""
+    import threading
+
+    from cachewatch.diagnosis import _stage
+
+    threads: list[int] = []
+    fingerprints_of = _stage.fingerprints_of
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.get_ident())
+        return fingerprints_of(*args, **kwargs)
+
+    monkeypatch.setattr(_stage, "fingerprints_of", recording)
+    harness = Harness(family, "async")
+    t = harness.transport(lambda r: (200, {"content-type": "application/json"}, [ANTHROPIC_JSON]))
+    messages = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i} " + "word " * 10}
+        for i in range(5_001)
+    ]
+    response = await harness.post(harness.client(t), json={**REQUEST, "messages": messages})
+    assert response.content == ANTHROPIC_JSON
+    assert threads and threading.get_ident() not in threads

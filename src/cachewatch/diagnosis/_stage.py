@@ -253,9 +253,20 @@ def _marked(plan: Plan) -> _Marked:
     return any_marker, inserted, top
 
 
+#: A layout with more positions than this has its fingerprints computed when the request
+#: begins rather than when its response ends: the async transport plans such a body in a
+#: worker thread (``transport._transport``), while the end of the response runs on the
+#: caller's event loop (400,000 positions: about a second).
+_EAGER_POSITIONS = 4_096
+
+
 def _fingerprint_source(layout: Layout, marked: _Marked, model: str | None) -> Callable[[], Fingerprints]:
-    """Computes the fingerprints of a planned request from its layout, when asked."""
+    """Computes the fingerprints of a planned request from its layout, when asked (a large
+    one at once)."""
     _, inserted, top = marked
+    if len(layout.positions) > _EAGER_POSITIONS:
+        computed = fingerprints_of(layout, model or "", inserted, top)
+        return lambda: computed
     return lambda: fingerprints_of(layout, model or "", inserted, top)
 
 
