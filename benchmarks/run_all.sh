@@ -10,6 +10,7 @@ echo; echo "== auto through the transport; time to first byte with a silent upst
 echo; echo "== breakpoint planning cost vs orjson round trip =="; $PY benchmarks/planner_bench.py
 echo; echo "== proxy added latency on loopback =="; $PY benchmarks/proxy_latency.py -n 1500
 echo; echo "== proxy soak: RSS and open fds under mixed good and hostile load =="; $PY benchmarks/proxy_soak.py --seconds 60
+echo; echo "== one huge request and the rest of the event loop =="; $PY benchmarks/loop_stall.py
 echo; echo "== savings of auto against fixed strategies =="; $PY benchmarks/savings.py
 echo; echo "== savings on traffic shapes the policy was not tuned on =="; $PY benchmarks/savings_unseen.py
 echo; echo "== quick probes of everyday shapes (content next to a prefix, tool and prompt variants) =="; $PY benchmarks/savings_probes.py
