@@ -880,6 +880,23 @@ async def test_dashscope_implicit_cache_minimum_and_models(model: str, tokens: i
     assert (await post(app, COMPAT, body)).json()["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
 
 
+@pytest.mark.parametrize("model", ["qwen-turbo", "qwen-max", "qwen-plus-2025-01-25"])
+async def test_dashscope_markers_on_a_model_without_the_explicit_cache_do_nothing(model: str) -> None:
+    """Only the models of the docs' list have the explicit cache (research B.2); another
+    model's markers write nothing, and still keep the request off the implicit cache."""
+    app = create_app(clock=ManualClock())
+    marked = _compat(model, [text(1_200, CC)])
+    for _ in range(2):
+        details = (await post(app, COMPAT, marked)).json()["usage"]["prompt_tokens_details"]
+        assert details["cached_tokens"] == 0
+        assert details.get("cache_creation_input_tokens", 0) == 0
+    supported = _compat("qwen-plus", [text(1_200, CC)])
+    await post(app, COMPAT, supported)
+    assert (await post(app, COMPAT, supported)).json()["usage"]["prompt_tokens_details"][
+        "cached_tokens"
+    ] == 1_200
+
+
 async def test_dashscope_marked_requests_use_the_explicit_cache_only() -> None:
     """Explicit and implicit are exclusive per request, and separate caches."""
     app = create_app(clock=ManualClock())

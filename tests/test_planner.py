@@ -617,6 +617,100 @@ def test_a_fault_after_the_learner_answered_does_not_hold_its_claims(monkeypatch
     assert [p.action for p in sibling.placements if p.reason == "static"] == ["inserted"]
 
 
+def test_a_body_too_deep_to_render_does_not_hold_its_claims() -> None:
+    # Each block can be serialised on its own, but the whole body is over orjson's nesting
+    # limit: the render after placing fails, the body goes out unchanged, and the claim on
+    # the system prompt ends with it (the next requests marked it "skipped_in_flight").
+    deep: Any = "leaf"
+    for _ in range(251):
+        deep = {"k": deep}
+    history = chat(
+        "question one " * 5,
+        [{"type": "tool_use", "id": "t1", "name": "f", "input": deep}],
+        [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}],
+    )
+    planner = Planner()
+    failed = planner.plan(body=json.dumps(history).encode(), **ANTHROPIC)  # orjson refuses the depth
+    assert failed.error == "internal_error"
+    assert failed.body is None
+    sibling = planner.plan(body=orjson.dumps(chat("question two " * 5)), **ANTHROPIC)
+    assert [p.action for p in sibling.placements if p.reason == "static"] == ["inserted"]
+
+
+def test_a_null_cache_control_is_no_marker() -> None:
+    # Clients that write out every optional field send "cache_control": null (the SDKs'
+    # types make it optional). Each null was removed as an invalid marker and its block
+    # taken for one that cannot be marked: nothing was planned.
+    body = chat(
+        [{"type": "text", "text": LONG, "cache_control": None}],
+        system=[{"type": "text", "text": LONG, "cache_control": None}],
+    )
+    result = plan(body)
+    assert {(p.reason, p.action) for p in result.placements} == {("static", "inserted"), ("tail", "inserted")}
+    sent = out(result)
+    assert sent["system"][0] == {"type": "text", "text": LONG, "cache_control": {"type": "ephemeral"}}
+    assert list(sent["messages"][0]["content"][0]) == ["type", "text", "cache_control"]
+    # The same placements as without the nulls, and a null that gets no marker stays.
+    body["messages"].append(
+        {"role": "assistant", "content": [{"type": "text", "text": "ok", "cache_control": None}]}
+    )
+    body["messages"].append({"role": "user", "content": "next"})
+    assert out(plan(body))["messages"][1]["content"][0]["cache_control"] is None
+
+
+@pytest.mark.parametrize("top", ["ephemeral", False, 1, ["ephemeral"]])
+def test_a_top_level_cache_control_that_is_no_marker_object_leaves_the_body_alone(top: Any) -> None:
+    # It was overwritten with {"type": "ephemeral"}: a request the provider would refuse
+    # went out with automatic caching on.
+    result = Planner().plan(body=orjson.dumps(chat("hi " * 5, cache_control=top)), **ANTHROPIC)
+    assert result.body is None
+    assert result.error == "invalid_shape"
+
+
+def test_a_model_name_no_model_has_is_not_planned() -> None:
+    # Each distinct name keys the learned state and the caches: a megabyte per name was kept.
+    for model in ("m" * 1_000, "claude\x00sonnet", "claude\nsonnet"):
+        result = Planner().plan(body=orjson.dumps(chat("hi " * 5, model=model)), **ANTHROPIC)
+        assert result.body is None
+        assert result.error == "invalid_shape"
+
+
+def test_an_invalid_marker_left_in_place_keeps_its_ttl_in_the_order() -> None:
+    # With remove_invalid=False, a caller's 1h marker on an empty text block (which the
+    # provider refuses anyway) was taken for a 5m one: 5m markers were placed before it.
+    body = chat(
+        "question " * 5,
+        [{"type": "text", "text": "", "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+        "q",
+    )
+    raw = orjson.dumps(body)
+    result = Planner(remove_invalid=False).plan(body=raw, **ANTHROPIC)
+    ttls = [p.ttl for p in result.placements if p.action == "inserted" and p.location != "top_level"]
+    assert ttls
+    assert set(ttls) == {"1h"}
+    assert [m for m in validate(result.profile, raw, result.body) if "ttl" in m.lower()] == []
+
+
+@pytest.mark.parametrize("where", [DS_OPENAI, DS_NATIVE], ids=["compatible", "native"])
+@pytest.mark.parametrize(("model", "marked"), [("qwen-plus", True), ("qwen3.6-plus", True), ("qwen-turbo", False),
+                                               ("qwen-plus-latest", False), ("qwq-plus", False)])  # fmt: skip
+def test_dashscope_marks_only_models_with_the_explicit_cache(
+    where: dict[str, str], model: str, marked: bool
+) -> None:
+    # A marker turns the request's implicit cache off there: on a model without the
+    # explicit cache (research B.2) it would only lose the implicit hits.
+    if where is DS_OPENAI:
+        body = {
+            "model": model,
+            "messages": [{"role": "system", "content": LONG}, {"role": "user", "content": "hi"}],
+        }
+    else:
+        body = {"model": model, "input": {"messages": [{"role": "system", "content": LONG},
+                                                       {"role": "user", "content": "hi"}]}}  # fmt: skip
+    result = Planner().plan(body=orjson.dumps(body), **where)
+    assert (result.body is not None and b"cache_control" in result.body) == marked
+
+
 def test_an_in_flight_sibling_holds_back_only_the_shared_prefix_it_writes() -> None:
     # B shares A's system prompt, which A is writing (its response has not started), but
     # carries its own large document: B does not write A's prefix again; its document is

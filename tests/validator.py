@@ -140,7 +140,16 @@ def _strip(value: Any, original: Any, path: str, problems: list[str], rules: Pro
         if keys_v != keys_o:
             problems.append(f"{path}: keys changed {keys_o} -> {keys_v}")
             return
-        if "cache_control" in original:
+        if original.get("cache_control") is None and "cache_control" in original:
+            # "cache_control": null is no marker (the SDKs' field is optional): a marker
+            # may take its place, where it stands; nothing else may.
+            if "cache_control" not in value:
+                problems.append(f"{path}: a null cache_control was removed")
+            elif list(value).index("cache_control") != list(original).index("cache_control"):
+                problems.append(f"{path}: a null cache_control moved")
+            elif value["cache_control"] is not None and not _target_ok(original, rules):
+                problems.append(f"{path}: a marker was placed on a block that cannot take one")
+        elif "cache_control" in original:
             if "cache_control" in value:
                 if value["cache_control"] != original["cache_control"]:
                     problems.append(f"{path}: caller marker changed")
@@ -238,7 +247,11 @@ def validate(profile: str, original: bytes, planned: bytes | None) -> list[str]:
     if top_new is not None and top_orig is None:
         if not rules.top_level:
             problems.append("top-level cache_control on a profile without automatic caching")
-        if list(new)[-1] != "cache_control":
+        if "cache_control" in orig:
+            # In place of the caller's "cache_control": null (no marker), where it stood.
+            if list(new).index("cache_control") != list(orig).index("cache_control"):
+                problems.append("a top-level cache_control added for a null moved")
+        elif list(new)[-1] != "cache_control":
             problems.append("added top-level cache_control is not the last key")
     _check_added_markers(new, orig, rules, problems)
 

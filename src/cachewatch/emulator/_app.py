@@ -203,7 +203,12 @@ class Emulator:
         min_tokens = profile.min_tokens_for(req.model, self.config.min_tokens)
         namespace = self._namespace(request)
         implicit = False
-        if not breakpoints and api != "messages" and profile.implicit_cache_for(req.model):
+        marked = bool(breakpoints)
+        if marked and api != "messages" and not profile.explicit_cache_for(req.model):
+            # DashScope, a model without the explicit cache: its markers do nothing, and
+            # they still turn the request's implicit cache off (research B.1, B.2).
+            breakpoints = []
+        if not marked and api != "messages" and profile.implicit_cache_for(req.model):
             # DashScope: a request without markers uses the implicit cache (its own store),
             # which keeps every prefix of it: a later request sharing its start reads that.
             implicit = True

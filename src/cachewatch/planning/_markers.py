@@ -31,10 +31,15 @@ _NEVER_TARGETS: Final = frozenset({"thinking", "redacted_thinking"})
 
 
 def marker_of(block: dict[str, Any]) -> tuple[bool, str | None]:
-    """(has a cache_control key, its TTL when it is a well-formed marker)."""
+    """(has a marker, its TTL when it is a well-formed one).
+
+    ``"cache_control": null`` is no marker (the SDKs' types make the field optional, and
+    clients that write out every optional field send it): the block is planned as one
+    without, and a marker placed there takes the null's place.
+    """
     cc = block.get("cache_control")
     if cc is None:
-        return ("cache_control" in block), None
+        return False, None
     if isinstance(cc, dict):
         return True, ("1h" if cc.get("ttl") == "1h" else "5m")
     return True, None
@@ -118,5 +123,8 @@ def drop_invalid(
         del block["cache_control"]
         layout.removed.append(RemovedMarker(loc, index, path, position))
     else:
-        layout.nested.append((position - 0.5, "5m"))  # left in place: still counted
+        # Left in place: it still takes a slot, and its TTL still orders the others.
+        cc = block.get("cache_control")
+        ttl = "1h" if type(cc) is dict and cc.get("ttl") == "1h" else "5m"
+        layout.nested.append((position - 0.5, ttl))
     return False

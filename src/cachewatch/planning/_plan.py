@@ -147,6 +147,8 @@ class Plan:
     #: The family tokenizer's count of the whole prompt (uncalibrated), when this request
     #: was sampled to calibrate it against the billed total (``TokenEstimator.observe_precise``).
     precise_estimate: float | None = None
+    #: The body's top-level ``stream`` is true; None when the body was not parsed.
+    stream: bool | None = None
 
     @property
     def inserted(self) -> tuple[Placement, ...]:

@@ -331,8 +331,22 @@ class Planner:
             )
         model_obj = obj.get("model")
         model = model_obj if isinstance(model_obj, str) else None
+        if model is not None and (len(model) > _MAX_MODEL_CHARS or not model.isprintable()):
+            # No model is named so: the name would key the learned state and the caches
+            # (a megabyte per distinct name), so such a request is left as it is.
+            return Plan(
+                body=None, profile=profile.name, api=api, provider=profile.provider, error="invalid_shape"
+            )
+        top = obj.get("cache_control")
+        if top is not None and type(top) is not dict and profile.marker_format == "anthropic":
+            # A top-level cache_control that is no marker object ("ephemeral", false): the
+            # caller's, which the provider judges; nothing is planned around it.
+            return Plan(
+                body=None, profile=profile.name, model=model, api=api, provider=profile.provider,
+                error="invalid_shape",
+            )  # fmt: skip
         added_usage = wants_usage and add_include_usage(obj)
-        if not profile.supports_markers or not _api_fits(api, profile):
+        if not profile.supports_markers or not _api_fits(api, profile) or not profile.explicit_for(model):
             rendered = _render(obj, body) if added_usage else None
             if added_usage and rendered is None:
                 return _lossy(profile, model, api)
@@ -376,7 +390,15 @@ class Planner:
         # lossy, so that the decision is auto's: it sends such a body unchanged. Only an
         # integer of 19 digits or more can be lossy: rendered then, and only then.
         if (changed or added_usage) and (self.render or _LONG_DIGITS.search(body) is not None):
-            out = _render(obj, body)
+            try:
+                out = _render(obj, body)
+            except BaseException:
+                # (orjson's nesting limit applies to the whole body, not to each block.)
+                # What it placed never goes out: its claims end with this fault, or the
+                # next requests would leave its prefixes unmarked for CLAIM_TIMEOUT.
+                if ticket is not None:
+                    self.finished(Plan(body=None, ticket=ticket))
+                raise
             if out is None:
                 if ticket is not None:  # what it placed never goes out: its claims end
                     self.finished(Plan(body=None, ticket=ticket))
@@ -405,6 +427,7 @@ class Planner:
             advice,
             None,  # fault
             counter.precise_sample(),  # precise_estimate
+            obj.get("stream") is True,  # stream
         )
 
     def min_tokens(self, profile: Profile, model: str | None) -> int:
@@ -435,6 +458,10 @@ class Planner:
                 self._probes.clear()
             self._probes[key] = n
         return n % self.probe_every == 0
+
+
+#: The longest model name planned (the Prometheus label's cap is 128 characters).
+_MAX_MODEL_CHARS: Final = 256
 
 
 def _api_fits(api: str, profile: Profile) -> bool:

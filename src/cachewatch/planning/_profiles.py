@@ -62,6 +62,7 @@ from typing import Any, Literal
 
 __all__ = [
     "ANTHROPIC_MIN_TOKENS",
+    "DASHSCOPE_EXPLICIT_MODELS",
     "DEFAULT_MIN_TOKENS",
     "DEFAULT_PROFILES",
     "EndpointRule",
@@ -109,6 +110,28 @@ ANTHROPIC_MIN_TOKENS: Mapping[str, int] = {
     "claude-opus-4-5": 4_096,
     "claude-haiku-4-5": 4_096,
 }
+
+#: The models with DashScope's explicit cache (research B.2, a snapshot of the Model Studio
+#: docs: "changes often"; plus the newer ids secondary sources name). On the OpenAI-compatible
+#: and native endpoints a marker turns the request's implicit cache off, so a model without
+#: the explicit cache gets none (``Profile.explicit_models``; override it to change the list).
+DASHSCOPE_EXPLICIT_MODELS: tuple[str, ...] = (
+    "qwen3-max",
+    "qwen3.5-plus",
+    "qwen-plus",
+    "qwen3.5-flash",
+    "qwen-flash",
+    "qwen3-coder-plus",
+    "qwen3-coder-flash",
+    "qwen3-vl-plus",
+    "deepseek-v3.2",
+    "kimi-k2.5",
+    "qwen3.6-plus",
+    "qwen3.7-max",
+    "qwen3.7-plus",
+)
+#: A dated snapshot or a ``-latest`` alias: not the model the list names.
+_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4}|latest)$")
 
 _BOUNDARY = frozenset("-@:.")
 _DOTTED_VERSION = re.compile(r"(?<=\d)\.(?=\d)")
@@ -170,6 +193,10 @@ class Profile:
         implicit_cache: a request without any marker uses the endpoint's implicit cache
             (DashScope's OpenAI-compatible and native endpoints): there a marker is not
             free even where the provider caches nothing, since it gives up that cache.
+        explicit_models: the models that have the explicit cache (``None``: every model).
+            A name matches one that starts it at a ``-``/``.`` boundary (``qwen-plus`` names
+            ``qwen-plus-character``), never a dated snapshot or ``-latest`` alias. A request
+            to another model is left unmarked.
     """
 
     name: str
@@ -187,6 +214,19 @@ class Profile:
     default_min_tokens: int = DEFAULT_MIN_TOKENS
     provider: str = "other"
     implicit_cache: bool = False
+    explicit_models: tuple[str, ...] | None = None
+
+    def explicit_for(self, model: str | None) -> bool:
+        """Whether ``model`` has the explicit cache here (see ``explicit_models``)."""
+        names = self.explicit_models
+        if names is None:
+            return True
+        if not model:
+            return False
+        m = model.lower()
+        if _SNAPSHOT.search(m) is not None:
+            return False
+        return any(m == n or (m.startswith(n) and m[len(n)] in "-.") for n in names)
 
     @property
     def honours_1h(self) -> bool:
@@ -223,6 +263,7 @@ DASHSCOPE_OPENAI = Profile(
     overflow="last_wins",
     provider="dashscope",
     implicit_cache=True,
+    explicit_models=DASHSCOPE_EXPLICIT_MODELS,
 )
 DASHSCOPE_NATIVE = Profile(
     name="dashscope_native",
@@ -230,6 +271,7 @@ DASHSCOPE_NATIVE = Profile(
     overflow="last_wins",
     provider="dashscope",
     implicit_cache=True,
+    explicit_models=DASHSCOPE_EXPLICIT_MODELS,
 )
 RELAY = Profile(name="relay", reserved_slots=1, min_tokens=ANTHROPIC_MIN_TOKENS, provider="other")
 OPENAI = Profile(name="openai", marker_format="none", supports_markers=False, provider="openai")

@@ -17,7 +17,9 @@ emulator's wire modules. Three ship:
   of its positions is cached from 256 tokens, later requests read the longest cached
   prefix they share (the docs: "ABCD" cached, "ABE" may hit "AB"), and a hit
   is reported as ``cached_tokens`` alone, with no write. The real implicit cache is
-  best effort; here it always hits, so tests are deterministic.
+  best effort; here it always hits, so tests are deterministic. On those two APIs only
+  the models of :data:`DASHSCOPE_EXPLICIT_MODELS` have the explicit cache: another
+  model's markers do nothing, and still turn the request's implicit cache off.
 * ``openai``: plain OpenAI automatic prefix caching. Markers are ignored; every
   request implicitly writes its whole prompt and reads the longest earlier prompt
   it extends, from 1,024 tokens (research C.1). Writes are free and unreported,
@@ -38,6 +40,7 @@ __all__ = [
     "ANTHROPIC",
     "ANTHROPIC_MIN_TOKENS",
     "DASHSCOPE",
+    "DASHSCOPE_EXPLICIT_MODELS",
     "DASHSCOPE_IMPLICIT_MODELS",
     "DEFAULT_MIN_TOKENS",
     "OPENAI",
@@ -69,6 +72,22 @@ DASHSCOPE_IMPLICIT_MODELS: tuple[str, ...] = (
     "kimi",
     "glm",
     "minimax",
+)
+#: Models with DashScope's explicit cache (research B.2, and the newer ids it names).
+DASHSCOPE_EXPLICIT_MODELS: tuple[str, ...] = (
+    "qwen3-max",
+    "qwen3.5-plus",
+    "qwen-plus",
+    "qwen3.5-flash",
+    "qwen-flash",
+    "qwen3-coder-plus",
+    "qwen3-coder-flash",
+    "qwen3-vl-plus",
+    "deepseek-v3.2",
+    "kimi-k2.5",
+    "qwen3.6-plus",
+    "qwen3.7-max",
+    "qwen3.7-plus",
 )
 _GPT_VERSION = re.compile(r"(?:^|/)gpt-(\d+)(?:\.(\d+))?(?:$|[-@:])")
 _SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4}|latest)$")
@@ -138,6 +157,10 @@ class Profile:
     implicit_models: tuple[str, ...] = ()
     #: Minimum cacheable prompt of that implicit cache (research B.1: 256).
     implicit_min_tokens: int = 256
+    #: Models with the explicit cache on the OpenAI-compatible and native APIs (DashScope,
+    #: research B.2; empty: every model). Another model's markers do nothing there, and
+    #: still turn that request's implicit cache off (research B.1).
+    explicit_models: tuple[str, ...] = ()
     #: First GPT version (major, minor) whose implicit writes are billed and reported.
     writes_billed_from: tuple[int, int] | None = None
 
@@ -157,6 +180,17 @@ class Profile:
             return False
         return any(
             lowered == key or lowered.startswith((f"{key}-", f"{key}.")) for key in self.implicit_models
+        )
+
+    def explicit_cache_for(self, model: str) -> bool:
+        """Whether a marked request to ``model`` uses the explicit cache (see ``explicit_models``)."""
+        if not self.explicit_models:
+            return True
+        lowered = model.lower()
+        if _SNAPSHOT.search(lowered):
+            return False
+        return any(
+            lowered == key or lowered.startswith((f"{key}-", f"{key}.")) for key in self.explicit_models
         )
 
     def min_tokens_for(self, model: str, overrides: Mapping[str, int] | None = None) -> int:
@@ -187,6 +221,7 @@ DASHSCOPE = Profile(
     strict=False,
     split_only_in_message_delta=True,
     implicit_models=DASHSCOPE_IMPLICIT_MODELS,
+    explicit_models=DASHSCOPE_EXPLICIT_MODELS,
 )
 OPENAI = Profile(
     name="openai", strict=False, top_level=False, implicit=True, lookback=1_000_000, writes_billed_from=(5, 6)
