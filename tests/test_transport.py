@@ -7,6 +7,7 @@ import importlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -625,4 +626,94 @@ async def test_a_large_request_is_fingerprinted_off_the_event_loop_too(family: s
     ]
     response = await harness.post(harness.client(t), json={**REQUEST, "messages": messages})
     assert response.content == ANTHROPIC_JSON
-    assert threads and threading.get_ident() not in threads
+    assert threads
+    assert threading.get_ident() not in threads
+
+
+async def test_an_error_response_closed_unread_is_its_statuss_outcome(
+    harness: Harness, telemetry: Any
+) -> None:
+    """The SDKs close a streamed request's 429 or 5xx unread before they retry it: that
+    attempt is the error its status says, not ``aborted``."""
+    error = b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
+    t = harness.transport(lambda r: (529, {"content-type": "application/json"}, [error]), **telemetry.kwargs)
+    client = harness.client(t)
+    if harness.sync:
+        with client.stream("POST", "/v1/messages", json={**REQUEST, "stream": True}) as r:
+            assert r.status_code == 529
+    else:
+        async with client.stream("POST", "/v1/messages", json={**REQUEST, "stream": True}) as r:
+            assert r.status_code == 529
+    labels = {
+        "provider": "anthropic",
+        "api": "messages",
+        "model": "claude-sonnet-4-6",
+        "workspace": "default",
+    }
+    assert telemetry.value("cachewatch_requests_total", outcome="server_error", **labels) == 1
+    assert telemetry.value("cachewatch_requests_total", outcome="aborted", **labels) == 0
+
+
+async def test_a_followed_redirect_keeps_its_request_and_the_redirect_is_no_missing_usage(
+    harness: Harness, telemetry: Any
+) -> None:
+    """A relay's 307: the redirect is no model response without usage, and the request the
+    client sends again (its body an unread in-memory stream) keeps its model and planning."""
+
+    def respond(request: Any) -> tuple[int, dict[str, str], list[bytes]]:
+        if request.url.path.startswith("/old/"):
+            return 307, {"location": "/new/v1/messages", "content-length": "0"}, [b""]
+        return 200, {"content-type": "application/json"}, [ANTHROPIC_JSON]
+
+    t = harness.transport(respond, **telemetry.kwargs)
+    cls = harness.mod.Client if harness.sync else harness.mod.AsyncClient
+    client = cls(transport=t, base_url="https://api.anthropic.com", follow_redirects=True)
+    r = await harness.post(client, "/old/v1/messages", json=REQUEST)
+    assert r.status_code == 200
+    labels = {
+        "provider": "anthropic",
+        "api": "messages",
+        "model": "claude-sonnet-4-6",
+        "workspace": "default",
+    }
+    assert telemetry.value("cachewatch_requests_total", outcome="ok", **labels) == 2
+    assert telemetry.value("cachewatch_usage_unreported_total", **labels) == 0
+    assert [s.name for s in telemetry.spans()] == ["chat claude-sonnet-4-6"] * 2
+
+
+async def test_a_stream_field_in_a_tool_input_is_not_the_requests(harness: Harness, telemetry: Any) -> None:
+    history = {
+        **REQUEST,
+        "messages": [
+            {"role": "user", "content": "run it"},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"stream": True}}],
+            },
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "ok"}]},
+        ],
+    }
+    t = harness.transport(
+        lambda r: (200, {"content-type": "application/json"}, [ANTHROPIC_JSON]), **telemetry.kwargs
+    )
+    await harness.post(harness.client(t), json=history)
+    (span,) = telemetry.spans()
+    assert not span.attributes.get("gen_ai.request.stream")
+
+
+def test_a_sync_caller_interrupted_while_waiting_is_aborted(telemetry: Any) -> None:
+    """Ctrl-C (any BaseException that is no Exception) while waiting for the headers: the
+    caller gave up, as a cancelled task does in async code; not a transport error."""
+
+    def interrupted(request: httpx.Request) -> httpx.Response:
+        raise KeyboardInterrupt
+
+    client = httpx.Client(
+        transport=cachewatch.CacheWatchTransport(httpx.MockTransport(interrupted), **telemetry.kwargs)
+    )
+    with pytest.raises(KeyboardInterrupt):
+        client.post("https://api.anthropic.com/v1/messages", json=REQUEST)
+    assert telemetry.value("cachewatch_requests_total", outcome="aborted", provider="anthropic",
+                           api="messages", model="claude-sonnet-4-6", workspace="default") == 1  # fmt: skip
+    assert telemetry.value("cachewatch_requests_total", outcome="transport_error", provider="anthropic",
+                           api="messages", model="claude-sonnet-4-6", workspace="default") == 0  # fmt: skip

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import orjson
 import xxhash
 from prometheus_client import CollectorRegistry
 
@@ -270,7 +271,10 @@ class Engine:
             request_model = plan.model if plan is not None else None
             if request_model is None and body:
                 request_model = sniff_model(body)
-            stream = body is not None and _asks_stream(body)
+            if plan is not None and plan.stream is not None:
+                stream = plan.stream  # the planner parsed the body: its top-level key
+            else:
+                stream = body is not None and _asks_stream(body)
             if not stream and api == "dashscope_generation":
                 # The dashscope SDK asks for a stream with this header alone, never in the body.
                 stream = (headers.get("x-dashscope-sse") or "").strip().lower() == "enable"
@@ -485,11 +489,20 @@ def _has_key(body: bytes, quoted: bytes, limit: int = 64) -> bool:
 
 
 def _asks_stream(body: bytes) -> bool:
+    """Whether the request's top-level ``stream`` is true, without parsing the body when
+    ``"stream"`` appears once; a second one (a tool input with a ``stream`` field in the
+    history) is settled by a real parse, as ``sniff_model`` settles ``model``."""
     i = body.find(b'"stream"')
     if i == -1:
         return False
-    rest = body[i + 8 : i + 24].lstrip()
-    return rest.startswith(b":") and rest[1:].lstrip().startswith(b"true")
+    if body.find(b'"stream"', i + 8) == -1:
+        rest = body[i + 8 : i + 24].lstrip()
+        return rest.startswith(b":") and rest[1:].lstrip().startswith(b"true")
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return type(obj) is dict and obj.get("stream") is True
 
 
 def _default_planner(

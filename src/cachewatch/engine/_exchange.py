@@ -46,6 +46,13 @@ __all__ = ["Exchange", "ExchangeHost", "release_plan"]
 _NOTHING_PARSED = ParsedResponse()
 
 
+#: Exchanges whose response began and that are not finished yet (a set: adding and
+#: discarding hold the GIL only). At interpreter exit, the ones still open (a stream still
+#: referenced, being read by a daemon thread) are closed as ``aborted``
+#: (``transport._streams``): their records would be lost with the process otherwise.
+OPEN: set[Exchange] = set()
+
+
 class ExchangeHost(Protocol):
     """What an exchange needs from its engine (:class:`~cachewatch.engine._engine.Engine` is one)."""
 
@@ -188,6 +195,7 @@ class Exchange:
         """
         engine = self.engine
         self.status_code = status_code
+        OPEN.add(self)
         plan = self.plan
         content_type = headers.get("content-type")
         self.stream = content_type is not None and "event-stream" in content_type.lower()
@@ -268,6 +276,7 @@ class Exchange:
             if self._done:
                 return
             self._done = True
+        OPEN.discard(self)
         engine = self.engine
         try:
             now = engine.clock()
@@ -284,8 +293,11 @@ class Exchange:
                 if truncated is not None:
                     engine.observation_truncated(truncated)
             if outcome is None or (
-                outcome is Outcome.ABORTED and (parsed.complete or parsed.error_type is not None)
+                outcome is Outcome.ABORTED
+                and (parsed.complete or parsed.error_type is not None or (self.status_code or 0) >= 400)
             ):
+                # (An error response closed unread is its status's outcome: the SDKs close
+                # a streamed request's 429 or 5xx unread before they retry it.)
                 # A body closed after its terminal event, or after the provider's error
                 # event (both SDKs raise on it and close the body: the provider ended the
                 # stream, the caller did not abandon it), ended as its status says.
@@ -369,7 +381,8 @@ class Exchange:
                 cache_mode,
                 # Not a zero: the provider did not say (an OpenAI-compatible stream without
                 # stream_options.include_usage...). Counted in cachewatch_usage_unreported_total.
-                not (usage is None and (outcome is Outcome.OK or cut)),  # usage_reported
+                # A redirect (3xx) is no response of the model's: nothing was to report.
+                not (usage is None and (cut or (outcome is Outcome.OK and (self.status_code or 200) < 300))),
                 parsed.unparsed,
                 truncated,  # observation_truncated
                 shadow,

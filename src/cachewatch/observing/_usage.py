@@ -386,8 +386,28 @@ def _text(value: object) -> str | None:
     return None
 
 
+#: What no error type or code looks like, but a key or token echoed in one does: eight
+#: digits in all, a key's prefix (``sk-``), or letters and digits mixed in a run of eight
+#: or more between separators (``abc123SECRET``, 32 hex digits). Error types and codes
+#: are words and short numbers: ``invalid_request_error``, ``DataInspectionFailed``,
+#: ``Throttling.RateQuota``, ``40001``.
+_EIGHT_DIGITS = re.compile(r"(?:[^0-9]*[0-9]){8}")
+_KEY_PREFIXES = ("sk-", "sk_", "pk-", "key-", "ak-")
+_MIXED_RUN = re.compile(
+    r"(?=[A-Za-z0-9]*[0-9][A-Za-z0-9]*[0-9])(?=[A-Za-z0-9]*[A-Za-z][A-Za-z0-9]*[A-Za-z])[A-Za-z0-9]{8,}"
+)
+
+
 def _identifier(value: str) -> str:
-    return value if _IDENTIFIER.fullmatch(value) else "error"
+    """``value`` when it reads as an error type or code, else ``"error"``."""
+    if (
+        not _IDENTIFIER.fullmatch(value)
+        or _EIGHT_DIGITS.match(value) is not None
+        or value.lower().startswith(_KEY_PREFIXES)
+        or _MIXED_RUN.search(value) is not None
+    ):
+        return "error"
+    return value
 
 
 class UsageAccumulator:

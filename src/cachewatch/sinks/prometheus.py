@@ -1,7 +1,8 @@
 """Prometheus sink: the fixed ``cachewatch_*`` counters and histograms of SPEC section 5.
 
-Besides them, ``cachewatch_usage_unreported_total`` counts requests that ended ok
-without usage, so that "the provider did not say" never reads as zero tokens, and
+Besides them, ``cachewatch_usage_unreported_total`` counts requests whose usage the
+provider did not report (``record.usage_reported``: a response that ended ok without it,
+or a stream cut before it), so that "the provider did not say" never reads as zero tokens, and
 ``cachewatch_volatile_prefix_tokens_total`` the tokens the planner's prefix advice says
 a volatile block keeps from being cached. With ``breakpoints="shadow"``,
 ``cachewatch_shadow_tokens_total`` and ``cachewatch_shadow_cost_total`` count what the
@@ -25,7 +26,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
-from ..accounting._records import TOKEN_TYPES, Outcome, RequestInfo, ShadowEstimate, UsageRecord
+from ..accounting._records import TOKEN_TYPES, RequestInfo, ShadowEstimate, UsageRecord
 from ..diagnosis import MISS_REASONS
 from ._catalogue import CATALOGUE, MetricSpec
 
@@ -291,7 +292,7 @@ class PrometheusSink:
         series.request(record.outcome.label)(1)
         usage = record.usage
         if usage is None:
-            if record.outcome is Outcome.OK:
+            if not record.usage_reported:  # ended ok, or a stream cut before it, without usage
                 series.unreported(1)
         else:
             for add, value in zip(

@@ -33,6 +33,7 @@ from types import ModuleType
 from typing import Any
 
 from ..engine._engine import Exchange
+from ..engine._exchange import OPEN
 from ..planning._hygiene import UndecodableBody
 
 __all__ = ["async_stream_class", "sync_stream_class"]
@@ -74,7 +75,16 @@ def _start_finisher() -> None:
 
 @atexit.register
 def _finish_queued_at_exit() -> None:
-    """Let the finisher close what is queued, then stop (bounded: ``EXIT_TIMEOUT``)."""
+    """Close the exchanges still open (as ``aborted``), let the finisher close what is
+    queued, then stop (bounded: ``EXIT_TIMEOUT``).
+
+    A stream still referenced when the interpreter exits (a module global, one a daemon
+    thread is reading) is never collected before the process ends: without this, its
+    request would never be recorded.
+    """
+    for exchange in list(OPEN):
+        with contextlib.suppress(Exception):  # close() is fail-open
+            exchange.close()
     thread = _finisher
     if thread is not None and thread.is_alive():
         _ORPHANS.put(None)
@@ -85,6 +95,7 @@ def _after_fork() -> None:
     global _ORPHANS, _finisher_started, _finisher_lock, _finisher
     # Threads do not survive a fork; the parent's orphans are the parent's.
     _ORPHANS = queue.SimpleQueue()
+    OPEN.clear()
     _finisher_started = False
     _finisher_lock = threading.Lock()
     _finisher = None

@@ -48,7 +48,17 @@ def _family(obj: object) -> ModuleType:
 def _request_body(request: Any) -> bytes | None:
     try:
         body = request.content
-    except Exception:  # streaming (unread) request bodies are never touched
+    except Exception:
+        # Streaming (unread) request bodies are never touched, but for the family's own
+        # in-memory ByteStream, which can be read again and again: a redirect's request
+        # carries the original's body so (httpx's ``_redirect_stream``).
+        stream: Any = getattr(request, "stream", None)
+        kind = type(stream)
+        if kind.__name__ == "ByteStream" and kind.__module__.partition(".")[0] in ("httpx", "httpx2"):
+            try:
+                return b"".join(stream)
+            except Exception:
+                return None
         return None
     return body if isinstance(body, bytes) else None
 
@@ -423,8 +433,13 @@ class CacheWatchTransport(_Base):
         nested = _ACTIVE.set(True)
         try:
             response = inner.handle_request(outgoing)
-        except BaseException as exc:
+        except Exception as exc:
             exchange.transport_error(exc)
+            raise
+        except BaseException:
+            # Not a failure of the transport: the caller gave up waiting (Ctrl-C, a
+            # gevent.Timeout, SystemExit), as a cancelled task does in async code: aborted.
+            exchange.close()
             raise
         finally:
             _ACTIVE.reset(nested)
