@@ -180,6 +180,22 @@ def test_sniffing_when_content_type_missing_or_odd(ctype: str | None) -> None:
     assert r.usage is None
 
 
+def test_a_stream_labelled_json_is_sniffed_when_a_stream_was_asked_for() -> None:
+    # Some relays send the event stream a client asked for as application/json: its usage
+    # was lost (unparsed), although the SDK reads it fine.
+    def observed(body: bytes, api: str = "messages") -> ParsedResponse:
+        observer = ResponseObserver(
+            api, content_type="application/json", content_encoding=None, stream_requested=True
+        )
+        for i in range(0, len(body), 7):
+            observer.feed(body[i : i + 7])
+        return observer.result()
+
+    assert observed(ANTHROPIC_STREAM).usage == ANTHROPIC_EXPECTED
+    assert observed(CHAT_STREAM, api="chat_completions").complete
+    assert observed(JSON_BODY).usage == TokenUsage(input=3, cache_write_1h=40, output=9)  # an error body, say
+
+
 def compress(coding: str, data: bytes) -> bytes:
     if coding == "gzip":
         return gzip.compress(data)

@@ -875,7 +875,12 @@ def test_anthropic_counters_all_null_are_unreported_not_a_zero_prompt() -> None:
 def test_an_error_code_that_echoes_a_key_is_not_kept() -> None:
     # A gateway that answers 401 with the rejected key as its error code: error.type went
     # to the span and the log as it was. Codes are words and short numbers; keys are not.
-    for code in ("sk-proj-abc123SECRET", "sk-ant-api03-x", "0123456789abcdef0123456789abcdef", "key-Ab12Cd34"):
+    for code in (
+        "sk-proj-abc123SECRET",
+        "sk-ant-api03-x",
+        "0123456789abcdef0123456789abcdef",
+        "key-Ab12Cd34",
+    ):
         assert usage_error(code) == "error", code
     for code in ("invalid_api_key", "DataInspectionFailed", "Throttling.RateQuota", "40001", "http2_error"):
         assert usage_error(code) == code

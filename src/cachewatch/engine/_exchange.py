@@ -215,6 +215,7 @@ class Exchange:
                 max_json_bytes=engine.max_json_bytes,
                 max_event_bytes=engine.max_event_bytes,
                 max_decoded_bytes=engine.max_decoded_bytes,
+                stream_requested=self.info.stream,
             )
         except Exception as exc:
             engine.fault("observe", exc)

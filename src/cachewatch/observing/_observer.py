@@ -95,6 +95,8 @@ class ResponseObserver:
         max_json_bytes: decoded size cap for a JSON body; larger bodies are unparsed.
         max_event_bytes: cap on one SSE line and on one event's data.
         max_decoded_bytes: cap on the content-decoded bytes of the body.
+        stream_requested: the request asked for a stream: a body labelled JSON is then
+            sniffed (some relays label the event stream they send ``application/json``).
 
     Example::
 
@@ -133,12 +135,15 @@ class ResponseObserver:
         max_json_bytes: int = DEFAULT_MAX_JSON_BYTES,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+        stream_requested: bool = False,
     ) -> None:
         self._api = api
         ctype = content_type.lower() if content_type else ""
         if "text/event-stream" in ctype:
             self._mode = _SSE
-        elif "json" in ctype:
+        elif "json" in ctype and not stream_requested:
+            # (A stream labelled JSON by a relay, when one was asked for, is sniffed: its
+            # first bytes say whether it is a JSON error body or events.)
             self._mode = _JSON
         else:
             self._mode = _UNDECIDED
