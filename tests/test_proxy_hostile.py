@@ -670,6 +670,15 @@ def test_the_fields_a_clients_connection_header_names_are_not_forwarded(
     assert seen.headers[b"x-api-key"] == b"sk-hostile"  # the others are forwarded
 
 
+@pytest.mark.parametrize("second", [b"evil.example", b"127.0.0.1"])
+def test_two_host_headers_get_400(strict: Proxy, upstream: RawUpstream, second: bytes) -> None:
+    # RFC 9112 3.2: more than one Host is a 400 (the first was taken, whatever the second).
+    tag = marker()
+    status, _, body = exchange(strict.port, post(marker=tag, extra=b"Host: " + second + b"\r\n"))
+    assert status == 400, body
+    assert upstream.by_marker(tag) == []
+
+
 def test_a_utf8_header_value_is_forwarded_exactly_beside_a_latin1_one(
     strict: Proxy, upstream: RawUpstream
 ) -> None:

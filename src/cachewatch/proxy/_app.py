@@ -216,6 +216,7 @@ class ProxyApp:
             )
             return
         host = b""
+        hosts = 0
         declared: bytes | None = None
         listed: frozenset[bytes] = frozenset()
         codings: list[bytes] = []
@@ -223,6 +224,7 @@ class ProxyApp:
         for name, value in scope["headers"]:
             if name in HOP_BY_HOP:
                 if name == b"host":
+                    hosts += 1
                     if not host:
                         host = value
                 elif name == b"content-length" and declared is None:
@@ -235,6 +237,10 @@ class ProxyApp:
                 headers.append((name, value))
         if listed:  # the fields the client's Connection header names are for this hop only
             headers = [(name, value) for name, value in headers if name not in listed]
+        if hosts > 1:
+            # RFC 9112, 3.2: a request with more than one Host field is answered with 400.
+            await send_error(send, 400, "more than one Host header")
+            return
         if not self._host_allowed(host, scope):
             await send_error(send, 421, "unknown Host: this proxy only serves its own address")
             return
