@@ -321,3 +321,32 @@ def test_otel_metric_attributes_from_responses_stay_bounded():
     assert 0 < len(models) <= 51, len(models)
     assert 0 < len(errors) <= 51, len(errors)
     assert tel.requests() == 600
+
+
+def test_the_model_cap_holds_across_wrapped_clients_of_one_registry():
+    # A wrapped client per tenant (or per request): the cap was per wrap(), so 3 clients
+    # exported 151 model values and 120 transports 120. It is per registry (per process).
+    import httpx
+    from prometheus_client import CollectorRegistry
+
+    import cachewatch
+
+    registry = CollectorRegistry()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"usage": {"input_tokens": 1, "output_tokens": 1}})
+
+    for c in range(3):
+        client = cachewatch.wrap(httpx.Client(transport=httpx.MockTransport(handler)), registry=registry)
+        for m in range(60):
+            client.post(
+                "https://api.anthropic.com/v1/messages",
+                json={
+                    "model": f"tenant{c}-model-{m}",
+                    "max_tokens": 1,
+                    "messages": [{"role": "user", "content": "hi"}],
+                },
+            )
+    models = label_values(registry, "cachewatch_requests_total", "model")
+    assert len(models - {"other"}) == 50
+    assert "other" in models

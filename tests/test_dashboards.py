@@ -31,7 +31,7 @@ from cachewatch.sinks._catalogue import CATALOGUE, MetricSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "dashboards"
-UNITS = {"reqps", "short", "percentunit", "currencyUSD", "s"}
+UNITS = {"reqps", "short", "percentunit", "none", "s"}  # money: "none", the $currency in the title
 TEMPLATE_VARIABLES = ["datasource", "provider", "model", "workspace", "currency"]
 BY_NAME = {spec.name: spec for spec in CATALOGUE}
 
@@ -202,7 +202,12 @@ def test_dashboard_json_structure() -> None:
 
 
 def test_panels_cover_spec_section_9() -> None:
-    titles = {p["title"] for board in build_dashboards().values() for p in _panels(board)}
+    # A money panel's title names the currency its variable selects (units take no variables).
+    titles = {
+        p["title"].removesuffix(" ($currency)")
+        for board in build_dashboards().values()
+        for p in _panels(board)
+    }
     for wanted in (
         "Requests by outcome",
         "Error ratio by workspace",
@@ -344,3 +349,30 @@ def test_every_label_in_a_grouping_or_vector_matching_clause_exists() -> None:
             checked += 1
             assert label in BY_NAME[_catalogue_name(name)].labels, f"{where}: {name} has no label {label}"
     assert checked > 0
+
+
+def test_money_panels_name_the_selected_currency_not_usd() -> None:
+    # Every money panel had the unit currencyUSD while the $currency variable could select
+    # CNY: Grafana showed yuan as dollars. Units take no variables; titles do.
+    money = (
+        "cachewatch_cost_total",
+        "cachewatch_cache_savings_total",
+        "cachewatch_cache_write_premium_total",
+    )
+    found = 0
+    for board in build_dashboards().values():
+        for panel in _panels(board):
+            text = json.dumps(panel)
+            assert "currencyUSD" not in text, panel["title"]
+            exprs = [t["expr"] for t in panel.get("targets", [])]
+            ratio = panel.get("fieldConfig", {}).get("defaults", {}).get("unit") == "percentunit"  # a share
+            if (
+                panel["type"] != "table"
+                and not ratio
+                and exprs
+                and all(any(m in e for m in money) for e in exprs)
+            ):
+                found += 1
+                assert panel["title"].endswith("($currency)"), panel["title"]
+                assert 'currency=~"$currency"' in " ".join(exprs) or "$currency" in " ".join(exprs)
+    assert found >= 5

@@ -755,3 +755,41 @@ def test_claude_code_shapes_through_the_emulator(telemetry: Any, clock: ManualCl
     assert reason(second) is None
     assert first.extra.get("breakpoints.kept") == 3
     assert first.extra.get("breakpoints.inserted", 0) <= 1
+
+
+def test_a_write_that_expires_unread_is_counted_when_metrics_are_collected() -> None:
+    # The waste was counted only at a later request through the same client: one that went
+    # quiet after its last writes never reported them. A scrape counts them now.
+    import httpx
+    from prometheus_client import CollectorRegistry
+
+    import cachewatch
+
+    now = [1_000_000.0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        write = 5_000 if b"cache_control" in request.content else 0
+        usage = {"input_tokens": 10, "cache_creation_input_tokens": write, "cache_read_input_tokens": 0}
+        return httpx.Response(200, json={"id": "m", "model": MODEL, "usage": {**usage, "output_tokens": 2}})
+
+    registry = CollectorRegistry()
+    client = cachewatch.wrap(
+        httpx.Client(transport=httpx.MockTransport(handler)),
+        registry=registry,
+        breakpoints="off",
+        wall_clock=lambda: now[0],
+    )
+    system = [{"type": "text", "text": words("s", 3_000), "cache_control": {"type": "ephemeral"}}]
+    client.post(
+        "https://api.anthropic.com/v1/messages",
+        json={
+            "model": MODEL,
+            "max_tokens": 5,
+            "system": system,
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+    )
+    labels = {"provider": "anthropic", "model": MODEL, "workspace": "default"}
+    assert (registry.get_sample_value("cachewatch_cache_wasted_write_tokens_total", labels) or 0) == 0
+    now[0] += 600  # ten minutes without a request: the 5m write expired unread
+    assert registry.get_sample_value("cachewatch_cache_wasted_write_tokens_total", labels) == 5_000

@@ -51,8 +51,15 @@ class AlertSettings:
     #: ...and at least this much money went to the premium in the window.
     premium_min_amount: float = 0.01
     premium_window: str = "30m"
-    #: With a wasted-write metric: alert when this share of cache-write tokens is wasted.
+    #: With a wasted-write metric: alert when the tokens that expired unread over
+    #: ``premium_window`` are this share of the tokens written over the same window
+    #: ``wasted_lag`` earlier (a write is counted wasted when its TTL ran out: compared with
+    #: the writes of the same window, a client that stopped writing would show its last
+    #: expiries as an infinite share)...
     wasted_share: float = 0.5
+    wasted_lag: str = "5m"
+    #: ...and at least this many tokens expired unread in ``premium_window``.
+    wasted_min_tokens: int = 10_000
     #: Hourly budget per currency, recorded as ``cachewatch:cost_budget_per_hour``.
     budgets_per_hour: tuple[tuple[str, float], ...] = (("USD", 10.0),)
     internal_errors_window: str = "10m"
@@ -80,9 +87,11 @@ def _rule_expr_premium(s: AlertSettings) -> str:
 
 def _rule_expr_wasted(s: AlertSettings) -> str:
     by = ("provider", "model", "workspace")
-    written = sum_rate(TOK, by, s.premium_window, templated=False, type='=~"cache_write_5m|cache_write_1h"')
+    writes = sel(TOK, {"type": '=~"cache_write_5m|cache_write_1h"'}, templated=False)
+    written = f"sum by ({', '.join(by)}) (rate({writes}[{s.premium_window}] offset {s.wasted_lag}))"
     wasted = sum_rate(WASTED_WRITES_METRIC, by, s.premium_window, templated=False)
-    return f"{wasted}\n/\n{written}\n> {s.wasted_share:g}"
+    amount = sum_increase(WASTED_WRITES_METRIC, by, s.premium_window, templated=False)
+    return f"{wasted}\n/\n{written}\n> {s.wasted_share:g}\nand\n{amount} >= {s.wasted_min_tokens}"
 
 
 def _rule_expr_internal_errors(s: AlertSettings) -> str:
@@ -148,9 +157,10 @@ def build_alert_rules(settings: AlertSettings | None = None) -> dict[str, Any]:
                 "summary": "{{ $value | humanizePercentage }} of cache-write tokens of "
                 "{{ $labels.provider }}/{{ $labels.model }} in {{ $labels.workspace }} expire unread",
                 "description": (
-                    f"Over {s.premium_window}, more than {s.wasted_share:.0%} of the tokens written to the "
-                    "prompt cache expired without being read: the write premium is paid with no discount "
-                    "to show for it. Check the breakpoints panel and the miss reasons."
+                    f"Over {s.premium_window}, at least {s.wasted_min_tokens:,} cache-write tokens expired "
+                    f"without being read, more than {s.wasted_share:.0%} of the tokens written over the "
+                    f"{s.premium_window} before {s.wasted_lag} earlier: the write premium is paid with no discount to show for it. "
+                    "Check the breakpoints panel and the miss reasons."
                 ),
             },
         }
@@ -349,10 +359,17 @@ def build_alert_tests(rule_file: str = "alerts.yml") -> dict[str, Any]:
         {"eval_time": "10m", "alertname": "CachewatchCostOverBudget", "exp_alerts": []},
     ]
     # Wasted writes: "wasteful" lets 80 % of its writes expire unread, "thrifty" 10 %.
-    for ws, wasted in (("wasteful", "800"), ("thrifty", "100")):
+    # "quiet" wrote for 20 minutes, then stopped, and a trickle of its writes expired
+    # after: no new writes in 30 minutes is no infinite share, and 3 tokens a minute is
+    # under the floor.
+    for ws, written, wasted in (
+        ("wasteful", "0+1000x60", "0+800x60"),
+        ("thrifty", "0+1000x60", "0+100x60"),
+        ("quiet", "0+1000x20 20000x40", "0+3x60"),
+    ):
         labels = {"provider": "anthropic", "model": "claude-sonnet-4-6", "workspace": ws}
-        series.append(_series(TOK, {**tok, "workspace": ws, "type": "cache_write_5m"}, "0+1000x60"))
-        series.append(_series(WASTED_WRITES_METRIC, labels, f"0+{wasted}x60"))
+        series.append(_series(TOK, {**tok, "workspace": ws, "type": "cache_write_5m"}, written))
+        series.append(_series(WASTED_WRITES_METRIC, labels, wasted))
     alerts.append(
         {
             "eval_time": "50m",
@@ -368,9 +385,10 @@ def build_alert_tests(rule_file: str = "alerts.yml") -> dict[str, Any]:
                     "exp_annotations": {
                         "summary": "80% of cache-write tokens of anthropic/claude-sonnet-4-6 in wasteful expire unread",
                         "description": (
-                            f"Over {s.premium_window}, more than {s.wasted_share:.0%} of the tokens written to the "
-                            "prompt cache expired without being read: the write premium is paid with no discount "
-                            "to show for it. Check the breakpoints panel and the miss reasons."
+                            f"Over {s.premium_window}, at least {s.wasted_min_tokens:,} cache-write tokens expired "
+                            f"without being read, more than {s.wasted_share:.0%} of the tokens written over the "
+                            f"{s.premium_window} before {s.wasted_lag} earlier: the write premium is paid with no discount to show for it. "
+                            "Check the breakpoints panel and the miss reasons."
                         ),
                     },
                 }

@@ -108,14 +108,17 @@ def _render(panel: Panel, panel_id: int, grid: dict[str, int]) -> dict[str, Any]
         if t.table:
             target["format"] = "table"
         targets.append(target)
+    money = panel.unit == MONEY
     defaults: dict[str, Any] = {
-        "unit": panel.unit,
+        "unit": "none" if money else panel.unit,
         "color": {"mode": "palette-classic" if panel.kind == "timeseries" else "thresholds"},
         "thresholds": {"mode": "absolute", "steps": [{"color": "green", "value": None}]},
         "mappings": [],
     }
     if panel.decimals is not None:
         defaults["decimals"] = panel.decimals
+    elif money:
+        defaults["decimals"] = 4
     if panel.min_zero and panel.kind in ("timeseries", "bargauge"):
         defaults["min"] = 0
     options: dict[str, Any]
@@ -166,18 +169,25 @@ def _render(panel: Panel, panel_id: int, grid: dict[str, int]) -> dict[str, Any]
             },
         ]
         for ref, (name, unit) in panel.columns.items():
+            properties: list[dict[str, Any]] = [
+                {"id": "displayName", "value": name},
+                {"id": "unit", "value": unit},
+            ]
+            if unit == MONEY:
+                properties = [
+                    {"id": "displayName", "value": f"{name} ($currency)"},
+                    {"id": "unit", "value": "none"},
+                    {"id": "decimals", "value": 4},
+                ]
             overrides.append(
-                {
-                    "matcher": {"id": "byName", "options": f"Value #{ref}"},
-                    "properties": [{"id": "displayName", "value": name}, {"id": "unit", "value": unit}],
-                }
+                {"matcher": {"id": "byName", "options": f"Value #{ref}"}, "properties": properties}
             )
     else:  # pragma: no cover - a typo in this module
         raise ValueError(f"unknown panel kind {panel.kind!r}")
     rendered: dict[str, Any] = {
         "id": panel_id,
         "type": panel.kind,
-        "title": panel.title,
+        "title": f"{panel.title} ($currency)" if money else panel.title,
         "description": panel.description,
         "datasource": DATASOURCE,
         "gridPos": grid,
@@ -309,8 +319,15 @@ def dashboard(uid: str, title: str, description: str, layout: PanelLayout) -> di
     }
 
 
+#: The unit of a money panel or column. Grafana's units do not take template variables, and
+#: the money is in the ``$currency`` the dashboard's variable selects (USD or CNY): rendered
+#: as a plain number of 4 decimals, with the currency in the panel's title or the column's
+#: name, which do take them.
+MONEY = "money"
+
+
 def money_unit() -> str:
-    return "currencyUSD"
+    return MONEY
 
 
 def wasted_writes_panel() -> Panel:

@@ -103,6 +103,17 @@ class DiagnosisStage:
         self.wall_clock = wall_clock
         self.cache_diagnostics = cache_diagnostics
 
+    def sweep_due(self) -> None:
+        """Count the writes that expired unread by now, if a sweep is due (the metrics'
+        collection calls it, so a client that went quiet still reports its last writes'
+        waste). Never raises."""
+        if not self.diagnoser.wrote:
+            return
+        try:
+            self.diagnoser.sweep_if_due(self.wall_clock())
+        except Exception as exc:
+            self.fault("diagnosis", exc)
+
     def begin(
         self,
         info: RequestInfo,

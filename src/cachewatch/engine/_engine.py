@@ -76,7 +76,8 @@ class Engine:
         prices: price table for cost and savings (see the money docs).
         providers: extra ``host`` / ``host:port`` -> provider label entries.
         workspaces: API key (or ``sha256:<hex>`` fingerprint) -> workspace label.
-        max_models: distinct ``model`` label values per process before ``other``.
+        max_models: distinct ``model`` label values before ``other``, per Prometheus registry
+            (shared by every engine that exports to it: the global one, per process).
         max_json_bytes / max_event_bytes / max_decoded_bytes: observation caps (a JSON
             body; one SSE line or event; the content-decoded bytes of one body). Past a
             cap the response is no longer observed (its bytes still pass unchanged): counted
@@ -153,8 +154,10 @@ class Engine:
         #: shared by every request with the same labels (capped like every label cache).
         self._infos: dict[tuple[str, int | None, str, str | None, str, bool], RequestInfo] = {}
         self.workspaces = WorkspaceResolver(workspaces)
-        self.model_cap = LabelCap(max_models)
-        self.workspace_cap = LabelCap(max_workspaces)
+        # Shared by every engine exporting to the same registry (SPEC 5: per process).
+        caps = self.metrics.label_caps
+        self.model_cap: LabelCap = caps.setdefault(("model", max_models), LabelCap(max_models))
+        self.workspace_cap: LabelCap = caps.setdefault(("workspace", max_workspaces), LabelCap(max_workspaces))
         self.max_json_bytes = max_json_bytes
         self.max_event_bytes = max_event_bytes
         self.max_decoded_bytes = max_decoded_bytes
@@ -234,6 +237,8 @@ class Engine:
                 )
             except Exception as exc:
                 self.fault("config", exc)  # no miss diagnosis
+            else:
+                self.metrics.before_collect.add(self.diagnosis)
 
     # -- request side -----------------------------------------------------------------
 

@@ -382,8 +382,16 @@ class Exchange:
                 cache_mode,
                 # Not a zero: the provider did not say (an OpenAI-compatible stream without
                 # stream_options.include_usage...). Counted in cachewatch_usage_unreported_total.
-                # A redirect (3xx) is no response of the model's: nothing was to report.
-                not (usage is None and (cut or (outcome is Outcome.OK and (self.status_code or 200) < 300))),
+                # A redirect (3xx) is no response of the model's: nothing was to report. A
+                # stream the caller left before any usage came was billed all the same.
+                not (
+                    usage is None
+                    and (
+                        cut
+                        or (outcome is Outcome.OK and (self.status_code or 200) < 300)
+                        or (outcome is Outcome.ABORTED and 200 <= (self.status_code or 0) < 300)
+                    )
+                ),
                 parsed.unparsed,
                 truncated,  # observation_truncated
                 shadow,

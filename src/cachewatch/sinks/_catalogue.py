@@ -13,12 +13,17 @@ from dataclasses import dataclass
 __all__ = [
     "CATALOGUE",
     "DURATION_BUCKETS",
+    "PROMETHEUS_DURATION_BUCKETS",
     "MetricSpec",
     "metric",
 ]
 
 #: OTel GenAI semconv boundaries for operation duration / time to first chunk (seconds).
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+#: The Prometheus histograms' boundaries: the semconv ones, doubled on up to about 11
+#: minutes. A reasoning model's answer or a long stream takes minutes, and past the last
+#: boundary every quantile reads as that boundary (81.92 s).
+PROMETHEUS_DURATION_BUCKETS = (*DURATION_BUCKETS, 163.84, 327.68, 655.36)
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         ("provider", "api", "model"),
         "Seconds from sending the request to the end of the response body.",
         unit="seconds",
-        buckets=DURATION_BUCKETS,
+        buckets=PROMETHEUS_DURATION_BUCKETS,
     ),
     MetricSpec(
         "cachewatch_time_to_first_token_seconds",
@@ -77,7 +82,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         ("provider", "api", "model"),
         "Seconds from sending a streamed request to its first body chunk.",
         unit="seconds",
-        buckets=DURATION_BUCKETS,
+        buckets=PROMETHEUS_DURATION_BUCKETS,
     ),
     MetricSpec(
         "cachewatch_breakpoints_total",

@@ -2,7 +2,7 @@
 
 Besides them, ``cachewatch_usage_unreported_total`` counts requests whose usage the
 provider did not report (``record.usage_reported``: a response that ended ok without it,
-or a stream cut before it), so that "the provider did not say" never reads as zero tokens, and
+a stream cut before it, or one the caller left before it), so that "the provider did not say" never reads as zero tokens, and
 ``cachewatch_volatile_prefix_tokens_total`` the tokens the planner's prefix advice says
 a volatile block keeps from being cached. With ``breakpoints="shadow"``,
 ``cachewatch_shadow_tokens_total`` and ``cachewatch_shadow_cost_total`` count what the
@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
@@ -62,18 +62,46 @@ def advice_block_label(block: str) -> str:
     return "other"
 
 
+class _BeforeCollect:
+    """A collector of no series, registered before the catalogue's: collecting a registry
+    runs its collectors in order, so each ``sweep_due()`` counts what expired before the
+    counters are read."""
+
+    def __init__(self, hooks: weakref.WeakSet[Any]) -> None:
+        self.hooks = hooks
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        for hook in list(self.hooks):
+            with contextlib.suppress(Exception):  # sweep_due() never raises; this is belt and braces
+                hook.sweep_due()
+        return iter(())
+
+
 class PrometheusMetrics:
     """The collectors of the catalogue, registered on one registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        #: The label caps of every engine exporting here, by (label, limit): a label's
+        #: distinct values are capped per registry (the global one: per process), not per
+        #: ``wrap()`` (the engine keeps its caps here; ``engine._endpoints.LabelCap``).
+        self.label_caps: dict[tuple[str, int], Any] = {}
+        #: Objects whose ``sweep_due()`` runs when the registry is collected, before any
+        #: cachewatch series is read (the miss diagnosis counts the writes that expired
+        #: unread then, not only at a client's next request); held weakly.
+        self.before_collect: weakref.WeakSet[Any] = weakref.WeakSet()
+        sweeper = _BeforeCollect(self.before_collect)
+        registry.register(sweeper)
         self.collectors: dict[str, Any] = {}
         try:
             for spec in CATALOGUE:
                 self.collectors[spec.name] = _build(spec, registry)
         except Exception:
             # e.g. a name already taken on this registry: leave nothing half-registered.
-            for collector in self.collectors.values():
+            for collector in (sweeper, *self.collectors.values()):
                 with contextlib.suppress(Exception):  # best effort
                     registry.unregister(collector)
             raise
@@ -292,7 +320,7 @@ class PrometheusSink:
         series.request(record.outcome.label)(1)
         usage = record.usage
         if usage is None:
-            if not record.usage_reported:  # ended ok, or a stream cut before it, without usage
+            if not record.usage_reported:  # ended ok, cut or left before its usage came
                 series.unreported(1)
         else:
             for add, value in zip(
