@@ -157,7 +157,9 @@ class Engine:
         # Shared by every engine exporting to the same registry (SPEC 5: per process).
         caps = self.metrics.label_caps
         self.model_cap: LabelCap = caps.setdefault(("model", max_models), LabelCap(max_models))
-        self.workspace_cap: LabelCap = caps.setdefault(("workspace", max_workspaces), LabelCap(max_workspaces))
+        self.workspace_cap: LabelCap = caps.setdefault(
+            ("workspace", max_workspaces), LabelCap(max_workspaces)
+        )
         self.max_json_bytes = max_json_bytes
         self.max_event_bytes = max_event_bytes
         self.max_decoded_bytes = max_decoded_bytes
