@@ -234,3 +234,55 @@ def test_a_client_whose_timeouts_cannot_be_set_is_named_once(
     assert len(said) == 1
     assert "ClusterLike" in said[0]
     assert "socket_timeout" in said[0]
+
+
+class _DrippingRedis:
+    """A server that answers every command with ``+PONG`` one byte at a time, each byte well
+    inside the per-read timeout: redis-py's ``socket_timeout`` bounds each ``recv``, so
+    without a deadline for the whole call its reply took 7 bytes x the drip."""
+
+    def __init__(self, drip: float) -> None:
+        self.drip = drip
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.closed = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                while conn.recv(65536):
+                    for byte in b"+PONG\r\n":
+                        time.sleep(self.drip)
+                        conn.sendall(bytes([byte]))
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()
+
+
+def test_a_call_whose_reply_trickles_in_ends_at_its_timeout() -> None:
+    # Each byte comes 0.1 s after the last, inside the 0.3 s per-read timeout; the whole
+    # reply takes 0.7 s. The call times out (a fault the store counts and backs off from)
+    # instead of holding the request for the whole reply.
+    from cachewatch.planning._learning_redis_link import client_with_timeout
+
+    dripping = _DrippingRedis(0.1)
+    try:
+        client = client_with_timeout(redis.Redis(port=dripping.port), 0.3)
+        with pytest.raises(redis.TimeoutError):
+            client.ping()
+    finally:
+        dripping.close()

@@ -162,9 +162,85 @@ def client_from_url(url: str, timeout: float) -> Any:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    return redis.Redis.from_url(
+    client = redis.Redis.from_url(
         url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0)
     )
+    pool = client.connection_pool
+    pool.connection_class = deadline_connection_class(pool.connection_class, timeout)
+    return client
+
+
+class _DeadlineSocket:
+    """A connection's socket whose reads end at the call's deadline (``_DeadlineConnection``).
+
+    redis-py's ``socket_timeout`` bounds each ``recv``: a server (or a link) that sends its
+    reply a byte at a time, each within the timeout, held a call for seconds. Each read
+    here waits at most until the deadline of the call it belongs to, then times out as a
+    slow ``recv`` does (redis-py reports a ``TimeoutError``). Everything else is the socket's.
+    """
+
+    __slots__ = ("_conn", "_sock")
+
+    def __init__(self, sock: Any, conn: Any) -> None:
+        self._sock = sock
+        self._conn = conn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def _bounded(self) -> None:
+        remaining = self._conn._cachewatch_deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("timed out")  # socket.timeout, as a slow recv raises
+        current = self._sock.gettimeout()
+        if current is None or remaining < current:
+            self._sock.settimeout(remaining)
+
+    def recv(self, *args: Any) -> Any:
+        self._bounded()
+        try:
+            return self._sock.recv(*args)
+        finally:
+            self._sock.settimeout(self._conn._cachewatch_timeout)
+
+    def recv_into(self, *args: Any) -> Any:
+        self._bounded()
+        try:
+            return self._sock.recv_into(*args)
+        finally:
+            self._sock.settimeout(self._conn._cachewatch_timeout)
+
+
+_DEADLINE_CLASSES: dict[tuple[Any, float], Any] = {}
+
+
+def deadline_connection_class(base: Any, timeout: float) -> Any:
+    """``base`` (a redis-py connection class: TCP, TLS or unix socket) whose every call,
+    its reply included, ends within ``timeout`` seconds of being sent."""
+    key = (base, timeout)
+    found = _DEADLINE_CLASSES.get(key)
+    if found is not None:
+        return found
+
+    def send_packed_command(self: Any, command: Any, check_health: bool = True) -> Any:
+        self._cachewatch_deadline = time.monotonic() + timeout
+        return base.send_packed_command(self, command, check_health)
+
+    def _connect(self: Any) -> Any:
+        return _DeadlineSocket(base._connect(self), self)
+
+    cls = type(
+        f"Deadline{base.__name__}",
+        (base,),
+        {
+            "_cachewatch_timeout": timeout,
+            "_cachewatch_deadline": float("inf"),
+            "send_packed_command": send_packed_command,
+            "_connect": _connect,
+        },
+    )
+    _DEADLINE_CLASSES[key] = cls
+    return cls
 
 
 #: Client types already warned about (:func:`client_with_timeout`).
@@ -196,4 +272,5 @@ def client_with_timeout(client: Any, timeout: float) -> Any:
     kwargs.update(socket_timeout=timeout, retry=Retry(NoBackoff(), 0), decode_responses=False)
     if "path" not in kwargs:  # TCP (a unix socket connects at once)
         kwargs["socket_connect_timeout"] = timeout
-    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
+    connection_class = deadline_connection_class(pool.connection_class, timeout)
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=connection_class, **kwargs))
