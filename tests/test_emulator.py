@@ -559,6 +559,33 @@ async def test_plain_openai_automatic_prefix_caching() -> None:
     assert r2["prompt_tokens_details"] == {"cached_tokens": 1_101}
 
 
+async def test_dashscope_native_vl_implicit_hits_are_top_level_cached_tokens() -> None:
+    # Research B.4: for VL models the implicit hits are usage.cached_tokens.
+    app = create_app()
+    path = "/api/v1/services/aigc/multimodal-generation/generation"
+    body = {
+        "model": "qwen3-vl-plus",
+        "input": {"messages": [{"role": "system", "content": [{"text": words(1_100)}]},
+                               {"role": "user", "content": [{"text": "hi"}]}]},
+    }  # fmt: skip
+    await post(app, path, body)
+    usage = (await post(app, path, body)).json()["usage"]
+    assert usage["cached_tokens"] > 1_000
+    assert "prompt_tokens_details" not in usage
+
+
+async def test_openai_automatic_caching_reads_a_prefix_two_prompts_share() -> None:
+    # Research C.1: automatic prefix caching; a second question after the same long system
+    # message reads that message, not only a prompt that extends a whole earlier one.
+    app = create_app()
+    system = {"role": "system", "content": words(2_000)}
+    first = [system, {"role": "user", "content": "question one"}]
+    second = [system, {"role": "user", "content": "question two"}]
+    await post(app, "/v1/chat/completions", {"model": "gpt-4o", "messages": first})
+    usage = (await post(app, "/v1/chat/completions", {"model": "gpt-4o", "messages": second})).json()["usage"]
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 2_000}
+
+
 @pytest.mark.parametrize("sse_header", [{}, {"X-DashScope-SSE": "enable"}, {"Accept": "text/event-stream"}])
 async def test_dashscope_native_usage(sse_header: dict[str, str]) -> None:
     app = create_app()

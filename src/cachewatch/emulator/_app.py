@@ -223,7 +223,9 @@ class Emulator:
             namespace=namespace,
             implicit=implicit or None,
             bill_writes=profile.implicit and profile.bills_writes(req.model),
-            every_prefix=implicit,
+            # Both implicit caches (DashScope's, OpenAI's automatic one) match any earlier
+            # prompt's prefix, not only a whole earlier prompt (research B.6, C.1).
+            every_prefix=implicit or profile.implicit,
             lookup=not implicit or self._implicit_hits(),
         )
         completion = complete(

@@ -16,6 +16,7 @@ frames, each with the *cumulative* usage; the text is cumulative too unless
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -66,20 +67,29 @@ def parse(body: Mapping[str, Any], *, multimodal: bool, stream: bool) -> ParsedR
 
 
 def usage_body(
-    usage: CacheUsage, output_tokens: int, explicit: bool, *, implicit: bool = False
+    usage: CacheUsage, output_tokens: int, explicit: bool, *, implicit: bool = False, model: str = ""
 ) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "input_tokens": usage.total,
+        "output_tokens": output_tokens,
+        "total_tokens": usage.total + output_tokens,
+    }
+    if implicit and _VL.search(model.lower()):
+        # A VL model's implicit hits are ``usage.cached_tokens`` (research B.4: all of them
+        # in Singapore, qwen3-vl-plus and -flash in Beijing; "to move later").
+        body["cached_tokens"] = usage.cache_read
+        return body
     details: dict[str, Any] = {"cached_tokens": usage.cache_read}
     if not implicit:  # an implicit hit is cached_tokens alone (research Q7)
         details["cache_creation_input_tokens"] = usage.cache_write
     if explicit:
         details["cache_type"] = "ephemeral"
         details["cache_creation"] = {"ephemeral_5m_input_tokens": usage.cache_write_5m}
-    return {
-        "input_tokens": usage.total,
-        "output_tokens": output_tokens,
-        "total_tokens": usage.total + output_tokens,
-        "prompt_tokens_details": details,
-    }
+    body["prompt_tokens_details"] = details
+    return body
+
+
+_VL = re.compile(r"(?:^|[-.])vl(?:$|[-.])")
 
 
 def _output(
@@ -115,7 +125,7 @@ def generation_body(
     del profile
     return {
         "output": _output(req, completion.text, _FINISH[completion.stop], completion, True),
-        "usage": usage_body(usage, completion.output_tokens, explicit, implicit=implicit),
+        "usage": usage_body(usage, completion.output_tokens, explicit, implicit=implicit, model=req.model),
         "request_id": request_id,
     }
 
@@ -151,7 +161,7 @@ def stream_events(
                 completion,
                 final,
             ),
-            "usage": usage_body(usage, spent, explicit, implicit=implicit),
+            "usage": usage_body(usage, spent, explicit, implicit=implicit, model=req.model),
             "request_id": request_id,
         }
         yield b"id:%d\nevent:result\n:HTTP_STATUS/200\ndata:" % n + orjson.dumps(data) + b"\n\n"
