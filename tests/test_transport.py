@@ -364,7 +364,10 @@ async def test_wrap_twice_does_not_double_count(harness: Harness, telemetry: Any
     )
     wrapped = cachewatch.wrap(client, **telemetry.kwargs)
     assert wrapped is client
-    assert cachewatch.wrap(client, **telemetry.kwargs) is client
+    assert cachewatch.wrap(client, **telemetry.kwargs) is client  # the same options: nothing to do
+    assert cachewatch.wrap(client) is client
+    with pytest.raises(ValueError, match="already wrapped by cachewatch"):
+        cachewatch.wrap(client, **telemetry.kwargs, breakpoints="off")  # not silently ignored
     assert client.timeout.read == 7
     await harness.post(client, json=REQUEST)
     labels = {

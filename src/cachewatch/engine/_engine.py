@@ -135,6 +135,9 @@ class Engine:
             raise ValueError(f"breakpoints must be one of {_BREAKPOINT_MODES}, not {breakpoints!r}")
         _check_option_names(planner_options)
         self.breakpoints = breakpoints
+        #: The options of the ``wrap()`` that built this engine (a second ``wrap()`` of the
+        #: same client with other options is refused: ``transport._wrap``).
+        self.wrap_options: dict[str, Any] | None = None
         # Construction never breaks the application's start-up: a broken collaborator
         # (a registry that refuses the collectors, a tracer or meter provider that
         # raises) is counted under stage "config", logged once, and done without.

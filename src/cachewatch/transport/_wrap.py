@@ -68,9 +68,19 @@ def wrap(client: T, **options: Any) -> T:
     def wrapped(transport: Any) -> Any:
         nonlocal engine
         if isinstance(transport, (CacheWatchTransport, AsyncCacheWatchTransport)):
+            first = transport.engine.wrap_options
+            if options and options != first:
+                # Wrapping again changes nothing (it never counts twice): other options given
+                # now (breakpoints="off", another registry) would be ignored without a word.
+                raise ValueError(
+                    "this client is already wrapped by cachewatch, with the options of the first "
+                    f"wrap(); these are not applied: {', '.join(sorted(options))}. Wrap a new client "
+                    "to use other options."
+                )
             return transport
         if engine is None:
             engine = Engine(**options)
+            engine.wrap_options = dict(options)
         return cls(transport, engine=engine)
 
     http._transport = wrapped(http._transport)
