@@ -41,6 +41,28 @@ def test_filter_removes_only_the_usage_only_chunk(size: int) -> None:
     assert out == ASKED
 
 
+@pytest.mark.parametrize("separator", [b"\r\n\r\n", b"\r\r"], ids=["crlf", "cr"])
+@pytest.mark.parametrize("size", [1, 5, 10_000])
+def test_filter_reads_events_ended_by_crlf_or_cr(separator: bytes, size: int) -> None:
+    # SSE allows CRLF, LF and CR line ends (a relay's CRLF stream): the usage-only chunk is
+    # found and hidden there too.
+    def stream(body: bytes) -> bytes:
+        return body.replace(b"\n\n", separator)
+
+    f = UsageChunkFilter()
+    body = stream(WITH_USAGE)
+    out = b"".join(f.feed(body[i : i + size]) for i in range(0, len(body), size)) + f.flush()
+    assert out == stream(ASKED)
+
+
+def test_a_usage_chunk_at_the_end_of_a_stream_without_its_blank_line_is_hidden() -> None:
+    # The last event of a body that ends without the blank line after it is only complete
+    # when the body ends: flush() judges it then.
+    ended = WITH_USAGE.removesuffix(b"\n\ndata: [DONE]\n\n")
+    f = UsageChunkFilter()
+    assert f.feed(ended) + f.flush() == ASKED.removesuffix(b"data: [DONE]\n\n")
+
+
 def test_filter_leaves_streams_without_that_chunk_alone() -> None:
     f = UsageChunkFilter()
     assert f.feed(ASKED) + f.flush() == ASKED

@@ -506,6 +506,7 @@ ESCAPES = [
     b"/%e2%80%a4%e2%80%a4/etc/passwd",  # U+2024 ONE DOT LEADER, twice
     b"/%ef%b9%92%ef%b9%92/etc/passwd",  # U+FE52 SMALL FULL STOP, twice
     b"/..%e2%88%95..%e2%88%95etc/passwd",  # U+2215 DIVISION SLASH
+    b"/..%u2215..%u2215etc/passwd",  # the same in IIS's %u form
     # An upstream that decodes the path and parses it again ends it at a "?" or "#".
     b"/..%3f/v1/messages",
     b"/..%23/v1/messages",

@@ -108,3 +108,37 @@ def refused_port() -> Iterator[int]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield int(sock.getsockname()[1])
+
+
+# -- the target and Host checks, as functions (the proxy tests drive them over sockets) ------
+
+
+@pytest.mark.parametrize(
+    "target",
+    [b"/v1/mess ages", b"/v1/messages\x01", b"/v1/\x7f", b"/v1/caf\xc3\xa9", b"/v1/messages#frag", b"/v1/\t"],
+)
+def test_bytes_no_request_target_may_hold_are_refused(target: bytes) -> None:
+    from cachewatch.proxy._target import bad_target_bytes
+
+    assert bad_target_bytes(target)
+
+
+def test_an_ordinary_target_passes() -> None:
+    from cachewatch.proxy._target import bad_target_bytes
+
+    assert not bad_target_bytes(b"/v1/messages?beta=true&x=%20%C3%A9")
+
+
+def test_hosts_the_proxy_answers_to() -> None:
+    from cachewatch.proxy._target import host_allowed
+
+    extra = frozenset({"gateway.internal", "proxy.example:8443"})
+    assert host_allowed(b"127.0.0.1:8787", frozenset())
+    assert host_allowed(b"localhost", frozenset())
+    assert host_allowed(b"[::1]:8787", frozenset())
+    assert host_allowed(b"gateway.internal", extra)
+    assert host_allowed(b"GATEWAY.internal:9999", extra)  # a name allowed, on any port
+    assert host_allowed(b"proxy.example:8443", extra)  # a host:port allowed as such
+    assert not host_allowed(b"proxy.example:80", extra)
+    assert not host_allowed(b"evil.example", extra)
+    assert not host_allowed(b"gateway.internal.evil.example", extra)
