@@ -957,3 +957,29 @@ def test_expired_entries_are_dropped_as_new_ones_are_written() -> None:
         ).commit()
     assert len(store) == 10
     assert len(store._entries) == 10
+
+
+@pytest.mark.parametrize(
+    ("path", "readable_mid_stream"),
+    [("/v1/messages", True), ("/apps/anthropic/v1/messages", False)],
+    ids=["anthropic", "dashscope"],
+)
+def test_a_streams_write_is_readable_from_its_first_event_on_anthropic_and_its_end_on_dashscope(
+    path: str, readable_mid_stream: bool
+) -> None:
+    # Anthropic: a write is readable "after the first response begins" (research A.3);
+    # DashScope: the cache is created after the model has responded (B.2).
+    from cachewatch.emulator import run_in_thread
+
+    model = MODEL if path == "/v1/messages" else "qwen-plus"
+    body = {"model": model, "max_tokens": 600, "system": [text(2_000, CC)], "messages": [user(text(1))]}
+    with run_in_thread(create_app(chunk_delay=0.1)) as url, httpx.Client(base_url=url, timeout=30) as client:
+        with client.stream("POST", path, json={**body, "stream": True}) as first:
+            lines = first.iter_lines()
+            next(lines)  # the stream has begun and goes on (0.1 s a frame)
+            mid = client.post(path, json=body).json()["usage"]
+            for _ in lines:
+                pass
+        after = client.post(path, json=body).json()["usage"]
+    assert (mid["cache_read_input_tokens"] == 2_000) == readable_mid_stream
+    assert after["cache_read_input_tokens"] == 2_000

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from prometheus_client import CollectorRegistry
 
 import cachewatch
 
@@ -720,3 +721,70 @@ def test_a_sync_caller_interrupted_while_waiting_is_aborted(telemetry: Any) -> N
                            api="messages", model="claude-sonnet-4-6", workspace="default") == 1  # fmt: skip
     assert telemetry.value("cachewatch_requests_total", outcome="transport_error", provider="anthropic",
                            api="messages", model="claude-sonnet-4-6", workspace="default") == 0  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "while_streaming"),
+    [
+        ("api.anthropic.com", "/v1/messages", "inserted"),
+        ("dashscope-intl.aliyuncs.com", "/apps/anthropic/v1/messages", "skipped_in_flight"),
+    ],
+    ids=["anthropic", "dashscope"],
+)
+def test_a_streams_writes_are_readable_from_its_first_event_on_anthropic_and_its_end_on_dashscope(
+    host: str, path: str, while_streaming: str
+) -> None:
+    """Anthropic: "after the first response begins" (research A.3); DashScope: the cache is
+    created after the model has responded (B.2). A sibling planned while the first stream
+    is still going reads the system prompt on Anthropic, and is held off writing it again
+    on DashScope (it is nobody's to read yet)."""
+    records: list[Any] = []
+
+    class Capture:
+        name = "capture"
+
+        def start(self, info: Any) -> None:
+            return None
+
+        def finish(self, state: Any, record: Any) -> None:
+            records.append(record)
+
+    start = (
+        b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","model":"claude-sonnet-4-6",'
+        b'"usage":{"input_tokens":10,"cache_creation_input_tokens":3000,"cache_read_input_tokens":0,'
+        b'"output_tokens":1}}}\n\n'
+    )
+    end = (
+        b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+        b'"usage":{"output_tokens":5}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n'
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=iter([start, end]))
+
+    client = httpx.Client(
+        transport=cachewatch.CacheWatchTransport(
+            httpx.MockTransport(handler), registry=CollectorRegistry(), sinks=[Capture()]
+        )
+    )
+    system = "You are the support assistant of Example Corp. " + "Policy text. " * 700
+
+    def body(question: str) -> dict[str, Any]:
+        return {
+            "model": "claude-sonnet-4-6",
+            "max_tokens": 8,
+            "stream": True,
+            "system": system,
+            "messages": [{"role": "user", "content": question}],
+        }
+
+    with client.stream("POST", f"https://{host}{path}", json=body("first question")) as first:
+        chunks = first.iter_raw()
+        next(chunks)  # the first event is out; the stream goes on
+        with client.stream("POST", f"https://{host}{path}", json=body("second question")) as second:
+            for _ in second.iter_raw():
+                pass
+        for _ in chunks:
+            pass
+    sibling = records[0]  # the second request ends first
+    assert ("system", while_streaming) in sibling.breakpoints.decisions

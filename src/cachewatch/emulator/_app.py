@@ -16,7 +16,8 @@ path ends with                                         API
 ``GET /healthz`` answers ``{"status": "ok"}``. The cache semantics live in
 ``_cache``; this module only wires a request through it: parse -> resolve
 breakpoints -> :meth:`CacheStore.begin` (at receipt) -> optional hook and latency
--> :meth:`Reservation.commit` (when the response starts) -> body or SSE frames.
+-> :meth:`Reservation.commit` (when the response starts; for a DashScope stream, when it
+ends: that cache is created after the model has responded) -> body or SSE frames.
 
 Nothing here logs request or response bodies.
 """
@@ -271,7 +272,7 @@ class Emulator:
 
         if req.stream:
             return StreamingResponse(
-                self._stream(reservation, frames),
+                self._stream(reservation, frames, at_end=profile.name == "dashscope"),
                 media_type="text/event-stream",
                 headers={**headers, **_SSE_HEADERS},
             )
@@ -296,14 +297,22 @@ class Emulator:
         if self.config.first_byte_delay > 0:
             await asyncio.sleep(self.config.first_byte_delay)
 
-    async def _stream(self, reservation: Reservation, frames: Iterator[bytes]) -> AsyncIterator[bytes]:
+    async def _stream(
+        self, reservation: Reservation, frames: Iterator[bytes], *, at_end: bool = False
+    ) -> AsyncIterator[bytes]:
         await self._before_start()
-        # The entries this request writes become readable as its first event goes out.
-        reservation.commit()
-        for n, frame in enumerate(frames):
-            if n and self.config.chunk_delay > 0:
-                await asyncio.sleep(self.config.chunk_delay)
-            yield frame
+        if not at_end:
+            # The entries this request writes become readable as its first event goes out
+            # (Anthropic, research A.3: "after the first response begins").
+            reservation.commit()
+        try:
+            for n, frame in enumerate(frames):
+                if n and self.config.chunk_delay > 0:
+                    await asyncio.sleep(self.config.chunk_delay)
+                yield frame
+        finally:
+            # DashScope creates the cache after the model has responded (research B.2).
+            reservation.commit()
 
 
 def _json(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:

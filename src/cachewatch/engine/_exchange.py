@@ -97,6 +97,7 @@ class Exchange:
     """One request/response pair, from the moment it is sent to the end of its body."""
 
     __slots__ = (
+        "_at_end",
         "_done",
         "_lock",
         "_unstarted",
@@ -135,6 +136,10 @@ class Exchange:
         self._lock = threading.Lock()
         #: A stream whose first body chunk has not come: what it wrote is not readable yet.
         self._unstarted = False
+        #: DashScope creates a stream's cache entries after the model has responded
+        #: (research B.2), not when the first event goes out as Anthropic does (A.3): there
+        #: the response "begins", for what reads its writes, when its body ends.
+        self._at_end = False
         #: The miss diagnosis of this request (None: not diagnosed).
         self.diag: DiagnosisRequest | None = None
         #: A body and headers to send instead of the planned body (the diagnosis's
@@ -203,6 +208,9 @@ class Exchange:
             # A stream's headers can come long before its first event (a relay flushes
             # them at once; a long prefill): the provider's entry exists from that event on.
             self._unstarted = True
+            self._at_end = self.info.provider == "dashscope" or (
+                plan is not None and plan.provider == "dashscope"
+            )
         else:
             self._began(status_code)
         try:
@@ -241,7 +249,7 @@ class Exchange:
         """One body chunk, exactly as the caller receives it."""
         if self.first_chunk_at is None:
             self.first_chunk_at = self.engine.clock()
-            if self._unstarted:
+            if self._unstarted and not self._at_end:
                 self._unstarted = False
                 self._began(self.status_code or 200)
         observer = self.observer
@@ -279,6 +287,14 @@ class Exchange:
             self._done = True
         OPEN.discard(self)
         engine = self.engine
+        if self._unstarted and self._at_end:
+            # A DashScope stream's writes are readable now that it has ended (or was left:
+            # the model may still have completed it).
+            self._unstarted = False
+            try:
+                self._began(self.status_code or 200)
+            except Exception as exc:
+                engine.fault("record", exc)
         try:
             now = engine.clock()
             parsed = _NOTHING_PARSED
