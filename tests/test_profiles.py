@@ -198,3 +198,12 @@ def test_dotted_model_versions_get_their_models_minimum() -> None:
     assert min_tokens_lookup(ANTHROPIC_MIN_TOKENS, "claude-haiku-4.5") == 4_096
     assert min_tokens_lookup(ANTHROPIC_MIN_TOKENS, "openrouter/anthropic/claude-opus-4.6") == 4_096
     assert min_tokens_lookup(ANTHROPIC_MIN_TOKENS, "claude-sonnet-4.5") == 1_024
+
+
+def test_the_planner_and_the_emulator_agree_on_dashscopes_explicit_cache_models() -> None:
+    # The same data, kept twice on purpose: the emulator stands in for the provider and
+    # imports nothing of the planner's (as for the minimums above).
+    from cachewatch.planning._profiles import DASHSCOPE_EXPLICIT_MODELS as PLANNED
+    from cachewatch.simulation._profiles import DASHSCOPE_EXPLICIT_MODELS as EMULATED
+
+    assert PLANNED == EMULATED

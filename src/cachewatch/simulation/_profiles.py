@@ -73,7 +73,8 @@ DASHSCOPE_IMPLICIT_MODELS: tuple[str, ...] = (
     "glm",
     "minimax",
 )
-#: Models with DashScope's explicit cache (research B.2, and the newer ids it names).
+#: Models with DashScope's explicit cache (research B.2, and the newer ids it names). The
+#: planner's list is the same data (tests/test_profiles.py checks they agree).
 DASHSCOPE_EXPLICIT_MODELS: tuple[str, ...] = (
     "qwen3-max",
     "qwen3.5-plus",
