@@ -41,6 +41,8 @@ DASHSCOPE_SSE = (
     b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 )
 REQUEST = {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+#: The label set of REQUEST's series.
+LABELS = {"provider": "anthropic", "api": "messages", "model": "claude-sonnet-4-6", "workspace": "default"}
 
 
 def chunks_of(data: bytes, size: int) -> list[bytes]:
@@ -122,12 +124,7 @@ async def test_json_partition_labels_span_and_log(harness: Harness, telemetry: A
     client = harness.client(t)
     r = await harness.post(client, json=REQUEST)
     assert r.content == ANTHROPIC_JSON
-    labels = {
-        "provider": "anthropic",
-        "api": "messages",
-        "model": "claude-sonnet-4-6",
-        "workspace": "default",
-    }
+    labels = LABELS
     assert telemetry.tokens(**labels) == {
         "input": 12,
         "cache_read": 3000,
@@ -213,12 +210,7 @@ async def test_abandoned_stream_is_aborted_with_usage_so_far(harness: Harness, t
     client = harness.client(t)
     got = await harness.stream_chunks(client, json=REQUEST, limit=1)
     assert got == parts[:1]
-    labels = {
-        "provider": "anthropic",
-        "api": "messages",
-        "model": "claude-sonnet-4-6",
-        "workspace": "default",
-    }
+    labels = LABELS
     assert telemetry.value("cachewatch_requests_total", outcome="aborted", **labels) == 1
     assert telemetry.value("cachewatch_requests_total", outcome="ok", **labels) == 0
     # message_start reported the full prompt as uncached input: that is all we saw.
@@ -238,12 +230,7 @@ async def test_a_stream_whose_body_ends_before_its_terminal_event_is_a_server_er
     parts = chunks_of(cut, 50)
     t = harness.transport(lambda r: (200, {"content-type": "text/event-stream"}, parts), **telemetry.kwargs)
     assert await harness.stream_chunks(harness.client(t), json=REQUEST) == parts
-    labels = {
-        "provider": "anthropic",
-        "api": "messages",
-        "model": "claude-sonnet-4-6",
-        "workspace": "default",
-    }
+    labels = LABELS
     assert telemetry.value("cachewatch_requests_total", outcome="server_error", **labels) == 1
     assert telemetry.value("cachewatch_requests_total", outcome="ok", **labels) == 0
     assert telemetry.tokens(**labels)["input"] == 8834
@@ -257,12 +244,7 @@ async def test_close_after_terminal_event_is_ok(harness: Harness, telemetry: Any
     parts = [DASHSCOPE_SSE, b": trailing comment\n\n"]
     t = harness.transport(lambda r: (200, {"content-type": "text/event-stream"}, parts), **telemetry.kwargs)
     await harness.stream_chunks(harness.client(t), json=REQUEST, limit=1)
-    labels = {
-        "provider": "anthropic",
-        "api": "messages",
-        "model": "claude-sonnet-4-6",
-        "workspace": "default",
-    }
+    labels = LABELS
     assert telemetry.value("cachewatch_requests_total", outcome="ok", **labels) == 1
     assert telemetry.value("cachewatch_requests_total", outcome="aborted", **labels) == 0
 
@@ -310,12 +292,7 @@ async def test_inner_transport_exception_is_reraised_unchanged(harness: Harness,
     with pytest.raises(harness.mod.ConnectError) as info:
         await harness.post(client, json=REQUEST)
     assert info.value is boom
-    labels = {
-        "provider": "anthropic",
-        "api": "messages",
-        "model": "claude-sonnet-4-6",
-        "workspace": "default",
-    }
+    labels = LABELS
     assert telemetry.value("cachewatch_requests_total", outcome="transport_error", **labels) == 1
     (span,) = telemetry.spans()
     assert span.attributes["error.type"] == "ConnectError"
@@ -327,12 +304,7 @@ async def test_error_body_counts_client_error(harness: Harness, telemetry: Any) 
     r = await harness.post(harness.client(t), json=REQUEST)
     assert r.status_code == 400
     assert r.content == err
-    labels = {
-        "provider": "anthropic",
-        "api": "messages",
-        "model": "claude-sonnet-4-6",
-        "workspace": "default",
-    }
+    labels = LABELS
     assert telemetry.value("cachewatch_requests_total", outcome="client_error", **labels) == 1
     (span,) = telemetry.spans()
     assert span.attributes["error.type"] == "invalid_request_error"
@@ -345,12 +317,7 @@ async def test_nested_transports_do_not_double_count(harness: Harness, telemetry
     cls = type(inner)
     outer = cls(inner, **telemetry.kwargs)
     await harness.post(harness.client(outer), json=REQUEST)
-    labels = {
-        "provider": "anthropic",
-        "api": "messages",
-        "model": "claude-sonnet-4-6",
-        "workspace": "default",
-    }
+    labels = LABELS
     assert telemetry.value("cachewatch_requests_total", outcome="ok", **labels) == 1
     assert len(telemetry.spans()) == 1
 
@@ -371,12 +338,7 @@ async def test_wrap_twice_does_not_double_count(harness: Harness, telemetry: Any
         cachewatch.wrap(client, **telemetry.kwargs, breakpoints="off")  # not silently ignored
     assert client.timeout.read == 7
     await harness.post(client, json=REQUEST)
-    labels = {
-        "provider": "anthropic",
-        "api": "messages",
-        "model": "claude-sonnet-4-6",
-        "workspace": "default",
-    }
+    labels = LABELS
     assert telemetry.value("cachewatch_requests_total", outcome="ok", **labels) == 1
 
 
@@ -517,12 +479,7 @@ async def test_a_body_the_inner_transport_already_read_reaches_the_caller(
     r = await harness.post(client, json=REQUEST)
     assert r.content == ANTHROPIC_JSON
     assert b"".join(await harness.stream_chunks(client, json=REQUEST)) == ANTHROPIC_JSON
-    labels = {
-        "provider": "anthropic",
-        "api": "messages",
-        "model": "claude-sonnet-4-6",
-        "workspace": "default",
-    }
+    labels = LABELS
     assert telemetry.value("cachewatch_requests_total", outcome="ok", **labels) == 2
     assert telemetry.tokens(**labels)["cache_read"] == 6000
     # Compressed: what was read is decoded, and goes on without its Content-Encoding.
@@ -648,12 +605,7 @@ async def test_an_error_response_closed_unread_is_its_statuss_outcome(
     else:
         async with client.stream("POST", "/v1/messages", json={**REQUEST, "stream": True}) as r:
             assert r.status_code == 529
-    labels = {
-        "provider": "anthropic",
-        "api": "messages",
-        "model": "claude-sonnet-4-6",
-        "workspace": "default",
-    }
+    labels = LABELS
     assert telemetry.value("cachewatch_requests_total", outcome="server_error", **labels) == 1
     assert telemetry.value("cachewatch_requests_total", outcome="aborted", **labels) == 0
 
@@ -674,12 +626,7 @@ async def test_a_followed_redirect_keeps_its_request_and_the_redirect_is_no_miss
     client = cls(transport=t, base_url="https://api.anthropic.com", follow_redirects=True)
     r = await harness.post(client, "/old/v1/messages", json=REQUEST)
     assert r.status_code == 200
-    labels = {
-        "provider": "anthropic",
-        "api": "messages",
-        "model": "claude-sonnet-4-6",
-        "workspace": "default",
-    }
+    labels = LABELS
     assert telemetry.value("cachewatch_requests_total", outcome="ok", **labels) == 2
     assert telemetry.value("cachewatch_usage_unreported_total", **labels) == 0
     assert [s.name for s in telemetry.spans()] == ["chat claude-sonnet-4-6"] * 2

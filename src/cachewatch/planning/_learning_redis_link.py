@@ -188,27 +188,25 @@ class _DeadlineSocket:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
-    def _bounded(self) -> None:
+    def _read(self, read: Any, *args: Any) -> Any:
+        """``read(*args)`` (the socket's ``recv`` or ``recv_into``) waiting at most until the
+        call's deadline."""
         remaining = self._conn._cachewatch_deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("timed out")  # socket.timeout, as a slow recv raises
         current = self._sock.gettimeout()
         if current is None or remaining < current:
             self._sock.settimeout(remaining)
+        try:
+            return read(*args)
+        finally:
+            self._sock.settimeout(self._conn._cachewatch_timeout)
 
     def recv(self, *args: Any) -> Any:
-        self._bounded()
-        try:
-            return self._sock.recv(*args)
-        finally:
-            self._sock.settimeout(self._conn._cachewatch_timeout)
+        return self._read(self._sock.recv, *args)
 
     def recv_into(self, *args: Any) -> Any:
-        self._bounded()
-        try:
-            return self._sock.recv_into(*args)
-        finally:
-            self._sock.settimeout(self._conn._cachewatch_timeout)
+        return self._read(self._sock.recv_into, *args)
 
 
 _DEADLINE_CLASSES: dict[tuple[Any, float], Any] = {}
